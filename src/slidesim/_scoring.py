@@ -1,0 +1,251 @@
+"""Scores from sliding statistics: the part every engine shares.
+
+An engine supplies three sliding reductions (see :class:`Primitives`); this module turns them into every metric:
+it pads the image, centres it where cancellation would otherwise hurt, computes the per-template constants in
+float64, combines channels, applies the finish of :mod:`slidesim.metrics` and bounds temporaries by processing the
+bank in chunks. Keeping this in one place means every engine has the same numerics and degenerate-window policy.
+
+Numerics:
+    * Window sums (means, energies, variances) are accumulated in float64 on an image centred by its per-channel
+      mean of finite values, so a float32 image 1e4 + U(0, 1) keeps its variance.
+    * The cross term of ccoeff / zncc correlates the centred image with the mean-removed template in the compute
+      dtype (float32 or float64); ccorr / ncc correlate the raw image.
+    * ssd and ssd_normed use an exact sliding Σ W (I − T)², never ΣI² − 2ΣIT + ΣT².
+    * NaN stays local: no cumulative sums and no FFT, so a NaN pixel only reaches the windows that contain it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from ._padding import pad_amounts, pad_image
+from ._validate import Canonical
+from .metrics import MetricSpec, finish_distance, finish_ncc, finish_ssd_normed, finish_zncc
+
+_FINISH_TEMPORARIES = 8  # float64 output-sized temporaries alive at once while finishing a chunk
+_MAX_FINISH_BYTES = 32 * 2**20
+
+
+class Primitives(Protocol):
+    """Sliding reductions an engine provides (shapes in the docstrings of the direct engine)."""
+
+    def correlate(self, image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor: ...
+
+    def distance(
+        self,
+        image: torch.Tensor,
+        templates: torch.Tensor,
+        weights: torch.Tensor | None,
+        power: int,
+        periods: tuple[float | None, ...] | None,
+    ) -> torch.Tensor: ...
+
+    def window_range(self, plane: torch.Tensor, support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def padded_images(canon: Canonical) -> torch.Tensor:
+    """The canonical images padded for the call's mode ([B, C, Hp, Wp], compute dtype)."""
+    h, w = canon.templates.shape[-2:]
+    H, W = canon.images.shape[-2:]
+    top, bottom = pad_amounts(canon.mode, H, h, canon.dilation[0])
+    left, right = pad_amounts(canon.mode, W, w, canon.dilation[1])
+    return pad_image(canon.images, (top, bottom, left, right), canon.padding, canon.pad_value)
+
+
+def score_channels(prims: Primitives, canon: Canonical, image: torch.Tensor) -> torch.Tensor:
+    """Scores for the call's channels mode: [B, T, H', W'] ("joint", "mean") or [B, T, C, H', W'] ("separate")."""
+    spec, bank, mask, periods = canon.spec, canon.templates, canon.mask, canon.periods
+    if canon.channels_mode == "joint":
+        return score_joint(prims, spec, image, bank, mask, periods, canon.memory_limit)
+    per_channel = []
+    for c in range(image.shape[1]):
+        channel_mask = mask[:, :, c : c + 1] if mask is not None and mask.shape[2] > 1 else mask
+        channel_periods = (periods[c],) if periods is not None else None
+        per_channel.append(
+            score_joint(
+                prims, spec, image[:, c : c + 1], bank[:, :, c : c + 1], channel_mask, channel_periods,
+                canon.memory_limit,
+            )
+        )
+    if canon.channels_mode == "separate":
+        return torch.stack(per_channel, dim=2)
+    return torch.stack(per_channel, dim=0).mean(dim=0)
+
+
+def _mask_sums(mask: torch.Tensor | None, channels: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    """Σ M over channels and taps per template -> [Bm, Tm] (float64)."""
+    if mask is None:
+        return like.new_full((1, 1), float(channels * h * w), dtype=torch.float64)
+    per_tap = mask.to(torch.float64).sum(dim=(-1, -2))
+    return per_tap.sum(dim=-1) * (channels if mask.shape[2] == 1 else 1)
+
+
+def _template_chunk(memory_limit: int, batch: int, out_h: int, out_w: int, n_templates: int) -> int:
+    per_template = _FINISH_TEMPORARIES * 8 * batch * out_h * out_w
+    budget = min(memory_limit // 2, _MAX_FINISH_BYTES)
+    return int(max(1, min(n_templates, budget // max(1, per_template))))
+
+
+def _finite_channel_mean(image: torch.Tensor) -> torch.Tensor:
+    """Per (image, channel) mean of the finite pixels, [B, C, 1, 1], detached: the centring shift."""
+    data = image.detach()
+    finite = torch.isfinite(data)
+    total = torch.where(finite, data, 0).to(torch.float64).sum(dim=(-1, -2), keepdim=True)
+    count = finite.sum(dim=(-1, -2), keepdim=True).clamp_min(1)
+    return (total / count).to(image.dtype)
+
+
+def score_joint(
+    prims: Primitives,
+    spec: MetricSpec,
+    image: torch.Tensor,
+    bank: torch.Tensor,
+    mask: torch.Tensor | None,
+    periods: tuple[float | None, ...] | None,
+    memory_limit: int,
+) -> torch.Tensor:
+    """One score over all channels (OpenCV's semantics): [B, T, H', W'] in the compute dtype.
+
+    Args:
+        prims: The engine's sliding reductions.
+        spec: The metric.
+        image: Padded images [B, C, Hp, Wp].
+        bank: Templates [Bk, T, C, h, w].
+        mask: Weights [Bm, Tm, Cm, h, w] or None.
+        periods: Per-channel periods of circular channels, or None.
+        memory_limit: Bytes that temporaries may use.
+    """
+    Bk, T, C, h, w = bank.shape
+    if spec.family == "distance":
+        weights = None if mask is None else (mask if spec.power == 1 else mask * mask)
+        distance = prims.distance(image, bank, weights, spec.power, periods)
+        n = _mask_sums(mask, C, h, w, image).to(image.dtype)[..., None, None]
+        return finish_distance(spec.name, distance, n)
+
+    B = image.shape[0]
+    out_h, out_w = _out_size(prims)
+    chunk = _template_chunk(memory_limit, B, out_h, out_w, T)
+    state = _CorrelationState(prims, spec, image, bank, mask)
+    if chunk >= T:
+        return state.score(0, T)
+    if torch.is_grad_enabled() and (image.requires_grad or bank.requires_grad):
+        return torch.cat([state.score(t0, min(T, t0 + chunk)) for t0 in range(0, T, chunk)], dim=1)
+    out = image.new_empty(B, T, out_h, out_w)
+    for t0 in range(0, T, chunk):
+        out[:, t0 : t0 + chunk] = state.score(t0, min(T, t0 + chunk))
+    return out
+
+
+def _out_size(prims: Primitives) -> tuple[int, int]:
+    geom = prims.geom  # type: ignore[attr-defined]
+    return geom.out_height, geom.out_width
+
+
+def _tiny() -> float:
+    return torch.finfo(torch.float64).tiny
+
+
+class _CorrelationState:
+    """Per-call state of the correlation family: the centred image and window statistics shared by all chunks."""
+
+    def __init__(
+        self, prims: Primitives, spec: MetricSpec, image: torch.Tensor, bank: torch.Tensor, mask: torch.Tensor | None
+    ) -> None:
+        self.prims, self.spec, self.image, self.bank = prims, spec, image, bank
+        h, w = bank.shape[-2:]
+        self.mask = mask if mask is not None else torch.ones(1, 1, 1, h, w, dtype=image.dtype, device=image.device)
+        self.binary = mask is None or bool(((mask == 0) | (mask == 1)).all())
+        self.shared = self.mask.shape[1] == 1
+        if spec.name in ("ccoeff", "zncc"):
+            # Centring keeps the float32 cross term and the float64 window sums free of cancellation.
+            self.image_c = image - _finite_channel_mean(image)
+        self._cache: dict[str, object] = {}
+
+    def _once(self, key: str, compute):
+        """Window statistics depend on the mask only: compute them once when every template shares it."""
+        if not self.shared:
+            return compute()
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def score(self, t0: int, t1: int) -> torch.Tensor:
+        """Scores of templates t0:t1 -> [B, t1 - t0, H', W'] in the compute dtype."""
+        name = self.spec.name
+        bank = self.bank[:, t0:t1]
+        mask = self.mask if self.shared else self.mask[:, t0:t1]
+        weights = mask * mask
+        if name == "ccorr":
+            return self.prims.correlate(self.image, bank * weights)
+        bank64, w64 = bank.to(torch.float64), weights.to(torch.float64)
+        if name in ("ncc", "ssd_normed"):
+            energy_t = (w64 * bank64 * bank64).sum(dim=(-3, -2, -1))[..., None, None]
+            energy_w = self._once("energy", lambda: self._window_energy(weights))
+            if name == "ncc":
+                cross = self.prims.correlate(self.image, bank * weights)
+                return finish_ncc(cross.to(torch.float64), energy_t, energy_w).to(cross.dtype)
+            ssd = self.prims.distance(self.image, bank, weights, 2, None)
+            return finish_ssd_normed(ssd.to(torch.float64), energy_t, energy_w).to(ssd.dtype)
+        m64 = mask.to(torch.float64)
+        m_sum = m64.sum(dim=(-1, -2), keepdim=True)
+        t_centred = bank64 - (m64 * bank64).sum(dim=(-1, -2), keepdim=True) / m_sum.clamp_min(_tiny())
+        kernel = w64 * t_centred
+        # OpenCV's ccoeff is Σ W (T − m_T)(I − m_I) with M-weighted window means m_I; folding the window mean into
+        # the kernel gives one correlation whose kernel sums to zero per channel, hence shift-invariant.
+        kernel = kernel - m64 * kernel.sum(dim=(-1, -2), keepdim=True) / m_sum.clamp_min(_tiny())
+        ccoeff = self.prims.correlate(self.image_c, kernel.to(self.image.dtype))
+        if name == "ccoeff":
+            return ccoeff
+        template_var = (w64 * t_centred * t_centred).sum(dim=(-3, -2, -1))[..., None, None]
+        window_var, flat_w = self._once("moments", lambda: self._window_moments(mask, weights))
+        flat = flat_w | _flat_templates(bank64, mask)[..., None, None]
+        return finish_zncc(ccoeff.to(torch.float64), template_var, window_var, flat).to(ccoeff.dtype)
+
+    def _window_energy(self, weights: torch.Tensor) -> torch.Tensor:
+        """Σ W I² per window in float64 -> [B, Tm, H', W'], one channel at a time to bound memory."""
+        w64 = weights.to(torch.float64)
+        if w64.shape[2] == 1:  # one weight for all channels: add the channels' squares first
+            squares = None
+            for c in range(self.image.shape[1]):
+                plane = self.image[:, c : c + 1].to(torch.float64)
+                squares = plane * plane if squares is None else squares + plane * plane
+            return self.prims.correlate(squares, w64)
+        energy = None
+        for c in range(self.image.shape[1]):
+            plane = self.image[:, c : c + 1].to(torch.float64)
+            part = self.prims.correlate(plane * plane, w64[:, :, c : c + 1])
+            energy = part if energy is None else energy + part
+        return energy
+
+    def _window_moments(self, mask: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Joint weighted variance Σ_c Σ W (I − m_c)² (float64) and flatness of every window -> [B, Tm, H', W']."""
+        m64, w64 = mask.to(torch.float64), weights.to(torch.float64)
+        variance, flat = None, None
+        for c in range(self.image.shape[1]):
+            cm = min(c, m64.shape[2] - 1)
+            m_c, w_c = m64[:, :, cm : cm + 1], w64[:, :, cm : cm + 1]
+            plane = self.image_c[:, c : c + 1].to(torch.float64)
+            first = self.prims.correlate(plane, m_c)
+            mean = first / m_c.sum(dim=(-1, -2, -3))[..., None, None].clamp_min(_tiny())
+            second = self.prims.correlate(plane * plane, w_c)
+            if self.binary:
+                var_c = second - mean * first
+            else:
+                weighted = self.prims.correlate(plane, w_c)
+                var_c = second - 2 * mean * weighted + mean * mean * w_c.sum(dim=(-1, -2, -3))[..., None, None]
+            hi, lo = self.prims.window_range(self.image[:, c : c + 1], m_c > 0)
+            flat_c = hi <= lo  # equal values, or an empty support (hi = −max < lo = +max)
+            variance = var_c if variance is None else variance + var_c
+            flat = flat_c if flat is None else flat & flat_c
+        return variance.clamp_min(0), flat
+
+
+def _flat_templates(bank64: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """True for templates whose supported values are equal within every channel -> [Bk or Bm, T]."""
+    support = mask > 0
+    big = torch.finfo(torch.float64).max
+    hi = torch.where(support, bank64, -big).amax(dim=(-1, -2))
+    lo = torch.where(support, bank64, big).amin(dim=(-1, -2))
+    return (hi <= lo).all(dim=-1)  # equal values, or an empty support (hi = −max < lo = +max)

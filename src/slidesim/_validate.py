@@ -1,0 +1,371 @@
+"""The only place that reads user arguments: checks them and turns them into canonical tensors and a Problem.
+
+Canonical layout:
+    images     [B, C, H, W]        compute dtype (float32, or float64 for float64 / 32-bit integer input)
+    templates  [Bk, T, C, h, w]    Bk = 1 (one bank for every image) or B (a bank per image)
+    mask       [Bm, Tm, Cm, h, w]  or None; Bm ∈ {1, Bk}, Tm ∈ {1, T}, Cm ∈ {1, C}; non-negative weights
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ._padding import pad_amounts
+from ._types import CHANNELS_MODES, MODES, PADDINGS
+from .errors import SlidesimTypeError, SlidesimValueError
+from .metrics import MetricSpec, resolve_metric
+
+DEFAULT_MEMORY_LIMIT = 512 * 2**20
+
+_ACCEPTED_DTYPES = {
+    torch.uint8,
+    torch.int8,
+    torch.uint16,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+}
+_WIDE_DTYPES = {torch.float64, torch.int32, torch.int64}
+_DTYPE_LIST = "uint8, int8, uint16, int16, int32, int64, float16, bfloat16, float32, float64"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Shapes and options of one call: hashable, free of data, the key for planning.
+
+    Attributes mirror the canonical layout in this module's docstring; ``out_height`` and ``out_width`` are the
+    spatial size of the score map and ``mask`` is "none", "shared" or "per_template".
+    """
+
+    batch: int
+    channels: int
+    height: int
+    width: int
+    n_templates: int
+    template_height: int
+    template_width: int
+    per_image_bank: bool
+    metric: str
+    mode: str
+    padding: str
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    channels_mode: str
+    mask: str
+    circular: tuple[tuple[int, float], ...]
+    input_dtype: str
+    compute_dtype: str
+    device: str
+    out_height: int
+    out_width: int
+    requires_grad: bool
+
+
+@dataclass
+class Canonical:
+    """Validated tensors and options for one call (see the module docstring for layouts)."""
+
+    images: torch.Tensor
+    templates: torch.Tensor
+    mask: torch.Tensor | None
+    spec: MetricSpec
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    mode: str
+    padding: str
+    pad_value: float
+    channels_mode: str
+    periods: tuple[float | None, ...] | None
+    method: str
+    memory_limit: int
+    numpy_out: bool
+    two_d: bool
+    out_dtype: torch.dtype
+    problem: Problem
+
+
+def _to_tensor(name: str, value: object, device: torch.device | None) -> tuple[torch.Tensor, bool]:
+    """Return (tensor, came_from_numpy)."""
+    if isinstance(value, torch.Tensor):
+        return value, False
+    if isinstance(value, np.ndarray):
+        if value.dtype == np.bool_ or value.dtype.kind in "cOSUV":
+            raise SlidesimTypeError(
+                f"`{name}` must have a real numeric dtype ({_DTYPE_LIST}); got numpy dtype {value.dtype}."
+            )
+        array = np.ascontiguousarray(value)
+        if not array.dtype.isnative:
+            array = array.astype(array.dtype.newbyteorder("="))
+        if array.dtype == np.uint16:
+            array = array.astype(np.float32)  # exact; torch's uint16 has few kernels
+        elif array.dtype.kind == "u" and array.dtype != np.uint8:
+            raise SlidesimTypeError(f"`{name}` must have dtype {_DTYPE_LIST}; got numpy dtype {array.dtype}.")
+        tensor = torch.from_numpy(array)
+        return (tensor.to(device) if device is not None else tensor), True
+    raise SlidesimTypeError(
+        f"`{name}` must be a torch.Tensor or a numpy.ndarray; got {type(value).__name__}. "
+        "Convert it first, for example with numpy.asarray(...)."
+    )
+
+
+def _check_dtype(name: str, tensor: torch.Tensor) -> None:
+    if tensor.dtype not in _ACCEPTED_DTYPES:
+        raise SlidesimTypeError(f"`{name}` must have dtype {_DTYPE_LIST}; got {tensor.dtype}.")
+    if tensor.numel() == 0:
+        raise SlidesimValueError(f"`{name}` must not be empty; got shape {tuple(tensor.shape)}.")
+
+
+def _pair(name: str, value: object) -> tuple[int, int]:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        pair = (int(value), int(value))
+    elif (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
+    ):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise SlidesimTypeError(f"`{name}` must be an int or a pair of ints (y, x); got {value!r}.")
+    if min(pair) < 1:
+        raise SlidesimValueError(f"`{name}` must be >= 1 along both axes; got {value!r}.")
+    return pair
+
+
+def _option(name: str, value: object, valid: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value.lower() not in valid:
+        raise SlidesimValueError(f"`{name}` must be one of {', '.join(map(repr, valid))}; got {value!r}.")
+    return value.lower()
+
+
+def _canonical_images_templates(images: torch.Tensor, templates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    if images.ndim == 2:
+        if templates.ndim != 2:
+            raise SlidesimValueError(
+                "`templates` must be 2-D [h, w] when `images` is 2-D [H, W]; "
+                f"got templates of shape {tuple(templates.shape)}. For banks, pass images as [B, C, H, W] and "
+                "templates as [T, C, h, w]."
+            )
+        return images[None, None], templates[None, None, None], True
+    if images.ndim != 4:
+        raise SlidesimValueError(
+            f"`images` must be [B, C, H, W] (or [H, W] with a 2-D template); got shape {tuple(images.shape)}. "
+            "A 3-D array is ambiguous ([C, H, W] or [B, H, W]): add the missing axis explicitly."
+        )
+    if templates.ndim == 4:
+        bank = templates[None]
+    elif templates.ndim == 5:
+        if templates.shape[0] != images.shape[0]:
+            raise SlidesimValueError(
+                "`templates` given as per-image banks [B, T, C, h, w] must have B equal to the number of images "
+                f"({images.shape[0]}); got shape {tuple(templates.shape)}."
+            )
+        bank = templates
+    else:
+        raise SlidesimValueError(
+            "`templates` must be [T, C, h, w], or [B, T, C, h, w] for a bank per image, when `images` is "
+            f"[B, C, H, W]; got shape {tuple(templates.shape)}."
+        )
+    if bank.shape[2] != images.shape[1]:
+        raise SlidesimValueError(
+            f"`templates` must have as many channels as `images` ({images.shape[1]}); got shape "
+            f"{tuple(templates.shape)} against images of shape {tuple(images.shape)}."
+        )
+    return images, bank, False
+
+
+def _canonical_mask(
+    mask: object, bank: torch.Tensor, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """Return the mask as [Bm, Tm, Cm, h, w] weights in dtype (bool and integer masks become 0/1)."""
+    if mask is None:
+        return None
+    tensor, _ = _to_tensor("mask", mask, device)
+    if tensor.device != device:
+        raise SlidesimValueError(f"`mask` must be on the templates' device {device}; got {tensor.device}.")
+    if tensor.dtype.is_complex:
+        raise SlidesimTypeError(f"`mask` must be real (bool, integer or float); got {tensor.dtype}.")
+    Bk, T, C, h, w = bank.shape
+    expected = f"[h, w], [C, h, w], [T, 1|C, h, w] or [B, T, 1|C, h, w] with h, w = {h}, {w}, C = {C}, T = {T}"
+    shape = tuple(tensor.shape)
+    if tensor.ndim < 2 or tensor.ndim > 5 or shape[-2:] != (h, w):
+        raise SlidesimValueError(f"`mask` must be {expected}; got shape {shape}.")
+    if tensor.ndim == 2:
+        tensor = tensor[None, None, None]
+    elif tensor.ndim == 3:
+        tensor = tensor[None, None]
+    elif tensor.ndim == 4:
+        tensor = tensor[None]
+    elif Bk == 1 and tensor.shape[0] != 1:
+        raise SlidesimValueError(f"`mask` may only be 5-D with per-image template banks; expected {expected}.")
+    Bm, Tm, Cm = tensor.shape[:3]
+    if Bm not in (1, Bk) or Tm not in (1, T) or Cm not in (1, C):
+        raise SlidesimValueError(f"`mask` must be {expected}; got shape {shape}.")
+    weights = tensor.to(dtype)
+    if bool(torch.isnan(weights).any()) or bool(torch.isinf(weights).any()):
+        raise SlidesimValueError("`mask` must be finite; it contains NaN or inf.")
+    if bool((weights < 0).any()):
+        raise SlidesimValueError(f"`mask` weights must be non-negative; got a minimum of {weights.min().item():g}.")
+    if not tensor.dtype.is_floating_point:
+        weights = (weights != 0).to(dtype)  # 8-bit masks are binary, as in OpenCV
+    totals = weights.sum(dim=(-1, -2)).sum(dim=-1)
+    if bool((totals <= 0).any()):
+        raise SlidesimValueError("`mask` must have a positive total weight for every template; one is all zero.")
+    return weights
+
+
+def _canonical_circular(circular: object, spec: MetricSpec, channels: int) -> tuple[float | None, ...] | None:
+    if circular is None:
+        return None
+    if not isinstance(circular, dict):
+        raise SlidesimTypeError(f"`circular` must be a dict {{channel index: period}}; got {type(circular).__name__}.")
+    if not spec.circular_ok:
+        raise SlidesimValueError(
+            f"`circular` applies to the distance metrics sad, mad, l1_similarity and ssd; got metric {spec.name!r}."
+        )
+    periods: list[float | None] = [None] * channels
+    for key, period in circular.items():
+        if not isinstance(key, numbers.Integral) or isinstance(key, bool) or not 0 <= int(key) < channels:
+            raise SlidesimValueError(
+                f"`circular` keys must be channel indices in [0, {channels}); got {key!r}."
+            )
+        if not isinstance(period, numbers.Real) or isinstance(period, bool) or not math.isfinite(period) or period <= 0:
+            raise SlidesimValueError(f"`circular` periods must be finite positive numbers; got {period!r} for channel {key}.")
+        periods[int(key)] = float(period)
+    return tuple(periods) if any(p is not None for p in periods) else None
+
+
+def canonicalize(
+    images: object,
+    templates: object,
+    *,
+    metric: object,
+    stride: object,
+    dilation: object,
+    mode: object,
+    padding: object,
+    pad_value: object,
+    mask: object,
+    channels: object,
+    circular: object,
+    method: object,
+    memory_limit: object,
+) -> Canonical:
+    """Check every argument of :func:`slidesim.similarity` and return canonical tensors and the Problem.
+
+    Raises:
+        SlidesimTypeError: Wrong types or dtypes (complex, bool, object arrays...).
+        SlidesimValueError: Wrong ranks, shapes, sizes, option names or values.
+    """
+    spec = resolve_metric(metric)
+    mode_s = _option("mode", mode, MODES)
+    padding_s = _option("padding", padding, PADDINGS)
+    channels_s = _option("channels", channels, CHANNELS_MODES)
+    stride_p = _pair("stride", stride)
+    dilation_p = _pair("dilation", dilation)
+    if not isinstance(method, str):
+        raise SlidesimTypeError(f"`method` must be a string such as 'auto'; got {type(method).__name__}.")
+    if not isinstance(pad_value, numbers.Real) or isinstance(pad_value, bool) or not math.isfinite(pad_value):
+        raise SlidesimTypeError(f"`pad_value` must be a finite real number; got {pad_value!r}.")
+    if memory_limit is None:
+        limit = DEFAULT_MEMORY_LIMIT
+    elif isinstance(memory_limit, numbers.Integral) and not isinstance(memory_limit, bool):
+        limit = int(memory_limit)
+        if limit <= 0:
+            raise SlidesimValueError(f"`memory_limit` must be a positive number of bytes; got {memory_limit}.")
+    else:
+        raise SlidesimTypeError(f"`memory_limit` must be an int number of bytes or None; got {memory_limit!r}.")
+
+    device = None
+    for value in (images, templates):
+        if isinstance(value, torch.Tensor):
+            if device is not None and value.device != device:
+                raise SlidesimValueError(
+                    f"`images` and `templates` must be on the same device; got {images.device} and "  # type: ignore[union-attr]
+                    f"{templates.device}."  # type: ignore[union-attr]
+                )
+            device = value.device
+    image_t, numpy_out = _to_tensor("images", images, device)
+    template_t, _ = _to_tensor("templates", templates, device)
+    _check_dtype("images", image_t)
+    _check_dtype("templates", template_t)
+    input_dtype = image_t.dtype
+    wide = image_t.dtype in _WIDE_DTYPES or template_t.dtype in _WIDE_DTYPES
+    compute_dtype = torch.float64 if wide else torch.float32
+    requires_grad = image_t.requires_grad or template_t.requires_grad
+
+    image_4d, bank, two_d = _canonical_images_templates(image_t, template_t)
+    B, C, H, W = image_4d.shape
+    _, T, _, h, w = bank.shape
+    span_h, span_w = dilation_p[0] * (h - 1) + 1, dilation_p[1] * (w - 1) + 1
+    if mode_s == "valid" and (span_h > H or span_w > W):
+        raise SlidesimValueError(
+            f"`templates` spatial extent {span_h}x{span_w} (size {h}x{w}, dilation {dilation_p}) is larger than "
+            f"the image {H}x{W} in mode 'valid'; use mode='same' or 'full', or a smaller template."
+        )
+    pads_h, pads_w = pad_amounts(mode_s, H, h, dilation_p[0]), pad_amounts(mode_s, W, w, dilation_p[1])
+    out_h = (H + sum(pads_h) - span_h) // stride_p[0] + 1
+    out_w = (W + sum(pads_w) - span_w) // stride_p[1] + 1
+
+    images_c = image_4d.to(compute_dtype)
+    bank_c = bank.to(compute_dtype)
+    mask_c = _canonical_mask(mask, bank_c, bank_c.device, compute_dtype)
+    if mask_c is not None and channels_s != "joint":
+        per_channel = mask_c.sum(dim=(-1, -2))
+        if bool((per_channel <= 0).any()):
+            raise SlidesimValueError(
+                f"`mask` must have positive weight in every channel with channels={channels_s!r}; one channel is all zero."
+            )
+    periods = _canonical_circular(circular, spec, C)
+    mask_kind = "none" if mask_c is None else ("per_template" if mask_c.shape[1] > 1 else "shared")
+    problem = Problem(
+        batch=B,
+        channels=C,
+        height=H,
+        width=W,
+        n_templates=T,
+        template_height=h,
+        template_width=w,
+        per_image_bank=bank.shape[0] > 1 or template_t.ndim == 5,
+        metric=spec.name,
+        mode=mode_s,
+        padding=padding_s,
+        stride=stride_p,
+        dilation=dilation_p,
+        channels_mode=channels_s,
+        mask=mask_kind,
+        circular=tuple((i, p) for i, p in enumerate(periods or ()) if p is not None),
+        input_dtype=str(input_dtype).replace("torch.", ""),
+        compute_dtype=str(compute_dtype).replace("torch.", ""),
+        device=str(images_c.device),
+        out_height=out_h,
+        out_width=out_w,
+        requires_grad=requires_grad,
+    )
+    return Canonical(
+        images=images_c,
+        templates=bank_c,
+        mask=mask_c,
+        spec=spec,
+        stride=stride_p,
+        dilation=dilation_p,
+        mode=mode_s,
+        padding=padding_s,
+        pad_value=float(pad_value),
+        channels_mode=channels_s,
+        periods=periods,
+        method=method.lower(),
+        memory_limit=limit,
+        numpy_out=numpy_out,
+        two_d=two_d,
+        out_dtype=compute_dtype,
+        problem=problem,
+    )

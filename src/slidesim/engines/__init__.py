@@ -1,0 +1,20 @@
+"""Engine registry: every engine is a module with NAME, unavailable_reason(), ineligible_reason(problem), run(canon).
+
+Engines are imported lazily by name so that an optional dependency of one engine never loads with slidesim.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+ENGINES: tuple[str, ...] = ("direct", "reference")
+"""Every engine that ``method=`` accepts besides "auto"."""
+
+AUTO_ORDER: tuple[str, ...] = ("direct",)
+"""Engines that ``method="auto"`` may pick, in order of preference."""
+
+
+def load(name: str) -> ModuleType:
+    """Import the module of a registered engine."""
+    return importlib.import_module(f"{__name__}.{name}")

@@ -1,0 +1,283 @@
+"""The direct engine: exact shift-and-accumulate loops over template taps, in bounded memory.
+
+For each template tap (channel c, row i, column j) the engine adds one strided view of the image, combined with
+that tap's values for every template of the bank, into an accumulator shaped like (a block of) the output. No
+window is ever materialized and the image is never copied per template: temporaries are one output block, whose
+size is set by ``memory_limit``. Every metric runs here, on any device torch supports.
+
+Backward passes recompute the same loops (nothing but the inputs is saved), so gradients cost no more memory than
+the forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .._scoring import padded_images, score_channels
+from .._validate import Canonical
+
+NAME = "direct"
+_MAX_BLOCK_ELEMENTS = 2**20  # about 4 MiB of float32: keeps the per-tap updates close to the cache
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the windows are: stride, dilation and output size of one call."""
+
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    out_height: int
+    out_width: int
+
+
+def unavailable_reason() -> str | None:
+    """The direct engine needs nothing but torch."""
+    return None
+
+
+def ineligible_reason(problem: object) -> str | None:
+    """The direct engine runs every problem."""
+    del problem
+    return None
+
+
+def block_elements(memory_limit: int, itemsize: int) -> int:
+    """Elements per output block: a few blocks must fit in ``memory_limit``; small enough to stay in cache."""
+    return int(max(1024, min(_MAX_BLOCK_ELEMENTS, memory_limit // (4 * itemsize))))
+
+
+def _blocks(batch: int, n_templates: int, geom: Geometry, block: int) -> Iterator[tuple[int, int, int, int]]:
+    """Yield (t0, t1, r0, r1) so that batch × templates × rows × out_width stays near ``block`` elements."""
+    per_row = batch * geom.out_width
+    t_chunk = max(1, min(n_templates, block // per_row))
+    rows = max(1, min(geom.out_height, block // (per_row * t_chunk)))
+    for t0 in range(0, n_templates, t_chunk):
+        for r0 in range(0, geom.out_height, rows):
+            yield t0, min(n_templates, t0 + t_chunk), r0, min(geom.out_height, r0 + rows)
+
+
+def _tap(plane: torch.Tensor, i: int, j: int, r0: int, r1: int, geom: Geometry) -> torch.Tensor:
+    """View of ``plane`` [..., Hp, Wp] under template tap (i, j) for output rows r0:r1 -> [..., r1 - r0, W']."""
+    sy, sx = geom.stride
+    y0 = r0 * sy + i * geom.dilation[0]
+    x0 = j * geom.dilation[1]
+    return plane[..., y0 : y0 + (r1 - r0 - 1) * sy + 1 : sy, x0 : x0 + (geom.out_width - 1) * sx + 1 : sx]
+
+
+def _active_taps(values: torch.Tensor) -> list[tuple[int, int, int]]:
+    """Taps (c, i, j) of a [Bk, T, C, h, w] tensor that are non-zero for some template (one host sync)."""
+    active = (values != 0).flatten(0, 1).any(dim=0).cpu()
+    return [tuple(int(v) for v in idx) for idx in active.nonzero()]  # type: ignore[misc]
+
+
+def _all_taps(values: torch.Tensor) -> list[tuple[int, int, int]]:
+    C, h, w = values.shape[-3:]
+    return [(c, i, j) for c in range(C) for i in range(h) for j in range(w)]
+
+
+def _sum_to(tensor: torch.Tensor, leading: int) -> torch.Tensor:
+    """Sum a [B, ...] tensor over its batch axis when the target has a single leading entry."""
+    return tensor.sum(dim=0, keepdim=True) if leading == 1 and tensor.shape[0] != 1 else tensor
+
+
+# --------------------------------------------------------------------------------------------------- correlation
+def _correlate_forward(image: torch.Tensor, kernel: torch.Tensor, geom: Geometry, block: int) -> torch.Tensor:
+    B = image.shape[0]
+    T = kernel.shape[1]
+    out = image.new_zeros(B, T, geom.out_height, geom.out_width)
+    taps = _active_taps(kernel)
+    for t0, t1, r0, r1 in _blocks(B, T, geom, block):
+        acc = out[:, t0:t1, r0:r1]
+        for c, i, j in taps:
+            weight = kernel[:, t0:t1, c, i, j, None, None]
+            acc.addcmul_(_tap(image[:, c], i, j, r0, r1, geom)[:, None], weight)
+    return out
+
+
+class _Correlate(torch.autograd.Function):
+    """Σ_c Σ_taps kernel · image: [B, C, Hp, Wp] × [Bk, T, C, h, w] -> [B, T, H', W']."""
+
+    @staticmethod
+    def forward(ctx, image, kernel, geom, block):
+        ctx.save_for_backward(image, kernel)
+        ctx.geom, ctx.block = geom, block
+        return _correlate_forward(image, kernel, geom, block)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        image, kernel = ctx.saved_tensors
+        geom, block = ctx.geom, ctx.block
+        need_image, need_kernel = ctx.needs_input_grad[:2]
+        grad_image = torch.zeros_like(image) if need_image else None
+        grad_kernel = torch.zeros_like(kernel) if need_kernel else None
+        B, T = grad.shape[:2]
+        Bk = kernel.shape[0]
+        taps = _all_taps(kernel) if need_kernel else _active_taps(kernel)
+        for t0, t1, r0, r1 in _blocks(B, T, geom, block):
+            g = grad[:, t0:t1, r0:r1].reshape(B, t1 - t0, -1)  # [B, Tc, N]
+            for c, i, j in taps:
+                if need_image:
+                    weight = kernel[:, t0:t1, c, i, j][:, None, :]  # [Bk, 1, Tc]
+                    target = _tap(grad_image[:, c], i, j, r0, r1, geom)
+                    target += (weight @ g).view(target.shape)
+                if need_kernel:
+                    window = _tap(image[:, c], i, j, r0, r1, geom).reshape(B, -1, 1)
+                    grad_kernel[:, t0:t1, c, i, j] += _sum_to((g @ window)[..., 0], Bk)
+        return grad_image, grad_kernel, None, None
+
+
+# ------------------------------------------------------------------------------------------------------ distance
+def _difference(window: torch.Tensor, value: torch.Tensor, period: float | None, out: torch.Tensor) -> torch.Tensor:
+    """Signed difference window − value, taken the short way round for a circular channel, into ``out``."""
+    torch.sub(window, value, out=out)
+    if period is not None:
+        out.add_(period / 2).remainder_(period).sub_(period / 2)
+    return out
+
+
+def _tap_weight(weights: torch.Tensor, t0: int, t1: int, c: int, i: int, j: int) -> torch.Tensor:
+    """Mask weight of tap (c, i, j) for templates t0:t1, shaped to broadcast over an output block."""
+    templates = slice(t0, t1) if weights.shape[1] > 1 else slice(None)
+    return weights[:, templates, min(c, weights.shape[2] - 1), i, j, None, None]
+
+
+def _distance_taps(templates: torch.Tensor, weights: torch.Tensor | None) -> list[tuple[int, int, int]]:
+    if weights is None:
+        return _all_taps(templates)
+    return _active_taps(weights.expand(-1, -1, templates.shape[2], -1, -1))
+
+
+def _distance_forward(image, templates, weights, power, periods, geom, block):
+    B = image.shape[0]
+    T = templates.shape[1]
+    out = image.new_zeros(B, T, geom.out_height, geom.out_width)
+    taps = _distance_taps(templates, weights)
+    for t0, t1, r0, r1 in _blocks(B, T, geom, block):
+        acc = out[:, t0:t1, r0:r1]
+        scratch = torch.empty_like(acc)
+        for c, i, j in taps:
+            window = _tap(image[:, c], i, j, r0, r1, geom)[:, None]
+            diff = _difference(window, templates[:, t0:t1, c, i, j, None, None], periods and periods[c], scratch)
+            diff.abs_() if power == 1 else diff.mul_(diff)
+            if weights is None:
+                acc.add_(diff)
+            else:
+                acc.addcmul_(diff, _tap_weight(weights, t0, t1, c, i, j))
+    return out
+
+
+class _Distance(torch.autograd.Function):
+    """Σ_c Σ_taps w · |d|^power with d = image − template (circular where a period is given)."""
+
+    @staticmethod
+    def forward(ctx, image, templates, weights, power, periods, geom, block):
+        ctx.save_for_backward(image, templates, weights)
+        ctx.power, ctx.periods, ctx.geom, ctx.block = power, periods, geom, block
+        return _distance_forward(image, templates, weights, power, periods, geom, block)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        image, templates, weights = ctx.saved_tensors
+        power, periods, geom, block = ctx.power, ctx.periods, ctx.geom, ctx.block
+        need_image, need_templates = ctx.needs_input_grad[:2]
+        grad_image = torch.zeros_like(image) if need_image else None
+        grad_templates = torch.zeros_like(templates) if need_templates else None
+        B, T = grad.shape[:2]
+        Bk = templates.shape[0]
+        for t0, t1, r0, r1 in _blocks(B, T, geom, block):
+            g = grad[:, t0:t1, r0:r1]
+            slope = torch.empty_like(g)
+            for c, i, j in _distance_taps(templates, weights):
+                window = _tap(image[:, c], i, j, r0, r1, geom)[:, None]
+                diff = _difference(window, templates[:, t0:t1, c, i, j, None, None], periods and periods[c], slope)
+                diff.sign_() if power == 1 else diff.mul_(2)
+                diff.mul_(g)
+                if weights is not None:
+                    diff.mul_(_tap_weight(weights, t0, t1, c, i, j))
+                if need_image:
+                    _tap(grad_image[:, c], i, j, r0, r1, geom).add_(diff.sum(dim=1))
+                if need_templates:
+                    grad_templates[:, t0:t1, c, i, j] -= _sum_to(diff.sum(dim=(2, 3)), Bk)
+        return grad_image, grad_templates, None, None, None, None, None
+
+
+# --------------------------------------------------------------------------------------------------- primitives
+@dataclass(frozen=True)
+class DirectPrimitives:
+    """The three sliding reductions the shared scoring code needs, computed by tap loops.
+
+    Attributes:
+        geom: Stride, dilation and output size.
+        block: Elements per output block (bounds every temporary).
+    """
+
+    geom: Geometry
+    block: int
+
+    def correlate(self, image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W']."""
+        kernel = kernel.to(image.dtype)
+        if image.requires_grad or kernel.requires_grad:
+            return _Correlate.apply(image, kernel, self.geom, self.block)
+        return _correlate_forward(image, kernel, self.geom, self.block)
+
+    def distance(
+        self,
+        image: torch.Tensor,
+        templates: torch.Tensor,
+        weights: torch.Tensor | None,
+        power: int,
+        periods: tuple[float | None, ...] | None,
+    ) -> torch.Tensor:
+        """Σ_c Σ_taps w · |image − template|^power -> [B, T, H', W'] (weights [Bm, Tm, Cm, h, w] or None)."""
+        weights = weights.detach() if weights is not None else None
+        args = (image, templates, weights, power, periods, self.geom, self.block)
+        if image.requires_grad or templates.requires_grad:
+            return _Distance.apply(*args)
+        return _distance_forward(*args)
+
+    def window_range(self, plane: torch.Tensor, support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Max and min of plane [B, 1, Hp, Wp] over each window's support [Bm, Tm, 1, h, w] -> [B, Tm, H', W'].
+
+        Windows with an empty support get (−max float, +max float).
+        """
+        plane = plane.detach()
+        geom = self.geom
+        B = plane.shape[0]
+        Tm = support.shape[1]
+        big = torch.finfo(plane.dtype).max
+        hi = plane.new_full((B, Tm, geom.out_height, geom.out_width), -big)
+        lo = plane.new_full((B, Tm, geom.out_height, geom.out_width), big)
+        shared = support.shape[0] == 1 and support.shape[1] == 1
+        for _, i, j in _active_taps(support):
+            window = _tap(plane[:, 0], i, j, 0, geom.out_height, geom)[:, None]
+            if shared:  # the tap is in every window's support
+                torch.maximum(hi, window, out=hi)
+                torch.minimum(lo, window, out=lo)
+            else:
+                on = support[:, :, 0, i, j, None, None]
+                hi = torch.where(on, torch.maximum(hi, window), hi)
+                lo = torch.where(on, torch.minimum(lo, window), lo)
+        return hi, lo
+
+
+def make_primitives(geom: Geometry, memory_limit: int, itemsize: int) -> DirectPrimitives:
+    """Primitives for one call."""
+    return DirectPrimitives(geom, block_elements(memory_limit, itemsize))
+
+
+__all__ = ["NAME", "DirectPrimitives", "Geometry", "ineligible_reason", "make_primitives", "run", "unavailable_reason"]
+
+
+def run(canon: Canonical) -> torch.Tensor:
+    """Scores of a validated problem: [B, T, H', W'] (or [B, T, C, H', W'] for channels="separate")."""
+    image = padded_images(canon)
+    problem = canon.problem
+    geom = Geometry(canon.stride, canon.dilation, problem.out_height, problem.out_width)
+    return score_channels(make_primitives(geom, canon.memory_limit, image.element_size()), canon, image)

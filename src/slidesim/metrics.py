@@ -1,0 +1,156 @@
+"""One specification per metric: its family, direction, aliases and the elementwise finish.
+
+Notation (per template, per window; sums run over channels and template taps, weighted by the mask M, with
+W = M², n = Σ M, and OpenCV's convention of applying the mask to both the template and the window):
+
+====================  ==========================================================  ===================================
+metric                score                                                       degenerate windows / templates
+====================  ==========================================================  ===================================
+``sad``               Σ M·|I − T|                                                 always finite
+``mad``               sad / n                                                     always finite
+``l1_similarity``     1 − mad                                                     always finite
+``ssd``               Σ W·(I − T)²            (OpenCV TM_SQDIFF)                  always finite
+``ssd_normed``        min(ssd / √(Σ W T² · Σ W I²), 1)   (TM_SQDIFF_NORMED)       0 if ssd = 0, else 1 if √(...) = 0
+``ccorr``             Σ W·I·T                 (TM_CCORR)                          always finite
+``ncc``               ccorr / √(Σ W T² · Σ W I²), clipped to [−1, 1]  (TM_CCORR_NORMED)  0 if either energy is 0
+``ccoeff``            Σ W·(T − m_T)(I − m_I), m per channel, M-weighted  (TM_CCOEFF)    always finite
+``zncc``              ccoeff / √(Σ W (T − m_T)² · Σ W (I − m_I)²), in [−1, 1]  (TM_CCOEFF_NORMED)  0 if the
+                                                                                  window or the template is flat
+====================  ==========================================================  ===================================
+
+A window (or template) is *flat* when, in every channel with non-zero mask weight, all of its values under the mask
+are equal. The distance metrics accept circular channels: for a channel with period p the difference d is replaced
+by the signed shortest way round, ((d + p/2) mod p) − p/2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from .errors import SlidesimTypeError, SlidesimValueError
+
+__all__ = ["METRICS", "MetricSpec", "resolve_metric"]
+
+Family = Literal["distance", "correlation"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What the engines need to know about one metric.
+
+    Attributes:
+        name: Canonical lowercase name.
+        family: ``"distance"`` for metrics that need a fused sliding reduction of |I − T| or (I − T)²,
+            ``"correlation"`` for those built from correlations and window statistics.
+        higher_is_better: True for similarities, False for distances (sad, mad, ssd, ssd_normed).
+        circular_ok: Whether ``circular=`` channels are meaningful for the metric.
+        power: For distance reductions, 1 (absolute) or 2 (squared); 0 when no distance reduction is needed.
+        opencv: Name of the OpenCV method with the same numbers, if any.
+    """
+
+    name: str
+    family: Family
+    higher_is_better: bool
+    circular_ok: bool
+    power: int
+    opencv: str | None = None
+
+
+METRICS: dict[str, MetricSpec] = {
+    spec.name: spec
+    for spec in (
+        MetricSpec("sad", "distance", False, True, 1),
+        MetricSpec("mad", "distance", False, True, 1),
+        MetricSpec("l1_similarity", "distance", True, True, 1),
+        MetricSpec("ssd", "distance", False, True, 2, "TM_SQDIFF"),
+        MetricSpec("ssd_normed", "correlation", False, False, 2, "TM_SQDIFF_NORMED"),
+        MetricSpec("ccorr", "correlation", True, False, 0, "TM_CCORR"),
+        MetricSpec("ncc", "correlation", True, False, 0, "TM_CCORR_NORMED"),
+        MetricSpec("ccoeff", "correlation", True, False, 0, "TM_CCOEFF"),
+        MetricSpec("zncc", "correlation", True, False, 0, "TM_CCOEFF_NORMED"),
+    )
+}
+
+_ALIASES: dict[str, str] = {
+    "sqdiff": "ssd",
+    "sqdiff_normed": "ssd_normed",
+    "ccorr_normed": "ncc",
+    "ccoeff_normed": "zncc",
+}
+
+
+def resolve_metric(metric: object) -> MetricSpec:
+    """Return the spec of a metric given by name or OpenCV alias.
+
+    Names are case-insensitive and OpenCV's method names are accepted with or without the ``tm_`` prefix.
+
+    Args:
+        metric: A metric name such as ``"zncc"``, ``"TM_CCOEFF_NORMED"`` or ``"sqdiff"``.
+
+    Returns:
+        The metric's :class:`MetricSpec`.
+
+    Raises:
+        SlidesimTypeError: If ``metric`` is not a string.
+        SlidesimValueError: If the name is unknown; the message lists the valid names.
+
+    Examples:
+        >>> resolve_metric("TM_CCOEFF_NORMED").name
+        'zncc'
+    """
+    if not isinstance(metric, str):
+        raise SlidesimTypeError(f"`metric` must be a string such as 'zncc'; got {type(metric).__name__}.")
+    key = metric.strip().lower()
+    if key.startswith("tm_"):
+        key = key[3:]
+    key = _ALIASES.get(key, key)
+    if key not in METRICS:
+        valid = ", ".join(METRICS) + "; OpenCV names: " + ", ".join(
+            ["sqdiff", "sqdiff_normed", "ccorr", "ccorr_normed", "ccoeff", "ccoeff_normed"]
+        )
+        raise SlidesimValueError(f"`metric` must be one of {valid} (case-insensitive, optional 'tm_'); got {metric!r}.")
+    return METRICS[key]
+
+
+def _safe_ratio(num: torch.Tensor, den_sq: torch.Tensor, degenerate: torch.Tensor) -> torch.Tensor:
+    """num / sqrt(den_sq) where not degenerate, 0 elsewhere, with gradients that stay finite everywhere."""
+    safe = torch.where(degenerate, torch.ones_like(den_sq), den_sq.clamp_min(torch.finfo(den_sq.dtype).tiny))
+    return torch.where(degenerate, torch.zeros_like(num), num / safe.sqrt())
+
+
+def finish_distance(name: str, distance: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """Turn a weighted distance sum into sad, mad, l1_similarity or ssd."""
+    if name in ("sad", "ssd"):
+        return distance
+    mad = distance / n
+    return mad if name == "mad" else 1.0 - mad
+
+
+def finish_ncc(cross: torch.Tensor, template_energy: torch.Tensor, window_energy: torch.Tensor) -> torch.Tensor:
+    """ncc from Σ W I T, Σ W T² and Σ W I²; 0 where either energy is zero."""
+    den_sq = template_energy * window_energy
+    return _safe_ratio(cross, den_sq, den_sq <= 0).clamp(-1.0, 1.0)
+
+
+def finish_ssd_normed(ssd: torch.Tensor, template_energy: torch.Tensor, window_energy: torch.Tensor) -> torch.Tensor:
+    """ssd_normed from the exact ssd and the two energies, capped at 1 as OpenCV does."""
+    den_sq = template_energy * window_energy
+    degenerate = den_sq <= 0
+    ratio = _safe_ratio(ssd, den_sq, degenerate)
+    fallback = torch.where(ssd <= 0, torch.zeros_like(ssd), torch.ones_like(ssd))
+    return torch.where(degenerate, fallback, ratio.clamp(0.0, 1.0))
+
+
+def finish_zncc(
+    ccoeff: torch.Tensor, template_var: torch.Tensor, window_var: torch.Tensor, flat: torch.Tensor
+) -> torch.Tensor:
+    """zncc from ccoeff and the two weighted variances; 0 where the window or the template is flat."""
+    den_sq = template_var * window_var
+    return _safe_ratio(ccoeff, den_sq, flat | (den_sq <= 0)).clamp(-1.0, 1.0)
+
+
+Finish = Callable[..., torch.Tensor]
