@@ -65,7 +65,12 @@ def score_channels(prims: Primitives, canon: Canonical, image: torch.Tensor) -> 
         channel_periods = (periods[c],) if periods is not None else None
         per_channel.append(
             score_joint(
-                prims, spec, image[:, c : c + 1], bank[:, :, c : c + 1], channel_mask, channel_periods,
+                prims,
+                spec,
+                image[:, c : c + 1],
+                bank[:, :, c : c + 1],
+                channel_mask,
+                channel_periods,
                 canon.memory_limit,
             )
         )
@@ -117,7 +122,7 @@ def score_joint(
         periods: Per-channel periods of circular channels, or None.
         memory_limit: Bytes that temporaries may use.
     """
-    Bk, T, C, h, w = bank.shape
+    _Bk, T, C, h, w = bank.shape
     if spec.family == "distance":
         weights = None if mask is None else (mask if spec.power == 1 else mask * mask)
         distance = prims.distance(image, bank, weights, spec.power, periods)

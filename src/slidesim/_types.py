@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 import torch
@@ -13,8 +13,8 @@ Padding = Literal["constant", "reflect", "replicate", "circular"]
 ChannelsMode = Literal["joint", "separate", "mean"]
 Method = Literal["auto", "reference", "direct"]
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
-IntPair = Union[int, tuple[int, int]]
+ArrayLike = np.ndarray | torch.Tensor
+IntPair = int | tuple[int, int]
 
 MODES: tuple[str, ...] = ("valid", "same", "full")
 PADDINGS: tuple[str, ...] = ("constant", "reflect", "replicate", "circular")

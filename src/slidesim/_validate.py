@@ -146,7 +146,9 @@ def _option(name: str, value: object, valid: tuple[str, ...]) -> str:
     return value.lower()
 
 
-def _canonical_images_templates(images: torch.Tensor, templates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+def _canonical_images_templates(
+    images: torch.Tensor, templates: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
     if images.ndim == 2:
         if templates.ndim != 2:
             raise SlidesimValueError(
@@ -182,9 +184,7 @@ def _canonical_images_templates(images: torch.Tensor, templates: torch.Tensor) -
     return images, bank, False
 
 
-def _canonical_mask(
-    mask: object, bank: torch.Tensor, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor | None:
+def _canonical_mask(mask: object, bank: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
     """Return the mask as [Bm, Tm, Cm, h, w] weights in dtype (bool and integer masks become 0/1)."""
     if mask is None:
         return None
@@ -234,11 +234,11 @@ def _canonical_circular(circular: object, spec: MetricSpec, channels: int) -> tu
     periods: list[float | None] = [None] * channels
     for key, period in circular.items():
         if not isinstance(key, numbers.Integral) or isinstance(key, bool) or not 0 <= int(key) < channels:
-            raise SlidesimValueError(
-                f"`circular` keys must be channel indices in [0, {channels}); got {key!r}."
-            )
+            raise SlidesimValueError(f"`circular` keys must be channel indices in [0, {channels}); got {key!r}.")
         if not isinstance(period, numbers.Real) or isinstance(period, bool) or not math.isfinite(period) or period <= 0:
-            raise SlidesimValueError(f"`circular` periods must be finite positive numbers; got {period!r} for channel {key}.")
+            raise SlidesimValueError(
+                f"`circular` periods must be finite positive numbers; got {period!r} for channel {key}."
+            )
         periods[int(key)] = float(period)
     return tuple(periods) if any(p is not None for p in periods) else None
 
@@ -322,7 +322,8 @@ def canonicalize(
         per_channel = mask_c.sum(dim=(-1, -2))
         if bool((per_channel <= 0).any()):
             raise SlidesimValueError(
-                f"`mask` must have positive weight in every channel with channels={channels_s!r}; one channel is all zero."
+                f"`mask` must have positive weight in every channel with channels={channels_s!r}; "
+                "one channel is all zero."
             )
     periods = _canonical_circular(circular, spec, C)
     mask_kind = "none" if mask_c is None else ("per_template" if mask_c.shape[1] > 1 else "shared")

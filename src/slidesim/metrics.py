@@ -109,8 +109,10 @@ def resolve_metric(metric: object) -> MetricSpec:
         key = key[3:]
     key = _ALIASES.get(key, key)
     if key not in METRICS:
-        valid = ", ".join(METRICS) + "; OpenCV names: " + ", ".join(
-            ["sqdiff", "sqdiff_normed", "ccorr", "ccorr_normed", "ccoeff", "ccoeff_normed"]
+        valid = (
+            ", ".join(METRICS)
+            + "; OpenCV names: "
+            + ", ".join(["sqdiff", "sqdiff_normed", "ccorr", "ccorr_normed", "ccoeff", "ccoeff_normed"])
         )
         raise SlidesimValueError(f"`metric` must be one of {valid} (case-insensitive, optional 'tm_'); got {metric!r}.")
     return METRICS[key]

@@ -38,8 +38,9 @@ def _flat(values: torch.Tensor, support: torch.Tensor, dims: tuple[int, ...]) ->
     return (hi == lo) | empty
 
 
-def _score_one(metric: str, P: torch.Tensor, T: torch.Tensor, M: torch.Tensor, periods: torch.Tensor | None,
-               joint: bool) -> torch.Tensor:
+def _score_one(
+    metric: str, P: torch.Tensor, T: torch.Tensor, M: torch.Tensor, periods: torch.Tensor | None, joint: bool
+) -> torch.Tensor:
     """Score windows P [B, C, H', W', h, w] against one template T [Bt, C, 1, 1, h, w] with mask M (same rank)."""
     hw = (-2, -1)
     reduce = (1, -2, -1) if joint else hw
@@ -91,7 +92,7 @@ def compute(canon: Canonical) -> torch.Tensor:
     """Scores of a validated problem in float64: [B, T, H', W'], or [B, T, C, H', W'] for channels="separate"."""
     images = canon.images.to(torch.float64)
     bank = canon.templates.to(torch.float64)
-    _, T, C, h, w = bank.shape
+    _, T, _C, h, w = bank.shape
     H, W = images.shape[-2:]
     (top, bottom), (left, right) = (
         pad_amounts(canon.mode, H, h, canon.dilation[0]),
