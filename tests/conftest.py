@@ -1,0 +1,43 @@
+"""Shared test helpers: engines under test, tolerances by dtype, random problems."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from slidesim import engines
+
+TESTED_ENGINES = [name for name in engines.ENGINES if name != "reference"]
+"""Every engine is compared with the reference: a new engine joins the matrix by registering."""
+
+
+def tolerance(dtype: torch.dtype, scale: float = 1.0) -> dict[str, float]:
+    """assert_close tolerances for scores computed from inputs of ``dtype``."""
+    if dtype == torch.float64:
+        return {"rtol": 1e-9, "atol": 1e-9 * scale}
+    return {"rtol": 2e-4, "atol": 2e-4 * scale}
+
+
+def random_problem(
+    rng: np.random.Generator,
+    *,
+    batch: int = 2,
+    channels: int = 2,
+    size: tuple[int, int] = (13, 11),
+    n_templates: int = 3,
+    tsize: tuple[int, int] = (4, 3),
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images [B, C, H, W] and a bank [T, C, h, w]; templates are partly cut from the images so peaks exist."""
+    images = torch.from_numpy(rng.random((batch, channels, *size))).to(dtype)
+    bank = torch.from_numpy(rng.random((n_templates, channels, *tsize))).to(dtype)
+    h, w = tsize
+    if size[0] >= h and size[1] >= w:
+        bank[0] = images[0, :, : h, : w]
+    return images, bank
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
