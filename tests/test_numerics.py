@@ -1,0 +1,124 @@
+"""The numerics contract of slidesim.similarity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import slidesim
+from slidesim.metrics import METRICS
+
+from .conftest import TESTED_ENGINES
+
+cv2 = pytest.importorskip("cv2")
+skimage_feature = pytest.importorskip("skimage.feature")
+
+
+@pytest.mark.parametrize("engine", TESTED_ENGINES)
+def test_bright_float32_image_keeps_zncc_accurate(engine) -> None:
+    rng = np.random.default_rng(0)
+    image64 = 1e4 + rng.random((96, 96))
+    image = image64.astype(np.float32)
+    template = image[40:56, 30:46].copy()
+    exact = slidesim.reference.similarity(image.astype(np.float64), template.astype(np.float64))
+    got = slidesim.similarity(image, template, method=engine)
+    assert np.abs(got - exact).max() < 1e-3
+    assert np.unravel_index(got.argmax(), got.shape) == (40, 30)
+
+
+def test_peers_fail_the_bright_image_case() -> None:
+    """The case above is a real trap: OpenCV and scikit-image both get it wrong (documents why the test exists)."""
+    rng = np.random.default_rng(0)
+    image = (1e4 + rng.random((96, 96))).astype(np.float32)
+    template = image[40:56, 30:46].copy()
+    exact = slidesim.reference.similarity(image.astype(np.float64), template.astype(np.float64))
+    opencv = cv2.matchTemplate(image, template, cv2.TM_CCOEFF_NORMED)
+    scikit = skimage_feature.match_template(image, template)
+    assert max(np.abs(opencv - exact).max(), np.abs(scikit - exact).max()) > 1e-3
+
+
+@pytest.mark.parametrize("engine", TESTED_ENGINES)
+@pytest.mark.parametrize("metric", ["zncc", "ncc"])
+def test_normalized_scores_in_range_and_copy_scores_one(engine, metric) -> None:
+    rng = np.random.default_rng(1)
+    image = torch.from_numpy(rng.random((2, 3, 30, 28))).float() * 100
+    bank = torch.stack([image[0, :, 3:10, 4:9], image[1, :, 12:19, 15:20]])
+    scores = slidesim.similarity(image, bank, metric=metric, method=engine)
+    assert scores.min() >= -1 and scores.max() <= 1
+    assert abs(float(scores[0, 0, 3, 4]) - 1) < 1e-5
+    assert abs(float(scores[1, 1, 12, 15]) - 1) < 1e-5
+
+
+@pytest.mark.parametrize("engine", TESTED_ENGINES)
+@pytest.mark.parametrize("metric", ["sad", "ssd", "mad"])
+def test_exact_copy_scores_zero(engine, metric) -> None:
+    rng = np.random.default_rng(2)
+    image = torch.from_numpy(rng.random((1, 3, 20, 20))).float() * 1000
+    template = image[:, :, 5:12, 6:11].clone()
+    scores = slidesim.similarity(image, template, metric=metric, method=engine)
+    assert float(scores[0, 0, 5, 6]) == 0.0
+
+
+@pytest.mark.parametrize("engine", TESTED_ENGINES)
+def test_zncc_invariant_to_gain_and_offset(engine) -> None:
+    rng = np.random.default_rng(3)
+    image = torch.from_numpy(rng.random((1, 2, 25, 24)))
+    bank = torch.from_numpy(rng.random((2, 2, 6, 5)))
+    base = slidesim.similarity(image, bank, method=engine)
+    moved = slidesim.similarity(3.5 * image - 20.0, bank, method=engine)
+    torch.testing.assert_close(base, moved, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("engine", [*TESTED_ENGINES, "reference"])
+@pytest.mark.parametrize("metric", list(METRICS))
+@pytest.mark.parametrize("masked", [False, True])
+def test_flat_windows_and_templates_are_finite_and_documented(engine, metric, masked) -> None:
+    image = torch.zeros(1, 2, 12, 12)
+    image[:, :, :, 6:] = 5.0  # two flat halves, an edge in between
+    image[:, 1, 6:, :] = 7.0
+    bank = torch.zeros(3, 2, 4, 4)
+    bank[1] = 5.0  # flat non-zero template
+    bank[2, :, :, 2:] = 5.0  # edge template
+    mask = torch.ones(4, 4) if masked else None
+    scores = slidesim.similarity(image, bank, metric=metric, mask=mask, method=engine)
+    assert torch.isfinite(scores).all()
+    if metric in ("zncc", "ncc"):
+        assert scores[0, 0].eq(0).all() or metric == "ncc"  # zero template: no correlation at all
+        assert scores[0, 1, 0, 0] == 0  # flat window
+    if metric == "zncc":
+        assert scores[0, 1].eq(0).all()  # flat template
+        assert scores[0, 2, 0, 0] == 0  # flat window against an edge template
+        assert abs(float(scores[0, 2, 0, 4]) - 1) < 1e-6  # the edge itself
+    if metric == "ncc":
+        assert scores[0, 0].eq(0).all() and scores[0, 1, 0, 0] == 0  # zero template, black window
+    if metric == "ssd_normed":
+        assert scores[0, 0, 0, 0] == 0  # black on black is an exact match
+        assert scores[0, 1, 0, 0] == 1  # a non-zero template on a black window
+    if metric == "l1_similarity":
+        assert scores[0, 0, 0, 0] == 1  # black on black
+
+
+@pytest.mark.parametrize("engine", TESTED_ENGINES)
+@pytest.mark.parametrize("metric", list(METRICS))
+def test_nan_only_affects_windows_that_contain_it(engine, metric) -> None:
+    rng = np.random.default_rng(4)
+    image = torch.from_numpy(rng.random((1, 2, 20, 22))).float()
+    bank = torch.from_numpy(rng.random((2, 2, 4, 5))).float()
+    image[0, 1, 9, 11] = float("nan")
+    scores = slidesim.similarity(image, bank, metric=metric, method=engine)
+    touched = torch.zeros(17, 18, dtype=torch.bool)
+    touched[6:10, 7:12] = True
+    assert torch.isnan(scores[0, :, touched]).all()
+    assert torch.isfinite(scores[0, :, ~touched]).all()
+
+
+@pytest.mark.parametrize("engine", TESTED_ENGINES)
+def test_output_dtypes(engine) -> None:
+    image = np.random.default_rng(5).random((12, 12))
+    for dtype, out in [(np.uint8, np.float32), (np.uint16, np.float32), (np.int16, np.float32),
+                       (np.float16, np.float32), (np.float32, np.float32), (np.float64, np.float64)]:
+        scores = slidesim.similarity((image * 200).astype(dtype), (image[:4, :4] * 200).astype(dtype), method=engine)
+        assert scores.dtype == out, dtype
+    t = torch.from_numpy(image)
+    assert slidesim.similarity(t.bfloat16(), t[:4, :4].bfloat16(), method=engine).dtype == torch.float32
