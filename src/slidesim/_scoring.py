@@ -25,7 +25,7 @@ from ._validate import Canonical
 from .metrics import MetricSpec, finish_distance, finish_ncc, finish_ssd_normed, finish_zncc
 
 _FINISH_TEMPORARIES = 8  # float64 output-sized temporaries alive at once while finishing a chunk
-_MAX_FINISH_BYTES = 32 * 2**20
+_MAX_FINISH_BYTES = 8 * 2**20
 
 
 class Primitives(Protocol):
@@ -94,12 +94,18 @@ def _template_chunk(memory_limit: int, batch: int, out_h: int, out_w: int, n_tem
 
 
 def _finite_channel_mean(image: torch.Tensor) -> torch.Tensor:
-    """Per (image, channel) mean of the finite pixels, [B, C, 1, 1], detached: the centring shift."""
+    """Per (image, channel) mean of the finite pixels, [B, C, 1, 1], detached: the centring shift.
+
+    One channel at a time, so that the temporaries stay one plane large.
+    """
     data = image.detach()
-    finite = torch.isfinite(data)
-    total = torch.where(finite, data, 0).to(torch.float64).sum(dim=(-1, -2), keepdim=True)
-    count = finite.sum(dim=(-1, -2), keepdim=True).clamp_min(1)
-    return (total / count).to(image.dtype)
+    means = torch.zeros(data.shape[0], data.shape[1], 1, 1, dtype=torch.float64, device=data.device)
+    for c in range(data.shape[1]):
+        plane = data[:, c]
+        finite = torch.isfinite(plane)
+        total = torch.where(finite, plane, 0).sum(dim=(-1, -2), dtype=torch.float64)
+        means[:, c, 0, 0] = total / finite.sum(dim=(-1, -2)).clamp_min(1)
+    return means.to(image.dtype)
 
 
 def score_joint(
@@ -131,16 +137,17 @@ def score_joint(
 
     B = image.shape[0]
     out_h, out_w = _out_size(prims)
-    chunk = _template_chunk(memory_limit, B, out_h, out_w, T)
     state = _CorrelationState(prims, spec, image, bank, mask)
-    if chunk >= T:
-        return state.score(0, T)
-    if torch.is_grad_enabled() and (image.requires_grad or bank.requires_grad):
-        return torch.cat([state.score(t0, min(T, t0 + chunk)) for t0 in range(0, T, chunk)], dim=1)
-    out = image.new_empty(B, T, out_h, out_w)
+    raw = state.raw()
+    if spec.name in ("ccorr", "ccoeff"):
+        return raw
+    # Finishing needs float64 temporaries: do it a few templates at a time, in place when no gradient is needed.
+    chunk = _template_chunk(memory_limit, B, out_h, out_w, T)
+    if raw.requires_grad:
+        return torch.cat([state.finish(raw[:, t0 : t0 + chunk], t0, t0 + chunk) for t0 in range(0, T, chunk)], dim=1)
     for t0 in range(0, T, chunk):
-        out[:, t0 : t0 + chunk] = state.score(t0, min(T, t0 + chunk))
-    return out
+        raw[:, t0 : t0 + chunk] = state.finish(raw[:, t0 : t0 + chunk], t0, min(T, t0 + chunk))
+    return raw
 
 
 def _out_size(prims: Primitives) -> tuple[int, int]:
@@ -176,37 +183,46 @@ class _CorrelationState:
             self._cache[key] = compute()
         return self._cache[key]
 
-    def score(self, t0: int, t1: int) -> torch.Tensor:
-        """Scores of templates t0:t1 -> [B, t1 - t0, H', W'] in the compute dtype."""
+    def _centred_kernel(self, bank64: torch.Tensor, m64: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ccoeff kernel, template minus its per-channel M-weighted mean), both float64 [Bk, T, C, h, w]."""
+        m_sum = m64.sum(dim=(-1, -2), keepdim=True).clamp_min(_tiny())
+        t_centred = bank64 - (m64 * bank64).sum(dim=(-1, -2), keepdim=True) / m_sum
+        kernel = m64 * m64 * t_centred
+        # OpenCV's ccoeff is Σ W (T − m_T)(I − m_I) with M-weighted window means m_I; folding the window mean into
+        # the kernel gives one correlation whose kernel sums to zero per channel, hence shift-invariant.
+        return kernel - m64 * kernel.sum(dim=(-1, -2), keepdim=True) / m_sum, t_centred
+
+    def raw(self) -> torch.Tensor:
+        """The bank-wide sliding reduction of the metric -> [B, T, H', W'] in the compute dtype.
+
+        ccorr and ncc: Σ W I T; ssd_normed: the exact Σ W (I − T)²; ccoeff and zncc: ccoeff.
+        """
+        name, weights = self.spec.name, self.mask * self.mask
+        if name in ("ccorr", "ncc"):
+            return self.prims.correlate(self.image, self.bank * weights)
+        if name == "ssd_normed":
+            return self.prims.distance(self.image, self.bank, weights, 2, None)
+        kernel, _ = self._centred_kernel(self.bank.to(torch.float64), self.mask.to(torch.float64))
+        return self.prims.correlate(self.image_c, kernel.to(self.image.dtype))
+
+    def finish(self, raw: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
+        """Normalized scores of templates t0:t1 from their raw reduction -> [B, t1 - t0, H', W']."""
         name = self.spec.name
-        bank = self.bank[:, t0:t1]
+        bank64 = self.bank[:, t0:t1].to(torch.float64)
         mask = self.mask if self.shared else self.mask[:, t0:t1]
         weights = mask * mask
-        if name == "ccorr":
-            return self.prims.correlate(self.image, bank * weights)
-        bank64, w64 = bank.to(torch.float64), weights.to(torch.float64)
+        w64 = weights.to(torch.float64)
+        raw64 = raw.to(torch.float64)
         if name in ("ncc", "ssd_normed"):
             energy_t = (w64 * bank64 * bank64).sum(dim=(-3, -2, -1))[..., None, None]
             energy_w = self._once("energy", lambda: self._window_energy(weights))
-            if name == "ncc":
-                cross = self.prims.correlate(self.image, bank * weights)
-                return finish_ncc(cross.to(torch.float64), energy_t, energy_w).to(cross.dtype)
-            ssd = self.prims.distance(self.image, bank, weights, 2, None)
-            return finish_ssd_normed(ssd.to(torch.float64), energy_t, energy_w).to(ssd.dtype)
-        m64 = mask.to(torch.float64)
-        m_sum = m64.sum(dim=(-1, -2), keepdim=True)
-        t_centred = bank64 - (m64 * bank64).sum(dim=(-1, -2), keepdim=True) / m_sum.clamp_min(_tiny())
-        kernel = w64 * t_centred
-        # OpenCV's ccoeff is Σ W (T − m_T)(I − m_I) with M-weighted window means m_I; folding the window mean into
-        # the kernel gives one correlation whose kernel sums to zero per channel, hence shift-invariant.
-        kernel = kernel - m64 * kernel.sum(dim=(-1, -2), keepdim=True) / m_sum.clamp_min(_tiny())
-        ccoeff = self.prims.correlate(self.image_c, kernel.to(self.image.dtype))
-        if name == "ccoeff":
-            return ccoeff
+            finish = finish_ncc if name == "ncc" else finish_ssd_normed
+            return finish(raw64, energy_t, energy_w).to(raw.dtype)
+        _, t_centred = self._centred_kernel(bank64, mask.to(torch.float64))
         template_var = (w64 * t_centred * t_centred).sum(dim=(-3, -2, -1))[..., None, None]
         window_var, flat_w = self._once("moments", lambda: self._window_moments(mask, weights))
         flat = flat_w | _flat_templates(bank64, mask)[..., None, None]
-        return finish_zncc(ccoeff.to(torch.float64), template_var, window_var, flat).to(ccoeff.dtype)
+        return finish_zncc(raw64, template_var, window_var, flat).to(raw.dtype)
 
     def _window_energy(self, weights: torch.Tensor) -> torch.Tensor:
         """Σ W I² per window in float64 -> [B, Tm, H', W'], one channel at a time to bound memory."""

@@ -1,0 +1,52 @@
+"""Peak resident memory of a snippet, measured in a fresh process (Linux: VmHWM reset through clear_refs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+PROLOGUE = """
+import json, torch
+torch.set_num_threads(2)
+
+def _status(key):
+    for line in open('/proc/self/status'):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+def measure(fn):
+    fn_small = None
+    base = _status('VmRSS')
+    Path('/proc/self/clear_refs').write_text('5')
+    result = fn()
+    peak = _status('VmHWM') - base
+    return result, peak
+from pathlib import Path
+"""
+
+
+def available() -> bool:
+    """True where the peak can be reset (Linux with a writable clear_refs)."""
+    path = Path("/proc/self/clear_refs")
+    try:
+        path.write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_bytes(setup: str, call: str, warmup: str = "") -> dict[str, float]:
+    """Run ``setup`` then ``warmup`` then measure ``call`` (an expression) in a fresh interpreter.
+
+    Returns:
+        {"peak": bytes above the resident size just before the call, "output": bytes of the returned tensor}.
+    """
+    code = PROLOGUE + textwrap.dedent(setup) + "\n" + textwrap.dedent(warmup) + f"""
+out, peak = measure(lambda: {call})
+print(json.dumps({{"peak": peak, "output": out.numel() * out.element_size()}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
