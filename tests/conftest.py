@@ -34,7 +34,7 @@ def random_problem(
     bank = torch.from_numpy(rng.random((n_templates, channels, *tsize))).to(dtype)
     h, w = tsize
     if size[0] >= h and size[1] >= w:
-        bank[0] = images[0, :, : h, : w]
+        bank[0] = images[0, :, :h, :w]
     return images, bank
 
 

@@ -44,9 +44,15 @@ def peak_bytes(setup: str, call: str, warmup: str = "") -> dict[str, float]:
     Returns:
         {"peak": bytes above the resident size just before the call, "output": bytes of the returned tensor}.
     """
-    code = PROLOGUE + textwrap.dedent(setup) + "\n" + textwrap.dedent(warmup) + f"""
+    code = (
+        PROLOGUE
+        + textwrap.dedent(setup)
+        + "\n"
+        + textwrap.dedent(warmup)
+        + f"""
 out, peak = measure(lambda: {call})
 print(json.dumps({{"peak": peak, "output": out.numel() * out.element_size()}}))
 """
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])

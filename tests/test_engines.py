@@ -43,8 +43,16 @@ def _compare(engine: str, images, bank, **options) -> None:
 def test_matrix(engine, metric, mode, stride, dilation, padding, channels, rng) -> None:
     images, bank = random_problem(rng, size=(12, 11), tsize=(4, 3))
     _compare(
-        engine, images, bank, metric=metric, mode=mode, stride=stride, dilation=dilation, padding=padding,
-        pad_value=0.25, channels=channels,
+        engine,
+        images,
+        bank,
+        metric=metric,
+        mode=mode,
+        stride=stride,
+        dilation=dilation,
+        padding=padding,
+        pad_value=0.25,
+        channels=channels,
     )
 
 

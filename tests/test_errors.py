@@ -84,7 +84,11 @@ def test_option_errors(option, value, kind, match) -> None:
 
 @pytest.mark.parametrize(
     ("circular", "match"),
-    [({2: 1.0}, r"channel indices in \[0, 2\); got 2"), ({0: -1.0}, r"finite positive"), ({0: "x"}, r"finite positive")],
+    [
+        ({2: 1.0}, r"channel indices in \[0, 2\); got 2"),
+        ({0: -1.0}, r"finite positive"),
+        ({0: "x"}, r"finite positive"),
+    ],
 )
 def test_circular_errors(circular, match) -> None:
     _raises(ValueError, match, IMAGE, BANK, metric="sad", circular=circular)
@@ -111,8 +115,14 @@ def test_mask_channel_all_zero_in_separate_mode() -> None:
     mask = np.ones((2, 3, 3))
     mask[1] = 0
     slidesim.similarity(IMAGE, BANK, mask=mask)  # joint: the other channel carries the weight
-    _raises(ValueError, r"positive weight in every channel with channels='separate'", IMAGE, BANK, mask=mask,
-            channels="separate")
+    _raises(
+        ValueError,
+        r"positive weight in every channel with channels='separate'",
+        IMAGE,
+        BANK,
+        mask=mask,
+        channels="separate",
+    )
 
 
 @pytest.mark.skipif(not torch.backends.mps.is_available() and not torch.cuda.is_available(), reason="one device")
@@ -122,8 +132,12 @@ def test_mixed_devices() -> None:
 
 
 def test_mixed_devices_through_meta() -> None:
-    _raises(ValueError, r"`images` and `templates` must be on the same device", torch.zeros(1, 1, 8, 8),
-            torch.zeros(1, 1, 2, 2, device="meta"))
+    _raises(
+        ValueError,
+        r"`images` and `templates` must be on the same device",
+        torch.zeros(1, 1, 8, 8),
+        torch.zeros(1, 1, 2, 2, device="meta"),
+    )
 
 
 def test_errors_subclass_builtins() -> None:

@@ -116,8 +116,14 @@ def test_nan_only_affects_windows_that_contain_it(engine, metric) -> None:
 @pytest.mark.parametrize("engine", TESTED_ENGINES)
 def test_output_dtypes(engine) -> None:
     image = np.random.default_rng(5).random((12, 12))
-    for dtype, out in [(np.uint8, np.float32), (np.uint16, np.float32), (np.int16, np.float32),
-                       (np.float16, np.float32), (np.float32, np.float32), (np.float64, np.float64)]:
+    for dtype, out in [
+        (np.uint8, np.float32),
+        (np.uint16, np.float32),
+        (np.int16, np.float32),
+        (np.float16, np.float32),
+        (np.float32, np.float32),
+        (np.float64, np.float64),
+    ]:
         scores = slidesim.similarity((image * 200).astype(dtype), (image[:4, :4] * 200).astype(dtype), method=engine)
         assert scores.dtype == out, dtype
     t = torch.from_numpy(image)

@@ -46,7 +46,9 @@ def test_matches_opencv(engine, metric, channels, dtype, masked) -> None:
     else:
         image = (rng.random(shape) * 4 - 1).astype(np.float32)
     template = image[5:11, 7:12].copy()
-    template = template + (rng.integers(0, 3, template.shape) if dtype == np.uint8 else rng.random(template.shape) * 0.1)
+    template = template + (
+        rng.integers(0, 3, template.shape) if dtype == np.uint8 else rng.random(template.shape) * 0.1
+    )
     template = template.astype(dtype)
     mask = None
     if masked:
@@ -75,7 +77,9 @@ def test_opencv_masked_three_channel_mask(engine) -> None:
     mask = (rng.random(template.shape) + 0.1).astype(np.float32)
     for metric, method in OPENCV_METHODS.items():
         want = _opencv(image, template, method, mask)
-        got = slidesim.similarity(_chw(image), _chw(template), metric=metric, mask=mask.transpose(2, 0, 1), method=engine)
+        got = slidesim.similarity(
+            _chw(image), _chw(template), metric=metric, mask=mask.transpose(2, 0, 1), method=engine
+        )
         if metric == "ssd_normed":
             want = np.minimum(want, 1.0)  # see test_matches_opencv
         np.testing.assert_allclose(got[0, 0], want, rtol=1e-4, atol=2e-5 * max(1.0, float(np.abs(want).max())))

@@ -73,9 +73,7 @@ def test_l1_similarity_against_per_window_loop(stride, H, W, h, w) -> None:
     image = rng.random((3, H, W))
     template = rng.random((3, h, w))
     rows, cols = range(0, H - h + 1, stride), range(0, W - w + 1, stride)
-    loop = np.array(
-        [[1 - np.abs(image[:, y : y + h, x : x + w] - template).mean() for x in cols] for y in rows]
-    )
+    loop = np.array([[1 - np.abs(image[:, y : y + h, x : x + w] - template).mean() for x in cols] for y in rows])
     for method in ("reference", "direct"):
         got = slidesim.similarity(image[None], template[None], metric="l1_similarity", stride=stride, method=method)
         np.testing.assert_allclose(got[0, 0], loop, rtol=1e-12)

@@ -71,7 +71,7 @@ def _tap(plane: torch.Tensor, i: int, j: int, r0: int, r1: int, geom: Geometry) 
 def _active_taps(values: torch.Tensor) -> list[tuple[int, int, int]]:
     """Taps (c, i, j) of a [Bk, T, C, h, w] tensor that are non-zero for some template (one host sync)."""
     active = (values != 0).flatten(0, 1).any(dim=0).cpu()
-    return [tuple(int(v) for v in idx) for idx in active.nonzero()]  # type: ignore[misc]
+    return [tuple(idx) for idx in active.nonzero().tolist()]  # type: ignore[misc]
 
 
 def _all_taps(values: torch.Tensor) -> list[tuple[int, int, int]]:

@@ -1,0 +1,65 @@
+"""Memory targets of the core contract, measured as peak resident memory in fresh processes."""
+
+from __future__ import annotations
+
+import pytest
+
+from .memory_probe import available, peak_bytes
+
+pytestmark = pytest.mark.skipif(not available(), reason="needs Linux /proc/self/clear_refs to reset the peak")
+
+MIB = 2**20
+
+WIDE = """
+import torch, slidesim
+import torch.nn.functional as F
+torch.manual_seed(0)
+x = torch.rand(1, 128, 200, 200); k = torch.rand(50, 128, 9, 9)
+"""
+
+
+@pytest.fixture(scope="module")
+def conv2d_peak() -> float:
+    return peak_bytes(WIDE, "F.conv2d(x, k)", "F.conv2d(x[:, :, :20, :20], k)")["peak"]
+
+
+@pytest.mark.parametrize("metric", ["ccorr", "zncc", "sad"])
+def test_wide_bank_peaks_under_twice_conv2d(metric, conv2d_peak) -> None:
+    """50 templates 9×9 on 1×128×200×200: no more than twice what one F.conv2d call needs."""
+    got = peak_bytes(
+        WIDE, f"slidesim.similarity(x, k, metric='{metric}')", "slidesim.similarity(x[:, :, :12, :12], k[:1])"
+    )
+    assert got["peak"] <= 2 * conv2d_peak, (got, conv2d_peak)
+
+
+def test_sad_temporaries_respect_memory_limit() -> None:
+    """Scaled-down version of 1×3×1024² with 16 templates of 64² (unfold would need 2.5 GB here)."""
+    setup = """
+import torch, slidesim
+torch.manual_seed(0)
+x = torch.rand(1, 3, 256, 256); k = torch.rand(4, 3, 32, 32)
+"""
+    limit = 16 * MIB
+    got = peak_bytes(
+        setup,
+        f"slidesim.similarity(x, k, metric='sad', memory_limit={limit})",
+        "slidesim.similarity(x[..., :40, :40], k[:1], metric='sad')",
+    )
+    assert got["peak"] <= got["output"] + limit + 32 * MIB, got
+
+
+def test_image_is_not_copied_per_template() -> None:
+    """64 templates against a 1×3×512² image: a copy per template would add 64 × 3 MiB = 192 MiB."""
+    setup = """
+import torch, slidesim
+torch.manual_seed(0)
+x = torch.rand(1, 3, 512, 512); k = torch.rand(64, 3, 3, 3)
+"""
+    for metric in ("zncc", "ssd"):
+        got = peak_bytes(
+            setup,
+            f"slidesim.similarity(x, k, metric='{metric}')",
+            f"slidesim.similarity(x[..., :20, :20], k[:1], metric='{metric}')",
+        )
+        image_bytes = 3 * 512 * 512 * 4
+        assert got["peak"] <= got["output"] + 8 * image_bytes + 16 * MIB, (metric, got)
