@@ -16,6 +16,7 @@ Numerics:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -28,8 +29,20 @@ _FINISH_TEMPORARIES = 8  # float64 output-sized temporaries alive at once while 
 _MAX_FINISH_BYTES = 8 * 2**20
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """Where the windows are: stride, dilation and output size of one call."""
+
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    out_height: int
+    out_width: int
+
+
 class Primitives(Protocol):
     """Sliding reductions an engine provides (shapes in the docstrings of the direct engine)."""
+
+    geom: Geometry
 
     def correlate(self, image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor: ...
 
@@ -151,8 +164,7 @@ def score_joint(
 
 
 def _out_size(prims: Primitives) -> tuple[int, int]:
-    geom = prims.geom  # type: ignore[attr-defined]
-    return geom.out_height, geom.out_width
+    return prims.geom.out_height, prims.geom.out_width
 
 
 def _tiny() -> float:

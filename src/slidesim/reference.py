@@ -8,7 +8,7 @@ Examples:
     >>> import numpy as np
     >>> from slidesim import reference
     >>> image = np.zeros((6, 6)); image[2:4, 2:4] = 1.0
-    >>> reference.similarity(image, image[1:5, 1:5], metric="l1_similarity").max()
+    >>> float(reference.similarity(image, image[1:5, 1:5], metric="l1_similarity").max())
     1.0
 """
 
@@ -34,8 +34,7 @@ def _flat(values: torch.Tensor, support: torch.Tensor, dims: tuple[int, ...]) ->
     big = torch.finfo(values.dtype).max
     hi = torch.where(support, values, torch.full_like(values, -big)).amax(dim=dims)
     lo = torch.where(support, values, torch.full_like(values, big)).amin(dim=dims)
-    empty = ~support.expand_as(values).any(dim=dims) if support.dim() else torch.zeros_like(hi, dtype=torch.bool)
-    return (hi == lo) | empty
+    return hi <= lo  # equal values, or an empty support (hi = −max < lo = +max)
 
 
 def _score_one(

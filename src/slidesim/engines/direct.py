@@ -17,21 +17,11 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._scoring import padded_images, score_channels
+from .._scoring import Geometry, padded_images, score_channels
 from .._validate import Canonical
 
 NAME = "direct"
 _MAX_BLOCK_ELEMENTS = 2**20  # about 4 MiB of float32: keeps the per-tap updates close to the cache
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Where the windows are: stride, dilation and output size of one call."""
-
-    stride: tuple[int, int]
-    dilation: tuple[int, int]
-    out_height: int
-    out_width: int
 
 
 def unavailable_reason() -> str | None:
