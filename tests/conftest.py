@@ -7,9 +7,28 @@ import pytest
 import torch
 
 from slidesim import engines
+from slidesim._validate import canonicalize
+from slidesim.metrics import METRICS
+from slidesim.similarity import _defaults
 
 TESTED_ENGINES = [name for name in engines.ENGINES if name != "reference"]
 """Every engine is compared with the reference: a new engine joins the matrix by registering."""
+
+
+def engines_for(metric: str) -> list[str]:
+    """The tested engines that can run ``metric`` on CPU tensors (an uninstalled optional engine fails loudly)."""
+    options = {**_defaults(), "metric": metric}
+    problem = canonicalize(torch.zeros(4, 4), torch.zeros(2, 2), **options).problem
+    names = []
+    for name in TESTED_ENGINES:
+        engine = engines.load(name)
+        if engine.ineligible_reason(problem) is None:
+            names.append(name)
+    return names
+
+
+ENGINE_METRICS = [(engine, metric) for metric in METRICS for engine in engines_for(metric)]
+"""Every (engine, metric) pair the engines claim to support."""
 
 
 def tolerance(dtype: torch.dtype, scale: float = 1.0) -> dict[str, float]:

@@ -7,15 +7,13 @@ import pytest
 import torch
 
 import slidesim
-from slidesim.metrics import METRICS
 
-from .conftest import TESTED_ENGINES, random_problem
+from .conftest import ENGINE_METRICS, random_problem
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.mark.parametrize("engine", TESTED_ENGINES)
-@pytest.mark.parametrize("metric", list(METRICS))
+@pytest.mark.parametrize(("engine", "metric"), ENGINE_METRICS)
 def test_cuda_matches_reference(engine, metric) -> None:
     images, bank = random_problem(np.random.default_rng(0), size=(21, 19), tsize=(5, 4))
     mask = torch.rand(5, 4) + 0.1

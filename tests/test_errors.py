@@ -64,7 +64,12 @@ def test_dtype_errors(images, match) -> None:
         ("mode", "middle", ValueError, r"`mode` must be one of 'valid', 'same', 'full'; got 'middle'"),
         ("padding", "zeros", ValueError, r"`padding` must be one of 'constant', 'reflect'"),
         ("channels", "rgb", ValueError, r"`channels` must be one of 'joint', 'separate', 'mean'"),
-        ("method", "fastest", ValueError, r"`method` must be one of 'auto', 'direct', 'reference'; got 'fastest'"),
+        (
+            "method",
+            "fastest",
+            ValueError,
+            r"`method` must be one of 'auto', 'direct', 'numba', 'reference'; got 'fastest'",
+        ),
         ("method", None, TypeError, r"`method` must be a string"),
         ("stride", 0, ValueError, r"`stride` must be >= 1"),
         ("stride", (1, 0), ValueError, r"`stride` must be >= 1"),

@@ -8,13 +8,15 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-ENGINES: tuple[str, ...] = ("direct", "reference")
+_MODULES: dict[str, str] = {"direct": "direct", "numba": "numba_cpu", "reference": "reference"}
+
+ENGINES: tuple[str, ...] = tuple(_MODULES)
 """Every engine that ``method=`` accepts besides "auto"."""
 
-AUTO_ORDER: tuple[str, ...] = ("direct",)
+AUTO_ORDER: tuple[str, ...] = ("numba", "direct")
 """Engines that ``method="auto"`` may pick, in order of preference."""
 
 
 def load(name: str) -> ModuleType:
     """Import the module of a registered engine."""
-    return importlib.import_module(f"{__name__}.{name}")
+    return importlib.import_module(f"{__name__}.{_MODULES[name]}")

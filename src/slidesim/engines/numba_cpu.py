@@ -1,0 +1,158 @@
+"""The numba engine: fused, parallel CPU kernels for the distance metrics (sad, mad, l1_similarity, ssd) and the
+exact ssd of ssd_normed.
+
+The kernels (:mod:`slidesim.engines._numba_kernels`) never materialize windows: each thread owns an output row and
+accumulates |I − T| or (I − T)² for four templates at once, four template columns per pass, so every image load
+feeds sixteen differences. Masks, circular channels, stride, dilation and per-image banks run in a general kernel;
+backward runs fused too. Window statistics and correlations of ssd_normed come from the direct engine.
+
+numba is optional: without it this engine reports itself unavailable and ``method="auto"`` moves on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import torch
+from torch.autograd.function import once_differentiable
+
+from .._scoring import Geometry, padded_images, score_channels
+from .._validate import Canonical, Problem
+from .direct import DirectPrimitives, block_elements
+
+NAME = "numba"
+_METRICS = ("sad", "mad", "l1_similarity", "ssd", "ssd_normed")
+
+
+def unavailable_reason() -> str | None:
+    """None when numba can be imported, else how to get it."""
+    if importlib.util.find_spec("numba") is None:
+        return "numba is not installed (pip install 'slidesim[numba]')"
+    return None
+
+
+def ineligible_reason(problem: Problem) -> str | None:
+    """The numba engine runs distance metrics on CPU tensors."""
+    if problem.metric not in _METRICS:
+        return f"accelerates the distance metrics {', '.join(_METRICS)} only; got {problem.metric!r}"
+    if not problem.device.startswith("cpu"):
+        return f"runs on the CPU only; the tensors are on {problem.device}"
+    return None
+
+
+def _kernels():
+    from . import _numba_kernels
+
+    return _numba_kernels
+
+
+def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().contiguous().numpy()
+
+
+def _weights_and_periods(
+    weights: torch.Tensor | None, periods: tuple[float | None, ...] | None, templates: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    dtype = templates.dtype
+    h, w = templates.shape[-2:]
+    C = templates.shape[2]
+    if weights is None:
+        weights = torch.ones(1, 1, 1, h, w, dtype=dtype)
+    period_array = np.zeros(C, dtype=_as_numpy(templates).dtype)
+    for c, period in enumerate(periods or ()):
+        period_array[c] = period or 0.0
+    return _as_numpy(weights.to(dtype)), period_array
+
+
+def _forward(image, templates, weights, power, periods, geom):
+    kernels = _kernels()
+    image_np, templates_np = _as_numpy(image), _as_numpy(templates)
+    B, T = image.shape[0], templates.shape[1]
+    out = np.zeros((B, T, geom.out_height, geom.out_width), dtype=image_np.dtype)
+    (sy, sx), (dy, dx) = geom.stride, geom.dilation
+    if weights is None and not any(p is not None for p in periods or ()):
+        full = 4 * (T // 4)
+        if full:
+            kernels.distance_plain(image_np, templates_np, power, sy, sx, dy, dx, out)
+        if full < T:
+            kernels.distance_plain_single(image_np, templates_np, full, power, sy, sx, dy, dx, out)
+    else:
+        weights_np, periods_np = _weights_and_periods(weights, periods, templates)
+        kernels.distance_general(image_np, templates_np, weights_np, periods_np, power, sy, sx, dy, dx, out)
+    return torch.from_numpy(out)
+
+
+class _NumbaDistance(torch.autograd.Function):
+    """Σ_c Σ_taps w · |d|^power with d = image − template; backward in one fused kernel."""
+
+    @staticmethod
+    def forward(ctx, image, templates, weights, power, periods, geom):
+        ctx.save_for_backward(image, templates, weights)
+        ctx.power, ctx.periods, ctx.geom = power, periods, geom
+        return _forward(image, templates, weights, power, periods, geom)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        image, templates, weights = ctx.saved_tensors
+        geom = ctx.geom
+        image_np, templates_np = _as_numpy(image), _as_numpy(templates)
+        weights_np, periods_np = _weights_and_periods(weights, ctx.periods, templates)
+        grad_image = np.zeros_like(image_np)
+        grad_templates = np.zeros((image.shape[0], *templates.shape[1:]), dtype=templates_np.dtype)
+        (sy, sx), (dy, dx) = geom.stride, geom.dilation
+        _kernels().distance_backward(
+            image_np,
+            templates_np,
+            weights_np,
+            periods_np,
+            ctx.power,
+            sy,
+            sx,
+            dy,
+            dx,
+            _as_numpy(grad.to(image.dtype)),
+            grad_image,
+            grad_templates,
+        )
+        grad_t = torch.from_numpy(grad_templates)
+        if templates.shape[0] == 1:
+            grad_t = grad_t.sum(dim=0, keepdim=True)
+        needs_image, needs_templates = ctx.needs_input_grad[:2]
+        return (
+            torch.from_numpy(grad_image) if needs_image else None,
+            grad_t if needs_templates else None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+class NumbaPrimitives(DirectPrimitives):
+    """Direct primitives with the distance reduction replaced by the fused numba kernels."""
+
+    def distance(
+        self,
+        image: torch.Tensor,
+        templates: torch.Tensor,
+        weights: torch.Tensor | None,
+        power: int,
+        periods: tuple[float | None, ...] | None,
+    ) -> torch.Tensor:
+        """Σ_c Σ_taps w · |image − template|^power -> [B, T, H', W'] (weights [Bm, Tm, Cm, h, w] or None)."""
+        templates = templates.to(image.dtype)
+        weights = weights.detach().to(image.dtype) if weights is not None else None
+        if torch.is_grad_enabled() and (image.requires_grad or templates.requires_grad):
+            return _NumbaDistance.apply(image, templates, weights, power, periods, self.geom)
+        return _forward(image, templates, weights, power, periods, self.geom)
+
+
+def run(canon: Canonical) -> torch.Tensor:
+    """Scores of a validated problem: [B, T, H', W'] (or [B, T, C, H', W'] for channels="separate")."""
+    image = padded_images(canon)
+    problem = canon.problem
+    geom = Geometry(canon.stride, canon.dilation, problem.out_height, problem.out_width)
+    prims = NumbaPrimitives(geom, block_elements(canon.memory_limit, image.element_size()))
+    return score_channels(prims, canon, image)
