@@ -7,7 +7,10 @@ import pytest
 import torch
 
 import slidesim
+from slidesim import engines
+from slidesim._validate import canonicalize
 from slidesim.metrics import METRICS
+from slidesim.similarity import _defaults
 
 from .conftest import ENGINE_METRICS, engines_for
 
@@ -102,11 +105,21 @@ def test_nan_only_affects_windows_that_contain_it(engine, metric) -> None:
     image = torch.from_numpy(rng.random((1, 2, 20, 22))).float()
     bank = torch.from_numpy(rng.random((2, 2, 4, 5))).float()
     image[0, 1, 9, 11] = float("nan")
+    if engines.load(engine).ineligible_reason(_problem(image, bank, metric)):
+        with pytest.raises(slidesim.EngineUnavailableError, match="NaN or inf"):
+            slidesim.similarity(image, bank, metric=metric, method=engine)
+        return
     scores = slidesim.similarity(image, bank, metric=metric, method=engine)
     touched = torch.zeros(17, 18, dtype=torch.bool)
     touched[6:10, 7:12] = True
     assert torch.isnan(scores[0, :, touched]).all()
     assert torch.isfinite(scores[0, :, ~touched]).all()
+    auto = slidesim.similarity(image, bank, metric=metric)  # auto must pick an engine that keeps NaN local
+    assert torch.isnan(auto[0, :, touched]).all() and torch.isfinite(auto[0, :, ~touched]).all()
+
+
+def _problem(image, bank, metric):
+    return canonicalize(image, bank, **{**_defaults(), "metric": metric}).problem
 
 
 @pytest.mark.parametrize("engine", engines_for("zncc"))

@@ -37,6 +37,7 @@ class Geometry:
     dilation: tuple[int, int]
     out_height: int
     out_width: int
+    template_size: tuple[int, int]
 
 
 class Primitives(Protocol):
@@ -55,7 +56,17 @@ class Primitives(Protocol):
         periods: tuple[float | None, ...] | None,
     ) -> torch.Tensor: ...
 
-    def window_range(self, plane: torch.Tensor, support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def window_sum(self, plane: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor: ...
+
+    def window_range(self, plane: torch.Tensor, support: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def geometry(canon: Canonical) -> Geometry:
+    """Where the windows of a validated call are."""
+    problem = canon.problem
+    return Geometry(
+        canon.stride, canon.dilation, problem.out_height, problem.out_width, tuple(canon.templates.shape[-2:])
+    )
 
 
 def padded_images(canon: Canonical) -> torch.Tensor:
@@ -179,6 +190,7 @@ class _CorrelationState:
     ) -> None:
         self.prims, self.spec, self.image, self.bank = prims, spec, image, bank
         h, w = bank.shape[-2:]
+        self.masked = mask is not None
         self.mask = mask if mask is not None else torch.ones(1, 1, 1, h, w, dtype=image.dtype, device=image.device)
         self.binary = mask is None or bool(((mask == 0) | (mask == 1)).all())
         self.shared = self.mask.shape[1] == 1
@@ -244,11 +256,11 @@ class _CorrelationState:
             for c in range(self.image.shape[1]):
                 plane = self.image[:, c : c + 1].to(torch.float64)
                 squares = plane * plane if squares is None else squares + plane * plane
-            return self.prims.correlate(squares, w64)
+            return self.prims.window_sum(squares, w64 if self.masked else None)
         energy = None
         for c in range(self.image.shape[1]):
             plane = self.image[:, c : c + 1].to(torch.float64)
-            part = self.prims.correlate(plane * plane, w64[:, :, c : c + 1])
+            part = self.prims.window_sum(plane * plane, w64[:, :, c : c + 1])
             energy = part if energy is None else energy + part
         return energy
 
@@ -260,15 +272,16 @@ class _CorrelationState:
             cm = min(c, m64.shape[2] - 1)
             m_c, w_c = m64[:, :, cm : cm + 1], w64[:, :, cm : cm + 1]
             plane = self.image_c[:, c : c + 1].to(torch.float64)
-            first = self.prims.correlate(plane, m_c)
+            box = None if not self.masked else m_c  # unmasked windows: plain box sums
+            first = self.prims.window_sum(plane, box)
             mean = first / m_c.sum(dim=(-1, -2, -3))[..., None, None].clamp_min(_tiny())
-            second = self.prims.correlate(plane * plane, w_c)
+            second = self.prims.window_sum(plane * plane, None if not self.masked else w_c)
             if self.binary:
                 var_c = second - mean * first
             else:
-                weighted = self.prims.correlate(plane, w_c)
+                weighted = self.prims.window_sum(plane, w_c)
                 var_c = second - 2 * mean * weighted + mean * mean * w_c.sum(dim=(-1, -2, -3))[..., None, None]
-            hi, lo = self.prims.window_range(self.image[:, c : c + 1], m_c > 0)
+            hi, lo = self.prims.window_range(self.image[:, c : c + 1], None if not self.masked else m_c > 0)
             flat_c = hi <= lo  # equal values, or an empty support (hi = −max < lo = +max)
             variance = var_c if variance is None else variance + var_c
             flat = flat_c if flat is None else flat & flat_c

@@ -68,6 +68,7 @@ class Problem:
     out_height: int
     out_width: int
     requires_grad: bool
+    finite: bool
 
 
 @dataclass
@@ -350,6 +351,7 @@ def canonicalize(
         out_height=out_h,
         out_width=out_w,
         requires_grad=requires_grad,
+        finite=bool(torch.isfinite(images_c).all()),
     )
     return Canonical(
         images=images_c,

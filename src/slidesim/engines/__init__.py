@@ -8,7 +8,13 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-_MODULES: dict[str, str] = {"direct": "direct", "numba": "numba_cpu", "reference": "reference"}
+_MODULES: dict[str, str] = {
+    "direct": "direct",
+    "numba": "numba_cpu",
+    "conv": "conv",
+    "fft": "fft",
+    "reference": "reference",
+}
 
 ENGINES: tuple[str, ...] = tuple(_MODULES)
 """Every engine that ``method=`` accepts besides "auto"."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._scoring import Geometry, padded_images, score_channels
+from .._scoring import Geometry, geometry, padded_images, score_channels
 from .._validate import Canonical
 
 NAME = "direct"
@@ -232,13 +232,21 @@ class DirectPrimitives:
             return _Distance.apply(*args)
         return _distance_forward(*args)
 
-    def window_range(self, plane: torch.Tensor, support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Max and min of plane [B, 1, Hp, Wp] over each window's support [Bm, Tm, 1, h, w] -> [B, Tm, H', W'].
+    def window_sum(self, plane: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """Σ_taps weights · plane for statistics. plane [B, C', Hp, Wp], weights [Bm, Tm, C', h, w] or None for an
+        unweighted box -> [B, Tm, H', W'] (channels summed)."""
+        if weights is None:
+            weights = torch.ones(1, 1, plane.shape[1], *self.geom.template_size, dtype=plane.dtype, device=plane.device)
+        return self.correlate(plane, weights)
 
-        Windows with an empty support get (−max float, +max float).
+    def window_range(self, plane: torch.Tensor, support: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Max and min of plane [B, 1, Hp, Wp] over each window's support [Bm, Tm, 1, h, w] (None: every tap)
+        -> [B, Tm, H', W']. Windows with an empty support get (−max float, +max float).
         """
         plane = plane.detach()
         geom = self.geom
+        if support is None:
+            support = torch.ones(1, 1, 1, *geom.template_size, dtype=torch.bool, device=plane.device)
         B = plane.shape[0]
         Tm = support.shape[1]
         big = torch.finfo(plane.dtype).max
@@ -268,6 +276,5 @@ __all__ = ["NAME", "DirectPrimitives", "Geometry", "ineligible_reason", "make_pr
 def run(canon: Canonical) -> torch.Tensor:
     """Scores of a validated problem: [B, T, H', W'] (or [B, T, C, H', W'] for channels="separate")."""
     image = padded_images(canon)
-    problem = canon.problem
-    geom = Geometry(canon.stride, canon.dilation, problem.out_height, problem.out_width)
+    geom = geometry(canon)
     return score_channels(make_primitives(geom, canon.memory_limit, image.element_size()), canon, image)

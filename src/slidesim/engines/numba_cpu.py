@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._scoring import Geometry, padded_images, score_channels
+from .._scoring import geometry, padded_images, score_channels
 from .._validate import Canonical, Problem
 from .direct import DirectPrimitives, block_elements
 
@@ -152,7 +152,6 @@ class NumbaPrimitives(DirectPrimitives):
 def run(canon: Canonical) -> torch.Tensor:
     """Scores of a validated problem: [B, T, H', W'] (or [B, T, C, H', W'] for channels="separate")."""
     image = padded_images(canon)
-    problem = canon.problem
-    geom = Geometry(canon.stride, canon.dilation, problem.out_height, problem.out_width)
+    geom = geometry(canon)
     prims = NumbaPrimitives(geom, block_elements(canon.memory_limit, image.element_size()))
     return score_channels(prims, canon, image)

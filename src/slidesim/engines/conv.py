@@ -1,0 +1,42 @@
+"""The conv engine: the cross term of the correlation metrics through one torch conv2d call with the whole bank
+as output channels (grouped per image for per-image banks), so the image is never repeated per template.
+
+Window statistics come from float64 box sums (:mod:`slidesim.engines._fast`); the cross term of ccoeff and zncc
+correlates the centred image with the mean-removed template. Best for small templates and large banks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._scoring import geometry, padded_images, score_channels
+from .._validate import Canonical, Problem
+from ._fast import FastStatistics, conv_correlate, correlation_ineligible_reason
+from .direct import block_elements
+
+NAME = "conv"
+
+
+def unavailable_reason() -> str | None:
+    """conv2d ships with torch."""
+    return None
+
+
+def ineligible_reason(problem: Problem) -> str | None:
+    """Correlation metrics on finite images."""
+    return correlation_ineligible_reason(problem)
+
+
+class ConvPrimitives(FastStatistics):
+    """Correlations by torch conv2d."""
+
+    def correlate(self, image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W']."""
+        return conv_correlate(image, kernel, self.geom)
+
+
+def run(canon: Canonical) -> torch.Tensor:
+    """Scores of a validated problem: [B, T, H', W'] (or [B, T, C, H', W'] for channels="separate")."""
+    image = padded_images(canon)
+    prims = ConvPrimitives(geometry(canon), block_elements(canon.memory_limit, image.element_size()))
+    return score_channels(prims, canon, image)
