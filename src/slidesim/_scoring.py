@@ -58,7 +58,7 @@ class Primitives(Protocol):
 
     def window_sum(self, plane: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor: ...
 
-    def window_range(self, plane: torch.Tensor, support: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def window_flat(self, plane: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor: ...
 
 
 def geometry(canon: Canonical) -> Geometry:
@@ -281,8 +281,7 @@ class _CorrelationState:
             else:
                 weighted = self.prims.window_sum(plane, w_c)
                 var_c = second - 2 * mean * weighted + mean * mean * w_c.sum(dim=(-1, -2, -3))[..., None, None]
-            hi, lo = self.prims.window_range(self.image[:, c : c + 1], None if not self.masked else m_c > 0)
-            flat_c = hi <= lo  # equal values, or an empty support (hi = −max < lo = +max)
+            flat_c = self.prims.window_flat(self.image[:, c : c + 1], None if not self.masked else m_c > 0)
             variance = var_c if variance is None else variance + var_c
             flat = flat_c if flat is None else flat & flat_c
         return variance.clamp_min(0), flat

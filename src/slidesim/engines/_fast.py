@@ -28,15 +28,22 @@ def correlation_ineligible_reason(problem: Problem) -> str | None:
 
 def _box_last_axis(x: torch.Tensor, taps: int, dilation: int, stride: int, count: int) -> torch.Tensor:
     """S[k] = Σ_{i < taps} x[..., k·stride + i·dilation] for k < count, by a per-residue cumulative sum."""
+    if taps == 0:
+        return x.new_zeros(*x.shape[:-1], count)
     n = x.shape[-1]
     padded = -(-n // dilation) * dilation
     x = F.pad(x, (0, padded - n))
     cumulative = x.reshape(*x.shape[:-1], padded // dilation, dilation).cumsum(dim=-2).reshape(x.shape)
     cumulative = F.pad(cumulative, (dilation, 0))  # cumulative[k + dilation] = Σ_{j ≤ k, j ≡ k} x[j]
-    starts = torch.arange(count, device=x.device) * stride
-    upper = cumulative.index_select(-1, starts + dilation * taps)
-    lower = cumulative.index_select(-1, starts)
-    return upper - lower
+    last = (count - 1) * stride + 1
+    return cumulative[..., dilation * taps : dilation * taps + last : stride] - cumulative[..., :last:stride]
+
+
+def _box(plane: torch.Tensor, taps: tuple[int, int], geom: Geometry, count: tuple[int, int]) -> torch.Tensor:
+    """Box sums of plane [..., Hp, Wp] over taps[0] × taps[1] dilated taps, strided -> [..., count]."""
+    (sy, sx), (dy, dx) = geom.stride, geom.dilation
+    rows = _box_last_axis(plane.transpose(-1, -2), taps[0], dy, sy, count[0]).transpose(-1, -2)
+    return _box_last_axis(rows, taps[1], dx, sx, count[1])
 
 
 def conv_correlate(image: torch.Tensor, kernel: torch.Tensor, geom: Geometry) -> torch.Tensor:
@@ -62,22 +69,27 @@ class FastStatistics(DirectPrimitives):
         """
         if weights is not None:
             return conv_correlate(plane, weights, self.geom)
-        geom = self.geom
-        (h, w), (sy, sx), (dy, dx) = geom.template_size, geom.stride, geom.dilation
         total = plane.sum(dim=1, keepdim=True) if plane.shape[1] > 1 else plane
-        rows = _box_last_axis(total.transpose(-1, -2), h, dy, sy, geom.out_height).transpose(-1, -2)
-        return _box_last_axis(rows, w, dx, sx, geom.out_width)
-
-    def window_range(self, plane: torch.Tensor, support: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Max and min of plane [B, 1, Hp, Wp] over each window -> [B, 1, H', W'] (masked: the direct loop)."""
-        if support is not None:
-            return super().window_range(plane, support)
         geom = self.geom
-        (h, w), (sy, sx), (dy, dx) = geom.template_size, geom.stride, geom.dilation
+        return _box(total, geom.template_size, geom, (geom.out_height, geom.out_width))
+
+    def window_flat(self, plane: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
+        """True where all values of plane [B, 1, Hp, Wp] in a window are equal -> [B, 1, H', W'] bool.
+
+        A window is flat exactly when no two neighbouring taps differ, along rows and along columns; counting the
+        differing neighbour pairs is an integer box sum, exact and O(H·W). Masked windows use the direct loop.
+        """
+        if support is not None:
+            return super().window_flat(plane, support)
+        geom = self.geom
+        (h, w), (dy, dx) = geom.template_size, geom.dilation
         plane = plane.detach()
-
-        def sliding_max(x: torch.Tensor) -> torch.Tensor:
-            x = F.max_pool2d(x, (h, 1), stride=(sy, 1), dilation=(dy, 1))
-            return F.max_pool2d(x, (1, w), stride=(1, sx), dilation=(1, dx))
-
-        return sliding_max(plane), -sliding_max(-plane)
+        out = (geom.out_height, geom.out_width)
+        across = (plane[..., :, dx:] != plane[..., :, :-dx]).to(torch.int64) if w > 1 else None
+        down = (plane[..., dy:, :] != plane[..., :-dy, :]).to(torch.int64) if h > 1 else None
+        changes = torch.zeros(plane.shape[0], 1, *out, dtype=torch.int64, device=plane.device)
+        if across is not None:
+            changes += _box(across, (h, w - 1), geom, out)
+        if down is not None:
+            changes += _box(down, (h - 1, w), geom, out)
+        return changes == 0

@@ -239,10 +239,9 @@ class DirectPrimitives:
             weights = torch.ones(1, 1, plane.shape[1], *self.geom.template_size, dtype=plane.dtype, device=plane.device)
         return self.correlate(plane, weights)
 
-    def window_range(self, plane: torch.Tensor, support: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Max and min of plane [B, 1, Hp, Wp] over each window's support [Bm, Tm, 1, h, w] (None: every tap)
-        -> [B, Tm, H', W']. Windows with an empty support get (−max float, +max float).
-        """
+    def window_flat(self, plane: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
+        """True where all values of plane [B, 1, Hp, Wp] under a window's support [Bm, Tm, 1, h, w] (None: every
+        tap) are equal, or the support is empty -> [B, Tm, H', W'] bool."""
         plane = plane.detach()
         geom = self.geom
         if support is None:
@@ -262,7 +261,7 @@ class DirectPrimitives:
                 on = support[:, :, 0, i, j, None, None]
                 hi = torch.where(on, torch.maximum(hi, window), hi)
                 lo = torch.where(on, torch.minimum(lo, window), lo)
-        return hi, lo
+        return hi <= lo  # equal values, or an empty support (hi = −max < lo = +max)
 
 
 def make_primitives(geom: Geometry, memory_limit: int, itemsize: int) -> DirectPrimitives:
