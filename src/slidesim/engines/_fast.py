@@ -27,13 +27,17 @@ def correlation_ineligible_reason(problem: Problem) -> str | None:
 
 
 def _box_last_axis(x: torch.Tensor, taps: int, dilation: int, stride: int, count: int) -> torch.Tensor:
-    """S[k] = Σ_{i < taps} x[..., k·stride + i·dilation] for k < count, by a per-residue cumulative sum."""
+    """S[k] = Σ_{i < taps} x[..., k·stride + i·dilation] for k < count, by a cumulative sum per residue class
+    modulo the dilation. The scan runs along the contiguous last axis, where torch's cumsum is fast."""
     if taps == 0:
         return x.new_zeros(*x.shape[:-1], count)
     n = x.shape[-1]
-    padded = -(-n // dilation) * dilation
-    x = F.pad(x, (0, padded - n))
-    cumulative = x.reshape(*x.shape[:-1], padded // dilation, dilation).cumsum(dim=-2).reshape(x.shape)
+    if dilation == 1:
+        cumulative = x.cumsum(dim=-1)
+    else:
+        padded = -(-n // dilation) * dilation
+        x = F.pad(x, (0, padded - n))
+        cumulative = x.reshape(*x.shape[:-1], padded // dilation, dilation).cumsum(dim=-2).reshape(x.shape)
     cumulative = F.pad(cumulative, (dilation, 0))  # cumulative[k + dilation] = Σ_{j ≤ k, j ≡ k} x[j]
     last = (count - 1) * stride + 1
     return cumulative[..., dilation * taps : dilation * taps + last : stride] - cumulative[..., :last:stride]
@@ -42,7 +46,8 @@ def _box_last_axis(x: torch.Tensor, taps: int, dilation: int, stride: int, count
 def _box(plane: torch.Tensor, taps: tuple[int, int], geom: Geometry, count: tuple[int, int]) -> torch.Tensor:
     """Box sums of plane [..., Hp, Wp] over taps[0] × taps[1] dilated taps, strided -> [..., count]."""
     (sy, sx), (dy, dx) = geom.stride, geom.dilation
-    rows = _box_last_axis(plane.transpose(-1, -2), taps[0], dy, sy, count[0]).transpose(-1, -2)
+    columns_first = plane.transpose(-1, -2).contiguous()
+    rows = _box_last_axis(columns_first, taps[0], dy, sy, count[0]).transpose(-1, -2).contiguous()
     return _box_last_axis(rows, taps[1], dx, sx, count[1])
 
 
@@ -85,9 +90,9 @@ class FastStatistics(DirectPrimitives):
         (h, w), (dy, dx) = geom.template_size, geom.dilation
         plane = plane.detach()
         out = (geom.out_height, geom.out_width)
-        across = (plane[..., :, dx:] != plane[..., :, :-dx]).to(torch.int64) if w > 1 else None
-        down = (plane[..., dy:, :] != plane[..., :-dy, :]).to(torch.int64) if h > 1 else None
-        changes = torch.zeros(plane.shape[0], 1, *out, dtype=torch.int64, device=plane.device)
+        across = (plane[..., :, dx:] != plane[..., :, :-dx]).to(torch.float64) if w > 1 else None
+        down = (plane[..., dy:, :] != plane[..., :-dy, :]).to(torch.float64) if h > 1 else None
+        changes = torch.zeros(plane.shape[0], 1, *out, dtype=torch.float64, device=plane.device)  # exact counts
         if across is not None:
             changes += _box(across, (h, w - 1), geom, out)
         if down is not None:
