@@ -27,7 +27,9 @@ def conv2d_peak() -> float:
 def test_wide_bank_peaks_under_twice_conv2d(metric, conv2d_peak) -> None:
     """50 templates 9×9 on 1×128×200×200: no more than twice what one F.conv2d call needs."""
     got = peak_bytes(
-        WIDE, f"slidesim.similarity(x, k, metric='{metric}')", "slidesim.similarity(x[:, :, :12, :12], k[:1])"
+        WIDE,
+        f"slidesim.similarity(x, k, metric='{metric}')",
+        f"slidesim.similarity(x[:, :, :12, :12], k[:1], metric='{metric}')",
     )
     assert got["peak"] <= 2 * conv2d_peak, (got, conv2d_peak)
 
@@ -49,7 +51,11 @@ x = torch.rand(1, 3, 256, 256); k = torch.rand(4, 3, 32, 32)
 
 
 def test_image_is_not_copied_per_template() -> None:
-    """64 templates against a 1×3×512² image: a copy per template would add 64 × 3 MiB = 192 MiB."""
+    """64 templates against a 1×3×512² image: a copy per template would add 64 × 3 MiB = 192 MiB.
+
+    conv2d (the engine auto picks for zncc here) may hold its output twice while it reorders memory layouts, so
+    the bound allows a second output on top of a few image-sized temporaries: still 80 MiB short of the copies.
+    """
     setup = """
 import torch, slidesim
 torch.manual_seed(0)
@@ -62,4 +68,4 @@ x = torch.rand(1, 3, 512, 512); k = torch.rand(64, 3, 3, 3)
             f"slidesim.similarity(x[..., :20, :20], k[:1], metric='{metric}')",
         )
         image_bytes = 3 * 512 * 512 * 4
-        assert got["peak"] <= got["output"] + 8 * image_bytes + 16 * MIB, (metric, got)
+        assert got["peak"] <= 2 * got["output"] + 8 * image_bytes + 16 * MIB, (metric, got)

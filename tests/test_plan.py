@@ -16,13 +16,44 @@ from slidesim.plan import select_engine
 from slidesim.similarity import _defaults
 
 
-def _problem(metric: str):
-    return canonicalize(torch.zeros(6, 6), torch.zeros(2, 2), **{**_defaults(), "metric": metric}).problem
+def _canon(metric: str, image=None):
+    image = torch.rand(64, 64) if image is None else image
+    return canonicalize(image, torch.rand(8, 8), **{**_defaults(), "metric": metric})
 
 
-def test_auto_prefers_numba_for_distance_metrics_and_direct_otherwise() -> None:
-    assert select_engine("auto", _problem("sad")).NAME == "numba"
-    assert select_engine("auto", _problem("zncc")).NAME == "direct"
+def test_auto_prefers_fused_and_fast_engines() -> None:
+    assert select_engine(_canon("sad")).NAME == "numba"
+    assert select_engine(_canon("zncc")).NAME == "direct"
+    assert "runs only when named (method='fft')" in slidesim.explain(torch.rand(64, 64), torch.rand(8, 8))
+
+
+def test_auto_keeps_nan_local() -> None:
+    image = torch.rand(64, 64)
+    image[5, 5] = float("nan")
+    assert select_engine(_canon("zncc", image)).NAME == "direct"
+    text = slidesim.explain(image, torch.rand(8, 8))
+    assert "fft" in text and "the images contain NaN or inf" in text and "-> direct" in text
+
+
+def test_explain_lists_every_engine_with_estimates() -> None:
+    text = slidesim.explain(torch.rand(1, 1, 256, 256), torch.rand(4, 1, 16, 16), metric="sad")
+    for name in engines.ENGINES:
+        assert f"  {name}" in text
+    assert "excluded: computes the correlation metrics" in text
+
+
+def test_measure_times_candidates_and_remembers() -> None:
+    images, bank = torch.rand(1, 1, 96, 96), torch.rand(3, 1, 9, 9)
+    first = slidesim.plan(images, bank, metric="ncc", measure=True)
+    assert first.measured and first.engine in engines.AUTO_ORDER
+    again = slidesim.plan(images, bank, metric="ncc")
+    assert again.measured and again.engine == first.engine
+
+
+def test_memory_limit_excludes_engines() -> None:
+    text = slidesim.explain(torch.rand(1, 1, 512, 512), torch.rand(1, 1, 32, 32), metric="sad", memory_limit=2**20)
+    assert "numba " in text and "over memory_limit 1 MiB" in text
+    assert "-> direct" in text and "no engine fits" in text
 
 
 def test_pinned_engine_that_cannot_run_says_why() -> None:
@@ -33,7 +64,7 @@ def test_pinned_engine_that_cannot_run_says_why() -> None:
 def test_without_numba_auto_skips_it(monkeypatch) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numba" else real(name, *a))
-    assert select_engine("auto", _problem("sad")).NAME == "direct"
+    assert select_engine(_canon("sad")).NAME == "direct"
     with pytest.raises(
         slidesim.EngineUnavailableError, match=r"numba is not installed \(pip install 'slidesim\[numba\]'\)"
     ):

@@ -9,6 +9,7 @@ from . import reference
 from .color import rgb_to_hsv
 from .errors import EngineUnavailableError, SlidesimError, SlidesimTypeError, SlidesimValueError
 from .metrics import METRICS
+from .plan import Plan, explain, plan
 from .similarity import similarity
 
 __version__ = "0.1.0"
@@ -16,9 +17,12 @@ __version__ = "0.1.0"
 __all__ = [
     "METRICS",
     "EngineUnavailableError",
+    "Plan",
     "SlidesimError",
     "SlidesimTypeError",
     "SlidesimValueError",
+    "explain",
+    "plan",
     "reference",
     "rgb_to_hsv",
     "similarity",

@@ -27,6 +27,7 @@ from .metrics import MetricSpec, finish_distance, finish_ncc, finish_ssd_normed,
 
 _FINISH_TEMPORARIES = 8  # float64 output-sized temporaries alive at once while finishing a chunk
 _MAX_FINISH_BYTES = 8 * 2**20
+_CENTRING_BYTES = 4 * 2**20  # centred copies of the image are made this many bytes at a time
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,7 @@ class _CorrelationState:
         self.shared = self.mask.shape[1] == 1
         if spec.name in ("ccoeff", "zncc"):
             # Centring keeps the float32 cross term and the float64 window sums free of cancellation.
-            self.image_c = image - _finite_channel_mean(image)
+            self.shift = _finite_channel_mean(image)
         self._cache: dict[str, object] = {}
 
     def _once(self, key: str, compute):
@@ -227,7 +228,30 @@ class _CorrelationState:
         if name == "ssd_normed":
             return self.prims.distance(self.image, self.bank, weights, 2, None)
         kernel, _ = self._centred_kernel(self.bank.to(torch.float64), self.mask.to(torch.float64))
-        return self.prims.correlate(self.image_c, kernel.to(self.image.dtype))
+        return self._centred_correlate(kernel.to(self.image.dtype))
+
+    def _centred(self, c0: int, c1: int) -> torch.Tensor:
+        """Channels c0:c1 of the image minus their mean of finite pixels."""
+        return self.image[:, c0:c1] - self.shift[:, c0:c1]
+
+    def _centred_correlate(self, kernel: torch.Tensor) -> torch.Tensor:
+        """correlate(image − shift, kernel), centring a few channels at a time so no full copy of the image exists."""
+        image = self.image
+        C = image.shape[1]
+        per_channel = image[:, :1].numel() * image.element_size()
+        group = max(1, _CENTRING_BYTES // max(1, per_channel))
+        if group >= C:
+            return self.prims.correlate(self._centred(0, C), kernel)
+        total = None
+        for c0 in range(0, C, group):
+            part = self.prims.correlate(self._centred(c0, c0 + group), kernel[:, :, c0 : c0 + group])
+            if total is None:
+                total = part
+            elif total.requires_grad or part.requires_grad:
+                total = total + part
+            else:
+                total += part
+        return total
 
     def finish(self, raw: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
         """Normalized scores of templates t0:t1 from their raw reduction -> [B, t1 - t0, H', W']."""
@@ -271,7 +295,7 @@ class _CorrelationState:
         for c in range(self.image.shape[1]):
             cm = min(c, m64.shape[2] - 1)
             m_c, w_c = m64[:, :, cm : cm + 1], w64[:, :, cm : cm + 1]
-            plane = self.image_c[:, c : c + 1].to(torch.float64)
+            plane = self._centred(c, c + 1).to(torch.float64)
             box = None if not self.masked else m_c  # unmasked windows: plain box sums
             first = self.prims.window_sum(plane, box)
             mean = first / m_c.sum(dim=(-1, -2, -3))[..., None, None].clamp_min(_tiny())

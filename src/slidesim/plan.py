@@ -1,38 +1,168 @@
-"""Choosing an engine for a problem.
+"""Choosing an engine: plan(), explain(), and the selection used by similarity().
 
-``method="auto"`` takes the first engine of :data:`slidesim.engines.AUTO_ORDER` that is available and eligible; a
-pinned method that cannot run raises with the engine's own reason. Nothing falls back silently.
+``method="auto"`` estimates the time and peak temporary memory of every engine (:mod:`slidesim.cost`), drops those
+that are unavailable, ineligible (with their reason: a metric they do not compute, NaN or inf pixels that an FFT or
+a cumulative sum would spread, another device) or over ``memory_limit``, and takes the fastest of the rest.
+``measure=True`` times the candidates once instead and remembers the winner for that problem. A pinned method that
+cannot run raises with the engine's own reason. Nothing falls back silently.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any
 
 from . import engines
-from ._validate import Problem
+from ._validate import Canonical, Problem, canonicalize
+from .cost import estimate_bytes, estimate_seconds
 from .errors import EngineUnavailableError, SlidesimValueError
 
+__all__ = ["Candidate", "Plan", "explain", "plan"]
 
-def select_engine(method: str, problem: Problem) -> ModuleType:
-    """Return the engine module that will run ``problem``.
+_MEASURED: dict[tuple[Problem, int], str] = {}
 
-    Args:
-        method: "auto" or a name from :data:`slidesim.engines.ENGINES`.
-        problem: The validated problem.
 
-    Raises:
-        SlidesimValueError: Unknown method (the message lists the valid ones).
-        EngineUnavailableError: A pinned engine cannot run the problem, with its reason.
+@dataclass(frozen=True)
+class Candidate:
+    """One engine considered for a problem.
+
+    Attributes:
+        engine: Engine name.
+        seconds: Estimated (or, with measure=True, measured) wall time.
+        bytes: Estimated peak temporary memory beyond the output.
+        excluded: Why the engine cannot run this problem, or None.
     """
+
+    engine: str
+    seconds: float
+    bytes: int
+    excluded: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The engine chosen for a problem, and every candidate with its estimate or the reason it was excluded."""
+
+    problem: Problem
+    method: str
+    engine: str
+    candidates: tuple[Candidate, ...] = field(default=())
+    measured: bool = False
+
+    def __repr__(self) -> str:
+        p = self.problem
+        lines = [
+            f"slidesim plan: {p.metric} of {p.batch}x{p.channels}x{p.height}x{p.width} images against "
+            f"{p.n_templates} templates {p.template_height}x{p.template_width} ({p.mode}, stride {p.stride}, "
+            f"dilation {p.dilation}, mask {p.mask}, channels {p.channels_mode}, {p.compute_dtype} on {p.device})",
+            f"method={self.method!r} -> {self.engine}" + (" (measured)" if self.measured else " (estimated)"),
+            f"  {'engine':<10} {'time':>12} {'temporaries':>12}  note",
+        ]
+        for c in self.candidates:
+            note = f"excluded: {c.excluded}" if c.excluded else ""
+            if c.engine == self.engine:
+                note = "chosen" + (
+                    f" although {c.excluded}: no engine fits, its blocks shrink to the limit" if c.excluded else ""
+                )
+            time_text = "—" if c.excluded and c.seconds != c.seconds else f"{c.seconds * 1e3:10.2f} ms"
+            lines.append(f"  {c.engine:<10} {time_text:>12} {c.bytes / 2**20:9.1f} MiB  {note}")
+        return "\n".join(lines)
+
+    __str__ = __repr__
+
+
+def _candidates(problem: Problem, memory_limit: int) -> list[Candidate]:
+    found = []
+    for name in engines.ENGINES:
+        engine = engines.load(name)
+        reason = engine.unavailable_reason() or engine.ineligible_reason(problem)
+        seconds = estimate_seconds(name, problem)
+        need = estimate_bytes(name, problem, memory_limit)
+        if reason is None and name == "reference":
+            reason = "the float64 oracle runs only when asked for by name"
+        if reason is None and name not in engines.AUTO_ORDER:
+            reason = f"runs only when named (method={name!r}): its temporaries are not yet bounded by memory_limit"
+        if reason is None and need > memory_limit:
+            reason = f"needs about {need / 2**20:.0f} MiB, over memory_limit {memory_limit / 2**20:.0f} MiB"
+        found.append(Candidate(name, seconds, need, reason))
+    return sorted(found, key=lambda c: (c.excluded is not None, c.seconds))
+
+
+def _measure(canon: Canonical, names: list[str]) -> dict[str, float]:
+    times = {}
+    for name in names:
+        engine = engines.load(name)
+        engine.run(canon)  # warm up (compilation, caches)
+        start = time.perf_counter()
+        engine.run(canon)
+        times[name] = time.perf_counter() - start
+    return times
+
+
+def make_plan(canon: Canonical, measure: bool = False) -> Plan:
+    """Plan a validated call (see :func:`plan`)."""
+    method, problem = canon.method, canon.problem
     if method != "auto" and method not in engines.ENGINES:
         valid = ", ".join(repr(m) for m in ("auto", *engines.ENGINES))
         raise SlidesimValueError(f"`method` must be one of {valid}; got {method!r}.")
-    names = engines.AUTO_ORDER if method == "auto" else (method,)
-    reasons = []
-    for name in names:
-        engine = engines.load(name)
+    if method != "auto":
+        engine = engines.load(method)
         reason = engine.unavailable_reason() or engine.ineligible_reason(problem)
-        if reason is None:
-            return engine
-        reasons.append(f"{name}: {reason}")
-    raise EngineUnavailableError(f"`method`={method!r} cannot run this problem: " + "; ".join(reasons))
+        if reason is not None:
+            raise EngineUnavailableError(f"`method`={method!r} cannot run this problem: {method}: {reason}")
+        seconds = estimate_seconds(method, problem)
+        need = estimate_bytes(method, problem, canon.memory_limit)
+        return Plan(problem, method, method, (Candidate(method, seconds, need),))
+    candidates = _candidates(problem, canon.memory_limit)
+    runnable = [c for c in candidates if c.excluded is None]
+    if not runnable:  # every engine is over the memory limit: the direct engine still bounds its temporaries
+        runnable = [c for c in candidates if c.engine == "direct"]
+    key = (problem, canon.memory_limit)
+    if measure or key in _MEASURED:
+        if key not in _MEASURED:
+            times = _measure(canon, [c.engine for c in runnable])
+            _MEASURED[key] = min(times, key=times.__getitem__)
+            candidates = sorted(
+                (Candidate(c.engine, times.get(c.engine, c.seconds), c.bytes, c.excluded) for c in candidates),
+                key=lambda c: (c.excluded is not None, c.seconds),
+            )
+        return Plan(problem, method, _MEASURED[key], tuple(candidates), measured=True)
+    return Plan(problem, method, runnable[0].engine, tuple(candidates))
+
+
+def select_engine(canon: Canonical) -> ModuleType:
+    """The engine module that runs a validated call."""
+    return engines.load(make_plan(canon).engine)
+
+
+def plan(images: Any, templates: Any, *, measure: bool = False, **options: Any) -> Plan:
+    """Plan :func:`slidesim.similarity` without running it.
+
+    Args:
+        images: As for :func:`slidesim.similarity`.
+        templates: As for :func:`slidesim.similarity`.
+        measure: Time every runnable engine once on these inputs, pick the fastest, and remember the choice for
+            every later call with the same problem (shapes, dtypes, options).
+        **options: The keyword options of :func:`slidesim.similarity`.
+
+    Returns:
+        A :class:`Plan`; ``repr(plan)`` lists every engine with its estimated time and memory, or why it was
+        excluded.
+
+    Examples:
+        >>> import numpy as np, slidesim
+        >>> p = slidesim.plan(np.zeros((64, 64), np.float32), np.ones((8, 8), np.float32), metric="sad")
+        >>> p.engine
+        'numba'
+    """
+    from .similarity import _defaults
+
+    canon = canonicalize(images, templates, **{**_defaults(), **options})
+    return make_plan(canon, measure=measure)
+
+
+def explain(images: Any, templates: Any, **options: Any) -> str:
+    """The text of :func:`plan`: which engine runs, what every engine would cost, and why some cannot run."""
+    return repr(plan(images, templates, **options))

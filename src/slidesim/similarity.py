@@ -128,5 +128,5 @@ def similarity(
         method=method,
         memory_limit=memory_limit,
     )
-    engine = select_engine(canon.method, canon.problem)
+    engine = select_engine(canon)
     return _finalize(engine.run(canon), canon, canon.out_dtype)

@@ -20,7 +20,9 @@ ENGINES: tuple[str, ...] = tuple(_MODULES)
 """Every engine that ``method=`` accepts besides "auto"."""
 
 AUTO_ORDER: tuple[str, ...] = ("numba", "direct")
-"""Engines that ``method="auto"`` may pick, in order of preference."""
+"""Engines that ``method="auto"`` may pick (the planner ranks them by estimated cost). conv and fft are fast but
+their temporaries (torch's conv2d workspace, the spectra of the bank) are not yet bounded by ``memory_limit``, so
+they run only when named."""
 
 
 def load(name: str) -> ModuleType:
