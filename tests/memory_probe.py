@@ -10,6 +10,7 @@ from pathlib import Path
 
 PROLOGUE = """
 import json, torch
+from pathlib import Path
 torch.set_num_threads(2)
 
 def _status(key):
@@ -18,13 +19,11 @@ def _status(key):
             return int(line.split()[1]) * 1024
 
 def measure(fn):
-    fn_small = None
     base = _status('VmRSS')
     Path('/proc/self/clear_refs').write_text('5')
     result = fn()
     peak = _status('VmHWM') - base
     return result, peak
-from pathlib import Path
 """
 
 
