@@ -9,6 +9,7 @@ cannot run raises with the engine's own reason. Nothing falls back silently.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -73,7 +74,9 @@ class Plan:
     __str__ = __repr__
 
 
-def _candidates(problem: Problem, memory_limit: int) -> list[Candidate]:
+@functools.lru_cache(maxsize=256)
+def _candidates(problem: Problem, memory_limit: int) -> tuple[Candidate, ...]:
+    """Every engine with its estimate or exclusion, best first; cached because problems repeat call after call."""
     found = []
     for name in engines.ENGINES:
         engine = engines.load(name)
@@ -87,7 +90,7 @@ def _candidates(problem: Problem, memory_limit: int) -> list[Candidate]:
         if reason is None and need > memory_limit:
             reason = f"needs about {need / 2**20:.0f} MiB, over memory_limit {memory_limit / 2**20:.0f} MiB"
         found.append(Candidate(name, seconds, need, reason))
-    return sorted(found, key=lambda c: (c.excluded is not None, c.seconds))
+    return tuple(sorted(found, key=lambda c: (c.excluded is not None, c.seconds)))
 
 
 def _measure(canon: Canonical, names: list[str]) -> dict[str, float]:

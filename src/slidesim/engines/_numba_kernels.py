@@ -190,6 +190,73 @@ def distance_plain_single(image, templates, t_start, power, sy, sx, dy, dx, out)
 
 
 @numba.njit(inline="always")
+def _accumulate1s(a, p0, p1, p2, p3, v0, v1, v2, v3, power):
+    """a += Σ_m |p_m − v_m|^power over four image columns."""
+    if power == 1:
+        for x in range(a.shape[0]):
+            a[x] += (abs(p0[x] - v0) + abs(p1[x] - v1)) + (abs(p2[x] - v2) + abs(p3[x] - v3))
+    else:
+        for x in range(a.shape[0]):
+            e0, e1, e2, e3 = p0[x] - v0, p1[x] - v1, p2[x] - v2, p3[x] - v3
+            a[x] += (e0 * e0 + e1 * e1) + (e2 * e2 + e3 * e3)
+
+
+def _plain_single_phased(phases, templates, t_start, power, sy, dy, phase, shift, out):
+    """distance_plain_single for strided windows: one template and four columns per pass, unit-stride reads.
+
+    Columns are read from ``phases`` [S, B, C, Hp, ceil(Wp / S)], the image split by column residue modulo the
+    horizontal stride S: template column j at output x reads phases[phase[j], ..., x + shift[j]], so every read
+    is unit-stride whatever the stride and dilation.
+    """
+    B, C = phases.shape[1], phases.shape[2]
+    Bk, T, h, w = templates.shape[0], templates.shape[1], templates.shape[3], templates.shape[4]
+    Ho, Wo = out.shape[2], out.shape[3]
+    count = T - t_start
+    for task in numba.prange(B * count * Ho):
+        b = task // (count * Ho)
+        t = t_start + (task // Ho) % count
+        y = task % Ho
+        bk = b if Bk > 1 else 0
+        acc = np.zeros(Wo, dtype=out.dtype)
+        for c in range(C):
+            for i in range(h):
+                r = templates[bk, t, c, i]
+                j = 0
+                while j + 4 <= w:
+                    row0 = phases[phase[j], b, c, y * sy + i * dy]
+                    row1 = phases[phase[j + 1], b, c, y * sy + i * dy]
+                    row2 = phases[phase[j + 2], b, c, y * sy + i * dy]
+                    row3 = phases[phase[j + 3], b, c, y * sy + i * dy]
+                    q0, q1, q2, q3 = shift[j], shift[j + 1], shift[j + 2], shift[j + 3]
+                    _accumulate1s(
+                        acc,
+                        row0[q0 : q0 + Wo],
+                        row1[q1 : q1 + Wo],
+                        row2[q2 : q2 + Wo],
+                        row3[q3 : q3 + Wo],
+                        r[j],
+                        r[j + 1],
+                        r[j + 2],
+                        r[j + 3],
+                        power,
+                    )
+                    j += 4
+                while j < w:
+                    row = phases[phase[j], b, c, y * sy + i * dy]
+                    q, v = shift[j], r[j]
+                    for x in range(Wo):
+                        d = row[q + x] - v
+                        acc[x] += abs(d) if power == 1 else d * d
+                    j += 1
+        out[b, t, y, :] = acc
+
+
+distance_plain_single_phased = numba.njit(parallel=True, cache=True)(_plain_single_phased)
+distance_plain_single_phased_serial = numba.njit(cache=True)(_plain_single_phased)
+"""The same kernel without threads: below a few million differences, starting threads costs more than it saves."""
+
+
+@numba.njit(inline="always")
 def _wrapped(d, period):
     """The signed difference taken the short way round when period > 0."""
     if period > 0:

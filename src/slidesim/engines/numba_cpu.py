@@ -23,6 +23,7 @@ from .direct import DirectPrimitives, block_elements
 
 NAME = "numba"
 _METRICS = ("sad", "mad", "l1_similarity", "ssd", "ssd_normed")
+_PARALLEL_WORK = 4_000_000  # differences below which the serial kernel is faster than starting threads
 
 
 def unavailable_reason() -> str | None:
@@ -65,6 +66,23 @@ def _weights_and_periods(
     return _as_numpy(weights.to(dtype)), period_array
 
 
+def _column_phases(image: np.ndarray, taps: int, stride: int, dilation: int) -> tuple[np.ndarray, ...]:
+    """Split the image columns by residue modulo the stride, so strided windows read contiguous memory.
+
+    Returns (phases [S, B, C, Hp, ceil(Wp / S)], phase[j], shift[j]) with template column j at output x reading
+    phases[phase[j], ..., x + shift[j]]. With stride 1 this is the image itself, without a copy.
+    """
+    offsets = np.arange(taps) * dilation
+    if stride == 1:
+        return image[None], np.zeros(taps, np.int64), offsets.astype(np.int64)
+    width = -(-image.shape[-1] // stride)
+    phases = np.zeros((stride, *image.shape[:-1], width), dtype=image.dtype)
+    for r in range(stride):
+        columns = image[..., r::stride]
+        phases[r, ..., : columns.shape[-1]] = columns
+    return phases, (offsets % stride).astype(np.int64), (offsets // stride).astype(np.int64)
+
+
 def _forward(image, templates, weights, power, periods, geom):
     kernels = _kernels()
     image_np, templates_np = _as_numpy(image), _as_numpy(templates)
@@ -76,7 +94,16 @@ def _forward(image, templates, weights, power, periods, geom):
         if full:
             kernels.distance_plain(image_np, templates_np, power, sy, sx, dy, dx, out)
         if full < T:
-            kernels.distance_plain_single(image_np, templates_np, full, power, sy, sx, dy, dx, out)
+            work = out[:, full:].size * templates.shape[2] * templates.shape[3] * templates.shape[4]
+            if sx == 1:
+                kernels.distance_plain_single(image_np, templates_np, full, power, sy, sx, dy, dx, out)
+            else:  # split the columns by phase so that strided windows read contiguous memory
+                parallel = work > _PARALLEL_WORK
+                phased = (
+                    kernels.distance_plain_single_phased if parallel else kernels.distance_plain_single_phased_serial
+                )
+                phases, phase, shift = _column_phases(image_np, templates.shape[-1], sx, dx)
+                phased(phases, templates_np, full, power, sy, dy, phase, shift, out)
     else:
         weights_np, periods_np = _weights_and_periods(weights, periods, templates)
         kernels.distance_general(image_np, templates_np, weights_np, periods_np, power, sy, sx, dy, dx, out)
