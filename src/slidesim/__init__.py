@@ -9,7 +9,7 @@ from . import reference
 from .color import rgb_to_hsv
 from .errors import EngineUnavailableError, SlidesimError, SlidesimTypeError, SlidesimValueError
 from .metrics import METRICS
-from .plan import Plan, explain, plan
+from .planner import Plan, explain, plan
 from .similarity import similarity
 
 __version__ = "0.1.0"

@@ -9,7 +9,7 @@ import torch
 
 from ._types import ArrayLike, ChannelsMode, IntPair, Method, Metric, Mode, Padding
 from ._validate import Canonical, canonicalize
-from .plan import select_engine
+from .planner import select_engine
 
 __all__ = ["similarity"]
 

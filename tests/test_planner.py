@@ -11,8 +11,9 @@ import torch
 
 import slidesim
 from slidesim import engines
+from slidesim import planner as slidesim_plan
 from slidesim._validate import canonicalize
-from slidesim.plan import select_engine
+from slidesim.planner import select_engine
 from slidesim.similarity import _defaults
 
 
@@ -64,11 +65,13 @@ def test_pinned_engine_that_cannot_run_says_why() -> None:
 def test_without_numba_auto_skips_it(monkeypatch) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numba" else real(name, *a))
+    slidesim_plan._candidates.cache_clear()  # plans are cached per problem; availability changed under them
     assert select_engine(_canon("sad")).NAME == "direct"
     with pytest.raises(
         slidesim.EngineUnavailableError, match=r"numba is not installed \(pip install 'slidesim\[numba\]'\)"
     ):
         slidesim.similarity(torch.zeros(6, 6), torch.zeros(2, 2), metric="sad", method="numba")
+    slidesim_plan._candidates.cache_clear()
 
 
 def test_every_registered_engine_loads() -> None:
