@@ -34,7 +34,8 @@ def test_wide_bank_peaks_under_twice_conv2d(metric, conv2d_peak) -> None:
     assert got["peak"] <= 2 * conv2d_peak, (got, conv2d_peak)
 
 
-def test_sad_temporaries_respect_memory_limit() -> None:
+@pytest.mark.parametrize("method", ["direct", "numba"])
+def test_sad_temporaries_respect_memory_limit(method) -> None:
     """Scaled-down version of 1×3×1024² with 16 templates of 64² (unfold would need 2.5 GB here)."""
     setup = """
 import torch, slidesim
@@ -44,8 +45,8 @@ x = torch.rand(1, 3, 256, 256); k = torch.rand(4, 3, 32, 32)
     limit = 16 * MIB
     got = peak_bytes(
         setup,
-        f"slidesim.similarity(x, k, metric='sad', memory_limit={limit})",
-        "slidesim.similarity(x[..., :40, :40], k[:1], metric='sad')",
+        f"slidesim.similarity(x, k, metric='sad', memory_limit={limit}, method='{method}')",
+        f"slidesim.similarity(x[..., :40, :40], k[:1], metric='sad', method='{method}')",
     )
     assert got["peak"] <= got["output"] + limit + 32 * MIB, got
 
