@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -53,5 +54,8 @@ out, peak = measure(lambda: {call})
 print(json.dumps({{"peak": peak, "output": out.numel() * out.element_size()}}))
 """
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # Large blocks straight from mmap go back to the system when freed, so the peak measures live memory rather
+    # than what glibc's per-thread arenas happen to keep (which varied by tens of MiB from run to run).
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
