@@ -59,7 +59,11 @@ class Primitives(Protocol):
 
     def window_sum(self, plane: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor: ...
 
-    def window_flat(self, plane: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor: ...
+    def window_flat(
+        self, plane: torch.Tensor, support: torch.Tensor | None, rows: tuple[int, int] | None = None
+    ) -> torch.Tensor: ...
+
+    def window_squares(self, plane: torch.Tensor, shift: torch.Tensor, centred: bool) -> torch.Tensor | None: ...
 
 
 def geometry(canon: Canonical) -> Geometry:
@@ -127,6 +131,10 @@ def _finite_channel_mean(image: torch.Tensor) -> torch.Tensor:
     means = torch.zeros(data.shape[0], data.shape[1], 1, 1, dtype=torch.float64, device=data.device)
     for c in range(data.shape[1]):
         plane = data[:, c]
+        total = plane.sum(dim=(-1, -2), dtype=torch.float64)
+        if bool(torch.isfinite(total).all()):  # a float64 sum of finite pixels cannot overflow: all were finite
+            means[:, c, 0, 0] = total / (plane.shape[-1] * plane.shape[-2])
+            continue
         finite = torch.isfinite(plane)
         total = torch.where(finite, plane, 0).sum(dim=(-1, -2), dtype=torch.float64)
         means[:, c, 0, 0] = total / finite.sum(dim=(-1, -2)).clamp_min(1)
@@ -171,7 +179,7 @@ def score_joint(
     if raw.requires_grad:
         return torch.cat([state.finish(raw[:, t0 : t0 + chunk], t0, t0 + chunk) for t0 in range(0, T, chunk)], dim=1)
     for t0 in range(0, T, chunk):
-        raw[:, t0 : t0 + chunk] = state.finish(raw[:, t0 : t0 + chunk], t0, min(T, t0 + chunk))
+        state.finish_in_place(raw[:, t0 : t0 + chunk], t0, min(T, t0 + chunk))
     return raw
 
 
@@ -272,9 +280,52 @@ class _CorrelationState:
         flat = flat_w | _flat_templates(bank64, mask)[..., None, None]
         return finish_zncc(raw64, template_var, window_var, flat).to(raw.dtype)
 
+    def finish_in_place(self, raw: torch.Tensor, t0: int, t1: int) -> None:
+        """Normalize raw [B, t1 - t0, H', W'] of templates t0:t1 in place, without autograd.
+
+        ncc and zncc are raw · s_window · s_template with s = 1/√energy (or 1/√variance) and s = 0 for degenerate
+        windows and templates: the window factor is computed once per call, so each template costs two passes
+        over its map instead of a dozen float64 temporaries. ssd_normed keeps the general finish.
+        """
+        name = self.spec.name
+        if name == "ssd_normed":
+            raw.copy_(self.finish(raw, t0, t1))
+            return
+        bank64 = self.bank[:, t0:t1].to(torch.float64)
+        mask = self.mask if self.shared else self.mask[:, t0:t1]
+        weights = mask * mask
+        w64 = weights.to(torch.float64)
+        if name == "ncc":
+            template_energy = (w64 * bank64 * bank64).sum(dim=(-3, -2, -1))
+            template_scale, template_degenerate = _inverse_root(template_energy, None)
+            window_scale, window_degenerate = self._once(
+                "ncc_scale", lambda: _inverse_root(self._window_energy(weights), None)
+            )
+        else:
+            _, t_centred = self._centred_kernel(bank64, mask.to(torch.float64))
+            template_var = (w64 * t_centred * t_centred).sum(dim=(-3, -2, -1))
+            template_scale, template_degenerate = _inverse_root(template_var, _flat_templates(bank64, mask))
+            window_scale, window_degenerate = self._once(
+                "zncc_scale", lambda: _inverse_root(*self._window_moments(mask, weights))
+            )
+        raw.mul_(window_scale * template_scale[..., None, None]).clamp_(-1.0, 1.0)
+        # 0 · NaN is NaN: degenerate scores are 0 whatever the window holds. A float64 sum of finite float32 or
+        # bounded scores is finite, so it tells cheaply whether any score is NaN or inf.
+        if not bool(torch.isfinite(raw.sum(dtype=torch.float64))):
+            raw.masked_fill_(window_degenerate | template_degenerate[..., None, None], 0.0)
+        elif bool(template_degenerate.any()):
+            raw.masked_fill_(template_degenerate[..., None, None], 0.0)
+
     def _window_energy(self, weights: torch.Tensor) -> torch.Tensor:
         """Σ W I² per window in float64 -> [B, Tm, H', W'], one channel at a time to bound memory."""
         w64 = weights.to(torch.float64)
+        if not self.masked:
+            zero = torch.zeros(self.image.shape[0], 1, 1, 1, dtype=torch.float64, device=self.image.device)
+            fused = [
+                self.prims.window_squares(self.image[:, c : c + 1], zero, False) for c in range(self.image.shape[1])
+            ]
+            if fused[0] is not None:
+                return _total(fused)
         if w64.shape[2] == 1:  # one weight for all channels: add the channels' squares first
             squares = None
             for c in range(self.image.shape[1]):
@@ -291,10 +342,16 @@ class _CorrelationState:
     def _window_moments(self, mask: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Joint weighted variance Σ_c Σ W (I − m_c)² (float64) and flatness of every window -> [B, Tm, H', W']."""
         m64, w64 = mask.to(torch.float64), weights.to(torch.float64)
-        variance, flat = None, None
+        variance, tolerance = None, 0.0
         for c in range(self.image.shape[1]):
             cm = min(c, m64.shape[2] - 1)
             m_c, w_c = m64[:, :, cm : cm + 1], w64[:, :, cm : cm + 1]
+            tolerance += _variance_rounding_bound(self.image[:, c : c + 1], self.shift[:, c : c + 1], m_c)
+            if not self.masked:  # one fused pass when the engine has it
+                var_c = self.prims.window_squares(self.image[:, c : c + 1], self.shift[:, c : c + 1], True)
+                if var_c is not None:
+                    variance = var_c if variance is None else variance.add_(var_c)
+                    continue
             plane = self._centred(c, c + 1).to(torch.float64)
             box = None if not self.masked else m_c  # unmasked windows: plain box sums
             first = self.prims.window_sum(plane, box)
@@ -305,10 +362,75 @@ class _CorrelationState:
             else:
                 weighted = self.prims.window_sum(plane, w_c)
                 var_c = second - 2 * mean * weighted + mean * mean * w_c.sum(dim=(-1, -2, -3))[..., None, None]
-            flat_c = self.prims.window_flat(self.image[:, c : c + 1], None if not self.masked else m_c > 0)
             variance = var_c if variance is None else variance + var_c
-            flat = flat_c if flat is None else flat & flat_c
-        return variance.clamp_min(0), flat
+        flat = self._flat_windows(variance.detach(), tolerance, m64)
+        return (variance.clamp_min(0) if variance.requires_grad else variance.clamp_min_(0)), flat
+
+    def _flat_windows(self, variance: torch.Tensor, tolerance: float, mask: torch.Tensor) -> torch.Tensor:
+        """Exact flatness of every window -> [B, Tm, H', W'] bool.
+
+        A flat window has zero variance, so its computed variance is within the rounding bound; only such windows
+        (usually none, or the rows of a uniform background) go through the engine's exact test.
+        """
+        candidates = ~(variance > tolerance) | (variance == float("inf"))  # NaN and inf windows: test them too
+        if not bool(candidates.any()):
+            return candidates
+        rows = candidates.any(dim=-1).any(dim=0).any(dim=0).nonzero()
+        r0, r1 = int(rows[0]), int(rows[-1]) + 1
+        flat = candidates
+        for c in range(self.image.shape[1]):
+            cm = min(c, mask.shape[2] - 1)
+            support = mask[:, :, cm : cm + 1] > 0 if self.masked else None
+            flat[:, :, r0:r1] &= self.prims.window_flat(self.image[:, c : c + 1], support, (r0, r1))
+        return flat
+
+
+def _inverse_root(values: torch.Tensor, degenerate: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1/√values, 0 where values <= 0 or degenerate; the degenerate mask), float64."""
+    bad = values <= 0
+    if degenerate is not None:
+        bad |= degenerate
+    scale = values.clamp_min(_tiny()).rsqrt_()  # values are not needed afterwards
+    return scale.masked_fill_(bad, 0.0), bad
+
+
+def _total(parts: list[torch.Tensor]) -> torch.Tensor:
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
+def _variance_rounding_bound(plane: torch.Tensor, shift: torch.Tensor, mask: torch.Tensor) -> float:
+    """An upper bound on the rounding error of the window variances of plane − shift ([B, 1, Hp, Wp] and
+    [B, 1, 1, 1]) computed from float64 sliding sums (summed-area tables, running sums, tap loops or conv2d) with
+    weights mask [Bm, Tm, 1, h, w].
+
+    Each sum of n terms errs by at most n·ε·Σ|terms|. The longest chain is a summed-area lookup or a running sum
+    (Hp + Wp steps) or a tap loop (h·w terms); with M = max|plane − shift| and N = Hp·Wp, Σ|terms| is at most
+    N·M² for squares and N·M for values, which the mean multiplies by at most M. The factor 8 covers the few sums
+    a variance combines. Pixels that are not finite are left out: their windows are tested exactly anyway.
+    """
+    data = plane.detach()
+    low, high = _finite_extremes(data)
+    reach = torch.maximum(high.to(torch.float64) - shift.min(), shift.max() - low.to(torch.float64)).clamp_min(0)
+    largest = float(reach)
+    length = data.shape[-2] + data.shape[-1] + mask.shape[-2] * mask.shape[-1] + 4
+    weight = float(mask.max()) if mask.numel() else 0.0
+    scale = max(weight, weight * weight)
+    pixels = data.shape[-2] * data.shape[-1]
+    return 8 * torch.finfo(torch.float64).eps * length * scale * pixels * 5 * largest * largest
+
+
+def _finite_extremes(data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(min, max) of the finite values of a float tensor (0, 0 when there are none)."""
+    low, high = torch.aminmax(data)
+    if bool(torch.isfinite(low)) and bool(torch.isfinite(high)):
+        return low, high
+    finite = torch.isfinite(data)
+    if not bool(finite.any()):
+        return data.new_zeros(()), data.new_zeros(())
+    return torch.aminmax(data[finite])
 
 
 def _flat_templates(bank64: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

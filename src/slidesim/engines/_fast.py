@@ -7,6 +7,8 @@ their rows and columns, so the engines that use them only run images whose pixel
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 import torch.nn.functional as F
 
@@ -32,20 +34,48 @@ def _box_last_axis(x: torch.Tensor, taps: int, dilation: int, stride: int, count
     if taps == 0:
         return x.new_zeros(*x.shape[:-1], count)
     n = x.shape[-1]
-    if dilation == 1:
-        cumulative = x.cumsum(dim=-1)
-    else:
-        padded = -(-n // dilation) * dilation
-        x = F.pad(x, (0, padded - n))
-        cumulative = x.reshape(*x.shape[:-1], padded // dilation, dilation).cumsum(dim=-2).reshape(x.shape)
+    padded = -(-n // dilation) * dilation
+    x = F.pad(x, (0, padded - n))
+    cumulative = x.reshape(*x.shape[:-1], padded // dilation, dilation).cumsum(dim=-2).reshape(x.shape)
     cumulative = F.pad(cumulative, (dilation, 0))  # cumulative[k + dilation] = Σ_{j ≤ k, j ≡ k} x[j]
     last = (count - 1) * stride + 1
     return cumulative[..., dilation * taps : dilation * taps + last : stride] - cumulative[..., :last:stride]
 
 
+def _integral(plane: torch.Tensor) -> torch.Tensor:
+    """Summed-area table of plane [..., Hp, Wp] in float64 with a zero first row and column -> [..., Hp+1, Wp+1]."""
+    if plane.requires_grad:  # the differentiable spelling; the one below writes into a preallocated table
+        return F.pad(plane.to(torch.float64).cumsum(dim=-1).cumsum(dim=-2), (1, 0, 1, 0))
+    table = plane.new_empty(*plane.shape[:-2], plane.shape[-2] + 1, plane.shape[-1] + 1, dtype=torch.float64)
+    table[..., 0, :] = 0
+    table[..., :, 0] = 0
+    inner = table[..., 1:, 1:]
+    torch.cumsum(plane, dim=-1, dtype=torch.float64, out=inner)
+    inner.cumsum_(dim=-2)  # in place along rows: about as fast as the scan along the contiguous axis
+    return table
+
+
 def _box(plane: torch.Tensor, taps: tuple[int, int], geom: Geometry, count: tuple[int, int]) -> torch.Tensor:
-    """Box sums of plane [..., Hp, Wp] over taps[0] × taps[1] dilated taps, strided -> [..., count]."""
+    """Box sums of plane [..., Hp, Wp] over taps[0] × taps[1] dilated taps, strided -> [..., count], float64.
+
+    Undilated boxes are four lookups in a summed-area table (two cumulative sums, one pass each); dilated boxes
+    sum each residue class modulo the dilation, one axis at a time.
+    """
     (sy, sx), (dy, dx) = geom.stride, geom.dilation
+    if taps[0] == 0 or taps[1] == 0:
+        return plane.new_zeros(*plane.shape[:-2], *count, dtype=torch.float64)
+    if dy == 1 and dx == 1:
+        table = _integral(plane)
+        (h, w), (n_rows, n_cols) = taps, count
+        top, bottom = slice(0, (n_rows - 1) * sy + 1, sy), slice(h, h + (n_rows - 1) * sy + 1, sy)
+        left, right = slice(0, (n_cols - 1) * sx + 1, sx), slice(w, w + (n_cols - 1) * sx + 1, sx)
+        if table.requires_grad:
+            return table[..., bottom, right] - table[..., top, right] - table[..., bottom, left] + table[..., top, left]
+        box = torch.sub(table[..., bottom, right], table[..., top, right])  # in place from here: no more temporaries
+        box -= table[..., bottom, left]
+        box += table[..., top, left]
+        return box
+    plane = plane.to(torch.float64)
     columns_first = plane.transpose(-1, -2).contiguous()
     rows = _box_last_axis(columns_first, taps[0], dy, sy, count[0]).transpose(-1, -2).contiguous()
     return _box_last_axis(rows, taps[1], dx, sx, count[1])
@@ -63,8 +93,38 @@ def conv_correlate(image: torch.Tensor, kernel: torch.Tensor, geom: Geometry) ->
     return grouped.reshape(B, T, *grouped.shape[-2:])
 
 
+def fused_statistics_available() -> bool:
+    """Whether numba is installed, for the one-pass window statistics of :mod:`slidesim.engines._numba_windows`."""
+    return importlib.util.find_spec("numba") is not None
+
+
 class FastStatistics(DirectPrimitives):
     """Direct primitives whose unmasked window sums and ranges take O(H·W) instead of O(H·W·h·w)."""
+
+    def window_squares(self, plane: torch.Tensor, shift: torch.Tensor, centred: bool) -> torch.Tensor | None:
+        """Σ (I − s)², minus (Σ (I − s))² / n when centred, over every unmasked window of plane [B, 1, Hp, Wp]
+        with shift [B, 1, 1, 1] -> [B, 1, H', W'] float64, in one numba pass; None (the scoring code then combines
+        summed-area box sums) without numba, off the CPU, with dilation, or when a gradient is needed."""
+        geom = self.geom
+        if (
+            plane.requires_grad
+            or plane.device.type != "cpu"
+            or geom.dilation != (1, 1)
+            or not fused_statistics_available()
+        ):
+            return None
+        from ._numba_windows import window_squares
+
+        out = torch.empty(plane.shape[0], 1, geom.out_height, geom.out_width, dtype=torch.float64)
+        window_squares(
+            plane.detach()[:, 0].contiguous().numpy(),
+            shift.detach().to(torch.float64).reshape(-1).contiguous().numpy(),
+            *geom.template_size,
+            *geom.stride,
+            centred,
+            out[:, 0].numpy(),
+        )
+        return out
 
     def window_sum(self, plane: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         """Σ over each window of plane [B, C', Hp, Wp] (channels summed) -> [B, 1, H', W'].
@@ -78,23 +138,26 @@ class FastStatistics(DirectPrimitives):
         geom = self.geom
         return _box(total, geom.template_size, geom, (geom.out_height, geom.out_width))
 
-    def window_flat(self, plane: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
-        """True where all values of plane [B, 1, Hp, Wp] in a window are equal -> [B, 1, H', W'] bool.
+    def window_flat(
+        self, plane: torch.Tensor, support: torch.Tensor | None, rows: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """True where all values of plane [B, 1, Hp, Wp] in a window are equal -> [B, 1, r1 - r0, W'] bool for
+        output rows r0:r1 (default all).
 
         A window is flat exactly when no two neighbouring taps differ, along rows and along columns; counting the
         differing neighbour pairs is an integer box sum, exact and O(H·W). Masked windows use the direct loop.
         """
         if support is not None:
-            return super().window_flat(plane, support)
+            return super().window_flat(plane, support, rows)
         geom = self.geom
-        (h, w), (dy, dx) = geom.template_size, geom.dilation
-        plane = plane.detach()
-        out = (geom.out_height, geom.out_width)
-        across = (plane[..., :, dx:] != plane[..., :, :-dx]).to(torch.float64) if w > 1 else None
-        down = (plane[..., dy:, :] != plane[..., :-dy, :]).to(torch.float64) if h > 1 else None
+        (h, w), (dy, dx), sy = geom.template_size, geom.dilation, geom.stride[0]
+        r0, r1 = rows if rows is not None else (0, geom.out_height)
+        span = dy * (h - 1) + 1
+        plane = plane.detach()[..., r0 * sy : (r1 - 1) * sy + span, :]  # only the rows these windows cover
+        out = (r1 - r0, geom.out_width)
         changes = torch.zeros(plane.shape[0], 1, *out, dtype=torch.float64, device=plane.device)  # exact counts
-        if across is not None:
-            changes += _box(across, (h, w - 1), geom, out)
-        if down is not None:
-            changes += _box(down, (h - 1, w), geom, out)
+        if w > 1:
+            changes += _box(plane[..., :, dx:] != plane[..., :, :-dx], (h, w - 1), geom, out)
+        if h > 1:
+            changes += _box(plane[..., dy:, :] != plane[..., :-dy, :], (h - 1, w), geom, out)
         return changes == 0

@@ -239,21 +239,24 @@ class DirectPrimitives:
             weights = torch.ones(1, 1, plane.shape[1], *self.geom.template_size, dtype=plane.dtype, device=plane.device)
         return self.correlate(plane, weights)
 
-    def window_flat(self, plane: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
+    def window_flat(
+        self, plane: torch.Tensor, support: torch.Tensor | None, rows: tuple[int, int] | None = None
+    ) -> torch.Tensor:
         """True where all values of plane [B, 1, Hp, Wp] under a window's support [Bm, Tm, 1, h, w] (None: every
-        tap) are equal, or the support is empty -> [B, Tm, H', W'] bool."""
+        tap) are equal, or the support is empty -> [B, Tm, r1 - r0, W'] bool for output rows r0:r1 (default all)."""
         plane = plane.detach()
         geom = self.geom
+        r0, r1 = rows if rows is not None else (0, geom.out_height)
         if support is None:
             support = torch.ones(1, 1, 1, *geom.template_size, dtype=torch.bool, device=plane.device)
         B = plane.shape[0]
         Tm = support.shape[1]
         big = torch.finfo(plane.dtype).max
-        hi = plane.new_full((B, Tm, geom.out_height, geom.out_width), -big)
-        lo = plane.new_full((B, Tm, geom.out_height, geom.out_width), big)
+        hi = plane.new_full((B, Tm, r1 - r0, geom.out_width), -big)
+        lo = plane.new_full((B, Tm, r1 - r0, geom.out_width), big)
         shared = support.shape[0] == 1 and support.shape[1] == 1
         for _, i, j in _active_taps(support):
-            window = _tap(plane[:, 0], i, j, 0, geom.out_height, geom)[:, None]
+            window = _tap(plane[:, 0], i, j, r0, r1, geom)[:, None]
             if shared:  # the tap is in every window's support
                 torch.maximum(hi, window, out=hi)
                 torch.minimum(lo, window, out=lo)
@@ -262,6 +265,12 @@ class DirectPrimitives:
                 hi = torch.where(on, torch.maximum(hi, window), hi)
                 lo = torch.where(on, torch.minimum(lo, window), lo)
         return hi <= lo  # equal values, or an empty support (hi = −max < lo = +max)
+
+    def window_squares(self, plane: torch.Tensor, shift: torch.Tensor, centred: bool) -> torch.Tensor | None:
+        """A fused Σ (I − s)² (minus (Σ (I − s))² / n when centred) over unmasked windows, or None: the tap loops
+        have none, and the scoring code combines :meth:`window_sum` calls instead."""
+        del plane, shift, centred
+        return None
 
 
 def make_primitives(geom: Geometry, memory_limit: int, itemsize: int) -> DirectPrimitives:

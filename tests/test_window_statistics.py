@@ -1,0 +1,100 @@
+"""Window statistics of the fast correlation engines: the fused numba pass, the summed-area tables used without
+numba, and the exact flat-window test that only runs where a variance is within its rounding bound."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import slidesim
+from slidesim._scoring import _CorrelationState, geometry, padded_images
+from slidesim._validate import canonicalize
+from slidesim.engines import _fast, conv, fft
+from slidesim.metrics import METRICS
+from slidesim.similarity import _defaults
+
+from .conftest import tolerance
+
+
+def _brute_squares(image: np.ndarray, shift: np.ndarray, h: int, w: int, sy: int, sx: int, centred: bool):
+    B, Hp, Wp = image.shape
+    Ho, Wo = (Hp - h) // sy + 1, (Wp - w) // sx + 1
+    out = np.zeros((B, Ho, Wo))
+    for b in range(B):
+        for r in range(Ho):
+            for k in range(Wo):
+                v = image[b, r * sy : r * sy + h, k * sx : k * sx + w].astype(np.float64) - shift[b]
+                out[b, r, k] = (v * v).sum() - (v.sum() ** 2 / v.size if centred else 0.0)
+    return out
+
+
+@pytest.mark.parametrize("centred", [True, False])
+@pytest.mark.parametrize(("h", "w", "sy", "sx"), [(4, 3, 1, 1), (3, 5, 2, 3), (2, 2, 3, 1), (5, 1, 1, 4), (1, 1, 2, 2)])
+def test_fused_window_squares_match_brute_force(h: int, w: int, sy: int, sx: int, centred: bool) -> None:
+    pytest.importorskip("numba")
+    from slidesim.engines._numba_windows import window_squares
+
+    rng = np.random.default_rng(h * 100 + w * 10 + sy + sx)
+    image = (rng.random((2, 71, 37)) * 10).astype(np.float32)  # more rows than one parallel band of 32
+    shift = np.array([4.5, -1.0])
+    Ho, Wo = (71 - h) // sy + 1, (37 - w) // sx + 1
+    out = np.full((2, Ho, Wo), np.nan)
+    window_squares(image, shift, h, w, sy, sx, centred, out)
+    np.testing.assert_allclose(out, _brute_squares(image, shift, h, w, sy, sx, centred), rtol=1e-10, atol=1e-9)
+
+
+def _flat_brute_force(image: torch.Tensor, h: int, w: int, stride: int) -> torch.Tensor:
+    windows = image.unfold(-2, h, stride).unfold(-2, w, stride)  # [B, C, H', W', h, w]
+    flat_c = windows.amax(dim=(-1, -2)) == windows.amin(dim=(-1, -2))
+    return flat_c.all(dim=1)
+
+
+def _quantized_image(rng: np.random.Generator, offset: float) -> torch.Tensor:
+    """Blocks of constant value (flat windows), a noisy band, and single-step perturbations (nearly flat)."""
+    levels = rng.integers(0, 3, size=(2, 2, 9, 12)).astype(np.float32)
+    image = np.kron(levels, np.ones((12, 12), np.float32)) + np.float32(offset)  # [2, 2, 108, 144]
+    image[:, :, 40:52, :] += rng.random((2, 2, 12, 144)).astype(np.float32)
+    image[0, 0, 80, 30] = np.nextafter(image[0, 0, 80, 30], np.float32(np.inf))  # one ulp: not flat
+    image[1, 1, 5, 100] = np.nextafter(image[1, 1, 5, 100], np.float32(-np.inf))
+    return torch.from_numpy(image)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("engine", [fft, conv])
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_flat_windows_are_found_exactly(engine, fused: bool, offset: float, stride: int, monkeypatch) -> None:
+    if fused:
+        pytest.importorskip("numba")
+    else:
+        monkeypatch.setattr(_fast, "fused_statistics_available", lambda: False)
+    image = _quantized_image(np.random.default_rng(3), offset)
+    bank = torch.rand(1, 2, 7, 6)
+    canon = canonicalize(image, bank, **{**_defaults(), "metric": "zncc", "stride": stride, "method": engine.NAME})
+    padded = padded_images(canon)
+    prims = engine.FFTPrimitives if engine is fft else engine.ConvPrimitives
+    state = _CorrelationState(prims(geometry(canon), 2**20), METRICS["zncc"], padded, canon.templates, None)
+    variance, flat = state._window_moments(state.mask, state.mask)
+    expected = _flat_brute_force(image, 7, 6, stride)[:, None]
+    assert expected.any() and not expected.all()
+    assert torch.equal(flat, expected)
+    assert torch.isfinite(variance).all() and (variance >= 0).all()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("metric", ["zncc", "ncc", "ccoeff"])
+@pytest.mark.parametrize(("mode", "stride"), [("valid", 1), ("valid", (3, 2)), ("same", 1), ("full", (1, 4))])
+def test_both_statistics_paths_match_the_reference(fused: bool, metric: str, mode: str, stride, monkeypatch) -> None:
+    if fused:
+        pytest.importorskip("numba")
+    else:
+        monkeypatch.setattr(_fast, "fused_statistics_available", lambda: False)
+    rng = np.random.default_rng(11)
+    image = _quantized_image(rng, 1e4)[:, :, :60, :70]
+    bank = torch.from_numpy(rng.random((3, 2, 5, 4)).astype(np.float32)) + 1e4
+    bank[1] = image[0, :, 20:25, 30:34]
+    expected = slidesim.reference.similarity(image.double(), bank.double(), metric=metric, mode=mode, stride=stride)
+    for method in ("fft", "conv"):
+        scores = slidesim.similarity(image, bank, metric=metric, mode=mode, stride=stride, method=method)
+        torch.testing.assert_close(scores.double(), expected, **tolerance(torch.float32, scale=1e3))
