@@ -40,7 +40,7 @@ def test_fused_window_squares_match_brute_force(h: int, w: int, sy: int, sx: int
     shift = np.array([4.5, -1.0])
     Ho, Wo = (71 - h) // sy + 1, (37 - w) // sx + 1
     out = np.full((2, Ho, Wo), np.nan)
-    window_squares(image, shift, h, w, sy, sx, centred, out)
+    window_squares(image, shift, h, w, sy, sx, centred, 16, out)
     np.testing.assert_allclose(out, _brute_squares(image, shift, h, w, sy, sx, centred), rtol=1e-10, atol=1e-9)
 
 

@@ -299,16 +299,17 @@ class _CorrelationState:
             template_energy = (w64 * bank64 * bank64).sum(dim=(-3, -2, -1))
             template_scale, template_degenerate = _inverse_root(template_energy, None)
             window_scale, window_degenerate = self._once(
-                "ncc_scale", lambda: _inverse_root(self._window_energy(weights), None)
+                "ncc_scale", lambda: _window_factors(self._window_energy(weights), None, raw.dtype)
             )
         else:
             _, t_centred = self._centred_kernel(bank64, mask.to(torch.float64))
             template_var = (w64 * t_centred * t_centred).sum(dim=(-3, -2, -1))
             template_scale, template_degenerate = _inverse_root(template_var, _flat_templates(bank64, mask))
             window_scale, window_degenerate = self._once(
-                "zncc_scale", lambda: _inverse_root(*self._window_moments(mask, weights))
+                "zncc_scale", lambda: _window_factors(*self._window_moments(mask, weights), raw.dtype)
             )
-        raw.mul_(window_scale * template_scale[..., None, None]).clamp_(-1.0, 1.0)
+        # Template factor first: raw · s_t is about the window's deviation, within range whenever raw is.
+        raw.mul_(template_scale[..., None, None].to(window_scale.dtype)).mul_(window_scale).clamp_(-1.0, 1.0)
         # 0 · NaN is NaN: degenerate scores are 0 whatever the window holds. A float64 sum of finite float32 or
         # bounded scores is finite, so it tells cheaply whether any score is NaN or inf.
         if not bool(torch.isfinite(raw.sum(dtype=torch.float64))):
@@ -372,7 +373,8 @@ class _CorrelationState:
         A flat window has zero variance, so its computed variance is within the rounding bound; only such windows
         (usually none, or the rows of a uniform background) go through the engine's exact test.
         """
-        candidates = ~(variance > tolerance) | (variance == float("inf"))  # NaN and inf windows: test them too
+        # NaN windows are tested too. +inf never needs it: Σ I² overflows only if (Σ I)² / n does, giving NaN.
+        candidates = ~(variance > tolerance)
         if not bool(candidates.any()):
             return candidates
         rows = candidates.any(dim=-1).any(dim=0).any(dim=0).nonzero()
@@ -386,12 +388,30 @@ class _CorrelationState:
 
 
 def _inverse_root(values: torch.Tensor, degenerate: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1/√values, 0 where values <= 0 or degenerate; the degenerate mask), float64."""
+    """(1/√values, 0 where values <= 0 or degenerate; the degenerate mask), float64. Overwrites values."""
     bad = values <= 0
     if degenerate is not None:
         bad |= degenerate
-    scale = values.clamp_min(_tiny()).rsqrt_()  # values are not needed afterwards
-    return scale.masked_fill_(bad, 0.0), bad
+    return values.clamp_min_(_tiny()).rsqrt_().masked_fill_(bad, 0.0), bad
+
+
+def _window_factors(
+    values: torch.Tensor, degenerate: torch.Tensor | None, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like :func:`_inverse_root`, in ``dtype`` when every positive value is a normal number there (so is its
+    inverse root): half the memory traffic for each template that uses the factors. Overwrites values."""
+    if dtype == torch.float64:
+        return _inverse_root(values, degenerate)
+    bad = values <= 0
+    if degenerate is not None:
+        bad |= degenerate
+    info = torch.finfo(dtype)
+    low, high = torch.aminmax(values)
+    if float(low) < info.tiny and bool(bad.any()):  # zeros of degenerate windows do not count
+        low = torch.where(bad, 1.0, values).min()
+    if info.tiny <= float(low) and float(high) <= info.max:
+        return values.to(dtype).rsqrt_().masked_fill_(bad, 0.0), bad
+    return _inverse_root(values, degenerate)
 
 
 def _total(parts: list[torch.Tensor]) -> torch.Tensor:

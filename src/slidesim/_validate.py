@@ -351,7 +351,7 @@ def canonicalize(
         out_height=out_h,
         out_width=out_w,
         requires_grad=requires_grad,
-        finite=bool(torch.isfinite(images_c).all()),
+        finite=_all_finite(images_c),
     )
     return Canonical(
         images=images_c,
@@ -372,3 +372,13 @@ def canonicalize(
         out_dtype=compute_dtype,
         problem=problem,
     )
+
+
+def _all_finite(images: torch.Tensor) -> bool:
+    """Whether every pixel is finite. A float64 sum of float32 (or narrower) pixels overflows only if one is not
+    finite, so one reduction without a boolean temporary answers for them; float64 images need the full test."""
+    if not images.dtype.is_floating_point:
+        return True
+    if images.dtype != torch.float64 and bool(torch.isfinite(images.sum(dtype=torch.float64))):
+        return True
+    return bool(torch.isfinite(images).all())

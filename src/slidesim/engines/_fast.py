@@ -113,8 +113,12 @@ class FastStatistics(DirectPrimitives):
             or not fused_statistics_available()
         ):
             return None
+        import numba
+
         from ._numba_windows import window_squares
 
+        # A few tasks per thread balance the load; fewer, taller bands re-sum fewer first windows.
+        rows_per_task = max(8, -(-geom.out_height * plane.shape[0] // (4 * numba.get_num_threads())))
         out = torch.empty(plane.shape[0], 1, geom.out_height, geom.out_width, dtype=torch.float64)
         window_squares(
             plane.detach()[:, 0].contiguous().numpy(),
@@ -122,6 +126,7 @@ class FastStatistics(DirectPrimitives):
             *geom.template_size,
             *geom.stride,
             centred,
+            rows_per_task,
             out[:, 0].numpy(),
         )
         return out

@@ -15,11 +15,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-_ROWS_PER_TASK = 32  # output rows per parallel task: enough to amortize the first window's column sums
-
 
 @numba.njit(parallel=True, cache=True)
-def window_squares(image, shift, h, w, sy, sx, centred, out):
+def window_squares(image, shift, h, w, sy, sx, centred, rows_per_task, out):
     """Σ (I − s)² over every h × w window, minus (Σ (I − s))² / (h·w) when ``centred`` (the window's variance
     times its size); strided by (sy, sx).
 
@@ -29,16 +27,17 @@ def window_squares(image, shift, h, w, sy, sx, centred, out):
         h, w: Window size.
         sy, sx: Strides.
         centred: Subtract the squared window sum over the window size.
+        rows_per_task: Output rows per parallel task; each task first sums its first window's h rows.
         out: [B, H', W'] float64, written.
     """
     B, Wp = image.shape[0], image.shape[2]
     Ho, Wo = out.shape[1], out.shape[2]
     n = h * w
-    bands = (Ho + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+    bands = (Ho + rows_per_task - 1) // rows_per_task
     for task in numba.prange(B * bands):
         b = task // bands
-        r0 = (task % bands) * _ROWS_PER_TASK
-        r1 = min(Ho, r0 + _ROWS_PER_TASK)
+        r0 = (task % bands) * rows_per_task
+        r1 = min(Ho, r0 + rows_per_task)
         s = shift[b]
         col1 = np.zeros(Wp)
         col2 = np.zeros(Wp)

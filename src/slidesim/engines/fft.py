@@ -58,23 +58,25 @@ class FFTPrimitives(FastStatistics):
             kernel = spread
         size = (next_fast_length(Hp), next_fast_length(Wp))
         image_spectrum = torch.fft.rfft2(image, s=size)  # [B, C, Hf, Wf // 2 + 1], once for the whole bank
-        span_h, span_w = kernel.shape[-2:]
         rows = slice(0, (geom.out_height - 1) * sy + 1, sy)
         cols = slice(0, (geom.out_width - 1) * sx + 1, sx)
         per_template = B * C * size[0] * (size[1] // 2 + 1) * 2 * image.element_size()
         chunk = max(1, min(T, self.block * image.element_size() // max(1, per_template)))
         parts = []
         for t0 in range(0, T, chunk):
-            kernel_spectrum = torch.fft.rfft2(kernel[:, t0 : t0 + chunk], s=size).conj()
-            product = (
-                torch.einsum("bchw,ktchw->bthw", image_spectrum, kernel_spectrum)
-                if Bk == 1
-                else (torch.einsum("bchw,btchw->bthw", image_spectrum, kernel_spectrum))
-            )
+            kernel_spectrum = _kernel_spectrum(kernel[:, t0 : t0 + chunk], size).conj()
+            product = image_spectrum[:, None, 0] * kernel_spectrum[:, :, 0]  # [B, t, Hf, Wf // 2 + 1]
+            for c in range(1, C):  # channels summed in the frequency domain
+                product.addcmul_(image_spectrum[:, None, c], kernel_spectrum[:, :, c])
             full = torch.fft.irfft2(product, s=size)
             parts.append(full[..., rows, cols])
-        del span_h, span_w
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def _kernel_spectrum(kernel: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """rfft2 of kernels [..., h, w] zero-padded to size: the row transforms run on the h rows that hold taps only,
+    which halves the cost for small kernels."""
+    return torch.fft.fft(torch.fft.rfft(kernel, n=size[1], dim=-1), n=size[0], dim=-2)
 
 
 def run(canon: Canonical) -> torch.Tensor:
