@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from slidesim import engines
+from slidesim._similarity import _defaults
 from slidesim._validate import canonicalize
 from slidesim.metrics import METRICS
-from slidesim.similarity import _defaults
 
 TESTED_ENGINES = [name for name in engines.ENGINES if name != "reference"]
 """Every engine is compared with the reference: a new engine joins the matrix by registering."""

@@ -59,3 +59,16 @@ print(json.dumps({{"peak": peak, "output": out.numel() * out.element_size()}}))
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def warm_every_engine(images: str, templates: str, metric: str) -> str:
+    """A warm-up statement that runs every engine auto may pick on a small problem, so that one-time costs
+    (importing numba, loading its cached kernels, torch's first FFT plan) stay out of the measured peak."""
+    return (
+        "from slidesim import engines\n"
+        "for _name in engines.AUTO_ORDER:\n"
+        "    try:\n"
+        f"        slidesim.similarity({images}, {templates}, metric={metric!r}, method=_name)\n"
+        "    except slidesim.EngineUnavailableError:\n"
+        "        pass\n"
+    )

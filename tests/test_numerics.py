@@ -8,9 +8,9 @@ import torch
 
 import slidesim
 from slidesim import engines
+from slidesim._similarity import _defaults
 from slidesim._validate import canonicalize
 from slidesim.metrics import METRICS
-from slidesim.similarity import _defaults
 
 from .conftest import ENGINE_METRICS, engines_for
 

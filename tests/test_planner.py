@@ -12,9 +12,9 @@ import torch
 import slidesim
 from slidesim import engines
 from slidesim import planner as slidesim_plan
+from slidesim._similarity import _defaults
 from slidesim._validate import canonicalize
 from slidesim.planner import select_engine
-from slidesim.similarity import _defaults
 
 
 def _canon(metric: str, image=None):
@@ -24,8 +24,21 @@ def _canon(metric: str, image=None):
 
 def test_auto_prefers_fused_and_fast_engines() -> None:
     assert select_engine(_canon("sad")).NAME == "numba"
-    assert select_engine(_canon("zncc")).NAME == "direct"
-    assert "runs only when named (method='fft')" in slidesim.explain(torch.rand(64, 64), torch.rand(8, 8))
+    large = canonicalize(torch.rand(512, 512), torch.rand(32, 32), **{**_defaults(), "metric": "zncc"})
+    assert select_engine(large).NAME == "fft"  # one large template: transforms beat 1024 taps per pixel
+    bank = canonicalize(torch.rand(1, 1, 256, 256), torch.rand(64, 1, 5, 5), **{**_defaults(), "metric": "zncc"})
+    assert select_engine(bank).NAME == "conv"  # many small templates: one conv2d with 64 output channels
+    assert "the float64 oracle runs only when asked for by name" in slidesim.explain(
+        torch.rand(64, 64), torch.rand(8, 8)
+    )
+
+
+def test_auto_respects_memory_limit_for_transforms() -> None:
+    images, template = torch.rand(1, 1, 1024, 1024), torch.rand(1, 1, 32, 32)
+    roomy = slidesim.plan(images, template)
+    tight = slidesim.plan(images, template, memory_limit=8 * 2**20)
+    assert roomy.engine == "fft"
+    assert tight.engine != "fft" and "fft" in repr(tight) and "over memory_limit 8 MiB" in repr(tight)
 
 
 def test_auto_keeps_nan_local() -> None:
@@ -80,7 +93,19 @@ def test_every_registered_engine_loads() -> None:
 
 
 def test_import_is_light() -> None:
-    optional = ("numba", "triton", "dask", "cv2", "skimage")
-    code = f"import sys, slidesim; print(sorted(m for m in {optional!r} if m in sys.modules))"
+    heavy = ("torch", "numpy", "numba", "triton", "dask", "cv2", "skimage")
+    code = f"import sys, slidesim; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+    optional = ("numba", "triton", "dask", "cv2", "skimage")
+    code = f"import sys, slidesim; slidesim.similarity; print(sorted(m for m in {optional!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_public_names_load_on_first_use() -> None:
+    assert set(slidesim.__all__) <= set(dir(slidesim))
+    for name in slidesim.__all__:
+        assert getattr(slidesim, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        slidesim.nonexistent  # noqa: B018

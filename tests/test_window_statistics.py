@@ -9,10 +9,10 @@ import torch
 
 import slidesim
 from slidesim._scoring import _CorrelationState, geometry, padded_images
+from slidesim._similarity import _defaults
 from slidesim._validate import canonicalize
 from slidesim.engines import _fast, conv, fft
 from slidesim.metrics import METRICS
-from slidesim.similarity import _defaults
 
 from .conftest import tolerance
 

@@ -1,18 +1,28 @@
 """slidesim: slide templates over images and score every position, exactly and in bounded memory.
 
-Public names only; importing slidesim loads torch and numpy and nothing optional.
+Public names only. They load on first use (PEP 562), so ``import slidesim`` stays quick (command-line start-up,
+``--help``) and torch is imported by the first call that needs it; nothing optional (numba, OpenCV) is imported
+until an engine that uses it runs.
 """
 
 from __future__ import annotations
 
-from . import reference
-from .color import rgb_to_hsv
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import EngineUnavailableError, SlidesimError, SlidesimTypeError, SlidesimValueError
-from .metrics import METRICS
-from .planner import Plan, explain, plan
-from .similarity import similarity
 
 __version__ = "0.1.0"
+
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "METRICS": ("metrics", "METRICS"),
+    "Plan": ("planner", "Plan"),
+    "explain": ("planner", "explain"),
+    "plan": ("planner", "plan"),
+    "reference": ("reference", None),
+    "rgb_to_hsv": ("color", "rgb_to_hsv"),
+    "similarity": ("_similarity", "similarity"),
+}
 
 __all__ = [
     "METRICS",
@@ -27,3 +37,24 @@ __all__ = [
     "rgb_to_hsv",
     "similarity",
 ]
+
+if TYPE_CHECKING:
+    from . import reference
+    from ._similarity import similarity
+    from .color import rgb_to_hsv
+    from .metrics import METRICS
+    from .planner import Plan, explain, plan
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'slidesim' has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(f".{module_name}", __name__)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -232,9 +232,9 @@ class _CorrelationState:
         """
         name, weights = self.spec.name, self.mask * self.mask
         if name in ("ccorr", "ncc"):
-            return self.prims.correlate(self.image, self.bank * weights)
-        if name == "ssd_normed":
-            return self.prims.distance(self.image, self.bank, weights, 2, None)
+            return self.prims.correlate(self.image, self.bank * weights if self.masked else self.bank)
+        if name == "ssd_normed":  # unmasked: no weights, so the distance kernels take their unweighted path
+            return self.prims.distance(self.image, self.bank, weights if self.masked else None, 2, None)
         kernel, _ = self._centred_kernel(self.bank.to(torch.float64), self.mask.to(torch.float64))
         return self._centred_correlate(kernel.to(self.image.dtype))
 

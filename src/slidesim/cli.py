@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import __version__
+from ._similarity import similarity
 from .errors import SlidesimError
-from .similarity import similarity
 
 DEMO_METRICS = ("zncc", "l1_similarity", "ssd")
 

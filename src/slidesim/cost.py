@@ -1,28 +1,20 @@
 """Estimated time and peak temporary memory of each engine for a problem: the planner's cost model.
 
-Times are operation counts divided by throughputs measured on the reference machine (2 x86_64 cores with AVX2,
-torch 2.13.0+cpu, numba 0.68.1, 2026-11-22) by ``python benchmarks/fit_cost.py``; re-run it to refit on other
-hardware. The model only has to rank engines: it is checked against measured times by the sweep in benchmarks/.
+An engine's time is a sum of per-call overhead and counted work (template-tap updates, FFT sizes, pixels of
+window statistics, output values finished), each count weighted by a throughput constant. The constants are
+fitted on a reference machine by ``python benchmarks/fit_cost.py``, which writes them with their provenance to
+:mod:`slidesim._cost_constants`; re-run it to refit on other hardware. The model only has to rank engines; the
+sweep in ``benchmarks/sweep.py`` checks how often the engine it ranks first is the fastest.
 """
 
 from __future__ import annotations
 
 import math
 
+from ._cost_constants import CONSTANTS
 from ._validate import Problem
 
-# Throughputs in template-tap updates per second (one tap of one template at one output position), float32.
-DIRECT_CORRELATE_RATE = 3.2e9
-DIRECT_DISTANCE_RATE = 1.8e9
-NUMBA_DISTANCE_RATE = 13.0e9
-CONV_CORRELATE_RATE = 25.0e9
-# FFT: seconds per n·log2(n) of one real transform, and per complex multiply-add of the spectra.
-FFT_SECONDS_PER_NLOGN = 0.3e-9
-SPECTRUM_SECONDS_PER_MAC = 1.0e-9
-# Window statistics of the normalized metrics: seconds per padded image pixel and channel (box sums, flat test)
-# for the fast engines; the direct engine runs float64 tap loops at about half its float32 rate.
-FAST_STATISTICS_SECONDS_PER_PIXEL = 9e-8
-CALL_OVERHEAD_SECONDS = 2e-4
+DISTANCE_METRICS = ("sad", "mad", "l1_similarity", "ssd")
 
 
 def _fft_size(n: int) -> int:
@@ -48,49 +40,69 @@ def _normalized(problem: Problem) -> bool:
     return problem.metric in ("ncc", "zncc", "ssd_normed")
 
 
-def estimate_seconds(engine: str, problem: Problem) -> float:
-    """Estimated wall time of ``engine`` on ``problem`` (seconds)."""
+def features(engine: str, problem: Problem) -> dict[str, float]:
+    """The work counts of ``engine`` on ``problem`` that its constants weigh (see :data:`CONSTANTS`)."""
     updates = _updates(problem)
     Hp, Wp = _padded(problem)
+    wide = 2.0 if problem.compute_dtype == "float64" else 1.0  # float64 halves the vector width
     pixels = float(problem.batch * problem.channels * Hp * Wp)
-    window_updates = updates / max(1, problem.n_templates)
-    if problem.mask == "per_template":
-        window_updates = updates
-    masked_statistics = window_updates * (3 if problem.metric == "zncc" else 1)
-    fast_statistics = (
-        (
-            FAST_STATISTICS_SECONDS_PER_PIXEL * pixels
-            if problem.mask == "none"
-            else masked_statistics / CONV_CORRELATE_RATE
-        )
-        if _normalized(problem)
-        else 0.0
-    )
+    shared_mask = problem.mask != "per_template"
+    window_updates = updates / max(1, problem.n_templates) * (1 if shared_mask else problem.n_templates)
+    outputs = float(problem.batch * problem.n_templates * problem.out_height * problem.out_width)
+    passes = problem.channels if problem.channels_mode != "joint" else 1
+    counts = {"calls": float(passes)}
+    if engine in ("conv", "fft") and _normalized(problem):
+        if problem.mask == "none":
+            counts["statistics_pixels"] = pixels
+        else:
+            counts["masked_statistics_updates"] = window_updates * (3 if problem.metric == "zncc" else 1) * wide
+        counts["finished_outputs"] = outputs
     if engine == "direct":
-        seconds = updates / (
-            DIRECT_DISTANCE_RATE
-            if problem.metric in ("sad", "mad", "l1_similarity", "ssd", "ssd_normed")
-            else DIRECT_CORRELATE_RATE
-        )
+        kind = "distance_updates" if problem.metric in (*DISTANCE_METRICS, "ssd_normed") else "correlate_updates"
+        counts[kind] = updates * wide
+        # one Python-level step per template tap and output block of about a million values
+        blocks = math.ceil(outputs / 2**20)
+        counts["tap_loops"] = float(problem.channels * problem.template_height * problem.template_width * blocks)
         if _normalized(problem):
-            seconds += 3 * window_updates / (DIRECT_CORRELATE_RATE / 2)
+            counts["statistics_updates"] = 3 * window_updates * 2
     elif engine == "numba":
-        seconds = updates / NUMBA_DISTANCE_RATE
+        counts["distance_updates"] = updates * wide
         if problem.metric == "ssd_normed":
-            seconds += window_updates / (DIRECT_CORRELATE_RATE / 2)
+            counts["statistics_updates"] = window_updates * 2
     elif engine == "conv":
-        seconds = updates / CONV_CORRELATE_RATE + fast_statistics
+        if problem.compute_dtype == "float64":  # torch unfolds windows (im2col) and multiplies matrices
+            counts["unfolded_updates"] = updates
+            counts["unfolded_values"] = updates / problem.n_templates  # the im2col copy itself
+        else:  # oneDNN: a few output channels leave most of its vector lanes and cache blocking idle
+            counts["correlate_updates"] = updates
+            counts["narrow_updates"] = updates / min(64, problem.n_templates)
     elif engine == "fft":
         Hf, Wf = _fft_size(Hp), _fft_size(Wp)
         nlogn = Hf * Wf * math.log2(Hf * Wf)
         kernels = problem.n_templates * problem.channels * (problem.batch if problem.per_image_bank else 1)
-        transforms = problem.batch * problem.channels + kernels + problem.batch * problem.n_templates
+        counts["image_transform_nlogn"] = problem.batch * (problem.channels + problem.n_templates) * nlogn * wide
+        counts["kernel_transform_nlogn"] = kernels * nlogn * wide
         spectra = problem.batch * problem.n_templates * problem.channels * Hf * (Wf // 2 + 1)
-        seconds = transforms * nlogn * FFT_SECONDS_PER_NLOGN + spectra * SPECTRUM_SECONDS_PER_MAC + fast_statistics
+        counts["spectrum_products"] = spectra * wide
     else:  # the reference materializes every window in float64
-        seconds = updates * 10 / DIRECT_CORRELATE_RATE
-    channel_passes = problem.channels if problem.channels_mode != "joint" else 1
-    return CALL_OVERHEAD_SECONDS * channel_passes + seconds
+        counts["window_values"] = updates
+    return counts
+
+
+def estimate_seconds(engine: str, problem: Problem) -> float:
+    """Estimated wall time of ``engine`` on ``problem`` (seconds)."""
+    constants = CONSTANTS[engine]
+    return sum(constants.get(name, 0.0) * count for name, count in features(engine, problem).items())
+
+
+def _centring_partial(problem: Problem, item: int) -> int:
+    """An output-sized partial sum when ccoeff / zncc centre the image a few channels at a time."""
+    from ._scoring import _CENTRING_BYTES
+
+    Hp, Wp = _padded(problem)
+    per_channel = problem.batch * Hp * Wp * item
+    grouped = problem.metric in ("ccoeff", "zncc") and problem.channels * per_channel > _CENTRING_BYTES
+    return problem.batch * problem.n_templates * problem.out_height * problem.out_width * item if grouped else 0
 
 
 def estimate_bytes(engine: str, problem: Problem, memory_limit: int) -> int:
@@ -102,11 +114,24 @@ def estimate_bytes(engine: str, problem: Problem, memory_limit: int) -> int:
     statistics = 4 * out_plane * 8 if _normalized(problem) else 0
     if engine in ("direct", "numba"):
         return image + statistics + min(memory_limit, 3 * 2**22 * item)
+    partial = _centring_partial(problem, item)
+    taps = problem.template_height * problem.template_width
+    from .engines._fast import _UNFOLD_BUDGET
+
+    # float64 conv2d unfolds windows (im2col) a band of rows at a time; masked window sums run through it too
+    unfold = min(_UNFOLD_BUDGET, problem.channels * taps * out_plane * 8) if item == 8 else 0
+    if problem.mask != "none" and _normalized(problem):
+        unfold = max(unfold, min(_UNFOLD_BUDGET, taps * out_plane * 8))
+    statistics += unfold
     if engine == "conv":
-        return 2 * image + statistics + 2 * out_plane * problem.n_templates * item
+        return 2 * image + statistics + partial  # oneDNN reorders the (centred) image once
     if engine == "fft":
+        from .engines.fft import template_chunk
+
         Hf, Wf = _fft_size(Hp), _fft_size(Wp)
         spectrum = problem.batch * problem.channels * Hf * (Wf // 2 + 1) * 2 * item
-        return 2 * image + 3 * spectrum + statistics + min(memory_limit, 3 * 2**22 * item)
-    taps = problem.channels * problem.template_height * problem.template_width
-    return out_plane * taps * 8 * 2
+        bank_batch = problem.batch if problem.per_image_bank else 1
+        chunk = template_chunk((Hf, Wf), problem.batch, bank_batch, problem.n_templates, item, memory_limit // 4)
+        per_template = (bank_batch + problem.batch) * Hf * (Wf // 2 + 1) * 2 * item + problem.batch * Hf * Wf * item
+        return 2 * image + spectrum + chunk * per_template + statistics + partial
+    return out_plane * problem.n_templates * problem.channels * taps * 8 * 2

@@ -86,7 +86,7 @@ def _candidates(problem: Problem, memory_limit: int) -> tuple[Candidate, ...]:
         if reason is None and name == "reference":
             reason = "the float64 oracle runs only when asked for by name"
         if reason is None and name not in engines.AUTO_ORDER:
-            reason = f"runs only when named (method={name!r}): its temporaries are not yet bounded by memory_limit"
+            reason = f"runs only when named (method={name!r})"
         if reason is None and need > memory_limit:
             reason = f"needs about {need / 2**20:.0f} MiB, over memory_limit {memory_limit / 2**20:.0f} MiB"
         found.append(Candidate(name, seconds, need, reason))
@@ -160,7 +160,7 @@ def plan(images: Any, templates: Any, *, measure: bool = False, **options: Any) 
         >>> p.engine
         'numba'
     """
-    from .similarity import _defaults
+    from ._similarity import _defaults
 
     canon = canonicalize(images, templates, **{**_defaults(), **options})
     return make_plan(canon, measure=measure)

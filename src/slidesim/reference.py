@@ -126,7 +126,7 @@ def similarity(images, templates, **options) -> object:
     Returns:
         Scores in float64, numpy for numpy input and torch otherwise.
     """
-    from .similarity import _defaults, _finalize
+    from ._similarity import _defaults, _finalize
 
     merged = {**_defaults(), **options}
     canon = canonicalize(images, templates, **merged)

@@ -19,10 +19,8 @@ _MODULES: dict[str, str] = {
 ENGINES: tuple[str, ...] = tuple(_MODULES)
 """Every engine that ``method=`` accepts besides "auto"."""
 
-AUTO_ORDER: tuple[str, ...] = ("numba", "direct")
-"""Engines that ``method="auto"`` may pick (the planner ranks them by estimated cost). conv and fft are fast but
-their temporaries (torch's conv2d workspace, the spectra of the bank) are not yet bounded by ``memory_limit``, so
-they run only when named."""
+AUTO_ORDER: tuple[str, ...] = ("numba", "conv", "fft", "direct")
+"""Engines that ``method="auto"`` may pick; the planner ranks them by estimated time under ``memory_limit``."""
 
 
 def load(name: str) -> ModuleType:

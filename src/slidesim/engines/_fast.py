@@ -81,9 +81,31 @@ def _box(plane: torch.Tensor, taps: tuple[int, int], geom: Geometry, count: tupl
     return _box_last_axis(rows, taps[1], dx, sx, count[1])
 
 
+_UNFOLD_BUDGET = 64 * 2**20  # bytes of the windows torch's float64 conv2d unfolds (im2col) per band of rows
+
+
 def conv_correlate(image: torch.Tensor, kernel: torch.Tensor, geom: Geometry) -> torch.Tensor:
-    """Σ_c Σ_taps kernel · image by torch conv2d. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W']."""
+    """Σ_c Σ_taps kernel · image by torch conv2d. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W'].
+
+    float32 runs through oneDNN, whose temporaries are about one copy of the image. torch's float64 conv2d on the
+    CPU unfolds every window first (C·h·w values per output pixel), so it runs a band of output rows at a time.
+    """
     kernel = kernel.to(image.dtype)
+    B, C = image.shape[:2]
+    (h, w), (sy, _), (dy, _) = kernel.shape[-2:], geom.stride, geom.dilation
+    unfolded_row = C * h * w * geom.out_width * image.element_size() * (B if kernel.shape[0] > 1 else 1)
+    if image.dtype != torch.float64 or unfolded_row * geom.out_height <= _UNFOLD_BUDGET:
+        return _conv(image, kernel, geom)
+    band = max(1, _UNFOLD_BUDGET // unfolded_row)
+    span = dy * (h - 1) + 1
+    parts = [
+        _conv(image[..., r0 * sy : (min(geom.out_height, r0 + band) - 1) * sy + span, :], kernel, geom)
+        for r0 in range(0, geom.out_height, band)
+    ]
+    return torch.cat(parts, dim=-2)
+
+
+def _conv(image: torch.Tensor, kernel: torch.Tensor, geom: Geometry) -> torch.Tensor:
     B, C, Hp, Wp = image.shape
     Bk, T = kernel.shape[:2]
     options = {"stride": geom.stride, "dilation": geom.dilation}

@@ -9,6 +9,8 @@ transform's round-off small against the window's own variation. Best for large t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .._scoring import geometry, padded_images, score_channels
@@ -42,11 +44,22 @@ def next_fast_length(n: int) -> int:
         m += 1
 
 
+@dataclass(frozen=True)
 class FFTPrimitives(FastStatistics):
-    """Correlations by FFT, the image spectrum shared by every template."""
+    """Correlations by FFT, the image spectrum shared by every template.
+
+    Attributes:
+        chunk_bytes: Bytes that the spectra and inverse transforms of one chunk of templates may use.
+    """
+
+    chunk_bytes: int = 64 * 2**20
 
     def correlate(self, image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W']."""
+        """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W'].
+
+        Temporaries: the image spectrum (about twice the image) and, per chunk of templates, one channel's kernel
+        spectra, their product with the image spectrum and its inverse transform, sized by ``chunk_bytes``.
+        """
         kernel = kernel.to(image.dtype)
         geom = self.geom
         (sy, sx), (dy, dx) = geom.stride, geom.dilation
@@ -60,17 +73,33 @@ class FFTPrimitives(FastStatistics):
         image_spectrum = torch.fft.rfft2(image, s=size)  # [B, C, Hf, Wf // 2 + 1], once for the whole bank
         rows = slice(0, (geom.out_height - 1) * sy + 1, sy)
         cols = slice(0, (geom.out_width - 1) * sx + 1, sx)
-        per_template = B * C * size[0] * (size[1] // 2 + 1) * 2 * image.element_size()
-        chunk = max(1, min(T, self.block * image.element_size() // max(1, per_template)))
-        parts = []
+        chunk = template_chunk(size, B, Bk, T, image.element_size(), self.chunk_bytes)
+        out = None
         for t0 in range(0, T, chunk):
-            kernel_spectrum = _kernel_spectrum(kernel[:, t0 : t0 + chunk], size).conj()
-            product = image_spectrum[:, None, 0] * kernel_spectrum[:, :, 0]  # [B, t, Hf, Wf // 2 + 1]
-            for c in range(1, C):  # channels summed in the frequency domain
-                product.addcmul_(image_spectrum[:, None, c], kernel_spectrum[:, :, c])
+            t1 = min(T, t0 + chunk)
+            product = None
+            for c in range(C):  # channels summed in the frequency domain, one channel's kernel spectra at a time
+                kernel_spectrum = _kernel_spectrum(kernel[:, t0:t1, c], size).conj()  # [Bk, t, Hf, Wf // 2 + 1]
+                if product is None:
+                    product = image_spectrum[:, None, c] * kernel_spectrum
+                else:
+                    product.addcmul_(image_spectrum[:, None, c], kernel_spectrum)
+                del kernel_spectrum
             full = torch.fft.irfft2(product, s=size)
-            parts.append(full[..., rows, cols])
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+            del product
+            if chunk >= T:
+                return full[..., rows, cols]
+            if out is None:
+                out = full.new_empty(B, T, geom.out_height, geom.out_width)
+            out[:, t0:t1] = full[..., rows, cols]
+        return out
+
+
+def template_chunk(size: tuple[int, int], batch: int, bank_batch: int, n_templates: int, item: int, budget: int) -> int:
+    """Templates per chunk so that a chunk's kernel spectra, product and inverse transform fit ``budget`` bytes."""
+    plane = size[0] * (size[1] // 2 + 1) * 2 * item  # one complex half-spectrum
+    per_template = (bank_batch + batch) * plane + batch * size[0] * size[1] * item
+    return int(max(1, min(n_templates, budget // max(1, per_template))))
 
 
 def _kernel_spectrum(kernel: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -82,5 +111,6 @@ def _kernel_spectrum(kernel: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
 def run(canon: Canonical) -> torch.Tensor:
     """Scores of a validated problem: [B, T, H', W'] (or [B, T, C, H', W'] for channels="separate")."""
     image = padded_images(canon)
-    prims = FFTPrimitives(geometry(canon), block_elements(canon.memory_limit, image.element_size()))
+    block = block_elements(canon.memory_limit, image.element_size())
+    prims = FFTPrimitives(geometry(canon), block, chunk_bytes=canon.memory_limit // 4)
     return score_channels(prims, canon, image)
