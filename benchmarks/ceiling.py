@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 
-@numba.njit(parallel=True, fastmath=False, cache=True)
+@numba.njit(parallel=True, fastmath=False)
 def _abs_diff_loop(row: np.ndarray, values: np.ndarray, repeats: int) -> float:
     threads = numba.get_num_threads()
     total = 0.0

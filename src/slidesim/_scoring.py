@@ -57,7 +57,9 @@ class Primitives(Protocol):
         periods: tuple[float | None, ...] | None,
     ) -> torch.Tensor: ...
 
-    def window_sum(self, plane: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor: ...
+    def window_sum(
+        self, plane: torch.Tensor, weights: torch.Tensor | None, exact_zeros: bool = True
+    ) -> torch.Tensor: ...
 
     def window_flat(
         self, plane: torch.Tensor, support: torch.Tensor | None, rows: tuple[int, int] | None = None
@@ -355,13 +357,14 @@ class _CorrelationState:
                     continue
             plane = self._centred(c, c + 1).to(torch.float64)
             box = None if not self.masked else m_c  # unmasked windows: plain box sums
-            first = self.prims.window_sum(plane, box)
+            # the exact flat test decides degenerate windows, so masked sums need not be exactly zero
+            first = self.prims.window_sum(plane, box, exact_zeros=False)
             mean = first / m_c.sum(dim=(-1, -2, -3))[..., None, None].clamp_min(_tiny())
-            second = self.prims.window_sum(plane * plane, None if not self.masked else w_c)
+            second = self.prims.window_sum(plane * plane, None if not self.masked else w_c, exact_zeros=False)
             if self.binary:
                 var_c = second - mean * first
             else:
-                weighted = self.prims.window_sum(plane, w_c)
+                weighted = self.prims.window_sum(plane, w_c, exact_zeros=False)
                 var_c = second - 2 * mean * weighted + mean * mean * w_c.sum(dim=(-1, -2, -3))[..., None, None]
             variance = var_c if variance is None else variance + var_c
         flat = self._flat_windows(variance.detach(), tolerance, m64)

@@ -18,7 +18,7 @@ DISTANCE_METRICS = ("sad", "mad", "l1_similarity", "ssd")
 
 
 def _fft_size(n: int) -> int:
-    from .engines.fft import next_fast_length
+    from .engines._spectral import next_fast_length
 
     return next_fast_length(n)
 
@@ -54,8 +54,14 @@ def features(engine: str, problem: Problem) -> dict[str, float]:
     if engine in ("conv", "fft") and _normalized(problem):
         if problem.mask == "none":
             counts["statistics_pixels"] = pixels
-        else:
-            counts["masked_statistics_updates"] = window_updates * (3 if problem.metric == "zncc" else 1) * wide
+        elif problem.metric == "zncc":  # two or three float64 FFT correlations per channel (see _fast.window_sum)
+            Hf, Wf = _fft_size(Hp), _fft_size(Wp)
+            masks = problem.n_templates if problem.mask == "per_template" else 1
+            counts["masked_statistics_nlogn"] = (
+                3 * problem.batch * problem.channels * (1 + masks) * Hf * Wf * math.log2(Hf * Wf)
+            )
+        else:  # energies through float64 conv2d, whose zeros are exact
+            counts["masked_statistics_updates"] = window_updates
         counts["finished_outputs"] = outputs
     if engine == "direct":
         kind = "distance_updates" if problem.metric in (*DISTANCE_METRICS, "ssd_normed") else "correlate_updates"
@@ -126,7 +132,7 @@ def estimate_bytes(engine: str, problem: Problem, memory_limit: int) -> int:
     if engine == "conv":
         return 2 * image + statistics + partial  # oneDNN reorders the (centred) image once
     if engine == "fft":
-        from .engines.fft import template_chunk
+        from .engines._spectral import template_chunk
 
         Hf, Wf = _fft_size(Hp), _fft_size(Wp)
         spectrum = problem.batch * problem.channels * Hf * (Wf // 2 + 1) * 2 * item

@@ -8,12 +8,14 @@ their rows and columns, so the engines that use them only run images whose pixel
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .._scoring import Geometry
 from .._validate import Problem
+from ._spectral import fft_correlate
 from .direct import DirectPrimitives
 
 CORRELATION_METRICS = ("ccorr", "ncc", "ccoeff", "zncc")
@@ -120,8 +122,16 @@ def fused_statistics_available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
+@dataclass(frozen=True)
 class FastStatistics(DirectPrimitives):
-    """Direct primitives whose unmasked window sums and ranges take O(H·W) instead of O(H·W·h·w)."""
+    """Direct primitives whose window sums and ranges take O(H·W) (unmasked) or O(H·W·log) (masked, FFT) instead
+    of O(H·W·h·w).
+
+    Attributes:
+        chunk_bytes: Bytes that the spectra of one chunk of templates (or weights) may use.
+    """
+
+    chunk_bytes: int = 64 * 2**20
 
     def window_squares(self, plane: torch.Tensor, shift: torch.Tensor, centred: bool) -> torch.Tensor | None:
         """Σ (I − s)², minus (Σ (I − s))² / n when centred, over every unmasked window of plane [B, 1, Hp, Wp]
@@ -153,13 +163,16 @@ class FastStatistics(DirectPrimitives):
         )
         return out
 
-    def window_sum(self, plane: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    def window_sum(self, plane: torch.Tensor, weights: torch.Tensor | None, exact_zeros: bool = True) -> torch.Tensor:
         """Σ over each window of plane [B, C', Hp, Wp] (channels summed) -> [B, 1, H', W'].
 
-        Weighted sums use conv2d, not an FFT: a window of zeros must sum to exactly zero, which decides the
-        degenerate cases of ncc and ssd_normed.
+        Weighted sums use conv2d when ``exact_zeros``: a window of zeros must then sum to exactly zero, which
+        decides the degenerate cases of ncc and ssd_normed. Otherwise (zncc's moments, whose degenerate windows
+        the exact flat test decides) they use a float64 FFT, whose error is within the flat test's rounding bound.
         """
         if weights is not None:
+            if not exact_zeros:
+                return fft_correlate(plane, weights, self.geom, self.chunk_bytes)
             return conv_correlate(plane, weights, self.geom)
         total = plane.sum(dim=1, keepdim=True) if plane.shape[1] > 1 else plane
         geom = self.geom

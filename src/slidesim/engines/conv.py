@@ -38,5 +38,6 @@ class ConvPrimitives(FastStatistics):
 def run(canon: Canonical) -> torch.Tensor:
     """Scores of a validated problem: [B, T, H', W'] (or [B, T, C, H', W'] for channels="separate")."""
     image = padded_images(canon)
-    prims = ConvPrimitives(geometry(canon), block_elements(canon.memory_limit, image.element_size()))
+    block = block_elements(canon.memory_limit, image.element_size())
+    prims = ConvPrimitives(geometry(canon), block, chunk_bytes=canon.memory_limit // 4)
     return score_channels(prims, canon, image)

@@ -232,9 +232,10 @@ class DirectPrimitives:
             return _Distance.apply(*args)
         return _distance_forward(*args)
 
-    def window_sum(self, plane: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    def window_sum(self, plane: torch.Tensor, weights: torch.Tensor | None, exact_zeros: bool = True) -> torch.Tensor:
         """Σ_taps weights · plane for statistics. plane [B, C', Hp, Wp], weights [Bm, Tm, C', h, w] or None for an
-        unweighted box -> [B, Tm, H', W'] (channels summed)."""
+        unweighted box -> [B, Tm, H', W'] (channels summed). Tap loops always give exact zeros."""
+        del exact_zeros
         if weights is None:
             weights = torch.ones(1, 1, plane.shape[1], *self.geom.template_size, dtype=plane.dtype, device=plane.device)
         return self.correlate(plane, weights)
