@@ -58,7 +58,8 @@ class Case:
         for name in engines.AUTO_ORDER:
             engine = engines.load(name)
             if engine.unavailable_reason() is None and engine.ineligible_reason(problem) is None:
-                names.append(name)
+                if getattr(engine, "auto_excluded_reason", lambda _: None)(problem) is None:
+                    names.append(name)
         return names
 
 

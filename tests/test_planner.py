@@ -109,3 +109,11 @@ def test_public_names_load_on_first_use() -> None:
         assert getattr(slidesim, name) is not None
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         slidesim.nonexistent  # noqa: B018
+
+
+def test_auto_skips_float64_conv_but_a_named_conv_runs() -> None:
+    images, bank = torch.rand(1, 1, 64, 64, dtype=torch.float64), torch.rand(4, 1, 5, 5, dtype=torch.float64)
+    text = slidesim.explain(images, bank, metric="ccorr")
+    assert "float64 conv2d on the CPU unfolds every window" in text and "-> conv" not in text
+    named = slidesim.similarity(images, bank, metric="ccorr", method="conv")
+    torch.testing.assert_close(named, slidesim.reference.similarity(images, bank, metric="ccorr"))

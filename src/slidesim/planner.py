@@ -87,6 +87,8 @@ def _candidates(problem: Problem, memory_limit: int) -> tuple[Candidate, ...]:
             reason = "the float64 oracle runs only when asked for by name"
         if reason is None and name not in engines.AUTO_ORDER:
             reason = f"runs only when named (method={name!r})"
+        if reason is None and hasattr(engine, "auto_excluded_reason"):
+            reason = engine.auto_excluded_reason(problem)
         if reason is None and need > memory_limit:
             reason = f"needs about {need / 2**20:.0f} MiB, over memory_limit {memory_limit / 2**20:.0f} MiB"
         found.append(Candidate(name, seconds, need, reason))

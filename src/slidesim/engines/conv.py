@@ -27,6 +27,13 @@ def ineligible_reason(problem: Problem) -> str | None:
     return correlation_ineligible_reason(problem)
 
 
+def auto_excluded_reason(problem: Problem) -> str | None:
+    """Why ``method="auto"`` should not pick this engine although it can run the problem, or None."""
+    if problem.compute_dtype == "float64" and problem.device.startswith("cpu"):
+        return "float64 conv2d on the CPU unfolds every window (im2col): slower than fft or direct; runs when named"
+    return None
+
+
 class ConvPrimitives(FastStatistics):
     """Correlations by torch conv2d."""
 
