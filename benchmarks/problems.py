@@ -57,9 +57,9 @@ class Case:
         names = []
         for name in engines.AUTO_ORDER:
             engine = engines.load(name)
-            if engine.unavailable_reason() is None and engine.ineligible_reason(problem) is None:
-                if getattr(engine, "auto_excluded_reason", lambda _: None)(problem) is None:
-                    names.append(name)
+            reason = engine.unavailable_reason() or engine.ineligible_reason(problem)
+            if reason is None and getattr(engine, "auto_excluded_reason", lambda _: None)(problem) is None:
+                names.append(name)
         return names
 
 
