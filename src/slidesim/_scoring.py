@@ -133,9 +133,9 @@ def _finite_channel_mean(image: torch.Tensor) -> torch.Tensor:
     means = torch.zeros(data.shape[0], data.shape[1], 1, 1, dtype=torch.float64, device=data.device)
     for c in range(data.shape[1]):
         plane = data[:, c]
-        total = plane.sum(dim=(-1, -2), dtype=torch.float64)
-        if bool(torch.isfinite(total).all()):  # a float64 sum of finite pixels cannot overflow: all were finite
-            means[:, c, 0, 0] = total / (plane.shape[-1] * plane.shape[-2])
+        total = plane.sum(dim=(-1, -2))  # any shift near the mean centres well enough: the compute dtype will do
+        if bool(torch.isfinite(total).all()):  # a finite sum means finite pixels
+            means[:, c, 0, 0] = total.to(torch.float64) / (plane.shape[-1] * plane.shape[-2])
             continue
         finite = torch.isfinite(plane)
         total = torch.where(finite, plane, 0).sum(dim=(-1, -2), dtype=torch.float64)
@@ -180,6 +180,8 @@ def score_joint(
     chunk = _template_chunk(memory_limit, B, out_h, out_w, T)
     if raw.requires_grad:
         return torch.cat([state.finish(raw[:, t0 : t0 + chunk], t0, t0 + chunk) for t0 in range(0, T, chunk)], dim=1)
+    if spec.name != "ssd_normed":  # ncc and zncc finish in place with no per-template temporaries: all at once
+        chunk = T
     for t0 in range(0, T, chunk):
         state.finish_in_place(raw[:, t0 : t0 + chunk], t0, min(T, t0 + chunk))
     return raw
@@ -312,9 +314,9 @@ class _CorrelationState:
             )
         # Template factor first: raw · s_t is about the window's deviation, within range whenever raw is.
         raw.mul_(template_scale[..., None, None].to(window_scale.dtype)).mul_(window_scale).clamp_(-1.0, 1.0)
-        # 0 · NaN is NaN: degenerate scores are 0 whatever the window holds. A float64 sum of finite float32 or
-        # bounded scores is finite, so it tells cheaply whether any score is NaN or inf.
-        if not bool(torch.isfinite(raw.sum(dtype=torch.float64))):
+        # 0 · NaN is NaN: degenerate scores are 0 whatever the window holds. The clamped scores lie in [−1, 1]
+        # unless NaN, so their plain sum is finite exactly when none is NaN (one pass, no temporary).
+        if not bool(torch.isfinite(raw.sum())):
             raw.masked_fill_(window_degenerate | template_degenerate[..., None, None], 0.0)
         elif bool(template_degenerate.any()):
             raw.masked_fill_(template_degenerate[..., None, None], 0.0)
