@@ -40,8 +40,18 @@ def test_fused_window_squares_match_brute_force(h: int, w: int, sy: int, sx: int
     shift = np.array([4.5, -1.0])
     Ho, Wo = (71 - h) // sy + 1, (37 - w) // sx + 1
     out = np.full((2, Ho, Wo), np.nan)
-    window_squares(image, shift, h, w, sy, sx, centred, 16, out)
-    np.testing.assert_allclose(out, _brute_squares(image, shift, h, w, sy, sx, centred), rtol=1e-10, atol=1e-9)
+    low = window_squares(image, shift, h, w, sy, sx, centred, 16, 0.0, out, np.zeros((0, 0, 0)))
+    expected = _brute_squares(image, shift, h, w, sy, sx, centred)
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-9)
+    assert low == 0
+    tolerance = float(np.median(expected)) + 1e-7  # about half the windows are at or below it
+    factors = np.full((2, Ho, Wo), np.nan, np.float32)
+    low = window_squares(image, shift, h, w, sy, sx, centred, 16, tolerance, np.zeros((1, 1, 1)), factors)
+    clear = np.abs(expected - tolerance) > 1e-8  # rounding cannot move these across the tolerance
+    above, below = clear & (expected > tolerance), clear & (expected < tolerance)
+    assert below.sum() <= low <= (~above).sum()
+    np.testing.assert_allclose(factors[above], 1 / np.sqrt(expected[above]), rtol=1e-6)
+    assert (factors[below] == 0).all()
 
 
 def _flat_brute_force(image: torch.Tensor, h: int, w: int, stride: int) -> torch.Tensor:
@@ -85,14 +95,20 @@ def test_flat_windows_are_found_exactly(engine, fused: bool, offset: float, stri
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("metric", ["zncc", "ncc", "ccoeff"])
 @pytest.mark.parametrize(("mode", "stride"), [("valid", 1), ("valid", (3, 2)), ("same", 1), ("full", (1, 4))])
-def test_both_statistics_paths_match_the_reference(fused: bool, metric: str, mode: str, stride, monkeypatch) -> None:
+@pytest.mark.parametrize(("channels", "flat_areas"), [(2, True), (1, True), (1, False)])
+def test_both_statistics_paths_match_the_reference(
+    fused: bool, metric: str, mode: str, stride, channels: int, flat_areas: bool, monkeypatch
+) -> None:
+    """One channel without flat areas takes the fused window factors; flat areas send it to the exact test."""
     if fused:
         pytest.importorskip("numba")
     else:
         monkeypatch.setattr(_fast, "fused_statistics_available", lambda: False)
     rng = np.random.default_rng(11)
-    image = _quantized_image(rng, 1e4)[:, :, :60, :70]
-    bank = torch.from_numpy(rng.random((3, 2, 5, 4)).astype(np.float32)) + 1e4
+    image = _quantized_image(rng, 1e4)[:, :channels, :60, :70]
+    if not flat_areas:
+        image = image + torch.from_numpy(rng.random(image.shape).astype(np.float32))
+    bank = torch.from_numpy(rng.random((3, channels, 5, 4)).astype(np.float32)) + 1e4
     bank[1] = image[0, :, 20:25, 30:34]
     expected = slidesim.reference.similarity(image.double(), bank.double(), metric=metric, mode=mode, stride=stride)
     for method in ("fft", "conv"):

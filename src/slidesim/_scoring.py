@@ -16,6 +16,7 @@ Numerics:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -66,6 +67,10 @@ class Primitives(Protocol):
     ) -> torch.Tensor: ...
 
     def window_squares(self, plane: torch.Tensor, shift: torch.Tensor, centred: bool) -> torch.Tensor | None: ...
+
+    def window_factors(
+        self, plane: torch.Tensor, shift: torch.Tensor, tolerance: float, dtype: torch.dtype
+    ) -> torch.Tensor | None: ...
 
 
 def geometry(canon: Canonical) -> Geometry:
@@ -310,16 +315,33 @@ class _CorrelationState:
             template_var = (w64 * t_centred * t_centred).sum(dim=(-3, -2, -1))
             template_scale, template_degenerate = _inverse_root(template_var, _flat_templates(bank64, mask))
             window_scale, window_degenerate = self._once(
-                "zncc_scale", lambda: _window_factors(*self._window_moments(mask, weights), raw.dtype)
+                "zncc_scale", lambda: self._zncc_window_factors(mask, weights, raw.dtype)
             )
         # Template factor first: raw · s_t is about the window's deviation, within range whenever raw is.
         raw.mul_(template_scale[..., None, None].to(window_scale.dtype)).mul_(window_scale).clamp_(-1.0, 1.0)
         # 0 · NaN is NaN: degenerate scores are 0 whatever the window holds. The clamped scores lie in [−1, 1]
         # unless NaN, so their plain sum is finite exactly when none is NaN (one pass, no temporary).
         if not bool(torch.isfinite(raw.sum())):
+            if window_degenerate is None:
+                window_degenerate = window_scale == 0
             raw.masked_fill_(window_degenerate | template_degenerate[..., None, None], 0.0)
         elif bool(template_degenerate.any()):
             raw.masked_fill_(template_degenerate[..., None, None], 0.0)
+
+    def _zncc_window_factors(
+        self, mask: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(1/√window variance, 0 for degenerate windows; their mask or None to derive it from the zeros)."""
+        if not self.masked and self.image.shape[1] == 1 and not self.image.requires_grad:
+            tolerance = _variance_rounding_bound(self.image, self.shift, mask.to(torch.float64))
+            info = torch.finfo(dtype)
+            # the factors must be normal numbers of dtype: 1/√tolerance and 1/√(largest variance) bound them
+            largest = _largest_variance(self.image, self.shift, mask.shape[-2] * mask.shape[-1])
+            if tolerance > 0 and math.sqrt(tolerance) > 1 / info.max and math.sqrt(largest) < 1 / info.tiny:
+                factors = self.prims.window_factors(self.image, self.shift, tolerance, dtype)
+                if factors is not None:  # no window is within the rounding bound of zero variance
+                    return factors, None
+        return _window_factors(*self._window_moments(mask, weights), dtype)
 
     def _window_energy(self, weights: torch.Tensor) -> torch.Tensor:
         """Σ W I² per window in float64 -> [B, Tm, H', W'], one channel at a time to bound memory."""
@@ -445,6 +467,13 @@ def _variance_rounding_bound(plane: torch.Tensor, shift: torch.Tensor, mask: tor
     scale = max(weight, weight * weight)
     pixels = data.shape[-2] * data.shape[-1]
     return 8 * torch.finfo(torch.float64).eps * length * scale * pixels * 5 * largest * largest
+
+
+def _largest_variance(plane: torch.Tensor, shift: torch.Tensor, taps: int) -> float:
+    """An upper bound on Σ (I − s)² over a window of ``taps`` pixels of plane − shift."""
+    low, high = _finite_extremes(plane.detach())
+    reach = torch.maximum(high.to(torch.float64) - shift.min(), shift.max() - low.to(torch.float64))
+    return taps * float(reach * reach)  # inf rather than OverflowError for huge float64 pixels
 
 
 def _finite_extremes(data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

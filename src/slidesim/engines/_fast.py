@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -133,35 +134,61 @@ class FastStatistics(DirectPrimitives):
 
     chunk_bytes: int = 64 * 2**20
 
-    def window_squares(self, plane: torch.Tensor, shift: torch.Tensor, centred: bool) -> torch.Tensor | None:
-        """Σ (I − s)², minus (Σ (I − s))² / n when centred, over every unmasked window of plane [B, 1, Hp, Wp]
-        with shift [B, 1, 1, 1] -> [B, 1, H', W'] float64, in one numba pass; None (the scoring code then combines
-        summed-area box sums) without numba, off the CPU, with dilation, or when a gradient is needed."""
-        geom = self.geom
-        if (
-            plane.requires_grad
-            or plane.device.type != "cpu"
-            or geom.dilation != (1, 1)
-            or not fused_statistics_available()
-        ):
-            return None
+    def _fused(self, plane: torch.Tensor) -> bool:
+        return (
+            not plane.requires_grad
+            and plane.device.type == "cpu"
+            and self.geom.dilation == (1, 1)
+            and fused_statistics_available()
+        )
+
+    def _run_fused(
+        self, plane: torch.Tensor, shift: torch.Tensor, centred: bool, tolerance: float, factors: torch.Tensor
+    ) -> tuple[torch.Tensor, int]:
         import numba
 
         from ._numba_windows import window_squares
 
+        geom = self.geom
         # A few tasks per thread balance the load; fewer, taller bands re-sum fewer first windows.
         rows_per_task = max(8, -(-geom.out_height * plane.shape[0] // (4 * numba.get_num_threads())))
-        out = torch.empty(plane.shape[0], 1, geom.out_height, geom.out_width, dtype=torch.float64)
-        window_squares(
+        out = torch.empty(
+            (plane.shape[0], 1, geom.out_height, geom.out_width) if factors.numel() == 0 else (0, 1, 0, 0),
+            dtype=torch.float64,
+        )
+        low = window_squares(
             plane.detach()[:, 0].contiguous().numpy(),
             shift.detach().to(torch.float64).reshape(-1).contiguous().numpy(),
             *geom.template_size,
             *geom.stride,
             centred,
             rows_per_task,
-            out[:, 0].numpy(),
+            tolerance,
+            (out if factors.numel() == 0 else torch.empty(1, 1, 1, 1, dtype=torch.float64))[:, 0].numpy(),
+            factors[:, 0].numpy() if factors.numel() else np.zeros((0, 0, 0)),
         )
-        return out
+        return out, int(low)
+
+    def window_squares(self, plane: torch.Tensor, shift: torch.Tensor, centred: bool) -> torch.Tensor | None:
+        """Σ (I − s)², minus (Σ (I − s))² / n when centred, over every unmasked window of plane [B, 1, Hp, Wp]
+        with shift [B, 1, 1, 1] -> [B, 1, H', W'] float64, in one numba pass; None (the scoring code then combines
+        summed-area box sums) without numba, off the CPU, with dilation, or when a gradient is needed."""
+        if not self._fused(plane):
+            return None
+        return self._run_fused(plane, shift, centred, 0.0, torch.empty(0))[0]
+
+    def window_factors(
+        self, plane: torch.Tensor, shift: torch.Tensor, tolerance: float, dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        """1/√(window variance × n) of plane − shift ([B, 1, Hp, Wp], [B, 1, 1, 1]) for every unmasked window,
+        [B, 1, H', W'] in ``dtype``, in one numba pass; None where the fused pass cannot run or where some window's
+        variance is within ``tolerance`` (it may be flat: the caller then runs the exact test)."""
+        if not self._fused(plane):
+            return None
+        geom = self.geom
+        factors = torch.empty(plane.shape[0], 1, geom.out_height, geom.out_width, dtype=dtype)
+        _, low = self._run_fused(plane, shift, True, tolerance, factors)
+        return factors if low == 0 else None
 
     def window_sum(self, plane: torch.Tensor, weights: torch.Tensor | None, exact_zeros: bool = True) -> torch.Tensor:
         """Σ over each window of plane [B, C', Hp, Wp] (channels summed) -> [B, 1, H', W'].

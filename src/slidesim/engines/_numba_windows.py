@@ -17,9 +17,11 @@ import numpy as np
 
 
 @numba.njit(parallel=True, cache=True)
-def window_squares(image, shift, h, w, sy, sx, centred, rows_per_task, out):
+def window_squares(image, shift, h, w, sy, sx, centred, rows_per_task, tolerance, out, factors):
     """Σ (I − s)² over every h × w window, minus (Σ (I − s))² / (h·w) when ``centred`` (the window's variance
-    times its size); strided by (sy, sx).
+    times its size); strided by (sy, sx). Either the values themselves (into ``out``) or, when ``factors`` is not
+    empty, 1/√value where the value exceeds ``tolerance`` and 0 elsewhere (into ``factors``), returning how many
+    windows were at or below it.
 
     Args:
         image: [B, Hp, Wp] float32 or float64.
@@ -28,12 +30,17 @@ def window_squares(image, shift, h, w, sy, sx, centred, rows_per_task, out):
         sy, sx: Strides.
         centred: Subtract the squared window sum over the window size.
         rows_per_task: Output rows per parallel task; each task first sums its first window's h rows.
-        out: [B, H', W'] float64, written.
+        tolerance: See above; unused when ``factors`` is empty.
+        out: [B, H', W'] float64, written when ``factors`` is empty.
+        factors: [B, H', W'] (float32 or float64) or [0, 0, 0].
     """
     B, Wp = image.shape[0], image.shape[2]
-    Ho, Wo = out.shape[1], out.shape[2]
+    inverse = factors.shape[0] > 0
+    Ho = factors.shape[1] if inverse else out.shape[1]
+    Wo = factors.shape[2] if inverse else out.shape[2]
     n = h * w
     bands = (Ho + rows_per_task - 1) // rows_per_task
+    lows = np.zeros(B * bands, dtype=np.int64)  # windows at or below the tolerance, per task
     for task in numba.prange(B * bands):
         b = task // bands
         r0 = (task % bands) * rows_per_task
@@ -76,9 +83,15 @@ def window_squares(image, shift, h, w, sy, sx, centred, rows_per_task, out):
                 pre2[x + 1] = acc2
             for k in range(Wo):
                 x0 = k * sx
-                second = pre2[x0 + w] - pre2[x0]
+                value = pre2[x0 + w] - pre2[x0]
                 if centred:
                     first = pre1[x0 + w] - pre1[x0]
-                    out[b, r, k] = second - first * first / n
+                    value -= first * first / n
+                if not inverse:
+                    out[b, r, k] = value
+                elif value > tolerance:
+                    factors[b, r, k] = 1.0 / np.sqrt(value)
                 else:
-                    out[b, r, k] = second
+                    factors[b, r, k] = 0.0
+                    lows[task] += 1
+    return lows.sum()

@@ -273,6 +273,13 @@ class DirectPrimitives:
         del plane, shift, centred
         return None
 
+    def window_factors(
+        self, plane: torch.Tensor, shift: torch.Tensor, tolerance: float, dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        """A fused 1/√(variance × n) per unmasked window, or None: see :meth:`window_squares`."""
+        del plane, shift, tolerance, dtype
+        return None
+
 
 def make_primitives(geom: Geometry, memory_limit: int, itemsize: int) -> DirectPrimitives:
     """Primitives for one call."""
