@@ -8,41 +8,41 @@ PROVENANCE = (
 )
 
 # median |log(predicted / measured)| of each engine's fit:
-# direct 0.16, numba 0.31, conv 0.07, fft 0.16, reference 0.42
+# direct 0.16, numba 0.33, conv 0.06, fft 0.15, reference 0.42
 CONSTANTS: dict[str, dict[str, float]] = {
     "direct": {
-        "calls": 0.0003883,
-        "correlate_updates": 1.08e-10,
-        "distance_updates": 2.437e-10,
-        "statistics_updates": 1.667e-10,
-        "tap_loops": 1.455e-05,
+        "calls": 0.0006148,
+        "correlate_updates": 1.137e-10,
+        "distance_updates": 2.293e-10,
+        "statistics_updates": 1.638e-10,
+        "tap_loops": 1.838e-05,
     },
     "numba": {
-        "calls": 0.0002417,
-        "distance_updates": 2.885e-11,
-        "statistics_updates": 6.11e-10,
+        "calls": 0.0002515,
+        "distance_updates": 3.178e-11,
+        "statistics_updates": 5.764e-10,
     },
     "conv": {
-        "calls": 0.0003632,
-        "correlate_updates": 1.561e-12,
-        "finished_outputs": 1.451e-09,
-        "masked_statistics_nlogn": 2.494e-10,
-        "masked_statistics_updates": 4.255e-09,
-        "narrow_updates": 1.368e-10,
-        "statistics_pixels": 4.883e-09,
+        "calls": 0.0003849,
+        "correlate_updates": 7.148e-13,
+        "finished_outputs": 1.052e-09,
+        "masked_statistics_nlogn": 3.143e-10,
+        "masked_statistics_updates": 4.12e-09,
+        "narrow_updates": 1.394e-10,
+        "statistics_pixels": 4.596e-09,
     },
     "fft": {
-        "calls": 0.0003641,
-        "finished_outputs": 3.352e-09,
-        "image_transform_nlogn": 2.709e-11,
-        "kernel_transform_nlogn": 8.985e-11,
-        "masked_statistics_nlogn": 4.883e-10,
-        "masked_statistics_updates": 1.156e-09,
-        "spectrum_products": 3.126e-09,
-        "statistics_pixels": 2.813e-09,
+        "calls": 0.0003461,
+        "finished_outputs": 2.865e-09,
+        "image_transform_nlogn": 1.145e-10,
+        "kernel_transform_nlogn": 8.043e-11,
+        "masked_statistics_nlogn": 9.877e-10,
+        "masked_statistics_updates": 1.21e-09,
+        "spectrum_products": 1.858e-09,
+        "statistics_pixels": 3.073e-09,
     },
     "reference": {
-        "calls": 0.0008328,
-        "window_values": 1.558e-09,
+        "calls": 0.002393,
+        "window_values": 9.381e-10,
     },
 }

@@ -132,9 +132,13 @@ def estimate_bytes(engine: str, problem: Problem, memory_limit: int) -> int:
     if engine == "conv":
         return 2 * image + statistics + partial  # oneDNN reorders the (centred) image once
     if engine == "fft":
-        from .engines._spectral import template_chunk
+        from .engines._spectral import choose_tile, template_chunk
 
-        Hf, Wf = _fft_size(Hp), _fft_size(Wp)
+        dy, dx = problem.dilation
+        span = (dy * (problem.template_height - 1) + 1, dx * (problem.template_width - 1) + 1)
+        shape = (problem.batch, problem.channels, Hp, Wp)
+        tile = choose_tile(shape, span, problem.n_templates, item, memory_limit // 4)
+        Hf, Wf = tile if tile is not None else (_fft_size(Hp), _fft_size(Wp))  # overlap-save tiles, or the whole
         spectrum = problem.batch * problem.channels * Hf * (Wf // 2 + 1) * 2 * item
         bank_batch = problem.batch if problem.per_image_bank else 1
         chunk = template_chunk((Hf, Wf), problem.batch, bank_batch, problem.n_templates, item, memory_limit // 4)

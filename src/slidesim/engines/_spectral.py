@@ -24,20 +24,57 @@ def next_fast_length(n: int) -> int:
         m += 1
 
 
-def fft_correlate(image: torch.Tensor, kernel: torch.Tensor, geom: Geometry, chunk_bytes: int) -> torch.Tensor:
+def fft_correlate(
+    image: torch.Tensor,
+    kernel: torch.Tensor,
+    geom: Geometry,
+    chunk_bytes: int,
+    tile: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] (Bk ∈ {1, B}) -> [B, T, H', W'].
 
-    Temporaries: the image spectrum (about twice the image) and, per chunk of templates, one channel's kernel
-    spectra, their product with the image spectrum and its inverse transform, sized by ``chunk_bytes``.
+    One transform of the whole image when its spectrum (about twice the image) fits ``chunk_bytes``; otherwise
+    overlap-save tiles (see :func:`choose_tile`), whose temporaries do not grow with the image. ``tile`` forces a
+    transform size for the tiles.
     """
     kernel = kernel.to(image.dtype)
-    (sy, sx), (dy, dx) = geom.stride, geom.dilation
-    B, C, Hp, Wp = image.shape
-    Bk, T, _, h, w = kernel.shape
+    (dy, dx) = geom.dilation
+    Bk, T, C, h, w = kernel.shape
     if dy > 1 or dx > 1:  # spread the taps: a dilated kernel is an ordinary kernel with zeros between taps
         spread = kernel.new_zeros(Bk, T, C, dy * (h - 1) + 1, dx * (w - 1) + 1)
         spread[..., ::dy, ::dx] = kernel
         kernel = spread
+    if tile is None:
+        tile = choose_tile(image.shape, kernel.shape[-2:], T, image.element_size(), chunk_bytes)
+    if tile is None:
+        return _whole(image, kernel, geom, chunk_bytes)
+    return _tiled(image, kernel, geom, chunk_bytes, tile)
+
+
+def choose_tile(
+    image_shape: tuple[int, ...], span: tuple[int, int], n_templates: int, item: int, budget: int
+) -> tuple[int, int] | None:
+    """Transform size of overlap-save tiles, or None for one transform of the whole image.
+
+    Tiles are used when the whole image's spectrum would not fit ``budget``: each is a fast size of about four
+    template spans (at least 128), big enough that the overlap wastes little, small enough to stay in cache.
+    """
+    B, C, Hp, Wp = image_shape
+    whole = B * C * next_fast_length(Hp) * (next_fast_length(Wp) // 2 + 1) * 2 * item
+    if whole <= budget:
+        return None
+    th = next_fast_length(max(128, 4 * span[0]))
+    tw = next_fast_length(max(128, 4 * span[1]))
+    if th >= Hp and tw >= Wp:
+        return None
+    return min(th, next_fast_length(Hp)), min(tw, next_fast_length(Wp))
+
+
+def _whole(image: torch.Tensor, kernel: torch.Tensor, geom: Geometry, chunk_bytes: int) -> torch.Tensor:
+    """One transform of the whole image, shared by every template; templates in chunks of ``chunk_bytes``."""
+    (sy, sx) = geom.stride
+    B, _, Hp, Wp = image.shape
+    Bk, T = kernel.shape[:2]
     size = (next_fast_length(Hp), next_fast_length(Wp))
     image_spectrum = torch.fft.rfft2(image, s=size)  # [B, C, Hf, Wf // 2 + 1], once for the whole bank
     rows = slice(0, (geom.out_height - 1) * sy + 1, sy)
@@ -46,21 +83,57 @@ def fft_correlate(image: torch.Tensor, kernel: torch.Tensor, geom: Geometry, chu
     out = None
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
-        product = None
-        for c in range(C):  # channels summed in the frequency domain, one channel's kernel spectra at a time
-            kernel_spectrum = _kernel_spectrum(kernel[:, t0:t1, c], size).conj()  # [Bk, t, Hf, Wf // 2 + 1]
-            if product is None:
-                product = image_spectrum[:, None, c] * kernel_spectrum
-            else:
-                product.addcmul_(image_spectrum[:, None, c], kernel_spectrum)
-            del kernel_spectrum
-        full = torch.fft.irfft2(product, s=size)
-        del product
+        full = torch.fft.irfft2(_product(image_spectrum, kernel[:, t0:t1], size), s=size)
         if chunk >= T:
             return full[..., rows, cols]
         if out is None:
             out = full.new_empty(B, T, geom.out_height, geom.out_width)
         out[:, t0:t1] = full[..., rows, cols]
+    return out
+
+
+def _product(image_spectrum: torch.Tensor, kernel: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Σ_c image_spectrum[:, c] · conj(spectrum of kernel[:, :, c]) -> [B, t, Hf, Wf // 2 + 1], one channel's
+    kernel spectra at a time (channels summed in the frequency domain)."""
+    product = None
+    for c in range(kernel.shape[2]):
+        kernel_spectrum = _kernel_spectrum(kernel[:, :, c], size).conj()  # [Bk, t, Hf, Wf // 2 + 1]
+        if product is None:
+            product = image_spectrum[:, None, c] * kernel_spectrum
+        else:
+            product.addcmul_(image_spectrum[:, None, c], kernel_spectrum)
+        del kernel_spectrum
+    return product
+
+
+def _tiled(
+    image: torch.Tensor, kernel: torch.Tensor, geom: Geometry, chunk_bytes: int, tile: tuple[int, int]
+) -> torch.Tensor:
+    """Overlap-save: each tile of ``tile`` pixels yields the outputs whose windows lie inside it; tiles advance
+    by the tile size minus the template span (rounded down to the stride), so together they cover every output."""
+    (sy, sx) = geom.stride
+    B = image.shape[0]
+    Bk, T, _, span_h, span_w = kernel.shape
+    th, tw = tile
+    need_h, need_w = (geom.out_height - 1) * sy + 1, (geom.out_width - 1) * sx + 1  # stride-1 positions spanned
+    step_h = max(sy, (th - span_h + 1) // sy * sy)
+    step_w = max(sx, (tw - span_w + 1) // sx * sx)
+    if step_h + span_h - 1 > th or step_w + span_w - 1 > tw:
+        raise ValueError(f"tile {tile} is smaller than the template span ({span_h}, {span_w}) plus the stride")
+    out = image.new_empty(B, T, geom.out_height, geom.out_width)
+    chunk = template_chunk(tile, B, Bk, T, image.element_size(), chunk_bytes)
+    for t0 in range(0, T, chunk):
+        t1 = min(T, t0 + chunk)
+        for y0 in range(0, need_h, step_h):
+            rows = min(step_h, need_h - y0)
+            for x0 in range(0, need_w, step_w):
+                cols = min(step_w, need_w - x0)
+                piece = image[..., y0 : y0 + rows + span_h - 1, x0 : x0 + cols + span_w - 1]
+                spectrum = torch.fft.rfft2(piece, s=tile)
+                full = torch.fft.irfft2(_product(spectrum, kernel[:, t0:t1], tile), s=tile)
+                out[:, t0:t1, y0 // sy : (y0 + rows - 1) // sy + 1, x0 // sx : (x0 + cols - 1) // sx + 1] = full[
+                    ..., :rows:sy, :cols:sx
+                ]
     return out
 
 
