@@ -105,7 +105,10 @@ def race(setup: str, tools: dict[str, str], rounds: int, slow: tuple[str, ...] =
         mib = float("nan")
         if memory and available():
             warm = "" if name in slow else expr
-            mib = peak_bytes(PRELUDE + setup, expr, warm)["peak"] / 2**20
+            # the probe reports a tensor's size: wrap calls that return numpy arrays or lists (the peak still
+            # includes their result, which exists until the tuple is indexed)
+            probe = f"({expr}, torch.zeros(0))[1]"
+            mib = peak_bytes(PRELUDE + setup, probe, warm)["peak"] / 2**20
         result[name] = Timed(best[name], mib)
     return result
 
