@@ -215,6 +215,8 @@ class _CorrelationState:
         if spec.name in ("ccoeff", "zncc"):
             # Centring keeps the float32 cross term and the float64 window sums free of cancellation.
             self.shift = _finite_channel_mean(image)
+        # A finite sum means finite pixels, and then degenerate windows have finite raw scores (no 0 · NaN).
+        self.finite_image = bool(torch.isfinite(image.detach().sum()))
         self._cache: dict[str, object] = {}
 
     def _once(self, key: str, compute):
@@ -321,7 +323,7 @@ class _CorrelationState:
         raw.mul_(template_scale[..., None, None].to(window_scale.dtype)).mul_(window_scale).clamp_(-1.0, 1.0)
         # 0 · NaN is NaN: degenerate scores are 0 whatever the window holds. The clamped scores lie in [−1, 1]
         # unless NaN, so their plain sum is finite exactly when none is NaN (one pass, no temporary).
-        if not bool(torch.isfinite(raw.sum())):
+        if not self.finite_image and not bool(torch.isfinite(raw.sum())):
             if window_degenerate is None:
                 window_degenerate = window_scale == 0
             raw.masked_fill_(window_degenerate | template_degenerate[..., None, None], 0.0)

@@ -95,14 +95,23 @@ def _whole(image: torch.Tensor, kernel: torch.Tensor, geom: Geometry, chunk_byte
 def _product(image_spectrum: torch.Tensor, kernel: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Σ_c image_spectrum[:, c] · conj(spectrum of kernel[:, :, c]) -> [B, t, Hf, Wf // 2 + 1], one channel's
     kernel spectra at a time (channels summed in the frequency domain)."""
+    return _accumulate(image_spectrum, lambda c: _kernel_spectrum(kernel[:, :, c], size), kernel.shape[2])
+
+
+def _accumulate(image_spectrum: torch.Tensor, kernel_spectrum, channels: int) -> torch.Tensor:
+    """Σ_c image_spectrum[:, None, c] · conj(kernel_spectrum(c)), reusing the first kernel spectrum (a fresh
+    tensor) as the accumulator when its shape allows, which saves a spectrum-sized allocation."""
+    B = image_spectrum.shape[0]
     product = None
-    for c in range(kernel.shape[2]):
-        kernel_spectrum = _kernel_spectrum(kernel[:, :, c], size).conj()  # [Bk, t, Hf, Wf // 2 + 1]
-        if product is None:
-            product = image_spectrum[:, None, c] * kernel_spectrum
+    for c in range(channels):
+        spectrum = kernel_spectrum(c)  # [Bk, t, Hf, Wf // 2 + 1]
+        if product is None and spectrum.shape[0] == B and spectrum.is_contiguous():
+            product = spectrum.conj_physical_().mul_(image_spectrum[:, None, c])
+        elif product is None:
+            product = image_spectrum[:, None, c] * spectrum.conj()
         else:
-            product.addcmul_(image_spectrum[:, None, c], kernel_spectrum)
-        del kernel_spectrum
+            product.addcmul_(image_spectrum[:, None, c], spectrum.conj())
+        del spectrum
     return product
 
 
@@ -121,16 +130,19 @@ def _tiled(
     if step_h + span_h - 1 > th or step_w + span_w - 1 > tw:
         raise ValueError(f"tile {tile} is smaller than the template span ({span_h}, {span_w}) plus the stride")
     out = image.new_empty(B, T, geom.out_height, geom.out_width)
-    chunk = template_chunk(tile, B, Bk, T, image.element_size(), chunk_bytes)
+    C = image.shape[1]
+    chunk = max(1, template_chunk(tile, B, Bk, T, image.element_size(), chunk_bytes) // (C + 1))
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
+        kernels = _kernel_spectrum(kernel[:, t0:t1], tile)  # [Bk, t, C, th, tw // 2 + 1], once for every tile
         for y0 in range(0, need_h, step_h):
             rows = min(step_h, need_h - y0)
             for x0 in range(0, need_w, step_w):
                 cols = min(step_w, need_w - x0)
                 piece = image[..., y0 : y0 + rows + span_h - 1, x0 : x0 + cols + span_w - 1]
                 spectrum = torch.fft.rfft2(piece, s=tile)
-                full = torch.fft.irfft2(_product(spectrum, kernel[:, t0:t1], tile), s=tile)
+                product = _accumulate(spectrum, lambda c, kernels=kernels: kernels[:, :, c].clone(), C)
+                full = torch.fft.irfft2(product, s=tile)
                 out[:, t0:t1, y0 // sy : (y0 + rows - 1) // sy + 1, x0 // sx : (x0 + cols - 1) // sx + 1] = full[
                     ..., :rows:sy, :cols:sx
                 ]
