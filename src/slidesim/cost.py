@@ -40,7 +40,27 @@ def _normalized(problem: Problem) -> bool:
     return problem.metric in ("ncc", "zncc", "ssd_normed")
 
 
-def features(engine: str, problem: Problem) -> dict[str, float]:
+def _fft_plan(problem: Problem, memory_limit: int) -> tuple[tuple[int, int], int]:
+    """Transform size and number of transforms per image of the FFT engine: the whole image, or overlap-save
+    tiles when its spectrum would not fit (as :func:`slidesim.engines._spectral.fft_correlate` decides)."""
+    from .engines._spectral import choose_tile
+
+    item = 8 if problem.compute_dtype == "float64" else 4
+    Hp, Wp = _padded(problem)
+    dy, dx = problem.dilation
+    span = (dy * (problem.template_height - 1) + 1, dx * (problem.template_width - 1) + 1)
+    shape = (problem.batch, problem.channels, Hp, Wp)
+    tile = choose_tile(shape, span, problem.n_templates, item, memory_limit // 4)
+    if tile is None:
+        return (_fft_size(Hp), _fft_size(Wp)), 1
+    sy, sx = problem.stride
+    step_h = max(sy, (tile[0] - span[0] + 1) // sy * sy)
+    step_w = max(sx, (tile[1] - span[1] + 1) // sx * sx)
+    need_h, need_w = (problem.out_height - 1) * sy + 1, (problem.out_width - 1) * sx + 1
+    return tile, math.ceil(need_h / step_h) * math.ceil(need_w / step_w)
+
+
+def features(engine: str, problem: Problem, memory_limit: int = 512 * 2**20) -> dict[str, float]:
     """The work counts of ``engine`` on ``problem`` that its constants weigh (see :data:`CONSTANTS`)."""
     updates = _updates(problem)
     Hp, Wp = _padded(problem)
@@ -83,22 +103,24 @@ def features(engine: str, problem: Problem) -> dict[str, float]:
             counts["correlate_updates"] = updates
             counts["narrow_updates"] = updates / min(64, problem.n_templates)
     elif engine == "fft":
-        Hf, Wf = _fft_size(Hp), _fft_size(Wp)
+        (Hf, Wf), tiles = _fft_plan(problem, memory_limit)
         nlogn = Hf * Wf * math.log2(Hf * Wf)
         kernels = problem.n_templates * problem.channels * (problem.batch if problem.per_image_bank else 1)
-        counts["image_transform_nlogn"] = problem.batch * (problem.channels + problem.n_templates) * nlogn * wide
+        image_transforms = tiles * problem.batch * (problem.channels + problem.n_templates)
+        counts["image_transform_nlogn"] = image_transforms * nlogn * wide
         counts["kernel_transform_nlogn"] = kernels * nlogn * wide
-        spectra = problem.batch * problem.n_templates * problem.channels * Hf * (Wf // 2 + 1)
+        spectra = tiles * problem.batch * problem.n_templates * problem.channels * Hf * (Wf // 2 + 1)
         counts["spectrum_products"] = spectra * wide
     else:  # the reference materializes every window in float64
         counts["window_values"] = updates
     return counts
 
 
-def estimate_seconds(engine: str, problem: Problem) -> float:
-    """Estimated wall time of ``engine`` on ``problem`` (seconds)."""
+def estimate_seconds(engine: str, problem: Problem, memory_limit: int = 512 * 2**20) -> float:
+    """Estimated wall time of ``engine`` on ``problem`` under ``memory_limit`` (seconds)."""
     constants = CONSTANTS[engine]
-    return sum(constants.get(name, 0.0) * count for name, count in features(engine, problem).items())
+    counts = features(engine, problem, memory_limit)
+    return sum(constants.get(name, 0.0) * count for name, count in counts.items())
 
 
 def _centring_partial(problem: Problem, item: int) -> int:
@@ -122,26 +144,29 @@ def estimate_bytes(engine: str, problem: Problem, memory_limit: int) -> int:
         return image + statistics + min(memory_limit, 3 * 2**22 * item)
     partial = _centring_partial(problem, item)
     taps = problem.template_height * problem.template_width
-    from .engines._fast import _UNFOLD_BUDGET
+    from .engines._fast import _UNFOLD_BUDGET, fused_statistics_available
+
+    if _normalized(problem) and problem.mask == "none":
+        if fused_statistics_available():  # one float64 plane of variances or energies, the factors
+            statistics = out_plane * (8 + item)
+        else:  # a summed-area table and a few float64 planes
+            statistics = problem.batch * (Hp + 1) * (Wp + 1) * 8 + 3 * out_plane * 8
 
     # float64 conv2d unfolds windows (im2col) a band of rows at a time; masked window sums run through it too
     unfold = min(_UNFOLD_BUDGET, problem.channels * taps * out_plane * 8) if item == 8 else 0
     if problem.mask != "none" and _normalized(problem):
         unfold = max(unfold, min(_UNFOLD_BUDGET, taps * out_plane * 8))
     statistics += unfold
+    copies = image if problem.mode == "valid" else 2 * image  # the centred copy, and the padded one
     if engine == "conv":
-        return 2 * image + statistics + partial  # oneDNN reorders the (centred) image once
+        return copies + image + statistics + partial  # oneDNN reorders the (centred) image once
     if engine == "fft":
-        from .engines._spectral import choose_tile, template_chunk
+        from .engines._spectral import template_chunk
 
-        dy, dx = problem.dilation
-        span = (dy * (problem.template_height - 1) + 1, dx * (problem.template_width - 1) + 1)
-        shape = (problem.batch, problem.channels, Hp, Wp)
-        tile = choose_tile(shape, span, problem.n_templates, item, memory_limit // 4)
-        Hf, Wf = tile if tile is not None else (_fft_size(Hp), _fft_size(Wp))  # overlap-save tiles, or the whole
+        (Hf, Wf), _ = _fft_plan(problem, memory_limit)  # the whole image, or overlap-save tiles
         spectrum = problem.batch * problem.channels * Hf * (Wf // 2 + 1) * 2 * item
         bank_batch = problem.batch if problem.per_image_bank else 1
         chunk = template_chunk((Hf, Wf), problem.batch, bank_batch, problem.n_templates, item, memory_limit // 4)
         per_template = (bank_batch + problem.batch) * Hf * (Wf // 2 + 1) * 2 * item + problem.batch * Hf * Wf * item
-        return 2 * image + spectrum + chunk * per_template + statistics + partial
+        return copies + spectrum + chunk * per_template + statistics + partial
     return out_plane * problem.n_templates * problem.channels * taps * 8 * 2

@@ -81,7 +81,7 @@ def _candidates(problem: Problem, memory_limit: int) -> tuple[Candidate, ...]:
     for name in engines.ENGINES:
         engine = engines.load(name)
         reason = engine.unavailable_reason() or engine.ineligible_reason(problem)
-        seconds = estimate_seconds(name, problem)
+        seconds = estimate_seconds(name, problem, memory_limit)
         need = estimate_bytes(name, problem, memory_limit)
         if reason is None and name == "reference":
             reason = "the float64 oracle runs only when asked for by name"
@@ -117,7 +117,7 @@ def make_plan(canon: Canonical, measure: bool = False) -> Plan:
         reason = engine.unavailable_reason() or engine.ineligible_reason(problem)
         if reason is not None:
             raise EngineUnavailableError(f"`method`={method!r} cannot run this problem: {method}: {reason}")
-        seconds = estimate_seconds(method, problem)
+        seconds = estimate_seconds(method, problem, canon.memory_limit)
         need = estimate_bytes(method, problem, canon.memory_limit)
         return Plan(problem, method, method, (Candidate(method, seconds, need),))
     candidates = _candidates(problem, canon.memory_limit)
