@@ -117,3 +117,15 @@ def test_auto_skips_float64_conv_but_a_named_conv_runs() -> None:
     assert "float64 conv2d on the CPU unfolds every window" in text and "-> conv" not in text
     named = slidesim.similarity(images, bank, metric="ccorr", method="conv")
     torch.testing.assert_close(named, slidesim.reference.similarity(images, bank, metric="ccorr"))
+
+
+def test_fft_estimates_follow_overlap_save_tiles() -> None:
+    from slidesim import cost
+
+    problem = _canon("zncc", torch.rand(1024, 1024)).problem
+    roomy, tight = 512 * 2**20, 2**20
+    assert (
+        cost.features("fft", problem, tight)["image_transform_nlogn"]
+        != cost.features("fft", problem, roomy)["image_transform_nlogn"]
+    )
+    assert cost.estimate_bytes("fft", problem, tight) < cost.estimate_bytes("fft", problem, roomy)
