@@ -11,7 +11,11 @@ Numerics:
     * The cross term of ccoeff / zncc correlates the centred image with the mean-removed template in the compute
       dtype (float32 or float64); ccorr / ncc correlate the raw image.
     * ssd and ssd_normed use an exact sliding Σ W (I − T)², never ΣI² − 2ΣIT + ΣT².
-    * NaN stays local: no cumulative sums and no FFT, so a NaN pixel only reaches the windows that contain it.
+    * NaN stays local: the tap loops of the direct and numba engines use no cumulative sums and no FFT, so a NaN
+      pixel only reaches the windows that contain it; the fast engines (summed-area tables, running sums, FFT)
+      run only on finite images.
+    * Flat windows are found exactly: a window whose computed variance exceeds a proven bound on its rounding
+      error is not flat; the rest go through the engine's exact test.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""Window statistics in O(H·W) for the fast correlation engines: box sums and separable ranges.
+"""Window statistics in O(H·W) for the fast correlation engines, and their conv2d correlation.
 
-Unmasked window sums come from cumulative sums in float64 of the centred image (the scoring code centres it), so
-they stay accurate; unmasked window ranges from two separable max-pooling passes. Both spread a NaN or inf along
-their rows and columns, so the engines that use them only run images whose pixels are all finite.
+Unmasked windows: one fused numba pass over the centred image gives every window's Σ (I − s)² less its squared
+mean (or 1/√ of it) in float64 (:mod:`slidesim.engines._numba_windows`); without numba, summed-area tables in
+float64 give the same sums. Masked windows: float64 FFT sums where exact zeros are not needed, conv2d where they
+are. Flatness: an exact count of differing neighbour pairs per window, run only on windows that may be flat. All
+of these spread a NaN or inf beyond its windows, so the engines that use them only run images that are finite.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The conv engine: the cross term of the correlation metrics through one torch conv2d call with the whole bank
 as output channels (grouped per image for per-image banks), so the image is never repeated per template.
 
-Window statistics come from float64 box sums (:mod:`slidesim.engines._fast`); the cross term of ccoeff and zncc
+Window statistics come from :mod:`slidesim.engines._fast`; the cross term of ccoeff and zncc
 correlates the centred image with the mean-removed template. Best for small templates and large banks.
 """
 

@@ -1,10 +1,11 @@
 """The FFT engine: the cross term of the correlation metrics through torch.fft.
 
 The image spectrum is computed once per call and reused for every template of the bank; channels are summed in
-the frequency domain, so one inverse transform yields each template's map. Transform sizes are rounded up to
-products of 2, 3, 5 and 7. Window statistics come from float64 box sums (:mod:`slidesim.engines._fast`); the cross
-term of ccoeff and zncc correlates the centred image with the mean-removed template, which keeps the float32
-transform's round-off small against the window's own variation. Best for large templates.
+the frequency domain, so one inverse transform yields each template's map. Transform sizes are products of 2, 3,
+5 and 7; when the whole spectrum would not fit ``memory_limit``, overlap-save tiles take its place
+(:mod:`slidesim.engines._spectral`). Window statistics come from :mod:`slidesim.engines._fast`; the cross term of
+ccoeff and zncc correlates the centred image with the mean-removed template, which keeps the float32 transform's
+round-off small against the window's own variation. Best for single templates and large ones.
 """
 
 from __future__ import annotations
