@@ -133,12 +133,14 @@ def _template_chunk(memory_limit: int, batch: int, out_h: int, out_w: int, n_tem
     return int(max(1, min(n_templates, budget // max(1, per_template))))
 
 
-def _finite_channel_mean(image: torch.Tensor) -> torch.Tensor:
-    """Per (image, channel) mean of the finite pixels, [B, C, 1, 1], detached: the centring shift.
+def _finite_channel_mean(image: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Per (image, channel) mean of the finite pixels, [B, C, 1, 1], detached: the centring shift; and whether
+    every pixel is finite.
 
     One channel at a time, so that the temporaries stay one plane large.
     """
     data = image.detach()
+    all_finite = True
     means = torch.zeros(data.shape[0], data.shape[1], 1, 1, dtype=torch.float64, device=data.device)
     for c in range(data.shape[1]):
         plane = data[:, c]
@@ -146,10 +148,11 @@ def _finite_channel_mean(image: torch.Tensor) -> torch.Tensor:
         if bool(torch.isfinite(total).all()):  # a finite sum means finite pixels
             means[:, c, 0, 0] = total.to(torch.float64) / (plane.shape[-1] * plane.shape[-2])
             continue
+        all_finite = False  # or pixels so large that their sum overflows: the safe answer either way
         finite = torch.isfinite(plane)
         total = torch.where(finite, plane, 0).sum(dim=(-1, -2), dtype=torch.float64)
         means[:, c, 0, 0] = total / finite.sum(dim=(-1, -2)).clamp_min(1)
-    return means.to(image.dtype)
+    return means.to(image.dtype), all_finite
 
 
 def score_joint(
@@ -218,10 +221,19 @@ class _CorrelationState:
         self.shared = self.mask.shape[1] == 1
         if spec.name in ("ccoeff", "zncc"):
             # Centring keeps the float32 cross term and the float64 window sums free of cancellation.
-            self.shift = _finite_channel_mean(image)
+            self.shift, finite = _finite_channel_mean(image)
+        else:
+            finite = bool(torch.isfinite(image.detach().sum()))
         # A finite sum means finite pixels, and then degenerate windows have finite raw scores (no 0 · NaN).
-        self.finite_image = bool(torch.isfinite(image.detach().sum()))
+        self.finite_image = finite
         self._cache: dict[str, object] = {}
+
+    def _channel_reach(self, c: int) -> float:
+        """max |I − shift| over the finite pixels of channel c, computed once per call."""
+        key = f"reach{c}"
+        if key not in self._cache:
+            self._cache[key] = _reach(self.image[:, c : c + 1], self.shift[:, c : c + 1])
+        return self._cache[key]
 
     def _once(self, key: str, compute):
         """Window statistics depend on the mask only: compute them once when every template shares it."""
@@ -339,10 +351,11 @@ class _CorrelationState:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(1/√window variance, 0 for degenerate windows; their mask or None to derive it from the zeros)."""
         if not self.masked and self.image.shape[1] == 1 and not self.image.requires_grad:
-            tolerance = _variance_rounding_bound(self.image, self.shift, mask.to(torch.float64))
+            reach = self._channel_reach(0)
+            tolerance = _variance_rounding_bound(reach, self.image.shape[-2:], mask.to(torch.float64))
             info = torch.finfo(dtype)
             # the factors must be normal numbers of dtype: 1/√tolerance and 1/√(largest variance) bound them
-            largest = _largest_variance(self.image, self.shift, mask.shape[-2] * mask.shape[-1])
+            largest = mask.shape[-2] * mask.shape[-1] * reach * reach
             if tolerance > 0 and math.sqrt(tolerance) > 1 / info.max and math.sqrt(largest) < 1 / info.tiny:
                 factors = self.prims.window_factors(self.image, self.shift, tolerance, dtype)
                 if factors is not None:  # no window is within the rounding bound of zero variance
@@ -379,7 +392,7 @@ class _CorrelationState:
         for c in range(self.image.shape[1]):
             cm = min(c, m64.shape[2] - 1)
             m_c, w_c = m64[:, :, cm : cm + 1], w64[:, :, cm : cm + 1]
-            tolerance += _variance_rounding_bound(self.image[:, c : c + 1], self.shift[:, c : c + 1], m_c)
+            tolerance += _variance_rounding_bound(self._channel_reach(c), self.image.shape[-2:], m_c)
             if not self.masked:  # one fused pass when the engine has it
                 var_c = self.prims.window_squares(self.image[:, c : c + 1], self.shift[:, c : c + 1], True)
                 if var_c is not None:
@@ -454,32 +467,27 @@ def _total(parts: list[torch.Tensor]) -> torch.Tensor:
     return total
 
 
-def _variance_rounding_bound(plane: torch.Tensor, shift: torch.Tensor, mask: torch.Tensor) -> float:
-    """An upper bound on the rounding error of the window variances of plane − shift ([B, 1, Hp, Wp] and
-    [B, 1, 1, 1]) computed from float64 sliding sums (summed-area tables, running sums, tap loops or conv2d) with
-    weights mask [Bm, Tm, 1, h, w].
-
-    Each sum of n terms errs by at most n·ε·Σ|terms|. The longest chain is a summed-area lookup or a running sum
-    (Hp + Wp steps) or a tap loop (h·w terms); with M = max|plane − shift| and N = Hp·Wp, Σ|terms| is at most
-    N·M² for squares and N·M for values, which the mean multiplies by at most M. The factor 8 covers the few sums
-    a variance combines. Pixels that are not finite are left out: their windows are tested exactly anyway.
-    """
-    data = plane.detach()
-    low, high = _finite_extremes(data)
-    reach = torch.maximum(high.to(torch.float64) - shift.min(), shift.max() - low.to(torch.float64)).clamp_min(0)
-    largest = float(reach)
-    length = data.shape[-2] + data.shape[-1] + mask.shape[-2] * mask.shape[-1] + 4
-    weight = float(mask.max()) if mask.numel() else 0.0
-    scale = max(weight, weight * weight)
-    pixels = data.shape[-2] * data.shape[-1]
-    return 8 * torch.finfo(torch.float64).eps * length * scale * pixels * 5 * largest * largest
-
-
-def _largest_variance(plane: torch.Tensor, shift: torch.Tensor, taps: int) -> float:
-    """An upper bound on Σ (I − s)² over a window of ``taps`` pixels of plane − shift."""
+def _reach(plane: torch.Tensor, shift: torch.Tensor) -> float:
+    """max |plane − shift| over the finite pixels of plane [B, 1, Hp, Wp] and shifts [B, 1, 1, 1]."""
     low, high = _finite_extremes(plane.detach())
     reach = torch.maximum(high.to(torch.float64) - shift.min(), shift.max() - low.to(torch.float64))
-    return taps * float(reach * reach)  # inf rather than OverflowError for huge float64 pixels
+    return float(reach.clamp_min(0))
+
+
+def _variance_rounding_bound(reach: float, size: tuple[int, int], mask: torch.Tensor) -> float:
+    """An upper bound on the rounding error of the window variances of an Hp × Wp plane, minus its shift, whose
+    finite pixels lie within ``reach`` of the shift, computed from float64 sliding sums (summed-area tables,
+    running sums, tap loops or conv2d) with weights mask [Bm, Tm, 1, h, w].
+
+    Each sum of n terms errs by at most n·ε·Σ|terms|. The longest chain is a summed-area lookup or a running sum
+    (Hp + Wp steps) or a tap loop (h·w terms); with M = reach and N = Hp·Wp, Σ|terms| is at most N·M² for squares
+    and N·M for values, which the mean multiplies by at most M. The factor 8 covers the few sums a variance
+    combines. Pixels that are not finite are left out: their windows are tested exactly anyway.
+    """
+    length = size[0] + size[1] + mask.shape[-2] * mask.shape[-1] + 4
+    weight = float(mask.max()) if mask.numel() else 0.0
+    scale = max(weight, weight * weight)
+    return 8 * torch.finfo(torch.float64).eps * length * scale * size[0] * size[1] * 5 * reach * reach
 
 
 def _finite_extremes(data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
