@@ -84,7 +84,8 @@ def test_flat_windows_are_found_exactly(engine, fused: bool, offset: float, stri
     canon = canonicalize(image, bank, **{**_defaults(), "metric": "zncc", "stride": stride, "method": engine.NAME})
     padded = padded_images(canon)
     prims = engine.FFTPrimitives if engine is fft else engine.ConvPrimitives
-    state = _CorrelationState(prims(geometry(canon), 2**20), METRICS["zncc"], padded, canon.templates, None)
+    geom = geometry(canon)
+    state = _CorrelationState(prims(geom, 2**20), METRICS["zncc"], padded, canon.templates, None, True)
     variance, flat = state._window_moments(state.mask, state.mask)
     expected = _flat_brute_force(image, 7, 6, stride)[:, None]
     assert expected.any() and not expected.all()

@@ -98,7 +98,7 @@ def score_channels(prims: Primitives, canon: Canonical, image: torch.Tensor) -> 
     """Scores for the call's channels mode: [B, T, H', W'] ("joint", "mean") or [B, T, C, H', W'] ("separate")."""
     spec, bank, mask, periods = canon.spec, canon.templates, canon.mask, canon.periods
     if canon.channels_mode == "joint":
-        return score_joint(prims, spec, image, bank, mask, periods, canon.memory_limit)
+        return score_joint(prims, spec, image, bank, mask, periods, canon.memory_limit, canon.problem.finite)
     per_channel = []
     for c in range(image.shape[1]):
         channel_mask = mask[:, :, c : c + 1] if mask is not None and mask.shape[2] > 1 else mask
@@ -112,6 +112,7 @@ def score_channels(prims: Primitives, canon: Canonical, image: torch.Tensor) -> 
                 channel_mask,
                 channel_periods,
                 canon.memory_limit,
+                canon.problem.finite,
             )
         )
     if canon.channels_mode == "separate":
@@ -133,14 +134,12 @@ def _template_chunk(memory_limit: int, batch: int, out_h: int, out_w: int, n_tem
     return int(max(1, min(n_templates, budget // max(1, per_template))))
 
 
-def _finite_channel_mean(image: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """Per (image, channel) mean of the finite pixels, [B, C, 1, 1], detached: the centring shift; and whether
-    every pixel is finite.
+def _finite_channel_mean(image: torch.Tensor) -> torch.Tensor:
+    """Per (image, channel) mean of the finite pixels, [B, C, 1, 1], detached: the centring shift.
 
     One channel at a time, so that the temporaries stay one plane large.
     """
     data = image.detach()
-    all_finite = True
     means = torch.zeros(data.shape[0], data.shape[1], 1, 1, dtype=torch.float64, device=data.device)
     for c in range(data.shape[1]):
         plane = data[:, c]
@@ -148,11 +147,10 @@ def _finite_channel_mean(image: torch.Tensor) -> tuple[torch.Tensor, bool]:
         if bool(torch.isfinite(total).all()):  # a finite sum means finite pixels
             means[:, c, 0, 0] = total.to(torch.float64) / (plane.shape[-1] * plane.shape[-2])
             continue
-        all_finite = False  # or pixels so large that their sum overflows: the safe answer either way
         finite = torch.isfinite(plane)
         total = torch.where(finite, plane, 0).sum(dim=(-1, -2), dtype=torch.float64)
         means[:, c, 0, 0] = total / finite.sum(dim=(-1, -2)).clamp_min(1)
-    return means.to(image.dtype), all_finite
+    return means.to(image.dtype)
 
 
 def score_joint(
@@ -163,6 +161,7 @@ def score_joint(
     mask: torch.Tensor | None,
     periods: tuple[float | None, ...] | None,
     memory_limit: int,
+    finite: bool,
 ) -> torch.Tensor:
     """One score over all channels (OpenCV's semantics): [B, T, H', W'] in the compute dtype.
 
@@ -174,6 +173,7 @@ def score_joint(
         mask: Weights [Bm, Tm, Cm, h, w] or None.
         periods: Per-channel periods of circular channels, or None.
         memory_limit: Bytes that temporaries may use.
+        finite: Whether every image pixel is finite (the validated problem knows).
     """
     _Bk, T, C, h, w = bank.shape
     if spec.family == "distance":
@@ -184,7 +184,7 @@ def score_joint(
 
     B = image.shape[0]
     out_h, out_w = _out_size(prims)
-    state = _CorrelationState(prims, spec, image, bank, mask)
+    state = _CorrelationState(prims, spec, image, bank, mask, finite)
     raw = state.raw()
     if spec.name in ("ccorr", "ccoeff"):
         return raw
@@ -211,7 +211,13 @@ class _CorrelationState:
     """Per-call state of the correlation family: the centred image and window statistics shared by all chunks."""
 
     def __init__(
-        self, prims: Primitives, spec: MetricSpec, image: torch.Tensor, bank: torch.Tensor, mask: torch.Tensor | None
+        self,
+        prims: Primitives,
+        spec: MetricSpec,
+        image: torch.Tensor,
+        bank: torch.Tensor,
+        mask: torch.Tensor | None,
+        finite: bool,
     ) -> None:
         self.prims, self.spec, self.image, self.bank = prims, spec, image, bank
         h, w = bank.shape[-2:]
@@ -221,11 +227,8 @@ class _CorrelationState:
         self.shared = self.mask.shape[1] == 1
         if spec.name in ("ccoeff", "zncc"):
             # Centring keeps the float32 cross term and the float64 window sums free of cancellation.
-            self.shift, finite = _finite_channel_mean(image)
-        else:
-            finite = bool(torch.isfinite(image.detach().sum()))
-        # A finite sum means finite pixels, and then degenerate windows have finite raw scores (no 0 · NaN).
-        self.finite_image = finite
+            self.shift = _finite_channel_mean(image)
+        self.finite_image = finite  # then degenerate windows have finite raw scores (no 0 · NaN)
         self._cache: dict[str, object] = {}
 
     def _channel_reach(self, c: int) -> float:
@@ -326,7 +329,7 @@ class _CorrelationState:
             template_energy = (w64 * bank64 * bank64).sum(dim=(-3, -2, -1))
             template_scale, template_degenerate = _inverse_root(template_energy, None)
             window_scale, window_degenerate = self._once(
-                "ncc_scale", lambda: _window_factors(self._window_energy(weights), None, raw.dtype)
+                "ncc_scale", lambda: _inverse_root(self._window_energy(weights), None, raw.dtype)
             )
         else:
             _, t_centred = self._centred_kernel(bank64, mask.to(torch.float64))
@@ -360,7 +363,7 @@ class _CorrelationState:
                 factors = self.prims.window_factors(self.image, self.shift, tolerance, dtype)
                 if factors is not None:  # no window is within the rounding bound of zero variance
                     return factors, None
-        return _window_factors(*self._window_moments(mask, weights), dtype)
+        return _inverse_root(*self._window_moments(mask, weights), dtype)
 
     def _window_energy(self, weights: torch.Tensor) -> torch.Tensor:
         """Σ W I² per window in float64 -> [B, Tm, H', W'], one channel at a time to bound memory."""
@@ -371,7 +374,7 @@ class _CorrelationState:
                 self.prims.window_squares(self.image[:, c : c + 1], zero, False) for c in range(self.image.shape[1])
             ]
             if fused[0] is not None:
-                return _total(fused)
+                return sum(fused[1:], start=fused[0])
         if w64.shape[2] == 1:  # one weight for all channels: add the channels' squares first
             squares = None
             for c in range(self.image.shape[1]):
@@ -433,38 +436,25 @@ class _CorrelationState:
         return flat
 
 
-def _inverse_root(values: torch.Tensor, degenerate: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1/√values, 0 where values <= 0 or degenerate; the degenerate mask), float64. Overwrites values."""
-    bad = values <= 0
-    if degenerate is not None:
-        bad |= degenerate
-    return values.clamp_min_(_tiny()).rsqrt_().masked_fill_(bad, 0.0), bad
-
-
-def _window_factors(
-    values: torch.Tensor, degenerate: torch.Tensor | None, dtype: torch.dtype
+def _inverse_root(
+    values: torch.Tensor, degenerate: torch.Tensor | None, dtype: torch.dtype = torch.float64
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Like :func:`_inverse_root`, in ``dtype`` when every positive value is a normal number there (so is its
-    inverse root): half the memory traffic for each template that uses the factors. Overwrites values."""
-    if dtype == torch.float64:
-        return _inverse_root(values, degenerate)
+    """(1/√values, 0 where values <= 0 or degenerate; the degenerate mask). Overwrites values.
+
+    The factors are in ``dtype`` when every positive value is a normal number there (so is its inverse root):
+    half the memory traffic for each template that uses them; float64 otherwise.
+    """
     bad = values <= 0
     if degenerate is not None:
         bad |= degenerate
-    info = torch.finfo(dtype)
-    low, high = torch.aminmax(values)
-    if float(low) < info.tiny and bool(bad.any()):  # zeros of degenerate windows do not count
-        low = torch.where(bad, 1.0, values).min()
-    if info.tiny <= float(low) and float(high) <= info.max:
-        return values.to(dtype).rsqrt_().masked_fill_(bad, 0.0), bad
-    return _inverse_root(values, degenerate)
-
-
-def _total(parts: list[torch.Tensor]) -> torch.Tensor:
-    total = parts[0]
-    for part in parts[1:]:
-        total = total + part
-    return total
+    if dtype != torch.float64:
+        info = torch.finfo(dtype)
+        low, high = torch.aminmax(values)
+        if float(low) < info.tiny and bool(bad.any()):  # zeros of degenerate windows do not count
+            low = torch.where(bad, 1.0, values).min()
+        if info.tiny <= float(low) and float(high) <= info.max:
+            return values.to(dtype).rsqrt_().masked_fill_(bad, 0.0), bad
+    return values.clamp_min_(_tiny()).rsqrt_().masked_fill_(bad, 0.0), bad
 
 
 def _reach(plane: torch.Tensor, shift: torch.Tensor) -> float:

@@ -120,6 +120,10 @@ def _conv(image: torch.Tensor, kernel: torch.Tensor, geom: Geometry) -> torch.Te
     return grouped.reshape(B, T, *grouped.shape[-2:])
 
 
+_NO_FACTORS = np.zeros((0, 0, 0))  # tells the fused kernel to write values, not factors
+_NO_OUT = np.zeros((1, 1, 1))  # the values' array when the kernel writes factors
+
+
 def fused_statistics_available() -> bool:
     """Whether numba is installed, for the one-pass window statistics of :mod:`slidesim.engines._numba_windows`."""
     return importlib.util.find_spec("numba") is not None
@@ -145,8 +149,9 @@ class FastStatistics(DirectPrimitives):
         )
 
     def _run_fused(
-        self, plane: torch.Tensor, shift: torch.Tensor, centred: bool, tolerance: float, factors: torch.Tensor
-    ) -> tuple[torch.Tensor, int]:
+        self, plane: torch.Tensor, shift: torch.Tensor, centred: bool, tolerance: float, out: np.ndarray, factors
+    ) -> int:
+        """Run the numba pass into ``out`` ([B, H', W'] float64) or, when ``factors`` is not empty, into it."""
         import numba
 
         from ._numba_windows import window_squares
@@ -154,22 +159,10 @@ class FastStatistics(DirectPrimitives):
         geom = self.geom
         # A few tasks per thread balance the load; fewer, taller bands re-sum fewer first windows.
         rows_per_task = max(8, -(-geom.out_height * plane.shape[0] // (4 * numba.get_num_threads())))
-        out = torch.empty(
-            (plane.shape[0], 1, geom.out_height, geom.out_width) if factors.numel() == 0 else (0, 1, 0, 0),
-            dtype=torch.float64,
-        )
-        low = window_squares(
-            plane.detach()[:, 0].contiguous().numpy(),
-            shift.detach().to(torch.float64).reshape(-1).contiguous().numpy(),
-            *geom.template_size,
-            *geom.stride,
-            centred,
-            rows_per_task,
-            tolerance,
-            (out if factors.numel() == 0 else torch.empty(1, 1, 1, 1, dtype=torch.float64))[:, 0].numpy(),
-            factors[:, 0].numpy() if factors.numel() else np.zeros((0, 0, 0)),
-        )
-        return out, int(low)
+        image = plane.detach()[:, 0].contiguous().numpy()
+        shifts = shift.detach().to(torch.float64).reshape(-1).contiguous().numpy()
+        size, stride = geom.template_size, geom.stride
+        return int(window_squares(image, shifts, *size, *stride, centred, rows_per_task, tolerance, out, factors))
 
     def window_squares(self, plane: torch.Tensor, shift: torch.Tensor, centred: bool) -> torch.Tensor | None:
         """Σ (I − s)², minus (Σ (I − s))² / n when centred, over every unmasked window of plane [B, 1, Hp, Wp]
@@ -177,7 +170,9 @@ class FastStatistics(DirectPrimitives):
         summed-area box sums) without numba, off the CPU, with dilation, or when a gradient is needed."""
         if not self._fused(plane):
             return None
-        return self._run_fused(plane, shift, centred, 0.0, torch.empty(0))[0]
+        out = torch.empty(plane.shape[0], 1, self.geom.out_height, self.geom.out_width, dtype=torch.float64)
+        self._run_fused(plane, shift, centred, 0.0, out[:, 0].numpy(), _NO_FACTORS)
+        return out
 
     def window_factors(
         self, plane: torch.Tensor, shift: torch.Tensor, tolerance: float, dtype: torch.dtype
@@ -187,9 +182,8 @@ class FastStatistics(DirectPrimitives):
         variance is within ``tolerance`` (it may be flat: the caller then runs the exact test)."""
         if not self._fused(plane):
             return None
-        geom = self.geom
-        factors = torch.empty(plane.shape[0], 1, geom.out_height, geom.out_width, dtype=dtype)
-        _, low = self._run_fused(plane, shift, True, tolerance, factors)
+        factors = torch.empty(plane.shape[0], 1, self.geom.out_height, self.geom.out_width, dtype=dtype)
+        low = self._run_fused(plane, shift, True, tolerance, _NO_OUT, factors[:, 0].numpy())
         return factors if low == 0 else None
 
     def window_sum(self, plane: torch.Tensor, weights: torch.Tensor | None, exact_zeros: bool = True) -> torch.Tensor:

@@ -115,6 +115,14 @@ def _accumulate(image_spectrum: torch.Tensor, kernel_spectrum, channels: int) ->
     return product
 
 
+def tile_steps(tile: tuple[int, int], span: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int]:
+    """How far overlap-save tiles advance: the tile less the template span, rounded down to the stride."""
+    return (
+        max(stride[0], (tile[0] - span[0] + 1) // stride[0] * stride[0]),
+        max(stride[1], (tile[1] - span[1] + 1) // stride[1] * stride[1]),
+    )
+
+
 def _tiled(
     image: torch.Tensor, kernel: torch.Tensor, geom: Geometry, chunk_bytes: int, tile: tuple[int, int]
 ) -> torch.Tensor:
@@ -125,8 +133,7 @@ def _tiled(
     Bk, T, _, span_h, span_w = kernel.shape
     th, tw = tile
     need_h, need_w = (geom.out_height - 1) * sy + 1, (geom.out_width - 1) * sx + 1  # stride-1 positions spanned
-    step_h = max(sy, (th - span_h + 1) // sy * sy)
-    step_w = max(sx, (tw - span_w + 1) // sx * sx)
+    step_h, step_w = tile_steps(tile, (span_h, span_w), geom.stride)
     if step_h + span_h - 1 > th or step_w + span_w - 1 > tw:
         raise ValueError(f"tile {tile} is smaller than the template span ({span_h}, {span_w}) plus the stride")
     out = image.new_empty(B, T, geom.out_height, geom.out_width)
