@@ -44,7 +44,7 @@ def _accumulate4(a0, a1, a2, a3, p0, p1, p2, p3, v0, v1, v2, v3, power):
 def distance_plain(image, templates, power, sy, sx, dy, dx, out):
     """Unweighted, non-circular Σ |I − T|^p for templates 0 .. 4·(T // 4): four templates and four template
     columns per pass over an image row, so each image load feeds 16 differences. Columns left over after the last
-    group of four are handled one at a time; templates left over go to :func:`distance_plain_single`.
+    group of four are handled one at a time; templates left over go to the wide kernel (:func:`_plain_wide`).
     """
     B, C = image.shape[0], image.shape[1]
     Bk, T, h, w = templates.shape[0], templates.shape[1], templates.shape[3], templates.shape[4]
@@ -127,133 +127,102 @@ def distance_plain(image, templates, power, sy, sx, dy, dx, out):
 
 
 @numba.njit(inline="always")
-def _accumulate1(a, p0, p1, p2, p3, v, power):
-    """a += Σ_m |p_m − v[m]|^power over four image columns."""
+def _accumulate_taps8(acc, plane, offsets, values, k, power):
+    """acc += Σ_m |plane[s_m : s_m + n] − v_m|^power over the eight taps k .. k + 7 (n = len(acc))."""
+    n = acc.shape[0]
+    s0, s1, s2, s3 = offsets[k], offsets[k + 1], offsets[k + 2], offsets[k + 3]
+    s4, s5, s6, s7 = offsets[k + 4], offsets[k + 5], offsets[k + 6], offsets[k + 7]
+    p0, p1, p2, p3 = plane[s0 : s0 + n], plane[s1 : s1 + n], plane[s2 : s2 + n], plane[s3 : s3 + n]
+    p4, p5, p6, p7 = plane[s4 : s4 + n], plane[s5 : s5 + n], plane[s6 : s6 + n], plane[s7 : s7 + n]
+    v0, v1, v2, v3 = values[k], values[k + 1], values[k + 2], values[k + 3]
+    v4, v5, v6, v7 = values[k + 4], values[k + 5], values[k + 6], values[k + 7]
     if power == 1:
-        for x in range(a.shape[0]):
-            a[x] += abs(p0[x] - v[0]) + abs(p1[x] - v[1]) + abs(p2[x] - v[2]) + abs(p3[x] - v[3])
+        for x in range(n):
+            near = (abs(p0[x] - v0) + abs(p1[x] - v1)) + (abs(p2[x] - v2) + abs(p3[x] - v3))
+            far = (abs(p4[x] - v4) + abs(p5[x] - v5)) + (abs(p6[x] - v6) + abs(p7[x] - v7))
+            acc[x] += near + far
     else:
-        for x in range(a.shape[0]):
-            e0, e1, e2, e3 = p0[x] - v[0], p1[x] - v[1], p2[x] - v[2], p3[x] - v[3]
-            a[x] += e0 * e0 + e1 * e1 + e2 * e2 + e3 * e3
-
-
-@numba.njit(parallel=True, cache=True)
-def distance_plain_single(image, templates, t_start, power, sy, sx, dy, dx, out):
-    """Unweighted, non-circular Σ |I − T|^p for templates t_start .. T, one template and four columns per pass."""
-    B, C = image.shape[0], image.shape[1]
-    Bk, T, h, w = templates.shape[0], templates.shape[1], templates.shape[3], templates.shape[4]
-    Ho, Wo = out.shape[2], out.shape[3]
-    span = (Wo - 1) * sx + 1
-    count = T - t_start
-    for task in numba.prange(B * count * Ho):
-        b = task // (count * Ho)
-        t = t_start + (task // Ho) % count
-        y = task % Ho
-        bk = b if Bk > 1 else 0
-        acc = np.zeros(Wo, dtype=out.dtype)
-        for c in range(C):
-            for i in range(h):
-                row = image[b, c, y * sy + i * dy]
-                r = templates[bk, t, c, i]
-                j = 0
-                while j + 4 <= w:
-                    o0, o1, o2, o3 = j * dx, (j + 1) * dx, (j + 2) * dx, (j + 3) * dx
-                    if sx == 1:
-                        _accumulate1(
-                            acc,
-                            row[o0 : o0 + Wo],
-                            row[o1 : o1 + Wo],
-                            row[o2 : o2 + Wo],
-                            row[o3 : o3 + Wo],
-                            r[j : j + 4],
-                            power,
-                        )
-                    else:
-                        _accumulate1(
-                            acc,
-                            row[o0 : o0 + span : sx],
-                            row[o1 : o1 + span : sx],
-                            row[o2 : o2 + span : sx],
-                            row[o3 : o3 + span : sx],
-                            r[j : j + 4],
-                            power,
-                        )
-                    j += 4
-                while j < w:
-                    off, v = j * dx, r[j]
-                    for x in range(Wo):
-                        d = row[x * sx + off] - v
-                        acc[x] += abs(d) if power == 1 else d * d
-                    j += 1
-        out[b, t, y, :] = acc
+        for x in range(n):
+            e0, e1, e2, e3 = p0[x] - v0, p1[x] - v1, p2[x] - v2, p3[x] - v3
+            e4, e5, e6, e7 = p4[x] - v4, p5[x] - v5, p6[x] - v6, p7[x] - v7
+            acc[x] += ((e0 * e0 + e1 * e1) + (e2 * e2 + e3 * e3)) + ((e4 * e4 + e5 * e5) + (e6 * e6 + e7 * e7))
 
 
 @numba.njit(inline="always")
-def _accumulate1s(a, p0, p1, p2, p3, v0, v1, v2, v3, power):
-    """a += Σ_m |p_m − v_m|^power over four image columns."""
-    if power == 1:
-        for x in range(a.shape[0]):
-            a[x] += (abs(p0[x] - v0) + abs(p1[x] - v1)) + (abs(p2[x] - v2) + abs(p3[x] - v3))
-    else:
-        for x in range(a.shape[0]):
-            e0, e1, e2, e3 = p0[x] - v0, p1[x] - v1, p2[x] - v2, p3[x] - v3
-            a[x] += (e0 * e0 + e1 * e1) + (e2 * e2 + e3 * e3)
+def _wide_tasks(out, t_start, band):
+    """(templates, bands, tasks) of the wide kernel: one task per image, template and band of output rows."""
+    count = out.shape[1] - t_start
+    bands = (out.shape[2] + band - 1) // band
+    return count, bands, out.shape[0] * count * bands
 
 
-def _plain_single_phased(phases, templates, t_start, power, sy, dy, phase, shift, out):
-    """distance_plain_single for strided windows: one template and four columns per pass, unit-stride reads.
-
-    Columns are read from ``phases`` [S, B, C, Hp, ceil(Wp / S)], the image split by column residue modulo the
-    horizontal stride S: template column j at output x reads phases[phase[j], ..., x + shift[j]], so every read
-    is unit-stride whatever the stride and dilation.
-    """
-    B, C = phases.shape[1], phases.shape[2]
-    Bk, T, h, w = templates.shape[0], templates.shape[1], templates.shape[3], templates.shape[4]
+@numba.njit(inline="always")
+def _wide_task(task, planes, values, offsets, t_start, power, Wq, band, out):
+    """One task of :func:`distance_plain_wide`."""
+    count, bands, _ = _wide_tasks(out, t_start, band)
+    C, Bk, taps = planes.shape[1], values.shape[0], values.shape[3]
     Ho, Wo = out.shape[2], out.shape[3]
-    count = T - t_start
-    for task in numba.prange(B * count * Ho):
-        b = task // (count * Ho)
-        t = t_start + (task // Ho) % count
-        y = task % Ho
-        bk = b if Bk > 1 else 0
-        acc = np.zeros(Wo, dtype=out.dtype)
+    b = task // (count * bands)
+    t = t_start + (task // bands) % count
+    y0 = (task % bands) * band
+    rows = min(band, Ho - y0)
+    bk = b if Bk > 1 else 0
+    acc = np.zeros((rows - 1) * Wq + Wo, dtype=out.dtype)
+    for c in range(C):
+        plane = planes[b, c, y0 * Wq :]
+        v = values[bk, t, c]
+        k = 0
+        while k + 8 <= taps:
+            _accumulate_taps8(acc, plane, offsets, v, k, power)
+            k += 8
+        while k < taps:
+            run, u = plane[offsets[k] : offsets[k] + acc.shape[0]], v[k]
+            for x in range(acc.shape[0]):
+                d = run[x] - u
+                acc[x] += abs(d) if power == 1 else d * d
+            k += 1
+    for r in range(rows):
+        out[b, t, y0 + r, :] = acc[r * Wq : r * Wq + Wo]
+
+
+@numba.njit(parallel=True, cache=True)
+def distance_plain_wide(planes, values, offsets, t_start, power, Wq, band, out):
+    """Σ |I − T|^p for templates t_start .. T − 1, one template per pass, in bands of output rows on threads.
+
+    ``planes`` [B, C, P·Hq·Wq] holds each image as P phase planes of Hq × Wq, flattened (the image split by row
+    and column residue modulo the stride; P = 1 and no copy at stride 1). The output is computed Wq columns
+    wide, so template tap k adds |plane − v_k| over one contiguous run that starts at ``offsets[k]`` plus the
+    band's first row, whatever the stride and dilation: no loop remainder per output row, and eight taps share
+    each pass over the accumulator. The W' … Wq − 1 surplus columns are dropped; the last row of a band stops at
+    W', which keeps every read inside its plane. values [Bk, T, C, h·w], out [B, T, H', W'].
+    """
+    for task in numba.prange(_wide_tasks(out, t_start, band)[2]):
+        _wide_task(task, planes, values, offsets, t_start, power, Wq, band, out)
+
+
+@numba.njit(cache=True)
+def distance_plain_wide_serial(planes, values, offsets, t_start, power, Wq, band, out):
+    """:func:`distance_plain_wide` on one thread: below a few million differences, starting threads costs more
+    than it saves. (A separate function, not a second dispatcher of the same one: numba's disk cache keys
+    compiled code by function and signature, not by the parallel flag, so two dispatchers of one function would
+    load each other's machine code.)
+    """
+    for task in range(_wide_tasks(out, t_start, band)[2]):
+        _wide_task(task, planes, values, offsets, t_start, power, Wq, band, out)
+
+
+@numba.njit(cache=True)
+def split_phases(image, sy, sx, planes):
+    """planes [B, C, sy, sx, Hq, Wq] ← image [B, C, Hp, Wp] split by row and column residue (zeros past the end)."""
+    B, C, Hp, Wp = image.shape
+    for b in range(B):
         for c in range(C):
-            for i in range(h):
-                r = templates[bk, t, c, i]
-                j = 0
-                while j + 4 <= w:
-                    row0 = phases[phase[j], b, c, y * sy + i * dy]
-                    row1 = phases[phase[j + 1], b, c, y * sy + i * dy]
-                    row2 = phases[phase[j + 2], b, c, y * sy + i * dy]
-                    row3 = phases[phase[j + 3], b, c, y * sy + i * dy]
-                    q0, q1, q2, q3 = shift[j], shift[j + 1], shift[j + 2], shift[j + 3]
-                    _accumulate1s(
-                        acc,
-                        row0[q0 : q0 + Wo],
-                        row1[q1 : q1 + Wo],
-                        row2[q2 : q2 + Wo],
-                        row3[q3 : q3 + Wo],
-                        r[j],
-                        r[j + 1],
-                        r[j + 2],
-                        r[j + 3],
-                        power,
-                    )
-                    j += 4
-                while j < w:
-                    row = phases[phase[j], b, c, y * sy + i * dy]
-                    q, v = shift[j], r[j]
-                    for x in range(Wo):
-                        d = row[q + x] - v
-                        acc[x] += abs(d) if power == 1 else d * d
-                    j += 1
-        out[b, t, y, :] = acc
-
-
-distance_plain_single_phased = numba.njit(parallel=True, cache=True)(_plain_single_phased)
-distance_plain_single_phased_serial = numba.njit(cache=True)(_plain_single_phased)
-"""The same kernel without threads: below a few million differences, starting threads costs more than it saves."""
+            for ry in range(sy):
+                for rx in range(sx):
+                    for yq in range((Hp - ry + sy - 1) // sy):
+                        src, dst = image[b, c, yq * sy + ry], planes[b, c, ry, rx, yq]
+                        for xq in range((Wp - rx + sx - 1) // sx):
+                            dst[xq] = src[xq * sx + rx]
 
 
 @numba.njit(inline="always")

@@ -23,7 +23,8 @@ from .direct import DirectPrimitives, block_elements
 
 NAME = "numba"
 _METRICS = ("sad", "mad", "l1_similarity", "ssd", "ssd_normed")
-_PARALLEL_WORK = 4_000_000  # differences below which the serial kernel is faster than starting threads
+_PARALLEL_WORK = 4_000_000  # differences below which one thread is faster than starting threads
+_BAND_ELEMENTS = 4096  # accumulator of one task of the wide kernel: 16 KiB of float32 stays in L1
 
 
 def unavailable_reason() -> str | None:
@@ -66,21 +67,28 @@ def _weights_and_periods(
     return _as_numpy(weights.to(dtype)), period_array
 
 
-def _column_phases(image: np.ndarray, taps: int, stride: int, dilation: int) -> tuple[np.ndarray, ...]:
-    """Split the image columns by residue modulo the stride, so strided windows read contiguous memory.
+def _wide_operands(image: np.ndarray, templates: np.ndarray, stride, dilation) -> tuple[np.ndarray, ...]:
+    """The operands of the wide kernel: (planes [B, C, P·Hq·Wq], values [Bk, T, C, h·w], offsets [h·w], Wq).
 
-    Returns (phases [S, B, C, Hp, ceil(Wp / S)], phase[j], shift[j]) with template column j at output x reading
-    phases[phase[j], ..., x + shift[j]]. With stride 1 this is the image itself, without a copy.
+    The image is split by row and column residue modulo the stride into P = sy·sx phase planes of Hq × Wq, so
+    that template tap (i, j) at output (y, x) reads plane element (y + oy, x + ox): offsets[k] is the start of
+    tap k's run in the flattened planes. At stride 1 the planes are the image itself, without a copy.
     """
-    offsets = np.arange(taps) * dilation
-    if stride == 1:
-        return image[None], np.zeros(taps, np.int64), offsets.astype(np.int64)
-    width = -(-image.shape[-1] // stride)
-    phases = np.zeros((stride, *image.shape[:-1], width), dtype=image.dtype)
-    for r in range(stride):
-        columns = image[..., r::stride]
-        phases[r, ..., : columns.shape[-1]] = columns
-    return phases, (offsets % stride).astype(np.int64), (offsets // stride).astype(np.int64)
+    (sy, sx), (dy, dx) = stride, dilation
+    B, C, Hp, Wp = image.shape
+    h, w = templates.shape[-2:]
+    Hq, Wq = -(-Hp // sy), -(-Wp // sx)
+    if sy == sx == 1:
+        planes = image.reshape(B, C, Hp * Wp)
+    else:
+        planes = np.zeros((B, C, sy, sx, Hq, Wq), dtype=image.dtype)
+        _kernels().split_phases(image, sy, sx, planes)
+        planes = planes.reshape(B, C, -1)
+    rows, columns = np.arange(h)[:, None] * dy, np.arange(w)[None, :] * dx
+    phase = (rows % sy) * sx + columns % sx
+    offsets = phase * (Hq * Wq) + (rows // sy) * Wq + columns // sx
+    values = templates.reshape(*templates.shape[:3], h * w)
+    return planes, values, offsets.reshape(-1).astype(np.int64), Wq
 
 
 def _forward(image, templates, weights, power, periods, geom):
@@ -94,16 +102,11 @@ def _forward(image, templates, weights, power, periods, geom):
         if full:
             kernels.distance_plain(image_np, templates_np, power, sy, sx, dy, dx, out)
         if full < T:
+            planes, values, offsets, width = _wide_operands(image_np, templates_np, geom.stride, geom.dilation)
+            band = max(1, _BAND_ELEMENTS // width)
             work = out[:, full:].size * templates.shape[2] * templates.shape[3] * templates.shape[4]
-            if sx == 1:
-                kernels.distance_plain_single(image_np, templates_np, full, power, sy, sx, dy, dx, out)
-            else:  # split the columns by phase so that strided windows read contiguous memory
-                parallel = work > _PARALLEL_WORK
-                phased = (
-                    kernels.distance_plain_single_phased if parallel else kernels.distance_plain_single_phased_serial
-                )
-                phases, phase, shift = _column_phases(image_np, templates.shape[-1], sx, dx)
-                phased(phases, templates_np, full, power, sy, dy, phase, shift, out)
+            wide = kernels.distance_plain_wide if work > _PARALLEL_WORK else kernels.distance_plain_wide_serial
+            wide(planes, values, offsets, full, power, width, band, out)
     else:
         weights_np, periods_np = _weights_and_periods(weights, periods, templates)
         kernels.distance_general(image_np, templates_np, weights_np, periods_np, power, sy, sx, dy, dx, out)

@@ -1,0 +1,88 @@
+"""The numba engine's kernel choices: each path (one thread for small outputs, threads for large ones; four
+templates per pass and the leftovers; unit and larger strides) against the float64 reference.
+
+The engine picks a kernel by the amount of work, so the threshold is moved to force each path on small shapes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import slidesim
+from slidesim.engines import numba_cpu
+
+from .conftest import tolerance
+
+pytest.importorskip("numba")
+
+
+@pytest.fixture(params=["one thread", "threads"])
+def parallel_work(request, monkeypatch) -> str:
+    monkeypatch.setattr(numba_cpu, "_PARALLEL_WORK", 10**12 if request.param == "one thread" else 0)
+    return request.param
+
+
+@pytest.mark.parametrize("metric", ["sad", "ssd"])
+@pytest.mark.parametrize("n_templates", [1, 3, 4, 6])
+@pytest.mark.parametrize(
+    ("size", "tsize", "stride", "dilation"),
+    [
+        ((17, 23), (5, 7), 1, 1),
+        ((17, 23), (5, 7), 2, 1),
+        ((19, 16), (4, 3), (3, 2), (2, 3)),
+        ((12, 30), (1, 9), (1, 4), 1),
+        ((9, 9), (9, 9), 1, 1),
+    ],
+)
+def test_paths_match_reference(parallel_work, metric, n_templates, size, tsize, stride, dilation) -> None:
+    rng = np.random.default_rng(7)
+    images = torch.from_numpy(rng.random((2, 3, *size))).float()
+    bank = torch.from_numpy(rng.random((n_templates, 3, *tsize))).float()
+    options = {"metric": metric, "stride": stride, "dilation": dilation}
+    got = slidesim.similarity(images, bank, method="numba", **options)
+    want = slidesim.reference.similarity(images, bank, **options)
+    torch.testing.assert_close(got.double(), want, **tolerance(torch.float32, float(want.abs().max())))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_per_image_banks_on_each_path(parallel_work, stride) -> None:
+    rng = np.random.default_rng(8)
+    images = torch.from_numpy(rng.random((3, 2, 15, 14))).double()
+    banks = torch.from_numpy(rng.random((3, 5, 2, 4, 5))).double()
+    got = slidesim.similarity(images, banks, metric="mad", stride=stride, method="numba")
+    want = slidesim.reference.similarity(images, banks, metric="mad", stride=stride)
+    torch.testing.assert_close(got, want, **tolerance(torch.float64))
+
+
+def test_nan_reaches_only_its_windows(parallel_work) -> None:
+    images = torch.rand(1, 1, 12, 13)
+    images[0, 0, 5, 6] = float("nan")
+    bank = torch.rand(2, 1, 3, 4)
+    got = slidesim.similarity(images, bank, metric="sad", stride=2, method="numba")
+    want = slidesim.reference.similarity(images, bank, metric="sad", stride=2)
+    assert torch.equal(got.isnan(), want.isnan())
+    assert got.isnan().any()
+    torch.testing.assert_close(got.nan_to_num().double(), want.nan_to_num(), rtol=2e-4, atol=1e-4)
+
+
+def test_threaded_kernel_runs_on_threads_after_a_serial_call() -> None:
+    """The serial and threaded wide kernels must not share compiled code through numba's disk cache.
+
+    Run twice in fresh processes (the second loads both kernels from the cache): after a small call (one thread)
+    and a large one, numba's threading layer must have started, which only a threaded kernel does.
+    """
+    script = """
+import torch, numba, slidesim
+slidesim.similarity(torch.rand(1, 1, 20, 20), torch.rand(1, 1, 3, 3), metric="sad", method="numba")
+slidesim.similarity(torch.rand(1, 1, 600, 600), torch.rand(1, 1, 16, 16), metric="sad", method="numba")
+print(numba.threading_layer())
+"""
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip()
