@@ -20,7 +20,9 @@ Numerics:
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -199,6 +201,45 @@ def score_joint(
     return raw
 
 
+def score_stream(
+    prims: Primitives, canon: Canonical, image: torch.Tensor, chunk: int
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Joint scores of the bank ``chunk`` templates at a time: yields (t0, t1, scores [B, t1 − t0, H', W']).
+
+    The image side is computed once for the whole bank: its centring, the window statistics that templates share
+    and, for engines that keep them, the spectra of the image planes. Memory beyond that is one chunk's scores and
+    temporaries, whatever the bank size.
+    """
+    if canon.channels_mode != "joint":
+        raise ValueError(f"streaming scores one joint score per template; got channels={canon.channels_mode!r}")
+    spec, bank, mask, periods = canon.spec, canon.templates, canon.mask, canon.periods
+    T = bank.shape[1]
+    if spec.family == "distance":
+        weights = None if mask is None else (mask if spec.power == 1 else mask * mask)
+        n = _mask_sums(mask, bank.shape[2], *bank.shape[-2:], image).to(image.dtype)[..., None, None]
+        for t0 in range(0, T, chunk):
+            t1 = min(T, t0 + chunk)
+            chunk_weights = weights if weights is None or weights.shape[1] == 1 else weights[:, t0:t1]
+            chunk_n = n if n.shape[1] == 1 else n[:, t0:t1]
+            distance = prims.distance(image, bank[:, t0:t1], chunk_weights, spec.power, periods)
+            yield t0, t1, finish_distance(spec.name, distance, chunk_n)
+        return
+    if hasattr(prims, "spectra"):
+        prims = dataclasses.replace(prims, spectra={})
+    state = _CorrelationState(prims, spec, image, bank, mask, canon.problem.finite)
+    state.keep_planes()
+    for t0 in range(0, T, chunk):
+        t1 = min(T, t0 + chunk)
+        raw = state.raw(t0, t1)
+        if spec.name in ("ccorr", "ccoeff"):
+            yield t0, t1, raw
+        elif raw.requires_grad:
+            yield t0, t1, state.finish(raw, t0, t1)
+        else:
+            state.finish_in_place(raw, t0, t1)
+            yield t0, t1, raw
+
+
 def _out_size(prims: Primitives) -> tuple[int, int]:
     return prims.geom.out_height, prims.geom.out_width
 
@@ -230,6 +271,19 @@ class _CorrelationState:
             self.shift = _finite_channel_mean(image)
         self.finite_image = finite  # then degenerate windows have finite raw scores (no 0 · NaN)
         self._cache: dict[str, object] = {}
+        self._planes: dict[tuple, torch.Tensor] | None = None
+
+    def keep_planes(self) -> None:
+        """Keep the derived image planes (centred, float64, squared) for later chunks of a streamed bank, so that
+        an engine that caches work per image tensor (FFT spectra) recognizes them."""
+        self._planes = {}
+
+    def _plane(self, key: tuple, compute) -> torch.Tensor:
+        if self._planes is None:
+            return compute()
+        if key not in self._planes:
+            self._planes[key] = compute()
+        return self._planes[key]
 
     def _channel_reach(self, c: int) -> float:
         """max |I − shift| over the finite pixels of channel c, computed once per call."""
@@ -255,17 +309,19 @@ class _CorrelationState:
         # the kernel gives one correlation whose kernel sums to zero per channel, hence shift-invariant.
         return kernel - m64 * kernel.sum(dim=(-1, -2), keepdim=True) / m_sum, t_centred
 
-    def raw(self) -> torch.Tensor:
-        """The bank-wide sliding reduction of the metric -> [B, T, H', W'] in the compute dtype.
+    def raw(self, t0: int = 0, t1: int | None = None) -> torch.Tensor:
+        """The sliding reduction of templates t0:t1 (default all) -> [B, t1 − t0, H', W'] in the compute dtype.
 
         ccorr and ncc: Σ W I T; ssd_normed: the exact Σ W (I − T)²; ccoeff and zncc: ccoeff.
         """
-        name, weights = self.spec.name, self.mask * self.mask
+        bank = self.bank[:, t0:t1]
+        mask = self.mask if self.shared else self.mask[:, t0:t1]
+        name, weights = self.spec.name, mask * mask
         if name in ("ccorr", "ncc"):
-            return self.prims.correlate(self.image, self.bank * weights if self.masked else self.bank)
+            return self.prims.correlate(self.image, bank * weights if self.masked else bank)
         if name == "ssd_normed":  # unmasked: no weights, so the distance kernels take their unweighted path
-            return self.prims.distance(self.image, self.bank, weights if self.masked else None, 2, None)
-        kernel, _ = self._centred_kernel(self.bank.to(torch.float64), self.mask.to(torch.float64))
+            return self.prims.distance(self.image, bank, weights if self.masked else None, 2, None)
+        kernel, _ = self._centred_kernel(bank.to(torch.float64), mask.to(torch.float64))
         return self._centred_correlate(kernel.to(self.image.dtype))
 
     def _centred(self, c0: int, c1: int) -> torch.Tensor:
@@ -279,10 +335,11 @@ class _CorrelationState:
         per_channel = image[:, :1].numel() * image.element_size()
         group = max(1, _CENTRING_BYTES // max(1, per_channel))
         if group >= C:
-            return self.prims.correlate(self._centred(0, C), kernel)
+            return self.prims.correlate(self._plane(("centred", 0, C), lambda: self._centred(0, C)), kernel)
         total = None
         for c0 in range(0, C, group):
-            part = self.prims.correlate(self._centred(c0, c0 + group), kernel[:, :, c0 : c0 + group])
+            centred = self._plane(("centred", c0, c0 + group), lambda c0=c0: self._centred(c0, c0 + group))
+            part = self.prims.correlate(centred, kernel[:, :, c0 : c0 + group])
             if total is None:
                 total = part
             elif total.requires_grad or part.requires_grad:
@@ -376,17 +433,22 @@ class _CorrelationState:
             if fused[0] is not None:
                 return sum(fused[1:], start=fused[0])
         if w64.shape[2] == 1:  # one weight for all channels: add the channels' squares first
-            squares = None
-            for c in range(self.image.shape[1]):
-                plane = self.image[:, c : c + 1].to(torch.float64)
-                squares = plane * plane if squares is None else squares + plane * plane
+            squares = self._plane(("squares",), self._channel_squares)
             return self.prims.window_sum(squares, w64 if self.masked else None)
         energy = None
         for c in range(self.image.shape[1]):
-            plane = self.image[:, c : c + 1].to(torch.float64)
-            part = self.prims.window_sum(plane * plane, w64[:, :, c : c + 1])
+            squares = self._plane(("squares", c), lambda c=c: self.image[:, c : c + 1].to(torch.float64) ** 2)
+            part = self.prims.window_sum(squares, w64[:, :, c : c + 1])
             energy = part if energy is None else energy + part
         return energy
+
+    def _channel_squares(self) -> torch.Tensor:
+        """Σ_c I_c² in float64 -> [B, 1, Hp, Wp]."""
+        squares = None
+        for c in range(self.image.shape[1]):
+            plane = self.image[:, c : c + 1].to(torch.float64)
+            squares = plane * plane if squares is None else squares + plane * plane
+        return squares
 
     def _window_moments(self, mask: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Joint weighted variance Σ_c Σ W (I − m_c)² (float64) and flatness of every window -> [B, Tm, H', W']."""
@@ -401,12 +463,13 @@ class _CorrelationState:
                 if var_c is not None:
                     variance = var_c if variance is None else variance.add_(var_c)
                     continue
-            plane = self._centred(c, c + 1).to(torch.float64)
+            plane = self._plane(("centred64", c), lambda c=c: self._centred(c, c + 1).to(torch.float64))
             box = None if not self.masked else m_c  # unmasked windows: plain box sums
             # the exact flat test decides degenerate windows, so masked sums need not be exactly zero
             first = self.prims.window_sum(plane, box, exact_zeros=False)
             mean = first / m_c.sum(dim=(-1, -2, -3))[..., None, None].clamp_min(_tiny())
-            second = self.prims.window_sum(plane * plane, None if not self.masked else w_c, exact_zeros=False)
+            squares = self._plane(("centred64²", c), lambda plane=plane: plane * plane)
+            second = self.prims.window_sum(squares, None if not self.masked else w_c, exact_zeros=False)
             if self.binary:
                 var_c = second - mean * first
             else:

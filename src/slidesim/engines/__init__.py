@@ -1,4 +1,5 @@
-"""Engine registry: every engine is a module with NAME, unavailable_reason(), ineligible_reason(problem), run(canon).
+"""Engine registry: every engine is a module with NAME, unavailable_reason(), ineligible_reason(problem), run(canon)
+and, except the reference, primitives(canon, image): its sliding reductions, which banks stream through.
 
 Engines are imported lazily by name so that an optional dependency of one engine never loads with slidesim.
 """

@@ -136,9 +136,11 @@ class FastStatistics(DirectPrimitives):
 
     Attributes:
         chunk_bytes: Bytes that the spectra of one chunk of templates (or weights) may use.
+        spectra: Whole-image spectra kept between calls while a bank streams through (None: not kept).
     """
 
     chunk_bytes: int = 64 * 2**20
+    spectra: dict | None = None
 
     def _fused(self, plane: torch.Tensor) -> bool:
         return (
@@ -195,7 +197,7 @@ class FastStatistics(DirectPrimitives):
         """
         if weights is not None:
             if not exact_zeros:
-                return fft_correlate(plane, weights, self.geom, self.chunk_bytes)
+                return fft_correlate(plane, weights, self.geom, self.chunk_bytes, spectra=self.spectra)
             return conv_correlate(plane, weights, self.geom)
         total = plane.sum(dim=1, keepdim=True) if plane.shape[1] > 1 else plane
         geom = self.geom

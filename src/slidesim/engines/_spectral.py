@@ -30,12 +30,15 @@ def fft_correlate(
     geom: Geometry,
     chunk_bytes: int,
     tile: tuple[int, int] | None = None,
+    spectra: dict | None = None,
 ) -> torch.Tensor:
     """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] (Bk ∈ {1, B}) -> [B, T, H', W'].
 
     One transform of the whole image when its spectrum (about twice the image) fits ``chunk_bytes``; otherwise
     overlap-save tiles (see :func:`choose_tile`), whose temporaries do not grow with the image. ``tile`` forces a
-    transform size for the tiles.
+    transform size for the tiles. ``spectra``, when given, keeps whole-image spectra for later calls on the same
+    image tensor (a bank streamed in chunks): it holds the image too, so the tensor cannot be freed and its
+    identity reused while the entry exists.
     """
     kernel = kernel.to(image.dtype)
     (dy, dx) = geom.dilation
@@ -47,7 +50,7 @@ def fft_correlate(
     if tile is None:
         tile = choose_tile(image.shape, kernel.shape[-2:], T, image.element_size(), chunk_bytes)
     if tile is None:
-        return _whole(image, kernel, geom, chunk_bytes)
+        return _whole(image, kernel, geom, chunk_bytes, spectra)
     return _tiled(image, kernel, geom, chunk_bytes, tile)
 
 
@@ -70,13 +73,21 @@ def choose_tile(
     return min(th, next_fast_length(Hp)), min(tw, next_fast_length(Wp))
 
 
-def _whole(image: torch.Tensor, kernel: torch.Tensor, geom: Geometry, chunk_bytes: int) -> torch.Tensor:
+def _whole(
+    image: torch.Tensor, kernel: torch.Tensor, geom: Geometry, chunk_bytes: int, spectra: dict | None
+) -> torch.Tensor:
     """One transform of the whole image, shared by every template; templates in chunks of ``chunk_bytes``."""
     (sy, sx) = geom.stride
     B, _, Hp, Wp = image.shape
     Bk, T = kernel.shape[:2]
     size = (next_fast_length(Hp), next_fast_length(Wp))
-    image_spectrum = torch.fft.rfft2(image, s=size)  # [B, C, Hf, Wf // 2 + 1], once for the whole bank
+    key = (id(image), size)
+    if spectra is not None and key in spectra:
+        image_spectrum = spectra[key][1]
+    else:
+        image_spectrum = torch.fft.rfft2(image, s=size)  # [B, C, Hf, Wf // 2 + 1], once for the whole bank
+        if spectra is not None and not image.requires_grad:
+            spectra[key] = (image, image_spectrum)
     rows = slice(0, (geom.out_height - 1) * sy + 1, sy)
     cols = slice(0, (geom.out_width - 1) * sx + 1, sx)
     chunk = template_chunk(size, B, Bk, T, image.element_size(), chunk_bytes)

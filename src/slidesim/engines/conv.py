@@ -42,9 +42,13 @@ class ConvPrimitives(FastStatistics):
         return conv_correlate(image, kernel, self.geom)
 
 
+def primitives(canon: Canonical, image: torch.Tensor) -> ConvPrimitives:
+    """The engine's sliding reductions for a validated call on its padded images."""
+    block = block_elements(canon.memory_limit, image.element_size())
+    return ConvPrimitives(geometry(canon), block, chunk_bytes=canon.memory_limit // 4)
+
+
 def run(canon: Canonical) -> torch.Tensor:
     """Scores of a validated problem: [B, T, H', W'] (or [B, T, C, H', W'] for channels="separate")."""
     image = padded_images(canon)
-    block = block_elements(canon.memory_limit, image.element_size())
-    prims = ConvPrimitives(geometry(canon), block, chunk_bytes=canon.memory_limit // 4)
-    return score_channels(prims, canon, image)
+    return score_channels(primitives(canon, image), canon, image)

@@ -286,11 +286,24 @@ def make_primitives(geom: Geometry, memory_limit: int, itemsize: int) -> DirectP
     return DirectPrimitives(geom, block_elements(memory_limit, itemsize))
 
 
-__all__ = ["NAME", "DirectPrimitives", "Geometry", "ineligible_reason", "make_primitives", "run", "unavailable_reason"]
+__all__ = [
+    "NAME",
+    "DirectPrimitives",
+    "Geometry",
+    "ineligible_reason",
+    "make_primitives",
+    "primitives",
+    "run",
+    "unavailable_reason",
+]
+
+
+def primitives(canon: Canonical, image: torch.Tensor) -> DirectPrimitives:
+    """The engine's sliding reductions for a validated call on its padded images."""
+    return make_primitives(geometry(canon), canon.memory_limit, image.element_size())
 
 
 def run(canon: Canonical) -> torch.Tensor:
     """Scores of a validated problem: [B, T, H', W'] (or [B, T, C, H', W'] for channels="separate")."""
     image = padded_images(canon)
-    geom = geometry(canon)
-    return score_channels(make_primitives(geom, canon.memory_limit, image.element_size()), canon, image)
+    return score_channels(primitives(canon, image), canon, image)

@@ -36,12 +36,16 @@ class FFTPrimitives(FastStatistics):
 
     def correlate(self, image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W']."""
-        return fft_correlate(image, kernel, self.geom, self.chunk_bytes)
+        return fft_correlate(image, kernel, self.geom, self.chunk_bytes, spectra=self.spectra)
+
+
+def primitives(canon: Canonical, image: torch.Tensor) -> FFTPrimitives:
+    """The engine's sliding reductions for a validated call on its padded images."""
+    block = block_elements(canon.memory_limit, image.element_size())
+    return FFTPrimitives(geometry(canon), block, chunk_bytes=canon.memory_limit // 4)
 
 
 def run(canon: Canonical) -> torch.Tensor:
     """Scores of a validated problem: [B, T, H', W'] (or [B, T, C, H', W'] for channels="separate")."""
     image = padded_images(canon)
-    block = block_elements(canon.memory_limit, image.element_size())
-    prims = FFTPrimitives(geometry(canon), block, chunk_bytes=canon.memory_limit // 4)
-    return score_channels(prims, canon, image)
+    return score_channels(primitives(canon, image), canon, image)

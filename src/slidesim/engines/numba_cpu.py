@@ -181,9 +181,12 @@ class NumbaPrimitives(DirectPrimitives):
         return _forward(image, templates, weights, power, periods, self.geom)
 
 
+def primitives(canon: Canonical, image: torch.Tensor) -> NumbaPrimitives:
+    """The engine's sliding reductions for a validated call on its padded images."""
+    return NumbaPrimitives(geometry(canon), block_elements(canon.memory_limit, image.element_size()))
+
+
 def run(canon: Canonical) -> torch.Tensor:
     """Scores of a validated problem: [B, T, H', W'] (or [B, T, C, H', W'] for channels="separate")."""
     image = padded_images(canon)
-    geom = geometry(canon)
-    prims = NumbaPrimitives(geom, block_elements(canon.memory_limit, image.element_size()))
-    return score_channels(prims, canon, image)
+    return score_channels(primitives(canon, image), canon, image)
