@@ -86,7 +86,7 @@ def test_flat_windows_are_found_exactly(engine, fused: bool, offset: float, stri
     prims = engine.FFTPrimitives if engine is fft else engine.ConvPrimitives
     geom = geometry(canon)
     state = _CorrelationState(prims(geom, 2**20), METRICS["zncc"], padded, canon.templates, None, True)
-    variance, flat = state._window_moments(state.mask, state.mask)
+    variance, flat, _ = state._window_moments(state.mask, state.mask)
     expected = _flat_brute_force(image, 7, 6, stride)[:, None]
     assert expected.any() and not expected.all()
     assert torch.equal(flat, expected)

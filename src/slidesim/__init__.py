@@ -16,8 +16,12 @@ __version__ = "0.1.0"
 
 _LAZY: dict[str, tuple[str, str | None]] = {
     "METRICS": ("metrics", "METRICS"),
+    "Matches": ("matching", "Matches"),
+    "Peaks": ("peaks", "Peaks"),
     "Plan": ("planner", "Plan"),
     "explain": ("planner", "explain"),
+    "find_peaks": ("peaks", "find_peaks"),
+    "match": ("matching", "match"),
     "plan": ("planner", "plan"),
     "reference": ("reference", None),
     "rgb_to_hsv": ("color", "rgb_to_hsv"),
@@ -27,11 +31,15 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 __all__ = [
     "METRICS",
     "EngineUnavailableError",
+    "Matches",
+    "Peaks",
     "Plan",
     "SlidesimError",
     "SlidesimTypeError",
     "SlidesimValueError",
     "explain",
+    "find_peaks",
+    "match",
     "plan",
     "reference",
     "rgb_to_hsv",
@@ -42,7 +50,9 @@ if TYPE_CHECKING:
     from . import reference
     from ._similarity import similarity
     from .color import rgb_to_hsv
+    from .matching import Matches, match
     from .metrics import METRICS
+    from .peaks import Peaks, find_peaks
     from .planner import Plan, explain, plan
 
 

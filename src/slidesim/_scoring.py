@@ -35,6 +35,8 @@ from .metrics import MetricSpec, finish_distance, finish_ncc, finish_ssd_normed,
 _FINISH_TEMPORARIES = 8  # float64 output-sized temporaries alive at once while finishing a chunk
 _MAX_FINISH_BYTES = 8 * 2**20
 _CENTRING_BYTES = 4 * 2**20  # centred copies of the image are made this many bytes at a time
+_SCORE_TOLERANCE = 5e-4  # ncc / zncc scores that round-off could move further are recomputed exactly
+_RESCORE_BYTES = 64 * 2**20  # temporaries of the exact rescoring of gathered windows, at a time
 
 
 @dataclass(frozen=True)
@@ -359,13 +361,35 @@ class _CorrelationState:
         if name in ("ncc", "ssd_normed"):
             energy_t = (w64 * bank64 * bank64).sum(dim=(-3, -2, -1))[..., None, None]
             energy_w = self._once("energy", lambda: self._window_energy(weights))
-            finish = finish_ncc if name == "ncc" else finish_ssd_normed
-            return finish(raw64, energy_t, energy_w).to(raw.dtype)
+            if name == "ssd_normed":
+                return finish_ssd_normed(raw64, energy_t, energy_w).to(raw.dtype)
+            scores = finish_ncc(raw64, energy_t, energy_w).to(raw.dtype)
+            uncertain = self._once("energy_uncertain", lambda: self._uncertain_energies(energy_w.detach(), weights))
+            return self._rescored(scores, t0, t1, energy_t, energy_w, uncertain)
         _, t_centred = self._centred_kernel(bank64, mask.to(torch.float64))
         template_var = (w64 * t_centred * t_centred).sum(dim=(-3, -2, -1))[..., None, None]
-        window_var, flat_w = self._once("moments", lambda: self._window_moments(mask, weights))
+        window_var, flat_w, uncertain = self._once("moments", lambda: self._window_moments(mask, weights))
         flat = flat_w | _flat_templates(bank64, mask)[..., None, None]
-        return finish_zncc(raw64, template_var, window_var, flat).to(raw.dtype)
+        scores = finish_zncc(raw64, template_var, window_var, flat).to(raw.dtype)
+        return self._rescored(scores, t0, t1, template_var, torch.where(flat_w, 0.0, window_var), uncertain)
+
+    def _rescored(
+        self,
+        scores: torch.Tensor,
+        t0: int,
+        t1: int,
+        template_moment: torch.Tensor,
+        window_moment: torch.Tensor,
+        uncertain: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Differentiable scores with the windows that round-off could spoil scored exactly (see _unreliable)."""
+        template_scale, _ = _inverse_root(template_moment.detach()[..., 0, 0].clone(), None)
+        window_scale, _ = _inverse_root(window_moment.detach().clone(), None)
+        flagged = self._unreliable(t0, t1, template_scale, window_scale, uncertain)
+        if flagged is None:
+            return scores
+        index, exact = self._exact_scores(t0, flagged.expand(scores.shape), grad=True)
+        return scores.index_put(tuple(index.unbind(dim=1)), exact.to(scores.dtype))
 
     def finish_in_place(self, raw: torch.Tensor, t0: int, t1: int) -> None:
         """Normalize raw [B, t1 - t0, H', W'] of templates t0:t1 in place, without autograd.
@@ -385,16 +409,17 @@ class _CorrelationState:
         if name == "ncc":
             template_energy = (w64 * bank64 * bank64).sum(dim=(-3, -2, -1))
             template_scale, template_degenerate = _inverse_root(template_energy, None)
-            window_scale, window_degenerate = self._once(
-                "ncc_scale", lambda: _inverse_root(self._window_energy(weights), None, raw.dtype)
+            window_scale, window_degenerate, uncertain = self._once(
+                "ncc_scale", lambda: self._ncc_window_factors(weights, raw.dtype)
             )
         else:
             _, t_centred = self._centred_kernel(bank64, mask.to(torch.float64))
             template_var = (w64 * t_centred * t_centred).sum(dim=(-3, -2, -1))
             template_scale, template_degenerate = _inverse_root(template_var, _flat_templates(bank64, mask))
-            window_scale, window_degenerate = self._once(
+            window_scale, window_degenerate, uncertain = self._once(
                 "zncc_scale", lambda: self._zncc_window_factors(mask, weights, raw.dtype)
             )
+        unreliable = self._unreliable(t0, t1, template_scale, window_scale, uncertain)
         # Template factor first: raw · s_t is about the window's deviation, within range whenever raw is.
         raw.mul_(template_scale[..., None, None].to(window_scale.dtype)).mul_(window_scale).clamp_(-1.0, 1.0)
         # 0 · NaN is NaN: degenerate scores are 0 whatever the window holds. The clamped scores lie in [−1, 1]
@@ -405,11 +430,122 @@ class _CorrelationState:
             raw.masked_fill_(window_degenerate | template_degenerate[..., None, None], 0.0)
         elif bool(template_degenerate.any()):
             raw.masked_fill_(template_degenerate[..., None, None], 0.0)
+        if unreliable is not None:
+            self._rescore(raw, t0, unreliable)
+
+    def _cross_error(self, t0: int, t1: int) -> torch.Tensor:
+        """Round-off of the cross term of templates t0:t1, estimated with a margin -> [Bk, t1 − t0] float64.
+
+        Engines that correlate tap by tap (direct, conv) err by about ε·√n·Σ|I||K| per window, bounded here by
+        the image's reach; FFTs spread ε·‖I‖₂·‖K‖₂ over every output. The factor 4 covers the largest errors
+        measured on photographs (2–4× below these estimates).
+        """
+        eps = torch.finfo(self.image.dtype).eps
+        bank64 = self.bank[:, t0:t1].to(torch.float64)
+        mask = self.mask if self.shared else self.mask[:, t0:t1]
+        m64 = mask.to(torch.float64)
+        centred = self.spec.name == "zncc"
+        kernel = self._centred_kernel(bank64, m64)[0] if centred else bank64 * m64 * m64
+        if getattr(self.prims, "global_cross_error", False):
+            norm = self._once_value("image_norm", lambda: self._image_norm(centred))
+            return eps * norm * kernel.pow(2).sum(dim=(-3, -2, -1)).sqrt()
+        reach = self._once_value("image_reach", lambda: self._image_reach(centred))
+        taps = kernel.shape[-3] * kernel.shape[-2] * kernel.shape[-1]
+        return eps * math.sqrt(taps) * reach * kernel.abs().sum(dim=(-3, -2, -1))
+
+    def _once_value(self, key: str, compute):
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def _image_norm(self, centred: bool) -> float:
+        """Largest ‖I − shift‖₂ (or ‖I‖₂) over the images, in float64."""
+        total = None
+        for c in range(self.image.shape[1]):
+            plane = (self._centred(c, c + 1) if centred else self.image[:, c : c + 1]).detach().to(torch.float64)
+            part = plane.pow(2).sum(dim=(-3, -2, -1))
+            total = part if total is None else total + part
+        return float(total.max().sqrt())
+
+    def _image_reach(self, centred: bool) -> float:
+        """max |I − shift| (or |I|) over the images' finite pixels."""
+        if centred:
+            return max(self._channel_reach(c) for c in range(self.image.shape[1]))
+        low, high = _finite_extremes(self.image.detach())
+        return float(max(abs(float(low)), abs(float(high))))
+
+    def _unreliable(
+        self,
+        t0: int,
+        t1: int,
+        template_scale: torch.Tensor,
+        window_scale: torch.Tensor,
+        uncertain: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """Windows whose normalized score round-off could move by more than _SCORE_TOLERANCE -> [B, t1 − t0 or 1,
+        H', W'] bool, or None when there are none; they are then scored exactly (:meth:`_rescore`).
+
+        The error of a normalized score is the cross term's error times both factors, so only windows whose
+        variation is tiny against the image's (near-flat windows at another level than the image mean, such as
+        a black area with faint ringing) can be affected. ``uncertain`` adds the windows whose variance itself is
+        within its rounding bound without being exactly flat.
+        """
+        per_template = self._cross_error(t0, t1) * template_scale  # [Bk, t]
+        largest = float(per_template.max()) * float(window_scale.max()) if per_template.numel() else 0.0
+        flagged = None
+        if largest > _SCORE_TOLERANCE:
+            flagged = window_scale.to(torch.float64) * per_template[..., None, None] > _SCORE_TOLERANCE
+        if uncertain is not None:
+            flagged = uncertain if flagged is None else flagged | uncertain
+        return flagged if flagged is not None and bool(flagged.any()) else None
+
+    def _rescore(self, scores: torch.Tensor, t0: int, flagged: torch.Tensor) -> None:
+        """Score the flagged windows of templates t0.. exactly, in place."""
+        index, exact = self._exact_scores(t0, flagged.expand(scores.shape), grad=False)
+        scores[tuple(index.unbind(dim=1))] = exact.to(scores.dtype)
+
+    def _exact_scores(self, t0: int, flagged: torch.Tensor, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(index [n, 4] of the flagged (b, t, y, x), their scores [n] by the reference's float64 formula)."""
+        from .reference import _score_one
+
+        index = flagged.nonzero()
+        (sy, sx), (dy, dx) = self.prims.geom.stride, self.prims.geom.dilation
+        C, h, w = self.bank.shape[-3:]
+        rows = torch.arange(h, device=index.device) * dy
+        cols = torch.arange(w, device=index.device) * dx
+        per_window = C * h * w * 8 * 8  # the gathered window and the formula's temporaries, float64
+        step = max(1, _RESCORE_BYTES // per_window)
+        image = self.image if grad else self.image.detach()
+        parts = []
+        for start in range(0, len(index), step):
+            b, tt, y, x = index[start : start + step].unbind(dim=1)
+            windows = image[
+                b[:, None, None, None],
+                torch.arange(C, device=b.device)[None, :, None, None],
+                (y[:, None] * sy + rows)[:, None, :, None],
+                (x[:, None] * sx + cols)[:, None, None, :],
+            ].to(torch.float64)
+            bk = b if self.bank.shape[0] > 1 else torch.zeros_like(b)
+            templates = self.bank[bk, t0 + tt].to(torch.float64)
+            bm = b if self.mask.shape[0] > 1 else torch.zeros_like(b)
+            tm = t0 + tt if not self.shared else torch.zeros_like(tt)
+            masks = self.mask[bm, tm].detach().to(torch.float64)
+            exact = _score_one(
+                self.spec.name,
+                windows[:, :, None, None],
+                (templates if grad else templates.detach())[:, :, None, None],
+                masks[:, :, None, None],
+                None,
+                True,
+            )
+            parts.append(exact.reshape(-1))
+        return index, torch.cat(parts)
 
     def _zncc_window_factors(
         self, mask: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(1/√window variance, 0 for degenerate windows; their mask or None to derive it from the zeros)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(1/√window variance, 0 for degenerate windows; their mask or None to derive it from the zeros; the
+        windows whose variance is too close to zero to trust, or None)."""
         if not self.masked and self.image.shape[1] == 1 and not self.image.requires_grad:
             reach = self._channel_reach(0)
             tolerance = _variance_rounding_bound(reach, self.image.shape[-2:], mask.to(torch.float64))
@@ -419,8 +555,45 @@ class _CorrelationState:
             if tolerance > 0 and math.sqrt(tolerance) > 1 / info.max and math.sqrt(largest) < 1 / info.tiny:
                 factors = self.prims.window_factors(self.image, self.shift, tolerance, dtype)
                 if factors is not None:  # no window is within the rounding bound of zero variance
-                    return factors, None
-        return _inverse_root(*self._window_moments(mask, weights), dtype)
+                    return factors, None, None
+        variance, flat, uncertain = self._window_moments(mask, weights)
+        return (*_inverse_root(variance, flat, dtype), uncertain)
+
+    def _ncc_window_factors(
+        self, weights: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(1/√window energy, 0 for zero windows; the zero windows; the windows whose energy is too close to zero
+        to trust, or None)."""
+        energy = self._window_energy(weights)
+        uncertain = self._uncertain_energies(energy, weights)
+        return (*_inverse_root(energy, None, dtype), uncertain)
+
+    def _uncertain_energies(self, energy: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
+        """Windows whose energy Σ W I², taken from cumulative sums (summed-area tables, running sums), lies within
+        those sums' rounding bound without the window being all zeros -> bool [B, Tm, H', W'], or None.
+
+        Tap sums of non-negative terms are accurate relative to themselves and exactly zero only for zero windows;
+        cumulative sums err by the image's scale instead, which only matters for faint windows in a bright image
+        (with integer-valued images the sums are exact and such windows do not exist).
+        """
+        if self.masked or not getattr(self.prims, "cumulative_window_sums", False):
+            return None
+        low, high = _finite_extremes(self.image.detach())
+        reach = max(abs(float(low)), abs(float(high)))
+        bound = self.image.shape[1] * _variance_rounding_bound(reach, self.image.shape[-2:], weights.to(torch.float64))
+        candidates = ~(energy.detach() > bound) & torch.isfinite(energy.detach())
+        if not bool(candidates.any()):
+            return None
+        geom = self.prims.geom
+        magnitude = self.image.detach().abs().amax(dim=1, keepdim=True)
+        span = tuple(d * (k - 1) + 1 for d, k in zip(geom.dilation, geom.template_size, strict=True))
+        largest = (
+            torch.nn.functional.max_pool2d(magnitude.to(torch.float64), span, stride=geom.stride, dilation=1)
+            if geom.dilation == (1, 1)
+            else self.prims.window_sum(magnitude.to(torch.float64), None)
+        )
+        uncertain = candidates & (largest > 0)  # all-zero windows are exactly degenerate
+        return uncertain if bool(uncertain.any()) else None
 
     def _window_energy(self, weights: torch.Tensor) -> torch.Tensor:
         """Σ W I² per window in float64 -> [B, Tm, H', W'], one channel at a time to bound memory."""
@@ -450,8 +623,11 @@ class _CorrelationState:
             squares = plane * plane if squares is None else squares + plane * plane
         return squares
 
-    def _window_moments(self, mask: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Joint weighted variance Σ_c Σ W (I − m_c)² (float64) and flatness of every window -> [B, Tm, H', W']."""
+    def _window_moments(
+        self, mask: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Joint weighted variance Σ_c Σ W (I − m_c)² (float64), flatness of every window -> [B, Tm, H', W'], and
+        the windows that are not flat but whose variance is within its rounding bound (or None)."""
         m64, w64 = mask.to(torch.float64), weights.to(torch.float64)
         variance, tolerance = None, 0.0
         for c in range(self.image.shape[1]):
@@ -476,11 +652,14 @@ class _CorrelationState:
                 weighted = self.prims.window_sum(plane, w_c, exact_zeros=False)
                 var_c = second - 2 * mean * weighted + mean * mean * w_c.sum(dim=(-1, -2, -3))[..., None, None]
             variance = var_c if variance is None else variance + var_c
-        flat = self._flat_windows(variance.detach(), tolerance, m64)
-        return (variance.clamp_min(0) if variance.requires_grad else variance.clamp_min_(0)), flat
+        flat, uncertain = self._flat_windows(variance.detach(), tolerance, m64)
+        return (variance.clamp_min(0) if variance.requires_grad else variance.clamp_min_(0)), flat, uncertain
 
-    def _flat_windows(self, variance: torch.Tensor, tolerance: float, mask: torch.Tensor) -> torch.Tensor:
-        """Exact flatness of every window -> [B, Tm, H', W'] bool.
+    def _flat_windows(
+        self, variance: torch.Tensor, tolerance: float, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(Exact flatness of every window -> [B, Tm, H', W'] bool, the windows within the rounding bound that are
+        not flat, or None).
 
         A flat window has zero variance, so its computed variance is within the rounding bound; only such windows
         (usually none, or the rows of a uniform background) go through the engine's exact test.
@@ -488,15 +667,16 @@ class _CorrelationState:
         # NaN windows are tested too. +inf never needs it: Σ I² overflows only if (Σ I)² / n does, giving NaN.
         candidates = ~(variance > tolerance)
         if not bool(candidates.any()):
-            return candidates
+            return candidates, None
         rows = candidates.any(dim=-1).any(dim=0).any(dim=0).nonzero()
         r0, r1 = int(rows[0]), int(rows[-1]) + 1
-        flat = candidates
+        flat = candidates.clone()
         for c in range(self.image.shape[1]):
             cm = min(c, mask.shape[2] - 1)
             support = mask[:, :, cm : cm + 1] > 0 if self.masked else None
             flat[:, :, r0:r1] &= self.prims.window_flat(self.image[:, c : c + 1], support, (r0, r1))
-        return flat
+        uncertain = candidates & ~flat & torch.isfinite(variance)  # NaN windows stay NaN without rescoring
+        return flat, (uncertain if bool(uncertain.any()) else None)
 
 
 def _inverse_root(

@@ -141,6 +141,7 @@ class FastStatistics(DirectPrimitives):
 
     chunk_bytes: int = 64 * 2**20
     spectra: dict | None = None
+    cumulative_window_sums = True  # unmasked window sums come from summed-area tables or running sums
 
     def _fused(self, plane: torch.Tensor) -> bool:
         return (

@@ -34,6 +34,8 @@ def ineligible_reason(problem: Problem) -> str | None:
 class FFTPrimitives(FastStatistics):
     """Correlations by FFT, the image spectrum shared by every template."""
 
+    global_cross_error = True  # round-off spreads over every output: ε·‖I‖₂·‖K‖₂, not per window
+
     def correlate(self, image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W']."""
         return fft_correlate(image, kernel, self.geom, self.chunk_bytes, spectra=self.spectra)

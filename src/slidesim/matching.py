@@ -1,0 +1,290 @@
+"""match(): where the templates are, how well they match, at what angle and scale.
+
+The bank of transformed templates streams through the chosen engine a chunk at a time; each chunk's maps are
+folded into a running best score and the index of the best transform per position, so memory stays
+O(B · T · H' · W') whatever the number of rotations and scales. Peaks of the best map are then refined on the
+image data (:mod:`slidesim._refine`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import engines
+from ._scoring import padded_images, score_stream
+from ._types import ArrayLike
+from ._validate import Canonical, canonicalize
+from .banks import transform_bank
+from .errors import SlidesimTypeError, SlidesimValueError
+from .peaks import _check_int, _check_threshold, locate_peaks
+from .planner import make_plan
+
+__all__ = ["Matches", "match"]
+
+_MAP_SHARE = 4  # a chunk's score maps may use memory_limit / _MAP_SHARE bytes
+
+
+@dataclass(frozen=True)
+class Matches:
+    """Matches, ordered by image, then template, then best first.
+
+    Attributes:
+        batch: Image index [N] (int64).
+        template: Template index [N] (int64), into the templates given to :func:`match`.
+        y: Row of the template centre in image pixels [N] (float64): (h − 1) / 2 below the top-left corner of an
+            untransformed template, the same object point for rotated and scaled ones.
+        x: Column of the template centre [N] (float64).
+        score: Score of the match [N] (at the refined position with sub-pixel refinement).
+        angle: Rotation of the best transform in degrees, counter-clockwise as displayed [N] (float64).
+        scale: Scale factor of the best transform [N] (float64).
+
+    numpy arrays for numpy images, tensors on the images' device otherwise.
+    """
+
+    batch: ArrayLike
+    template: ArrayLike
+    y: ArrayLike
+    x: ArrayLike
+    score: ArrayLike
+    angle: ArrayLike
+    scale: ArrayLike
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def rows(self) -> list[dict[str, float | int]]:
+        """One dict per match, with plain Python numbers (for JSON, CSV, tables)."""
+        columns = {name: _as_list(getattr(self, name)) for name in self.__dataclass_fields__}
+        return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
+def _as_list(values: ArrayLike) -> list:
+    return values.tolist() if isinstance(values, np.ndarray) else values.detach().cpu().tolist()
+
+
+def _factors(name: str, values: object, positive: bool) -> list[float] | None:
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray, torch.Tensor)):
+        raise SlidesimTypeError(f"`{name}` must be a sequence of numbers or None; got {type(values).__name__}.")
+    numbers_ = [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+    if not numbers_:
+        raise SlidesimValueError(f"`{name}` must hold at least one value; got an empty sequence.")
+    bad = [v for v in numbers_ if not math.isfinite(v) or (positive and v <= 0)]
+    if bad:
+        expected = "positive finite factors" if positive else "finite angles in degrees"
+        raise SlidesimValueError(f"`{name}` must hold {expected}; got {bad[0]!r}.")
+    return numbers_
+
+
+def match(
+    images: ArrayLike,
+    templates: ArrayLike,
+    *,
+    metric: str = "zncc",
+    k: int = 1,
+    min_distance: int | None = None,
+    threshold: float | None = None,
+    rotations: Sequence[float] | None = None,
+    scales: Sequence[float] | None = None,
+    subpixel: bool = True,
+    exclude_border: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    **options: Any,
+) -> Matches:
+    """Find the k best matches of every template in every image, with their angle and scale.
+
+    Args:
+        images: [B, C, H, W] or [H, W], as for :func:`slidesim.similarity`.
+        templates: [T, C, h, w], [B, T, C, h, w] (a bank per image) or [h, w].
+        metric: Any metric of :func:`slidesim.similarity`; sad, mad, ssd and ssd_normed are minimized.
+        k: Matches per image and template.
+        min_distance: Matches closer than this (Chebyshev, in score-map pixels) keep only the better one.
+            Default: half the template's smaller side.
+        threshold: Keep matches at least this good (scores >= threshold, or <= for the minimized metrics).
+        rotations: Angles in degrees, counter-clockwise as displayed (y down), for example ``range(0, 360, 5)``.
+        scales: Scale factors, for example ``[0.8, 0.9, 1.0, 1.1, 1.25]``.
+        subpixel: Refine positions on the image data to a fraction of a pixel.
+        exclude_border: Ignore matches within this many score-map pixels of the map's edges.
+        progress: Called as progress(done, total) after each chunk of the bank (for progress bars).
+        **options: stride, dilation, mode, padding, pad_value, mask, channels ("joint" or "mean"), circular,
+            method, memory_limit: as for :func:`slidesim.similarity`. A mask is rotated and scaled with its
+            template.
+
+    Returns:
+        :class:`Matches`.
+
+    Raises:
+        SlidesimTypeError: As for similarity; k, min_distance not ints; rotations or scales not sequences.
+        SlidesimValueError: As for similarity; empty or non-finite rotations, non-positive scales,
+            channels="separate".
+
+    Memory:
+        Rotated and scaled templates stream through the engine in chunks; each chunk's maps are folded into the
+        best score and the best transform per position. Peak memory is the image side, one chunk and the two
+        best maps, whatever the number of transforms.
+
+    Examples:
+        >>> import numpy as np, slidesim
+        >>> rng = np.random.default_rng(0)
+        >>> image = rng.random((64, 80), dtype=np.float32)
+        >>> found = slidesim.match(image, image[20:31, 30:39].copy())
+        >>> round(float(found.y[0]), 2), round(float(found.x[0]), 2)  # centre of rows 20..30, columns 30..38
+        (25.0, 34.0)
+        >>> found = slidesim.match(image, np.rot90(image[20:31, 30:39]).copy(), rotations=[0, 90, 180, 270])
+        >>> float(found.angle[0]), round(float(found.y[0]), 2), round(float(found.x[0]), 2)
+        (270.0, 25.0, 34.0)
+    """
+    if options.get("channels", "joint") == "separate":
+        raise SlidesimValueError(
+            "`channels` must be 'joint' or 'mean' for match (one score per template); got 'separate'."
+        )
+    from ._similarity import _defaults
+
+    k = _check_int("k", k, 1)
+    threshold = _check_threshold(threshold)
+    border = _check_int("exclude_border", exclude_border, 0)
+    angles = _factors("rotations", rotations, positive=False)
+    factors = _factors("scales", scales, positive=True)
+    call = {**_defaults(), **options, "metric": metric}
+    canon = canonicalize(images, templates, **call)
+    _, T, _, h, w = canon.templates.shape
+    distance = max(1, min(h, w) // 2) if min_distance is None else _check_int("min_distance", min_distance, 1)
+    transformed = angles is not None or factors is not None
+    angles, factors = angles or [0.0], factors or [1.0]
+    numpy_out = canon.numpy_out
+    if transformed:
+        bank = transform_bank(canon.templates, canon.mask, angles, factors)
+        bank_templates = bank.templates[0] if bank.templates.shape[0] == 1 else bank.templates
+        bank_mask = bank.mask[0] if bank.mask.shape[0] == 1 else bank.mask
+        canon = canonicalize(canon.images, bank_templates, **{**call, "mask": bank_mask})
+        transform_angles, transform_scales = bank.angles, bank.scales
+    else:
+        transform_angles = torch.zeros(1, dtype=torch.float64)
+        transform_scales = torch.ones(1, dtype=torch.float64)
+    R = len(transform_angles)
+    best, which = _best_of_bank(canon, T, R, progress)
+    higher = canon.spec.higher_is_better
+    found = locate_peaks(best, k, distance, threshold, border, higher)
+    columns = _columns(canon, call, found, best, which, transform_angles, transform_scales, subpixel)
+    if numpy_out:
+        return Matches(*(c.numpy() for c in columns))
+    return Matches(*(c.to(canon.images.device) for c in columns))
+
+
+def _chunk(canon: Canonical) -> int:
+    """Templates per chunk: their score maps fit a share of memory_limit."""
+    problem = canon.problem
+    per_template = canon.images.shape[0] * problem.out_height * problem.out_width * canon.images.element_size()
+    return int(max(1, min(canon.templates.shape[1], canon.memory_limit // _MAP_SHARE // max(1, per_template))))
+
+
+def _stream(canon: Canonical, chunk: int):
+    """Joint (or channel-mean) score maps of the bank, chunk by chunk: (t0, t1, scores [B, t1 − t0, H', W'])."""
+    engine = engines.load(make_plan(canon).engine)
+    if canon.channels_mode == "joint" and hasattr(engine, "primitives"):
+        image = padded_images(canon)
+        yield from score_stream(engine.primitives(canon, image), canon, image, chunk)
+        return
+    # the reference engine and channels="mean": whole calls on chunks of the bank
+    T = canon.templates.shape[1]
+    for t0 in range(0, T, chunk):
+        t1 = min(T, t0 + chunk)
+        mask = canon.mask
+        if mask is not None and mask.shape[1] > 1:
+            mask = mask[:, t0:t1]
+        part = canonicalize_like(canon, canon.templates[:, t0:t1], mask)
+        yield t0, t1, engine.run(part)
+
+
+def canonicalize_like(canon: Canonical, templates: torch.Tensor, mask: torch.Tensor | None) -> Canonical:
+    """The validated call ``canon`` with another bank (and its mask)."""
+    from ._similarity import _defaults
+
+    options = {
+        **_defaults(),
+        "metric": canon.spec.name,
+        "stride": canon.stride,
+        "dilation": canon.dilation,
+        "mode": canon.mode,
+        "padding": canon.padding,
+        "pad_value": canon.pad_value,
+        "mask": mask,
+        "channels": canon.channels_mode,
+        "circular": None if canon.periods is None else {c: p for c, p in enumerate(canon.periods) if p is not None},
+        "method": canon.method,
+        "memory_limit": canon.memory_limit,
+    }
+    return canonicalize(canon.images, templates, **options)
+
+
+def _best_of_bank(
+    canon: Canonical, T: int, R: int, progress: Callable[[int, int], None] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(best score [B, T, H', W'], index of the best transform [B, T, H', W'] int64) over the streamed bank, in
+    which template t under transform r sits at index t·R + r. Ties keep the first transform; NaN never wins."""
+    higher = canon.spec.higher_is_better
+    problem = canon.problem
+    B = canon.images.shape[0]
+    shape = (B, T, problem.out_height, problem.out_width)
+    worst = -torch.inf if higher else torch.inf
+    best = torch.full(shape, worst, dtype=canon.images.dtype, device=canon.images.device)
+    which = torch.zeros(shape, dtype=torch.int64, device=canon.images.device)
+    total = canon.templates.shape[1]
+    with torch.no_grad():
+        for t0, t1, scores in _stream(canon, _chunk(canon)):
+            for j in range(t0, t1):
+                t, r = divmod(j, R)
+                s = scores[:, j - t0]
+                better = s > best[:, t] if higher else s < best[:, t]
+                best[:, t] = torch.where(better, s, best[:, t])
+                which[:, t].masked_fill_(better, r)
+            if progress is not None:
+                progress(t1, total)
+    return best, which
+
+
+def _columns(
+    canon: Canonical,
+    call: dict[str, Any],
+    found: list[tuple[int, int, int, int]],
+    best: torch.Tensor,
+    which: torch.Tensor,
+    angles: torch.Tensor,
+    scales: torch.Tensor,
+    subpixel: bool,
+) -> list[torch.Tensor]:
+    """The fields of :class:`Matches` for integer peaks (b, t, y, x) of the best map, on the CPU."""
+    from ._padding import pad_amounts
+    from ._refine import refine_on_data
+
+    R = len(angles)
+    Hc, Wc = canon.templates.shape[-2:]
+    (sy, sx), (dy, dx) = canon.stride, canon.dilation
+    top, _ = pad_amounts(canon.mode, canon.images.shape[-2], Hc, dy)
+    left, _ = pad_amounts(canon.mode, canon.images.shape[-1], Wc, dx)
+    rows = []
+    for b, t, y, x in found:
+        r = int(which[b, t, y, x])
+        cy = y * sy - top + dy * (Hc - 1) / 2
+        cx = x * sx - left + dx * (Wc - 1) / 2
+        score = float(best[b, t, y, x])
+        if subpixel:
+            j = t * R + r
+            bank = canon.templates[b if canon.templates.shape[0] > 1 else 0, j]
+            mask = None
+            if canon.mask is not None:
+                mask = canon.mask[b if canon.mask.shape[0] > 1 else 0, j if canon.mask.shape[1] > 1 else 0]
+            higher = canon.spec.higher_is_better
+            cy, cx, score = refine_on_data(canon.images[b], bank, mask, (cy, cx), (dy, dx), higher, call)
+        rows.append((b, t, cy, cx, score, float(angles[r]), float(scales[r])))
+    columns = list(zip(*rows, strict=True)) if rows else [()] * 7
+    ints = [torch.tensor(c, dtype=torch.int64) for c in columns[:2]]
+    floats = [torch.tensor(c, dtype=torch.float64) for c in columns[2:]]
+    return [*ints, *floats]
