@@ -17,7 +17,7 @@ def _map(peaks: dict[tuple[int, int], float], shape=(30, 40)) -> np.ndarray:
 
 
 def _positions(found) -> list[tuple[int, int]]:
-    return [(int(round(float(y))), int(round(float(x)))) for y, x in zip(found.y, found.x, strict=True)]
+    return [(round(float(y)), round(float(x))) for y, x in zip(found.y, found.x, strict=True)]
 
 
 def test_k_best_in_order_with_threshold() -> None:

@@ -3,9 +3,10 @@
 A quadratic fitted to the score map is biased wherever the score surface is not quadratic, and on anisotropic
 textures the best integer position can even be the wrong pixel. Instead, each peak's window is resampled from the
 image at shifted positions and scored against the template with the metric itself; a coarse-to-fine search over
-shifts in [−2, 2] px followed by a parabola through the finest grid gives the position. The search reaches two
-pixels because on a diagonal ridge of the score surface the best integer position can be a pixel off along both
-axes while the optimum lies more than a pixel away along one.
+shifts within 3 px, which follows the surface further while the best shift lies on the grid's edge, then Newton
+steps on a full quadratic fitted to the finest grid give the position. Along a narrow ridge of the score surface
+(an edge, a stripe) the integer samples can miss the crest, and the best integer position can lie several pixels
+from the optimum.
 
 Resampling uses cubic B-splines on prefiltered coefficients, which interpolate (they pass through the pixels) and
 come much closer to a band-limited shift than cubic convolution: on photographs shifted by a fraction of a pixel,
@@ -22,7 +23,8 @@ import torch
 
 from ._padding import pad_image
 
-_REACH = 3.0  # px from the integer peak
+_REACH = 3.0  # px from the integer peak that the first grid spans
+_DRIFT = 8.0  # px from the integer peak that the search may follow a ridge to
 _STEPS = (0.5, 0.125, 1 / 32)  # grid spacings of the search, px: the first spans ±_REACH, the others ±2 steps
 _MAX_MOVES = 8  # times a fine grid may follow the surface beyond its edge
 _GUARD = 12  # extra pixels around the crop: the prefilter's boundary effect decays as 0.27^k
@@ -78,7 +80,7 @@ def refine_on_data(
     higher: bool,
     options: dict[str, Any],
 ) -> tuple[float, float, float]:
-    """(y, x, score) of the best sub-pixel template centre within two pixels of ``centre``.
+    """(y, x, score) of the best sub-pixel template centre, searched from the integer peak ``centre``.
 
     Args:
         image: One image [C, H, W].
@@ -96,7 +98,7 @@ def refine_on_data(
     padding = options.get("padding", "constant")
     if options.get("mode", "valid") == "valid" or padding == "circular":
         padding = "replicate"  # only shifts near the border sample it
-    reach = math.ceil(_REACH) + 2 + _GUARD
+    reach = math.ceil(_DRIFT) + 2 + _GUARD
     r0 = math.floor(centre[0] - span_y / 2) - reach
     c0 = math.floor(centre[1] - span_x / 2) - reach
     rows, cols = (r0, r0 + span_y + 2 * reach + 1), (c0, c0 + span_x + 2 * reach + 1)
@@ -121,8 +123,8 @@ def refine_on_data(
     best = float(scores(torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))[0])
     for step in _STEPS:
         half = round(_REACH / step) if step == _STEPS[0] else 2
-        # a finer grid follows the surface while its best point lies on the grid's edge: along a narrow ridge
-        # the coarse optimum can be several fine steps from the true one
+        # a grid follows the surface while its best point lies on the grid's edge: along a narrow ridge the
+        # integer peak can lie pixels from the optimum, and a coarse optimum several fine steps from it
         for _ in range(_MAX_MOVES):
             table, dy, dx = _grid_scores(scores, best_y, best_x, half, step)
             index = int(table.argmax())
@@ -130,22 +132,32 @@ def refine_on_data(
             if float(table[row, col]) > best:
                 best, best_y, best_x = float(table[row, col]), float(dy[index]), float(dx[index])
             inside = 0 < row < table.shape[0] - 1 and 0 < col < table.shape[1] - 1
-            if inside or half > 2 or float(table[row, col]) < best:
+            if inside or float(table[row, col]) < best:
                 break
-        if step == _STEPS[-1] and float(table[row, col]) >= best:
-            offset = _quadratic_vertex(table, row, col)
-            best_y += step * offset[0]
-            best_x += step * offset[1]
+    # Newton steps on the finest grid: the vertex of a full quadratic (with the cross term a diagonal ridge needs)
+    # fitted to the 5 × 5 scores around the current point; a vertex beyond the grid moves the grid along the ridge
+    step = _STEPS[-1]
+    y, x = best_y, best_x
+    for _ in range(_MAX_MOVES):
+        table, _, _ = _grid_scores(scores, y, x, 2, step)
+        vertex = _quadratic_vertex(table)
+        if vertex is None:
+            break
+        if abs(vertex[0]) <= 2 and abs(vertex[1]) <= 2:
+            best_y, best_x = y + step * vertex[0], x + step * vertex[1]
+            break
+        y += step * max(-2.0, min(2.0, vertex[0]))
+        x += step * max(-2.0, min(2.0, vertex[1]))
     return centre[0] + best_y, centre[1] + best_x, sign * best
 
 
 def _grid_scores(scores, y: float, x: float, half: int, step: float):
-    """(scores [2·half + 1, 2·half + 1] of the shifts around (y, x) within ±_REACH, −inf elsewhere; their dy, dx)."""
+    """(scores [2·half + 1, 2·half + 1] of the shifts around (y, x) within ±_DRIFT, −inf elsewhere; their dy, dx)."""
     grid = torch.arange(-half, half + 1, dtype=torch.float64) * step
     side = len(grid)
     dy = (y + grid)[:, None].expand(side, side).reshape(-1)
     dx = (x + grid)[None, :].expand(side, side).reshape(-1)
-    keep = (dy.abs() <= _REACH) & (dx.abs() <= _REACH)
+    keep = (dy.abs() <= _DRIFT) & (dx.abs() <= _DRIFT)
     values = torch.full((side * side,), -torch.inf, dtype=torch.float64)
     if bool(keep.any()):
         values[keep] = scores(dy[keep], dx[keep])
@@ -153,20 +165,22 @@ def _grid_scores(scores, y: float, x: float, half: int, step: float):
     return values.reshape(side, side), dy, dx
 
 
-def _quadratic_vertex(table: torch.Tensor, row: int, col: int) -> tuple[float, float]:
-    """Offset (in grid steps) from table[row, col] to the maximum of a full 2-D quadratic (with its cross term,
-    which a narrow diagonal ridge needs) fitted by least squares to the finite 3 × 3 neighbours; (0, 0) when the
-    fit has no maximum within one step."""
-    rows = range(max(row - 1, 0), min(row + 2, table.shape[0]))
-    cols = range(max(col - 1, 0), min(col + 2, table.shape[1]))
-    points = [(r - row, c - col, float(table[r, c])) for r in rows for c in cols if math.isfinite(float(table[r, c]))]
-    if len(points) < 9:
-        return 0.0, 0.0
-    y, x, v = (torch.tensor(column, dtype=torch.float64) for column in zip(*points, strict=True))
+def _quadratic_vertex(table: torch.Tensor) -> tuple[float, float] | None:
+    """Offset (in grid steps, from the centre of a square table of scores) of the maximum of a full 2-D quadratic
+    fitted by least squares to its finite entries; None when the fit has no maximum."""
+    half = table.shape[0] // 2
+    offsets = torch.arange(-half, half + 1, dtype=torch.float64)
+    y = offsets[:, None].expand_as(table).reshape(-1)
+    x = offsets[None, :].expand_as(table).reshape(-1)
+    v = table.reshape(-1)
+    finite = torch.isfinite(v)
+    if int(finite.sum()) < 9:
+        return None
+    y, x, v = y[finite], x[finite], v[finite]
     design = torch.stack([torch.ones_like(y), y, x, y * y, x * x, y * x], dim=1)
-    _, gy, gx, hyy, hxx, hxy = torch.linalg.lstsq(design, v[:, None]).solution[:, 0].tolist()
+    _, gy, gx, hyy, hxx, hxy = torch.linalg.lstsq(design, (v - v.max())[:, None]).solution[:, 0].tolist()
     hessian = torch.tensor([[2 * hyy, hxy], [hxy, 2 * hxx]], dtype=torch.float64)
     if not bool((torch.linalg.eigvalsh(hessian) < 0).all()):
-        return 0.0, 0.0
+        return None
     dy, dx = torch.linalg.solve(hessian, -torch.tensor([gy, gx], dtype=torch.float64)).tolist()
-    return (dy, dx) if abs(dy) <= 1 and abs(dx) <= 1 else (0.0, 0.0)
+    return dy, dx

@@ -1,0 +1,191 @@
+"""match(): positions, angles and scales found on photographs that ship with scikit-image; banks; errors.
+
+Accuracy trials are seeded. Templates are cut where the photograph has texture (standard deviation over 0.1 of
+the range): a patch of uniform sky has no position to find. Scenes with a fractional shift are rendered from the
+photograph blurred by a lens-like point spread (Gaussian, σ = 0.7 px) and shifted with cubic splines, so that the
+true shift is well defined; scikit-image's sample photographs are sharp to the pixel, and shifting aliased detail
+changes it as well as moving it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import slidesim
+from slidesim.banks import canvas_size, transform_bank
+
+skimage_data = pytest.importorskip("skimage.data")
+skimage_transform = pytest.importorskip("skimage.transform")
+ndimage = pytest.importorskip("scipy.ndimage")
+
+
+def _photo(name: str) -> np.ndarray:
+    image = getattr(skimage_data, name)().astype(np.float64) / 255
+    return image.mean(axis=-1) if image.ndim == 3 else image
+
+
+def _textured_corner(rng: np.random.Generator, photo: np.ndarray, size: int, margin: int) -> tuple[int, int]:
+    while True:
+        y, x = (int(v) for v in rng.integers(margin, np.array(photo.shape) - size - margin))
+        if photo[y : y + size, x : x + size].std() > 0.1:
+            return y, x
+
+
+@pytest.mark.parametrize("name", ["camera", "astronaut", "coffee"])
+def test_templates_cut_from_photographs_are_found_at_their_centre(name) -> None:
+    rng = np.random.default_rng(11)
+    photo = _photo(name).astype(np.float32)
+    for _ in range(4):
+        h, w = (int(v) for v in rng.integers(17, 49, 2))
+        y, x = _textured_corner(rng, photo, max(h, w), 1)
+        found = slidesim.match(photo, photo[y : y + h, x : x + w].copy())
+        assert abs(found.y[0] - (y + (h - 1) / 2)) <= 0.5
+        assert abs(found.x[0] - (x + (w - 1) / 2)) <= 0.5
+        assert found.score[0] > 0.999
+
+
+@pytest.mark.parametrize("name", ["camera", "astronaut", "chelsea"])
+def test_fractional_shift_is_recovered(name) -> None:
+    rng = np.random.default_rng(12)
+    photo = ndimage.gaussian_filter(_photo(name), 0.7)
+    for _ in range(4):
+        y, x = _textured_corner(rng, photo, 32, 8)
+        fy, fx = rng.uniform(-0.5, 0.5, 2)
+        scene = ndimage.shift(photo, (fy, fx), order=3, mode="reflect").astype(np.float32)
+        found = slidesim.match(scene, photo[y : y + 32, x : x + 32].astype(np.float32))
+        assert abs(found.y[0] - (y + 15.5 + fy)) <= 0.05
+        assert abs(found.x[0] - (x + 15.5 + fx)) <= 0.05
+
+
+def test_rotated_objects_are_found_with_their_angle() -> None:
+    rng = np.random.default_rng(13)
+    photo = _photo("camera")[96:416, 96:416]
+    step = 10
+    for angle in rng.uniform(0, 360, 4):
+        y, x = _textured_corner(rng, photo, 48, 100)
+        cy, cx = y + 23.5, x + 23.5
+        scene = skimage_transform.rotate(photo, angle, center=(cx, cy), order=1, mode="reflect")
+        found = slidesim.match(
+            scene.astype(np.float32), photo[y : y + 48, x : x + 48].astype(np.float32), rotations=range(0, 360, step)
+        )
+        assert abs(found.y[0] - cy) <= 2 and abs(found.x[0] - cx) <= 2
+        assert abs((found.angle[0] - angle + 180) % 360 - 180) <= step / 2
+
+
+def test_scaled_objects_are_found_with_their_scale() -> None:
+    rng = np.random.default_rng(14)
+    photo = _photo("astronaut")
+    scales = np.round(np.arange(0.8, 1.2501, 0.05), 2)
+    for scale in rng.uniform(0.8, 1.25, 4):
+        y, x = _textured_corner(rng, photo, 40, 80)
+        cy, cx = y + 19.5, x + 19.5
+        scene = skimage_transform.rescale(photo, scale, order=1, anti_aliasing=scale < 1)
+        found = slidesim.match(
+            scene.astype(np.float32), photo[y : y + 40, x : x + 40].astype(np.float32), scales=scales
+        )
+        # skimage maps pixel centres: output i sits at input (i + 0.5) / scale − 0.5
+        assert abs(found.y[0] - ((cy + 0.5) * scale - 0.5)) <= 3
+        assert abs(found.x[0] - ((cx + 0.5) * scale - 0.5)) <= 3
+        assert abs(found.scale[0] - scale) <= 0.025 + 1e-9
+
+
+@pytest.mark.parametrize("angle", [0, 30, 90, 135, 200])
+def test_bank_rotation_matches_scikit_image(angle) -> None:
+    photo = _photo("camera")
+    template = photo[200:249, 240:281]  # 49 × 41
+    bank = transform_bank(torch.from_numpy(template)[None, None, None], None, [angle], [1.0])
+    got, mask = bank.templates[0, 0, 0].numpy(), bank.mask[0, 0, 0].numpy()
+    Hc, Wc = got.shape
+    assert (Hc, Wc) == canvas_size(49, 41, [angle], [1.0])
+    big = photo[224 - 60 : 224 + 61, 260 - 60 : 260 + 61]  # centred on the template's centre (224, 260)
+    rotated = skimage_transform.rotate(big, angle, center=(60, 60), order=1)
+    expected = rotated[60 - (Hc - 1) // 2 : 60 + Hc // 2 + 1, 60 - (Wc - 1) // 2 : 60 + Wc // 2 + 1]
+    inner = ndimage.binary_erosion(mask > 0.5, iterations=2)
+    np.testing.assert_allclose(got[inner], expected[inner], atol=1e-9)
+    assert mask[(Hc - 1) // 2, (Wc - 1) // 2] == 1 and mask[0, 0] == (1 if angle in (0,) else 0)
+
+
+def test_results_per_image_and_template_best_first_and_numpy_or_torch() -> None:
+    rng = np.random.default_rng(15)
+    images = rng.random((2, 1, 60, 70)).astype(np.float32)
+    bank = np.stack([images[0, :, 5:16, 7:20], images[1, :, 30:41, 40:53]])
+    found = slidesim.match(images, bank, k=2)
+    assert found.batch.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert found.template.tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
+    assert found.score[0] >= found.score[1] and found.score[6] >= found.score[7]
+    assert (round(found.y[0], 3), round(found.x[0], 3)) == (10.0, 13.0)
+    assert (round(found.y[6], 3), round(found.x[6], 3)) == (35.0, 46.0)
+    as_torch = slidesim.match(torch.from_numpy(images), torch.from_numpy(bank), k=2)
+    assert isinstance(as_torch.y, torch.Tensor)
+    np.testing.assert_allclose(as_torch.y.numpy(), found.y)
+    assert len(found.rows()) == 8 and set(found.rows()[0]) == {"batch", "template", "y", "x", "score", "angle", "scale"}
+
+
+@pytest.mark.parametrize("metric", ["sad", "ssd", "l1_similarity", "ncc", "ssd_normed"])
+def test_every_metric_finds_the_copy(metric) -> None:
+    rng = np.random.default_rng(16)
+    image = rng.random((50, 60)).astype(np.float32)
+    found = slidesim.match(image, image[12:25, 30:39].copy(), metric=metric, rotations=[0, 90])
+    assert (round(float(found.y[0]), 2), round(float(found.x[0]), 2)) == (18.0, 34.0)
+    assert found.angle[0] == 0
+
+
+def test_threshold_min_distance_and_k() -> None:
+    rng = np.random.default_rng(17)
+    image = rng.random((80, 80)).astype(np.float32)
+    template = image[10:20, 10:20].copy()
+    image[50:60, 40:50] = template  # a second copy
+    found = slidesim.match(image, template, k=5, threshold=0.9, subpixel=False)
+    assert sorted((float(y), float(x)) for y, x in zip(found.y, found.x, strict=True)) == [(14.5, 14.5), (54.5, 44.5)]
+    assert len(slidesim.match(image, template, k=5, threshold=1.1)) == 0
+
+
+def test_masked_template_and_mask_rotates_with_it() -> None:
+    rng = np.random.default_rng(18)
+    image = rng.random((70, 70)).astype(np.float32)
+    template = image[20:35, 30:45].copy()
+    mask = np.ones((15, 15), np.float32)
+    mask[:5] = 0
+    template[:5] = 9.0  # hidden by the mask
+    found = slidesim.match(image, template, mask=mask, rotations=[0, 45, 90])
+    assert (round(float(found.y[0]), 2), round(float(found.x[0]), 2)) == (27.0, 37.0)
+    assert found.angle[0] == 0
+
+
+def test_progress_reports_every_chunk() -> None:
+    calls = []
+    image = np.random.default_rng(19).random((40, 40)).astype(np.float32)
+    slidesim.match(
+        image, image[5:15, 5:15].copy(), rotations=range(0, 360, 30), progress=lambda d, t: calls.append((d, t))
+    )
+    assert calls and calls[-1] == (12, 12)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "text"),
+    [
+        ({"rotations": []}, ValueError, "`rotations`"),
+        ({"rotations": [float("nan")]}, ValueError, "`rotations`"),
+        ({"rotations": "0:90"}, TypeError, "`rotations`"),
+        ({"scales": [0.0]}, ValueError, "`scales`"),
+        ({"scales": [-1.0]}, ValueError, "`scales`"),
+        ({"k": 0}, ValueError, "`k`"),
+        ({"channels": "separate"}, ValueError, "`channels`"),
+        ({"metric": "nope"}, ValueError, "metric"),
+    ],
+)
+def test_bad_arguments(kwargs, error, text) -> None:
+    image = np.zeros((20, 20), np.float32)
+    with pytest.raises(error, match=text):
+        slidesim.match(image, image[:5, :5].copy(), **kwargs)
+
+
+def test_public_names_stay_callable_after_every_module_loads() -> None:
+    import importlib
+
+    for module in ("matching", "peaks", "banks", "planner", "_similarity"):
+        importlib.import_module(f"slidesim.{module}")
+    assert callable(slidesim.match) and callable(slidesim.find_peaks) and callable(slidesim.similarity)
