@@ -70,3 +70,20 @@ x = torch.rand(1, 3, 512, 512); k = torch.rand(64, 3, 3, 3)
         )
         image_bytes = 3 * 512 * 512 * 4
         assert got["peak"] <= 2 * got["output"] + 8 * image_bytes + 16 * MIB, (metric, got)
+
+
+@pytest.mark.skipif(not available(), reason="needs /proc/self/clear_refs (Linux)")
+def test_rotation_search_streams_its_bank() -> None:
+    """A bank of rotations streams through the engine: memory does not grow with the bank. The issue's case
+    (360 rotations of 48² on 1024², under 700 MB above the input) is measured by benchmarks/memory.py; here 36
+    rotations, already more than one chunk, on the same image."""
+    setup = """
+import numpy as np, slidesim
+rng = np.random.default_rng(0)
+photo = rng.random((1024, 1024), dtype=np.float32)
+template = photo[300:348, 500:548].copy()
+"""
+    call = "(slidesim.match(photo, template, rotations=np.arange(0, 360, 10.0)), torch.zeros(0))[1]"
+    warm = "slidesim.match(photo[:200, :200].copy(), template, rotations=[0, 45])"
+    peak = peak_bytes(setup, call, warm)["peak"]
+    assert peak < 700 * 2**20

@@ -28,6 +28,7 @@ from .planner import make_plan
 __all__ = ["Matches", "match"]
 
 _MAP_SHARE = 4  # a chunk's score maps may use memory_limit / _MAP_SHARE bytes
+_MOMENT_TEMPORARIES = 6  # float64 maps alive per template while masked window moments are computed
 
 
 @dataclass(frozen=True)
@@ -179,9 +180,13 @@ def match(
 
 
 def _chunk(canon: Canonical) -> int:
-    """Templates per chunk: their score maps fit a share of memory_limit."""
+    """Templates per chunk: their score maps, and the float64 window moments of masks that differ per template
+    (a rotated template's mask does), fit a share of memory_limit."""
     problem = canon.problem
-    per_template = canon.images.shape[0] * problem.out_height * problem.out_width * canon.images.element_size()
+    per_pixel = canon.images.element_size()
+    if canon.spec.family == "correlation" and canon.mask is not None and canon.mask.shape[1] > 1:
+        per_pixel += 8 * _MOMENT_TEMPORARIES
+    per_template = canon.images.shape[0] * problem.out_height * problem.out_width * per_pixel
     return int(max(1, min(canon.templates.shape[1], canon.memory_limit // _MAP_SHARE // max(1, per_template))))
 
 
