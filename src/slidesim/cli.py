@@ -1,71 +1,276 @@
-"""Command line: ``slidesim demo`` (also ``python -m slidesim demo``).
+"""Command line: ``slidesim match``, ``slidesim demo`` and ``slidesim explain`` (also ``python -m slidesim``).
 
-The command-line front end uses the public API only; it holds no numerical code.
+The front end reads files, calls the public API and prints or draws what it returns; it holds no numerical code.
+Bad input (a missing or unreadable file, a template larger than the image, an unknown metric, a malformed range)
+prints one line on stderr and exits with code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from ._similarity import similarity
-from .errors import SlidesimError
+from .errors import SlidesimError, SlidesimValueError
 
-DEMO_METRICS = ("zncc", "l1_similarity", "ssd")
+METRIC_CHOICES = "sad, mad, l1_similarity, ssd, ssd_normed, ccorr, ncc, ccoeff, zncc (or OpenCV's TM_* names)"
+FIELDS = ("batch", "template", "y", "x", "score", "angle", "scale")
 
 
-def _demo_scene(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
-    """A smooth random RGB scene [1, 3, 240, 320] and four templates cut from it, with their true corners."""
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2), like every other input error of the command."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"slidesim: error: {message} (see slidesim {self.prog.split()[-1]} --help)\n")
+
+
+def parse_range(text: str, name: str, inclusive: bool) -> list[float]:
+    """Values from "START:STOP:STEP", "a,b,c" or one number.
+
+    Ranges include STOP when ``inclusive`` (scales: 0.8:1.25:0.05 ends at 1.25) and exclude it otherwise
+    (rotations: 0:360:5 ends at 355, as Python's range).
+    """
+    try:
+        if ":" in text:
+            parts = [float(p) for p in text.split(":")]
+            if len(parts) != 3:
+                raise ValueError
+            start, stop, step = parts
+            if step <= 0 or stop < start:
+                raise SlidesimValueError(
+                    f"`--{name}` needs STEP > 0 and STOP >= START in START:STOP:STEP; got {text!r}"
+                )
+            count = int(np.floor((stop - start) / step + 1e-9)) + 1
+            values = [start + k * step for k in range(count)]
+            if not inclusive and values and abs(values[-1] - stop) < 1e-9 * max(1.0, abs(stop)):
+                values.pop()
+            return [round(v, 10) for v in values]
+        return [float(p) for p in text.split(",")]
+    except ValueError as error:
+        if isinstance(error, SlidesimError):
+            raise
+        raise SlidesimValueError(
+            f"`--{name}` must be START:STOP:STEP, a comma-separated list or one number; got {text!r}"
+        ) from None
+
+
+def _progress(quiet: bool) -> Callable[[int, int], None] | None:
+    """A tqdm progress bar when stderr is a terminal (and tqdm is installed), else None."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc="templates", unit="tpl", leave=False, file=sys.stderr)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def _table(rows: list[dict], labels: Sequence[str], pages: int) -> str:
+    lines = [f"{'image':>5} {'template':<20} {'y':>9} {'x':>9} {'score':>10} {'angle':>7} {'scale':>6}"]
+    for row in rows:
+        lines.append(
+            f"{row['batch']:>5} {labels[row['template']][:20]:<20} {row['y']:>9.2f} {row['x']:>9.2f} "
+            f"{row['score']:>10.4f} {row['angle']:>7.1f} {row['scale']:>6.2f}"
+        )
+    if not rows:
+        lines.append("(no match passed the threshold)")
+    if pages > 1:
+        lines.append(f"{pages} images (pages); image = page index")
+    return "\n".join(lines)
+
+
+def _emit(rows: list[dict], labels: Sequence[str], pages: int, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps([{name: row[name] for name in FIELDS} for row in rows], indent=2)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({name: row[name] for name in FIELDS} for row in rows)
+        return buffer.getvalue().rstrip("\n")
+    return _table(rows, labels, pages)
+
+
+def _options(args: argparse.Namespace) -> dict:
+    options = {"metric": args.metric, "stride": args.stride, "method": args.method}
+    if args.mask is not None:
+        from .imageio import read_mask
+
+        options["mask"] = read_mask(args.mask)
+    return options
+
+
+def _load(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from .imageio import match_channels, read_image
+
+    image = read_image(args.image)
+    templates, labels = [], []
+    for name in args.templates:
+        template = read_image(name)
+        if template.shape[0] != 1:
+            raise SlidesimValueError(f"template {name!r} has {template.shape[0]} pages; expected one")
+        templates.append(match_channels(image, template, name)[0])
+        labels.append(Path(name).name)
+    shapes = {t.shape[-2:] for t in templates}
+    if len(shapes) != 1:
+        raise SlidesimValueError(
+            f"the templates differ in size ({', '.join(f'{h}x{w}' for h, w in sorted(shapes))}); run them separately"
+        )
+    return image, np.stack(templates), labels
+
+
+def _run_match(args: argparse.Namespace) -> int:
+    from .matching import match
+
+    image, bank, labels = _load(args)
+    rotations = parse_range(args.rotations, "rotations", inclusive=False) if args.rotations else None
+    scales = parse_range(args.scales, "scales", inclusive=True) if args.scales else None
+    found = match(
+        image,
+        bank,
+        k=args.top,
+        threshold=args.threshold,
+        min_distance=args.min_distance,
+        rotations=rotations,
+        scales=scales,
+        progress=_progress(args.quiet),
+        **_options(args),
+    )
+    rows = found.rows()
+    print(_emit(rows, labels, image.shape[0], "json" if args.json else "csv" if args.csv else "table"))
+    _pictures(args, image, bank, found, rows, labels)
+    return 0
+
+
+def _pictures(args, image: np.ndarray, bank: np.ndarray, found, rows: list[dict], labels: Sequence[str]) -> None:
+    from .draw import draw_heatmap, draw_overlay
+
+    if args.heatmap:
+        draw_heatmap(args.heatmap, found.maps[0], labels, args.metric)
+    if args.overlay:
+        sizes = [tuple(bank.shape[-2:])] * bank.shape[0]
+        draw_overlay(args.overlay, image[0], [r for r in rows if r["batch"] == 0], sizes, labels)
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from .planner import explain
+
+    image, bank, _ = _load(args)
+    print(explain(image, bank, **_options(args)))
+    return 0
+
+
+def demo_scene(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[tuple[float, float, float]]]:
+    """A smooth random RGB scene [1, 3, 240, 320], four 24 × 32 templates cut from it (noisy copies, the last one
+    turned by 40° and cut from the turned scene), and each template's true (y, x, angle)."""
+    import torch
+
+    from .banks import transform_bank
+
     rng = np.random.default_rng(seed)
     coarse = rng.random((3, 16, 20))
     scene = np.kron(coarse, np.ones((15, 16)))  # blocky colour field
     yy, xx = np.mgrid[0:240, 0:320] / 40.0
-    scene += 0.25 * np.sin(xx * 3 + yy)[None] + 0.05 * rng.standard_normal((3, 240, 320))
+    scene += 0.25 * np.sin(xx * 3 + yy) + 0.05 * rng.standard_normal((3, 240, 320))
     scene = np.clip(scene, 0, None).astype(np.float32)[None]
-    corners = [(30, 40), (120, 200), (180, 60), (60, 250)]
-    bank = np.stack([scene[0, :, y : y + 24, x : x + 32] for y, x in corners])
-    bank = bank + 0.02 * rng.standard_normal(bank.shape).astype(np.float32)  # the templates are noisy copies
-    return scene, bank.astype(np.float32), corners
+    corners = [(30, 40), (120, 200), (180, 60)]
+    bank = [scene[0, :, y : y + 24, x : x + 32] for y, x in corners]
+    truth = [(y + 11.5, x + 15.5, 0.0) for y, x in corners]
+    # the fourth template: the 60 × 60 neighbourhood of (89.5, 119.5) turned by −40° and cut to 24 × 32 around its
+    # centre, so the scene holds it turned by 40° (the canvas keeps the even size, centre c + 0.5)
+    patch = torch.from_numpy(scene[0, :, 60:120, 90:150].astype(np.float64))
+    turned = transform_bank(patch[None, None], None, [-40.0], [1.0]).templates[0, 0].numpy()
+    c = (turned.shape[-1] - 1) // 2
+    bank.append(turned[:, c - 11 : c + 13, c - 15 : c + 17].astype(np.float32))
+    truth.append((89.5, 119.5, 40.0))
+    bank = np.stack(bank) + 0.02 * rng.standard_normal((4, 3, 24, 32)).astype(np.float32)
+    return scene, bank.astype(np.float32), truth
 
 
-def _run_demo(_: argparse.Namespace) -> int:
-    scene, bank, corners = _demo_scene()
+def _run_demo(args: argparse.Namespace) -> int:
+    from .matching import match
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scene, bank, truth = demo_scene()
+    labels = ["template 0", "template 1", "template 2", "template 3 (turned)"]
     print(
-        f"slidesim {__version__} demo: {bank.shape[0]} templates {bank.shape[2]}x{bank.shape[3]} (3 channels, "
-        f"noisy copies) on a {scene.shape[2]}x{scene.shape[3]} RGB scene\n"
+        f"slidesim {__version__} demo: {bank.shape[0]} templates {bank.shape[2]}x{bank.shape[3]} (3 channels, noisy "
+        f"copies; the last one turned) on a {scene.shape[2]}x{scene.shape[3]} RGB scene; zncc, rotations every 10°\n"
     )
-    print(f"{'metric':<14} {'template':>8} {'true (y, x)':>12} {'found (y, x)':>13} {'score':>9} {'ms':>7}")
-    for metric in DEMO_METRICS:
-        start = time.perf_counter()
-        scores = similarity(scene, bank, metric=metric)
-        elapsed = (time.perf_counter() - start) * 1e3
-        higher = metric != "ssd"
-        for t, truth in enumerate(corners):
-            flat = scores[0, t].argmax() if higher else scores[0, t].argmin()
-            y, x = np.unravel_index(flat, scores.shape[-2:])
-            found = (int(y), int(x))
-            mark = "" if found == truth else "  <- wrong"
-            print(
-                f"{metric:<14} {t:>8} {truth!s:>12} {found!s:>13} {scores[0, t, y, x]:>9.4f} "
-                f"{elapsed if t == 0 else 0:>7.1f}{mark}"
-            )
-    black = similarity(np.zeros((16, 16), np.float32), np.zeros((4, 4), np.float32), metric="l1_similarity")
-    print(f"\nA black template on a black region: l1_similarity = {black[0, 0]:.1f} (conv2d would give 0).")
+    start = time.perf_counter()
+    found = match(scene, bank, rotations=range(0, 360, 10), progress=_progress(args.quiet))
+    elapsed = time.perf_counter() - start
+    rows = found.rows()
+    print(f"{'template':<20} {'true (y, x, angle)':>22} {'found (y, x, angle)':>24} {'score':>7}")
+    for row in rows:
+        ty, tx, ta = truth[row["template"]]
+        true = f"({ty:.1f}, {tx:.1f}, {ta:.0f})"
+        seen = "({:.1f}, {:.1f}, {:.0f})".format(row["y"], row["x"], row["angle"])
+        print(f"{labels[row['template']]:<20} {true:>22} {seen:>24} {row['score']:>7.3f}")
+    print(f"\nmatch: {elapsed:.2f} s for {bank.shape[0]} templates x 36 rotations")
+    from .draw import draw_heatmap, draw_overlay
+
+    draw_overlay(out / "overlay.png", scene[0], rows, [tuple(bank.shape[-2:])] * len(bank), labels)
+    draw_heatmap(out / "heatmap.png", found.maps[0], labels, "zncc")
+    print(f"pictures: {out / 'overlay.png'}, {out / 'heatmap.png'}")
     return 0
 
 
+def _add_problem_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", help="image file (PNG, JPEG, TIFF; the pages of a multi-page TIFF are a batch)")
+    parser.add_argument("templates", nargs="+", metavar="TEMPLATE", help="template files (one size)")
+    parser.add_argument("--metric", default="zncc", help=f"similarity: {METRIC_CHOICES}; default zncc")
+    parser.add_argument("--mask", help="template mask file: pixels that are not zero count")
+    parser.add_argument("--stride", type=int, default=1, help="step between scored positions (default 1)")
+    parser.add_argument("--method", default="auto", help="engine: auto, numba, conv, fft, direct, reference")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="slidesim", description="Slide templates over images and score every position."
-    )
+    parser = _Parser(prog="slidesim", description="Slide templates over images and score every position.")
     parser.add_argument("--version", action="version", version=f"slidesim {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="find templates in a built-in scene and print what was found")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    found = commands.add_parser("match", help="find templates in an image", description="Find templates in an image.")
+    _add_problem_arguments(found)
+    found.add_argument("--top", type=int, default=1, help="matches per template (default 1)")
+    found.add_argument("--threshold", type=float, help="keep matches at least this good")
+    found.add_argument("--min-distance", type=int, help="pixels between matches (default: half the template)")
+    found.add_argument("--rotations", help="angles in degrees, START:STOP:STEP (STOP excluded) or a,b,c")
+    found.add_argument("--scales", help="scale factors, START:STOP:STEP (STOP included) or a,b,c")
+    output = found.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    output.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    found.add_argument("--heatmap", help="write the best score map of each template to this PNG")
+    found.add_argument("--overlay", help="write the image with the matches drawn as boxes to this PNG")
+    found.add_argument("--quiet", action="store_true", help="no progress bar")
+    found.set_defaults(run=_run_match)
+
+    plan = commands.add_parser("explain", help="print the planner's choice for a problem")
+    _add_problem_arguments(plan)
+    plan.set_defaults(run=_run_explain)
+
+    demo = commands.add_parser("demo", help="find templates in a built-in scene, print them and draw pictures")
+    demo.add_argument("--out", default="slidesim-demo", help="folder for the pictures (default slidesim-demo)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(run=_run_demo)
     return parser
 
@@ -76,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
-    except SlidesimError as error:
+    except (SlidesimError, OSError) as error:
         print(f"slidesim: error: {error}", file=sys.stderr)
         return 2
 

@@ -44,6 +44,8 @@ class Matches:
         score: Score of the match [N] (at the refined position with sub-pixel refinement).
         angle: Rotation of the best transform in degrees, counter-clockwise as displayed [N] (float64).
         scale: Scale factor of the best transform [N] (float64).
+        maps: The best score over the bank at every position [B, T, H', W'] (what the peaks were found in), or
+            None when not kept.
 
     numpy arrays for numpy images, tensors on the images' device otherwise.
     """
@@ -55,14 +57,18 @@ class Matches:
     score: ArrayLike
     angle: ArrayLike
     scale: ArrayLike
+    maps: ArrayLike | None = None
 
     def __len__(self) -> int:
         return len(self.batch)
 
     def rows(self) -> list[dict[str, float | int]]:
         """One dict per match, with plain Python numbers (for JSON, CSV, tables)."""
-        columns = {name: _as_list(getattr(self, name)) for name in self.__dataclass_fields__}
+        columns = {name: _as_list(getattr(self, name)) for name in _FIELDS}
         return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
+_FIELDS = ("batch", "template", "y", "x", "score", "angle", "scale")
 
 
 def _as_list(values: ArrayLike) -> list:
@@ -175,8 +181,8 @@ def match(
     found = locate_peaks(best, k, distance, threshold, border, higher)
     columns = _columns(canon, call, found, best, which, transform_angles, transform_scales, subpixel)
     if numpy_out:
-        return Matches(*(c.numpy() for c in columns))
-    return Matches(*(c.to(canon.images.device) for c in columns))
+        return Matches(*(c.numpy() for c in columns), maps=best.cpu().numpy())
+    return Matches(*(c.to(canon.images.device) for c in columns), maps=best)
 
 
 def _chunk(canon: Canonical) -> int:

@@ -1,0 +1,190 @@
+"""The command line, through main(argv) and through a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from slidesim import cli
+
+Image = pytest.importorskip("PIL.Image")
+tifffile = pytest.importorskip("tifffile")
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture
+def files(tmp_path):
+    """A textured grey image (PNG), two templates cut from it, a turned template and a mask."""
+    rng = np.random.default_rng(0)
+    coarse = rng.random((12, 16))
+    image = np.kron(coarse, np.ones((10, 10))) + 0.2 * rng.random((120, 160))
+    image = (255 * image / image.max()).astype(np.uint8)
+    paths = {"image": tmp_path / "image.png", "a": tmp_path / "a.png", "b": tmp_path / "b.png"}
+    Image.fromarray(image).save(paths["image"])
+    Image.fromarray(image[20:41, 30:47]).save(paths["a"])
+    Image.fromarray(image[70:91, 100:117]).save(paths["b"])
+    paths["turned"] = tmp_path / "turned.png"
+    Image.fromarray(np.ascontiguousarray(np.rot90(image[40:61, 60:81]))).save(paths["turned"])
+    mask = np.full((21, 17), 255, np.uint8)
+    mask[:5] = 0
+    paths["mask"] = tmp_path / "mask.png"
+    Image.fromarray(mask).save(paths["mask"])
+    paths["array"] = image
+    return paths
+
+
+def _run(argv, capsys) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _png_size(path) -> tuple[int, int]:
+    with Image.open(path) as picture:
+        assert picture.format == "PNG"
+        picture.verify()
+    with Image.open(path) as picture:
+        return picture.size
+
+
+def test_match_prints_a_table_json_and_csv(files, capsys) -> None:
+    code, out, _ = _run(["match", files["image"], files["a"], files["b"]], capsys)
+    assert code == 0
+    assert "a.png" in out and "b.png" in out
+    code, out, _ = _run(["match", files["image"], files["a"], files["b"], "--json"], capsys)
+    rows = json.loads(out)
+    assert [r["template"] for r in rows] == [0, 1]
+    assert (round(rows[0]["y"], 2), round(rows[0]["x"], 2)) == (30.0, 38.0)
+    assert (round(rows[1]["y"], 2), round(rows[1]["x"], 2)) == (80.0, 108.0)
+    assert set(rows[0]) == {"batch", "template", "y", "x", "score", "angle", "scale"}
+    code, out, _ = _run(["match", files["image"], files["a"], "--csv", "--top", "2", "--metric", "sad"], capsys)
+    lines = out.strip().splitlines()
+    assert lines[0] == "batch,template,y,x,score,angle,scale"
+    assert len(lines) == 3
+    assert lines[1].split(",")[2:4] == ["30.0", "38.0"] or abs(float(lines[1].split(",")[2]) - 30) < 0.01
+
+
+def test_rotations_and_pictures(files, capsys, tmp_path) -> None:
+    heatmap, overlay = tmp_path / "heat.png", tmp_path / "over.png"
+    argv = ["match", files["image"], files["turned"], "--rotations", "0:360:90", "--json"]
+    code, out, _ = _run([*argv, "--heatmap", heatmap, "--overlay", overlay], capsys)
+    assert code == 0
+    row = json.loads(out)[0]
+    assert row["angle"] == 270.0
+    assert (round(row["y"], 2), round(row["x"], 2)) == (50.0, 70.0)
+    width, height = _png_size(overlay)
+    assert width * 120 == height * 160  # the image's aspect: 160 × 120
+    assert _png_size(heatmap)[0] > 100
+
+
+def test_mask_explain_and_stride(files, capsys) -> None:
+    code, out, _ = _run(["match", files["image"], files["a"], "--mask", files["mask"], "--json"], capsys)
+    assert code == 0 and round(json.loads(out)[0]["y"], 2) == 30.0
+    code, out, _ = _run(["explain", files["image"], files["a"], "--metric", "sad", "--stride", "2"], capsys)
+    assert code == 0 and "slidesim plan" in out and "stride (2, 2)" in out
+
+
+def test_sixteen_bit_and_multi_page_tiff(files, capsys, tmp_path) -> None:
+    image16 = files["array"].astype(np.uint16) * 257
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.stack([image16, np.roll(image16, (5, 7), axis=(0, 1))]))
+    template = tmp_path / "template.tif"
+    tifffile.imwrite(template, image16[20:41, 30:47])
+    code, out, _ = _run(["match", stack, template, "--json"], capsys)
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["batch"] for r in rows] == [0, 1]
+    assert [(round(r["y"], 2), round(r["x"], 2)) for r in rows] == [(30.0, 38.0), (35.0, 45.0)]
+
+
+def test_demo_writes_pictures(tmp_path, capsys) -> None:
+    code, out, _ = _run(["demo", "--out", tmp_path / "demo"], capsys)
+    assert code == 0
+    assert out.count("template ") >= 4
+    triples = [re.findall(r"\((-?[\d.]+), (-?[\d.]+), (-?[\d.]+)\)", row) for row in out.splitlines()]
+    found = [t for t in triples if len(t) == 2]
+    assert len(found) == 4
+    for (ty, tx, ta), (fy, fx, fa) in found:
+        assert abs(float(ty) - float(fy)) <= 1 and abs(float(tx) - float(fx)) <= 1 and ta == fa
+    width, height = _png_size(tmp_path / "demo" / "overlay.png")
+    assert width * 240 == height * 320
+    _png_size(tmp_path / "demo" / "heatmap.png")
+
+
+@pytest.mark.parametrize(
+    ("argv", "text"),
+    [
+        (["match", "{missing}", "{a}"], "does not exist"),
+        (["match", "{corrupt}", "{a}"], "cannot read"),
+        (["match", "{a}", "{image}"], "template"),
+        (["match", "{image}", "{a}", "--metric", "nope"], "metric"),
+        (["match", "{image}", "{a}", "--rotations", "0:360"], "--rotations"),
+        (["match", "{image}", "{a}", "--scales", "1.2:0.8:0.1"], "--scales"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(files, tmp_path, capsys, argv, text) -> None:
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_text("not an image")
+    names = {"missing": tmp_path / "missing.png", "corrupt": corrupt, "a": files["a"], "image": files["image"]}
+    code, _, err = _run([a.format(**names) for a in argv], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and text in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "text"), [(["match", "{image}", "{a}", "--top", "zero"], "--top"), (["match"], "required")]
+)
+def test_bad_arguments_are_one_line_and_exit_code_2(files, capsys, argv, text) -> None:
+    with pytest.raises(SystemExit) as stop:
+        cli.main([a.format(a=files["a"], image=files["image"]) for a in argv])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and text in err
+
+
+def test_subprocess_exit_codes(files, tmp_path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "slidesim", "match", str(files["image"]), str(files["a"]), "--json", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert round(json.loads(done.stdout)[0]["x"], 2) == 38.0
+    done = subprocess.run(
+        [sys.executable, "-m", "slidesim", "match", str(tmp_path / "nope.png"), str(files["a"])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("slidesim: error:") and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "inclusive", "values"),
+    [
+        ("0:360:90", False, [0.0, 90.0, 180.0, 270.0]),
+        ("0.8:1.25:0.05", True, [0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2, 1.25]),
+        ("10,20", False, [10.0, 20.0]),
+        ("45", False, [45.0]),
+    ],
+)
+def test_parse_range(text, inclusive, values) -> None:
+    assert cli.parse_range(text, "rotations", inclusive) == pytest.approx(values)
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert cli._progress(quiet=False) is None
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert cli._progress(quiet=True) is None
+    update = cli._progress(quiet=False)
+    assert update is not None
+    update(3, 6)
+    update(6, 6)
