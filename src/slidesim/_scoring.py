@@ -490,7 +490,7 @@ class _CorrelationState:
         a black area with faint ringing) can be affected. ``uncertain`` adds the windows whose variance itself is
         within its rounding bound without being exactly flat.
         """
-        per_template = self._cross_error(t0, t1) * template_scale  # [Bk, t]
+        per_template = self._cross_error(t0, t1).detach() * template_scale  # [Bk, t]
         largest = float(per_template.max()) * float(window_scale.max()) if per_template.numel() else 0.0
         flagged = None
         if largest > _SCORE_TOLERANCE:
