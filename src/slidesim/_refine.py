@@ -102,13 +102,14 @@ def refine_on_data(
     r0 = math.floor(centre[0] - span_y / 2) - reach
     c0 = math.floor(centre[1] - span_x / 2) - reach
     rows, cols = (r0, r0 + span_y + 2 * reach + 1), (c0, c0 + span_x + 2 * reach + 1)
-    crop = _crop(image.detach().to(torch.float64), rows, cols, padding, options.get("pad_value", 0.0))
+    # a few small matrix products per shift: the CPU in float64, wherever the images live
+    crop = _crop(image.detach(), rows, cols, padding, options.get("pad_value", 0.0)).cpu().to(torch.float64)
     Hc, Wc = crop.shape[-2:]
     coefficients = _prefilter(Hc) @ crop @ _prefilter(Wc).T  # [C, Hc, Wc]
     taps_y = torch.arange(h, dtype=torch.float64) * dilation[0] - span_y / 2 + centre[0] - r0
     taps_x = torch.arange(w, dtype=torch.float64) * dilation[1] - span_x / 2 + centre[1] - c0
-    template64 = template.detach().to(torch.float64)[None]
-    mask64 = None if mask is None else mask.to(torch.float64)
+    template64 = template.detach().cpu().to(torch.float64)[None]
+    mask64 = None if mask is None else mask.detach().cpu().to(torch.float64)
     metric_options = {key: options[key] for key in ("metric", "channels", "circular") if key in options}
     sign = 1.0 if higher else -1.0
 
