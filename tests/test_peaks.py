@@ -118,3 +118,26 @@ def test_bad_scores() -> None:
         slidesim.find_peaks([[0.0, 1.0]])
     with pytest.raises(TypeError, match="`scores`"):
         slidesim.find_peaks(np.zeros((4, 4), complex))
+
+
+def test_refinement_on_the_data_beats_the_surface_fit() -> None:
+    """A fractional shift of a textured image: the quadratic fit of the map is off by a visible fraction of a
+    pixel, the refinement on the data is not. Positions are in score-map pixels (stride 1: the top-left corner)."""
+    rng = np.random.default_rng(21)
+    base = np.kron(rng.random((24, 24)), np.ones((4, 4)))
+    ndimage = pytest.importorskip("scipy.ndimage")
+    base = ndimage.gaussian_filter(base, 1.0)
+    fy, fx = 0.3, -0.4
+    scene = ndimage.shift(base, (fy, fx), order=3, mode="reflect").astype(np.float32)
+    template = base[30:50, 40:60].astype(np.float32)
+    scores = slidesim.similarity(scene, template)
+    surface = slidesim.find_peaks(scores, k=1)
+    data = slidesim.find_peaks(scores, k=1, images=scene, templates=template, metric="zncc")
+    assert abs(data.y[0] - (30 + fy)) < 0.02 and abs(data.x[0] - (40 + fx)) < 0.02
+    surface_error = max(abs(surface.y[0] - (30 + fy)), abs(surface.x[0] - (40 + fx)))
+    assert surface_error > 2 * max(abs(data.y[0] - (30 + fy)), abs(data.x[0] - (40 + fx)))
+    strided = slidesim.similarity(scene, template, stride=2)
+    again = slidesim.find_peaks(strided, k=1, images=scene, templates=template, stride=2)
+    assert abs(again.y[0] - (30 + fy) / 2) < 0.01 and abs(again.x[0] - (40 + fx) / 2) < 0.01
+    with pytest.raises(ValueError, match="did not come from these images"):
+        slidesim.find_peaks(strided, images=scene, templates=template)

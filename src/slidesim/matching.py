@@ -261,6 +261,29 @@ def _best_of_bank(
     return best, which
 
 
+def window_origin(canon: Canonical) -> tuple[float, float]:
+    """Image position (y, x) of the template centre at score-map position (0, 0); it moves by the stride."""
+    from ._padding import pad_amounts
+
+    h, w = canon.templates.shape[-2:]
+    (dy, dx) = canon.dilation
+    top, _ = pad_amounts(canon.mode, canon.images.shape[-2], h, dy)
+    left, _ = pad_amounts(canon.mode, canon.images.shape[-1], w, dx)
+    return dy * (h - 1) / 2 - top, dx * (w - 1) / 2 - left
+
+
+def refine_peak(canon: Canonical, call: dict[str, Any], b: int, j: int, centre: tuple[float, float]):
+    """(y, x, score) of template j of image b refined on the data from an integer centre (image pixels)."""
+    from ._refine import refine_on_data
+
+    bank = canon.templates[b if canon.templates.shape[0] > 1 else 0, j]
+    mask = None
+    if canon.mask is not None:
+        mask = canon.mask[b if canon.mask.shape[0] > 1 else 0, j if canon.mask.shape[1] > 1 else 0]
+    higher = canon.spec.higher_is_better
+    return refine_on_data(canon.images[b], bank, mask, centre, canon.dilation, higher, call)
+
+
 def _columns(
     canon: Canonical,
     call: dict[str, Any],
@@ -272,28 +295,16 @@ def _columns(
     subpixel: bool,
 ) -> list[torch.Tensor]:
     """The fields of :class:`Matches` for integer peaks (b, t, y, x) of the best map, on the CPU."""
-    from ._padding import pad_amounts
-    from ._refine import refine_on_data
-
     R = len(angles)
-    Hc, Wc = canon.templates.shape[-2:]
-    (sy, sx), (dy, dx) = canon.stride, canon.dilation
-    top, _ = pad_amounts(canon.mode, canon.images.shape[-2], Hc, dy)
-    left, _ = pad_amounts(canon.mode, canon.images.shape[-1], Wc, dx)
+    (sy, sx) = canon.stride
+    oy, ox = window_origin(canon)
     rows = []
     for b, t, y, x in found:
         r = int(which[b, t, y, x])
-        cy = y * sy - top + dy * (Hc - 1) / 2
-        cx = x * sx - left + dx * (Wc - 1) / 2
+        cy, cx = y * sy + oy, x * sx + ox
         score = float(best[b, t, y, x])
         if subpixel:
-            j = t * R + r
-            bank = canon.templates[b if canon.templates.shape[0] > 1 else 0, j]
-            mask = None
-            if canon.mask is not None:
-                mask = canon.mask[b if canon.mask.shape[0] > 1 else 0, j if canon.mask.shape[1] > 1 else 0]
-            higher = canon.spec.higher_is_better
-            cy, cx, score = refine_on_data(canon.images[b], bank, mask, (cy, cx), (dy, dx), higher, call)
+            cy, cx, score = refine_peak(canon, call, b, t * R + r, (cy, cx))
         rows.append((b, t, cy, cx, score, float(angles[r]), float(scales[r])))
     columns = list(zip(*rows, strict=True)) if rows else [()] * 7
     ints = [torch.tensor(c, dtype=torch.int64) for c in columns[:2]]

@@ -3,15 +3,16 @@
 A peak is a position whose score is the best within a square neighbourhood (at least 3 × 3): suppression keeps
 the best of any two peaks closer than ``min_distance`` (Chebyshev distance, the larger of the row and column
 offsets, in score-map pixels; equal scores go to the earlier position in row-major order). Non-finite scores are
-never peaks. Sub-pixel offsets here come from the score surface alone (a quadratic fitted to the 3 × 3
-neighbourhood); :func:`slidesim.match` refines positions on the image data instead, which is what a quadratic
-cannot do where the integer peak sits on the wrong pixel.
+never peaks. Sub-pixel offsets come from the image data when the images and templates are passed (as in
+:func:`slidesim.match`), which a quadratic fitted to the score map cannot match where the integer peak sits on the
+wrong pixel; from the score map alone otherwise.
 """
 
 from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,6 +108,9 @@ def find_peaks(
     subpixel: bool = True,
     higher_is_better: bool | None = None,
     metric: str | None = None,
+    images: ArrayLike | None = None,
+    templates: ArrayLike | None = None,
+    **options: Any,
 ) -> Peaks:
     """The k best peaks of every score map, per image and per template.
 
@@ -117,9 +121,14 @@ def find_peaks(
             None or 1: every local maximum (3 × 3) counts.
         threshold: Keep peaks at least this good: scores >= threshold, or <= threshold where lower is better.
         exclude_border: Ignore peaks within this many pixels of the map's edges.
-        subpixel: Add the offset of a quadratic fitted to each peak's 3 × 3 neighbourhood.
+        subpixel: Sub-pixel positions: refined on the data when ``images`` and ``templates`` are given (as
+            :func:`slidesim.match` does), otherwise the vertex of a quadratic fitted to the 3 × 3 neighbourhood.
         higher_is_better: Whether peaks are maxima (True) or minima (False). Default: from ``metric``.
         metric: The metric that produced the scores (sad, mad, ssd and ssd_normed are minima); default maxima.
+        images: The images the scores came from, for refinement on the data.
+        templates: Their templates.
+        **options: The other options of the :func:`slidesim.similarity` call that produced the scores (stride,
+            mode, mask...), for refinement on the data.
 
     Returns:
         :class:`Peaks` ordered by image, then template, then best first.
@@ -148,10 +157,36 @@ def find_peaks(
     batch, template, y, x = columns
     values = maps[batch, template, y, x].to(torch.float64)
     fy, fx = y.to(torch.float64), x.to(torch.float64)
-    if subpixel and len(found):
+    if subpixel and len(found) and images is not None:
+        fy, fx, values = _refined_on_data(found, maps, metric, images, templates, options)
+    elif subpixel and len(found):
         flat = maps.reshape(-1, *maps.shape[-2:])
         fy, fx, values = surface_offsets(flat, batch * maps.shape[1] + template, y, x, higher)
     return _package(batch, template, fy, fx, values, maps, numpy_out)
+
+
+def _refined_on_data(
+    found: list[tuple[int, int, int, int]], maps: torch.Tensor, metric: str | None, images, templates, options
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Peaks refined on the data, back in score-map coordinates: (y, x, score)."""
+    from ._similarity import _defaults
+    from ._validate import canonicalize
+    from .matching import refine_peak, window_origin
+
+    if templates is None:
+        raise SlidesimValueError("`templates` must be given with `images` to refine peaks on the data.")
+    call = {**_defaults(), **options, "metric": metric or "zncc"}
+    canon = canonicalize(images, templates, **call)
+    expected = (canon.images.shape[0], canon.templates.shape[1], canon.problem.out_height, canon.problem.out_width)
+    if tuple(maps.shape) != expected:
+        raise SlidesimValueError(
+            f"`scores` of shape {tuple(maps.shape)} did not come from these images and templates, whose scores "
+            f"are {expected}; pass the same options (metric, stride, mode...) as to similarity."
+        )
+    (sy, sx), (oy, ox) = canon.stride, window_origin(canon)
+    refined = [refine_peak(canon, call, b, t, (y * sy + oy, x * sx + ox)) for b, t, y, x in found]
+    cy, cx, values = (torch.tensor(column, dtype=torch.float64) for column in zip(*refined, strict=True))
+    return (cy - oy) / sy, (cx - ox) / sx, values
 
 
 def _package(batch, template, y, x, score, maps: torch.Tensor, numpy_out: bool) -> Peaks:
