@@ -188,3 +188,19 @@ def test_progress_bar_only_on_a_terminal(monkeypatch) -> None:
     assert update is not None
     update(3, 6)
     update(6, 6)
+
+
+def test_templates_of_different_sizes(files, capsys, tmp_path) -> None:
+    small = tmp_path / "small.png"
+    Image.fromarray(files["array"][60:71, 20:35]).save(small)
+    heatmap = tmp_path / "heat.png"
+    code, out, _ = _run(
+        ["match", files["image"], files["a"], small, files["b"], "--json", "--heatmap", heatmap], capsys
+    )
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["template"] for r in rows] == [0, 1, 2]
+    assert [(round(r["y"], 2), round(r["x"], 2)) for r in rows] == [(30.0, 38.0), (65.0, 27.0), (80.0, 108.0)]
+    _png_size(heatmap)
+    code, out, _ = _run(["explain", files["image"], files["a"], small], capsys)
+    assert code == 0 and out.count("slidesim plan") == 2

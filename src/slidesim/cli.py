@@ -118,7 +118,8 @@ def _options(args: argparse.Namespace) -> dict:
     return options
 
 
-def _load(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _load(args: argparse.Namespace) -> tuple[np.ndarray, list[tuple[list[int], np.ndarray]], list[str], list]:
+    """(image [B, C, H, W], groups of same-size templates as (indices, bank [T, C, h, w]), labels, sizes)."""
     from .imageio import match_channels, read_image
 
     image = read_image(args.image)
@@ -129,52 +130,55 @@ def _load(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, list[str]]:
             raise SlidesimValueError(f"template {name!r} has {template.shape[0]} pages; expected one")
         templates.append(match_channels(image, template, name)[0])
         labels.append(Path(name).name)
-    shapes = {t.shape[-2:] for t in templates}
-    if len(shapes) != 1:
-        raise SlidesimValueError(
-            f"the templates differ in size ({', '.join(f'{h}x{w}' for h, w in sorted(shapes))}); run them separately"
-        )
-    return image, np.stack(templates), labels
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, template in enumerate(templates):
+        groups.setdefault(template.shape[-2:], []).append(index)
+    banks = [(indices, np.stack([templates[i] for i in indices])) for indices in groups.values()]
+    return image, banks, labels, [t.shape[-2:] for t in templates]
 
 
 def _run_match(args: argparse.Namespace) -> int:
     from .matching import match
 
-    image, bank, labels = _load(args)
+    image, banks, labels, sizes = _load(args)
     rotations = parse_range(args.rotations, "rotations", inclusive=False) if args.rotations else None
     scales = parse_range(args.scales, "scales", inclusive=True) if args.scales else None
-    found = match(
-        image,
-        bank,
-        k=args.top,
-        threshold=args.threshold,
-        min_distance=args.min_distance,
-        rotations=rotations,
-        scales=scales,
-        progress=_progress(args.quiet),
-        **_options(args),
-    )
-    rows = found.rows()
+    rows, maps = [], [None] * len(labels)
+    for indices, bank in banks:  # templates of one size share a call (and the image side of it)
+        found = match(
+            image,
+            bank,
+            k=args.top,
+            threshold=args.threshold,
+            min_distance=args.min_distance,
+            rotations=rotations,
+            scales=scales,
+            progress=_progress(args.quiet),
+            **_options(args),
+        )
+        for row in found.rows():
+            rows.append({**row, "template": indices[row["template"]]})
+        for position, index in enumerate(indices):
+            maps[index] = found.maps[0, position]
+    rows.sort(key=lambda row: (row["batch"], row["template"]))  # stable: best first within each
     print(_emit(rows, labels, image.shape[0], "json" if args.json else "csv" if args.csv else "table"))
-    _pictures(args, image, bank, found, rows, labels)
-    return 0
-
-
-def _pictures(args, image: np.ndarray, bank: np.ndarray, found, rows: list[dict], labels: Sequence[str]) -> None:
     from .draw import draw_heatmap, draw_overlay
 
     if args.heatmap:
-        draw_heatmap(args.heatmap, found.maps[0], labels, args.metric)
+        draw_heatmap(args.heatmap, maps, labels, args.metric)
     if args.overlay:
-        sizes = [tuple(bank.shape[-2:])] * bank.shape[0]
         draw_overlay(args.overlay, image[0], [r for r in rows if r["batch"] == 0], sizes, labels)
+    return 0
 
 
 def _run_explain(args: argparse.Namespace) -> int:
     from .planner import explain
 
-    image, bank, _ = _load(args)
-    print(explain(image, bank, **_options(args)))
+    image, banks, labels, _ = _load(args)
+    for indices, bank in banks:
+        if len(banks) > 1:
+            print(f"templates {', '.join(labels[i] for i in indices)}:")
+        print(explain(image, bank, **_options(args)))
     return 0
 
 
@@ -230,14 +234,14 @@ def _run_demo(args: argparse.Namespace) -> int:
     from .draw import draw_heatmap, draw_overlay
 
     draw_overlay(out / "overlay.png", scene[0], rows, [tuple(bank.shape[-2:])] * len(bank), labels)
-    draw_heatmap(out / "heatmap.png", found.maps[0], labels, "zncc")
+    draw_heatmap(out / "heatmap.png", list(found.maps[0]), labels, "zncc")
     print(f"pictures: {out / 'overlay.png'}, {out / 'heatmap.png'}")
     return 0
 
 
 def _add_problem_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="image file (PNG, JPEG, TIFF; the pages of a multi-page TIFF are a batch)")
-    parser.add_argument("templates", nargs="+", metavar="TEMPLATE", help="template files (one size)")
+    parser.add_argument("templates", nargs="+", metavar="TEMPLATE", help="template files (any sizes)")
     parser.add_argument("--metric", default="zncc", help=f"similarity: {METRIC_CHOICES}; default zncc")
     parser.add_argument("--mask", help="template mask file: pixels that are not zero count")
     parser.add_argument("--stride", type=int, default=1, help="step between scored positions (default 1)")

@@ -91,13 +91,14 @@ def draw_overlay(
     plt.close(figure)
 
 
-def draw_heatmap(path: str | Path, maps: np.ndarray, labels: Sequence[str], metric: str) -> None:
-    """Write a PNG of score maps [T, H', W'] side by side, each with a colour bar."""
+def draw_heatmap(path: str | Path, maps: Sequence[np.ndarray], labels: Sequence[str], metric: str) -> None:
+    """Write a PNG of score maps (one [H', W'] per template, sizes may differ) side by side, each with a colour
+    bar."""
     plt = _pyplot()
-    T = maps.shape[0]
+    T = len(maps)
     columns = min(T, 3)
     rows = math.ceil(T / columns)
-    aspect = maps.shape[1] / maps.shape[2]
+    aspect = max(m.shape[0] / m.shape[1] for m in maps)
     figure, grid = plt.subplots(rows, columns, figsize=(5 * columns, 5 * rows * aspect + 0.6), squeeze=False, dpi=100)
     for index, axes in enumerate(grid.flat):
         if index >= T:
