@@ -189,3 +189,18 @@ def test_public_names_stay_callable_after_every_module_loads() -> None:
     for module in ("matching", "peaks", "banks", "planner", "_similarity"):
         importlib.import_module(f"slidesim.{module}")
     assert callable(slidesim.match) and callable(slidesim.find_peaks) and callable(slidesim.similarity)
+
+
+def test_per_image_banks_with_rotations_and_channel_mean() -> None:
+    rng = np.random.default_rng(22)
+    images = rng.random((2, 2, 48, 56)).astype(np.float32)
+    banks = np.stack([images[0, :, 4:15, 6:17][None], np.rot90(images[1, :, 20:31, 30:41], axes=(1, 2))[None]])
+    found = slidesim.match(images, banks.copy(), rotations=[0, 90, 180, 270])
+    assert found.batch.tolist() == [0, 1]
+    assert [(round(float(y), 2), round(float(x), 2)) for y, x in zip(found.y, found.x, strict=True)] == [
+        (9.0, 11.0),
+        (25.0, 35.0),
+    ]
+    assert found.angle.tolist() == [0.0, 270.0]
+    mean = slidesim.match(images, images[:1, :, 4:15, 6:17].copy(), channels="mean", method="reference", k=1)
+    assert (round(float(mean.y[0]), 2), round(float(mean.x[0]), 2)) == (9.0, 11.0)

@@ -215,8 +215,12 @@ def _stream(canon: Canonical, chunk: int):
 
 
 def canonicalize_like(canon: Canonical, templates: torch.Tensor, mask: torch.Tensor | None) -> Canonical:
-    """The validated call ``canon`` with another bank (and its mask)."""
+    """The validated call ``canon`` with another bank [Bk, T, C, h, w] (and its mask [Bm, Tm, Cm, h, w])."""
     from ._similarity import _defaults
+
+    templates = templates[0] if templates.shape[0] == 1 else templates  # one bank for every image: [T, C, h, w]
+    if mask is not None and mask.shape[0] == 1:
+        mask = mask[0]
 
     options = {
         **_defaults(),
