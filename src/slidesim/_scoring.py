@@ -37,6 +37,7 @@ _MAX_FINISH_BYTES = 8 * 2**20
 _CENTRING_BYTES = 4 * 2**20  # centred copies of the image are made this many bytes at a time
 _SCORE_TOLERANCE = 5e-4  # ncc / zncc scores that round-off could move further are recomputed exactly
 _RESCORE_BYTES = 64 * 2**20  # temporaries of the exact rescoring of gathered windows, at a time
+_TRANSFORM_COST = 40  # float64 operations per output value of an FFT correlation, against one per gathered tap
 
 
 @dataclass(frozen=True)
@@ -431,7 +432,7 @@ class _CorrelationState:
         elif bool(template_degenerate.any()):
             raw.masked_fill_(template_degenerate[..., None, None], 0.0)
         if unreliable is not None:
-            self._rescore(raw, t0, unreliable)
+            self._rescore(raw, t0, unreliable, (template_scale, window_scale, uncertain))
 
     def _cross_error(self, t0: int, t1: int) -> torch.Tensor:
         """Round-off of the cross term of templates t0:t1, estimated with a margin -> [Bk, t1 − t0] float64.
@@ -499,10 +500,59 @@ class _CorrelationState:
             flagged = uncertain if flagged is None else flagged | uncertain
         return flagged if flagged is not None and bool(flagged.any()) else None
 
-    def _rescore(self, scores: torch.Tensor, t0: int, flagged: torch.Tensor) -> None:
-        """Score the flagged windows of templates t0.. exactly, in place."""
-        index, exact = self._exact_scores(t0, flagged.expand(scores.shape), grad=False)
+    def _rescore(self, scores: torch.Tensor, t0: int, flagged: torch.Tensor, factors: tuple) -> None:
+        """Score the flagged windows of templates t0.. exactly, in place.
+
+        Few windows are gathered and scored one by one in float64. When so many are flagged that this would cost
+        more than a transform (large templates with a tap-by-tap engine, whose round-off estimate grows with the
+        template), the cross term of the whole chunk is recomputed by a float64 FFT instead and finished with the
+        same factors; the windows that even its round-off (or their own variance's) could spoil are then gathered.
+        """
+        template_scale, window_scale, uncertain = factors
+        B, t, H, W = scores.shape
+        flagged = flagged.expand(B, t, H, W)
+        taps = self.bank.shape[-3] * self.bank.shape[-2] * self.bank.shape[-1]
+        transform = B * t * self.image.shape[1] * H * W * _TRANSFORM_COST
+        if int(flagged.sum()) * taps > transform:
+            cross = self._float64_cross(t0, t0 + t)
+            better = (cross * template_scale[..., None, None] * window_scale.to(torch.float64)).clamp_(-1.0, 1.0)
+            scores.copy_(torch.where(flagged, better.to(scores.dtype), scores))
+            eps64 = torch.finfo(torch.float64).eps
+            error = self._cross_error(t0, t0 + t) * (eps64 / torch.finfo(self.image.dtype).eps)
+            if not getattr(self.prims, "global_cross_error", False):  # the float64 FFT's error is global
+                error = eps64 * self._image_norm(self.spec.name == "zncc") * self._kernel_norm(t0, t0 + t)
+            flagged = window_scale.to(torch.float64) * (error * template_scale)[..., None, None] > _SCORE_TOLERANCE
+            if uncertain is not None:
+                flagged = flagged | uncertain
+            flagged = flagged.expand(B, t, H, W)
+            if not bool(flagged.any()):
+                return
+        index, exact = self._exact_scores(t0, flagged, grad=False)
         scores[tuple(index.unbind(dim=1))] = exact.to(scores.dtype)
+
+    def _kernels64(self, t0: int, t1: int) -> torch.Tensor:
+        """The cross term's kernels of templates t0:t1 in float64 [Bk, t, C, h, w]."""
+        bank64 = self.bank[:, t0:t1].detach().to(torch.float64)
+        mask = self.mask if self.shared else self.mask[:, t0:t1]
+        m64 = mask.detach().to(torch.float64)
+        return self._centred_kernel(bank64, m64)[0] if self.spec.name == "zncc" else bank64 * m64 * m64
+
+    def _kernel_norm(self, t0: int, t1: int) -> torch.Tensor:
+        return self._kernels64(t0, t1).pow(2).sum(dim=(-3, -2, -1)).sqrt()
+
+    def _float64_cross(self, t0: int, t1: int) -> torch.Tensor:
+        """The cross term of templates t0:t1 by a float64 FFT -> [B, t1 − t0, H', W'] float64."""
+        from .engines._spectral import fft_correlate
+
+        if self.spec.name == "zncc":
+            C = self.image.shape[1]
+            planes = [
+                self._plane(("centred64", c), lambda c=c: self._centred(c, c + 1).to(torch.float64)) for c in range(C)
+            ]
+            image = torch.cat([p.detach() for p in planes], dim=1)
+        else:
+            image = self.image.detach().to(torch.float64)
+        return fft_correlate(image, self._kernels64(t0, t1), self.prims.geom, _RESCORE_BYTES)
 
     def _exact_scores(self, t0: int, flagged: torch.Tensor, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(index [n, 4] of the flagged (b, t, y, x), their scores [n] by the reference's float64 formula)."""
