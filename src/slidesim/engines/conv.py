@@ -27,20 +27,20 @@ def ineligible_reason(problem: Problem) -> str | None:
     return correlation_ineligible_reason(problem)
 
 
-_LARGE_TEMPLATE_TAPS = 4096  # C·h·w from which conv2d's float32 round-off sends many ncc/zncc windows to float64
+_LARGE_TEMPLATE_TAPS = 4096  # h·w from which conv2d's float32 round-off sends many ncc/zncc windows to float64
 
 
 def auto_excluded_reason(problem: Problem) -> str | None:
     """Why ``method="auto"`` should not pick this engine although it can run the problem, or None."""
     if problem.compute_dtype == "float64" and problem.device.startswith("cpu"):
         return "float64 conv2d on the CPU unfolds every window (im2col): slower than fft or direct; runs when named"
-    taps = problem.channels * problem.template_height * problem.template_width
+    taps = problem.template_height * problem.template_width
     if problem.metric in ("ncc", "zncc") and taps >= _LARGE_TEMPLATE_TAPS:
         # the round-off of a tap-by-tap sum grows as √n·Σ|K|: on photographs with 64² templates and larger, so
         # many low-contrast windows need the float64 recompute that the FFT engine's error bound spares
         return (
-            f"{problem.metric} with {taps} template taps: conv2d's round-off would send many windows to a float64 "
-            "recompute; runs when named"
+            f"{problem.metric} with {problem.template_height}×{problem.template_width} templates: conv2d's "
+            "round-off would send many windows to a float64 recompute; runs when named"
         )
     return None
 
