@@ -143,6 +143,7 @@ def _run_match(args: argparse.Namespace) -> int:
     image, banks, labels, sizes = _load(args)
     rotations = parse_range(args.rotations, "rotations", inclusive=False) if args.rotations else None
     scales = parse_range(args.scales, "scales", inclusive=True) if args.scales else None
+    options = _options(args)  # the mask file is read once for every size
     rows, maps = [], [None] * len(labels)
     for indices, bank in banks:  # templates of one size share a call (and the image side of it)
         found = match(
@@ -154,7 +155,7 @@ def _run_match(args: argparse.Namespace) -> int:
             rotations=rotations,
             scales=scales,
             progress=_progress(args.quiet),
-            **_options(args),
+            **options,
         )
         for row in found.rows():
             rows.append({**row, "template": indices[row["template"]]})
@@ -175,10 +176,11 @@ def _run_explain(args: argparse.Namespace) -> int:
     from .planner import explain
 
     image, banks, labels, _ = _load(args)
+    options = _options(args)
     for indices, bank in banks:
         if len(banks) > 1:
             print(f"templates {', '.join(labels[i] for i in indices)}:")
-        print(explain(image, bank, **_options(args)))
+        print(explain(image, bank, **options))
     return 0
 
 
