@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 from ._cost_constants import CONSTANTS
+from ._cost_constants_cuda import CONSTANTS as CUDA_CONSTANTS
 from ._validate import Problem
 
 DISTANCE_METRICS = ("sad", "mad", "l1_similarity", "ssd")
@@ -90,7 +91,7 @@ def features(engine: str, problem: Problem, memory_limit: int = 512 * 2**20) -> 
         counts["tap_loops"] = float(problem.channels * problem.template_height * problem.template_width * blocks)
         if _normalized(problem):
             counts["statistics_updates"] = 3 * window_updates * 2
-    elif engine == "numba":
+    elif engine in ("numba", "triton"):
         counts["distance_updates"] = updates * wide
         if problem.metric == "ssd_normed":
             counts["statistics_updates"] = window_updates * 2
@@ -115,9 +116,16 @@ def features(engine: str, problem: Problem, memory_limit: int = 512 * 2**20) -> 
     return counts
 
 
+def constants_for(problem: Problem) -> dict[str, dict[str, float]]:
+    """The constants of the problem's device: the CPU table, or the CUDA table for CUDA tensors."""
+    return CUDA_CONSTANTS if problem.device.startswith("cuda") else CONSTANTS
+
+
 def estimate_seconds(engine: str, problem: Problem, memory_limit: int = 512 * 2**20) -> float:
     """Estimated wall time of ``engine`` on ``problem`` under ``memory_limit`` (seconds)."""
-    constants = CONSTANTS[engine]
+    constants = constants_for(problem).get(engine)
+    if constants is None:  # no constants for this engine on this device (Triton's interpreter on the CPU)
+        return math.nan
     counts = features(engine, problem, memory_limit)
     return sum(constants.get(name, 0.0) * count for name, count in counts.items())
 
@@ -139,7 +147,7 @@ def estimate_bytes(engine: str, problem: Problem, memory_limit: int) -> int:
     image = problem.batch * problem.channels * Hp * Wp * item
     out_plane = problem.batch * problem.out_height * problem.out_width
     statistics = 4 * out_plane * 8 if _normalized(problem) else 0
-    if engine in ("direct", "numba"):
+    if engine in ("direct", "numba", "triton"):
         return image + statistics + min(memory_limit, 3 * 2**22 * item)
     partial = _centring_partial(problem, item)
     taps = problem.template_height * problem.template_width

@@ -10,6 +10,7 @@ cannot run raises with the engine's own reason. Nothing falls back silently.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -92,7 +93,13 @@ def _candidates(problem: Problem, memory_limit: int) -> tuple[Candidate, ...]:
         if reason is None and need > memory_limit:
             reason = f"needs about {need / 2**20:.0f} MiB, over memory_limit {memory_limit / 2**20:.0f} MiB"
         found.append(Candidate(name, seconds, need, reason))
-    return tuple(sorted(found, key=lambda c: (c.excluded is not None, c.seconds)))
+    return tuple(sorted(found, key=_rank))
+
+
+def _rank(candidate: Candidate) -> tuple[bool, float]:
+    """Runnable engines first, fastest first; an engine without an estimate (NaN) last among its group."""
+    seconds = candidate.seconds
+    return candidate.excluded is not None, math.inf if seconds != seconds else seconds
 
 
 def _measure(canon: Canonical, names: list[str]) -> dict[str, float]:
@@ -131,7 +138,7 @@ def make_plan(canon: Canonical, measure: bool = False) -> Plan:
             _MEASURED[key] = min(times, key=times.__getitem__)
             candidates = sorted(
                 (Candidate(c.engine, times.get(c.engine, c.seconds), c.bytes, c.excluded) for c in candidates),
-                key=lambda c: (c.excluded is not None, c.seconds),
+                key=_rank,
             )
         return Plan(problem, method, _MEASURED[key], tuple(candidates), measured=True)
     return Plan(problem, method, runnable[0].engine, tuple(candidates))

@@ -12,6 +12,7 @@ from types import ModuleType
 _MODULES: dict[str, str] = {
     "direct": "direct",
     "numba": "numba_cpu",
+    "triton": "triton_gpu",
     "conv": "conv",
     "fft": "fft",
     "reference": "reference",
@@ -20,7 +21,7 @@ _MODULES: dict[str, str] = {
 ENGINES: tuple[str, ...] = tuple(_MODULES)
 """Every engine that ``method=`` accepts besides "auto"."""
 
-AUTO_ORDER: tuple[str, ...] = ("numba", "conv", "fft", "direct")
+AUTO_ORDER: tuple[str, ...] = ("numba", "triton", "conv", "fft", "direct")
 """Engines that ``method="auto"`` may pick; the planner ranks them by estimated time under ``memory_limit``."""
 
 
