@@ -45,7 +45,10 @@ def test_gradcheck(engine, metric, case) -> None:
     def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return slidesim.similarity(x, t, metric=metric, method=engine, **options)
 
-    assert torch.autograd.gradcheck(run, (images, bank), eps=1e-6, atol=1e-5, rtol=1e-4)
+    # Triton's interpreter runs a forward pass in ~0.1 s: the full check (a pass per input element, twice) would
+    # take minutes, so it checks a random direction; test_gradients_agree_with_reference compares every element.
+    fast = engine == "triton" and not torch.cuda.is_available()
+    assert torch.autograd.gradcheck(run, (images, bank), eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=fast)
 
 
 @pytest.mark.parametrize(("engine", "metric"), ENGINE_METRICS)

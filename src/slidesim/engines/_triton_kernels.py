@@ -106,10 +106,7 @@ def distance_forward(
                 x = tl.load(pixels + c * s_ic + (i * dy) * s_iy + (j * dx) * s_ix, mask=p_ok, other=0.0).to(ACC)
                 v = tl.load(values + c * s_tc + i * s_ty + j * s_tx, mask=t_ok, other=0.0).to(ACC)
                 d = _wrap(x[None, :] - v[:, None], period, CIRCULAR)
-                if POWER == 1:
-                    e = tl.abs(d)
-                else:
-                    e = d * d
+                e = tl.abs(d) if POWER == 1 else d * d
                 if WEIGHTED:
                     weight = tl.load(taps + c * s_wc + i * s_wy + j * s_wx, mask=t_ok, other=0.0).to(ACC)
                     # a zero weight excludes the tap, so a NaN pixel under it does not reach the window

@@ -14,12 +14,12 @@ numba is optional: without it this engine reports itself unavailable and ``metho
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
-from .._scoring import geometry, padded_images, score_channels
+from .._scoring import Geometry, geometry, padded_images, score_channels
 from .._validate import Canonical, Problem
 from .direct import DirectPrimitives, block_elements
 
@@ -115,51 +115,110 @@ def _forward(image, templates, weights, power, periods, geom):
     return torch.from_numpy(out)
 
 
-class _NumbaDistance(torch.autograd.Function):
-    """Σ_c Σ_taps w · |d|^power with d = image − template; backward in one fused kernel."""
+def _geometry(stride: Sequence[int], dilation: Sequence[int], out_size: tuple[int, int], templates) -> Geometry:
+    return Geometry(
+        (stride[0], stride[1]), (dilation[0], dilation[1]), out_size[0], out_size[1], tuple(templates.shape[-2:])
+    )
 
-    @staticmethod
-    def forward(ctx, image, templates, weights, power, periods, geom):
-        ctx.save_for_backward(image, templates, weights)
-        ctx.power, ctx.periods, ctx.geom = power, periods, geom
-        return _forward(image, templates, weights, power, periods, geom)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        image, templates, weights = ctx.saved_tensors
-        geom = ctx.geom
-        image_np, templates_np = _as_numpy(image), _as_numpy(templates)
-        weights_np, periods_np = _weights_and_periods(weights, ctx.periods, templates)
-        grad_image = np.zeros_like(image_np)
-        grad_templates = np.zeros((image.shape[0], *templates.shape[1:]), dtype=templates_np.dtype)
-        (sy, sx), (dy, dx) = geom.stride, geom.dilation
-        _kernels().distance_backward(
-            image_np,
-            templates_np,
-            weights_np,
-            periods_np,
-            ctx.power,
-            sy,
-            sx,
-            dy,
-            dx,
-            _as_numpy(grad.to(image.dtype)),
-            grad_image,
-            grad_templates,
-        )
-        grad_t = torch.from_numpy(grad_templates)
-        if templates.shape[0] == 1:
-            grad_t = grad_t.sum(dim=0, keepdim=True)
-        needs_image, needs_templates = ctx.needs_input_grad[:2]
-        return (
-            torch.from_numpy(grad_image) if needs_image else None,
-            grad_t if needs_templates else None,
-            None,
-            None,
-            None,
-            None,
-        )
+def _period_tuple(periods: Sequence[float]) -> tuple[float | None, ...] | None:
+    """Op argument (a period per channel, 0 for linear channels; empty when none is circular) -> engine form."""
+    return tuple(p if p > 0 else None for p in periods) if periods else None
+
+
+@torch.library.custom_op("slidesim::numba_distance", mutates_args=(), device_types="cpu")
+def numba_distance(
+    image: torch.Tensor,
+    templates: torch.Tensor,
+    weights: torch.Tensor | None,
+    periods: Sequence[float],
+    power: int,
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    out_height: int,
+    out_width: int,
+) -> torch.Tensor:
+    """Σ_c Σ_taps w · |wrap(image − template)|^power by the fused numba kernels, as a torch operator.
+
+    Args:
+        image: [B, C, Hp, Wp] padded images, float32 or float64.
+        templates: [Bk, T, C, h, w] in the image dtype, Bk ∈ {1, B}.
+        weights: [Bw, Tw, Cw, h, w] mask weights in the image dtype, or None.
+        periods: A period per channel (0 for a linear channel), or empty when no channel is circular.
+        power: 1 for |d|, 2 for d².
+        stride, dilation: (y, x) pairs.
+        out_height, out_width: Size of the score map.
+
+    Returns:
+        [B, T, out_height, out_width] in the image dtype.
+    """
+    geom = _geometry(stride, dilation, (out_height, out_width), templates)
+    return _forward(image, templates, weights, power, _period_tuple(periods), geom)
+
+
+@numba_distance.register_fake
+def _numba_distance_fake(image, templates, weights, periods, power, stride, dilation, out_height, out_width):
+    return image.new_empty(image.shape[0], templates.shape[1], out_height, out_width)
+
+
+@torch.library.custom_op("slidesim::numba_distance_backward", mutates_args=(), device_types="cpu")
+def numba_distance_backward(
+    grad: torch.Tensor,
+    image: torch.Tensor,
+    templates: torch.Tensor,
+    weights: torch.Tensor | None,
+    periods: Sequence[float],
+    power: int,
+    stride: Sequence[int],
+    dilation: Sequence[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`numba_distance` for images [B, C, Hp, Wp] and templates [Bk, T, C, h, w], computed
+    together by one fused kernel."""
+    image_np, templates_np = _as_numpy(image), _as_numpy(templates)
+    weights_np, periods_np = _weights_and_periods(weights, _period_tuple(periods), templates)
+    grad_image = np.zeros_like(image_np)
+    grad_templates = np.zeros((image.shape[0], *templates.shape[1:]), dtype=templates_np.dtype)
+    _kernels().distance_backward(
+        image_np,
+        templates_np,
+        weights_np,
+        periods_np,
+        power,
+        stride[0],
+        stride[1],
+        dilation[0],
+        dilation[1],
+        _as_numpy(grad.to(image.dtype)),
+        grad_image,
+        grad_templates,
+    )
+    grad_t = torch.from_numpy(grad_templates)
+    if templates.shape[0] == 1:
+        grad_t = grad_t.sum(dim=0, keepdim=True)
+    return torch.from_numpy(grad_image), grad_t
+
+
+@numba_distance_backward.register_fake
+def _numba_distance_backward_fake(grad, image, templates, weights, periods, power, stride, dilation):
+    return torch.empty_like(image), torch.empty_like(templates)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    image, templates, weights, periods, power, stride, dilation, _, _ = inputs
+    ctx.save_for_backward(image, templates, weights)
+    ctx.periods, ctx.power, ctx.stride, ctx.dilation = periods, power, stride, dilation
+
+
+def _backward(ctx, grad):
+    image, templates, weights = ctx.saved_tensors
+    grad_image, grad_templates = torch.ops.slidesim.numba_distance_backward(
+        grad, image, templates, weights, ctx.periods, ctx.power, ctx.stride, ctx.dilation
+    )
+    need_image, need_templates = ctx.needs_input_grad[:2]
+    return (grad_image if need_image else None, grad_templates if need_templates else None, *([None] * 7))
+
+
+numba_distance.register_autograd(_backward, setup_context=_setup_context)
 
 
 class NumbaPrimitives(DirectPrimitives):
@@ -177,7 +236,13 @@ class NumbaPrimitives(DirectPrimitives):
         templates = templates.to(image.dtype)
         weights = weights.detach().to(image.dtype) if weights is not None else None
         if torch.is_grad_enabled() and (image.requires_grad or templates.requires_grad):
-            return _NumbaDistance.apply(image, templates, weights, power, periods, self.geom)
+            geom = self.geom
+            period_list = [p or 0.0 for p in periods] if periods is not None and any(periods) else []
+            return torch.ops.slidesim.numba_distance(
+                image, templates, weights, period_list, power, list(geom.stride), list(geom.dilation),
+                geom.out_height, geom.out_width,
+            )  # fmt: skip
+        # without autograd the kernels run directly: the dispatcher would add a few µs to small calls
         return _forward(image, templates, weights, power, periods, self.geom)
 
 
