@@ -68,7 +68,7 @@ def test_dtype_errors(images, match) -> None:
             "method",
             "fastest",
             ValueError,
-            r"`method` must be one of 'auto', 'direct', 'numba', 'conv', 'fft', 'reference'; got 'fastest'",
+            r"`method` must be one of 'auto', 'direct', 'numba', 'triton', 'conv', 'fft', 'reference'; got 'fastest'",
         ),
         ("method", None, TypeError, r"`method` must be a string"),
         ("stride", 0, ValueError, r"`stride` must be >= 1"),

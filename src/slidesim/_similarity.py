@@ -79,7 +79,8 @@ def similarity(
             "mean" (mean of the per-channel scores).
         circular: {channel index: period} for the distance metrics: differences in those channels are taken the
             short way round, for example hue with period 1.0 (see :func:`slidesim.rgb_to_hsv`).
-        method: "auto" or an engine name ("direct", "reference").
+        method: "auto" or an engine name: "direct", "numba", "triton", "conv", "fft" or "reference" (see
+            :func:`slidesim.explain`).
         memory_limit: Bytes that temporaries may use (default 512 MiB); the output itself is not counted.
 
     Returns:
@@ -97,6 +98,11 @@ def similarity(
         lie in [−1, 1]; flat windows and templates give the documented values of :mod:`slidesim.metrics`, never
         NaN or inf; a NaN pixel only affects the windows that contain it.
 
+    torch.compile:
+        Inside a compiled region (``torch.compile(fullgraph=True)`` included) a call with tensor inputs is one
+        operator, ``torch.ops.slidesim.similarity``, whose output shape is known from the input shapes; it runs
+        the same engines with the same numbers, and is differentiable.
+
     Examples:
         >>> import numpy as np
         >>> import slidesim
@@ -113,20 +119,28 @@ def similarity(
         >>> [np.unravel_index(s.argmax(), s.shape) for s in scores[0]]
         [(np.int64(5), np.int64(9)), (np.int64(20), np.int64(3))]
     """
-    canon = canonicalize(
-        images,
-        templates,
-        metric=metric,
-        stride=stride,
-        dilation=dilation,
-        mode=mode,
-        padding=padding,
-        pad_value=pad_value,
-        mask=mask,
-        channels=channels,
-        circular=circular,
-        method=method,
-        memory_limit=memory_limit,
-    )
+    options = {
+        "metric": metric,
+        "stride": stride,
+        "dilation": dilation,
+        "mode": mode,
+        "padding": padding,
+        "pad_value": pad_value,
+        "mask": mask,
+        "channels": channels,
+        "circular": circular,
+        "method": method,
+        "memory_limit": memory_limit,
+    }
+    if torch.compiler.is_compiling() and isinstance(images, torch.Tensor) and isinstance(templates, torch.Tensor):
+        from . import _compiled
+
+        return _compiled.similarity(images, templates, **options)
+    return run_eager(images, templates, **options)
+
+
+def run_eager(images: ArrayLike, templates: ArrayLike, **options: Any) -> ArrayLike:
+    """Validate, plan and run one call outside a compiled region (keyword options as in :func:`similarity`)."""
+    canon = canonicalize(images, templates, **options)
     engine = select_engine(canon)
     return _finalize(engine.run(canon), canon, canon.out_dtype)

@@ -211,6 +211,8 @@ def _canonical_mask(mask: object, bank: torch.Tensor, device: torch.device, dtyp
     if Bm not in (1, Bk) or Tm not in (1, T) or Cm not in (1, C):
         raise SlidesimValueError(f"`mask` must be {expected}; got shape {shape}.")
     weights = tensor.to(dtype)
+    if not has_data(weights):  # shapes only (torch.compile's fake tensors): the values are checked when it runs
+        return weights if tensor.dtype.is_floating_point else (weights != 0).to(dtype)
     if bool(torch.isnan(weights).any()) or bool(torch.isinf(weights).any()):
         raise SlidesimValueError("`mask` must be finite; it contains NaN or inf.")
     if bool((weights < 0).any()):
@@ -319,7 +321,7 @@ def canonicalize(
     images_c = image_4d.to(compute_dtype)
     bank_c = bank.to(compute_dtype)
     mask_c = _canonical_mask(mask, bank_c, bank_c.device, compute_dtype)
-    if mask_c is not None and channels_s != "joint":
+    if mask_c is not None and channels_s != "joint" and has_data(mask_c):
         per_channel = mask_c.sum(dim=(-1, -2))
         if bool((per_channel <= 0).any()):
             raise SlidesimValueError(
@@ -374,10 +376,18 @@ def canonicalize(
     )
 
 
+def has_data(tensor: torch.Tensor) -> bool:
+    """False for tensors that carry shapes only (meta tensors, torch.compile's fake tensors)."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return tensor.device.type != "meta" and not is_fake(tensor)
+
+
 def _all_finite(images: torch.Tensor) -> bool:
     """Whether every pixel is finite. A finite sum proves it in one pass without a boolean temporary; only when
-    the sum is not finite (a NaN or inf pixel, or an overflow of huge values) does the full test run."""
-    if not images.dtype.is_floating_point:
+    the sum is not finite (a NaN or inf pixel, or an overflow of huge values) does the full test run. Tensors
+    without data (shapes only) count as finite."""
+    if not images.dtype.is_floating_point or not has_data(images):
         return True
     if bool(torch.isfinite(images.sum())):
         return True

@@ -1,0 +1,196 @@
+"""similarity() inside torch.compile: one operator, ``torch.ops.slidesim.similarity``.
+
+Validation, planning and the engines read data (finite checks, active taps, numba and Triton launches with
+host-side arguments), which Dynamo cannot trace without breaking the graph. Inside a compiled region
+:func:`slidesim.similarity` therefore calls this operator instead: its fake implementation computes the output's
+shape and dtype from the inputs' shapes alone (the same validation run on shapes), so
+``torch.compile(fullgraph=True)`` records one node; at run time the node runs the eager path, with the same engine
+choice and numbers as outside compile. Its gradient is a second operator that recomputes the forward pass under
+autograd, so every engine's fused backward (numba, Triton, direct) serves compiled code too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from ._validate import canonicalize
+
+
+def _options(
+    metric: str,
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    mode: str,
+    padding: str,
+    pad_value: float,
+    channels: str,
+    circular: Sequence[float],
+    method: str,
+    memory_limit: int,
+) -> dict:
+    """Operator arguments -> keyword options of similarity (circular flattened as channel, period pairs)."""
+    periods = {int(circular[k]): circular[k + 1] for k in range(0, len(circular), 2)} if circular else None
+    return {
+        "metric": metric,
+        "stride": tuple(stride),
+        "dilation": tuple(dilation),
+        "mode": mode,
+        "padding": padding,
+        "pad_value": pad_value,
+        "channels": channels,
+        "circular": periods,
+        "method": method,
+        "memory_limit": memory_limit if memory_limit > 0 else None,
+    }
+
+
+def _eager(images, templates, mask, options: dict) -> torch.Tensor:
+    from ._similarity import run_eager
+
+    return run_eager(images, templates, mask=mask, **options)
+
+
+def _with_default_state(function, device: torch.device):
+    """Run ``function()`` on a fresh thread, with torch's default thread-local state.
+
+    An operator's implementation runs with most dispatch keys excluded: autograd records nothing, and compiled
+    code even calls it with the Conjugate and Negative keys off, so a lazily conjugated view (as in the FFT
+    engine's spectrum products) would be read as if it were not conjugated. A fresh thread starts from torch's
+    defaults; on CUDA it is given the caller's device and stream so that kernels stay ordered with the caller's.
+    """
+    stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+
+    def call():
+        if stream is None:
+            return function()
+        with torch.cuda.device(device), torch.cuda.stream(stream):
+            return function()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(call).result()
+
+
+@torch.library.custom_op("slidesim::similarity", mutates_args=())
+def similarity_op(
+    images: torch.Tensor,
+    templates: torch.Tensor,
+    mask: torch.Tensor | None,
+    metric: str,
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    mode: str,
+    padding: str,
+    pad_value: float,
+    channels: str,
+    circular: Sequence[float],
+    method: str,
+    memory_limit: int,
+) -> torch.Tensor:
+    """:func:`slidesim.similarity` of tensors as one operator (memory_limit ≤ 0 means the default; circular is a
+    flat list of channel, period pairs)."""
+    options = _options(metric, stride, dilation, mode, padding, pad_value, channels, circular, method, memory_limit)
+    scores = _with_default_state(lambda: _eager(images, templates, mask, options), images.device)
+    return scores.contiguous()  # the fake output is contiguous
+
+
+@similarity_op.register_fake
+def _similarity_fake(images, templates, mask, *args):
+    options = _options(*args)
+    canon = canonicalize(images, templates, mask=mask, **options)
+    problem = canon.problem
+    shape: tuple[int, ...] = (problem.out_height, problem.out_width)
+    if not canon.two_d:
+        separate = (problem.channels,) if canon.channels_mode == "separate" else ()
+        shape = (problem.batch, problem.n_templates, *separate, *shape)
+    return images.new_empty(shape, dtype=canon.out_dtype)
+
+
+@torch.library.custom_op("slidesim::similarity_backward", mutates_args=())
+def similarity_backward_op(
+    grad: torch.Tensor,
+    images: torch.Tensor,
+    templates: torch.Tensor,
+    mask: torch.Tensor | None,
+    need_images: bool,
+    need_templates: bool,
+    metric: str,
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    mode: str,
+    padding: str,
+    pad_value: float,
+    channels: str,
+    circular: Sequence[float],
+    method: str,
+    memory_limit: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`similarity_op` for images and templates (an empty tensor where not needed)."""
+    options = _options(metric, stride, dilation, mode, padding, pad_value, channels, circular, method, memory_limit)
+
+    def differentiate() -> list[torch.Tensor]:
+        x = images.detach().requires_grad_(need_images)
+        t = templates.detach().requires_grad_(need_templates)
+        scores = _eager(x, t, mask, options)
+        wanted = [v for v, need in ((x, need_images), (t, need_templates)) if need]
+        return list(torch.autograd.grad(scores, wanted, grad))
+
+    grads = _with_default_state(differentiate, images.device)
+    grad_images = grads.pop(0) if need_images else images.new_empty(0)
+    grad_templates = grads.pop(0) if need_templates else templates.new_empty(0)
+    return grad_images, grad_templates
+
+
+@similarity_backward_op.register_fake
+def _similarity_backward_fake(grad, images, templates, mask, need_images, need_templates, *args):
+    grad_images = torch.empty_like(images) if need_images else images.new_empty(0)
+    grad_templates = torch.empty_like(templates) if need_templates else templates.new_empty(0)
+    return grad_images, grad_templates
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    images, templates, mask, *options = inputs
+    ctx.save_for_backward(images, templates, mask)
+    ctx.options = options
+
+
+def _backward(ctx, grad):
+    images, templates, mask = ctx.saved_tensors
+    need_images, need_templates = ctx.needs_input_grad[:2]
+    grad_images, grad_templates = torch.ops.slidesim.similarity_backward(
+        grad, images, templates, mask, need_images, need_templates, *ctx.options
+    )
+    return (grad_images if need_images else None, grad_templates if need_templates else None, *([None] * 11))
+
+
+similarity_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _pair(value: int | Sequence[int]) -> list[int]:
+    return [int(v) for v in value] if isinstance(value, (tuple, list)) else [int(value), int(value)]
+
+
+def similarity(images, templates, **options) -> torch.Tensor:
+    """The compiled-region form of :func:`slidesim.similarity` (tensors in, a tensor out)."""
+    circular = options["circular"] or {}
+    flat = [float(v) for key, period in circular.items() for v in (key, period)]
+    mask = options["mask"]
+    if mask is not None and not isinstance(mask, torch.Tensor):
+        mask = torch.as_tensor(mask, device=images.device)
+    return torch.ops.slidesim.similarity(
+        images,
+        templates,
+        mask,
+        str(options["metric"]),
+        _pair(options["stride"]),
+        _pair(options["dilation"]),
+        str(options["mode"]),
+        str(options["padding"]),
+        float(options["pad_value"]),
+        str(options["channels"]),
+        flat,
+        str(options["method"]),
+        int(options["memory_limit"] or 0),
+    )
