@@ -92,7 +92,12 @@ def similarity_op(
     """:func:`slidesim.similarity` of tensors as one operator (memory_limit ≤ 0 means the default; circular is a
     flat list of channel, period pairs)."""
     options = _options(metric, stride, dilation, mode, padding, pad_value, channels, circular, method, memory_limit)
-    scores = _with_default_state(lambda: _eager(images, templates, mask, options), images.device)
+
+    def forward() -> torch.Tensor:
+        with torch.no_grad():  # the gradient comes from similarity_backward
+            return _eager(images, templates, mask, options)
+
+    scores = _with_default_state(forward, images.device)
     return scores.contiguous()  # the fake output is contiguous
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .._scoring import Geometry
 from .._validate import Problem
+from ._precision import full_float32
 from ._spectral import fft_correlate
 from .direct import DirectPrimitives
 
@@ -113,11 +114,51 @@ def conv_correlate(image: torch.Tensor, kernel: torch.Tensor, geom: Geometry) ->
 def _conv(image: torch.Tensor, kernel: torch.Tensor, geom: Geometry) -> torch.Tensor:
     B, C, Hp, Wp = image.shape
     Bk, T = kernel.shape[:2]
-    options = {"stride": geom.stride, "dilation": geom.dilation}
     if Bk == 1:
-        return F.conv2d(image, kernel[0], **options)
-    grouped = F.conv2d(image.reshape(1, B * C, Hp, Wp), kernel.reshape(B * T, *kernel.shape[2:]), groups=B, **options)
+        return conv2d(image, kernel[0], geom.stride, geom.dilation, 1)
+    grouped = conv2d(
+        image.reshape(1, B * C, Hp, Wp), kernel.reshape(B * T, *kernel.shape[2:]), geom.stride, geom.dilation, B
+    )
     return grouped.reshape(B, T, *grouped.shape[-2:])
+
+
+class FullPrecisionConv2d(torch.autograd.Function):
+    """F.conv2d (no padding) with TF32 off in the forward and the backward pass (the backward runs later, outside
+    any block the forward ran in, so it sets the flags again)."""
+
+    @staticmethod
+    def forward(ctx, image, weight, stride, dilation, groups):
+        ctx.save_for_backward(image, weight)
+        ctx.options = (stride, dilation, groups)
+        with full_float32():
+            return F.conv2d(image, weight, stride=stride, dilation=dilation, groups=groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        image, weight = ctx.saved_tensors
+        stride, dilation, groups = ctx.options
+        need_image, need_weight = ctx.needs_input_grad[:2]
+        grad_image = grad_weight = None
+        with full_float32():
+            if need_image:
+                grad_image = torch.nn.grad.conv2d_input(
+                    image.shape, weight, grad, stride=stride, dilation=dilation, groups=groups
+                )
+            if need_weight:
+                grad_weight = torch.nn.grad.conv2d_weight(
+                    image, weight.shape, grad, stride=stride, dilation=dilation, groups=groups
+                )
+        return grad_image, grad_weight, None, None, None
+
+
+def conv2d(
+    image: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], dilation: tuple[int, int], groups: int
+) -> torch.Tensor:
+    """F.conv2d without padding, in full float32 on CUDA (see :func:`full_float32`); plain F.conv2d on the CPU,
+    where no TF32 exists."""
+    if image.is_cuda and image.dtype == torch.float32:
+        return FullPrecisionConv2d.apply(image, weight, stride, dilation, groups)
+    return F.conv2d(image, weight, stride=stride, dilation=dilation, groups=groups)
 
 
 _NO_FACTORS = np.zeros((0, 0, 0))  # tells the fused kernel to write values, not factors

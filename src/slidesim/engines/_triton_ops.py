@@ -14,6 +14,7 @@ import triton
 from torch.library import triton_op, wrap_triton
 
 from . import _triton_kernels as kernels
+from .triton_gpu import interpreting
 
 _BLOCK_P = 128  # output positions per program: one coalesced row segment per warp group
 _MAX_BLOCK_T = 32  # templates per program: each image load feeds up to 32 differences
@@ -59,7 +60,32 @@ def _output_dtype(image: torch.Tensor) -> torch.dtype:
     return torch.float64 if image.dtype == torch.float64 else torch.float32
 
 
-@triton_op("slidesim::triton_distance", mutates_args=())
+def _operator(name: str, fake):
+    """Register a Triton launcher as an operator. Compiled Triton: :func:`torch.library.triton_op`, which lets
+    torch.compile trace the launches and schedule the kernels in its graph. Under Triton's interpreter, which
+    cannot run on fake tensors and is no compile target: an opaque custom operator with a shape-only fake."""
+
+    def register(launcher):
+        if interpreting():
+            operator = torch.library.custom_op(name, mutates_args=())(launcher)
+            operator.register_fake(fake)
+            return operator
+        return triton_op(name, mutates_args=())(launcher)
+
+    return register
+
+
+def _distance_fake(image, templates, weights, periods, power, stride, dilation, out_height, out_width):
+    shape = (image.shape[0], templates.shape[1], out_height, out_width)
+    return image.new_empty(shape, dtype=_output_dtype(image))
+
+
+def _backward_fake(grad, image, templates, weights, periods, power, stride, dilation, need_image, need_templates):
+    grad_image = torch.empty_like(image) if need_image else image.new_empty(0)
+    return grad_image, torch.empty_like(templates) if need_templates else templates.new_empty(0)
+
+
+@_operator("slidesim::triton_distance", _distance_fake)
 def triton_distance(
     image: torch.Tensor,
     templates: torch.Tensor,
@@ -104,7 +130,7 @@ def triton_distance(
     return out
 
 
-@triton_op("slidesim::triton_distance_backward", mutates_args=())
+@_operator("slidesim::triton_distance_backward", _backward_fake)
 def triton_distance_backward(
     grad: torch.Tensor,
     image: torch.Tensor,

@@ -19,6 +19,7 @@ from torch.autograd.function import once_differentiable
 
 from .._scoring import Geometry, geometry, padded_images, score_channels
 from .._validate import Canonical
+from ._precision import full_float32
 
 NAME = "direct"
 _MAX_BLOCK_ELEMENTS = 2**20  # about 4 MiB of float32: keeps the per-tap updates close to the cache
@@ -105,20 +106,26 @@ class _Correlate(torch.autograd.Function):
         need_image, need_kernel = ctx.needs_input_grad[:2]
         grad_image = torch.zeros_like(image) if need_image else None
         grad_kernel = torch.zeros_like(kernel) if need_kernel else None
-        B, T = grad.shape[:2]
-        Bk = kernel.shape[0]
         taps = _all_taps(kernel) if need_kernel else _active_taps(kernel)
-        for t0, t1, r0, r1 in _blocks(B, T, geom, block):
-            g = grad[:, t0:t1, r0:r1].reshape(B, t1 - t0, -1)  # [B, Tc, N]
-            for c, i, j in taps:
-                if need_image:
-                    weight = kernel[:, t0:t1, c, i, j][:, None, :]  # [Bk, 1, Tc]
-                    target = _tap(grad_image[:, c], i, j, r0, r1, geom)
-                    target += (weight @ g).view(target.shape)
-                if need_kernel:
-                    window = _tap(image[:, c], i, j, r0, r1, geom).reshape(B, -1, 1)
-                    grad_kernel[:, t0:t1, c, i, j] += _sum_to((g @ window)[..., 0], Bk)
+        with full_float32():  # the matrix products below would use TF32 on CUDA where the user enabled it
+            _correlate_backward(image, kernel, grad, geom, block, taps, grad_image, grad_kernel)
         return grad_image, grad_kernel, None, None
+
+
+def _correlate_backward(image, kernel, grad, geom, block, taps, grad_image, grad_kernel) -> None:
+    """Accumulate the gradients of :func:`_correlate_forward` into grad_image and grad_kernel (None: not needed)."""
+    B, T = grad.shape[:2]
+    Bk = kernel.shape[0]
+    for t0, t1, r0, r1 in _blocks(B, T, geom, block):
+        g = grad[:, t0:t1, r0:r1].reshape(B, t1 - t0, -1)  # [B, Tc, N]
+        for c, i, j in taps:
+            if grad_image is not None:
+                weight = kernel[:, t0:t1, c, i, j][:, None, :]  # [Bk, 1, Tc]
+                target = _tap(grad_image[:, c], i, j, r0, r1, geom)
+                target += (weight @ g).view(target.shape)
+            if grad_kernel is not None:
+                window = _tap(image[:, c], i, j, r0, r1, geom).reshape(B, -1, 1)
+                grad_kernel[:, t0:t1, c, i, j] += _sum_to((g @ window)[..., 0], Bk)
 
 
 # ------------------------------------------------------------------------------------------------------ distance
