@@ -16,7 +16,7 @@ from slidesim.engines import triton_gpu
 from slidesim.errors import EngineUnavailableError
 
 pytest.importorskip("triton")
-from slidesim.engines import _triton_ops  # noqa: E402  (after the skip: importing it imports triton)
+from slidesim.engines import _triton_ops  # after the skip: importing it imports triton
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
@@ -97,7 +97,7 @@ def test_gradient_of_a_nan_pixel_is_nan_where_it_is_read() -> None:
     template = torch.rand(1, 1, 2, 2, dtype=torch.float64, requires_grad=True)
     for method in ("triton", "numba"):
         scores = slidesim.similarity(image, template, metric="sad", method=method)
-        grad_image, grad_template = torch.autograd.grad(scores.nansum(), (image, template))
+        grad_image = torch.autograd.grad(scores.nansum(), (image, template))[0]
         assert bool(grad_image[0, 0, 2, 2].isnan())
         assert bool(grad_image[0, 0, 0, 5].isfinite())
 
