@@ -1,6 +1,7 @@
 """Fit the planner's throughput constants on this machine and write them to src/slidesim/_cost_constants.py.
 
-Run: python benchmarks/fit_cost.py [--cases N]
+Run: python benchmarks/fit_cost.py [--cases N] [--device cuda]
+     (--device cuda fits the GPU table, src/slidesim/_cost_constants_cuda.py, on the machine's GPU)
 
 Each engine runs a set of random training problems (benchmarks/problems.py, a different seed from the sweep); its
 constants are the non-negative least-squares fit of measured time against the work counts of
@@ -25,7 +26,8 @@ from problems import CORRELATION, DISTANCE, best_time, random_cases
 import slidesim
 from slidesim import cost
 
-TARGET = Path(__file__).resolve().parents[1] / "src" / "slidesim" / "_cost_constants.py"
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "slidesim"
+TARGETS = {"cpu": PACKAGE / "_cost_constants.py", "cuda": PACKAGE / "_cost_constants_cuda.py"}
 MAX_WORK = {"direct": 1.5e9, "reference": 2e7}  # work counts above which an engine is too slow to time here
 
 
@@ -54,29 +56,42 @@ def fit_engine(engine: str, cases) -> tuple[dict[str, float], float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cases", type=int, default=36, help="training problems per metric family")
+    parser.add_argument("--device", choices=sorted(TARGETS), default="cpu", help="which table to fit")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    device = args.device
+    if device == "cpu":
+        torch.set_num_threads(2)
+    elif not torch.cuda.is_available():
+        sys.exit("--device cuda needs a CUDA GPU; none is visible to torch.")
+    fast = "numba" if device == "cpu" else "triton"
     families = {
-        "direct": random_cases(101, args.cases, CORRELATION + DISTANCE, max_size=160),
-        "numba": random_cases(102, args.cases, DISTANCE),
-        "conv": random_cases(103, args.cases, CORRELATION),
-        "fft": random_cases(104, args.cases, CORRELATION),
-        "reference": random_cases(105, 8, CORRELATION + DISTANCE, max_size=96),
+        "direct": random_cases(101, args.cases, CORRELATION + DISTANCE, max_size=160, device=device),
+        fast: random_cases(102, args.cases, DISTANCE, device=device),
+        "conv": random_cases(103, args.cases, CORRELATION, device=device),
+        "fft": random_cases(104, args.cases, CORRELATION, device=device),
+        "reference": random_cases(105, 8, CORRELATION + DISTANCE, max_size=96, device=device),
     }
     fitted, spreads = {}, {}
     for engine, cases in families.items():
         print(f"{engine}:", flush=True)
         fitted[engine], spreads[engine] = fit_engine(engine, cases)
         print(f"  -> {fitted[engine]} (median |log error| {spreads[engine]:.2f})", flush=True)
-    import numba
+    if device == "cpu":
+        import numba
 
+        where, kernels = f"{torch.get_num_threads()} threads", f"numba {numba.__version__}"
+    else:
+        import triton
+
+        where, kernels = torch.cuda.get_device_name(), f"CUDA {torch.version.cuda}, triton {triton.__version__}"
     provenance = (
         f"fitted by benchmarks/fit_cost.py on {datetime.date.today().isoformat()}: {platform.machine()}, "
-        f"{torch.get_num_threads()} threads, Python {platform.python_version()}, torch {torch.__version__}, "
-        f"numba {numba.__version__}, slidesim {slidesim.__version__}"
+        f"{where}, Python {platform.python_version()}, torch {torch.__version__}, {kernels}, "
+        f"slidesim {slidesim.__version__}"
     )
+    table = "the CPU" if device == "cpu" else "CUDA tensors"
     lines = [
-        '"""Throughput constants of the cost model (seconds per counted unit of work; see',
+        f'"""Throughput constants of the cost model for {table} (seconds per counted unit of work; see',
         ":func:`slidesim.cost.features`). Written by ``python benchmarks/fit_cost.py``: do not edit by hand.",
         '"""',
         "",
@@ -91,8 +106,8 @@ def main() -> None:
         lines += [f"        {name!r}: {value:.4g}," for name, value in constants.items()]
         lines.append("    },")
     lines.append("}")
-    TARGET.write_text("\n".join(lines) + "\n")
-    print(f"wrote {TARGET}")
+    TARGETS[device].write_text("\n".join(lines) + "\n")
+    print(f"wrote {TARGETS[device]}")
 
 
 if __name__ == "__main__":

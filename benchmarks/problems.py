@@ -30,15 +30,18 @@ class Case:
     metric: str
     dtype: str = "float32"
     options: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
 
     def inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(self.size * 1000 + self.tsize)
         images = torch.rand(self.batch, self.channels, self.size, self.size, generator=generator)
         bank = torch.rand(self.n_templates, self.channels, self.tsize, self.tsize, generator=generator)
         if self.dtype == "uint8":
-            return (images * 255).to(torch.uint8), (bank * 255).to(torch.uint8)
-        dtype = getattr(torch, self.dtype)
-        return images.to(dtype), bank.to(dtype)
+            images, bank = (images * 255).to(torch.uint8), (bank * 255).to(torch.uint8)
+        else:
+            dtype = getattr(torch, self.dtype)
+            images, bank = images.to(dtype), bank.to(dtype)
+        return images.to(self.device), bank.to(self.device)
 
     def label(self) -> str:
         extra = "".join(f", {k}={'…' if isinstance(v, torch.Tensor) else v}" for k, v in self.options.items())
@@ -64,21 +67,29 @@ class Case:
 
 
 def best_time(case: Case, method: str, repeats: int = 3, budget: float = 2.0) -> float:
-    """Best wall time of ``repeats`` calls after one warm-up (fewer repeats when a call is slow)."""
+    """Best wall time of ``repeats`` calls after one warm-up (fewer repeats when a call is slow); CUDA calls are
+    timed to the end of their kernels."""
     images, bank = case.inputs()
-    call = {"metric": case.metric, "method": method, **case.options}
-    start = time.perf_counter()
-    slidesim.similarity(images, bank, **call)
-    first = time.perf_counter() - start
-    best = first
-    for _ in range(repeats if first * repeats < budget else 1):
+    options = {k: v.to(case.device) if isinstance(v, torch.Tensor) else v for k, v in case.options.items()}
+    call = {"metric": case.metric, "method": method, **options}
+    sync = torch.cuda.synchronize if case.device.startswith("cuda") else (lambda: None)
+
+    def once() -> float:
         start = time.perf_counter()
         slidesim.similarity(images, bank, **call)
-        best = min(best, time.perf_counter() - start)
+        sync()
+        return time.perf_counter() - start
+
+    first = once()
+    best = first
+    for _ in range(repeats if first * repeats < budget else 1):
+        best = min(best, once())
     return best
 
 
-def random_cases(seed: int, count: int, metrics: tuple[str, ...], max_size: int = 512) -> list[Case]:
+def random_cases(
+    seed: int, count: int, metrics: tuple[str, ...], max_size: int = 512, device: str = "cpu"
+) -> list[Case]:
     """``count`` varied cases: sizes, banks, channels, dtypes, strides, modes and masks drawn at random."""
     rng = np.random.default_rng(seed)
     cases = []
@@ -107,6 +118,7 @@ def random_cases(seed: int, count: int, metrics: tuple[str, ...], max_size: int 
                 metric=str(rng.choice(metrics)),
                 dtype=str(rng.choice(["float32", "float32", "float32", "float64", "uint8"])),
                 options=options,
+                device=device,
             )
         )
     return cases

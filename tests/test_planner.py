@@ -129,3 +129,21 @@ def test_fft_estimates_follow_overlap_save_tiles() -> None:
         != cost.features("fft", problem, roomy)["image_transform_nlogn"]
     )
     assert cost.estimate_bytes("fft", problem, tight) < cost.estimate_bytes("fft", problem, roomy)
+
+
+def test_cuda_problems_rank_by_the_gpu_table() -> None:
+    """A CUDA problem (shapes only: no GPU needed) is ranked with the GPU constants: the fused Triton kernel for
+    distance metrics, conv or fft for the correlation family, never numba."""
+    import dataclasses
+
+    pytest.importorskip("triton")
+    for metric, expected in (("sad", {"triton"}), ("ssd", {"triton"}), ("zncc", {"conv", "fft"})):
+        problem = canonicalize(
+            torch.rand(1, 3, 512, 512), torch.rand(16, 3, 16, 16), **{**_defaults(), "metric": metric}
+        )
+        cuda = dataclasses.replace(problem.problem, device="cuda:0")
+        candidates = slidesim_plan._candidates(cuda, 512 * 2**20)
+        runnable = [c.engine for c in candidates if c.excluded is None]
+        assert runnable[0] in expected, candidates
+        numba = next(c for c in candidates if c.engine == "numba")
+        assert numba.excluded is not None and ("CPU" in numba.excluded or metric == "zncc")
