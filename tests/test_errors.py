@@ -149,3 +149,13 @@ def test_errors_subclass_builtins() -> None:
     assert issubclass(slidesim.SlidesimValueError, ValueError)
     assert issubclass(slidesim.SlidesimTypeError, TypeError)
     assert issubclass(slidesim.EngineUnavailableError, ValueError)
+
+
+def test_numpy_bool_masks_are_binary_like_torch_bool_masks() -> None:
+    rng = np.random.default_rng(0)
+    image, template = rng.random((12, 11)).astype(np.float32), rng.random((4, 3)).astype(np.float32)
+    mask = rng.random((4, 3)) > 0.4
+    mask[0, 0] = True
+    from_numpy = slidesim.similarity(image, template, metric="zncc", mask=mask)
+    from_torch = slidesim.similarity(image, template, metric="zncc", mask=torch.from_numpy(mask))
+    np.testing.assert_array_equal(from_numpy, from_torch)

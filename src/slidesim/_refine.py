@@ -71,6 +71,19 @@ def _crop(image: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int], pad
     return pad_image(inner, pads, padding, value)
 
 
+def crop_window(
+    centre: tuple[float, float], template_shape: tuple[int, int], dilation: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The rows (r0, r1) and columns (c0, c1) of the image, possibly beyond its edges, that refinement of a peak
+    at ``centre`` reads: the template's span, the search's reach and the prefilter's guard band."""
+    h, w = template_shape
+    span_y, span_x = dilation[0] * (h - 1), dilation[1] * (w - 1)
+    reach = math.ceil(_DRIFT) + 2 + _GUARD
+    r0 = math.floor(centre[0] - span_y / 2) - reach
+    c0 = math.floor(centre[1] - span_x / 2) - reach
+    return (r0, r0 + span_y + 2 * reach + 1), (c0, c0 + span_x + 2 * reach + 1)
+
+
 def refine_on_data(
     image: torch.Tensor,
     template: torch.Tensor,
@@ -98,10 +111,8 @@ def refine_on_data(
     padding = options.get("padding", "constant")
     if options.get("mode", "valid") == "valid" or padding == "circular":
         padding = "replicate"  # only shifts near the border sample it
-    reach = math.ceil(_DRIFT) + 2 + _GUARD
-    r0 = math.floor(centre[0] - span_y / 2) - reach
-    c0 = math.floor(centre[1] - span_x / 2) - reach
-    rows, cols = (r0, r0 + span_y + 2 * reach + 1), (c0, c0 + span_x + 2 * reach + 1)
+    rows, cols = crop_window(centre, (h, w), dilation)
+    r0, c0 = rows[0], cols[0]
     # a few small matrix products per shift: the CPU in float64, wherever the images live
     crop = _crop(image.detach(), rows, cols, padding, options.get("pad_value", 0.0)).cpu().to(torch.float64)
     Hc, Wc = crop.shape[-2:]

@@ -99,7 +99,7 @@ def _to_tensor(name: str, value: object, device: torch.device | None) -> tuple[t
     if isinstance(value, torch.Tensor):
         return value, False
     if isinstance(value, np.ndarray):
-        if value.dtype == np.bool_ or value.dtype.kind in "cOSUV":
+        if (value.dtype == np.bool_ and name != "mask") or value.dtype.kind in "cOSUV":  # bool masks are binary
             raise SlidesimTypeError(
                 f"`{name}` must have a real numeric dtype ({_DTYPE_LIST}); got numpy dtype {value.dtype}."
             )

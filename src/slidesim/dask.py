@@ -1,0 +1,607 @@
+"""slidesim on Dask arrays: images and collections larger than one machine, with the in-memory results.
+
+Images are dask arrays (from zarr, tiled TIFF or anything else dask reads), chunked along any axis but channels;
+templates and masks are small and in memory. Every window of every metric depends only on the pixels it covers,
+so each chunk is scored by :func:`slidesim.similarity` on its own pixels plus a halo of the template's span
+below and to the right (an asymmetric overlap: a window belongs to the chunk that holds its top-left pixel), and
+the score chunks line up with the image chunks. Results equal the in-memory ones up to float32 round-off (the
+normalized metrics centre each chunk by its own mean). "same" and "full" modes pad the dask array first with the
+core's own index maps, so every padding and pad width gives the in-memory numbers.
+
+Runs on any dask scheduler: the threaded one by default, or a dask.distributed cluster (``Client(...)``).
+dask is an optional extra (``pip install "slidesim[dask]"``), imported only here.
+
+Examples:
+    >>> import dask.array as da, numpy as np
+    >>> import slidesim.dask
+    >>> image = da.from_array(np.random.default_rng(0).random((300, 280), dtype=np.float32), chunks=100)
+    >>> template = image[120:131, 40:49].compute()
+    >>> scores = slidesim.dask.similarity(image, template, metric="sad")
+    >>> scores.shape, scores.chunks[0]
+    ((290, 272), (100, 100, 90))
+    >>> np.unravel_index(int(scores.argmin().compute()), scores.shape)
+    (np.int64(120), np.int64(40))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._padding import _NUMPY_MODE, pad_amounts
+from ._similarity import _defaults
+from ._types import ArrayLike
+from ._validate import Canonical, canonicalize
+from .errors import SlidesimTypeError, SlidesimValueError
+
+__all__ = ["match", "similarity"]
+
+
+def _dask_array():
+    try:
+        import dask.array
+    except ImportError as error:  # pragma: no cover - the test extras install dask
+        raise ImportError("slidesim.dask needs dask: pip install 'slidesim[dask]'") from error
+    return dask.array
+
+
+def _as_dask(images: object):
+    da = _dask_array()
+    if isinstance(images, da.Array):
+        return images
+    images = _host(images)
+    if isinstance(images, np.ndarray):
+        return da.from_array(images)
+    raise SlidesimTypeError(f"`images` must be a dask array (or a numpy array or tensor); got {type(images).__name__}.")
+
+
+def _shape_only(images) -> torch.Tensor:
+    """A meta tensor with the dask array's shape and the torch dtype the core would give it (no data)."""
+    dtype = np.dtype(images.dtype)
+    if dtype == np.uint16:
+        dtype = np.dtype(np.float32)  # as the core converts numpy uint16
+    try:
+        torch_dtype = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
+    except TypeError:
+        torch_dtype = None
+    if torch_dtype is None or dtype.kind not in "biuf":
+        canonicalize(np.zeros((1, 1), dtype=images.dtype), np.zeros((1, 1)), **_defaults())  # the core's error
+        raise SlidesimTypeError(f"`images` has an unsupported dtype {images.dtype}.")
+    return torch.empty(images.shape, dtype=torch_dtype, device="meta")
+
+
+def _host(value: object) -> object:
+    """Tensors -> numpy on the host; anything else as it is."""
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+
+
+def _validated(images, templates: object, options: dict[str, Any]) -> tuple[Canonical, Canonical]:
+    """The core's checks and canonical layout: (shapes from the dask array, which is never read here; the same
+    call on a tiny image, whose canonical templates and mask hold the real values, checked by the core)."""
+    templates = _host(templates)
+    options = {**options, "mask": _host(options["mask"])}
+    canon = canonicalize(_shape_only(images), templates, **options)
+    problem = canon.problem
+    dy, dx = canon.dilation
+    span = (dy * (problem.template_height - 1) + 1, dx * (problem.template_width - 1) + 1)
+    tiny = np.zeros(span if canon.two_d else (problem.batch, problem.channels, *span), dtype=np.float32)
+    values = canonicalize(tiny, templates, **{**options, "mode": "valid", "stride": 1})
+    return canon, values
+
+
+def _at_least(chunks: tuple[int, ...], depth: int) -> tuple[int, ...]:
+    """Merge neighbouring chunks until each holds at least ``depth`` elements (the whole axis if it is shorter),
+    so that every chunk's halo comes from its next neighbour alone."""
+    merged: list[int] = []
+    for size in chunks:
+        if merged and merged[-1] < depth:
+            merged[-1] += size
+        else:
+            merged.append(size)
+    if len(merged) > 1 and merged[-1] < depth:
+        last = merged.pop()
+        merged[-1] += last
+    return tuple(merged)
+
+
+def _starts(chunks: tuple[int, ...]) -> list[int]:
+    return [0, *np.cumsum(chunks)[:-1].tolist()]
+
+
+def _outputs_per_chunk(chunks: tuple[int, ...], stride: int, out_size: int) -> tuple[int, ...]:
+    """Outputs whose window starts in each chunk: y with y·stride in [start, start + size), y < out_size."""
+    counts = []
+    for start, size in zip(_starts(chunks), chunks, strict=True):
+        first = math.ceil(start / stride)
+        last = min(math.ceil((start + size) / stride), out_size)
+        counts.append(max(0, last - first))
+    return tuple(counts)
+
+
+def _pad(images, canon: Canonical):
+    """Pad a [B, C, H, W] dask array for the call's mode exactly as the core pads tensors."""
+    da = _dask_array()
+    h, w = canon.templates.shape[-2:]
+    H, W = images.shape[-2:]
+    top, bottom = pad_amounts(canon.mode, H, h, canon.dilation[0])
+    left, right = pad_amounts(canon.mode, W, w, canon.dilation[1])
+    if not any((top, bottom, left, right)):
+        return images
+    if canon.padding == "constant":
+        dtype = np.float64 if canon.out_dtype == torch.float64 else np.float32
+        return da.pad(
+            images.astype(dtype),
+            ((0, 0), (0, 0), (top, bottom), (left, right)),
+            mode="constant",
+            constant_values=canon.pad_value,
+        )
+    mode = _NUMPY_MODE[canon.padding]
+    rows = np.pad(np.arange(H), (top, bottom), mode=mode)
+    cols = np.pad(np.arange(W), (left, right), mode=mode)
+    return images[:, :, rows, :][:, :, :, cols]
+
+
+def _sliced(templates: np.ndarray, mask: np.ndarray | None, per_image: bool, b0: int, count: int):
+    """The bank and mask of images b0 .. b0 + count (per-image banks), or the shared ones."""
+    if not per_image:
+        return templates, mask
+    if mask is not None and mask.ndim == 5 and mask.shape[0] > 1:
+        mask = mask[b0 : b0 + count]
+    return templates[b0 : b0 + count], mask
+
+
+@dataclass(frozen=True)
+class _Tiling:
+    """How a padded [B, C, Hp, Wp] dask array is cut: core chunks, and the outputs whose windows start in each."""
+
+    overlapped: Any  # the dask array: every chunk with the template's halo below and to the right
+    batch_starts: list[int]
+    row_starts: list[int]
+    col_starts: list[int]
+    out_rows: tuple[int, ...]
+    out_cols: tuple[int, ...]
+    batch_chunks: tuple[int, ...]
+
+
+def _tile(images, canon: Canonical) -> _Tiling:
+    """Pad [B, C, H, W] images for the call's mode and overlap every chunk with the template span's halo."""
+    da = _dask_array()
+    problem = canon.problem
+    images = _pad(images.rechunk({1: -1}), canon)
+    (sy, sx), (dy, dx) = canon.stride, canon.dilation
+    h, w = canon.templates.shape[-2:]
+    halo_h, halo_w = dy * (h - 1), dx * (w - 1)
+    images = images.rechunk(
+        {2: _at_least(images.chunks[2], max(1, halo_h)), 3: _at_least(images.chunks[3], max(1, halo_w))}
+    )
+    depth = {0: 0, 1: 0, 2: (0, halo_h), 3: (0, halo_w)}
+    return _Tiling(
+        overlapped=da.overlap.overlap(images, depth=depth, boundary="none"),
+        batch_starts=_starts(images.chunks[0]),
+        row_starts=_starts(images.chunks[2]),
+        col_starts=_starts(images.chunks[3]),
+        out_rows=_outputs_per_chunk(images.chunks[2], sy, problem.out_height),
+        out_cols=_outputs_per_chunk(images.chunks[3], sx, problem.out_width),
+        batch_chunks=images.chunks[0],
+    )
+
+
+def _core_windows(block: np.ndarray, location: tuple[int, ...], tiling: _Tiling, canon_shape: dict) -> np.ndarray:
+    """The part of a block whose valid windows are exactly the windows starting in its core, on the stride grid."""
+    _, _, iy, ix = location
+    ny, nx = tiling.out_rows[iy], tiling.out_cols[ix]
+    (sy, sx), (span_h, span_w) = canon_shape["stride"], canon_shape["span"]
+    oy, ox = (-tiling.row_starts[iy]) % sy, (-tiling.col_starts[ix]) % sx
+    piece = block[:, :, oy : oy + (ny - 1) * sy + span_h, ox : ox + (nx - 1) * sx + span_w]
+    return np.ascontiguousarray(piece)
+
+
+def _geometry(canon: Canonical) -> dict:
+    (dy, dx), (h, w) = canon.dilation, canon.templates.shape[-2:]
+    return {"stride": canon.stride, "span": (dy * (h - 1) + 1, dx * (w - 1) + 1)}
+
+
+def _score_block(
+    block: np.ndarray,
+    block_info: dict | None = None,
+    *,
+    tiling: _Tiling,
+    geometry: dict,
+    templates: np.ndarray,
+    mask: np.ndarray | None,
+    per_image: bool,
+    out_shape: tuple[int, ...],
+    out_dtype: np.dtype,
+    options: dict[str, Any],
+) -> np.ndarray:
+    """Scores of the windows whose top-left pixel lies in this chunk's core (the block holds the core and the
+    halo below and to the right)."""
+    from ._similarity import similarity
+
+    location = block_info[0]["chunk-location"]
+    ny, nx = tiling.out_rows[location[2]], tiling.out_cols[location[3]]
+    shape = (block.shape[0], *out_shape, ny, nx)
+    if ny == 0 or nx == 0:
+        return np.zeros(shape, dtype=out_dtype)
+    bank, weights = _sliced(templates, mask, per_image, tiling.batch_starts[location[0]], block.shape[0])
+    piece = _core_windows(block, location, tiling, geometry)
+    scores = similarity(piece, bank, mask=weights, mode="valid", **options)
+    return np.asarray(scores, dtype=out_dtype).reshape(shape)
+
+
+def _block_options(canon: Canonical) -> dict[str, Any]:
+    """The options each chunk's in-memory call takes (the chunks arrive padded: mode "valid")."""
+    return {
+        "metric": canon.problem.metric,
+        "stride": canon.stride,
+        "dilation": canon.dilation,
+        "channels": canon.channels_mode,
+        "circular": dict(canon.problem.circular) or None,
+        "method": canon.method,
+        "memory_limit": canon.memory_limit,
+    }
+
+
+def _out_dtype(canon: Canonical) -> np.dtype:
+    return np.dtype(np.float64 if canon.out_dtype == torch.float64 else np.float32)
+
+
+def similarity(images: object, templates: ArrayLike, **options: Any):
+    """Score maps of a dask array of images, chunk by chunk: the in-memory :func:`slidesim.similarity` result.
+
+    Args:
+        images: dask array [H, W] (with a 2-D template) or [B, C, H, W], chunked along any axis; chunks along
+            channels are merged (every window needs all channels). numpy arrays and tensors are wrapped.
+        templates: In memory, as for :func:`slidesim.similarity`: [h, w], [T, C, h, w] or per-image banks
+            [B, T, C, h, w].
+        **options: The keyword options of :func:`slidesim.similarity` (metric, stride, dilation, mode, padding,
+            pad_value, mask, channels, circular, method, memory_limit). ``memory_limit`` applies per chunk.
+
+    Returns:
+        A lazy dask array of scores, [B, T, H', W'] ([B, T, C, H', W'] for channels="separate"; [H', W'] for 2-D
+        input), float32 (float64 for float64 or 32/64-bit integer input), chunked like the images: the score
+        chunk of an image chunk holds the windows whose top-left pixel (on the padded image) lies in it.
+
+    Raises:
+        SlidesimTypeError, SlidesimValueError: As the in-memory call would, before anything is computed.
+    """
+    da = _dask_array()
+    options = {**_defaults(), **options}
+    images = _as_dask(images)
+    canon, _ = _validated(images, templates, options)
+    problem = canon.problem
+    if canon.two_d:
+        images = images[None, None]
+    tiling = _tile(images, canon)
+    separate = canon.channels_mode == "separate"
+    out_shape = (problem.n_templates, problem.channels) if separate else (problem.n_templates,)
+    dtype = _out_dtype(canon)
+    bank = np.asarray(_host(templates))
+    mask = None if options["mask"] is None else np.asarray(_host(options["mask"]))
+    if canon.two_d:
+        bank = bank[None, None]  # [1, 1, h, w] for the [1, 1, H, W] image chunks
+    chunks = (tiling.batch_chunks, *((size,) for size in out_shape), tiling.out_rows, tiling.out_cols)
+    scores = da.map_blocks(
+        _score_block,
+        tiling.overlapped,
+        dtype=dtype,
+        chunks=chunks,
+        new_axis=[2] if separate else None,
+        meta=np.empty((0,) * len(chunks), dtype=dtype),
+        tiling=tiling,
+        geometry=_geometry(canon),
+        templates=bank,
+        mask=mask,
+        per_image=problem.per_image_bank,
+        out_shape=out_shape,
+        out_dtype=dtype,
+        options=_block_options(canon),
+    )
+    return scores[0, 0] if canon.two_d else scores
+
+
+# ----------------------------------------------------------------------------------------------------------- match
+_CANDIDATES_PER_CHUNK = 16  # peak candidates each chunk sends per (image, template) beyond k, at first
+
+
+def _best_block(
+    block: np.ndarray,
+    block_info: dict | None = None,
+    *,
+    tiling: _Tiling,
+    geometry: dict,
+    templates: torch.Tensor,
+    mask: torch.Tensor | None,
+    n_templates: int,
+    n_transforms: int,
+    options: dict[str, Any],
+) -> np.ndarray:
+    """[b, T, 2, ny, nx] float64: the best score over the transformed bank and the index of its transform, for
+    the windows starting in this chunk's core (as :func:`slidesim.match` folds the bank in memory)."""
+    from .matching import _best_of_bank
+
+    location = block_info[0]["chunk-location"]
+    ny, nx = tiling.out_rows[location[2]], tiling.out_cols[location[3]]
+    out = np.zeros((block.shape[0], n_templates, 2, ny, nx), dtype=np.float64)
+    if ny == 0 or nx == 0:
+        return out
+    b0 = tiling.batch_starts[location[0]]
+    bank = templates[b0 : b0 + block.shape[0]] if templates.shape[0] > 1 else templates[0]
+    weights = mask
+    if mask is not None:
+        weights = mask[b0 : b0 + block.shape[0]] if mask.shape[0] > 1 else mask[0]
+    piece = _core_windows(block, location, tiling, geometry)
+    canon = canonicalize(piece, bank, **{**_defaults(), **options, "mask": weights, "mode": "valid"})
+    best, which = _best_of_bank(canon, n_templates, n_transforms, None)
+    out[:, :, 0] = best.double().numpy()
+    out[:, :, 1] = which.numpy()
+    return out
+
+
+def _candidates(
+    block: np.ndarray,
+    *,
+    y0: int,
+    x0: int,
+    b0: int,
+    radius: int,
+    limit: int,
+    out_size: tuple[int, int],
+    higher: bool,
+    threshold: float | None,
+    border: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Peak candidates of one chunk of the best maps, as :func:`slidesim.peaks.locate_peaks` defines them.
+
+    Args:
+        block: [b, T, 2, ny + 2·radius, nx + 2·radius]: best scores and transform indices, with a halo of
+            ``radius`` (−inf outside the maps) so that every core position sees its whole neighbourhood.
+        y0, x0, b0: Map position of the core's first row and column, and the block's first image.
+
+    Returns:
+        (rows [N, 6] float64 of (image, template, y, x, key, transform) for the ``limit`` best candidates of each
+        (image, template) in this chunk, best first, ties to the earlier position; next [b, T]: the key of the
+        best candidate left out, −inf when none was.)
+    """
+    H, W = out_size
+    best = torch.from_numpy(np.ascontiguousarray(block[:, :, 0]))
+    b, T, Hb, Wb = best.shape
+    key = best if higher else -best
+    key = torch.where(torch.isfinite(key), key, -torch.inf)
+    if threshold is not None:
+        key = torch.where(key >= (threshold if higher else -threshold), key, -torch.inf)
+    rows = torch.arange(Hb)[:, None] + y0 - radius
+    cols = torch.arange(Wb)[None, :] + x0 - radius
+    inside = (rows >= border) & (rows < H - border) & (cols >= border) & (cols < W - border)
+    key = torch.where(inside, key, -torch.inf)
+    flat = key.reshape(b * T, 1, Hb, Wb)
+    pooled = torch.nn.functional.max_pool2d(flat, (1, 2 * radius + 1), stride=1, padding=(0, radius))
+    pooled = torch.nn.functional.max_pool2d(pooled, (2 * radius + 1, 1), stride=1, padding=(radius, 0))
+    core = (slice(None), slice(None), slice(radius, Hb - radius), slice(radius, Wb - radius))
+    peak = ((flat == pooled) & (pooled > -torch.inf))[core].reshape(b, T, Hb - 2 * radius, Wb - 2 * radius)
+    key_core = key[:, :, radius : Hb - radius, radius : Wb - radius]
+    which = block[:, :, 1, radius : Hb - radius, radius : Wb - radius]
+    found = []
+    following = np.full((b, T), -np.inf)
+    for i in range(b):
+        for t in range(T):
+            ys, xs = peak[i, t].nonzero(as_tuple=True)
+            if len(ys) == 0:
+                continue
+            values = key_core[i, t, ys, xs].numpy()
+            gy, gx = ys.numpy() + y0, xs.numpy() + x0
+            order = np.lexsort((gy * W + gx, -values))  # best first, then the earlier position
+            if len(order) > limit:
+                following[i, t] = values[order[limit]]
+                order = order[:limit]
+            for j in order:
+                found.append((b0 + i, t, gy[j], gx[j], values[j], which[i, t, ys[j], xs[j]]))
+    return np.asarray(found, dtype=np.float64).reshape(-1, 6), following
+
+
+def _merge(candidates: np.ndarray, k: int, min_distance: int, width: int) -> list[tuple[int, ...]]:
+    """Greedy suppression over every chunk's candidates of one (image, template), as in memory: best first (ties
+    to the earlier position), a candidate kept when no kept one lies within min_distance. Rows of the kept."""
+    order = np.lexsort((candidates[:, 2] * width + candidates[:, 3], -candidates[:, 4]))
+    kept: list[int] = []
+    for j in order:
+        y, x = candidates[j, 2], candidates[j, 3]
+        if all(max(abs(y - candidates[a, 2]), abs(x - candidates[a, 3])) >= min_distance for a in kept):
+            kept.append(int(j))
+            if len(kept) == k:
+                break
+    return kept
+
+
+def _crop_region(centre: tuple[float, float], template_shape: tuple[int, int], dilation, size: tuple[int, int]):
+    """The image rows and columns that sub-pixel refinement reads around an integer peak (clipped to the image)."""
+    from ._refine import crop_window
+
+    (r0, r1), (c0, c1) = crop_window(centre, template_shape, dilation)
+    return (max(r0, 0), min(r1, size[0])), (max(c0, 0), min(c1, size[1]))
+
+
+def match(
+    images: object,
+    templates: ArrayLike,
+    *,
+    metric: str = "zncc",
+    k: int = 1,
+    min_distance: int | None = None,
+    threshold: float | None = None,
+    rotations: Any = None,
+    scales: Any = None,
+    subpixel: bool = True,
+    exclude_border: int = 0,
+    **options: Any,
+):
+    """The k best matches of every template in every image of a dask array: the in-memory :func:`slidesim.match`
+    result, found chunk by chunk.
+
+    Each chunk folds the (rotated, scaled) bank into a best-score map and the index of the best transform, and
+    sends its peak candidates (local maxima over a neighbourhood that reaches into the next chunks, so a peak on a
+    chunk border is seen once, with its true neighbours). The candidates of all chunks are then suppressed
+    together, exactly as in memory. Each chunk sends its best few candidates; where a chunk held back one that
+    could have changed the result (as good as the k-th match found), the candidates are gathered again with a
+    larger allowance, so the result never depends on the chunking. Sub-pixel refinement reads a small window of
+    the image around each match.
+
+    Args:
+        images: dask array [H, W] or [B, C, H, W] (chunked along any axis; channels are merged).
+        templates: In memory, as for :func:`slidesim.match`.
+        metric, k, min_distance, threshold, rotations, scales, subpixel, exclude_border: As for
+            :func:`slidesim.match`.
+        **options: As for :func:`slidesim.match` (stride, dilation, mode, padding, pad_value, mask, channels,
+            circular, method, memory_limit).
+
+    Returns:
+        :class:`slidesim.Matches` with numpy fields; ``maps`` is the lazy dask array of best scores [B, T, H', W'].
+
+    Raises:
+        SlidesimTypeError, SlidesimValueError: As the in-memory call would, before anything is computed.
+    """
+    import dask
+
+    from .banks import transform_bank
+    from .matching import Matches, _factors, window_origin
+    from .peaks import _check_int, _check_threshold
+
+    da = _dask_array()
+    if options.get("channels", "joint") == "separate":
+        raise SlidesimValueError(
+            "`channels` must be 'joint' or 'mean' for match (one score per template); got 'separate'."
+        )
+    k = _check_int("k", k, 1)
+    threshold = _check_threshold(threshold)
+    border = _check_int("exclude_border", exclude_border, 0)
+    angles = _factors("rotations", rotations, positive=False)
+    factors = _factors("scales", scales, positive=True)
+    call = {**_defaults(), **options, "metric": metric}
+    images = _as_dask(images)
+    shapes, values = _validated(images, templates, call)
+    T, h, w = values.templates.shape[1], *values.templates.shape[-2:]
+    distance = max(1, min(h, w) // 2) if min_distance is None else _check_int("min_distance", min_distance, 1)
+    if angles is not None or factors is not None:
+        bank = transform_bank(values.templates, values.mask, angles or [0.0], factors or [1.0])
+        bank_templates, bank_mask = bank.templates, bank.mask
+        transform_angles, transform_scales = bank.angles, bank.scales
+    else:
+        bank_templates, bank_mask = values.templates, values.mask
+        transform_angles = torch.zeros(1, dtype=torch.float64)
+        transform_scales = torch.ones(1, dtype=torch.float64)
+    R = len(transform_angles)
+    layout = bank_templates[0] if bank_templates.shape[0] == 1 else bank_templates
+    layout_mask = None if bank_mask is None else (bank_mask[0] if bank_mask.shape[0] == 1 else bank_mask)
+    four_d = _shape_only(images)
+    if shapes.two_d:
+        four_d = four_d[None, None]
+        images = images[None, None]
+    meta_mask = None if layout_mask is None else layout_mask.to("meta")
+    canon = canonicalize(four_d, layout.to("meta"), **{**call, "mask": meta_mask})  # the bank's geometry
+    problem = canon.problem
+    tiling = _tile(images, canon)
+    chunks = (tiling.batch_chunks, (T,), (2,), tiling.out_rows, tiling.out_cols)
+    best = da.map_blocks(
+        _best_block,
+        tiling.overlapped,
+        dtype=np.float64,
+        chunks=chunks,
+        new_axis=[2],
+        meta=np.empty((0,) * 5, dtype=np.float64),
+        tiling=tiling,
+        geometry=_geometry(canon),
+        templates=bank_templates,
+        mask=bank_mask,
+        n_templates=T,
+        n_transforms=R,
+        options=_block_options(canon),
+    )
+    radius = max(1, distance - 1)
+    best = best.rechunk({3: _at_least(best.chunks[3], radius), 4: _at_least(best.chunks[4], radius)})
+    haloed = da.overlap.overlap(best, depth={0: 0, 1: 0, 2: 0, 3: radius, 4: radius}, boundary=-np.inf)
+    higher = canon.spec.higher_is_better
+    out_size = (problem.out_height, problem.out_width)
+    row_starts, col_starts, batch_starts = _starts(best.chunks[3]), _starts(best.chunks[4]), _starts(best.chunks[0])
+    blocks = haloed.to_delayed()
+    limit = k + _CANDIDATES_PER_CHUNK
+    while True:
+        where = [
+            (ib, iy, ix)
+            for ib in range(len(batch_starts))
+            for iy in range(len(row_starts))
+            for ix in range(len(col_starts))
+        ]
+        tasks = [
+            dask.delayed(_candidates)(
+                blocks[ib, 0, 0, iy, ix],
+                y0=row_starts[iy],
+                x0=col_starts[ix],
+                b0=batch_starts[ib],
+                radius=radius,
+                limit=limit,
+                out_size=out_size,
+                higher=higher,
+                threshold=threshold,
+                border=border,
+            )
+            for ib, iy, ix in where
+        ]
+        parts = dask.compute(*tasks)
+        rows = np.concatenate([found for found, _ in parts])
+        left_out = np.full((problem.batch, T), -np.inf)  # the best candidate any chunk held back
+        for (_, following), (ib, _, _) in zip(parts, where, strict=True):
+            span = slice(batch_starts[ib], batch_starts[ib] + following.shape[0])
+            left_out[span] = np.maximum(left_out[span], following)
+        kept, exact = [], True
+        for b in range(problem.batch):
+            for t in range(T):
+                mine = rows[(rows[:, 0] == b) & (rows[:, 1] == t)]
+                chosen = _merge(mine, k, distance, problem.out_width) if len(mine) else []
+                kept.extend(mine[j] for j in chosen)
+                # a held-back candidate as good as the k-th kept one (or any, when fewer than k were kept)
+                # could have changed the result
+                bar = mine[chosen[-1], 4] if len(chosen) == k else -np.inf
+                if left_out[b, t] > -np.inf and left_out[b, t] >= bar:
+                    exact = False
+        if exact:
+            break
+        limit *= 4
+    (sy, sx), (oy, ox) = canon.stride, window_origin(canon)
+    H, W = images.shape[-2:]
+    output = []
+    for b, t, y, x, key, r in kept:
+        b, t, y, x, r = int(b), int(t), int(y), int(x), int(r)
+        cy, cx = y * sy + oy, x * sx + ox
+        score = float(key if higher else -key)  # the best map's value: kept keys are never thresholded away
+        if subpixel:
+            cy, cx, score = _refine(images, values, bank_templates, bank_mask, call, (b, t * R + r), (cy, cx), (H, W))
+        output.append((b, t, cy, cx, score, float(transform_angles[r]), float(transform_scales[r])))
+    columns = list(zip(*output, strict=True)) if output else [()] * 7
+    fields = [np.asarray(c, dtype=np.int64) for c in columns[:2]] + [
+        np.asarray(c, dtype=np.float64) for c in columns[2:]
+    ]
+    maps = best[:, :, 0].astype(_out_dtype(canon))
+    return Matches(*fields, maps=maps[0, 0] if shapes.two_d else maps)
+
+
+def _refine(images, values: Canonical, templates, mask, call, index, centre, size):
+    """Sub-pixel (y, x, score) of one match, from the few image pixels that refinement reads."""
+    from ._refine import refine_on_data
+
+    b, j = index
+    template = templates[b if templates.shape[0] > 1 else 0, j]
+    weights = None if mask is None else mask[b if mask.shape[0] > 1 else 0, j if mask.shape[1] > 1 else 0]
+    (r0, r1), (c0, c1) = _crop_region(centre, tuple(template.shape[-2:]), values.dilation, size)
+    window = np.ascontiguousarray(images[b, :, r0:r1, c0:c1].compute())
+    if window.dtype == np.uint16:
+        window = window.astype(np.float32)  # as the core converts numpy uint16
+    piece = torch.from_numpy(window).to(values.out_dtype)  # the compute dtype, as the core converts images
+    higher = values.spec.higher_is_better
+    y, x, score = refine_on_data(
+        piece, template, weights, (centre[0] - r0, centre[1] - c0), values.dilation, higher, call
+    )
+    return y + r0, x + c0, score
