@@ -204,3 +204,42 @@ def test_templates_of_different_sizes(files, capsys, tmp_path) -> None:
     _png_size(heatmap)
     code, out, _ = _run(["explain", files["image"], files["a"], small], capsys)
     assert code == 0 and out.count("slidesim plan") == 2
+
+
+def test_zarr_and_lazy_tiff_give_the_in_memory_matches(files, capsys, tmp_path) -> None:
+    da = pytest.importorskip("dask.array")
+    pytest.importorskip("zarr")
+    argv = [files["a"], files["b"], "--json", "--top", "2", "--rotations", "0,90"]
+    code, out, _ = _run(["match", files["image"], *argv], capsys)
+    assert code == 0
+    want = json.loads(out)
+    store = tmp_path / "image.zarr"
+    da.from_array(files["array"], chunks=(50, 60)).to_zarr(str(store))
+    tiff = tmp_path / "tiled.tif"
+    tifffile.imwrite(tiff, files["array"], tile=(32, 32))
+    for source, extra in ((store, []), (tiff, ["--chunk", "48"])):
+        code, out, err = _run(["match", source, *argv, *extra], capsys)
+        assert code == 0, err
+        got = json.loads(out)
+        assert [(r["batch"], r["template"], r["angle"]) for r in got] == [
+            (r["batch"], r["template"], r["angle"]) for r in want
+        ]
+        np.testing.assert_allclose(
+            [[r["y"], r["x"], r["score"]] for r in got], [[r["y"], r["x"], r["score"]] for r in want], atol=1e-6
+        )
+    code, out, _ = _run(["explain", store, files["a"]], capsys)
+    assert code == 0 and "each chunk is one call" in out and "(1, 1, 50, 60)" in out
+    code, _, err = _run(["match", store, files["a"], "--heatmap", tmp_path / "h.png"], capsys)
+    assert code == 2 and "opened lazily" in err
+
+
+def test_local_cluster_workers(files, capsys, tmp_path) -> None:
+    pytest.importorskip("distributed")
+    code, out, _ = _run(["match", files["image"], files["a"], "--json"], capsys)
+    want = json.loads(out)
+    code, out, err = _run(["match", files["image"], files["a"], "--json", "--workers", "2", "--quiet"], capsys)
+    assert code == 0, err
+    got = json.loads(out)
+    np.testing.assert_allclose(
+        [[r["y"], r["x"], r["score"]] for r in got], [[r["y"], r["x"], r["score"]] for r in want], atol=1e-6
+    )

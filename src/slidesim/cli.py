@@ -8,12 +8,14 @@ prints one line on stderr and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -118,11 +120,20 @@ def _options(args: argparse.Namespace) -> dict:
     return options
 
 
-def _load(args: argparse.Namespace) -> tuple[np.ndarray, list[tuple[list[int], np.ndarray]], list[str], list]:
-    """(image [B, C, H, W], groups of same-size templates as (indices, bank [T, C, h, w]), labels, sizes)."""
-    from .imageio import match_channels, read_image
+def _lazy(args: argparse.Namespace) -> bool:
+    """Whether the image runs through slidesim.dask: zarr, large TIFF, or a chunk size or cluster asked for."""
+    from .imageio import is_lazy
 
-    image = read_image(args.image)
+    wanted = getattr(args, "chunk", None) or getattr(args, "workers", None) or getattr(args, "scheduler", None)
+    return bool(wanted) or is_lazy(args.image)
+
+
+def _load(args: argparse.Namespace) -> tuple[object, list[tuple[list[int], np.ndarray]], list[str], list]:
+    """(image [B, C, H, W], groups of same-size templates as (indices, bank [T, C, h, w]), labels, sizes); the
+    image is a lazy dask array for zarr and large TIFF inputs."""
+    from .imageio import match_channels, open_lazy, read_image
+
+    image = open_lazy(args.image, getattr(args, "chunk", None)) if _lazy(args) else read_image(args.image)
     templates, labels = [], []
     for name in args.templates:
         template = read_image(name)
@@ -137,30 +148,66 @@ def _load(args: argparse.Namespace) -> tuple[np.ndarray, list[tuple[list[int], n
     return image, banks, labels, [t.shape[-2:] for t in templates]
 
 
-def _run_match(args: argparse.Namespace) -> int:
-    from .matching import match
+@contextmanager
+def _scheduler(args: argparse.Namespace):
+    """The dask scheduler of a lazy run: an existing cluster (--scheduler), a local one (--workers), or dask's
+    threads; with a progress bar on a terminal."""
+    if args.scheduler or args.workers:
+        import distributed
 
+        with contextlib.ExitStack() as stack:
+            if args.scheduler:
+                client = stack.enter_context(distributed.Client(args.scheduler))
+            else:
+                cluster = stack.enter_context(
+                    distributed.LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None)
+                )
+                client = stack.enter_context(distributed.Client(cluster))
+            if not args.quiet and sys.stderr.isatty():
+                print(f"slidesim: dask cluster {client.scheduler.address}", file=sys.stderr)
+            yield
+        return
+    if args.quiet or not sys.stderr.isatty():
+        yield
+        return
+    from dask.diagnostics import ProgressBar
+
+    with ProgressBar(out=sys.stderr):
+        yield
+
+
+def _run_match(args: argparse.Namespace) -> int:
     image, banks, labels, sizes = _load(args)
+    lazy = not isinstance(image, np.ndarray)
+    if lazy and (args.heatmap or args.overlay):
+        raise SlidesimValueError(
+            "--heatmap and --overlay draw in-memory images; this image is opened lazily (zarr, a large TIFF, "
+            "--chunk, --workers or --scheduler)"
+        )
     rotations = parse_range(args.rotations, "rotations", inclusive=False) if args.rotations else None
     scales = parse_range(args.scales, "scales", inclusive=True) if args.scales else None
-    options = _options(args)  # the mask file is read once for every size
+    options = {
+        **_options(args),  # the mask file is read once for every size
+        "k": args.top,
+        "threshold": args.threshold,
+        "min_distance": args.min_distance,
+        "rotations": rotations,
+        "scales": scales,
+    }
     rows, maps = [], [None] * len(labels)
-    for indices, bank in banks:  # templates of one size share a call (and the image side of it)
-        found = match(
-            image,
-            bank,
-            k=args.top,
-            threshold=args.threshold,
-            min_distance=args.min_distance,
-            rotations=rotations,
-            scales=scales,
-            progress=_progress(args.quiet),
-            **options,
-        )
-        for row in found.rows():
-            rows.append({**row, "template": indices[row["template"]]})
-        for position, index in enumerate(indices):
-            maps[index] = found.maps[0, position]
+    with _scheduler(args) if lazy else contextlib.nullcontext():
+        for indices, bank in banks:  # templates of one size share a call (and the image side of it)
+            if lazy:
+                from .dask import match as lazy_match
+
+                found = lazy_match(image, bank, **options)
+            else:
+                from .matching import match
+
+                found = match(image, bank, progress=_progress(args.quiet), **options)
+                for position, index in enumerate(indices):
+                    maps[index] = found.maps[0, position]
+            rows.extend({**row, "template": indices[row["template"]]} for row in found.rows())
     rows.sort(key=lambda row: (row["batch"], row["template"]))  # stable: best first within each
     print(_emit(rows, labels, image.shape[0], "json" if args.json else "csv" if args.csv else "table"))
     from .draw import draw_heatmap, draw_overlay
@@ -177,6 +224,9 @@ def _run_explain(args: argparse.Namespace) -> int:
 
     image, banks, labels, _ = _load(args)
     options = _options(args)
+    if not isinstance(image, np.ndarray):  # a lazy image: every chunk is one in-memory call
+        image = np.asarray(image.rechunk({1: -1}).blocks[0, 0, 0, 0].compute())
+        print(f"the image is read lazily; each chunk is one call, planned as this first chunk {image.shape}:")
     for indices, bank in banks:
         if len(banks) > 1:
             print(f"templates {', '.join(labels[i] for i in indices)}:")
@@ -242,12 +292,16 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _add_problem_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("image", help="image file (PNG, JPEG, TIFF; the pages of a multi-page TIFF are a batch)")
+    parser.add_argument(
+        "image",
+        help="image file (PNG, JPEG, TIFF; the pages of a multi-page TIFF are a batch) or zarr array; zarr and TIFF "
+        "files above 512 MiB are read lazily, chunk by chunk, through dask",
+    )
     parser.add_argument("templates", nargs="+", metavar="TEMPLATE", help="template files (any sizes)")
     parser.add_argument("--metric", default="zncc", help=f"similarity: {METRIC_CHOICES}; default zncc")
     parser.add_argument("--mask", help="template mask file: pixels that are not zero count")
     parser.add_argument("--stride", type=int, default=1, help="step between scored positions (default 1)")
-    parser.add_argument("--method", default="auto", help="engine: auto, numba, conv, fft, direct, reference")
+    parser.add_argument("--method", default="auto", help="engine: auto, numba, triton, conv, fft, direct, reference")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     found.add_argument("--heatmap", help="write the best score map of each template to this PNG")
     found.add_argument("--overlay", help="write the image with the matches drawn as boxes to this PNG")
     found.add_argument("--quiet", action="store_true", help="no progress bar")
+    lazy = found.add_argument_group("large images (through dask; pip install 'slidesim[dask]')")
+    lazy.add_argument("--chunk", type=int, help="read the image lazily in chunks of this many pixels a side")
+    cluster = lazy.add_mutually_exclusive_group()
+    cluster.add_argument("--workers", type=int, help="start a local dask cluster with this many worker processes")
+    cluster.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://10.0.0.5:8786")
     found.set_defaults(run=_run_match)
 
     plan = commands.add_parser("explain", help="print the planner's choice for a problem")

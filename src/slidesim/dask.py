@@ -318,15 +318,17 @@ def _best_block(
     mask: torch.Tensor | None,
     n_templates: int,
     n_transforms: int,
+    out_dtype: np.dtype,
     options: dict[str, Any],
 ) -> np.ndarray:
-    """[b, T, 2, ny, nx] float64: the best score over the transformed bank and the index of its transform, for
-    the windows starting in this chunk's core (as :func:`slidesim.match` folds the bank in memory)."""
+    """[b, T, 2, ny, nx]: the best score over the transformed bank and the index of its transform (exact in
+    float32 below 2²⁴ transforms), for the windows starting in this chunk's core (as :func:`slidesim.match` folds
+    the bank in memory), in the scores' dtype."""
     from .matching import _best_of_bank
 
     location = block_info[0]["chunk-location"]
     ny, nx = tiling.out_rows[location[2]], tiling.out_cols[location[3]]
-    out = np.zeros((block.shape[0], n_templates, 2, ny, nx), dtype=np.float64)
+    out = np.zeros((block.shape[0], n_templates, 2, ny, nx), dtype=out_dtype)
     if ny == 0 or nx == 0:
         return out
     b0 = tiling.batch_starts[location[0]]
@@ -337,7 +339,7 @@ def _best_block(
     piece = _core_windows(block, location, tiling, geometry)
     canon = canonicalize(piece, bank, **{**_defaults(), **options, "mask": weights, "mode": "valid"})
     best, which = _best_of_bank(canon, n_templates, n_transforms, None)
-    out[:, :, 0] = best.double().numpy()
+    out[:, :, 0] = best.numpy()
     out[:, :, 1] = which.numpy()
     return out
 
@@ -368,7 +370,7 @@ def _candidates(
         best candidate left out, −inf when none was.)
     """
     H, W = out_size
-    best = torch.from_numpy(np.ascontiguousarray(block[:, :, 0]))
+    best = torch.from_numpy(np.ascontiguousarray(block[:, :, 0])).to(torch.float64)
     b, T, Hb, Wb = best.shape
     key = best if higher else -best
     key = torch.where(torch.isfinite(key), key, -torch.inf)
@@ -505,13 +507,15 @@ def match(
     problem = canon.problem
     tiling = _tile(images, canon)
     chunks = (tiling.batch_chunks, (T,), (2,), tiling.out_rows, tiling.out_cols)
+    dtype = _out_dtype(canon)
     best = da.map_blocks(
         _best_block,
         tiling.overlapped,
-        dtype=np.float64,
+        dtype=dtype,
         chunks=chunks,
         new_axis=[2],
-        meta=np.empty((0,) * 5, dtype=np.float64),
+        meta=np.empty((0,) * 5, dtype=dtype),
+        out_dtype=dtype,
         tiling=tiling,
         geometry=_geometry(canon),
         templates=bank_templates,
@@ -584,7 +588,7 @@ def match(
     fields = [np.asarray(c, dtype=np.int64) for c in columns[:2]] + [
         np.asarray(c, dtype=np.float64) for c in columns[2:]
     ]
-    maps = best[:, :, 0].astype(_out_dtype(canon))
+    maps = best[:, :, 0]
     return Matches(*fields, maps=maps[0, 0] if shapes.two_d else maps)
 
 

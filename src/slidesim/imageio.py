@@ -10,9 +10,10 @@ import numpy as np
 
 from .errors import SlidesimTypeError, SlidesimValueError
 
-__all__ = ["read_image", "read_mask"]
+__all__ = ["is_lazy", "open_lazy", "read_image", "read_mask"]
 
 _TIFF = (".tif", ".tiff")
+LARGE_TIFF_BYTES = 512 * 2**20  # TIFF files above this are opened lazily (as dask arrays) by the command line
 
 
 def _missing(module: str) -> SlidesimValueError:
@@ -92,3 +93,65 @@ def match_channels(image: np.ndarray, template: np.ndarray, name: str) -> np.nda
     if template.shape[1] == 1:
         return np.repeat(template, image.shape[1], axis=1)
     raise SlidesimTypeError(f"template {name!r} has {template.shape[1]} channels; the image has {image.shape[1]}")
+
+
+def _is_zarr(path: Path) -> bool:
+    markers = (".zarray", "zarr.json", ".zgroup")
+    return path.suffix.lower() == ".zarr" or (path.is_dir() and any((path / m).exists() for m in markers))
+
+
+def is_lazy(path: str | Path) -> bool:
+    """Whether the command line opens this image lazily: zarr arrays, and TIFF files above LARGE_TIFF_BYTES."""
+    path = Path(path)
+    if _is_zarr(path):
+        return True
+    return path.suffix.lower() in _TIFF and path.is_file() and path.stat().st_size > LARGE_TIFF_BYTES
+
+
+def _batch_layout(array, path: Path, source: str):
+    """A lazy array in its file's layout -> [B, C, H, W]: [H, W], [H, W, 3|4] (colour, alpha dropped), pages
+    [P, H, W], pages of colour [P, H, W, 3|4]; zarr arrays may also be [C, H, W] or [B, C, H, W] already."""
+    colour = array.ndim >= 3 and array.shape[-1] in (3, 4) and source == "tiff"
+    if array.ndim == 2:
+        return array[None, None]
+    if array.ndim == 3 and colour:
+        return array[..., :3].transpose(2, 0, 1)[None]
+    if array.ndim == 3:
+        return array[:, None] if source == "tiff" else array[None]  # TIFF pages; zarr [C, H, W]
+    if array.ndim == 4 and colour:
+        return array[..., :3].transpose(0, 3, 1, 2)
+    if array.ndim == 4 and source == "zarr":
+        return array
+    raise SlidesimValueError(f"{str(path)!r} holds an array of shape {tuple(array.shape)}, not a grey or colour image")
+
+
+def open_lazy(path: str | Path, chunk: int | None = None):
+    """A zarr array or a TIFF file as a lazy dask array [B, C, H, W] in its own dtype, read chunk by chunk.
+
+    Args:
+        path: A zarr array (directory) or a TIFF file (tiled or striped; pages are the batch).
+        chunk: Spatial chunk size in pixels; default: the file's own chunks (tiles, strips or zarr chunks).
+
+    Raises:
+        SlidesimValueError: The path is missing, not an array, or not an image layout.
+    """
+    try:
+        import dask.array as da
+    except ImportError as error:
+        raise SlidesimValueError("opening images lazily needs dask: pip install 'slidesim[dask]'") from error
+    path = Path(path)
+    if not path.exists():
+        raise SlidesimValueError(f"image {str(path)!r} does not exist")
+    try:
+        if _is_zarr(path):
+            array, source = da.from_zarr(str(path)), "zarr"
+        else:
+            import tifffile
+
+            array, source = da.from_zarr(tifffile.imread(path, aszarr=True)), "tiff"
+    except Exception as error:  # zarr and tifffile raise many types for unreadable input
+        raise SlidesimValueError(f"cannot open {str(path)!r} as an image array: {error}") from error
+    array = _batch_layout(array, path, source)
+    if chunk is not None:
+        array = array.rechunk({2: chunk, 3: chunk})
+    return array
