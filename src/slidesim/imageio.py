@@ -14,6 +14,7 @@ __all__ = ["is_lazy", "open_lazy", "read_image", "read_mask"]
 
 _TIFF = (".tif", ".tiff")
 LARGE_TIFF_BYTES = 512 * 2**20  # TIFF files above this are opened lazily (as dask arrays) by the command line
+_CHUNK = 2048  # pixels a side of the chunks of images read whole (PNG, JPEG) for a cluster
 
 
 def _missing(module: str) -> SlidesimValueError:
@@ -126,10 +127,11 @@ def _batch_layout(array, path: Path, source: str):
 
 
 def open_lazy(path: str | Path, chunk: int | None = None):
-    """A zarr array or a TIFF file as a lazy dask array [B, C, H, W] in its own dtype, read chunk by chunk.
+    """A zarr array or a TIFF file as a lazy dask array [B, C, H, W] in its own dtype, read chunk by chunk (other
+    formats are read whole, as :func:`read_image` does, and cut into chunks).
 
     Args:
-        path: A zarr array (directory) or a TIFF file (tiled or striped; pages are the batch).
+        path: A zarr array (directory), a TIFF file (tiled or striped; pages are the batch), or a PNG or JPEG.
         chunk: Spatial chunk size in pixels; default: the file's own chunks (tiles, strips or zarr chunks).
 
     Raises:
@@ -142,6 +144,8 @@ def open_lazy(path: str | Path, chunk: int | None = None):
     path = Path(path)
     if not path.exists():
         raise SlidesimValueError(f"image {str(path)!r} does not exist")
+    if not _is_zarr(path) and path.suffix.lower() not in _TIFF:  # PNG, JPEG: read whole, then cut into chunks
+        return da.from_array(read_image(path), chunks=(1, -1, chunk or _CHUNK, chunk or _CHUNK))
     try:
         if _is_zarr(path):
             array, source = da.from_zarr(str(path)), "zarr"
