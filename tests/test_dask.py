@@ -200,3 +200,11 @@ def test_distributed_match(cluster_client, photographs) -> None:
     with cluster_client.as_current():
         got = sdask.match(lazy, bank, k=2, rotations=[0, 180])
     _same_matches(got, slidesim.match(images, bank, k=2, rotations=[0, 180]))
+
+
+def test_progress_bar_on_stderr(capsys) -> None:
+    image = np.random.default_rng(9).random((1, 1, 90, 80)).astype(np.float32)
+    template = image[:, :, 30:39, 20:27]
+    found = sdask.match(da.from_array(image, chunks=32), template, k=1, progress=True)
+    assert "Completed" in capsys.readouterr().err
+    _same_matches(found, slidesim.match(image, template, k=1))

@@ -151,28 +151,22 @@ def _load(args: argparse.Namespace) -> tuple[object, list[tuple[list[int], np.nd
 @contextmanager
 def _scheduler(args: argparse.Namespace):
     """The dask scheduler of a lazy run: an existing cluster (--scheduler), a local one (--workers), or dask's
-    threads; with a progress bar on a terminal."""
-    if args.scheduler or args.workers:
-        import distributed
-
-        with contextlib.ExitStack() as stack:
-            if args.scheduler:
-                client = stack.enter_context(distributed.Client(args.scheduler))
-            else:
-                cluster = stack.enter_context(
-                    distributed.LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None)
-                )
-                client = stack.enter_context(distributed.Client(cluster))
-            if not args.quiet and sys.stderr.isatty():
-                print(f"slidesim: dask cluster {client.scheduler.address}", file=sys.stderr)
-            yield
-        return
-    if args.quiet or not sys.stderr.isatty():
+    threads."""
+    if not (args.scheduler or args.workers):
         yield
         return
-    from dask.diagnostics import ProgressBar
+    import distributed
 
-    with ProgressBar(out=sys.stderr):
+    with contextlib.ExitStack() as stack:
+        if args.scheduler:
+            client = stack.enter_context(distributed.Client(args.scheduler))
+        else:
+            cluster = stack.enter_context(
+                distributed.LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None)
+            )
+            client = stack.enter_context(distributed.Client(cluster))
+        if not args.quiet and sys.stderr.isatty():
+            print(f"slidesim: dask cluster {client.scheduler.address}", file=sys.stderr)
         yield
 
 
@@ -200,7 +194,7 @@ def _run_match(args: argparse.Namespace) -> int:
             if lazy:
                 from .dask import match as lazy_match
 
-                found = lazy_match(image, bank, **options)
+                found = lazy_match(image, bank, progress=not args.quiet and sys.stderr.isatty(), **options)
             else:
                 from .matching import match
 

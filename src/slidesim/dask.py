@@ -26,6 +26,7 @@ Examples:
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -439,6 +440,7 @@ def match(
     scales: Any = None,
     subpixel: bool = True,
     exclude_border: int = 0,
+    progress: bool = False,
     **options: Any,
 ):
     """The k best matches of every template in every image of a dask array: the in-memory :func:`slidesim.match`
@@ -457,6 +459,7 @@ def match(
         templates: In memory, as for :func:`slidesim.match`.
         metric, k, min_distance, threshold, rotations, scales, subpixel, exclude_border: As for
             :func:`slidesim.match`.
+        progress: Show a progress bar of the chunks on stderr (dask's, or dask.distributed's on a cluster).
         **options: As for :func:`slidesim.match` (stride, dilation, mode, padding, pad_value, mask, channels,
             circular, method, memory_limit).
 
@@ -466,7 +469,7 @@ def match(
     Raises:
         SlidesimTypeError, SlidesimValueError: As the in-memory call would, before anything is computed.
     """
-    import dask
+    from dask import delayed
 
     from .banks import transform_bank
     from .matching import Matches, _factors, window_origin
@@ -540,7 +543,7 @@ def match(
             for ix in range(len(col_starts))
         ]
         tasks = [
-            dask.delayed(_candidates)(
+            delayed(_candidates)(
                 blocks[ib, 0, 0, iy, ix],
                 y0=row_starts[iy],
                 x0=col_starts[ix],
@@ -554,7 +557,7 @@ def match(
             )
             for ib, iy, ix in where
         ]
-        parts = dask.compute(*tasks)
+        parts = _compute(tasks, progress)
         rows = np.concatenate([found for found, _ in parts])
         left_out = np.full((problem.batch, T), -np.inf)  # the best candidate any chunk held back
         for (_, following), (ib, _, _) in zip(parts, where, strict=True):
@@ -590,6 +593,27 @@ def match(
     ]
     maps = best[:, :, 0]
     return Matches(*fields, maps=maps[0, 0] if shapes.two_d else maps)
+
+
+def _compute(tasks: list, progress: bool) -> list:
+    """Compute delayed tasks on the current scheduler, with a progress bar when asked for."""
+    import dask
+
+    if not progress:
+        return list(dask.compute(*tasks))
+    try:
+        from distributed import get_client
+        from distributed import progress as cluster_progress
+
+        client = get_client()
+    except (ImportError, ValueError):  # no cluster: dask's local schedulers and their callback progress bar
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(out=sys.stderr):
+            return list(dask.compute(*tasks))
+    futures = client.compute(tasks)
+    cluster_progress(futures)
+    return client.gather(futures)
 
 
 def _refine(images, values: Canonical, templates, mask, call, index, centre, size):
