@@ -233,13 +233,19 @@ def test_zarr_and_lazy_tiff_give_the_in_memory_matches(files, capsys, tmp_path) 
     assert code == 2 and "opened lazily" in err
 
 
-def test_local_cluster_workers(files, capsys, tmp_path) -> None:
-    pytest.importorskip("distributed")
+def test_local_cluster_workers_and_a_running_scheduler(files, capsys, tmp_path) -> None:
+    distributed = pytest.importorskip("distributed")
     code, out, _ = _run(["match", files["image"], files["a"], "--json"], capsys)
     want = json.loads(out)
     code, out, err = _run(["match", files["image"], files["a"], "--json", "--workers", "2", "--quiet"], capsys)
     assert code == 0, err
     got = json.loads(out)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+        code, out, err = _run(
+            ["match", files["image"], files["a"], "--json", "--scheduler", cluster.scheduler_address], capsys
+        )
+    assert code == 0, err
+    assert json.loads(out) == got
     np.testing.assert_allclose(
         [[r["y"], r["x"], r["score"]] for r in got], [[r["y"], r["x"], r["score"]] for r in want], atol=1e-6
     )
