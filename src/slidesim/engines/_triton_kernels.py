@@ -5,7 +5,7 @@ Imported only by the Triton engine. Layouts are those of the numba kernels: imag
 [B, T, H', W']. Broadcast axes (Bk, Bw, Tw, Cw of size 1) arrive with stride 0, so one address formula serves
 shared and per-image banks, shared and per-template masks.
 
-Every kernel accumulates in ``ACC`` (float32 for float16, bfloat16 and float32 inputs; float64 for float64) and
+Every kernel accumulates in float32 for float16, bfloat16 and float32 inputs and in float64 for float64 (``FP64``), and
 loads its operands in their own dtype. No kernel uses atomics: each program owns the outputs it writes, so the
 results do not depend on scheduling.
 
@@ -79,11 +79,12 @@ def distance_forward(
     POWER: tl.constexpr,
     WEIGHTED: tl.constexpr,
     CIRCULAR: tl.constexpr,
-    ACC: tl.constexpr,
+    FP64: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
     """out[b, t, y, x] = Σ_c Σ_i Σ_j w · |wrap(I[b, c, y·sy + i·dy, x·sx + j·dx] − T[b, t, c, i, j])|^POWER."""
+    ACC = tl.float64 if FP64 else tl.float32  # a bool flag, not a dtype: torch.compile passes it through
     pid_p = tl.program_id(0)
     pid_t = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -97,10 +98,9 @@ def distance_forward(
     values = templates + b * s_tb + t.to(tl.int64) * s_tt
     taps = weights + b * s_wb + t.to(tl.int64) * s_wt
     acc = tl.zeros((BLOCK_T, BLOCK_P), dtype=ACC)
-    period = 0.0
     for c in range(C):
-        if CIRCULAR:
-            period = tl.load(periods + c).to(ACC)
+        # defined in the loop, not carried through it: its type would otherwise have to match a float literal
+        period = tl.load(periods + c).to(ACC) if CIRCULAR else 0.0
         for i in range(h):
             for j in range(w):
                 x = tl.load(pixels + c * s_ic + (i * dy) * s_iy + (j * dx) * s_ix, mask=p_ok, other=0.0).to(ACC)
@@ -153,11 +153,12 @@ def distance_backward_image(
     POWER: tl.constexpr,
     WEIGHTED: tl.constexpr,
     CIRCULAR: tl.constexpr,
-    ACC: tl.constexpr,
+    FP64: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
     """grad_image[b, c, py, px] = Σ over windows (t, y, x, i, j) that read the pixel of w · slope · grad[b, t, y, x]."""
+    ACC = tl.float64 if FP64 else tl.float32  # a bool flag, not a dtype: torch.compile passes it through
     pid_q = tl.program_id(0)
     c = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -234,12 +235,13 @@ def distance_backward_templates(
     POWER: tl.constexpr,
     WEIGHTED: tl.constexpr,
     CIRCULAR: tl.constexpr,
-    ACC: tl.constexpr,
+    FP64: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
     """grad_templates[b, t, c, i, j] = −Σ_{y, x} w · slope · grad[b, t, y, x] over the windows of image b
     (grad_templates is [B, T, C, h, w], contiguous)."""
+    ACC = tl.float64 if FP64 else tl.float32  # a bool flag, not a dtype: torch.compile passes it through
     tap = tl.program_id(0)  # taps on the axis without the 65535 limit: C·h·w can exceed it
     pid_t = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)

@@ -20,12 +20,6 @@ _BLOCK_P = 128  # output positions per program: one coalesced row segment per wa
 _MAX_BLOCK_T = 32  # templates per program: each image load feeds up to 32 differences
 
 
-def _accumulator(dtype: torch.dtype):
-    import triton.language as tl
-
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def _block_t(n_templates: int) -> int:
     return min(_MAX_BLOCK_T, triton.next_power_of_2(max(1, n_templates)))
 
@@ -52,7 +46,7 @@ def _flags(power: int, weights: torch.Tensor | None, periods: torch.Tensor | Non
         "POWER": power,
         "WEIGHTED": weights is not None,
         "CIRCULAR": periods is not None,
-        "ACC": _accumulator(dtype),
+        "FP64": dtype == torch.float64,
     }
 
 
