@@ -1,8 +1,10 @@
 """numba kernels of the fused distance reduction Σ w·|I − T|^p (p = 1 or 2), forward and backward.
 
 Imported only by the numba engine. Every kernel is compiled once per dtype and cached on disk (``cache=True``),
-so a new process loads machine code instead of recompiling. fastmath stays off: it would let LLVM assume that no
-NaN exists, and a NaN pixel must still reach exactly the windows that contain it.
+so a new process loads machine code instead of recompiling. Of fastmath only contraction is on (``_CONTRACT``):
+(I − T)² + acc becomes one fused multiply-add, rounded once (more accurate, not less), which halves the adds that
+bound the squared differences; the rest stays off, since it would let LLVM assume that no NaN exists, and a NaN
+pixel must still reach exactly the windows that contain it.
 
 Layouts: image [B, C, Hp, Wp], templates [Bk, T, C, h, w], weights [Bw, Tw, Cw, h, w], periods [C] (0 where a
 channel is not circular), out and grad [B, T, H', W']. Bk, Bw ∈ {1, B}; Tw ∈ {1, T}; Cw ∈ {1, C}.
@@ -13,10 +15,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+_CONTRACT = {"contract"}  # fused multiply-add only: no assumption about NaN, infinities or reassociation
 _TEMPLATES_PER_PASS = 4  # templates sharing each image load; with 4 template columns, 16 abs-diffs per load
 
 
-@numba.njit(inline="always")
+@numba.njit(inline="always", fastmath=_CONTRACT)
 def _accumulate4(a0, a1, a2, a3, p0, p1, p2, p3, v0, v1, v2, v3, power):
     """a_k += Σ_m |p_m − v_k[m]|^power over four image columns p_m and four templates' values v_k."""
     n = a0.shape[0]
@@ -27,7 +30,7 @@ def _accumulate4(a0, a1, a2, a3, p0, p1, p2, p3, v0, v1, v2, v3, power):
             a1[x] += abs(q0 - v1[0]) + abs(q1 - v1[1]) + abs(q2 - v1[2]) + abs(q3 - v1[3])
             a2[x] += abs(q0 - v2[0]) + abs(q1 - v2[1]) + abs(q2 - v2[2]) + abs(q3 - v2[3])
             a3[x] += abs(q0 - v3[0]) + abs(q1 - v3[1]) + abs(q2 - v3[2]) + abs(q3 - v3[3])
-    else:
+    else:  # with contraction, e1² + e0² … folds into fused multiply-adds: one add per four differences remains
         for x in range(n):
             q0, q1, q2, q3 = p0[x], p1[x], p2[x], p3[x]
             e0, e1, e2, e3 = q0 - v0[0], q1 - v0[1], q2 - v0[2], q3 - v0[3]
@@ -40,7 +43,7 @@ def _accumulate4(a0, a1, a2, a3, p0, p1, p2, p3, v0, v1, v2, v3, power):
             a3[x] += e0 * e0 + e1 * e1 + e2 * e2 + e3 * e3
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, fastmath=_CONTRACT)
 def distance_plain(image, templates, power, sy, sx, dy, dx, out):
     """Unweighted, non-circular Σ |I − T|^p for templates 0 .. 4·(T // 4): four templates and four template
     columns per pass over an image row, so each image load feeds 16 differences. Columns left over after the last
@@ -126,7 +129,7 @@ def distance_plain(image, templates, power, sy, sx, dy, dx, out):
         out[b, t0 + 3, y, :] = a3
 
 
-@numba.njit(inline="always")
+@numba.njit(inline="always", fastmath=_CONTRACT)
 def _accumulate_taps8(acc, plane, offsets, values, k, power):
     """acc += Σ_m |plane[s_m : s_m + n] − v_m|^power over the eight taps k .. k + 7 (n = len(acc))."""
     n = acc.shape[0]
@@ -156,7 +159,7 @@ def _wide_tasks(out, t_start, band):
     return count, bands, out.shape[0] * count * bands
 
 
-@numba.njit(inline="always")
+@numba.njit(inline="always", fastmath=_CONTRACT)
 def _wide_task(task, planes, values, offsets, t_start, power, Wq, band, out):
     """One task of :func:`distance_plain_wide`."""
     count, bands, _ = _wide_tasks(out, t_start, band)
@@ -185,7 +188,7 @@ def _wide_task(task, planes, values, offsets, t_start, power, Wq, band, out):
         out[b, t, y0 + r, :] = acc[r * Wq : r * Wq + Wo]
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, fastmath=_CONTRACT)
 def distance_plain_wide(planes, values, offsets, t_start, power, Wq, band, out):
     """Σ |I − T|^p for templates t_start .. T − 1, one template per pass, in bands of output rows on threads.
 
@@ -200,7 +203,7 @@ def distance_plain_wide(planes, values, offsets, t_start, power, Wq, band, out):
         _wide_task(task, planes, values, offsets, t_start, power, Wq, band, out)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=_CONTRACT)
 def distance_plain_wide_serial(planes, values, offsets, t_start, power, Wq, band, out):
     """:func:`distance_plain_wide` on one thread: below a few million differences, starting threads costs more
     than it saves. (A separate function, not a second dispatcher of the same one: numba's disk cache keys
