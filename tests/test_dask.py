@@ -11,6 +11,7 @@ import torch
 import slidesim
 from slidesim.errors import SlidesimTypeError, SlidesimValueError
 
+dask = pytest.importorskip("dask")
 da = pytest.importorskip("dask.array")
 sdask = pytest.importorskip("slidesim.dask")
 
@@ -202,9 +203,25 @@ def test_distributed_match(cluster_client, photographs) -> None:
     _same_matches(got, slidesim.match(images, bank, k=2, rotations=[0, 180]))
 
 
-def test_progress_bar_on_stderr(capsys) -> None:
+def _progress_case():
     image = np.random.default_rng(9).random((1, 1, 90, 80)).astype(np.float32)
-    template = image[:, :, 30:39, 20:27]
-    found = sdask.match(da.from_array(image, chunks=32), template, k=1, progress=True)
-    assert "Completed" in capsys.readouterr().err
+    return da.from_array(image, chunks=32), image[:, :, 30:39, 20:27], image
+
+
+def test_progress_bar_on_stderr(capsys) -> None:
+    lazy, template, image = _progress_case()
+    with dask.config.set(scheduler="threads"):  # dask's local scheduler even if another test left a default client
+        found = sdask.match(lazy, template, k=1, progress=True)
+    captured = capsys.readouterr()
+    assert "Completed" in captured.err and captured.out == ""
     _same_matches(found, slidesim.match(image, template, k=1))
+
+
+def test_progress_bar_on_a_cluster_goes_to_stderr(cluster_client, capsys) -> None:
+    lazy, template, image = _progress_case()
+    found = sdask.match(lazy, template, k=1, progress=True)
+    captured = capsys.readouterr()
+    assert "Completed" in captured.err and captured.out == ""
+    _same_matches(found, slidesim.match(image, template, k=1))
+
+

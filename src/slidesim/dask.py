@@ -25,6 +25,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from dataclasses import dataclass
@@ -596,23 +597,24 @@ def match(
 
 
 def _compute(tasks: list, progress: bool) -> list:
-    """Compute delayed tasks on the current scheduler, with a progress bar when asked for."""
+    """Compute delayed tasks on the scheduler dask would pick, with a progress bar on stderr when asked for."""
     import dask
+    from dask.base import get_scheduler
 
     if not progress:
         return list(dask.compute(*tasks))
-    try:
-        from distributed import get_client
-        from distributed import progress as cluster_progress
-
-        client = get_client()
-    except (ImportError, ValueError):  # no cluster: dask's local schedulers and their callback progress bar
+    # A distributed Client is dask's scheduler when it is the default one and no config overrides it.
+    client = getattr(get_scheduler(), "__self__", None)
+    if client is None or not hasattr(client, "gather"):
         from dask.diagnostics import ProgressBar
 
         with ProgressBar(out=sys.stderr):
             return list(dask.compute(*tasks))
+    from distributed import progress as cluster_progress
+
     futures = client.compute(tasks)
-    cluster_progress(futures)
+    with contextlib.redirect_stdout(sys.stderr):  # distributed's text bar writes to stdout; results may go there
+        cluster_progress(futures)
     return client.gather(futures)
 
 
