@@ -223,5 +223,3 @@ def test_progress_bar_on_a_cluster_goes_to_stderr(cluster_client, capsys) -> Non
     captured = capsys.readouterr()
     assert "Completed" in captured.err and captured.out == ""
     _same_matches(found, slidesim.match(image, template, k=1))
-
-
