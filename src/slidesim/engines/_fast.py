@@ -88,6 +88,8 @@ def _box(plane: torch.Tensor, taps: tuple[int, int], geom: Geometry, count: tupl
 
 
 _UNFOLD_BUDGET = 64 * 2**20  # bytes of the windows torch's float64 conv2d unfolds (im2col) per band of rows
+_BANDED_FROM = 16 * 2**20  # float32 outputs from this size run in bands of rows (see conv_correlate)
+_BAND_BYTES = 2 * 2**20  # conv2d output of one band: stays in cache and is recycled by malloc
 
 
 def conv_correlate(image: torch.Tensor, kernel: torch.Tensor, geom: Geometry) -> torch.Tensor:
@@ -95,20 +97,48 @@ def conv_correlate(image: torch.Tensor, kernel: torch.Tensor, geom: Geometry) ->
 
     float32 runs through oneDNN, whose temporaries are about one copy of the image. torch's float64 conv2d on the
     CPU unfolds every window first (C·h·w values per output pixel), so it runs a band of output rows at a time.
+
+    A large float32 output on the CPU also runs in bands of rows, written into one array allocated by numpy:
+    oneDNN computes in a blocked layout and reorders into a fresh output, and a fresh allocation of tens of MiB
+    costs a page fault per 4 KiB page on first touch (torch's allocator does not ask for huge pages, numpy's
+    does), as much time as the arithmetic for a bank of small templates. Bands keep both in cache.
     """
     kernel = kernel.to(image.dtype)
     B, C = image.shape[:2]
-    (h, w), (sy, _), (dy, _) = kernel.shape[-2:], geom.stride, geom.dilation
-    unfolded_row = C * h * w * geom.out_width * image.element_size() * (B if kernel.shape[0] > 1 else 1)
-    if image.dtype != torch.float64 or unfolded_row * geom.out_height <= _UNFOLD_BUDGET:
+    h, w = kernel.shape[-2:]
+    rows = geom.out_height
+    per_image = B if kernel.shape[0] > 1 else 1
+    unfolded_row = C * h * w * geom.out_width * image.element_size() * per_image
+    if image.dtype == torch.float64 and unfolded_row * rows > _UNFOLD_BUDGET:
+        return torch.cat(
+            [_conv(part, kernel, geom) for part in _row_bands(image, geom, h, _UNFOLD_BUDGET // unfolded_row)], -2
+        )
+    output_row = B * kernel.shape[1] * geom.out_width * image.element_size()
+    if not _banded(image, kernel) or output_row * rows < _BANDED_FROM:
         return _conv(image, kernel, geom)
-    band = max(1, _UNFOLD_BUDGET // unfolded_row)
+    out = torch.from_numpy(np.empty((B, kernel.shape[1], rows, geom.out_width), np.float32))
+    band = max(1, _BAND_BYTES // output_row)
+    for r0, part in zip(range(0, rows, band), _row_bands(image, geom, h, band), strict=True):
+        out[..., r0 : r0 + band, :] = _conv(part, kernel, geom)
+    return out
+
+
+def _banded(image: torch.Tensor, kernel: torch.Tensor) -> bool:
+    """Whether bands may write into a numpy array: float32 on the CPU, without autograd."""
+    return (
+        image.device.type == "cpu"
+        and image.dtype == torch.float32
+        and not (torch.is_grad_enabled() and (image.requires_grad or kernel.requires_grad))
+    )
+
+
+def _row_bands(image: torch.Tensor, geom: Geometry, h: int, band: int):
+    """The image rows each band of ``band`` output rows reads (the last band may be shorter)."""
+    band = max(1, band)
+    (sy, _), (dy, _) = geom.stride, geom.dilation
     span = dy * (h - 1) + 1
-    parts = [
-        _conv(image[..., r0 * sy : (min(geom.out_height, r0 + band) - 1) * sy + span, :], kernel, geom)
-        for r0 in range(0, geom.out_height, band)
-    ]
-    return torch.cat(parts, dim=-2)
+    for r0 in range(0, geom.out_height, band):
+        yield image[..., r0 * sy : (min(geom.out_height, r0 + band) - 1) * sy + span, :]
 
 
 def _conv(image: torch.Tensor, kernel: torch.Tensor, geom: Geometry) -> torch.Tensor:
