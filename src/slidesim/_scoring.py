@@ -35,6 +35,7 @@ from .metrics import MetricSpec, finish_distance, finish_ncc, finish_ssd_normed,
 _FINISH_TEMPORARIES = 8  # float64 output-sized temporaries alive at once while finishing a chunk
 _MAX_FINISH_BYTES = 8 * 2**20
 _CENTRING_BYTES = 4 * 2**20  # centred copies of the image are made this many bytes at a time
+_NORM_CHUNK_BYTES = 2**20  # float64 rows per step of _image_norm: a fresh large temporary costs page faults
 _SCORE_TOLERANCE = 5e-4  # ncc / zncc scores that round-off could move further are recomputed exactly
 _RESCORE_BYTES = 64 * 2**20  # temporaries of the exact rescoring of gathered windows, at a time
 _TRANSFORM_COST = 40  # float64 operations per output value of an FFT correlation, against one per gathered tap
@@ -461,11 +462,15 @@ class _CorrelationState:
 
     def _image_norm(self, centred: bool) -> float:
         """Largest ‖I − shift‖₂ (or ‖I‖₂) over the images, in float64."""
-        total = None
-        for c in range(self.image.shape[1]):
-            plane = (self._centred(c, c + 1) if centred else self.image[:, c : c + 1]).detach().to(torch.float64)
-            part = plane.pow(2).sum(dim=(-3, -2, -1))
-            total = part if total is None else total + part
+        image = self.image.detach()
+        B, C, H, W = image.shape
+        total = torch.zeros(B, dtype=torch.float64, device=image.device)
+        rows = max(1, _NORM_CHUNK_BYTES // max(1, B * W * 8))  # float64 pieces small enough to reuse freed memory
+        for c in range(C):
+            shift = self.shift[:, c : c + 1].detach().to(torch.float64) if centred else 0.0
+            for r0 in range(0, H, rows):
+                piece = image[:, c : c + 1, r0 : r0 + rows].to(torch.float64) - shift
+                total += piece.pow(2).sum(dim=(-3, -2, -1))
         return float(total.max().sqrt())
 
     def _image_reach(self, centred: bool) -> float:
