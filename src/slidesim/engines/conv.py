@@ -1,5 +1,6 @@
-"""The conv engine: the cross term of the correlation metrics through one torch conv2d call with the whole bank
-as output channels (grouped per image for per-image banks), so the image is never repeated per template.
+"""The conv engine: the cross term of the correlation metrics through torch conv2d with the whole bank as output
+channels (grouped per image for per-image banks), so the image is never repeated per template. Large float32
+outputs on the CPU are computed in bands of rows (see :func:`slidesim.engines._fast.conv_correlate`).
 
 Window statistics come from :mod:`slidesim.engines._fast`; the cross term of ccoeff and zncc
 correlates the centred image with the mean-removed template. Best for small templates and large banks.
