@@ -50,6 +50,7 @@ def window_squares(image, shift, h, w, sy, sx, centred, rows_per_task, tolerance
         col2 = np.zeros(Wp)
         pre1 = np.zeros(Wp + 1)
         pre2 = np.zeros(Wp + 1)
+        values = np.empty(Wo)
         for y in range(r0 * sy, r0 * sy + h):
             for x in range(Wp):
                 v = image[b, y, x] - s
@@ -81,17 +82,25 @@ def window_squares(image, shift, h, w, sy, sx, centred, rows_per_task, tolerance
                 acc2 += col2[x]
                 pre1[x + 1] = acc1
                 pre2[x + 1] = acc2
-            for k in range(Wo):
-                x0 = k * sx
-                value = pre2[x0 + w] - pre2[x0]
-                if centred:
+            # Branch-free passes over the row, so that they vectorize.
+            if centred:
+                for k in range(Wo):
+                    x0 = k * sx
                     first = pre1[x0 + w] - pre1[x0]
-                    value -= first * first / n
-                if not inverse:
-                    out[b, r, k] = value
-                elif value > tolerance:
-                    factors[b, r, k] = 1.0 / np.sqrt(value)
-                else:
-                    factors[b, r, k] = 0.0
-                    lows[task] += 1
+                    values[k] = (pre2[x0 + w] - pre2[x0]) - first * first / n
+            else:
+                for k in range(Wo):
+                    x0 = k * sx
+                    values[k] = pre2[x0 + w] - pre2[x0]
+            if not inverse:
+                for k in range(Wo):
+                    out[b, r, k] = values[k]
+            else:
+                low = 0
+                for k in range(Wo):
+                    v = values[k]
+                    keep = v > tolerance
+                    factors[b, r, k] = 1.0 / np.sqrt(v if keep else 1.0) if keep else 0.0
+                    low += not keep
+                lows[task] += low
     return lows.sum()
