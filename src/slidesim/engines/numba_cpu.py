@@ -13,6 +13,7 @@ numba is optional: without it this engine reports itself unavailable and ``metho
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Sequence
 
@@ -86,11 +87,18 @@ def _wide_operands(image: np.ndarray, templates: np.ndarray, stride, dilation) -
         planes = np.zeros((B, C, sy, sx, Hq, Wq), dtype=image.dtype)
         _kernels().split_phases(image, sy, sx, planes)
         planes = planes.reshape(B, C, -1)
+    values = templates.reshape(*templates.shape[:3], h * w)
+    return planes, values, _tap_offsets(h, w, sy, sx, dy, dx, Hq, Wq), Wq
+
+
+@functools.lru_cache(maxsize=64)
+def _tap_offsets(h: int, w: int, sy: int, sx: int, dy: int, dx: int, Hq: int, Wq: int) -> np.ndarray:
+    """offsets[k] of :func:`_wide_operands` (shared between calls: the kernels only read it); cached because small
+    calls spend more time building them than in the kernel."""
     rows, columns = np.arange(h)[:, None] * dy, np.arange(w)[None, :] * dx
     phase = (rows % sy) * sx + columns % sx
-    offsets = phase * (Hq * Wq) + (rows // sy) * Wq + columns // sx
-    values = templates.reshape(*templates.shape[:3], h * w)
-    return planes, values, offsets.reshape(-1).astype(np.int64), Wq
+    offsets = (phase * (Hq * Wq) + (rows // sy) * Wq + columns // sx).reshape(-1).astype(np.int64)
+    return offsets
 
 
 def _forward(image, templates, weights, power, periods, geom):
