@@ -43,10 +43,29 @@ def test_tiles_and_whole_transform_match_conv2d(size, tsize, stride, dilation, p
     torch.testing.assert_close(got, expected, **tolerance(torch.float32, scale=10.0))
 
 
-def test_tiles_are_chosen_only_when_the_whole_spectrum_does_not_fit() -> None:
+def test_tiles_when_the_whole_spectrum_does_not_fit_and_strips_when_it_is_large() -> None:
     assert choose_tile((1, 1, 1024, 1024), (32, 32), 1, 4, 64 * 2**20) is None
     th, tw = choose_tile((1, 1, 1024, 1024), (32, 32), 1, 4, 2**20)
     assert 128 <= th < 1024 and 128 <= tw < 1024
+    assert choose_tile((1, 1, 2048, 2048), (64, 64), 1, 4, 256 * 2**20) == (256, 2048)  # full-width strips
+    assert choose_tile((1, 1, 2048, 2048), (200, 64), 1, 4, 256 * 2**20) == (800, 2048)
+    assert choose_tile((1, 1, 2048, 2048), (600, 64), 1, 4, 256 * 2**20) is None  # strips as tall as the image
+    assert choose_tile((1, 1, 2048, 2048), (64, 64), 1, 4, 256 * 2**20, stride=(300, 1)) is None
+
+
+@pytest.mark.parametrize("stride", [(1, 1), (3, 2)])
+def test_strips_keep_the_numbers(stride) -> None:
+    rng = np.random.default_rng(6)
+    image = torch.from_numpy(rng.random((1, 1, 1600, 1536), dtype=np.float32))
+    template = image[:, :, 700:740, 900:933] + torch.rand(1, 1, 40, 33) * 0.1
+    assert choose_tile(tuple(image.shape), (40, 33), 1, 4, 2**28, stride) == (256, 1536)  # strips, not the whole
+    expected = F.conv2d(image, template, stride=stride)  # float32 oneDNN: float64 conv2d would unfold 25 GB
+    geom = Geometry(stride, (1, 1), *expected.shape[-2:], (40, 33))
+    cross = fft_correlate(image, template[None], geom, 2**28)
+    torch.testing.assert_close(cross, expected, **tolerance(torch.float32, scale=300.0))
+    got = slidesim.similarity(image, template, metric="zncc", method="fft", stride=stride)
+    want = slidesim.similarity(image, template, metric="zncc", method="conv", stride=stride)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("metric", ["zncc", "ccorr", "ncc"])

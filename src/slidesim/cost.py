@@ -51,7 +51,7 @@ def _fft_plan(problem: Problem, memory_limit: int) -> tuple[tuple[int, int], int
     dy, dx = problem.dilation
     span = (dy * (problem.template_height - 1) + 1, dx * (problem.template_width - 1) + 1)
     shape = (problem.batch, problem.channels, Hp, Wp)
-    tile = choose_tile(shape, span, problem.n_templates, item, memory_limit // 4)
+    tile = choose_tile(shape, span, problem.n_templates, item, memory_limit // 4, problem.stride)
     if tile is None:
         return (_fft_size(Hp), _fft_size(Wp)), 1
     sy, sx = problem.stride
