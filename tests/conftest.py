@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 # Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors; it must be chosen before triton loads.
 if not torch.cuda.is_available():
@@ -42,6 +43,25 @@ def tolerance(dtype: torch.dtype, scale: float = 1.0) -> dict[str, float]:
     if dtype == torch.float64:
         return {"rtol": 1e-9, "atol": 1e-9 * scale}
     return {"rtol": 2e-4, "atol": 2e-4 * scale}
+
+
+def correlation_case(size: tuple[int, int], tsize: tuple[int, int], per_image: bool) -> tuple[torch.Tensor, ...]:
+    """A float32 image batch [2, 3, *size] and a bank [2 if per_image else 1, 5, 3, *tsize] of normal values,
+    seeded by the sizes."""
+    rng = np.random.default_rng(sum(size) + sum(tsize))
+    image = torch.from_numpy(rng.standard_normal((2, 3, *size))).float()
+    kernel = torch.from_numpy(rng.standard_normal((2 if per_image else 1, 5, 3, *tsize))).float()
+    return image, kernel
+
+
+def conv2d_bank(image: torch.Tensor, kernel: torch.Tensor, stride, dilation) -> torch.Tensor:
+    """Σ_c Σ_taps kernel · image by F.conv2d: image [B, C, H, W], kernel [Bk, T, C, h, w] -> [B, T, H', W'] (grouped
+    per image when Bk = B)."""
+    if kernel.shape[0] == 1:
+        return F.conv2d(image, kernel[0], stride=stride, dilation=dilation)
+    B, C, H, W = image.shape
+    out = F.conv2d(image.reshape(1, B * C, H, W), kernel.flatten(0, 1), stride=stride, dilation=dilation, groups=B)
+    return out.reshape(B, kernel.shape[1], *out.shape[-2:])
 
 
 def random_problem(

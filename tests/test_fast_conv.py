@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import slidesim
 import slidesim.engines._fast as fast
 from slidesim._scoring import Geometry
 
-from .conftest import tolerance
+from .conftest import conv2d_bank, correlation_case, tolerance
 
 CASES = [  # size, template size, stride, dilation, per-image bank
     ((37, 41), (5, 4), (1, 1), (1, 1), False),
@@ -19,14 +18,6 @@ CASES = [  # size, template size, stride, dilation, per-image bank
     ((45, 45), (4, 3), (3, 2), (2, 2), True),
     ((29, 64), (7, 7), (2, 1), (1, 3), True),
 ]
-
-
-def _whole(image: torch.Tensor, kernel: torch.Tensor, stride, dilation) -> torch.Tensor:
-    if kernel.shape[0] == 1:
-        return F.conv2d(image, kernel[0], stride=stride, dilation=dilation)
-    B, C, H, W = image.shape
-    out = F.conv2d(image.reshape(1, B * C, H, W), kernel.flatten(0, 1), stride=stride, dilation=dilation, groups=B)
-    return out.reshape(B, kernel.shape[1], *out.shape[-2:])
 
 
 @pytest.fixture
@@ -38,10 +29,8 @@ def tiny_bands(monkeypatch) -> None:
 
 @pytest.mark.parametrize(("size", "tsize", "stride", "dilation", "per_image"), CASES)
 def test_bands_equal_one_conv2d(tiny_bands, size, tsize, stride, dilation, per_image) -> None:
-    rng = np.random.default_rng(sum(size) + sum(tsize))
-    image = torch.from_numpy(rng.standard_normal((2, 3, *size))).float()
-    kernel = torch.from_numpy(rng.standard_normal((2 if per_image else 1, 5, 3, *tsize))).float()
-    expected = _whole(image, kernel, stride, dilation)
+    image, kernel = correlation_case(size, tsize, per_image)
+    expected = conv2d_bank(image, kernel, stride, dilation)
     geom = Geometry(stride, dilation, expected.shape[-2], expected.shape[-1], tsize)
     got = fast.conv_correlate(image, kernel, geom)
     assert got.shape == expected.shape and got.is_contiguous()
@@ -67,7 +56,7 @@ def test_autograd_takes_the_single_call(tiny_bands) -> None:
     geom = Geometry((1, 1), (1, 1), 17, 20, (4, 5))
     out = fast.conv_correlate(image, kernel, geom)
     out.sum().backward()
-    torch.testing.assert_close(image.grad, torch.autograd.grad(_whole(image, kernel, 1, 1).sum(), image)[0])
+    torch.testing.assert_close(image.grad, torch.autograd.grad(conv2d_bank(image, kernel, 1, 1).sum(), image)[0])
     with torch.no_grad():
         assert fast.conv_correlate(image, kernel, geom).grad_fn is None
 

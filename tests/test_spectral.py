@@ -11,16 +11,7 @@ import slidesim
 from slidesim._scoring import Geometry
 from slidesim.engines._spectral import choose_tile, fft_correlate
 
-from .conftest import tolerance
-
-
-def _expected(image: torch.Tensor, kernel: torch.Tensor, stride, dilation) -> torch.Tensor:
-    Bk = kernel.shape[0]
-    if Bk == 1:
-        return F.conv2d(image, kernel[0], stride=stride, dilation=dilation)
-    B, C, H, W = image.shape
-    out = F.conv2d(image.reshape(1, B * C, H, W), kernel.flatten(0, 1), stride=stride, dilation=dilation, groups=B)
-    return out.reshape(B, kernel.shape[1], *out.shape[-2:])
+from .conftest import conv2d_bank, correlation_case, tolerance
 
 
 @pytest.mark.parametrize("tile", [None, (16, 20), (32, 32)])
@@ -34,10 +25,8 @@ def _expected(image: torch.Tensor, kernel: torch.Tensor, stride, dilation) -> to
     ],
 )
 def test_tiles_and_whole_transform_match_conv2d(size, tsize, stride, dilation, per_image, tile) -> None:
-    rng = np.random.default_rng(sum(size) + sum(tsize))
-    image = torch.from_numpy(rng.standard_normal((2, 3, *size))).float()
-    kernel = torch.from_numpy(rng.standard_normal((2 if per_image else 1, 5, 3, *tsize))).float()
-    expected = _expected(image, kernel, stride, dilation)
+    image, kernel = correlation_case(size, tsize, per_image)
+    expected = conv2d_bank(image, kernel, stride, dilation)
     geom = Geometry(stride, dilation, expected.shape[-2], expected.shape[-1], tsize)
     got = fft_correlate(image, kernel, geom, chunk_bytes=2**16, tile=tile)
     torch.testing.assert_close(got, expected, **tolerance(torch.float32, scale=10.0))
