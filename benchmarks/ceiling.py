@@ -19,42 +19,42 @@ import numpy as np
 import torch
 
 
-@numba.njit(parallel=True, fastmath=False)
-def _abs_diff_loop(row: np.ndarray, values: np.ndarray, repeats: int) -> float:
-    threads = numba.get_num_threads()
-    total = 0.0
-    for _ in numba.prange(threads):
-        acc = np.zeros_like(row)
-        for _r in range(repeats):
-            for k in range(0, values.shape[0], 8):  # eight template values per load and store of acc
-                v0, v1, v2, v3 = values[k], values[k + 1], values[k + 2], values[k + 3]
-                v4, v5, v6, v7 = values[k + 4], values[k + 5], values[k + 6], values[k + 7]
-                for x in range(row.shape[0]):
-                    q = row[x]
-                    near = (abs(q - v0) + abs(q - v1)) + (abs(q - v2) + abs(q - v3))
-                    acc[x] += near + (abs(q - v4) + abs(q - v5)) + (abs(q - v6) + abs(q - v7))
-        total += acc.sum()
-    return total
+@numba.njit(inline="always")
+def _abs_diff(d: float) -> float:
+    return abs(d)
 
 
-@numba.njit(parallel=True, fastmath={"contract"})
-def _squared_diff_loop(row: np.ndarray, values: np.ndarray, repeats: int) -> float:
-    threads = numba.get_num_threads()
-    total = 0.0
-    for _ in numba.prange(threads):
-        acc = np.zeros_like(row)
-        for _r in range(repeats):
-            for k in range(0, values.shape[0], 8):
-                v0, v1, v2, v3 = values[k], values[k + 1], values[k + 2], values[k + 3]
-                v4, v5, v6, v7 = values[k + 4], values[k + 5], values[k + 6], values[k + 7]
-                for x in range(row.shape[0]):
-                    q = row[x]
-                    d0, d1, d2, d3 = q - v0, q - v1, q - v2, q - v3
-                    d4, d5, d6, d7 = q - v4, q - v5, q - v6, q - v7
-                    near = (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-                    acc[x] += near + (d4 * d4 + d5 * d5) + (d6 * d6 + d7 * d7)
-        total += acc.sum()
-    return total
+@numba.njit(inline="always")
+def _squared(d: float) -> float:
+    return d * d
+
+
+def _difference_loop(term, fastmath):
+    """The measuring loop, compiled for one difference term: eight template values per load and store of acc."""
+
+    @numba.njit(parallel=True, fastmath=fastmath)
+    def loop(row: np.ndarray, values: np.ndarray, repeats: int) -> float:
+        threads = numba.get_num_threads()
+        total = 0.0
+        for _ in numba.prange(threads):
+            acc = np.zeros_like(row)
+            for _r in range(repeats):
+                for k in range(0, values.shape[0], 8):
+                    v0, v1, v2, v3 = values[k], values[k + 1], values[k + 2], values[k + 3]
+                    v4, v5, v6, v7 = values[k + 4], values[k + 5], values[k + 6], values[k + 7]
+                    for x in range(row.shape[0]):
+                        q = row[x]
+                        near = (term(q - v0) + term(q - v1)) + (term(q - v2) + term(q - v3))
+                        acc[x] += near + (term(q - v4) + term(q - v5)) + (term(q - v6) + term(q - v7))
+            total += acc.sum()
+        return total
+
+    return loop
+
+
+_abs_diff_loop = _difference_loop(_abs_diff, fastmath=False)
+# contract: squared differences accumulate by fused multiply-adds, as in the numba kernels
+_squared_diff_loop = _difference_loop(_squared, fastmath={"contract"})
 
 
 def _ceiling(loop) -> float:

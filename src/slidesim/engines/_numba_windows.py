@@ -100,6 +100,7 @@ def window_squares(image, shift, h, w, sy, sx, centred, rows_per_task, tolerance
                 for k in range(Wo):
                     v = values[k]
                     keep = v > tolerance
+                    # the divisor stays positive in both lanes, so the select needs no division-by-zero branch
                     factors[b, r, k] = 1.0 / np.sqrt(v if keep else 1.0) if keep else 0.0
                     low += not keep
                 lows[task] += low

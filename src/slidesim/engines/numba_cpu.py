@@ -97,8 +97,7 @@ def _tap_offsets(h: int, w: int, sy: int, sx: int, dy: int, dx: int, Hq: int, Wq
     calls spend more time building them than in the kernel."""
     rows, columns = np.arange(h)[:, None] * dy, np.arange(w)[None, :] * dx
     phase = (rows % sy) * sx + columns % sx
-    offsets = (phase * (Hq * Wq) + (rows // sy) * Wq + columns // sx).reshape(-1).astype(np.int64)
-    return offsets
+    return (phase * (Hq * Wq) + (rows // sy) * Wq + columns // sx).reshape(-1).astype(np.int64)
 
 
 def _forward(image, templates, weights, power, periods, geom):
