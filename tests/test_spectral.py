@@ -33,21 +33,29 @@ def test_tiles_and_whole_transform_match_conv2d(size, tsize, stride, dilation, p
 
 
 def test_tiles_when_the_whole_spectrum_does_not_fit_and_strips_when_it_is_large() -> None:
-    assert choose_tile((1, 1, 1024, 1024), (32, 32), 1, 4, 64 * 2**20) is None
+    assert choose_tile((1, 1, 768, 768), (32, 32), 1, 4, 64 * 2**20) is None
+    assert choose_tile((1, 3, 512, 512), (32, 32), 1, 4, 64 * 2**20) is None
     th, tw = choose_tile((1, 1, 1024, 1024), (32, 32), 1, 4, 2**20)
     assert 128 <= th < 1024 and 128 <= tw < 1024
+    assert choose_tile((1, 1, 1024, 1024), (32, 32), 1, 4, 64 * 2**20) == (384, 384)  # square tiles in cache
+    assert choose_tile((1, 1, 1024, 1024), (100, 100), 1, 4, 64 * 2**20) == (600, 600)
+    assert choose_tile((1, 1, 1024, 1024), (200, 32), 1, 4, 64 * 2**20) is None  # tiles as tall as the image
+    assert choose_tile((1, 1, 1024, 1024), (32, 32), 1, 4, 64 * 2**20, stride=(400, 1)) is None
     assert choose_tile((1, 1, 2048, 2048), (64, 64), 1, 4, 256 * 2**20) == (256, 2048)  # full-width strips
     assert choose_tile((1, 1, 2048, 2048), (200, 64), 1, 4, 256 * 2**20) == (800, 2048)
     assert choose_tile((1, 1, 2048, 2048), (600, 64), 1, 4, 256 * 2**20) is None  # strips as tall as the image
     assert choose_tile((1, 1, 2048, 2048), (64, 64), 1, 4, 256 * 2**20, stride=(300, 1)) is None
 
 
+@pytest.mark.parametrize(
+    ("shape", "tile"), [((1600, 1536), (256, 1536)), ((1024, 1000), (384, 384))], ids=["strips", "tiles"]
+)
 @pytest.mark.parametrize("stride", [(1, 1), (3, 2)])
-def test_strips_keep_the_numbers(stride) -> None:
+def test_strips_and_tiles_keep_the_numbers(shape, tile, stride) -> None:
     rng = np.random.default_rng(6)
-    image = torch.from_numpy(rng.random((1, 1, 1600, 1536), dtype=np.float32))
+    image = torch.from_numpy(rng.random((1, 1, *shape), dtype=np.float32))
     template = image[:, :, 700:740, 900:933] + torch.rand(1, 1, 40, 33) * 0.1
-    assert choose_tile(tuple(image.shape), (40, 33), 1, 4, 2**28, stride) == (256, 1536)  # strips, not the whole
+    assert choose_tile(tuple(image.shape), (40, 33), 1, 4, 2**28, stride) == tile  # not the whole image
     expected = F.conv2d(image, template, stride=stride)  # float32 oneDNN: float64 conv2d would unfold 25 GB
     geom = Geometry(stride, (1, 1), *expected.shape[-2:], (40, 33))
     cross = fft_correlate(image, template[None], geom, 2**28)

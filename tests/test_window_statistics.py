@@ -54,6 +54,28 @@ def test_fused_window_squares_match_brute_force(h: int, w: int, sy: int, sx: int
     assert (factors[below] == 0).all()
 
 
+@pytest.mark.parametrize("centred", [True, False])
+def test_image_norm_fused_and_in_pieces_agree(centred: bool, monkeypatch) -> None:
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(3)
+    image = torch.from_numpy((rng.random((2, 3, 67, 45)) * 5 + 1e4).astype(np.float32))  # bright: centring matters
+    template = image[:1, :, 10:17, 4:9].clone()
+    canon = canonicalize(image, template, **{**_defaults(), "metric": "zncc" if centred else "ncc", "method": "fft"})
+    padded = padded_images(canon)
+    prims = fft.primitives(canon, padded)
+    state = _CorrelationState(prims, canon.spec, padded, canon.templates, canon.mask, True)
+    if not centred:
+        state.shift = torch.zeros(2, 3, 1, 1)
+    shift = state.shift.to(torch.float64)
+    expected = float((padded.to(torch.float64) - shift).pow(2).sum(dim=(1, 2, 3)).max().sqrt())
+    fused = state._image_norm(centred)
+    monkeypatch.setattr(type(prims), "plane_energy", lambda self, plane, shift: None)
+    pieces = _CorrelationState(prims, canon.spec, padded, canon.templates, canon.mask, True)
+    pieces.shift = state.shift
+    assert fused == pytest.approx(expected, rel=1e-12)
+    assert pieces._image_norm(centred) == pytest.approx(expected, rel=1e-12)
+
+
 def _flat_brute_force(image: torch.Tensor, h: int, w: int, stride: int) -> torch.Tensor:
     windows = image.unfold(-2, h, stride).unfold(-2, w, stride)  # [B, C, H', W', h, w]
     flat_c = windows.amax(dim=(-1, -2)) == windows.amin(dim=(-1, -2))

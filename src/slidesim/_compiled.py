@@ -57,8 +57,8 @@ def _with_default_state(function, device: torch.device):
     """Run ``function()`` on a fresh thread, with torch's default thread-local state.
 
     An operator's implementation runs with most dispatch keys excluded: autograd records nothing, and compiled
-    code even calls it with the Conjugate and Negative keys off, so a lazily conjugated view (as in the FFT
-    engine's spectrum products) would be read as if it were not conjugated. A fresh thread starts from torch's
+    code even calls it with the Conjugate and Negative keys off, so a lazily conjugated or negated view made
+    inside would be read as if it were a plain one. A fresh thread starts from torch's
     defaults; on CUDA it is given the caller's device and stream so that kernels stay ordered with the caller's.
     """
     stream = torch.cuda.current_stream(device) if device.type == "cuda" else None

@@ -82,6 +82,8 @@ class Primitives(Protocol):
         self, plane: torch.Tensor, shift: torch.Tensor, tolerance: float, dtype: torch.dtype
     ) -> torch.Tensor | None: ...
 
+    def plane_energy(self, plane: torch.Tensor, shift: torch.Tensor) -> torch.Tensor | None: ...
+
 
 def geometry(canon: Canonical) -> Geometry:
     """Where the windows of a validated call are."""
@@ -466,7 +468,12 @@ class _CorrelationState:
         B, C, H, W = image.shape
         total = torch.zeros(B, dtype=torch.float64, device=image.device)
         rows = max(1, _NORM_CHUNK_BYTES // max(1, B * W * 8))  # float64 pieces small enough to reuse freed memory
+        zero = torch.zeros(B, 1, 1, 1, dtype=torch.float64, device=image.device)
         for c in range(C):
+            energy = self.prims.plane_energy(image[:, c : c + 1], self.shift[:, c : c + 1] if centred else zero)
+            if energy is not None:  # one fused pass
+                total += energy.to(total.device)
+                continue
             shift = self.shift[:, c : c + 1].detach().to(torch.float64) if centred else 0.0
             for r0 in range(0, H, rows):
                 piece = image[:, c : c + 1, r0 : r0 + rows].to(torch.float64) - shift

@@ -248,6 +248,17 @@ class FastStatistics(DirectPrimitives):
         self._run_fused(plane, shift, centred, 0.0, out[:, 0].numpy(), _NO_FACTORS)
         return out
 
+    def plane_energy(self, plane: torch.Tensor, shift: torch.Tensor) -> torch.Tensor | None:
+        """Σ (I − s)² of each image of plane [B, 1, Hp, Wp] with shift [B, 1, 1, 1] -> [B] float64, in one numba
+        pass; None where the fused pass cannot run (the scoring code then sums float64 pieces)."""
+        if plane.device.type != "cpu" or not fused_statistics_available():
+            return None
+        from ._numba_windows import plane_energies
+
+        image = plane.detach()[:, 0].contiguous().numpy()
+        shifts = shift.detach().to(torch.float64).reshape(-1).contiguous().numpy()
+        return torch.from_numpy(plane_energies(image, shifts))
+
     def window_factors(
         self, plane: torch.Tensor, shift: torch.Tensor, tolerance: float, dtype: torch.dtype
     ) -> torch.Tensor | None:

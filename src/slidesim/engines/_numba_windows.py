@@ -105,3 +105,24 @@ def window_squares(image, shift, h, w, sy, sx, centred, rows_per_task, tolerance
                     low += not keep
                 lows[task] += low
     return lows.sum()
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"reassoc"})
+def plane_energies(image, shift):
+    """Σ (I − s)² of each image, in float64: image [B, Hp, Wp] float32 or float64, shift [B] float64 -> [B].
+
+    One read of the image, parallel over rows; the sums may be reassociated (they vectorize), which changes them
+    by a few units of float64 round-off.
+    """
+    B, H, W = image.shape
+    rows = np.zeros(B * H)
+    for task in numba.prange(B * H):
+        b = task // H
+        y = task % H
+        s = shift[b]
+        total = 0.0
+        for x in range(W):
+            d = image[b, y, x] - s
+            total += d * d
+        rows[task] = total
+    return rows.reshape(B, H).sum(axis=1)

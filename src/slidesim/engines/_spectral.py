@@ -55,6 +55,7 @@ def fft_correlate(
 
 
 _STRIPS_FROM = 8 * 2**20  # bytes of one plane's spectrum from which strips of rows beat one whole transform
+_TILES_FROM = 3 * 2**20  # bytes of one plane's spectrum from which square tiles beat one whole transform
 
 
 def choose_tile(
@@ -69,18 +70,29 @@ def choose_tile(
 
     Tiles are used when the whole image's spectrum would not fit ``budget``: each is a fast size of about four
     template spans (at least 128), big enough that the overlap wastes little, small enough to stay in cache.
-    When it fits but one plane's spectrum is large (from about 1500² pixels), full-width strips of about four
-    template spans of rows (at least 256) are faster than one transform: on a 2-core x86 machine, 2048² with a
-    64² template 33 ms against 64 ms, 3000² 112 against 242 ms; at 1024² both take the same time.
+
+    When it fits but one plane's spectrum is large, smaller transforms are faster than one whole transform,
+    whose spectra, products and outputs are megabytes of fresh memory each (page faults, cache misses). Measured
+    on a 2-core x86 machine, float32: from 8 MiB (about 1450² pixels) full-width strips of about four template
+    spans of rows (at least 256): 2048² with a 64² template 33 ms against 64 ms, 3000² 112 against 242 ms; from
+    3 MiB (about 900²) square tiles of about six spans (at least 384): 1024² zncc with 16², 32² and 64² templates
+    20, 20 and 12 ms against 32, 34 and 21 ms whole (tiles of 192 to 576 were all slower than 384). At 768² and
+    with three 512² channels the whole transform is the fastest.
     """
     B, C, Hp, Wp = image_shape
     Hf, Wf = next_fast_length(Hp), next_fast_length(Wp)
     plane = Hf * (Wf // 2 + 1) * 2 * item
     if B * C * plane <= budget:
-        th = next_fast_length(max(256, 4 * span[0]))
-        if plane < _STRIPS_FROM or th >= Hf or th - span[0] + 1 < stride[0]:
+        if plane < _TILES_FROM:
             return None
-        return th, Wf
+        if plane >= _STRIPS_FROM:
+            tile = (next_fast_length(max(256, 4 * span[0])), Wf)
+        else:
+            tile = (next_fast_length(max(384, 6 * span[0])), next_fast_length(max(384, 6 * span[1])))
+            tile = (min(tile[0], Hf), min(tile[1], Wf))
+        if tile == (Hf, Wf) or any(tile[i] - span[i] + 1 < stride[i] for i in (0, 1)) or tile[0] >= Hf:
+            return None
+        return tile
     th = next_fast_length(max(128, 4 * span[0]))
     tw = next_fast_length(max(128, 4 * span[1]))
     if th >= Hp and tw >= Wp:
@@ -103,8 +115,10 @@ def _whole(
         image_spectrum = torch.fft.rfft2(image, s=size)  # [B, C, Hf, Wf // 2 + 1], once for the whole bank
         if spectra is not None and not image.requires_grad:
             spectra[key] = (image, image_spectrum)
-    rows = slice(0, (geom.out_height - 1) * sy + 1, sy)
-    cols = slice(0, (geom.out_width - 1) * sx + 1, sx)
+    # the product convolves with the turned kernel: correlation output (y, x) lands at (y + span − 1, x + span − 1)
+    top, left = kernel.shape[-2] - 1, kernel.shape[-1] - 1
+    rows = slice(top, top + (geom.out_height - 1) * sy + 1, sy)
+    cols = slice(left, left + (geom.out_width - 1) * sx + 1, sx)
     chunk = template_chunk(size, B, Bk, T, image.element_size(), chunk_bytes)
     out = None
     for t0 in range(0, T, chunk):
@@ -119,24 +133,25 @@ def _whole(
 
 
 def _product(image_spectrum: torch.Tensor, kernel: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Σ_c image_spectrum[:, c] · conj(spectrum of kernel[:, :, c]) -> [B, t, Hf, Wf // 2 + 1], one channel's
+    """Σ_c image_spectrum[:, c] · (spectrum of kernel[:, :, c] turned) -> [B, t, Hf, Wf // 2 + 1], one channel's
     kernel spectra at a time (channels summed in the frequency domain)."""
     return _accumulate(image_spectrum, lambda c: _kernel_spectrum(kernel[:, :, c], size), kernel.shape[2])
 
 
 def _accumulate(image_spectrum: torch.Tensor, kernel_spectrum, channels: int) -> torch.Tensor:
-    """Σ_c image_spectrum[:, None, c] · conj(kernel_spectrum(c)), reusing the first kernel spectrum (a fresh
-    tensor) as the accumulator when its shape allows, which saves a spectrum-sized allocation."""
+    """Σ_c image_spectrum[:, None, c] · kernel_spectrum(c), reusing the first kernel spectrum (a fresh tensor, in
+    whatever memory layout its transforms left) as the accumulator when its shape allows, which saves a
+    spectrum-sized allocation and runs at the speed of an in-place product."""
     B = image_spectrum.shape[0]
     product = None
     for c in range(channels):
         spectrum = kernel_spectrum(c)  # [Bk, t, Hf, Wf // 2 + 1]
-        if product is None and spectrum.shape[0] == B and spectrum.is_contiguous():
-            product = spectrum.conj_physical_().mul_(image_spectrum[:, None, c])
+        if product is None and spectrum.shape[0] == B:
+            product = spectrum.mul_(image_spectrum[:, None, c])
         elif product is None:
-            product = image_spectrum[:, None, c] * spectrum.conj()
+            product = image_spectrum[:, None, c] * spectrum
         else:
-            product.addcmul_(image_spectrum[:, None, c], spectrum.conj())
+            product.addcmul_(image_spectrum[:, None, c], spectrum)
         del spectrum
     return product
 
@@ -177,7 +192,7 @@ def _tiled(
                 product = _accumulate(spectrum, lambda c, kernels=kernels: kernels[:, :, c].clone(), C)
                 full = torch.fft.irfft2(product, s=tile)
                 out[:, t0:t1, y0 // sy : (y0 + rows - 1) // sy + 1, x0 // sx : (x0 + cols - 1) // sx + 1] = full[
-                    ..., :rows:sy, :cols:sx
+                    ..., span_h - 1 : span_h - 1 + rows : sy, span_w - 1 : span_w - 1 + cols : sx
                 ]
     return out
 
@@ -190,6 +205,12 @@ def template_chunk(size: tuple[int, int], batch: int, bank_batch: int, n_templat
 
 
 def _kernel_spectrum(kernel: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """rfft2 of kernels [..., h, w] zero-padded to size: the row transforms run on the h rows that hold taps only,
-    which halves the cost for small kernels."""
-    return torch.fft.fft(torch.fft.rfft(kernel, n=size[1], dim=-1), n=size[0], dim=-2)
+    """rfft2 of kernels [..., h, w] turned by 180° and zero-padded to size.
+
+    Multiplying an image spectrum by it convolves with the turned kernel, which is the correlation with the kernel
+    moved by its span less one: output (y, x) of the correlation is (y + h − 1, x + w − 1) of the product's
+    inverse, and as the transform covers the whole (padded) image, no output that is kept wraps around. This
+    spares conjugating the spectrum, a pass as costly as the product itself. The row transforms run on the h
+    rows that hold taps only, which halves the cost for small kernels.
+    """
+    return torch.fft.fft(torch.fft.rfft(kernel.flip(-2, -1), n=size[1], dim=-1), n=size[0], dim=-2)

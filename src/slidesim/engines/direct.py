@@ -287,6 +287,11 @@ class DirectPrimitives:
         del plane, shift, tolerance, dtype
         return None
 
+    def plane_energy(self, plane: torch.Tensor, shift: torch.Tensor) -> torch.Tensor | None:
+        """A fused Σ (I − s)² per image, or None: see :meth:`window_squares`."""
+        del plane, shift
+        return None
+
 
 def make_primitives(geom: Geometry, memory_limit: int, itemsize: int) -> DirectPrimitives:
     """Primitives for one call."""
