@@ -138,15 +138,15 @@ def _product(image_spectrum: torch.Tensor, kernel: torch.Tensor, size: tuple[int
     return _accumulate(image_spectrum, lambda c: _kernel_spectrum(kernel[:, :, c], size), kernel.shape[2])
 
 
-def _accumulate(image_spectrum: torch.Tensor, kernel_spectrum, channels: int) -> torch.Tensor:
-    """Σ_c image_spectrum[:, None, c] · kernel_spectrum(c), reusing the first kernel spectrum (a fresh tensor, in
-    whatever memory layout its transforms left) as the accumulator when its shape allows, which saves a
-    spectrum-sized allocation and runs at the speed of an in-place product."""
+def _accumulate(image_spectrum: torch.Tensor, kernel_spectrum, channels: int, fresh: bool = True) -> torch.Tensor:
+    """Σ_c image_spectrum[:, None, c] · kernel_spectrum(c). When the kernel spectra are ``fresh`` tensors, the
+    first one (in whatever memory layout its transforms left) is the accumulator if its shape allows, which saves
+    a spectrum-sized allocation and runs at the speed of an in-place product."""
     B = image_spectrum.shape[0]
     product = None
     for c in range(channels):
         spectrum = kernel_spectrum(c)  # [Bk, t, Hf, Wf // 2 + 1]
-        if product is None and spectrum.shape[0] == B:
+        if product is None and fresh and spectrum.shape[0] == B:
             product = spectrum.mul_(image_spectrum[:, None, c])
         elif product is None:
             product = image_spectrum[:, None, c] * spectrum
@@ -189,7 +189,10 @@ def _tiled(
                 cols = min(step_w, need_w - x0)
                 piece = image[..., y0 : y0 + rows + span_h - 1, x0 : x0 + cols + span_w - 1]
                 spectrum = torch.fft.rfft2(piece, s=tile)
-                product = _accumulate(spectrum, lambda c, kernels=kernels: kernels[:, :, c].clone(), C)
+                if C == 1 and t1 - t0 == 1:  # the tile's own spectrum holds the product
+                    product = spectrum.mul_(kernels[:, :, 0])
+                else:
+                    product = _accumulate(spectrum, lambda c, kernels=kernels: kernels[:, :, c], C, fresh=False)
                 full = torch.fft.irfft2(product, s=tile)
                 out[:, t0:t1, y0 // sy : (y0 + rows - 1) // sy + 1, x0 // sx : (x0 + cols - 1) // sx + 1] = full[
                     ..., span_h - 1 : span_h - 1 + rows : sy, span_w - 1 : span_w - 1 + cols : sx
