@@ -2,10 +2,11 @@
 
 The image spectrum is computed once per call and reused for every template of the bank; channels are summed in
 the frequency domain, so one inverse transform yields each template's map. Transform sizes are products of 2, 3,
-5 and 7; when the whole spectrum would not fit ``memory_limit``, overlap-save tiles take its place
-(:mod:`slidesim.engines._spectral`). Window statistics come from :mod:`slidesim.engines._fast`; the cross term of
-ccoeff and zncc correlates the centred image with the mean-removed template, which keeps the float32 transform's
-round-off small against the window's own variation. Best for single templates and large ones.
+5 and 7; overlap-save tiles take the whole transform's place on large images (faster: their temporaries stay in
+cache) and when the whole spectrum would not fit ``memory_limit`` (:mod:`slidesim.engines._spectral`). Window
+statistics come from :mod:`slidesim.engines._fast`; the cross term of ccoeff and zncc correlates the centred image
+with the mean-removed template, which keeps the float32 transform's round-off small against the window's own
+variation. Best for single templates and large ones.
 """
 
 from __future__ import annotations
