@@ -75,3 +75,13 @@ def test_a_small_memory_limit_tiles_and_keeps_the_numbers(metric: str) -> None:
     scores = slidesim.similarity(image, bank, metric=metric, method="fft", memory_limit=limit, stride=(1, 2))
     expected = slidesim.reference.similarity(image.double(), bank.double(), metric=metric, stride=(1, 2))
     torch.testing.assert_close(scores.double(), expected, **tolerance(torch.float32, scale=50.0))
+
+
+@pytest.mark.parametrize(("channels", "templates"), [(1, 1), (2, 3)])
+@pytest.mark.parametrize("tile", [None, (16, 16)], ids=["whole", "tiles"])
+def test_gradients_through_the_products_formed_in_place(channels: int, templates: int, tile) -> None:
+    torch.manual_seed(channels + templates)
+    image = torch.rand(1, channels, 30, 27, dtype=torch.float64, requires_grad=True)
+    kernel = torch.rand(1, templates, channels, 5, 4, dtype=torch.float64, requires_grad=True)
+    geom = Geometry((1, 1), (1, 1), 26, 24, (5, 4))
+    assert torch.autograd.gradcheck(lambda i, k: fft_correlate(i, k, geom, 2**20, tile=tile), (image, kernel))
