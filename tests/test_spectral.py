@@ -38,7 +38,9 @@ def test_tiles_when_the_whole_spectrum_does_not_fit_and_strips_when_it_is_large(
     th, tw = choose_tile((1, 1, 1024, 1024), (32, 32), 1, 4, 2**20)
     assert 128 <= th < 1024 and 128 <= tw < 1024
     assert choose_tile((1, 1, 1024, 1024), (32, 32), 1, 4, 64 * 2**20) == (384, 384)  # square tiles in cache
-    assert choose_tile((1, 1, 1024, 1024), (100, 100), 1, 4, 64 * 2**20) == (600, 600)
+    assert choose_tile((1, 1, 1024, 1024), (64, 64), 1, 4, 64 * 2**20) == (384, 384)
+    assert choose_tile((1, 1, 1024, 1024), (100, 100), 1, 4, 64 * 2**20) is None  # 4 tiles of 600²: 1.37× the pixels
+    assert choose_tile((1, 1, 1200, 1200), (40, 40), 1, 4, 64 * 2**20) is None  # 16 tiles of 384²: 1.64×
     assert choose_tile((1, 1, 1024, 1024), (200, 32), 1, 4, 64 * 2**20) is None  # tiles as tall as the image
     assert choose_tile((1, 1, 1024, 1024), (32, 32), 1, 4, 64 * 2**20, stride=(400, 1)) is None
     assert choose_tile((1, 1, 2048, 2048), (64, 64), 1, 4, 256 * 2**20) == (256, 2048)  # full-width strips

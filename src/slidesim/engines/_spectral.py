@@ -56,6 +56,7 @@ def fft_correlate(
 
 _STRIPS_FROM = 8 * 2**20  # bytes of one plane's spectrum from which strips of rows beat one whole transform
 _TILES_FROM = 3 * 2**20  # bytes of one plane's spectrum from which square tiles beat one whole transform
+_TILES_AREA_RATIO = 1.3  # ... when all the tiles together are at most this much larger than the whole transform
 
 
 def choose_tile(
@@ -75,9 +76,12 @@ def choose_tile(
     whose spectra, products and outputs are megabytes of fresh memory each (page faults, cache misses). Measured
     on a 2-core x86 machine, float32: from 8 MiB (about 1450² pixels) full-width strips of about four template
     spans of rows (at least 256): 2048² with a 64² template 33 ms against 64 ms, 3000² 112 against 242 ms; from
-    3 MiB (about 900²) square tiles of about six spans (at least 384): 1024² zncc with 16², 32² and 64² templates
-    20, 20 and 12 ms against 32, 34 and 21 ms whole (tiles of 192 to 576 were all slower than 384). At 768² and
-    with three 512² channels the whole transform is the fastest.
+    3 MiB (about 900²) square tiles of about six spans (at least 384), provided that all tiles together transform
+    at most 1.3 times the whole transform's pixels: 1024² zncc with 16², 32² and 64² templates 20, 20 and 12 ms
+    against 32, 34 and 21 ms whole (tiles of 192 to 576 were all slower than 384); a bank of 8 24² templates 49
+    against 109 ms. The whole transform stays where the tiles' overlap costs more than the fresh memory saves:
+    at 1200² with a 40² template (16 tiles, 1.6 times the pixels) 19 against 23 ms, and at 768² and with three
+    512² channels (below 3 MiB per plane).
     """
     B, C, Hp, Wp = image_shape
     Hf, Wf = next_fast_length(Hp), next_fast_length(Wp)
@@ -90,6 +94,8 @@ def choose_tile(
         else:
             tile = (next_fast_length(max(384, 6 * span[0])), next_fast_length(max(384, 6 * span[1])))
             tile = (min(tile[0], Hf), min(tile[1], Wf))
+            if _tiled_area(tile, (Hp, Wp), span, stride) > _TILES_AREA_RATIO * Hf * Wf:
+                return None  # the overlap would cost more than the fresh memory saves
         if tile == (Hf, Wf) or any(tile[i] - span[i] + 1 < stride[i] for i in (0, 1)) or tile[0] >= Hf:
             return None
         return tile
@@ -98,6 +104,13 @@ def choose_tile(
     if th >= Hp and tw >= Wp:
         return None
     return min(th, Hf), min(tw, Wf)
+
+
+def _tiled_area(tile: tuple[int, int], padded: tuple[int, int], span: tuple[int, int], stride: tuple[int, int]) -> int:
+    """Pixels transformed by the overlap-save tiles of ``tile`` over a padded image: tiles × tile size."""
+    steps = tile_steps(tile, span, stride)
+    need = [(padded[i] - span[i]) // stride[i] * stride[i] + 1 for i in (0, 1)]  # stride-1 positions spanned
+    return -(-need[0] // steps[0]) * -(-need[1] // steps[1]) * tile[0] * tile[1]
 
 
 def _whole(
