@@ -44,7 +44,7 @@ def _normalized(problem: Problem) -> bool:
 def _fft_plan(problem: Problem, memory_limit: int) -> tuple[tuple[int, int], int]:
     """Transform size and number of transforms per image of the FFT engine: the whole image, or overlap-save
     tiles when its spectrum would not fit (as :func:`slidesim.engines._spectral.fft_correlate` decides)."""
-    from .engines._spectral import choose_tile, tile_steps
+    from .engines._spectral import choose_tile, tile_count
 
     item = 8 if problem.compute_dtype == "float64" else 4
     Hp, Wp = _padded(problem)
@@ -54,10 +54,7 @@ def _fft_plan(problem: Problem, memory_limit: int) -> tuple[tuple[int, int], int
     tile = choose_tile(shape, span, problem.n_templates, item, memory_limit // 4, problem.stride)
     if tile is None:
         return (_fft_size(Hp), _fft_size(Wp)), 1
-    sy, sx = problem.stride
-    step_h, step_w = tile_steps(tile, span, problem.stride)
-    need_h, need_w = (problem.out_height - 1) * sy + 1, (problem.out_width - 1) * sx + 1
-    return tile, math.ceil(need_h / step_h) * math.ceil(need_w / step_w)
+    return tile, tile_count(tile, (Hp, Wp), span, problem.stride)
 
 
 def features(engine: str, problem: Problem, memory_limit: int = 512 * 2**20) -> dict[str, float]:

@@ -94,7 +94,7 @@ def choose_tile(
         else:
             tile = (next_fast_length(max(384, 6 * span[0])), next_fast_length(max(384, 6 * span[1])))
             tile = (min(tile[0], Hf), min(tile[1], Wf))
-            if _tiled_area(tile, (Hp, Wp), span, stride) > _TILES_AREA_RATIO * Hf * Wf:
+            if tile_count(tile, (Hp, Wp), span, stride) * tile[0] * tile[1] > _TILES_AREA_RATIO * Hf * Wf:
                 return None  # the overlap would cost more than the fresh memory saves
         if tile == (Hf, Wf) or any(tile[i] - span[i] + 1 < stride[i] for i in (0, 1)) or tile[0] >= Hf:
             return None
@@ -106,11 +106,11 @@ def choose_tile(
     return min(th, Hf), min(tw, Wf)
 
 
-def _tiled_area(tile: tuple[int, int], padded: tuple[int, int], span: tuple[int, int], stride: tuple[int, int]) -> int:
-    """Pixels transformed by the overlap-save tiles of ``tile`` over a padded image: tiles × tile size."""
+def tile_count(tile: tuple[int, int], padded: tuple[int, int], span: tuple[int, int], stride: tuple[int, int]) -> int:
+    """How many overlap-save tiles of ``tile`` cover the outputs of a padded image of size ``padded``."""
     steps = tile_steps(tile, span, stride)
     need = [(padded[i] - span[i]) // stride[i] * stride[i] + 1 for i in (0, 1)]  # stride-1 positions spanned
-    return -(-need[0] // steps[0]) * -(-need[1] // steps[1]) * tile[0] * tile[1]
+    return -(-need[0] // steps[0]) * -(-need[1] // steps[1])
 
 
 def _whole(
@@ -151,16 +151,22 @@ def _product(image_spectrum: torch.Tensor, kernel: torch.Tensor, size: tuple[int
     return _accumulate(image_spectrum, lambda c: _kernel_spectrum(kernel[:, :, c], size), kernel.shape[2])
 
 
-def _accumulate(image_spectrum: torch.Tensor, kernel_spectrum, channels: int, fresh: bool = True) -> torch.Tensor:
-    """Σ_c image_spectrum[:, None, c] · kernel_spectrum(c). When the kernel spectra are ``fresh`` tensors, the
-    first one (in whatever memory layout its transforms left) is the accumulator if its shape allows, which saves
-    a spectrum-sized allocation and runs at the speed of an in-place product."""
+def _accumulate(image_spectrum: torch.Tensor, kernel_spectrum, channels: int, fresh: str = "kernel") -> torch.Tensor:
+    """Σ_c image_spectrum[:, None, c] · kernel_spectrum(c).
+
+    ``fresh`` names the operand that is a new tensor the product may overwrite: "kernel" (each kernel spectrum,
+    in whatever memory layout its transforms left) or "image" (a tile's spectrum, when it has one channel and
+    the product one template). Overwriting it saves a spectrum-sized allocation and runs at the speed of an
+    in-place product.
+    """
     B = image_spectrum.shape[0]
     product = None
     for c in range(channels):
         spectrum = kernel_spectrum(c)  # [Bk, t, Hf, Wf // 2 + 1]
-        if product is None and fresh and spectrum.shape[0] == B:
+        if product is None and fresh == "kernel" and spectrum.shape[0] == B:
             product = spectrum.mul_(image_spectrum[:, None, c])
+        elif product is None and fresh == "image" and channels == 1 and spectrum.shape[1] == 1:
+            product = image_spectrum.mul_(spectrum)  # [B, 1, ...]: the channel axis becomes the template axis
         elif product is None:
             product = image_spectrum[:, None, c] * spectrum
         else:
@@ -202,10 +208,7 @@ def _tiled(
                 cols = min(step_w, need_w - x0)
                 piece = image[..., y0 : y0 + rows + span_h - 1, x0 : x0 + cols + span_w - 1]
                 spectrum = torch.fft.rfft2(piece, s=tile)
-                if C == 1 and t1 - t0 == 1:  # the tile's own spectrum holds the product
-                    product = spectrum.mul_(kernels[:, :, 0])
-                else:
-                    product = _accumulate(spectrum, lambda c, kernels=kernels: kernels[:, :, c], C, fresh=False)
+                product = _accumulate(spectrum, lambda c, kernels=kernels: kernels[:, :, c], C, fresh="image")
                 full = torch.fft.irfft2(product, s=tile)
                 out[:, t0:t1, y0 // sy : (y0 + rows - 1) // sy + 1, x0 // sx : (x0 + cols - 1) // sx + 1] = full[
                     ..., span_h - 1 : span_h - 1 + rows : sy, span_w - 1 : span_w - 1 + cols : sx
