@@ -1,7 +1,9 @@
-"""The numba engine's kernel choices: each path (one thread for small outputs, threads for large ones; four
-templates per pass and the leftovers; unit and larger strides) against the float64 reference.
+"""The numba engine's kernel choices: each path (one thread for small outputs, threads for large ones; register
+tiles of one to five templates and the groups a bank splits into; one band of output rows or many; unit and larger
+strides; float32 and float64 vectors) against the float64 reference.
 
-The engine picks a kernel by the amount of work, so the threshold is moved to force each path on small shapes.
+The engine picks a kernel by the amount of work and sizes bands by the row width, so both thresholds are moved to
+force each path on small shapes.
 """
 
 from __future__ import annotations
@@ -27,8 +29,15 @@ def parallel_work(request, monkeypatch) -> str:
     return request.param
 
 
+@pytest.fixture(params=["one band", "bands of one row"])
+def band_elements(request, monkeypatch) -> str:
+    monkeypatch.setattr(numba_cpu, "_BAND_ELEMENTS", 4096 if request.param == "one band" else 1)
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("metric", ["sad", "ssd"])
-@pytest.mark.parametrize("n_templates", [1, 3, 4, 6])
+@pytest.mark.parametrize("n_templates", [1, 2, 3, 4, 5, 6, 9])
 @pytest.mark.parametrize(
     ("size", "tsize", "stride", "dilation"),
     [
@@ -39,18 +48,21 @@ def parallel_work(request, monkeypatch) -> str:
         ((9, 9), (9, 9), 1, 1),
     ],
 )
-def test_paths_match_reference(parallel_work, metric, n_templates, size, tsize, stride, dilation) -> None:
+def test_paths_match_reference(
+    parallel_work, band_elements, dtype, metric, n_templates, size, tsize, stride, dilation
+) -> None:
     rng = np.random.default_rng(7)
-    images = torch.from_numpy(rng.random((2, 3, *size))).float()
-    bank = torch.from_numpy(rng.random((n_templates, 3, *tsize))).float()
+    images = torch.from_numpy(rng.random((2, 3, *size))).to(dtype)
+    bank = torch.from_numpy(rng.random((n_templates, 3, *tsize))).to(dtype)
     options = {"metric": metric, "stride": stride, "dilation": dilation}
     got = slidesim.similarity(images, bank, method="numba", **options)
     want = slidesim.reference.similarity(images, bank, **options)
-    torch.testing.assert_close(got.double(), want, **tolerance(torch.float32, float(want.abs().max())))
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), want, **tolerance(dtype, float(want.abs().max())))
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_per_image_banks_on_each_path(parallel_work, stride) -> None:
+def test_per_image_banks_on_each_path(parallel_work, band_elements, stride) -> None:
     rng = np.random.default_rng(8)
     images = torch.from_numpy(rng.random((3, 2, 15, 14))).double()
     banks = torch.from_numpy(rng.random((3, 5, 2, 4, 5))).double()
@@ -59,7 +71,7 @@ def test_per_image_banks_on_each_path(parallel_work, stride) -> None:
     torch.testing.assert_close(got, want, **tolerance(torch.float64))
 
 
-def test_nan_reaches_only_its_windows(parallel_work) -> None:
+def test_nan_reaches_only_its_windows(parallel_work, band_elements) -> None:
     images = torch.rand(1, 1, 12, 13)
     images[0, 0, 5, 6] = float("nan")
     bank = torch.rand(2, 1, 3, 4)

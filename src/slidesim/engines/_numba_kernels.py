@@ -1,10 +1,18 @@
 """numba kernels of the fused distance reduction Σ w·|I − T|^p (p = 1 or 2), forward and backward.
 
 Imported only by the numba engine. Every kernel is compiled once per dtype and cached on disk (``cache=True``),
-so a new process loads machine code instead of recompiling. Of fastmath only contraction is on (``_CONTRACT``):
-(I − T)² + acc becomes one fused multiply-add, rounded once (more accurate, not less), which halves the adds that
-bound the squared differences; the rest stays off, since it would let LLVM assume that no NaN exists, and a NaN
-pixel must still reach exactly the windows that contain it.
+so a new process loads machine code instead of recompiling. numba's cache checks only the file that defines a
+kernel, so everything the cached kernels inline, the LLVM tile below included, lives in this one file.
+
+Unweighted, non-circular sums (the common case) run in register tiles. numba vectorizes the innermost loop of a
+kernel, so an accumulator that lives across the loop over template taps has to sit in memory, and every tap then
+reloads and stores it: those loads and adds, not the differences, would bound the kernel. :func:`tile_sums`
+instead emits the tap loop of one output tile as LLVM IR with vector values: R vectors of consecutive outputs for
+K templates, R·K accumulators held in registers for all taps, one load per image vector shared by the K templates
+and one broadcast per template value. Each tap then costs a subtract and a fused multiply-add per vector for ssd
+(``fma(d, d, acc)``, rounded once) or a subtract, an absolute value and an add for sad. No fast-math flag is set
+anywhere: NaN and infinities propagate as in scalar code, so a NaN pixel reaches exactly the windows that contain
+it. Masks and circular channels run in a general kernel, one template per pass; backward runs fused too.
 
 Layouts: image [B, C, Hp, Wp], templates [Bk, T, C, h, w], weights [Bw, Tw, Cw, h, w], periods [C] (0 where a
 channel is not circular), out and grad [B, T, H', W']. Bk, Bw ∈ {1, B}; Tw ∈ {1, T}; Cw ∈ {1, C}.
@@ -12,206 +20,234 @@ channel is not circular), out and grad [B, T, H', W']. Bk, Bw ∈ {1, B}; Tw ∈
 
 from __future__ import annotations
 
+import itertools
+
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-_CONTRACT = {"contract"}  # fused multiply-add only: no assumption about NaN, infinities or reassociation
-_TEMPLATES_PER_PASS = 4  # templates sharing each image load; with 4 template columns, 16 abs-diffs per load
-
-
-@numba.njit(inline="always", fastmath=_CONTRACT)
-def _accumulate4(a0, a1, a2, a3, p0, p1, p2, p3, v0, v1, v2, v3, power):
-    """a_k += Σ_m |p_m − v_k[m]|^power over four image columns p_m and four templates' values v_k."""
-    n = a0.shape[0]
-    if power == 1:
-        for x in range(n):
-            q0, q1, q2, q3 = p0[x], p1[x], p2[x], p3[x]
-            a0[x] += abs(q0 - v0[0]) + abs(q1 - v0[1]) + abs(q2 - v0[2]) + abs(q3 - v0[3])
-            a1[x] += abs(q0 - v1[0]) + abs(q1 - v1[1]) + abs(q2 - v1[2]) + abs(q3 - v1[3])
-            a2[x] += abs(q0 - v2[0]) + abs(q1 - v2[1]) + abs(q2 - v2[2]) + abs(q3 - v2[3])
-            a3[x] += abs(q0 - v3[0]) + abs(q1 - v3[1]) + abs(q2 - v3[2]) + abs(q3 - v3[3])
-    else:  # with contraction, e1² + e0² … folds into fused multiply-adds: one add per four differences remains
-        for x in range(n):
-            q0, q1, q2, q3 = p0[x], p1[x], p2[x], p3[x]
-            e0, e1, e2, e3 = q0 - v0[0], q1 - v0[1], q2 - v0[2], q3 - v0[3]
-            a0[x] += e0 * e0 + e1 * e1 + e2 * e2 + e3 * e3
-            e0, e1, e2, e3 = q0 - v1[0], q1 - v1[1], q2 - v1[2], q3 - v1[3]
-            a1[x] += e0 * e0 + e1 * e1 + e2 * e2 + e3 * e3
-            e0, e1, e2, e3 = q0 - v2[0], q1 - v2[1], q2 - v2[2], q3 - v2[3]
-            a2[x] += e0 * e0 + e1 * e1 + e2 * e2 + e3 * e3
-            e0, e1, e2, e3 = q0 - v3[0], q1 - v3[1], q2 - v3[2], q3 - v3[3]
-            a3[x] += e0 * e0 + e1 * e1 + e2 * e2 + e3 * e3
+_VECTOR_BITS = 256  # AVX2 registers; LLVM splits each vector in two where a CPU has only 128-bit registers
+_I64 = ir.IntType(64)
+_loop_ids = itertools.count()
+TILE_ALIGN = 12  # tile widths, in vectors, all divide it (6, 4, 3 or 2 vectors: see _band_sums)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=_CONTRACT)
-def distance_plain(image, templates, power, sy, sx, dy, dx, out):
-    """Unweighted, non-circular Σ |I − T|^p for templates 0 .. 4·(T // 4): four templates and four template
-    columns per pass over an image row, so each image load feeds 16 differences. Columns left over after the last
-    group of four are handled one at a time; templates left over go to the wide kernel (:func:`_plain_wide`).
+def _literal(value: types.Type, name: str) -> int:
+    if not isinstance(value, types.IntegerLiteral):
+        raise TypeError(f"tile_sums: {name} must be a compile-time integer constant, got {value}")
+    return value.literal_value
+
+
+@intrinsic(prefer_literal=True)
+def tile_sums(typingctx, plane, base, offsets, values, vstart, out, ostart, ostride, vectors, templates, power):
+    """out[ostart + k·ostride + m] = Σ_tap |values[vstart + tap·K + k] − plane[base + offsets[tap] + m]|^power
+    for m < R·lanes and k < K (R = ``vectors``, K = ``templates``; lanes = 8 for float32, 4 for float64).
+
+    plane, values and out are 1-D contiguous arrays of one float dtype, offsets a 1-D int64 array (one entry per
+    tap); R, K and power (1 or 2) must be literal integers. Nothing is bounds-checked: the caller pads plane so
+    that every read is inside it.
     """
-    B, C = image.shape[0], image.shape[1]
-    Bk, T, h, w = templates.shape[0], templates.shape[1], templates.shape[3], templates.shape[4]
-    Ho, Wo = out.shape[2], out.shape[3]
-    span = (Wo - 1) * sx + 1
-    groups = T // _TEMPLATES_PER_PASS
-    for task in numba.prange(B * groups * Ho):
-        b = task // (groups * Ho)
-        g = (task // Ho) % groups
-        y = task % Ho
-        bk = b if Bk > 1 else 0
-        t0 = g * _TEMPLATES_PER_PASS
-        ta, tb, tc, td = t0, t0 + 1, t0 + 2, t0 + 3
-        a0 = np.zeros(Wo, dtype=out.dtype)
-        a1 = np.zeros(Wo, dtype=out.dtype)
-        a2 = np.zeros(Wo, dtype=out.dtype)
-        a3 = np.zeros(Wo, dtype=out.dtype)
-        for c in range(C):
-            for i in range(h):
-                row = image[b, c, y * sy + i * dy]
-                ra, rb = templates[bk, ta, c, i], templates[bk, tb, c, i]
-                rc, rd = templates[bk, tc, c, i], templates[bk, td, c, i]
-                j = 0
-                while j + 4 <= w:
-                    o0, o1, o2, o3 = j * dx, (j + 1) * dx, (j + 2) * dx, (j + 3) * dx
-                    va, vb, vc, vd = ra[j : j + 4], rb[j : j + 4], rc[j : j + 4], rd[j : j + 4]
-                    if sx == 1:
-                        _accumulate4(
-                            a0,
-                            a1,
-                            a2,
-                            a3,
-                            row[o0 : o0 + Wo],
-                            row[o1 : o1 + Wo],
-                            row[o2 : o2 + Wo],
-                            row[o3 : o3 + Wo],
-                            va,
-                            vb,
-                            vc,
-                            vd,
-                            power,
-                        )
-                    else:
-                        _accumulate4(
-                            a0,
-                            a1,
-                            a2,
-                            a3,
-                            row[o0 : o0 + span : sx],
-                            row[o1 : o1 + span : sx],
-                            row[o2 : o2 + span : sx],
-                            row[o3 : o3 + span : sx],
-                            va,
-                            vb,
-                            vc,
-                            vd,
-                            power,
-                        )
-                    j += 4
-                while j < w:
-                    off = j * dx
-                    v0, v1, v2, v3 = ra[j], rb[j], rc[j], rd[j]
-                    for x in range(Wo):
-                        p = row[x * sx + off]
-                        if power == 1:
-                            a0[x] += abs(p - v0)
-                            a1[x] += abs(p - v1)
-                            a2[x] += abs(p - v2)
-                            a3[x] += abs(p - v3)
-                        else:
-                            a0[x] += (p - v0) * (p - v0)
-                            a1[x] += (p - v1) * (p - v1)
-                            a2[x] += (p - v2) * (p - v2)
-                            a3[x] += (p - v3) * (p - v3)
-                    j += 1
-        out[b, t0, y, :] = a0
-        out[b, t0 + 1, y, :] = a1
-        out[b, t0 + 2, y, :] = a2
-        out[b, t0 + 3, y, :] = a3
+    R, K, p = _literal(vectors, "vectors"), _literal(templates, "templates"), _literal(power, "power")
+    if p not in (1, 2) or R < 1 or K < 1:
+        raise TypeError(f"tile_sums: needs power 1 or 2 and positive vectors, templates; got {p}, {R}, {K}")
+    dtype = plane.dtype
+    if dtype not in (types.float32, types.float64) or values.dtype != dtype or out.dtype != dtype:
+        raise TypeError(f"tile_sums: plane, values and out must share float32 or float64, got {plane}, {values}, {out}")
+    sig = types.void(
+        plane, types.intp, offsets, values, types.intp, out, types.intp, types.intp, vectors, templates, power
+    )
+
+    def codegen(context, builder, signature, args):
+        plane_v, base_v, offsets_v, values_v, vstart_v, out_v, ostart_v, ostride_v = args[:8]
+        argtypes = signature.args
+
+        def data(index, value):
+            return context.make_array(argtypes[index])(context, builder, value).data
+
+        plane_p, offsets_p, values_p, out_p = data(0, plane_v), data(2, offsets_v), data(3, values_v), data(5, out_v)
+        scalar = context.get_value_type(dtype)
+        bits = 32 if dtype == types.float32 else 64
+        lanes = _VECTOR_BITS // bits
+        vec = ir.VectorType(scalar, lanes)
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{lanes}f{bits}"
+        )
+        fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]), f"llvm.fabs.v{lanes}f{bits}")
+        zero, undef = ir.Constant(vec, None), ir.Constant(vec, ir.Undefined)
+        broadcast = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+        taps = builder.extract_value(context.make_array(argtypes[2])(context, builder, offsets_v).shape, 0)
+
+        def const(value: int) -> ir.Constant:
+            return ir.Constant(_I64, value)
+
+        entry = builder.block
+        loop = builder.append_basic_block("tile.loop")
+        done = builder.append_basic_block("tile.done")
+        builder.cbranch(builder.icmp_signed(">", taps, const(0)), loop, done)
+
+        builder.position_at_end(loop)
+        tap = builder.phi(_I64)
+        tap.add_incoming(const(0), entry)
+        accumulators = [builder.phi(vec) for _ in range(R * K)]
+        for acc in accumulators:
+            acc.add_incoming(zero, entry)
+        start = builder.add(base_v, builder.load(builder.gep(offsets_p, [tap])))
+        images = [
+            builder.load(
+                builder.bitcast(builder.gep(plane_p, [builder.add(start, const(r * lanes))]), vec.as_pointer()),
+                align=bits // 8,
+            )
+            for r in range(R)
+        ]
+        first_value = builder.add(vstart_v, builder.mul(tap, const(K)))
+        updated = []
+        for k in range(K):
+            value = builder.load(builder.gep(values_p, [builder.add(first_value, const(k))]))
+            splat = builder.shuffle_vector(builder.insert_element(undef, value, const(0)), undef, broadcast)
+            for r in range(R):
+                difference = builder.fsub(splat, images[r])
+                acc = accumulators[k * R + r]
+                if p == 2:
+                    updated.append(builder.call(fma, [difference, difference, acc]))
+                else:
+                    updated.append(builder.fadd(builder.call(fabs, [difference]), acc))
+        next_tap = builder.add(tap, const(1))
+        tap.add_incoming(next_tap, builder.block)
+        for acc, new in zip(accumulators, updated, strict=True):
+            acc.add_incoming(new, builder.block)
+        latch = builder.cbranch(builder.icmp_signed("<", next_tap, taps), loop, done)
+        latch.set_metadata("llvm.loop", _no_unrolling(builder.module))
+
+        builder.position_at_end(done)
+        totals = []
+        for new in updated:  # every phi first: LLVM requires them at the top of the block
+            total = builder.phi(vec)
+            total.add_incoming(zero, entry)
+            total.add_incoming(new, loop)
+            totals.append(total)
+        for k in range(K):
+            row = builder.add(ostart_v, builder.mul(const(k), ostride_v))
+            for r in range(R):
+                total = totals[k * R + r]
+                target = builder.gep(out_p, [builder.add(row, const(r * lanes))])
+                builder.store(total, builder.bitcast(target, vec.as_pointer()), align=bits // 8)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
-@numba.njit(inline="always", fastmath=_CONTRACT)
-def _accumulate_taps8(acc, plane, offsets, values, k, power):
-    """acc += Σ_m |plane[s_m : s_m + n] − v_m|^power over the eight taps k .. k + 7 (n = len(acc))."""
-    n = acc.shape[0]
-    s0, s1, s2, s3 = offsets[k], offsets[k + 1], offsets[k + 2], offsets[k + 3]
-    s4, s5, s6, s7 = offsets[k + 4], offsets[k + 5], offsets[k + 6], offsets[k + 7]
-    p0, p1, p2, p3 = plane[s0 : s0 + n], plane[s1 : s1 + n], plane[s2 : s2 + n], plane[s3 : s3 + n]
-    p4, p5, p6, p7 = plane[s4 : s4 + n], plane[s5 : s5 + n], plane[s6 : s6 + n], plane[s7 : s7 + n]
-    v0, v1, v2, v3 = values[k], values[k + 1], values[k + 2], values[k + 3]
-    v4, v5, v6, v7 = values[k + 4], values[k + 5], values[k + 6], values[k + 7]
-    if power == 1:
-        for x in range(n):
-            near = (abs(p0[x] - v0) + abs(p1[x] - v1)) + (abs(p2[x] - v2) + abs(p3[x] - v3))
-            far = (abs(p4[x] - v4) + abs(p5[x] - v5)) + (abs(p6[x] - v6) + abs(p7[x] - v7))
-            acc[x] += near + far
-    else:
-        for x in range(n):
-            e0, e1, e2, e3 = p0[x] - v0, p1[x] - v1, p2[x] - v2, p3[x] - v3
-            e4, e5, e6, e7 = p4[x] - v4, p5[x] - v5, p6[x] - v6, p7[x] - v7
-            acc[x] += ((e0 * e0 + e1 * e1) + (e2 * e2 + e3 * e3)) + ((e4 * e4 + e5 * e5) + (e6 * e6 + e7 * e7))
+def _no_unrolling(module: ir.Module) -> ir.MDValue:
+    """Loop metadata that keeps LLVM from unrolling a tap loop: the copies' loads, held at once, would push the
+    tile out of the 16 vector registers (an unrolled 2 × 5 tile spills and runs 1.5× slower)."""
+    disable = module.add_metadata([ir.MetaDataString(module, "llvm.loop.unroll.disable")])
+    name = ir.MetaDataString(module, f"slidesim.tile.{next(_loop_ids)}")  # one identity per loop
+    loop_id = module.add_metadata([name, disable])
+    loop_id.operands = (loop_id, disable)  # a loop's metadata node begins with a reference to itself
+    return loop_id
 
 
 @numba.njit(inline="always")
-def _wide_tasks(out, t_start, band):
-    """(templates, bands, tasks) of the wide kernel: one task per image, template and band of output rows."""
-    count = out.shape[1] - t_start
+def _band_sums(plane, base, offsets, values, vstart, scratch, count, ostride, k, power):
+    """scratch[j·ostride + m] = Σ_tap |values[vstart + tap·k + j] − plane[base + offsets[tap] + m]|^power for
+    m < count (rounded up to whole tiles) and the k ≤ 5 templates j of one group.
+
+    The tile's shape (vectors of outputs × templates) keeps its accumulators, the image vectors they share and a
+    broadcast value within the 16 vector registers: 6 × 1, 4 × 2, 3 × 3, 2 × 4 or 2 × 5.
+    """
+    lanes = 32 // plane.itemsize
+    if k == 1:
+        for m in range(0, count, 6 * lanes):
+            if power == 1:
+                tile_sums(plane, base + m, offsets, values, vstart, scratch, m, ostride, 6, 1, 1)
+            else:
+                tile_sums(plane, base + m, offsets, values, vstart, scratch, m, ostride, 6, 1, 2)
+    elif k == 2:
+        for m in range(0, count, 4 * lanes):
+            if power == 1:
+                tile_sums(plane, base + m, offsets, values, vstart, scratch, m, ostride, 4, 2, 1)
+            else:
+                tile_sums(plane, base + m, offsets, values, vstart, scratch, m, ostride, 4, 2, 2)
+    elif k == 3:
+        for m in range(0, count, 3 * lanes):
+            if power == 1:
+                tile_sums(plane, base + m, offsets, values, vstart, scratch, m, ostride, 3, 3, 1)
+            else:
+                tile_sums(plane, base + m, offsets, values, vstart, scratch, m, ostride, 3, 3, 2)
+    elif k == 4:
+        for m in range(0, count, 2 * lanes):
+            if power == 1:
+                tile_sums(plane, base + m, offsets, values, vstart, scratch, m, ostride, 2, 4, 1)
+            else:
+                tile_sums(plane, base + m, offsets, values, vstart, scratch, m, ostride, 2, 4, 2)
+    else:
+        for m in range(0, count, 2 * lanes):
+            if power == 1:
+                tile_sums(plane, base + m, offsets, values, vstart, scratch, m, ostride, 2, 5, 1)
+            else:
+                tile_sums(plane, base + m, offsets, values, vstart, scratch, m, ostride, 2, 5, 2)
+
+
+@numba.njit(inline="always")
+def _tile_tasks(out, group, band):
+    """(groups, bands, tasks) of the tiled kernel: one task per image, group of templates and band of rows."""
+    groups = (out.shape[1] + group - 1) // group
     bands = (out.shape[2] + band - 1) // band
-    return count, bands, out.shape[0] * count * bands
+    return groups, bands, out.shape[0] * groups * bands
 
 
-@numba.njit(inline="always", fastmath=_CONTRACT)
-def _wide_task(task, planes, values, offsets, t_start, power, Wq, band, out):
-    """One task of :func:`distance_plain_wide`."""
-    count, bands, _ = _wide_tasks(out, t_start, band)
-    C, Bk, taps = planes.shape[1], values.shape[0], values.shape[3]
-    Ho, Wo = out.shape[2], out.shape[3]
-    b = task // (count * bands)
-    t = t_start + (task // bands) % count
+@numba.njit(inline="always")
+def _tile_task(task, planes, length, values, offsets, power, group, Wq, band, out):
+    """One task of :func:`distance_tiles`."""
+    groups, bands, _ = _tile_tasks(out, group, band)
+    T, Ho, Wo = out.shape[1], out.shape[2], out.shape[3]
+    b = task // (groups * bands)
+    g = (task // bands) % groups
     y0 = (task % bands) * band
     rows = min(band, Ho - y0)
-    bk = b if Bk > 1 else 0
-    acc = np.zeros((rows - 1) * Wq + Wo, dtype=out.dtype)
-    for c in range(C):
-        plane = planes[b, c, y0 * Wq :]
-        v = values[bk, t, c]
-        k = 0
-        while k + 8 <= taps:
-            _accumulate_taps8(acc, plane, offsets, v, k, power)
-            k += 8
-        while k < taps:
-            run, u = plane[offsets[k] : offsets[k] + acc.shape[0]], v[k]
-            for x in range(acc.shape[0]):
-                d = run[x] - u
-                acc[x] += abs(d) if power == 1 else d * d
-            k += 1
-    for r in range(rows):
-        out[b, t, y0 + r, :] = acc[r * Wq : r * Wq + Wo]
+    t0 = g * group
+    k = min(group, T - t0)
+    bk = b if values.shape[0] > 1 else 0
+    count = (rows - 1) * Wq + Wo
+    align = TILE_ALIGN * (32 // planes.itemsize)
+    ostride = (count + align - 1) // align * align
+    scratch = np.empty(k * ostride, dtype=out.dtype)
+    _band_sums(
+        planes, b * length + y0 * Wq, offsets, values[bk], t0 * offsets.shape[0], scratch, count, ostride, k, power
+    )
+    for j in range(k):
+        for r in range(rows):
+            start = j * ostride + r * Wq
+            out[b, t0 + j, y0 + r, :] = scratch[start : start + Wo]
 
 
-@numba.njit(parallel=True, cache=True, fastmath=_CONTRACT)
-def distance_plain_wide(planes, values, offsets, t_start, power, Wq, band, out):
-    """Σ |I − T|^p for templates t_start .. T − 1, one template per pass, in bands of output rows on threads.
+@numba.njit(parallel=True, cache=True)
+def distance_tiles(planes, length, values, offsets, power, group, Wq, band, out):
+    """Σ |I − T|^p of every template, image and output position, in register tiles (:func:`_band_sums`).
 
-    ``planes`` [B, C, P·Hq·Wq] holds each image as P phase planes of Hq × Wq, flattened (the image split by row
-    and column residue modulo the stride; P = 1 and no copy at stride 1). The output is computed Wq columns
-    wide, so template tap k adds |plane − v_k| over one contiguous run that starts at ``offsets[k]`` plus the
-    band's first row, whatever the stride and dilation: no loop remainder per output row, and eight taps share
-    each pass over the accumulator. The W' … Wq − 1 surplus columns are dropped; the last row of a band stops at
-    W', which keeps every read inside its plane. values [Bk, T, C, h·w], out [B, T, H', W'].
+    ``planes`` holds each image as its stride-phase planes of Hq × Wq (the image split by row and column residue
+    modulo the stride), all channels, flattened: image b starts at b·length, and the array runs at least
+    TILE_ALIGN vectors past the last image, so that the last tile of a band may read past its last output. The
+    output is computed Wq columns wide, so template tap k reads one contiguous run that starts at ``offsets[k]``
+    plus the output's position, whatever the channel, stride and dilation. ``values`` [Bk, T·taps] holds the
+    templates in groups of ``group``, each tap-major (group g's k templates at g·group·taps, tap by tap).
+    Tasks are (image, group, band of ``band`` output rows) on threads; out [B, T, H', W'].
     """
-    for task in numba.prange(_wide_tasks(out, t_start, band)[2]):
-        _wide_task(task, planes, values, offsets, t_start, power, Wq, band, out)
+    for task in numba.prange(_tile_tasks(out, group, band)[2]):
+        _tile_task(task, planes, length, values, offsets, power, group, Wq, band, out)
 
 
-@numba.njit(cache=True, fastmath=_CONTRACT)
-def distance_plain_wide_serial(planes, values, offsets, t_start, power, Wq, band, out):
-    """:func:`distance_plain_wide` on one thread: below a few million differences, starting threads costs more
-    than it saves. (A separate function, not a second dispatcher of the same one: numba's disk cache keys
-    compiled code by function and signature, not by the parallel flag, so two dispatchers of one function would
-    load each other's machine code.)
+@numba.njit(cache=True)
+def distance_tiles_serial(planes, length, values, offsets, power, group, Wq, band, out):
+    """:func:`distance_tiles` on one thread: below a few million differences, starting threads costs more than
+    it saves. (A separate function, not a second dispatcher of the same one: numba's disk cache keys compiled
+    code by function and signature, not by the parallel flag, so two dispatchers of one function would load each
+    other's machine code.)
     """
-    for task in range(_wide_tasks(out, t_start, band)[2]):
-        _wide_task(task, planes, values, offsets, t_start, power, Wq, band, out)
+    for task in range(_tile_tasks(out, group, band)[2]):
+        _tile_task(task, planes, length, values, offsets, power, group, Wq, band, out)
 
 
 @numba.njit(cache=True)

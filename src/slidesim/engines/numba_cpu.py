@@ -27,7 +27,8 @@ from .direct import DirectPrimitives, block_elements
 NAME = "numba"
 _METRICS = ("sad", "mad", "l1_similarity", "ssd", "ssd_normed")
 _PARALLEL_WORK = 4_000_000  # differences below which one thread is faster than starting threads
-_BAND_ELEMENTS = 4096  # accumulator of one task of the wide kernel: 16 KiB of float32 stays in L1
+_BAND_ELEMENTS = 4096  # output positions of one task: its accumulators stay in L1 and L2
+_GROUP = 5  # templates per register tile (see _numba_kernels._band_sums)
 
 
 def unavailable_reason() -> str | None:
@@ -70,52 +71,58 @@ def _weights_and_periods(
     return _as_numpy(weights.to(dtype)), period_array
 
 
-def _wide_operands(image: np.ndarray, templates: np.ndarray, stride, dilation) -> tuple[np.ndarray, ...]:
-    """The operands of the wide kernel: (planes [B, C, P·Hq·Wq], values [Bk, T, C, h·w], offsets [h·w], Wq).
+def _tile_operands(image: np.ndarray, templates: np.ndarray, stride, dilation, group: int) -> tuple:
+    """The operands of the tiled kernel: (planes, length, values [Bk, T·taps], offsets [taps], Wq).
 
-    The image is split by row and column residue modulo the stride into P = sy·sx phase planes of Hq × Wq, so
-    that template tap (i, j) at output (y, x) reads plane element (y + oy, x + ox): offsets[k] is the start of
-    tap k's run in the flattened planes. At stride 1 the planes are the image itself, without a copy.
+    The image is split by row and column residue modulo the stride into P = sy·sx phase planes of Hq × Wq per
+    channel, so that template tap (c, i, j) at output (y, x) reads plane element (y + oy, x + ox): offsets[k] is
+    the start of tap k's run in image b's planes, which begin at b·length of the flat ``planes``. The copy also
+    pads the end for the last tile's reads. Templates are regrouped tap-major in groups of ``group``.
     """
     (sy, sx), (dy, dx) = stride, dilation
     B, C, Hp, Wp = image.shape
-    h, w = templates.shape[-2:]
+    Bk, T, _, h, w = templates.shape
     Hq, Wq = -(-Hp // sy), -(-Wp // sx)
+    length = C * sy * sx * Hq * Wq
+    planes = np.zeros(B * length + _kernels().TILE_ALIGN * 8, dtype=image.dtype)
     if sy == sx == 1:
-        planes = image.reshape(B, C, Hp * Wp)
+        planes[: B * length] = image.reshape(-1)
     else:
-        planes = np.zeros((B, C, sy, sx, Hq, Wq), dtype=image.dtype)
-        _kernels().split_phases(image, sy, sx, planes)
-        planes = planes.reshape(B, C, -1)
-    values = templates.reshape(*templates.shape[:3], h * w)
-    return planes, values, _tap_offsets(h, w, sy, sx, dy, dx, Hq, Wq), Wq
+        _kernels().split_phases(image, sy, sx, planes[: B * length].reshape(B, C, sy, sx, Hq, Wq))
+    taps = C * h * w
+    flat = templates.reshape(Bk, T, taps)
+    values = np.empty((Bk, T * taps), dtype=image.dtype)
+    for t0 in range(0, T, group):
+        k = min(group, T - t0)
+        values[:, t0 * taps : (t0 + k) * taps] = flat[:, t0 : t0 + k].transpose(0, 2, 1).reshape(Bk, k * taps)
+    return planes, length, values, _tap_offsets(C, h, w, sy, sx, dy, dx, Hq, Wq), Wq
 
 
 @functools.lru_cache(maxsize=64)
-def _tap_offsets(h: int, w: int, sy: int, sx: int, dy: int, dx: int, Hq: int, Wq: int) -> np.ndarray:
-    """offsets[k] of :func:`_wide_operands` (shared between calls: the kernels only read it); cached because small
+def _tap_offsets(C: int, h: int, w: int, sy: int, sx: int, dy: int, dx: int, Hq: int, Wq: int) -> np.ndarray:
+    """offsets[k] of :func:`_tile_operands` (shared between calls: the kernels only read it); cached because small
     calls spend more time building them than in the kernel."""
     rows, columns = np.arange(h)[:, None] * dy, np.arange(w)[None, :] * dx
     phase = (rows % sy) * sx + columns % sx
-    return (phase * (Hq * Wq) + (rows // sy) * Wq + columns // sx).reshape(-1).astype(np.int64)
+    within = (phase * (Hq * Wq) + (rows // sy) * Wq + columns // sx).reshape(-1)
+    channels = np.arange(C)[:, None] * (sy * sx * Hq * Wq)
+    return (channels + within[None, :]).reshape(-1).astype(np.int64)
 
 
 def _forward(image, templates, weights, power, periods, geom):
     kernels = _kernels()
     image_np, templates_np = _as_numpy(image), _as_numpy(templates)
     B, T = image.shape[0], templates.shape[1]
-    out = np.zeros((B, T, geom.out_height, geom.out_width), dtype=image_np.dtype)
+    out = np.empty((B, T, geom.out_height, geom.out_width), dtype=image_np.dtype)
     (sy, sx), (dy, dx) = geom.stride, geom.dilation
     if weights is None and not any(p is not None for p in periods or ()):
-        full = 4 * (T // 4)
-        if full:
-            kernels.distance_plain(image_np, templates_np, power, sy, sx, dy, dx, out)
-        if full < T:
-            planes, values, offsets, width = _wide_operands(image_np, templates_np, geom.stride, geom.dilation)
-            band = max(1, _BAND_ELEMENTS // width)
-            work = out[:, full:].size * templates.shape[2] * templates.shape[3] * templates.shape[4]
-            wide = kernels.distance_plain_wide if work > _PARALLEL_WORK else kernels.distance_plain_wide_serial
-            wide(planes, values, offsets, full, power, width, band, out)
+        planes, length, values, offsets, width = _tile_operands(
+            image_np, templates_np, geom.stride, geom.dilation, _GROUP
+        )
+        band = max(1, _BAND_ELEMENTS // width)
+        work = out.size * offsets.size
+        tiles = kernels.distance_tiles if work > _PARALLEL_WORK else kernels.distance_tiles_serial
+        tiles(planes, length, values, offsets, power, _GROUP, width, band, out)
     else:
         weights_np, periods_np = _weights_and_periods(weights, periods, templates)
         kernels.distance_general(image_np, templates_np, weights_np, periods_np, power, sy, sx, dy, dx, out)
