@@ -83,7 +83,7 @@ def test_nan_reaches_only_its_windows(parallel_work, band_elements) -> None:
 
 
 def test_threaded_kernel_runs_on_threads_after_a_serial_call() -> None:
-    """The serial and threaded wide kernels must not share compiled code through numba's disk cache.
+    """The serial and threaded tiled kernels must not share compiled code through numba's disk cache.
 
     Run twice in fresh processes (the second loads both kernels from the cache): after a small call (one thread)
     and a large one, numba's threading layer must have started, which only a threaded kernel does.

@@ -1,12 +1,12 @@
 """The numba engine: fused, parallel CPU kernels for the distance metrics (sad, mad, l1_similarity, ssd) and the
 exact ssd of ssd_normed.
 
-The kernels (:mod:`slidesim.engines._numba_kernels`) never materialize windows. Banks run four templates at once:
-each thread owns an output row and accumulates |I − T| or (I − T)² for four templates and four template columns
-per pass, so every image load feeds sixteen differences. Single templates (and a bank's last one to three) run
-the wide kernel: the image split into stride-phase planes, each tap adding one contiguous run to a band of output
-rows, on one thread for small outputs. Masks, circular channels, stride, dilation and per-image banks run in a
-general kernel; backward runs fused too. Window statistics and correlations of ssd_normed come from the direct engine.
+The kernels (:mod:`slidesim.engines._numba_kernels`) never materialize windows. Unweighted, non-circular sums
+run in register tiles: the image is copied once into stride-phase planes (padded for the last tile's reads),
+every thread takes an image, a group of up to five templates and a band of output rows, and each tile of up to 48
+consecutive outputs keeps its accumulators in vector registers over all template taps, so a tap costs a subtract
+and a multiply-add per vector for ssd. Masks and circular channels run in a general kernel; backward runs fused
+too. Window statistics and correlations of ssd_normed come from the direct engine.
 
 numba is optional: without it this engine reports itself unavailable and ``method="auto"`` moves on.
 """
