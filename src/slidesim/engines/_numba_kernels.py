@@ -30,6 +30,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 _VECTOR_BITS = 256  # AVX2 registers; LLVM splits each vector in two where a CPU has only 128-bit registers
+VECTOR_BYTES = _VECTOR_BITS // 8
 _I64 = ir.IntType(64)
 _loop_ids = itertools.count()
 TILE_ALIGN = 12  # tile widths, in vectors, all divide it (6, 4, 3 or 2 vectors: see _band_sums)
@@ -157,7 +158,7 @@ def _band_sums(plane, base, offsets, values, vstart, scratch, count, ostride, k,
     The tile's shape (vectors of outputs × templates) keeps its accumulators, the image vectors they share and a
     broadcast value within the 16 vector registers: 6 × 1, 4 × 2, 3 × 3, 2 × 4 or 2 × 5.
     """
-    lanes = 32 // plane.itemsize
+    lanes = VECTOR_BYTES // plane.itemsize
     if k == 1:
         for m in range(0, count, 6 * lanes):
             if power == 1:
@@ -211,7 +212,7 @@ def _tile_task(task, planes, length, values, offsets, power, group, Wq, band, ou
     k = min(group, T - t0)
     bk = b if values.shape[0] > 1 else 0
     count = (rows - 1) * Wq + Wo
-    align = TILE_ALIGN * (32 // planes.itemsize)
+    align = TILE_ALIGN * VECTOR_BYTES // planes.itemsize
     ostride = (count + align - 1) // align * align
     scratch = np.empty(k * ostride, dtype=out.dtype)
     _band_sums(

@@ -84,7 +84,9 @@ def _tile_operands(image: np.ndarray, templates: np.ndarray, stride, dilation, g
     Bk, T, _, h, w = templates.shape
     Hq, Wq = -(-Hp // sy), -(-Wp // sx)
     length = C * sy * sx * Hq * Wq
-    planes = np.zeros(B * length + _kernels().TILE_ALIGN * 8, dtype=image.dtype)
+    # the most that a band's last tile reads past its last output
+    padding = _kernels().TILE_ALIGN * _kernels().VECTOR_BYTES // image.itemsize
+    planes = np.zeros(B * length + padding, dtype=image.dtype)
     if sy == sx == 1:
         planes[: B * length] = image.reshape(-1)
     else:
