@@ -98,3 +98,59 @@ print(numba.threading_layer())
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip()
+
+
+MASKS = ["shared binary", "shared weights", "per-template binary", "per-template weights", "per-image binary"]
+
+
+def _mask(kind: str, rng: np.random.Generator, n_images: int, n_templates: int, size: tuple[int, int]) -> torch.Tensor:
+    shape = {
+        "shared binary": size,
+        "shared weights": size,
+        "per-template binary": (n_templates, 1, *size),
+        "per-template weights": (n_templates, 3, *size),
+        "per-image binary": (n_images, n_templates, 1, *size),  # with a per-image bank
+    }[kind]
+    values = rng.random(shape)
+    return torch.from_numpy(values if kind.endswith("weights") else (values > 0.4) * 1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("metric", ["sad", "ssd"])
+@pytest.mark.parametrize("kind", MASKS)
+@pytest.mark.parametrize("n_templates", [1, 4, 6])
+@pytest.mark.parametrize(("stride", "dilation"), [(1, 1), ((3, 2), (2, 3))])
+def test_masks_run_in_tiles_and_match_reference(
+    parallel_work, band_elements, monkeypatch, dtype, metric, kind, n_templates, stride, dilation
+) -> None:
+    rng = np.random.default_rng(9)
+    images = torch.from_numpy(rng.random((2, 3, 19, 23))).to(dtype)
+    banks = (2, n_templates) if kind == "per-image binary" else (n_templates,)
+    bank = torch.from_numpy(rng.random((*banks, 3, 4, 5))).to(dtype)
+    mask = _mask(kind, rng, 2, n_templates, (4, 5)).to(dtype)
+    options = {"metric": metric, "stride": stride, "dilation": dilation, "mask": mask}
+
+    def no_general(*args):
+        raise AssertionError("finite images with a mask must run in the register tiles")
+
+    monkeypatch.setattr(numba_cpu._kernels(), "distance_general", no_general)
+    got = slidesim.similarity(images, bank, method="numba", **options)
+    want = slidesim.reference.similarity(images, bank, **options)
+    torch.testing.assert_close(got.double(), want, **tolerance(dtype, float(want.abs().max())))
+
+
+@pytest.mark.parametrize("kind", MASKS)
+def test_nan_under_a_zero_weight_is_skipped_on_every_path(parallel_work, kind) -> None:
+    """A zero weight drops its tap whatever the pixel under it: the shared masks' zero taps leave the tiles, and
+    per-template or per-image masks over NaN pixels run in the general kernel, which skips them."""
+    rng = np.random.default_rng(10)
+    images = torch.from_numpy(rng.random((2, 3, 12, 13))).float()
+    banks = (2, 3) if kind == "per-image binary" else (3,)
+    bank = torch.from_numpy(rng.random((*banks, 3, 4, 5))).float()
+    mask = _mask(kind, rng, 2, 3, (4, 5)).float()
+    mask[..., 0, 0] = 0.0  # every template's and image's first tap is off
+    images[:, :, 0, 0] = float("nan")  # only output (0, 0) reads pixel (0, 0), through tap (0, 0)
+    got = slidesim.similarity(images, bank, metric="ssd", mask=mask, method="numba")
+    want = slidesim.similarity(images.nan_to_num(123.0), bank, metric="ssd", mask=mask, method="numba")
+    assert not got.isnan().any()
+    torch.testing.assert_close(got, want)

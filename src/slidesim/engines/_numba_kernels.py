@@ -43,32 +43,38 @@ def _literal(value: types.Type, name: str) -> int:
 
 
 @intrinsic(prefer_literal=True)
-def tile_sums(typingctx, plane, base, offsets, values, vstart, out, ostart, ostride, vectors, templates, power):
-    """out[ostart + k·ostride + m] = Σ_tap |values[vstart + tap·K + k] − plane[base + offsets[tap] + m]|^power
-    for m < R·lanes and k < K (R = ``vectors``, K = ``templates``; lanes = 8 for float32, 4 for float64).
+def tile_sums(
+    typingctx, plane, base, offsets, values, weights, vstart, out, ostart, ostride, vectors, templates, power, weighted
+):
+    """out[ostart + k·ostride + m] = Σ_tap w · |values[v] − plane[base + offsets[tap] + m]|^power, v = vstart +
+    tap·K + k, for m < R·lanes and k < K (R = ``vectors``, K = ``templates``; lanes = 8 for float32, 4 for
+    float64); w = weights[v] when ``weighted`` is 1, else 1 (and weights is not read).
 
-    plane, values and out are 1-D contiguous arrays of one float dtype, offsets a 1-D int64 array (one entry per
-    tap); R, K and power (1 or 2) must be literal integers. Nothing is bounds-checked: the caller pads plane so
-    that every read is inside it.
+    plane, values, weights and out are 1-D contiguous arrays of one float dtype, offsets a 1-D int64 array (one
+    entry per tap); R, K, power (1 or 2) and weighted (0 or 1) must be literal integers. Nothing is
+    bounds-checked: the caller pads plane so that every read is inside it.
     """
     R, K, p = _literal(vectors, "vectors"), _literal(templates, "templates"), _literal(power, "power")
-    if p not in (1, 2) or R < 1 or K < 1:
-        raise TypeError(f"tile_sums: needs power 1 or 2 and positive vectors, templates; got {p}, {R}, {K}")
+    scaled = _literal(weighted, "weighted")
+    if p not in (1, 2) or scaled not in (0, 1) or R < 1 or K < 1:
+        raise TypeError(f"tile_sums: needs power 1 or 2, weighted 0 or 1, positive sizes; got {p}, {scaled}, {R}, {K}")
     dtype = plane.dtype
-    if dtype not in (types.float32, types.float64) or values.dtype != dtype or out.dtype != dtype:
-        raise TypeError(f"tile_sums: plane, values and out must share float32 or float64, got {plane}, {values}, {out}")
+    if dtype not in (types.float32, types.float64) or any(a.dtype != dtype for a in (values, weights, out)):
+        raise TypeError(f"tile_sums: plane, values, weights and out must share float32 or float64, got {plane}")
     sig = types.void(
-        plane, types.intp, offsets, values, types.intp, out, types.intp, types.intp, vectors, templates, power
-    )
+        plane, types.intp, offsets, values, weights, types.intp, out, types.intp, types.intp,
+        vectors, templates, power, weighted,
+    )  # fmt: skip
 
     def codegen(context, builder, signature, args):
-        plane_v, base_v, offsets_v, values_v, vstart_v, out_v, ostart_v, ostride_v = args[:8]
+        plane_v, base_v, offsets_v, values_v, weights_v, vstart_v, out_v, ostart_v, ostride_v = args[:9]
         argtypes = signature.args
 
         def data(index, value):
             return context.make_array(argtypes[index])(context, builder, value).data
 
-        plane_p, offsets_p, values_p, out_p = data(0, plane_v), data(2, offsets_v), data(3, values_v), data(5, out_v)
+        plane_p, offsets_p, values_p = data(0, plane_v), data(2, offsets_v), data(3, values_v)
+        weights_p, out_p = data(4, weights_v), data(6, out_v)
         scalar = context.get_value_type(dtype)
         bits = 32 if dtype == types.float32 else 64
         lanes = _VECTOR_BITS // bits
@@ -105,14 +111,24 @@ def tile_sums(typingctx, plane, base, offsets, values, vstart, out, ostart, ostr
         ]
         first_value = builder.add(vstart_v, builder.mul(tap, const(K)))
         updated = []
+
+        def splat_of(pointer, index):
+            value = builder.load(builder.gep(pointer, [index]))
+            return builder.shuffle_vector(builder.insert_element(undef, value, const(0)), undef, broadcast)
+
         for k in range(K):
-            value = builder.load(builder.gep(values_p, [builder.add(first_value, const(k))]))
-            splat = builder.shuffle_vector(builder.insert_element(undef, value, const(0)), undef, broadcast)
+            index = builder.add(first_value, const(k))
+            splat = splat_of(values_p, index)
+            weight = splat_of(weights_p, index) if scaled else None
             for r in range(R):
                 difference = builder.fsub(splat, images[r])
                 acc = accumulators[k * R + r]
-                if p == 2:
+                if p == 2 and scaled:  # (w·d)·d + acc
+                    updated.append(builder.call(fma, [builder.fmul(difference, weight), difference, acc]))
+                elif p == 2:
                     updated.append(builder.call(fma, [difference, difference, acc]))
+                elif scaled:
+                    updated.append(builder.call(fma, [builder.call(fabs, [difference]), weight, acc]))
                 else:
                     updated.append(builder.fadd(builder.call(fabs, [difference]), acc))
         next_tap = builder.add(tap, const(1))
@@ -151,44 +167,72 @@ def _no_unrolling(module: ir.Module) -> ir.MDValue:
 
 
 @numba.njit(inline="always")
-def _band_sums(plane, base, offsets, values, vstart, scratch, count, ostride, k, power):
-    """scratch[j·ostride + m] = Σ_tap |values[vstart + tap·k + j] − plane[base + offsets[tap] + m]|^power for
-    m < count (rounded up to whole tiles) and the k ≤ 5 templates j of one group.
+def _band_sums(plane, base, offsets, values, weights, vstart, scratch, count, ostride, k, power, weighted):
+    """scratch[j·ostride + m] = Σ_tap w · |values[v] − plane[base + offsets[tap] + m]|^power for m < count
+    (rounded up to whole tiles) and the k templates j of one group (v = vstart + tap·k + j; w = weights[v] when
+    ``weighted``, else 1).
 
-    The tile's shape (vectors of outputs × templates) keeps its accumulators, the image vectors they share and a
-    broadcast value within the 16 vector registers: 6 × 1, 4 × 2, 3 × 3, 2 × 4 or 2 × 5.
+    The tile's shape (vectors of outputs × templates) keeps its accumulators, the image vectors they share and the
+    broadcast values within the 16 vector registers: 6 × 1, 4 × 2, 3 × 3, 2 × 4 or 2 × 5 templates (k ≤ 5), and
+    with weights, which need a second broadcast, 6 × 1, 3 × 2, 2 × 3 or 2 × 4 (k ≤ 4).
     """
     lanes = VECTOR_BYTES // plane.itemsize
-    if k == 1:
-        for m in range(0, count, 6 * lanes):
-            if power == 1:
-                tile_sums(plane, base + m, offsets, values, vstart, scratch, m, ostride, 6, 1, 1)
-            else:
-                tile_sums(plane, base + m, offsets, values, vstart, scratch, m, ostride, 6, 1, 2)
-    elif k == 2:
-        for m in range(0, count, 4 * lanes):
-            if power == 1:
-                tile_sums(plane, base + m, offsets, values, vstart, scratch, m, ostride, 4, 2, 1)
-            else:
-                tile_sums(plane, base + m, offsets, values, vstart, scratch, m, ostride, 4, 2, 2)
-    elif k == 3:
-        for m in range(0, count, 3 * lanes):
-            if power == 1:
-                tile_sums(plane, base + m, offsets, values, vstart, scratch, m, ostride, 3, 3, 1)
-            else:
-                tile_sums(plane, base + m, offsets, values, vstart, scratch, m, ostride, 3, 3, 2)
-    elif k == 4:
-        for m in range(0, count, 2 * lanes):
-            if power == 1:
-                tile_sums(plane, base + m, offsets, values, vstart, scratch, m, ostride, 2, 4, 1)
-            else:
-                tile_sums(plane, base + m, offsets, values, vstart, scratch, m, ostride, 2, 4, 2)
+    if weighted:
+        if k == 1:
+            for m in range(0, count, 6 * lanes):
+                if power == 1:
+                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 6, 1, 1, 1)
+                else:
+                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 6, 1, 2, 1)
+        elif k == 2:
+            for m in range(0, count, 3 * lanes):
+                if power == 1:
+                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 3, 2, 1, 1)
+                else:
+                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 3, 2, 2, 1)
+        elif k == 3:
+            for m in range(0, count, 2 * lanes):
+                if power == 1:
+                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 2, 3, 1, 1)
+                else:
+                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 2, 3, 2, 1)
+        else:
+            for m in range(0, count, 2 * lanes):
+                if power == 1:
+                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 2, 4, 1, 1)
+                else:
+                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 2, 4, 2, 1)
     else:
-        for m in range(0, count, 2 * lanes):
-            if power == 1:
-                tile_sums(plane, base + m, offsets, values, vstart, scratch, m, ostride, 2, 5, 1)
-            else:
-                tile_sums(plane, base + m, offsets, values, vstart, scratch, m, ostride, 2, 5, 2)
+        if k == 1:
+            for m in range(0, count, 6 * lanes):
+                if power == 1:
+                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 6, 1, 1, 0)
+                else:
+                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 6, 1, 2, 0)
+        elif k == 2:
+            for m in range(0, count, 4 * lanes):
+                if power == 1:
+                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 4, 2, 1, 0)
+                else:
+                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 4, 2, 2, 0)
+        elif k == 3:
+            for m in range(0, count, 3 * lanes):
+                if power == 1:
+                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 3, 3, 1, 0)
+                else:
+                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 3, 3, 2, 0)
+        elif k == 4:
+            for m in range(0, count, 2 * lanes):
+                if power == 1:
+                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 2, 4, 1, 0)
+                else:
+                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 2, 4, 2, 0)
+        else:
+            for m in range(0, count, 2 * lanes):
+                if power == 1:
+                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 2, 5, 1, 0)
+                else:
+                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 2, 5, 2, 0)
 
 
 @numba.njit(inline="always")
@@ -200,7 +244,7 @@ def _tile_tasks(out, group, band):
 
 
 @numba.njit(inline="always")
-def _tile_task(task, planes, length, values, offsets, power, group, Wq, band, out):
+def _tile_task(task, planes, length, values, weights, offsets, power, weighted, group, Wq, band, out):
     """One task of :func:`distance_tiles`."""
     groups, bands, _ = _tile_tasks(out, group, band)
     T, Ho, Wo = out.shape[1], out.shape[2], out.shape[3]
@@ -211,13 +255,14 @@ def _tile_task(task, planes, length, values, offsets, power, group, Wq, band, ou
     t0 = g * group
     k = min(group, T - t0)
     bk = b if values.shape[0] > 1 else 0
+    bw = b if weights.shape[0] > 1 else 0
     count = (rows - 1) * Wq + Wo
     align = TILE_ALIGN * VECTOR_BYTES // planes.itemsize
     ostride = (count + align - 1) // align * align
     scratch = np.empty(k * ostride, dtype=out.dtype)
-    _band_sums(
-        planes, b * length + y0 * Wq, offsets, values[bk], t0 * offsets.shape[0], scratch, count, ostride, k, power
-    )
+    vstart = t0 * offsets.shape[0]
+    base = b * length + y0 * Wq
+    _band_sums(planes, base, offsets, values[bk], weights[bw], vstart, scratch, count, ostride, k, power, weighted)
     for j in range(k):
         for r in range(rows):
             start = j * ostride + r * Wq
@@ -225,7 +270,7 @@ def _tile_task(task, planes, length, values, offsets, power, group, Wq, band, ou
 
 
 @numba.njit(parallel=True, cache=True)
-def distance_tiles(planes, length, values, offsets, power, group, Wq, band, out):
+def distance_tiles(planes, length, values, weights, offsets, power, weighted, group, Wq, band, out):
     """Σ |I − T|^p of every template, image and output position, in register tiles (:func:`_band_sums`).
 
     ``planes`` holds each image as its stride-phase planes of Hq × Wq (the image split by row and column residue
@@ -233,22 +278,23 @@ def distance_tiles(planes, length, values, offsets, power, group, Wq, band, out)
     TILE_ALIGN vectors past the last image, so that the last tile of a band may read past its last output. The
     output is computed Wq columns wide, so template tap k reads one contiguous run that starts at ``offsets[k]``
     plus the output's position, whatever the channel, stride and dilation. ``values`` [Bk, T·taps] holds the
-    templates in groups of ``group``, each tap-major (group g's k templates at g·group·taps, tap by tap).
+    templates in groups of ``group``, each tap-major (group g's k templates at g·group·taps, tap by tap), and
+    ``weights`` [Bw, T·taps] their mask weights in the same layout when ``weighted`` is 1 (else it is not read).
     Tasks are (image, group, band of ``band`` output rows) on threads; out [B, T, H', W'].
     """
     for task in numba.prange(_tile_tasks(out, group, band)[2]):
-        _tile_task(task, planes, length, values, offsets, power, group, Wq, band, out)
+        _tile_task(task, planes, length, values, weights, offsets, power, weighted, group, Wq, band, out)
 
 
 @numba.njit(cache=True)
-def distance_tiles_serial(planes, length, values, offsets, power, group, Wq, band, out):
+def distance_tiles_serial(planes, length, values, weights, offsets, power, weighted, group, Wq, band, out):
     """:func:`distance_tiles` on one thread: below a few million differences, starting threads costs more than
     it saves. (A separate function, not a second dispatcher of the same one: numba's disk cache keys compiled
     code by function and signature, not by the parallel flag, so two dispatchers of one function would load each
     other's machine code.)
     """
     for task in range(_tile_tasks(out, group, band)[2]):
-        _tile_task(task, planes, length, values, offsets, power, group, Wq, band, out)
+        _tile_task(task, planes, length, values, weights, offsets, power, weighted, group, Wq, band, out)
 
 
 @numba.njit(cache=True)

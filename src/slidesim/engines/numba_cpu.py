@@ -29,6 +29,7 @@ _METRICS = ("sad", "mad", "l1_similarity", "ssd", "ssd_normed")
 _PARALLEL_WORK = 4_000_000  # differences below which one thread is faster than starting threads
 _BAND_ELEMENTS = 4096  # output positions of one task: its accumulators stay in L1 and L2
 _GROUP = 5  # templates per register tile (see _numba_kernels._band_sums)
+_WEIGHTED_GROUP = 4  # with weights, whose broadcasts take registers too
 
 
 def unavailable_reason() -> str | None:
@@ -71,17 +72,12 @@ def _weights_and_periods(
     return _as_numpy(weights.to(dtype)), period_array
 
 
-def _tile_operands(image: np.ndarray, templates: np.ndarray, stride, dilation, group: int) -> tuple:
-    """The operands of the tiled kernel: (planes, length, values [Bk, T·taps], offsets [taps], Wq).
-
-    The image is split by row and column residue modulo the stride into P = sy·sx phase planes of Hq × Wq per
-    channel, so that template tap (c, i, j) at output (y, x) reads plane element (y + oy, x + ox): offsets[k] is
-    the start of tap k's run in image b's planes, which begin at b·length of the flat ``planes``. The copy also
-    pads the end for the last tile's reads. Templates are regrouped tap-major in groups of ``group``.
-    """
-    (sy, sx), (dy, dx) = stride, dilation
+def _phase_planes(image: np.ndarray, stride: tuple[int, int]) -> tuple[np.ndarray, int, int, int]:
+    """(planes, length, Hq, Wq): the images split by row and column residue modulo the stride into sy·sx phase
+    planes of Hq × Wq per channel, flattened (image b at b·length), and padded at the end for the last tile's
+    reads. Template tap (c, i, j) at output (y, x) then reads plane element (y + oy, x + ox)."""
+    sy, sx = stride
     B, C, Hp, Wp = image.shape
-    Bk, T, _, h, w = templates.shape
     Hq, Wq = -(-Hp // sy), -(-Wp // sx)
     length = C * sy * sx * Hq * Wq
     # the most that a band's last tile reads past its last output
@@ -91,19 +87,52 @@ def _tile_operands(image: np.ndarray, templates: np.ndarray, stride, dilation, g
         planes[: B * length] = image.reshape(-1)
     else:
         _kernels().split_phases(image, sy, sx, planes[: B * length].reshape(B, C, sy, sx, Hq, Wq))
-    taps = C * h * w
-    flat = templates.reshape(Bk, T, taps)
-    values = np.empty((Bk, T * taps), dtype=image.dtype)
+    return planes, length, Hq, Wq
+
+
+def _grouped(per_tap: np.ndarray, group: int) -> np.ndarray:
+    """[X, T, taps] -> [X, T·taps] in groups of ``group`` templates, each tap-major (the tiles' layout)."""
+    X, T, taps = per_tap.shape
+    out = np.empty((X, T * taps), dtype=per_tap.dtype)
     for t0 in range(0, T, group):
         k = min(group, T - t0)
-        values[:, t0 * taps : (t0 + k) * taps] = flat[:, t0 : t0 + k].transpose(0, 2, 1).reshape(Bk, k * taps)
-    return planes, length, values, _tap_offsets(C, h, w, sy, sx, dy, dx, Hq, Wq), Wq
+        out[:, t0 * taps : (t0 + k) * taps] = per_tap[:, t0 : t0 + k].transpose(0, 2, 1).reshape(X, k * taps)
+    return out
+
+
+def _tile_weights(
+    weights: np.ndarray | None, image: np.ndarray, templates: np.ndarray
+) -> tuple[bool, np.ndarray | None, np.ndarray | None]:
+    """(tiles, keep, scale): whether the tiles can run this mask, the taps to run (None: all) and their weights
+    [Bw, T, kept taps] (None: all ones).
+
+    Taps that every template and image weighs 0 are dropped, so a shared binary mask runs the plain tiles on its
+    active taps only. Other weights run in the weighted tiles, where a zero weight contributes 0 · |d|^p: exact
+    for finite pixels, NaN for a NaN one. The general kernel skips zero-weight taps instead, so per-template or
+    per-image masks stay there when the images or templates hold NaN or inf.
+    """
+    if weights is None:
+        return True, None, None
+    Bw, Tw, _, h, w = weights.shape
+    T, C = templates.shape[1], templates.shape[2]
+    full = np.broadcast_to(weights, (Bw, T, C, h, w)).reshape(Bw, T, C * h * w)
+    keep = (full != 0).any(axis=(0, 1))
+    kept = full[:, :, keep]
+    shared = Bw == 1 and Tw == 1  # every kept weight is then non-zero
+    if not shared and not (_finite(image) and _finite(templates)):
+        return False, None, None
+    return True, keep, None if bool((kept == 1).all()) else np.ascontiguousarray(kept)
+
+
+def _finite(array: np.ndarray) -> bool:
+    """Whether every element is finite: a finite sum proves it without a boolean temporary."""
+    return bool(np.isfinite(array.sum())) or bool(np.isfinite(array).all())
 
 
 @functools.lru_cache(maxsize=64)
 def _tap_offsets(C: int, h: int, w: int, sy: int, sx: int, dy: int, dx: int, Hq: int, Wq: int) -> np.ndarray:
-    """offsets[k] of :func:`_tile_operands` (shared between calls: the kernels only read it); cached because small
-    calls spend more time building them than in the kernel."""
+    """offsets[k]: where tap k = (c, i, j) of output (0, 0) reads in an image's phase planes (shared between calls:
+    the kernels only read it); cached because small calls spend more time building them than in the kernel."""
     rows, columns = np.arange(h)[:, None] * dy, np.arange(w)[None, :] * dx
     phase = (rows % sy) * sx + columns % sx
     within = (phase * (Hq * Wq) + (rows // sy) * Wq + columns // sx).reshape(-1)
@@ -114,21 +143,35 @@ def _tap_offsets(C: int, h: int, w: int, sy: int, sx: int, dy: int, dx: int, Hq:
 def _forward(image, templates, weights, power, periods, geom):
     kernels = _kernels()
     image_np, templates_np = _as_numpy(image), _as_numpy(templates)
+    weights_np = _as_numpy(weights.to(templates.dtype)) if weights is not None else None
     B, T = image.shape[0], templates.shape[1]
     out = np.empty((B, T, geom.out_height, geom.out_width), dtype=image_np.dtype)
-    (sy, sx), (dy, dx) = geom.stride, geom.dilation
-    if weights is None and not any(p is not None for p in periods or ()):
-        planes, length, values, offsets, width = _tile_operands(
-            image_np, templates_np, geom.stride, geom.dilation, _GROUP
-        )
-        band = max(1, _BAND_ELEMENTS // width)
-        work = out.size * offsets.size
-        tiles = kernels.distance_tiles if work > _PARALLEL_WORK else kernels.distance_tiles_serial
-        tiles(planes, length, values, offsets, power, _GROUP, width, band, out)
+    circular = any(p is not None for p in periods or ())
+    tiles, keep, scale = _tile_weights(weights_np, image_np, templates_np) if not circular else (False, None, None)
+    if tiles:
+        _run_tiles(image_np, templates_np, keep, scale, power, geom, out)
     else:
+        (sy, sx), (dy, dx) = geom.stride, geom.dilation
         weights_np, periods_np = _weights_and_periods(weights, periods, templates)
         kernels.distance_general(image_np, templates_np, weights_np, periods_np, power, sy, sx, dy, dx, out)
     return torch.from_numpy(out)
+
+
+def _run_tiles(image, templates, keep, scale, power, geom, out) -> None:
+    """out [B, T, H', W'] ← Σ w·|I − T|^p by the register tiles, over the kept taps (all when keep is None)."""
+    (sy, sx), (dy, dx) = geom.stride, geom.dilation
+    Bk, T, C, h, w = templates.shape
+    planes, length, Hq, Wq = _phase_planes(image, geom.stride)
+    offsets = _tap_offsets(C, h, w, sy, sx, dy, dx, Hq, Wq)
+    per_tap = templates.reshape(Bk, T, C * h * w)
+    if keep is not None:
+        offsets, per_tap = offsets[keep], per_tap[:, :, keep]
+    group = _GROUP if scale is None else _WEIGHTED_GROUP
+    values = _grouped(per_tap, group)
+    weights = _grouped(scale, group) if scale is not None else values[:1]  # not read without scale
+    band = max(1, _BAND_ELEMENTS // Wq)
+    tiled = _kernels().distance_tiles if out.size * offsets.size > _PARALLEL_WORK else _kernels().distance_tiles_serial
+    tiled(planes, length, values, weights, offsets, power, int(scale is not None), group, Wq, band, out)
 
 
 def _geometry(stride: Sequence[int], dilation: Sequence[int], out_size: tuple[int, int], templates) -> Geometry:
