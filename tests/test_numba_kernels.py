@@ -141,16 +141,25 @@ def test_masks_run_in_tiles_and_match_reference(
 
 @pytest.mark.parametrize("kind", MASKS)
 def test_nan_under_a_zero_weight_is_skipped_on_every_path(parallel_work, kind) -> None:
-    """A zero weight drops its tap whatever the pixel under it: the shared masks' zero taps leave the tiles, and
-    per-template or per-image masks over NaN pixels run in the general kernel, which skips them."""
+    """A zero weight drops its tap whatever the pixel under it. Shared masks drop their zero taps before the tiles
+    run; per-template and per-image masks, whose zeros differ between templates, go to the general kernel when a
+    pixel is NaN (in the tiles, 0 · NaN would be NaN)."""
     rng = np.random.default_rng(10)
     images = torch.from_numpy(rng.random((2, 3, 12, 13))).float()
     banks = (2, 3) if kind == "per-image binary" else (3,)
     bank = torch.from_numpy(rng.random((*banks, 3, 4, 5))).float()
     mask = _mask(kind, rng, 2, 3, (4, 5)).float()
-    mask[..., 0, 0] = 0.0  # every template's and image's first tap is off
+    shared = kind.startswith("shared")
+    mask[..., 0, 0] = 0.0 if shared else 1.0
+    if kind.startswith("per-template"):
+        mask[0, ..., 0, 0] = 0.0  # template 0 only
+    if kind.startswith("per-image"):
+        mask[:, 0, ..., 0, 0] = 0.0
     images[:, :, 0, 0] = float("nan")  # only output (0, 0) reads pixel (0, 0), through tap (0, 0)
     got = slidesim.similarity(images, bank, metric="ssd", mask=mask, method="numba")
-    want = slidesim.similarity(images.nan_to_num(123.0), bank, metric="ssd", mask=mask, method="numba")
-    assert not got.isnan().any()
-    torch.testing.assert_close(got, want)
+    clean = slidesim.similarity(images.nan_to_num(123.0), bank, metric="ssd", mask=mask, method="numba")
+    skipped = got if shared else got[:, :1]
+    assert not skipped.isnan().any()
+    torch.testing.assert_close(skipped, clean if shared else clean[:, :1])
+    if not shared:
+        assert got[:, 1:, 0, 0].isnan().all() and not got[:, 1:, 1:, 1:].isnan().any()

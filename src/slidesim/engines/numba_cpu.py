@@ -1,12 +1,14 @@
 """The numba engine: fused, parallel CPU kernels for the distance metrics (sad, mad, l1_similarity, ssd) and the
 exact ssd of ssd_normed.
 
-The kernels (:mod:`slidesim.engines._numba_kernels`) never materialize windows. Unweighted, non-circular sums
-run in register tiles: the image is copied once into stride-phase planes (padded for the last tile's reads),
-every thread takes an image, a group of up to five templates and a band of output rows, and each tile of up to 48
-consecutive outputs keeps its accumulators in vector registers over all template taps, so a tap costs a subtract
-and a multiply-add per vector for ssd. Masks and circular channels run in a general kernel; backward runs fused
-too. Window statistics and correlations of ssd_normed come from the direct engine.
+The kernels (:mod:`slidesim.engines._numba_kernels`) never materialize windows. Sums run in register tiles: the
+image is copied once into stride-phase planes (padded for the last tile's reads), every thread takes an image, a
+group of up to five templates and a band of output rows, and each tile of up to 48 consecutive outputs keeps its
+accumulators in vector registers over all template taps, so a tap costs a subtract and a multiply-add per vector
+for ssd. Masks run in the tiles too: taps that every template weighs 0 are dropped, and other weights multiply in
+(one more broadcast per tap and template). Circular channels, and per-template masks over NaN pixels (whose zero
+weights must skip the NaN), run in a general kernel; backward runs fused too. Window statistics and correlations
+of ssd_normed come from the direct engine.
 
 numba is optional: without it this engine reports itself unavailable and ``method="auto"`` moves on.
 """
