@@ -259,30 +259,31 @@ timg, tbank = torch.from_numpy(img), torch.from_numpy(bank)
             note,
         )
 
-    # masked zncc: OpenCV's masked path against slidesim
+    # masked zncc and ssd: OpenCV's masked paths against slidesim
     setup = """
 img = rng.random((512, 512), dtype=np.float32)
 tpl = img[40:72, 60:92].copy()
 mask = (rng.random((32, 32)) > 0.3).astype(np.float32)
 timg, ttpl, tmask = torch.from_numpy(img), torch.from_numpy(tpl), torch.from_numpy(mask)
 """
-    call = "slidesim.similarity(timg, ttpl, mask=tmask)"
-    tools = {
-        "slidesim": call,
-        "slidesim unmasked": "slidesim.similarity(timg, ttpl)",
-        "cv2": "cv2.matchTemplate(img, tpl, cv2.TM_CCOEFF_NORMED, mask=mask)",
-        "cv2 unmasked": "cv2.matchTemplate(img, tpl, cv2.TM_CCOEFF_NORMED)",
-    }
-    got = race(setup, tools, rounds, (), memory)
-    ours, theirs = got["slidesim"], got["cv2"]
-    row(
-        "masked zncc 512², one 32² (70% of the taps)",
-        f"{fmt(ours)} ({engine_of(setup, call)}); unmasked {fmt(got['slidesim unmasked'])}",
-        f"cv2 masked {fmt(theirs)}; unmasked {fmt(got['cv2 unmasked'])}",
-        f"cv2 masked / slidesim = {theirs.ms / ours.ms:.2f}",
-        f"masked / unmasked: slidesim {ours.ms / got['slidesim unmasked'].ms:.1f}×, "
-        f"OpenCV {theirs.ms / got['cv2 unmasked'].ms:.1f}×",
-    )
+    for metric, method in (("zncc", "TM_CCOEFF_NORMED"), ("ssd", "TM_SQDIFF")):
+        call = f"slidesim.similarity(timg, ttpl, metric={metric!r}, mask=tmask)"
+        tools = {
+            "slidesim": call,
+            "slidesim unmasked": f"slidesim.similarity(timg, ttpl, metric={metric!r})",
+            "cv2": f"cv2.matchTemplate(img, tpl, cv2.{method}, mask=mask)",
+            "cv2 unmasked": f"cv2.matchTemplate(img, tpl, cv2.{method})",
+        }
+        got = race(setup, tools, rounds, (), memory)
+        ours, theirs = got["slidesim"], got["cv2"]
+        row(
+            f"masked {metric} 512², one 32² (70% of the taps)",
+            f"{fmt(ours)} ({engine_of(setup, call)}); unmasked {fmt(got['slidesim unmasked'])}",
+            f"cv2 masked {fmt(theirs)}; unmasked {fmt(got['cv2 unmasked'])}",
+            f"cv2 masked / slidesim = {theirs.ms / ours.ms:.2f}",
+            f"masked / unmasked: slidesim {ours.ms / got['slidesim unmasked'].ms:.1f}×, "
+            f"OpenCV {theirs.ms / got['cv2 unmasked'].ms:.1f}×",
+        )
 
     # rotation search: 72 rotations of a 64x64 template on 1024x1024
     setup = """
