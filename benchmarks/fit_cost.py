@@ -1,7 +1,8 @@
 """Fit the planner's throughput constants on this machine and write them to src/slidesim/_cost_constants.py.
 
-Run: python benchmarks/fit_cost.py [--cases N] [--device cuda]
-     (--device cuda fits the GPU table, src/slidesim/_cost_constants_cuda.py, on the machine's GPU)
+Run: python benchmarks/fit_cost.py [--cases N] [--device cuda] [--engines numba,fft]
+     (--device cuda fits the GPU table, src/slidesim/_cost_constants_cuda.py, on the machine's GPU; --engines
+     refits only those engines, after a change to their code, and keeps the others' constants and provenance)
 
 Each engine runs a set of random training problems (benchmarks/problems.py, a different seed from the sweep); its
 constants are the non-negative least-squares fit of measured time against the work counts of
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -57,6 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cases", type=int, default=36, help="training problems per metric family")
     parser.add_argument("--device", choices=sorted(TARGETS), default="cpu", help="which table to fit")
+    parser.add_argument("--engines", help="comma-separated engines to refit (default: all)")
     args = parser.parse_args()
     device = args.device
     if device == "cpu":
@@ -71,8 +75,16 @@ def main() -> None:
         "fft": random_cases(104, args.cases, CORRELATION, device=device),
         "reference": random_cases(105, 8, CORRELATION + DISTANCE, max_size=96, device=device),
     }
+    chosen = args.engines.split(",") if args.engines else list(families)
+    unknown = sorted(set(chosen) - set(families))
+    if unknown:
+        sys.exit(f"--engines: unknown {', '.join(unknown)}; expected some of {', '.join(families)}")
+    kept, kept_spreads, kept_provenance = _current_table(device, [e for e in families if e not in chosen])
     fitted, spreads = {}, {}
     for engine, cases in families.items():
+        if engine not in chosen:
+            fitted[engine], spreads[engine] = kept[engine], kept_spreads.get(engine, float("nan"))
+            continue
         print(f"{engine}:", flush=True)
         fitted[engine], spreads[engine] = fit_engine(engine, cases)
         print(f"  -> {fitted[engine]} (median |log error| {spreads[engine]:.2f})", flush=True)
@@ -89,13 +101,17 @@ def main() -> None:
         f"{where}, Python {platform.python_version()}, torch {torch.__version__}, {kernels}, "
         f"slidesim {slidesim.__version__}"
     )
+    if kept:
+        provenance = f"{', '.join(chosen)} {provenance}; {', '.join(kept)} kept from a table {kept_provenance}"
     table = "the CPU" if device == "cpu" else "CUDA tensors"
     lines = [
         f'"""Throughput constants of the cost model for {table} (seconds per counted unit of work; see',
         ":func:`slidesim.cost.features`). Written by ``python benchmarks/fit_cost.py``: do not edit by hand.",
         '"""',
         "",
-        f"PROVENANCE = (\n    {provenance[:100]!r}\n    {provenance[100:]!r}\n)",
+        "PROVENANCE = (\n"
+        + "".join(f"    {provenance[i : i + 100]!r}\n" for i in range(0, len(provenance), 100))
+        + ")",
         "",
         "# median |log(predicted / measured)| of each engine's fit:",
         "# " + ", ".join(f"{k} {v:.2f}" for k, v in spreads.items()),
@@ -108,6 +124,21 @@ def main() -> None:
     lines.append("}")
     TARGETS[device].write_text("\n".join(lines) + "\n")
     print(f"wrote {TARGETS[device]}")
+
+
+def _current_table(device: str, engines: list[str]) -> tuple[dict, dict[str, float], str]:
+    """The written table's constants of ``engines``, their fits' spreads and the table's provenance."""
+    if not engines:
+        return {}, {}, ""
+    module = importlib.import_module(f"slidesim.{TARGETS[device].stem}")
+    missing = [engine for engine in engines if engine not in module.CONSTANTS]
+    if missing:
+        sys.exit(f"the current table has no constants for {', '.join(missing)}: refit them too (--engines)")
+    # the table writes each fit's median |log error| on one comment line: "# direct 0.15, numba 0.37, ..."
+    spread_line = re.search(r"^# ((?:\w+ (?:\d+\.\d+|nan)(?:, )?)+)$", TARGETS[device].read_text(), re.MULTILINE)
+    pairs = (item.split(" ") for item in spread_line.group(1).split(", ")) if spread_line else ()
+    spreads = {name: float(value) for name, value in pairs}
+    return {engine: module.CONSTANTS[engine] for engine in engines}, spreads, module.PROVENANCE
 
 
 if __name__ == "__main__":
