@@ -50,6 +50,7 @@ def ineligible_reason(problem: Problem) -> str | None:
     return None
 
 
+@functools.cache  # an import statement per use costs microseconds that small calls notice
 def _kernels():
     from . import _numba_kernels
 
