@@ -17,6 +17,7 @@ import importlib
 import platform
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -109,21 +110,24 @@ def main() -> None:
         ":func:`slidesim.cost.features`). Written by ``python benchmarks/fit_cost.py``: do not edit by hand.",
         '"""',
         "",
-        "PROVENANCE = (\n"
-        + "".join(f"    {provenance[i : i + 100]!r}\n" for i in range(0, len(provenance), 100))
-        + ")",
+        "PROVENANCE = (\n" + "".join(f'    "{line}"\n' for line in _wrapped(provenance)) + ")",
         "",
         "# median |log(predicted / measured)| of each engine's fit:",
         "# " + ", ".join(f"{k} {v:.2f}" for k, v in spreads.items()),
         "CONSTANTS: dict[str, dict[str, float]] = {",
     ]
     for engine, constants in fitted.items():
-        lines.append(f"    {engine!r}: {{")
-        lines += [f"        {name!r}: {value:.4g}," for name, value in constants.items()]
+        lines.append(f'    "{engine}": {{')
+        lines += [f'        "{name}": {value:.4g},' for name, value in constants.items()]
         lines.append("    },")
     lines.append("}")
     TARGETS[device].write_text("\n".join(lines) + "\n")
     print(f"wrote {TARGETS[device]}")
+
+
+def _wrapped(text: str) -> list[str]:
+    """``text`` in pieces of at most about 100 characters that end at spaces and join back to it exactly."""
+    return textwrap.wrap(text, 100, break_long_words=False, drop_whitespace=False)
 
 
 def _current_table(device: str, engines: list[str]) -> tuple[dict, dict[str, float], str]:
