@@ -118,7 +118,7 @@ def _mask(kind: str, rng: np.random.Generator, n_images: int, n_templates: int, 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("metric", ["sad", "ssd"])
 @pytest.mark.parametrize("kind", MASKS)
-@pytest.mark.parametrize("n_templates", [1, 4, 6])
+@pytest.mark.parametrize("n_templates", [1, 3, 4, 6])
 @pytest.mark.parametrize(("stride", "dilation"), [(1, 1), ((3, 2), (2, 3))])
 def test_masks_run_in_tiles_and_match_reference(
     parallel_work, band_elements, monkeypatch, dtype, metric, kind, n_templates, stride, dilation
@@ -139,11 +139,12 @@ def test_masks_run_in_tiles_and_match_reference(
     torch.testing.assert_close(got.double(), want, **tolerance(dtype, float(want.abs().max())))
 
 
+@pytest.mark.parametrize("pixel", ["nan", "inf", "overflowing difference"])
 @pytest.mark.parametrize("kind", MASKS)
-def test_nan_under_a_zero_weight_is_skipped_on_every_path(parallel_work, kind) -> None:
-    """A zero weight drops its tap whatever the pixel under it. Shared masks drop their zero taps before the tiles
-    run; per-template and per-image masks, whose zeros differ between templates, go to the general kernel when a
-    pixel is NaN (in the tiles, 0 · NaN would be NaN)."""
+def test_non_finite_difference_under_a_zero_weight_is_skipped(parallel_work, kind, pixel) -> None:
+    """A zero weight drops its tap whatever the difference under it. Shared masks drop their zero taps before the
+    tiles run; per-template and per-image masks, whose zeros differ between templates, go to the general kernel
+    when a difference is not finite (in the tiles, 0 · NaN and 0 · inf would be NaN)."""
     rng = np.random.default_rng(10)
     images = torch.from_numpy(rng.random((2, 3, 12, 13))).float()
     banks = (2, 3) if kind == "per-image binary" else (3,)
@@ -155,11 +156,44 @@ def test_nan_under_a_zero_weight_is_skipped_on_every_path(parallel_work, kind) -
         mask[0, ..., 0, 0] = 0.0  # template 0 only
     if kind.startswith("per-image"):
         mask[:, 0, ..., 0, 0] = 0.0
-    images[:, :, 0, 0] = float("nan")  # only output (0, 0) reads pixel (0, 0), through tap (0, 0)
-    got = slidesim.similarity(images, bank, metric="ssd", mask=mask, method="numba")
-    clean = slidesim.similarity(images.nan_to_num(123.0), bank, metric="ssd", mask=mask, method="numba")
+    # only output (0, 0) reads pixel (0, 0), through tap (0, 0)
+    images[:, :, 0, 0] = {"nan": float("nan"), "inf": float("inf"), "overflowing difference": 3e38}[pixel]
+    if pixel == "overflowing difference":  # 3e38 − (−3e38) overflows; every other difference is finite
+        bank[..., 0, :, 0, 0] = -3e38
+    got = slidesim.similarity(images, bank, metric="sad", mask=mask, method="numba")
+    clean = slidesim.similarity(images.nan_to_num(0.0, 0.0), bank, metric="sad", mask=mask, method="numba")
     skipped = got if shared else got[:, :1]
-    assert not skipped.isnan().any()
+    assert skipped.isfinite().all()
     torch.testing.assert_close(skipped, clean if shared else clean[:, :1])
-    if not shared:
+    if pixel == "nan" and not shared:
         assert got[:, 1:, 0, 0].isnan().all() and not got[:, 1:, 1:, 1:].isnan().any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n_templates", [1, 2, 3, 4, 5, 7])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_tiles_never_read_the_padding_into_an_output(band_elements, dtype, n_templates, weighted) -> None:
+    """The last tile of a band computes past the band's last output, into the planes' padding: with the padding
+    NaN, a kept output that read it would be NaN."""
+    rng = np.random.default_rng(11)
+    for size, tsize, stride in [((13, 17), (3, 4), (1, 1)), ((20, 11), (5, 2), (2, 3)), ((9, 9), (9, 9), (1, 1))]:
+        images = rng.random((2, 2, *size)).astype(np.float32 if dtype == torch.float32 else np.float64)
+        bank = rng.random((1, n_templates, 2, *tsize)).astype(images.dtype)
+        scale = rng.random((1, n_templates, 2 * tsize[0] * tsize[1])).astype(images.dtype) if weighted else None
+        kernels = numba_cpu._kernels()
+        planes, length, Hq, Wq = numba_cpu._phase_planes(images, stride)
+        planes[2 * length :] = np.nan
+        offsets = numba_cpu._tap_offsets(2, *tsize, *stride, 1, 1, Hq, Wq)
+        group = kernels.MAX_WEIGHTED_GROUP if weighted else kernels.MAX_GROUP
+        values = numba_cpu._grouped(bank.reshape(1, n_templates, -1), group)
+        weights = numba_cpu._grouped(scale, group) if weighted else values[:1]
+        Ho, Wo = (size[0] - tsize[0]) // stride[0] + 1, (size[1] - tsize[1]) // stride[1] + 1
+        out = np.empty((2, n_templates, Ho, Wo), dtype=images.dtype)
+        band = max(1, numba_cpu._BAND_ELEMENTS // Wq)
+        kernels.distance_tiles_serial(planes, length, values, weights, offsets, 1, int(weighted), group, Wq, band, out)
+        mask = torch.from_numpy(scale.reshape(n_templates, 2, *tsize)) if weighted else None
+        want = slidesim.reference.similarity(
+            torch.from_numpy(images), torch.from_numpy(bank[0]), metric="sad", stride=stride, mask=mask
+        )
+        assert np.isfinite(out).all()
+        torch.testing.assert_close(torch.from_numpy(out).double(), want, **tolerance(dtype, float(want.max())))

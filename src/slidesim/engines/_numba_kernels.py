@@ -4,15 +4,17 @@ Imported only by the numba engine. Every kernel is compiled once per dtype and c
 so a new process loads machine code instead of recompiling. numba's cache checks only the file that defines a
 kernel, so everything the cached kernels inline, the LLVM tile below included, lives in this one file.
 
-Unweighted, non-circular sums (the common case) run in register tiles. numba vectorizes the innermost loop of a
+Sums over linear channels run in register tiles. numba vectorizes the innermost loop of a
 kernel, so an accumulator that lives across the loop over template taps has to sit in memory, and every tap then
 reloads and stores it: those loads and adds, not the differences, would bound the kernel. :func:`tile_sums`
 instead emits the tap loop of one output tile as LLVM IR with vector values: R vectors of consecutive outputs for
 K templates, R·K accumulators held in registers for all taps, one load per image vector shared by the K templates
-and one broadcast per template value. Each tap then costs a subtract and a fused multiply-add per vector for ssd
-(``fma(d, d, acc)``, rounded once) or a subtract, an absolute value and an add for sad. No fast-math flag is set
-anywhere: NaN and infinities propagate as in scalar code, so a NaN pixel reaches exactly the windows that contain
-it. Masks and circular channels run in a general kernel, one template per pass; backward runs fused too.
+and one broadcast per template value. Each tap then costs a subtract and a multiply-add per vector for ssd
+(``fmuladd(d, d, acc)``: fused, rounded once, on every CPU with FMA) or a subtract, an absolute value and an add
+for sad; mask weights add a broadcast and multiply in. No fast-math flag is set anywhere: NaN and infinities
+propagate as in scalar code, so a NaN pixel reaches exactly the windows that contain it. Circular channels run in
+a general kernel, one template per pass, and so do per-template and per-image masks when a zero weight must skip
+a non-finite difference (see the numba engine); backward runs fused too.
 
 Layouts: image [B, C, Hp, Wp], templates [Bk, T, C, h, w], weights [Bw, Tw, Cw, h, w], periods [C] (0 where a
 channel is not circular), out and grad [B, T, H', W']. Bk, Bw ∈ {1, B}; Tw ∈ {1, T}; Cw ∈ {1, C}.
@@ -34,6 +36,8 @@ VECTOR_BYTES = _VECTOR_BITS // 8
 _I64 = ir.IntType(64)
 _loop_ids = itertools.count()
 TILE_ALIGN = 12  # tile widths, in vectors, all divide it (6, 4, 3 or 2 vectors: see _band_sums)
+MAX_GROUP = 5  # templates per tile that _band_sums dispatches: k = 1 … 5
+MAX_WEIGHTED_GROUP = 4  # the same with weights, whose broadcasts take registers too
 
 
 def _literal(value: types.Type, name: str) -> int:
@@ -79,8 +83,9 @@ def tile_sums(
         bits = 32 if dtype == types.float32 else 64
         lanes = _VECTOR_BITS // bits
         vec = ir.VectorType(scalar, lanes)
+        # fmuladd: one fused multiply-add where the CPU has FMA, else a multiply and an add (never a library call)
         fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{lanes}f{bits}"
+            builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fmuladd.v{lanes}f{bits}"
         )
         fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]), f"llvm.fabs.v{lanes}f{bits}")
         zero, undef = ir.Constant(vec, None), ir.Constant(vec, ir.Undefined)
@@ -132,9 +137,10 @@ def tile_sums(
                 else:
                     updated.append(builder.fadd(builder.call(fabs, [difference]), acc))
         next_tap = builder.add(tap, const(1))
-        tap.add_incoming(next_tap, builder.block)
+        body_end = builder.block  # the block that branches back (the body is one block today; this keeps it right)
+        tap.add_incoming(next_tap, body_end)
         for acc, new in zip(accumulators, updated, strict=True):
-            acc.add_incoming(new, builder.block)
+            acc.add_incoming(new, body_end)
         latch = builder.cbranch(builder.icmp_signed("<", next_tap, taps), loop, done)
         latch.set_metadata("llvm.loop", _no_unrolling(builder.module))
 
@@ -143,7 +149,7 @@ def tile_sums(
         for new in updated:  # every phi first: LLVM requires them at the top of the block
             total = builder.phi(vec)
             total.add_incoming(zero, entry)
-            total.add_incoming(new, loop)
+            total.add_incoming(new, body_end)
             totals.append(total)
         for k in range(K):
             row = builder.add(ostart_v, builder.mul(const(k), ostride_v))

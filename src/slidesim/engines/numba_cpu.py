@@ -6,8 +6,9 @@ image is copied once into stride-phase planes (padded for the last tile's reads)
 group of up to five templates and a band of output rows, and each tile of up to 48 consecutive outputs keeps its
 accumulators in vector registers over all template taps, so a tap costs a subtract and a multiply-add per vector
 for ssd. Masks run in the tiles too: taps that every template weighs 0 are dropped, and other weights multiply in
-(one more broadcast per tap and template). Circular channels, and per-template masks over NaN pixels (whose zero
-weights must skip the NaN), run in a general kernel; backward runs fused too. Window statistics and correlations
+(one more broadcast per tap and template). Circular channels, and per-template or per-image masks where a
+difference is not finite (a zero weight must skip it, not multiply it), run in a general kernel; backward runs
+fused too. Window statistics and correlations
 of ssd_normed come from the direct engine.
 
 numba is optional: without it this engine reports itself unavailable and ``method="auto"`` moves on.
@@ -30,8 +31,6 @@ NAME = "numba"
 _METRICS = ("sad", "mad", "l1_similarity", "ssd", "ssd_normed")
 _PARALLEL_WORK = 4_000_000  # differences below which one thread is faster than starting threads
 _BAND_ELEMENTS = 4096  # output positions of one task: its accumulators stay in L1 and L2
-_GROUP = 5  # templates per register tile (see _numba_kernels._band_sums)
-_WEIGHTED_GROUP = 4  # with weights, whose broadcasts take registers too
 
 
 def unavailable_reason() -> str | None:
@@ -83,7 +82,7 @@ def _phase_planes(image: np.ndarray, stride: tuple[int, int]) -> tuple[np.ndarra
     B, C, Hp, Wp = image.shape
     Hq, Wq = -(-Hp // sy), -(-Wp // sx)
     length = C * sy * sx * Hq * Wq
-    # the most that a band's last tile reads past its last output
+    # a bound on how far a band's last tile reads past its last output (its width, at most 6 vectors)
     padding = _kernels().TILE_ALIGN * _kernels().VECTOR_BYTES // image.itemsize
     planes = np.zeros(B * length + padding, dtype=image.dtype)
     if sy == sx == 1:
@@ -111,8 +110,9 @@ def _tile_weights(
 
     Taps that every template and image weighs 0 are dropped, so a shared binary mask runs the plain tiles on its
     active taps only. Other weights run in the weighted tiles, where a zero weight contributes 0 · |d|^p: exact
-    for finite pixels, NaN for a NaN one. The general kernel skips zero-weight taps instead, so per-template or
-    per-image masks stay there when the images or templates hold NaN or inf.
+    for a finite difference d, NaN for an infinite or NaN one. The general kernel skips zero-weight taps instead,
+    so per-template or per-image masks stay there unless every difference is finite (no NaN or inf pixel, and
+    max |I| + max |T| does not overflow).
     """
     if weights is None:
         return True, None, None
@@ -122,14 +122,18 @@ def _tile_weights(
     keep = (full != 0).any(axis=(0, 1))
     kept = full[:, :, keep]
     shared = Bw == 1 and Tw == 1  # every kept weight is then non-zero
-    if not shared and not (_finite(image) and _finite(templates)):
+    if not shared and not _differences_finite(image, templates):
         return False, None, None
     return True, keep, None if bool((kept == 1).all()) else np.ascontiguousarray(kept)
 
 
-def _finite(array: np.ndarray) -> bool:
-    """Whether every element is finite: a finite sum proves it without a boolean temporary."""
-    return bool(np.isfinite(array.sum())) or bool(np.isfinite(array).all())
+def _differences_finite(image: np.ndarray, templates: np.ndarray) -> bool:
+    """Whether every difference I − T is finite: no NaN or inf on either side and no overflow between them."""
+    with np.errstate(over="ignore", invalid="ignore"):  # max and min propagate NaN; no temporary the image's size
+        largest = max(image.max(initial=0), -image.min(initial=0)) + max(
+            templates.max(initial=0), -templates.min(initial=0)
+        )
+    return bool(np.isfinite(largest))
 
 
 @functools.lru_cache(maxsize=64)
@@ -169,7 +173,7 @@ def _run_tiles(image, templates, keep, scale, power, geom, out) -> None:
     per_tap = templates.reshape(Bk, T, C * h * w)
     if keep is not None:
         offsets, per_tap = offsets[keep], per_tap[:, :, keep]
-    group = _GROUP if scale is None else _WEIGHTED_GROUP
+    group = _kernels().MAX_GROUP if scale is None else _kernels().MAX_WEIGHTED_GROUP
     values = _grouped(per_tap, group)
     weights = _grouped(scale, group) if scale is not None else values[:1]  # not read without scale
     band = max(1, _BAND_ELEMENTS // Wq)
