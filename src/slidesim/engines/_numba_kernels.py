@@ -173,6 +173,22 @@ def _no_unrolling(module: ir.Module) -> ir.MDValue:
 
 
 @numba.njit(inline="always")
+def _tile_row(
+    plane, base, offsets, values, weights, vstart, scratch, count, ostride, vectors, templates, power, weighted
+):
+    """The tiles of one band, ``vectors`` × ``templates`` each (literal sizes, inlined into :func:`_band_sums`)."""
+    for m in range(0, count, vectors * (VECTOR_BYTES // plane.itemsize)):
+        if power == 1:
+            tile_sums(
+                plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, vectors, templates, 1, weighted
+            )
+        else:
+            tile_sums(
+                plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, vectors, templates, 2, weighted
+            )
+
+
+@numba.njit(inline="always")
 def _band_sums(plane, base, offsets, values, weights, vstart, scratch, count, ostride, k, power, weighted):
     """scratch[j·ostride + m] = Σ_tap w · |values[v] − plane[base + offsets[tap] + m]|^power for m < count
     (rounded up to whole tiles) and the k templates j of one group (v = vstart + tap·k + j; w = weights[v] when
@@ -180,65 +196,28 @@ def _band_sums(plane, base, offsets, values, weights, vstart, scratch, count, os
 
     The tile's shape (vectors of outputs × templates) keeps its accumulators, the image vectors they share and the
     broadcast values within the 16 vector registers: 6 × 1, 4 × 2, 3 × 3, 2 × 4 or 2 × 5 templates (k ≤ 5), and
-    with weights, which need a second broadcast, 6 × 1, 3 × 2, 2 × 3 or 2 × 4 (k ≤ 4).
+    with weights, which need a second broadcast, 6 × 1, 3 × 2, 2 × 3 or 2 × 4 (k ≤ 4). The sizes reach
+    :func:`tile_sums` as literals, so each shape is its own branch.
     """
-    lanes = VECTOR_BYTES // plane.itemsize
     if weighted:
         if k == 1:
-            for m in range(0, count, 6 * lanes):
-                if power == 1:
-                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 6, 1, 1, 1)
-                else:
-                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 6, 1, 2, 1)
+            _tile_row(plane, base, offsets, values, weights, vstart, scratch, count, ostride, 6, 1, power, 1)
         elif k == 2:
-            for m in range(0, count, 3 * lanes):
-                if power == 1:
-                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 3, 2, 1, 1)
-                else:
-                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 3, 2, 2, 1)
+            _tile_row(plane, base, offsets, values, weights, vstart, scratch, count, ostride, 3, 2, power, 1)
         elif k == 3:
-            for m in range(0, count, 2 * lanes):
-                if power == 1:
-                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 2, 3, 1, 1)
-                else:
-                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 2, 3, 2, 1)
+            _tile_row(plane, base, offsets, values, weights, vstart, scratch, count, ostride, 2, 3, power, 1)
         else:
-            for m in range(0, count, 2 * lanes):
-                if power == 1:
-                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 2, 4, 1, 1)
-                else:
-                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 2, 4, 2, 1)
+            _tile_row(plane, base, offsets, values, weights, vstart, scratch, count, ostride, 2, 4, power, 1)
+    elif k == 1:
+        _tile_row(plane, base, offsets, values, weights, vstart, scratch, count, ostride, 6, 1, power, 0)
+    elif k == 2:
+        _tile_row(plane, base, offsets, values, weights, vstart, scratch, count, ostride, 4, 2, power, 0)
+    elif k == 3:
+        _tile_row(plane, base, offsets, values, weights, vstart, scratch, count, ostride, 3, 3, power, 0)
+    elif k == 4:
+        _tile_row(plane, base, offsets, values, weights, vstart, scratch, count, ostride, 2, 4, power, 0)
     else:
-        if k == 1:
-            for m in range(0, count, 6 * lanes):
-                if power == 1:
-                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 6, 1, 1, 0)
-                else:
-                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 6, 1, 2, 0)
-        elif k == 2:
-            for m in range(0, count, 4 * lanes):
-                if power == 1:
-                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 4, 2, 1, 0)
-                else:
-                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 4, 2, 2, 0)
-        elif k == 3:
-            for m in range(0, count, 3 * lanes):
-                if power == 1:
-                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 3, 3, 1, 0)
-                else:
-                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 3, 3, 2, 0)
-        elif k == 4:
-            for m in range(0, count, 2 * lanes):
-                if power == 1:
-                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 2, 4, 1, 0)
-                else:
-                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 2, 4, 2, 0)
-        else:
-            for m in range(0, count, 2 * lanes):
-                if power == 1:
-                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 2, 5, 1, 0)
-                else:
-                    tile_sums(plane, base + m, offsets, values, weights, vstart, scratch, m, ostride, 2, 5, 2, 0)
+        _tile_row(plane, base, offsets, values, weights, vstart, scratch, count, ostride, 2, 5, power, 0)
 
 
 @numba.njit(inline="always")
