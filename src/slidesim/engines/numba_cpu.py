@@ -8,8 +8,7 @@ accumulators in vector registers over all template taps, so a tap costs a subtra
 for ssd. Masks run in the tiles too: taps that every template weighs 0 are dropped, and other weights multiply in
 (one more broadcast per tap and template). Circular channels, and per-template or per-image masks where a
 difference is not finite (a zero weight must skip it, not multiply it), run in a general kernel; backward runs
-fused too. Window statistics and correlations
-of ssd_normed come from the direct engine.
+fused too. Window statistics and correlations of ssd_normed come from the direct engine.
 
 numba is optional: without it this engine reports itself unavailable and ``method="auto"`` moves on.
 """
@@ -117,13 +116,13 @@ def _tile_weights(
     if weights is None:
         return True, None, None
     Bw, Tw, _, h, w = weights.shape
+    shared = Bw == 1 and Tw == 1  # every weight of a kept tap is then non-zero
+    if not shared and not _differences_finite(image, templates):
+        return False, None, None
     T, C = templates.shape[1], templates.shape[2]
     full = np.broadcast_to(weights, (Bw, T, C, h, w)).reshape(Bw, T, C * h * w)
     keep = (full != 0).any(axis=(0, 1))
     kept = full[:, :, keep]
-    shared = Bw == 1 and Tw == 1  # every kept weight is then non-zero
-    if not shared and not _differences_finite(image, templates):
-        return False, None, None
     return True, keep, None if bool((kept == 1).all()) else np.ascontiguousarray(kept)
 
 
@@ -150,11 +149,12 @@ def _tap_offsets(C: int, h: int, w: int, sy: int, sx: int, dy: int, dx: int, Hq:
 def _forward(image, templates, weights, power, periods, geom):
     kernels = _kernels()
     image_np, templates_np = _as_numpy(image), _as_numpy(templates)
-    weights_np = _as_numpy(weights.to(templates.dtype)) if weights is not None else None
     B, T = image.shape[0], templates.shape[1]
     out = np.empty((B, T, geom.out_height, geom.out_width), dtype=image_np.dtype)
-    circular = any(p is not None for p in periods or ())
-    tiles, keep, scale = _tile_weights(weights_np, image_np, templates_np) if not circular else (False, None, None)
+    tiles, keep, scale = False, None, None
+    if not any(p is not None for p in periods or ()):  # circular channels: the general kernel wraps differences
+        weights_np = _as_numpy(weights.to(templates.dtype)) if weights is not None else None
+        tiles, keep, scale = _tile_weights(weights_np, image_np, templates_np)
     if tiles:
         _run_tiles(image_np, templates_np, keep, scale, power, geom, out)
     else:
