@@ -13,6 +13,13 @@ import torch.nn.functional as F
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# pytest-xdist runs one worker per core (-n auto in pyproject.toml): torch's own thread pool in each would
+# oversubscribe the cores, and its spinning threads slow thousands of small calls many times over. numba keeps its
+# threads, so the threaded kernels still run on threads.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
 from slidesim import engines
 from slidesim._similarity import _defaults
 from slidesim._validate import canonicalize

@@ -12,7 +12,7 @@ from slidesim._similarity import _defaults
 from slidesim._validate import canonicalize
 from slidesim.metrics import METRICS
 
-from .conftest import ENGINE_METRICS, engines_for
+from .conftest import ENGINE_METRICS, engines_for, tolerance
 
 cv2 = pytest.importorskip("cv2")
 skimage_feature = pytest.importorskip("skimage.feature")
@@ -140,6 +140,32 @@ def test_nan_only_affects_windows_that_contain_it(engine, metric) -> None:
     assert torch.isfinite(scores[0, :, ~touched]).all()
     auto = slidesim.similarity(image, bank, metric=metric)  # auto must pick an engine that keeps NaN local
     assert torch.isnan(auto[0, :, touched]).all() and torch.isfinite(auto[0, :, ~touched]).all()
+
+
+@pytest.mark.parametrize(("engine", "metric"), ENGINE_METRICS)
+@pytest.mark.parametrize("mask_kind", ["shared", "per_template"])
+def test_nan_under_a_zero_weight_is_outside_the_window(engine, metric, mask_kind) -> None:
+    """A zero weight takes its pixel out of the window: a NaN image pixel or template value there changes nothing
+    (masks are how users exclude missing data), while a NaN under a positive weight still gives NaN."""
+    rng = np.random.default_rng(5)
+    image = torch.from_numpy(rng.random((1, 2, 12, 13)))
+    bank = torch.from_numpy(rng.random((2, 2, 4, 5)))
+    mask = torch.from_numpy(rng.random((2, 1, 4, 5)) + 0.5)
+    if mask_kind == "shared":
+        mask = mask[:1]
+    mask[..., 1, 2] = 0.0
+    bank[:, 1, 1, 2] = float("nan")  # excluded by every template's mask
+    image[0, 0, 6, 7] = float("nan")  # under tap (1, 2) only in window (5, 5)
+    options = {"metric": metric, "mask": mask}
+    if engines.load(engine).ineligible_reason(canonicalize(image, bank, **{**_defaults(), **options}).problem):
+        with pytest.raises(slidesim.EngineUnavailableError, match="NaN or inf"):
+            slidesim.similarity(image, bank, method=engine, **options)
+        return
+    want = slidesim.reference.similarity(image, bank, **options)
+    got = slidesim.similarity(image, bank, method=engine, **options)
+    assert bool(want[0, :, 5, 5].isfinite().all())  # the NaN's only tap in this window weighs 0
+    assert bool(want[0, :, 4, 4].isnan().all())  # here it sits under tap (2, 3), which counts
+    torch.testing.assert_close(got, want, equal_nan=True, **tolerance(torch.float64, scale=100.0))
 
 
 def _problem(image, bank, metric):

@@ -74,7 +74,8 @@ def similarity(
         pad_value: Fill value of constant padding.
         mask: Non-negative template weights, [h, w], [C, h, w], [T, 1|C, h, w] or [B, T, 1|C, h, w] for per-image
             banks. Float masks are weights, bool and integer masks are binary (OpenCV's convention). Masks are
-            constants: no gradient flows to them.
+            constants: no gradient flows to them. A zero weight takes its tap out of the window: a NaN or inf
+            pixel or template value there does not reach the score.
         channels: "joint" (one score over all channels, OpenCV's semantics), "separate" (one score per channel) or
             "mean" (mean of the per-channel scores).
         circular: {channel index: period} for the distance metrics: differences in those channels are taken the
@@ -96,7 +97,8 @@ def similarity(
         Accumulation is at least float32; window means, energies and variances are float64 on an image centred
         by its per-channel mean, so a float32 image 1e4 + U(0, 1) scores zncc within 1e-3 of float64. zncc and ncc
         lie in [−1, 1]; flat windows and templates give the documented values of :mod:`slidesim.metrics`, never
-        NaN or inf; a NaN pixel only affects the windows that contain it.
+        NaN or inf; a NaN pixel only affects the windows that contain it (under a positive mask weight), and
+        such a window scores NaN in every metric.
 
     torch.compile:
         Inside a compiled region (``torch.compile(fullgraph=True)`` included) a call with tensor inputs is one

@@ -328,6 +328,10 @@ def canonicalize(
                 f"`mask` must have positive weight in every channel with channels={channels_s!r}; "
                 "one channel is all zero."
             )
+    if mask_c is not None and not _all_finite(bank_c):
+        # A zero weight takes its template value out of the window; a NaN or inf there must not reach any score
+        # through a product with that zero. Rare, so the bank may grow to the mask's per-image shape here.
+        bank_c = torch.where(mask_c > 0, bank_c, 0.0)
     periods = _canonical_circular(circular, spec, C)
     mask_kind = "none" if mask_c is None else ("per_template" if mask_c.shape[1] > 1 else "shared")
     problem = Problem(
@@ -338,7 +342,7 @@ def canonicalize(
         n_templates=T,
         template_height=h,
         template_width=w,
-        per_image_bank=bank.shape[0] > 1 or template_t.ndim == 5,
+        per_image_bank=bank_c.shape[0] > 1 or template_t.ndim == 5,
         metric=spec.name,
         mode=mode_s,
         padding=padding_s,
@@ -384,7 +388,7 @@ def has_data(tensor: torch.Tensor) -> bool:
 
 
 def _all_finite(images: torch.Tensor) -> bool:
-    """Whether every pixel is finite. A finite sum proves it in one pass without a boolean temporary; only when
+    """Whether every value is finite. A finite sum proves it in one pass without a boolean temporary; only when
     the sum is not finite (a NaN or inf pixel, or an overflow of huge values) does the full test run. Tensors
     without data (shapes only) count as finite."""
     if not images.dtype.is_floating_point or not has_data(images):

@@ -19,7 +19,9 @@ metric                score                                                     
 ====================  ==========================================================  ===================================
 
 A window (or template) is *flat* when, in every channel with non-zero mask weight, all of its values under the mask
-are equal. The distance metrics accept circular channels: for a channel with period p the difference d is replaced
+are equal. Taps of zero weight are outside the window: their pixels and template values, even NaN or inf, do not
+enter any sum. "Always finite" assumes finite inputs; a window with a NaN under a positive weight scores NaN in
+every metric. The distance metrics accept circular channels: for a channel with period p the difference d is replaced
 by the signed shortest way round, ((d + p/2) mod p) − p/2.
 """
 

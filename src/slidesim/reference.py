@@ -48,6 +48,10 @@ def _score_one(
         return x.sum(dim=reduce)
 
     M = M.expand(-1, P.shape[1], -1, -1, -1, -1)
+    # A zero weight takes its pixel out of the window: even a NaN or inf there must not reach the score (0 · NaN
+    # would be NaN), so excluded pixels and template values are replaced before any product.
+    P = torch.where(M > 0, P, 0.0)
+    T = torch.where(M > 0, T, 0.0)
     if metric in ("sad", "mad", "l1_similarity", "ssd", "ssd_normed"):
         e = P - T
         if periods is not None:
@@ -62,14 +66,15 @@ def _score_one(
         if metric == "ssd":
             return ssd
         den = torch.sqrt(total((M * T) ** 2) * total((M * P) ** 2))
-        out = torch.where(den > 0, ssd / torch.where(den > 0, den, 1.0), torch.ones_like(ssd)).clamp(max=1.0)
+        # Zero energies are the documented degenerate cases; a NaN window stays NaN (hence not `den > 0`).
+        out = torch.where(den <= 0, torch.ones_like(ssd), ssd / torch.where(den > 0, den, 1.0)).clamp(max=1.0)
         return torch.where(ssd == 0, torch.zeros_like(ssd), out)
     if metric in ("ccorr", "ncc"):
         cross = total(M * M * T * P)
         if metric == "ccorr":
             return cross
         den = torch.sqrt(total((M * T) ** 2) * total((M * P) ** 2))
-        return torch.where(den > 0, cross / torch.where(den > 0, den, 1.0), 0.0).clamp(-1, 1)
+        return torch.where(den <= 0, 0.0, cross / torch.where(den > 0, den, 1.0)).clamp(-1, 1)
     # ccoeff / zncc: per-channel means weighted by M, cross and variances weighted by M².
     m_sum = M.sum(dim=hw, keepdim=True)
     safe = torch.where(m_sum > 0, m_sum, 1.0)
@@ -83,7 +88,7 @@ def _score_one(
     if joint:
         flat = flat.all(dim=1)
     den = torch.sqrt(total(Tc * Tc) * total(Pc * Pc))
-    ok = ~flat & (den > 0)
+    ok = ~flat & ~(den <= 0)  # a NaN window is neither flat nor degenerate: it scores NaN
     return torch.where(ok, ccoeff / torch.where(ok, den, 1.0), 0.0).clamp(-1, 1)
 
 
