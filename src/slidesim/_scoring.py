@@ -187,8 +187,9 @@ def score_joint(
     if spec.family == "distance":
         weights = None if mask is None else (mask if spec.power == 1 else mask * mask)
         distance = prims.distance(image, bank, weights, spec.power, periods)
-        n = _mask_sums(mask, C, h, w, image).to(image.dtype)[..., None, None]
-        return finish_distance(spec.name, distance, n)
+        # Without a mask n is a count: a Python number spares small calls two tensor operations.
+        n = float(C * h * w) if mask is None else _mask_sums(mask, C, h, w, image).to(image.dtype)[..., None, None]
+        return finish_distance(spec.name, distance, n, in_place=not distance.requires_grad)
 
     B = image.shape[0]
     out_h, out_w = _out_size(prims)

@@ -382,9 +382,13 @@ def canonicalize(
 
 def has_data(tensor: torch.Tensor) -> bool:
     """False for tensors that carry shapes only (meta tensors, torch.compile's fake tensors)."""
+    if tensor.device.type == "meta":
+        return False
+    if type(tensor) is torch.Tensor:  # fake and functional tensors are subclasses; skip the slower test
+        return True
     from torch._subclasses.fake_tensor import is_fake
 
-    return tensor.device.type != "meta" and not is_fake(tensor)
+    return not is_fake(tensor)
 
 
 def _all_finite(images: torch.Tensor) -> bool:
@@ -393,6 +397,6 @@ def _all_finite(images: torch.Tensor) -> bool:
     without data (shapes only) count as finite."""
     if not images.dtype.is_floating_point or not has_data(images):
         return True
-    if bool(torch.isfinite(images.sum())):
+    if math.isfinite(images.sum().item()):  # a Python float: cheaper than a tensor test on small calls
         return True
     return bool(torch.isfinite(images).all())

@@ -126,10 +126,13 @@ def _safe_ratio(num: torch.Tensor, den_sq: torch.Tensor, degenerate: torch.Tenso
     return torch.where(degenerate, torch.zeros_like(num), num / safe.sqrt())
 
 
-def finish_distance(name: str, distance: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    """Turn a weighted distance sum into sad, mad, l1_similarity or ssd."""
+def finish_distance(name: str, distance: torch.Tensor, n: torch.Tensor | float, in_place: bool = False) -> torch.Tensor:
+    """Turn a weighted distance sum into sad, mad, l1_similarity or ssd (overwriting ``distance`` if in_place)."""
     if name in ("sad", "ssd"):
         return distance
+    if in_place:
+        mad = distance.div_(n)
+        return mad if name == "mad" else mad.neg_().add_(1.0)  # −mad + 1 rounds as 1 − mad does
     mad = distance / n
     return mad if name == "mad" else 1.0 - mad
 

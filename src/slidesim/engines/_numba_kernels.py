@@ -282,20 +282,6 @@ def distance_tiles_serial(planes, length, values, weights, offsets, power, weigh
         _tile_task(task, planes, length, values, weights, offsets, power, weighted, group, Wq, band, out)
 
 
-@numba.njit(cache=True)
-def split_phases(image, sy, sx, planes):
-    """planes [B, C, sy, sx, Hq, Wq] ← image [B, C, Hp, Wp] split by row and column residue (zeros past the end)."""
-    B, C, Hp, Wp = image.shape
-    for b in range(B):
-        for c in range(C):
-            for ry in range(sy):
-                for rx in range(sx):
-                    for yq in range((Hp - ry + sy - 1) // sy):
-                        src, dst = image[b, c, yq * sy + ry], planes[b, c, ry, rx, yq]
-                        for xq in range((Wp - rx + sx - 1) // sx):
-                            dst[xq] = src[xq * sx + rx]
-
-
 @numba.njit(inline="always")
 def _wrapped(d, period):
     """The signed difference taken the short way round when period > 0."""

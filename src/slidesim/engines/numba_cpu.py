@@ -86,8 +86,12 @@ def _phase_planes(image: np.ndarray, stride: tuple[int, int]) -> tuple[np.ndarra
     planes = np.zeros(B * length + padding, dtype=image.dtype)
     if sy == sx == 1:
         planes[: B * length] = image.reshape(-1)
-    else:
-        _kernels().split_phases(image, sy, sx, planes[: B * length].reshape(B, C, sy, sx, Hq, Wq))
+    else:  # a strided copy per phase; rows and columns past a phase's end stay zero
+        phases = planes[: B * length].reshape(B, C, sy, sx, Hq, Wq)
+        for ry in range(sy):
+            for rx in range(sx):
+                part = image[:, :, ry::sy, rx::sx]
+                phases[:, :, ry, rx, : part.shape[2], : part.shape[3]] = part
     return planes, length, Hq, Wq
 
 
