@@ -166,6 +166,8 @@ def test_nan_under_a_zero_weight_is_outside_the_window(engine, metric, mask_kind
     assert bool(want[0, :, 5, 5].isfinite().all())  # the NaN's only tap in this window weighs 0
     assert bool(want[0, :, 4, 4].isnan().all())  # here it sits under tap (2, 3), which counts
     torch.testing.assert_close(got, want, equal_nan=True, **tolerance(torch.float64, scale=100.0))
+    auto = slidesim.similarity(image, bank, **options)  # auto must pick an engine that honours the zero weight
+    torch.testing.assert_close(auto, want, equal_nan=True, **tolerance(torch.float64, scale=100.0))
 
 
 def _problem(image, bank, metric):

@@ -329,8 +329,8 @@ def canonicalize(
                 "one channel is all zero."
             )
     if mask_c is not None and not _all_finite(bank_c):
-        # A zero weight takes its template value out of the window; a NaN or inf there must not reach any score
-        # through a product with that zero. Rare, so the bank may grow to the mask's per-image shape here.
+        # A zero weight takes its template value out of the window: a NaN or inf there must not reach any score
+        # through a product with that zero. (A per-image mask comes only with a per-image bank: no shape grows.)
         bank_c = torch.where(mask_c > 0, bank_c, 0.0)
     periods = _canonical_circular(circular, spec, C)
     mask_kind = "none" if mask_c is None else ("per_template" if mask_c.shape[1] > 1 else "shared")
