@@ -170,6 +170,19 @@ def test_nan_under_a_zero_weight_is_outside_the_window(engine, metric, mask_kind
     torch.testing.assert_close(auto, want, equal_nan=True, **tolerance(torch.float64, scale=100.0))
 
 
+@pytest.mark.xfail(strict=True, reason="direct multiplies 0 · NaN where zero weights differ per template")
+@pytest.mark.parametrize("metric", ["sad", "zncc"])
+def test_direct_engine_keeps_nan_out_of_per_template_zero_weights(metric) -> None:
+    """Known gap, documented in similarity's docstring: strict, so it fails once fixed and the docs must change."""
+    image = torch.from_numpy(np.random.default_rng(6).random((1, 1, 8, 8)))
+    image[0, 0, 4, 4] = float("nan")
+    bank = torch.from_numpy(np.random.default_rng(7).random((2, 1, 3, 3)))
+    mask = torch.ones(2, 1, 3, 3, dtype=torch.float64)
+    mask[0, 0, 1, 1] = 0.0  # only template 0 excludes the NaN from window (3, 3)
+    got = slidesim.similarity(image, bank, metric=metric, mask=mask, method="direct")
+    assert bool(got[0, 0, 3, 3].isfinite())
+
+
 def _problem(image, bank, metric):
     return canonicalize(image, bank, **{**_defaults(), "metric": metric}).problem
 
