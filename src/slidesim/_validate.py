@@ -342,7 +342,7 @@ def canonicalize(
         n_templates=T,
         template_height=h,
         template_width=w,
-        per_image_bank=bank_c.shape[0] > 1 or template_t.ndim == 5,
+        per_image_bank=bank.shape[0] > 1 or template_t.ndim == 5,
         metric=spec.name,
         mode=mode_s,
         padding=padding_s,

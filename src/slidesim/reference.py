@@ -48,10 +48,11 @@ def _score_one(
         return x.sum(dim=reduce)
 
     M = M.expand(-1, P.shape[1], -1, -1, -1, -1)
+    support = M > 0
     # A zero weight takes its pixel out of the window: even a NaN or inf there must not reach the score (0 · NaN
     # would be NaN), so excluded pixels and template values are replaced before any product.
-    P = torch.where(M > 0, P, 0.0)
-    T = torch.where(M > 0, T, 0.0)
+    P = torch.where(support, P, 0.0)
+    T = torch.where(support, T, 0.0)
     if metric in ("sad", "mad", "l1_similarity", "ssd", "ssd_normed"):
         e = P - T
         if periods is not None:
@@ -83,7 +84,6 @@ def _score_one(
     ccoeff = total(Tc * Pc)
     if metric == "ccoeff":
         return ccoeff
-    support = M > 0
     flat = _flat(P, support, hw) | _flat(T.expand_as(P), support, hw)  # per channel: [B, C, H', W']
     if joint:
         flat = flat.all(dim=1)
