@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -170,17 +172,62 @@ def test_nan_under_a_zero_weight_is_outside_the_window(engine, metric, mask_kind
     torch.testing.assert_close(auto, want, equal_nan=True, **tolerance(torch.float64, scale=100.0))
 
 
-@pytest.mark.xfail(strict=True, reason="direct multiplies 0 · NaN where zero weights differ per template")
-@pytest.mark.parametrize("metric", ["sad", "zncc"])
-def test_direct_engine_keeps_nan_out_of_per_template_zero_weights(metric) -> None:
-    """Known gap, documented in similarity's docstring: strict, so it fails once fixed and the docs must change."""
-    image = torch.from_numpy(np.random.default_rng(6).random((1, 1, 8, 8)))
+@pytest.mark.parametrize(("engine", "metric"), ENGINE_METRICS)
+def test_nan_under_per_template_zero_weights(engine, metric) -> None:
+    """Templates whose masks zero different taps: a NaN pixel is outside the window of one template and inside the
+    other's, so the same window scores finite for the first and NaN for the second (as in the reference)."""
+    rng = np.random.default_rng(6)
+    image = torch.from_numpy(rng.random((1, 2, 10, 11)))
+    image[0, 1, 4, 4] = float("nan")
+    bank = torch.from_numpy(rng.random((3, 2, 3, 3)))
+    mask = torch.from_numpy(rng.random((3, 1, 3, 3)) + 0.5)
+    mask[0, 0, 1, 1] = 0.0  # template 0 leaves the NaN out of window (3, 3); templates 1 and 2 do not
+    mask[1, 0, 0, 2] = 0.0  # a zero weight elsewhere: the NaN still counts for template 1
+    options = {"metric": metric, "mask": mask}
+    if engines.load(engine).ineligible_reason(canonicalize(image, bank, **{**_defaults(), **options}).problem):
+        return  # fft and conv refuse NaN images (test_nan_under_a_zero_weight_is_outside_the_window)
+    want = slidesim.reference.similarity(image, bank, **options)
+    assert bool(want[0, 0, 3, 3].isfinite()) and bool(want[0, 1:, 3, 3].isnan().all())
+    for method in (engine, "auto"):
+        got = slidesim.similarity(image, bank, method=method, **options)
+        torch.testing.assert_close(got, want, equal_nan=True, **tolerance(torch.float64, scale=100.0))
+
+
+@pytest.mark.parametrize(("engine", "metric"), ENGINE_METRICS)
+def test_nan_under_a_zero_template_value_still_counts(engine, metric) -> None:
+    """Without a mask every tap is in the window: a NaN pixel under a template value of 0 makes the window NaN
+    (NaN · 0 is NaN), even where every template is 0 at that tap."""
+    rng = np.random.default_rng(8)
+    image = torch.from_numpy(rng.random((1, 1, 9, 9)))
     image[0, 0, 4, 4] = float("nan")
-    bank = torch.from_numpy(np.random.default_rng(7).random((2, 1, 3, 3)))
+    bank = torch.from_numpy(rng.random((2, 1, 3, 3)))
+    bank[:, 0, 1, 1] = 0.0
+    if engines.load(engine).ineligible_reason(_problem(image, bank, metric)):
+        return
+    got = slidesim.similarity(image, bank, metric=metric, method=engine)
+    assert bool(got[0, :, 3, 3].isnan().all())
+    torch.testing.assert_close(
+        got, slidesim.reference.similarity(image, bank, metric=metric), equal_nan=True, **tolerance(torch.float64)
+    )
+
+
+def test_direct_gradients_leave_per_template_zero_weights_out() -> None:
+    """The backward passes skip a NaN pixel where the forward pass did: sad's template gradients stay finite and
+    equal the reference's. (A correlation's gradient sums 0 · NaN over the other windows, in the reference too.)"""
+    rng = np.random.default_rng(9)
+    image = torch.from_numpy(rng.random((1, 1, 8, 8)))
+    image[0, 0, 4, 4] = float("nan")
     mask = torch.ones(2, 1, 3, 3, dtype=torch.float64)
-    mask[0, 0, 1, 1] = 0.0  # only template 0 excludes the NaN from window (3, 3)
-    got = slidesim.similarity(image, bank, metric=metric, mask=mask, method="direct")
-    assert bool(got[0, 0, 3, 3].isfinite())
+    mask[0, 0, 1, 1] = 0.0
+    for metric in ("sad", "ccorr"):
+        grads = []
+        for run in (slidesim.reference.similarity, partial(slidesim.similarity, method="direct")):
+            bank = torch.from_numpy(np.random.default_rng(10).random((2, 1, 3, 3))).requires_grad_()
+            scores = run(image, bank, metric=metric, mask=mask)
+            scores[0, 0, 3, 3].backward()  # template 0's window that holds the NaN under its zero weight
+            grads.append(bank.grad)
+        assert metric != "sad" or bool(grads[1].isfinite().all())
+        torch.testing.assert_close(grads[1], grads[0], equal_nan=True, **tolerance(torch.float64))
 
 
 def _problem(image, bank, metric):

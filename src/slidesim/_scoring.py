@@ -57,7 +57,9 @@ class Primitives(Protocol):
 
     geom: Geometry
 
-    def correlate(self, image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor: ...
+    def correlate(
+        self, image: torch.Tensor, kernel: torch.Tensor, support: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
 
     def distance(
         self,
@@ -324,29 +326,31 @@ class _CorrelationState:
         bank = self.bank[:, t0:t1]
         mask = self.mask if self.shared else self.mask[:, t0:t1]
         name, weights = self.spec.name, mask * mask
+        support = mask > 0 if self.masked else None  # a zero weight takes its tap out of the window, NaN and all
         if name in ("ccorr", "ncc"):
-            return self.prims.correlate(self.image, bank * weights if self.masked else bank)
+            return self.prims.correlate(self.image, bank * weights if self.masked else bank, support)
         if name == "ssd_normed":  # unmasked: no weights, so the distance kernels take their unweighted path
             return self.prims.distance(self.image, bank, weights if self.masked else None, 2, None)
         kernel, _ = self._centred_kernel(bank.to(torch.float64), mask.to(torch.float64))
-        return self._centred_correlate(kernel.to(self.image.dtype))
+        return self._centred_correlate(kernel.to(self.image.dtype), support)
 
     def _centred(self, c0: int, c1: int) -> torch.Tensor:
         """Channels c0:c1 of the image minus their mean of finite pixels."""
         return self.image[:, c0:c1] - self.shift[:, c0:c1]
 
-    def _centred_correlate(self, kernel: torch.Tensor) -> torch.Tensor:
+    def _centred_correlate(self, kernel: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
         """correlate(image − shift, kernel), centring a few channels at a time so no full copy of the image exists."""
         image = self.image
         C = image.shape[1]
         per_channel = image[:, :1].numel() * image.element_size()
         group = max(1, _CENTRING_BYTES // max(1, per_channel))
         if group >= C:
-            return self.prims.correlate(self._plane(("centred", 0, C), lambda: self._centred(0, C)), kernel)
+            return self.prims.correlate(self._plane(("centred", 0, C), lambda: self._centred(0, C)), kernel, support)
         total = None
         for c0 in range(0, C, group):
             centred = self._plane(("centred", c0, c0 + group), lambda c0=c0: self._centred(c0, c0 + group))
-            part = self.prims.correlate(centred, kernel[:, :, c0 : c0 + group])
+            channels = support if support is None or support.shape[2] == 1 else support[:, :, c0 : c0 + group]
+            part = self.prims.correlate(centred, kernel[:, :, c0 : c0 + group], channels)
             if total is None:
                 total = part
             elif total.requires_grad or part.requires_grad:

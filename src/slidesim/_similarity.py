@@ -75,9 +75,7 @@ def similarity(
         mask: Non-negative template weights, [h, w], [C, h, w], [T, 1|C, h, w] or [B, T, 1|C, h, w] for per-image
             banks. Float masks are weights, bool and integer masks are binary (OpenCV's convention). Masks are
             constants: no gradient flows to them. A zero weight takes its tap out of the window: a NaN or inf
-            pixel or template value there does not reach the score. (Exception: the "direct" engine, which
-            auto runs for correlation metrics on images with NaN, multiplies 0 · NaN where templates or images
-            have zero weight on different taps.)
+            pixel or template value there does not reach the score.
         channels: "joint" (one score over all channels, OpenCV's semantics), "separate" (one score per channel) or
             "mean" (mean of the per-channel scores).
         circular: {channel index: period} for the distance metrics: differences in those channels are taken the

@@ -20,10 +20,10 @@ metric                score                                                     
 
 A window (or template) is *flat* when, in every channel with non-zero mask weight, all of its values under the mask
 are equal. Taps of zero weight are outside the window: their pixels and template values, even NaN or inf, do not
-enter any sum (the "direct" engine still gives NaN for a NaN pixel under a zero weight that not every template
-and image shares). "Always finite" assumes finite inputs; a window with a NaN under a positive weight scores NaN in
-every metric. The distance metrics accept circular channels: for a channel with period p the difference d is replaced
-by the signed shortest way round, ((d + p/2) mod p) − p/2.
+enter any sum. Without a mask every tap counts, so a NaN pixel under a template value of 0 still gives NaN.
+"Always finite" assumes finite inputs; a window with a NaN under a positive weight scores NaN in every metric.
+The distance metrics accept circular channels: for a channel with period p the difference d is replaced by the
+signed shortest way round, ((d + p/2) mod p) − p/2.
 """
 
 from __future__ import annotations

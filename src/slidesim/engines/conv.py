@@ -49,8 +49,13 @@ def auto_excluded_reason(problem: Problem) -> str | None:
 class ConvPrimitives(FastStatistics):
     """Correlations by torch conv2d."""
 
-    def correlate(self, image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W']."""
+    def correlate(self, image: torch.Tensor, kernel: torch.Tensor, support: torch.Tensor | None = None) -> torch.Tensor:
+        """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W'].
+
+        ``support`` is not needed: this engine runs finite images only, where the kernel's zero weights already
+        leave those taps out.
+        """
+        del support
         return conv_correlate(image, kernel, self.geom)
 
 

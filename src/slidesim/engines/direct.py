@@ -11,6 +11,7 @@ the forward pass.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -70,62 +71,125 @@ def _all_taps(values: torch.Tensor) -> list[tuple[int, int, int]]:
     return [(c, i, j) for c in range(C) for i in range(h) for j in range(w)]
 
 
+def _finite(tensor: torch.Tensor) -> bool:
+    """Whether every value is finite: a finite sum proves it in one pass (a sum that overflows only costs the
+    careful path)."""
+    return math.isfinite(tensor.detach().sum().item())
+
+
+@dataclass(frozen=True)
+class _Taps:
+    """The taps a tap loop visits, and how.
+
+    Attributes:
+        taps: (c, i, j) of every tap to visit.
+        partial: The taps that lie outside the window of some templates (a zero mask weight) on an image that is
+            not finite: their products are zeroed there, since 0 · NaN would carry a masked-out NaN into the sum.
+        support: Bool [Bm, Tm, Cm, h, w], true where a tap is in a template's window (None: every tap).
+    """
+
+    taps: list[tuple[int, int, int]]
+    partial: frozenset[tuple[int, int, int]] = frozenset()
+    support: torch.Tensor | None = None
+
+
+def _loop_taps(image: torch.Tensor, values: torch.Tensor, support: torch.Tensor | None) -> _Taps:
+    """Taps to visit for ``values`` [Bk, T, C, h, w] on ``image`` given the windows' ``support`` (None: all).
+
+    On a finite image a zero value adds an exact zero, so the taps zero for every template are skipped. On an image
+    with NaN or inf, a tap counts wherever it is in the window, whatever the value there (NaN · 0 is NaN, as in
+    slidesim.reference), and nowhere else.
+    """
+    if _finite(image):
+        return _Taps(_active_taps(values))
+    if support is None:
+        return _Taps(_all_taps(values))
+    C = values.shape[-3]
+    per_tap = support.expand(-1, -1, C, -1, -1) if support.shape[2] == 1 else support
+    per_tap = per_tap.flatten(0, 1)
+    some, every = per_tap.any(dim=0), per_tap.all(dim=0)
+    taps = [tuple(idx) for idx in some.nonzero().tolist()]
+    partial = frozenset(tuple(idx) for idx in (some & ~every).nonzero().tolist())
+    return _Taps(taps, partial, support)  # type: ignore[arg-type]
+
+
+def _tap_weight(weights: torch.Tensor, t0: int, t1: int, c: int, i: int, j: int) -> torch.Tensor:
+    """Mask weight (or support) of tap (c, i, j) for templates t0:t1, shaped to broadcast over an output block."""
+    templates = slice(t0, t1) if weights.shape[1] > 1 else slice(None)
+    return weights[:, templates, min(c, weights.shape[2] - 1), i, j, None, None]
+
+
 def _sum_to(tensor: torch.Tensor, leading: int) -> torch.Tensor:
     """Sum a [B, ...] tensor over its batch axis when the target has a single leading entry."""
     return tensor.sum(dim=0, keepdim=True) if leading == 1 and tensor.shape[0] != 1 else tensor
 
 
 # --------------------------------------------------------------------------------------------------- correlation
-def _correlate_forward(image: torch.Tensor, kernel: torch.Tensor, geom: Geometry, block: int) -> torch.Tensor:
+def _correlate_forward(
+    image: torch.Tensor, kernel: torch.Tensor, support: torch.Tensor | None, geom: Geometry, block: int
+) -> torch.Tensor:
     B = image.shape[0]
     T = kernel.shape[1]
     out = image.new_zeros(B, T, geom.out_height, geom.out_width)
-    taps = _active_taps(kernel)
+    plan = _loop_taps(image, kernel, support)
     for t0, t1, r0, r1 in _blocks(B, T, geom, block):
         acc = out[:, t0:t1, r0:r1]
-        for c, i, j in taps:
+        for c, i, j in plan.taps:
             weight = kernel[:, t0:t1, c, i, j, None, None]
-            acc.addcmul_(_tap(image[:, c], i, j, r0, r1, geom)[:, None], weight)
+            window = _tap(image[:, c], i, j, r0, r1, geom)[:, None]
+            if (c, i, j) in plan.partial:
+                outside = ~_tap_weight(plan.support, t0, t1, c, i, j)
+                acc.add_((window * weight).masked_fill_(outside, 0.0))
+            else:
+                acc.addcmul_(window, weight)
     return out
 
 
 class _Correlate(torch.autograd.Function):
-    """Σ_c Σ_taps kernel · image: [B, C, Hp, Wp] × [Bk, T, C, h, w] -> [B, T, H', W']."""
+    """Σ_c Σ_taps kernel · image: [B, C, Hp, Wp] × [Bk, T, C, h, w] -> [B, T, H', W'] (support: see correlate)."""
 
     @staticmethod
-    def forward(ctx, image, kernel, geom, block):
-        ctx.save_for_backward(image, kernel)
+    def forward(ctx, image, kernel, support, geom, block):
+        ctx.save_for_backward(image, kernel, support)
         ctx.geom, ctx.block = geom, block
-        return _correlate_forward(image, kernel, geom, block)
+        return _correlate_forward(image, kernel, support, geom, block)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        image, kernel = ctx.saved_tensors
+        image, kernel, support = ctx.saved_tensors
         geom, block = ctx.geom, ctx.block
         need_image, need_kernel = ctx.needs_input_grad[:2]
         grad_image = torch.zeros_like(image) if need_image else None
         grad_kernel = torch.zeros_like(kernel) if need_kernel else None
-        taps = _all_taps(kernel) if need_kernel else _active_taps(kernel)
+        if not need_kernel:  # the image's gradient needs the non-zero kernel values only
+            plan = _Taps(_active_taps(kernel))
+        elif _finite(image):  # a zero kernel value still has a gradient
+            plan = _Taps(_all_taps(kernel))
+        else:  # ... except where the tap is outside the window: the forward pass left it out
+            plan = _loop_taps(image, kernel, support)
         with full_float32():  # the matrix products below would use TF32 on CUDA where the user enabled it
-            _correlate_backward(image, kernel, grad, geom, block, taps, grad_image, grad_kernel)
-        return grad_image, grad_kernel, None, None
+            _correlate_backward(image, kernel, grad, geom, block, plan, grad_image, grad_kernel)
+        return grad_image, grad_kernel, None, None, None
 
 
-def _correlate_backward(image, kernel, grad, geom, block, taps, grad_image, grad_kernel) -> None:
+def _correlate_backward(image, kernel, grad, geom, block, plan, grad_image, grad_kernel) -> None:
     """Accumulate the gradients of :func:`_correlate_forward` into grad_image and grad_kernel (None: not needed)."""
     B, T = grad.shape[:2]
     Bk = kernel.shape[0]
     for t0, t1, r0, r1 in _blocks(B, T, geom, block):
         g = grad[:, t0:t1, r0:r1].reshape(B, t1 - t0, -1)  # [B, Tc, N]
-        for c, i, j in taps:
+        for c, i, j in plan.taps:
             if grad_image is not None:
                 weight = kernel[:, t0:t1, c, i, j][:, None, :]  # [Bk, 1, Tc]
                 target = _tap(grad_image[:, c], i, j, r0, r1, geom)
                 target += (weight @ g).view(target.shape)
             if grad_kernel is not None:
                 window = _tap(image[:, c], i, j, r0, r1, geom).reshape(B, -1, 1)
-                grad_kernel[:, t0:t1, c, i, j] += _sum_to((g @ window)[..., 0], Bk)
+                update = _sum_to((g @ window)[..., 0], Bk)  # [Bk, Tc]
+                if (c, i, j) in plan.partial:  # no gradient from the windows a tap is not in
+                    update = update.masked_fill(~_tap_weight(plan.support, t0, t1, c, i, j)[..., 0, 0], 0.0)
+                grad_kernel[:, t0:t1, c, i, j] += update
 
 
 # ------------------------------------------------------------------------------------------------------ distance
@@ -137,34 +201,32 @@ def _difference(window: torch.Tensor, value: torch.Tensor, period: float | None,
     return out
 
 
-def _tap_weight(weights: torch.Tensor, t0: int, t1: int, c: int, i: int, j: int) -> torch.Tensor:
-    """Mask weight of tap (c, i, j) for templates t0:t1, shaped to broadcast over an output block."""
-    templates = slice(t0, t1) if weights.shape[1] > 1 else slice(None)
-    return weights[:, templates, min(c, weights.shape[2] - 1), i, j, None, None]
-
-
-def _distance_taps(templates: torch.Tensor, weights: torch.Tensor | None) -> list[tuple[int, int, int]]:
+def _distance_taps(image: torch.Tensor, templates: torch.Tensor, weights: torch.Tensor | None) -> _Taps:
     if weights is None:
-        return _all_taps(templates)
-    return _active_taps(weights.expand(-1, -1, templates.shape[2], -1, -1))
+        return _Taps(_all_taps(templates))
+    weights = weights.expand(-1, -1, templates.shape[2], -1, -1)
+    return _loop_taps(image, weights, weights != 0)
 
 
 def _distance_forward(image, templates, weights, power, periods, geom, block):
     B = image.shape[0]
     T = templates.shape[1]
     out = image.new_zeros(B, T, geom.out_height, geom.out_width)
-    taps = _distance_taps(templates, weights)
+    plan = _distance_taps(image, templates, weights)
     for t0, t1, r0, r1 in _blocks(B, T, geom, block):
         acc = out[:, t0:t1, r0:r1]
         scratch = torch.empty_like(acc)
-        for c, i, j in taps:
+        for c, i, j in plan.taps:
             window = _tap(image[:, c], i, j, r0, r1, geom)[:, None]
             diff = _difference(window, templates[:, t0:t1, c, i, j, None, None], periods and periods[c], scratch)
             diff.abs_() if power == 1 else diff.mul_(diff)
             if weights is None:
                 acc.add_(diff)
-            else:
-                acc.addcmul_(diff, _tap_weight(weights, t0, t1, c, i, j))
+                continue
+            weight = _tap_weight(weights, t0, t1, c, i, j)
+            if (c, i, j) in plan.partial:
+                diff.masked_fill_(weight == 0, 0.0)
+            acc.addcmul_(diff, weight)
     return out
 
 
@@ -187,16 +249,20 @@ class _Distance(torch.autograd.Function):
         grad_templates = torch.zeros_like(templates) if need_templates else None
         B, T = grad.shape[:2]
         Bk = templates.shape[0]
+        plan = _distance_taps(image, templates, weights)
         for t0, t1, r0, r1 in _blocks(B, T, geom, block):
             g = grad[:, t0:t1, r0:r1]
             slope = torch.empty_like(g)
-            for c, i, j in _distance_taps(templates, weights):
+            for c, i, j in plan.taps:
                 window = _tap(image[:, c], i, j, r0, r1, geom)[:, None]
                 diff = _difference(window, templates[:, t0:t1, c, i, j, None, None], periods and periods[c], slope)
                 diff.sign_() if power == 1 else diff.mul_(2)
                 diff.mul_(g)
                 if weights is not None:
-                    diff.mul_(_tap_weight(weights, t0, t1, c, i, j))
+                    weight = _tap_weight(weights, t0, t1, c, i, j)
+                    if (c, i, j) in plan.partial:
+                        diff.masked_fill_(weight == 0, 0.0)
+                    diff.mul_(weight)
                 if need_image:
                     _tap(grad_image[:, c], i, j, r0, r1, geom).add_(diff.sum(dim=1))
                 if need_templates:
@@ -217,12 +283,16 @@ class DirectPrimitives:
     geom: Geometry
     block: int
 
-    def correlate(self, image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W']."""
+    def correlate(self, image: torch.Tensor, kernel: torch.Tensor, support: torch.Tensor | None = None) -> torch.Tensor:
+        """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W'].
+
+        ``support`` (bool [Bm, Tm, Cm, h, w], None: every tap) says which taps are in each template's window. It
+        matters only on images with NaN or inf: a tap outside the window adds nothing there, even a NaN.
+        """
         kernel = kernel.to(image.dtype)
         if image.requires_grad or kernel.requires_grad:
-            return _Correlate.apply(image, kernel, self.geom, self.block)
-        return _correlate_forward(image, kernel, self.geom, self.block)
+            return _Correlate.apply(image, kernel, support, self.geom, self.block)
+        return _correlate_forward(image, kernel, support, self.geom, self.block)
 
     def distance(
         self,
@@ -245,7 +315,8 @@ class DirectPrimitives:
         del exact_zeros
         if weights is None:
             weights = torch.ones(1, 1, plane.shape[1], *self.geom.template_size, dtype=plane.dtype, device=plane.device)
-        return self.correlate(plane, weights)
+            return self.correlate(plane, weights)
+        return self.correlate(plane, weights, weights != 0)  # a zero weight takes its tap out of the window
 
     def window_flat(
         self, plane: torch.Tensor, support: torch.Tensor | None, rows: tuple[int, int] | None = None

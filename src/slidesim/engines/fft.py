@@ -37,8 +37,13 @@ class FFTPrimitives(FastStatistics):
 
     global_cross_error = True  # round-off spreads over every output: ε·‖I‖₂·‖K‖₂, not per window
 
-    def correlate(self, image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W']."""
+    def correlate(self, image: torch.Tensor, kernel: torch.Tensor, support: torch.Tensor | None = None) -> torch.Tensor:
+        """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W'].
+
+        ``support`` is not needed: this engine runs finite images only, where the kernel's zero weights already
+        leave those taps out.
+        """
+        del support
         return fft_correlate(image, kernel, self.geom, self.chunk_bytes, spectra=self.spectra)
 
 
