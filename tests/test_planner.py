@@ -41,12 +41,16 @@ def test_auto_respects_memory_limit_for_transforms() -> None:
     assert tight.engine != "fft" and "fft" in repr(tight) and "over memory_limit 8 MiB" in repr(tight)
 
 
-def test_auto_keeps_nan_local() -> None:
-    image = torch.rand(64, 64)
+def test_auto_keeps_nan_local_and_inf_in_tap_loops() -> None:
+    """NaN pixels are holes that the fast engines fill and mark (test_numerics checks the scores); ±inf pixels
+    would spread through their sums, so only the tap-by-tap engines run them."""
+    image = torch.rand(1024, 1024)
     image[5, 5] = float("nan")
+    assert select_engine(_canon("zncc", image)).NAME == "fft"  # as for the finite image
+    image[9, 9] = float("inf")
     assert select_engine(_canon("zncc", image)).NAME == "direct"
-    text = slidesim.explain(image, torch.rand(8, 8))
-    assert "fft" in text and "the images contain NaN or inf" in text and "-> direct" in text
+    text = slidesim.explain(image, torch.rand(32, 32))
+    assert "fft" in text and "the images contain ±inf" in text and "-> direct" in text
 
 
 def test_explain_lists_every_engine_with_estimates() -> None:

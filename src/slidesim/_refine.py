@@ -45,6 +45,29 @@ def _prefilter(n: int) -> torch.Tensor:
     return torch.linalg.inv(matrix)
 
 
+def _fill_holes(crop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(crop [C, Hc, Wc] with NaN and ±inf pixels replaced by their channel's mean of finite pixels, the map of
+    those pixels as float64 0/1, or None when there are none). The prefilter is a global inverse: one NaN would
+    spread to every coefficient, while a filled pixel's influence decays as 0.27^k with the distance k."""
+    finite = torch.isfinite(crop)
+    if bool(finite.all()):
+        return crop, None
+    count = finite.sum(dim=(-1, -2), keepdim=True).clamp_min(1)
+    mean = torch.where(finite, crop, 0.0).sum(dim=(-1, -2), keepdim=True) / count
+    return torch.where(finite, crop, mean), (~finite).to(torch.float64)
+
+
+def _neighbours(positions: torch.Tensor, size: int) -> torch.Tensor:
+    """The pixels that linear interpolation at positions [N, k] reads (one at a whole position, two between)
+    -> [N, k, size] float64 0/1."""
+    base = torch.floor(positions)
+    near = torch.zeros(*positions.shape, size, dtype=torch.float64)
+    near.scatter_(-1, base.long().clamp(0, size - 1)[..., None], 1.0)
+    between = (positions > base).to(torch.float64)[..., None]
+    near.scatter_add_(-1, (base.long() + 1).clamp(0, size - 1)[..., None], between)
+    return near
+
+
 def _weights(positions: torch.Tensor, size: int) -> torch.Tensor:
     """Cubic B-spline weights of sample positions [N, k] over ``size`` coefficients -> [N, k, size]."""
     base = torch.floor(positions)
@@ -116,6 +139,7 @@ def refine_on_data(
     # a few small matrix products per shift: the CPU in float64, wherever the images live
     crop = _crop(image.detach(), rows, cols, padding, options.get("pad_value", 0.0)).cpu().to(torch.float64)
     Hc, Wc = crop.shape[-2:]
+    crop, holes = _fill_holes(crop)
     coefficients = _prefilter(Hc) @ crop @ _prefilter(Wc).T  # [C, Hc, Wc]
     taps_y = torch.arange(h, dtype=torch.float64) * dilation[0] - span_y / 2 + centre[0] - r0
     taps_x = torch.arange(w, dtype=torch.float64) * dilation[1] - span_x / 2 + centre[1] - c0
@@ -128,6 +152,11 @@ def refine_on_data(
         weights_y = _weights(dy[:, None] + taps_y[None], Hc)  # [N, h, Hc]
         weights_x = _weights(dx[:, None] + taps_x[None], Wc)  # [N, w, Wc]
         windows = torch.einsum("nih,chw,njw->ncij", weights_y, coefficients, weights_x)
+        if holes is not None:  # a sample beside a hole is NaN, so the metric treats it as the missing pixel it is
+            near_y = _neighbours(dy[:, None] + taps_y[None], Hc)
+            near_x = _neighbours(dx[:, None] + taps_x[None], Wc)
+            touched = torch.einsum("nih,chw,njw->ncij", near_y, holes, near_x) > 0
+            windows = windows.masked_fill(touched, float("nan"))
         result = similarity(windows, template64, mask=mask64, method="reference", **metric_options)
         return sign * result.reshape(-1)
 

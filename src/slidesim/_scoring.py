@@ -12,8 +12,8 @@ Numerics:
       dtype (float32 or float64); ccorr / ncc correlate the raw image.
     * ssd and ssd_normed use an exact sliding Σ W (I − T)², never ΣI² − 2ΣIT + ΣT².
     * NaN stays local: the tap loops of the direct and numba engines use no cumulative sums and no FFT, so a NaN
-      pixel only reaches the windows that contain it; the fast engines (summed-area tables, running sums, FFT)
-      run only on finite images.
+      pixel only reaches the windows that contain it; for the fast engines (summed-area tables, running sums,
+      FFT) NaN pixels are filled before the sums and their windows marked NaN after (:mod:`slidesim._holes`).
     * Flat windows are found exactly: a window whose computed variance exceeds a proven bound on its rounding
       error is not flat; the rest go through the engine's exact test.
 """
@@ -28,6 +28,7 @@ from typing import Protocol
 
 import torch
 
+from ._holes import mark_holes
 from ._padding import pad_amounts, pad_image
 from ._validate import Canonical
 from .metrics import MetricSpec, finish_distance, finish_ncc, finish_ssd_normed, finish_zncc
@@ -53,9 +54,14 @@ class Geometry:
 
 
 class Primitives(Protocol):
-    """Sliding reductions an engine provides (shapes in the docstrings of the direct engine)."""
+    """Sliding reductions an engine provides (shapes in the docstrings of the direct engine).
+
+    ``spreads_nan`` is true for engines whose sums carry a NaN beyond its windows (FFTs, cumulative sums): the
+    scoring code then fills NaN pixels and marks their windows afterwards (:mod:`slidesim._holes`).
+    """
 
     geom: Geometry
+    spreads_nan: bool
 
     def correlate(
         self, image: torch.Tensor, kernel: torch.Tensor, support: torch.Tensor | None = None
@@ -106,6 +112,10 @@ def padded_images(canon: Canonical) -> torch.Tensor:
 
 def score_channels(prims: Primitives, canon: Canonical, image: torch.Tensor) -> torch.Tensor:
     """Scores for the call's channels mode: [B, T, H', W'] ("joint", "mean") or [B, T, C, H', W'] ("separate")."""
+    if _fills_holes(prims, canon):
+        holes, image, canon = _filled(canon, image)
+        scores = score_channels(prims, canon, image)
+        return mark_holes(scores, holes, canon.mask, prims.geom, canon.channels_mode == "separate")
     spec, bank, mask, periods = canon.spec, canon.templates, canon.mask, canon.periods
     if canon.channels_mode == "joint":
         return score_joint(prims, spec, image, bank, mask, periods, canon.memory_limit, canon.problem.finite)
@@ -128,6 +138,18 @@ def score_channels(prims: Primitives, canon: Canonical, image: torch.Tensor) -> 
     if canon.channels_mode == "separate":
         return torch.stack(per_channel, dim=2)
     return torch.stack(per_channel, dim=0).mean(dim=0)
+
+
+def _fills_holes(prims: Primitives, canon: Canonical) -> bool:
+    """Whether NaN pixels must be filled before this engine sums the images (and their windows marked after)."""
+    return prims.spreads_nan and not canon.problem.finite
+
+
+def _filled(canon: Canonical, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Canonical]:
+    """(NaN map [B, C, Hp, Wp], the padded images with their NaN pixels filled, the call marked finite)."""
+    holes = torch.isnan(image.detach())
+    filled = torch.where(holes, _finite_channel_mean(image), image)
+    return holes, filled, dataclasses.replace(canon, problem=dataclasses.replace(canon.problem, finite=True))
 
 
 def _mask_sums(mask: torch.Tensor | None, channels: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
@@ -221,6 +243,12 @@ def score_stream(
     """
     if canon.channels_mode != "joint":
         raise ValueError(f"streaming scores one joint score per template; got channels={canon.channels_mode!r}")
+    if _fills_holes(prims, canon):
+        holes, image, canon = _filled(canon, image)
+        for t0, t1, scores in score_stream(prims, canon, image, chunk):
+            mask = canon.mask if canon.mask is None or canon.mask.shape[1] == 1 else canon.mask[:, t0:t1]
+            yield t0, t1, mark_holes(scores, holes, mask, prims.geom, separate=False)
+        return
     spec, bank, mask, periods = canon.spec, canon.templates, canon.mask, canon.periods
     T = bank.shape[1]
     if spec.family == "distance":

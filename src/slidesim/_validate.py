@@ -69,6 +69,7 @@ class Problem:
     out_width: int
     requires_grad: bool
     finite: bool
+    infinite: bool = False
 
 
 @dataclass
@@ -334,6 +335,7 @@ def canonicalize(
         bank_c = torch.where(mask_c > 0, bank_c, 0.0)
     periods = _canonical_circular(circular, spec, C)
     mask_kind = "none" if mask_c is None else ("per_template" if mask_c.shape[1] > 1 else "shared")
+    finite = _all_finite(images_c)
     problem = Problem(
         batch=B,
         channels=C,
@@ -357,7 +359,8 @@ def canonicalize(
         out_height=out_h,
         out_width=out_w,
         requires_grad=requires_grad,
-        finite=_all_finite(images_c),
+        finite=finite,
+        infinite=not finite and bool(torch.isinf(images_c).any()),
     )
     return Canonical(
         images=images_c,

@@ -4,7 +4,8 @@ Unmasked windows: one fused numba pass over the centred image gives every window
 mean (or 1/√ of it) in float64 (:mod:`slidesim.engines._numba_windows`); without numba, summed-area tables in
 float64 give the same sums. Masked windows: float64 FFT sums where exact zeros are not needed, conv2d where they
 are. Flatness: an exact count of differing neighbour pairs per window, run only on windows that may be flat. All
-of these spread a NaN or inf beyond its windows, so the engines that use them only run images that are finite.
+of these spread a NaN or inf beyond its windows: the scoring code fills NaN pixels before they run and marks the
+windows that hold them after (:mod:`slidesim._holes`), and the engines that use them do not run images with ±inf.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ def correlation_ineligible_reason(problem: Problem) -> str | None:
     """Reasons shared by the FFT and conv engines, or None."""
     if problem.metric not in CORRELATION_METRICS:
         return f"computes the correlation metrics {', '.join(CORRELATION_METRICS)} only; got {problem.metric!r}"
-    if not problem.finite:
-        return "the images contain NaN or inf, which would spread beyond their windows"
+    if problem.infinite:
+        return "the images contain ±inf, which an FFT or a cumulative sum would spread beyond their windows"
     return None
 
 
@@ -213,6 +214,7 @@ class FastStatistics(DirectPrimitives):
     chunk_bytes: int = 64 * 2**20
     spectra: dict | None = None
     cumulative_window_sums = True  # unmasked window sums come from summed-area tables or running sums
+    spreads_nan = True  # so do FFTs: the scoring code fills NaN pixels first and marks their windows after
 
     def _fused(self, plane: torch.Tensor) -> bool:
         return (

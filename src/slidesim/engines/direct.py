@@ -282,6 +282,7 @@ class DirectPrimitives:
 
     geom: Geometry
     block: int
+    spreads_nan = False  # tap loops keep a NaN within the windows that hold it
 
     def correlate(self, image: torch.Tensor, kernel: torch.Tensor, support: torch.Tensor | None = None) -> torch.Tensor:
         """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W'].

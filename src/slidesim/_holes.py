@@ -1,0 +1,79 @@
+"""NaN pixels as holes, for engines whose sums would spread them (the FFT and conv engines).
+
+An FFT, a summed-area table or a running sum carries a NaN into every output it touches, far beyond the windows
+that hold it. Such engines score a copy of the padded images whose NaN pixels are filled with their channel's mean
+of finite pixels (the centred value there is 0, so no rounding bound grows); :func:`mark_holes` then gives NaN to
+exactly the windows that hold a NaN under a positive mask weight, which are the windows that
+:mod:`slidesim.reference` scores NaN. Finding them costs a max-pool of the NaN map and, with a mask, a conv2d of
+the NaN map with the masks' support (whole counts, exact far below 2²⁴). Infinities are not holes: the reference
+scores their windows ±inf or NaN depending on the arithmetic, so images with ±inf stay with the tap-by-tap engines.
+
+Example:
+    >>> import torch, slidesim
+    >>> image = torch.rand(1, 1, 64, 64)
+    >>> image[0, 0, 30, 30] = float("nan")
+    >>> scores = slidesim.similarity(image, image[:, :, 8:16, 8:16], method="fft")
+    >>> int(scores.isnan().sum())  # the 8 × 8 windows over (30, 30)
+    64
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from ._scoring import Geometry
+
+_COUNT_BYTES = 64 * 2**20  # float32 hole counts of masked windows, at a time
+
+
+def mark_holes(
+    scores: torch.Tensor, holes: torch.Tensor, mask: torch.Tensor | None, geom: Geometry, separate: bool
+) -> torch.Tensor:
+    """``scores`` with NaN where a window holds a hole under a positive weight.
+
+    Args:
+        scores: [B, T, H', W'] (channels joint or mean), or [B, T, C, H', W'] when ``separate``.
+        holes: [B, C, Hp, Wp] bool, the NaN pixels of the padded images.
+        mask: [Bm, Tm, Cm, h, w] weights of templates t0:t1 of ``scores`` (None: every tap counts).
+        geom: Where the windows are.
+        separate: Whether each channel has its own scores (then only its own holes count).
+    """
+    support = mask > 0 if mask is not None else None
+    if separate:
+        spoiled = torch.stack(
+            [_holed_windows(holes[:, c : c + 1], _channel(support, c), geom) for c in range(holes.shape[1])], dim=2
+        )
+    else:  # a joint score, or a mean of per-channel scores, is NaN when any channel's window holds a hole
+        spoiled = _holed_windows(holes, support, geom)
+    return scores.masked_fill(spoiled, float("nan"))
+
+
+def _channel(support: torch.Tensor | None, c: int) -> torch.Tensor | None:
+    if support is None or support.shape[2] == 1:
+        return support
+    return support[:, :, c : c + 1]
+
+
+def _holed_windows(holes: torch.Tensor, support: torch.Tensor | None, geom: Geometry) -> torch.Tensor:
+    """Windows that hold a hole under their support: holes [B, C, Hp, Wp] bool, support [Bm, Tm, 1|C, h, w] bool
+    (None: every tap), Bm ∈ {1, B} -> [B, 1|Tm, H', W'] bool."""
+    any_channel = holes.any(dim=1, keepdim=True).to(torch.float32)
+    near = F.max_pool2d(any_channel, geom.template_size, stride=geom.stride, dilation=geom.dilation) > 0
+    if support is None or not bool(near.any()):
+        return near
+    B, C = holes.shape[:2]
+    Bm, Tm = support.shape[:2]
+    weights = support.expand(Bm, Tm, C, -1, -1).to(torch.float32)
+    spoiled = torch.empty(B, Tm, geom.out_height, geom.out_width, dtype=torch.bool, device=holes.device)
+    chunk = max(1, _COUNT_BYTES // (4 * geom.out_height * geom.out_width))
+    for b in range(B):
+        plane = holes[b : b + 1].to(torch.float32)
+        kernel = weights[b if Bm > 1 else 0]
+        for t0 in range(0, Tm, chunk):
+            count = F.conv2d(plane, kernel[t0 : t0 + chunk], stride=geom.stride, dilation=geom.dilation)
+            spoiled[b : b + 1, t0 : t0 + chunk] = count > 0.5  # whole counts: conv2d's rounding stays far below
+    return spoiled
