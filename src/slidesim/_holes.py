@@ -4,9 +4,10 @@ An FFT, a summed-area table or a running sum carries a NaN into every output it 
 that hold it. Such engines score a copy of the padded images whose NaN pixels are filled with their channel's mean
 of finite pixels (the centred value there is 0, so no rounding bound grows); :func:`mark_holes` then gives NaN to
 exactly the windows that hold a NaN under a positive mask weight, which are the windows that
-:mod:`slidesim.reference` scores NaN. Finding them costs a max-pool of the NaN map and, with a mask, a conv2d of
-the NaN map with the masks' support (whole counts, exact far below 2²⁴). Infinities are not holes: the reference
-scores their windows ±inf or NaN depending on the arithmetic, so images with ±inf stay with the tap-by-tap engines.
+:mod:`slidesim.reference` scores NaN. Finding them costs a box sum of the NaN map (a summed-area table) and, with
+a mask, a conv2d of the NaN map with the masks' support (whole counts, exact far below 2²⁴). Infinities are not
+holes: the reference scores their windows ±inf or NaN depending on the arithmetic, so images with ±inf stay with
+the tap-by-tap engines.
 
 Example:
     >>> import torch, slidesim
@@ -49,7 +50,9 @@ def mark_holes(
         )
     else:  # a joint score, or a mean of per-channel scores, is NaN when any channel's window holds a hole
         spoiled = _holed_windows(holes, support, geom)
-    return scores.masked_fill(spoiled, float("nan"))
+    if scores.requires_grad:
+        return scores.masked_fill(spoiled, float("nan"))
+    return scores.masked_fill_(spoiled, float("nan"))  # in place: a fresh output-sized map is slow to fault in
 
 
 def _channel(support: torch.Tensor | None, c: int) -> torch.Tensor | None:
@@ -61,8 +64,10 @@ def _channel(support: torch.Tensor | None, c: int) -> torch.Tensor | None:
 def _holed_windows(holes: torch.Tensor, support: torch.Tensor | None, geom: Geometry) -> torch.Tensor:
     """Windows that hold a hole under their support: holes [B, C, Hp, Wp] bool, support [Bm, Tm, 1|C, h, w] bool
     (None: every tap), Bm ∈ {1, B} -> [B, 1|Tm, H', W'] bool."""
-    any_channel = holes.any(dim=1, keepdim=True).to(torch.float32)
-    near = F.max_pool2d(any_channel, geom.template_size, stride=geom.stride, dilation=geom.dilation) > 0
+    from .engines._fast import _box  # summed-area box sums: O(H·W) whatever the template size, unlike max_pool2d
+
+    any_channel = holes.any(dim=1, keepdim=True).to(torch.float64)
+    near = _box(any_channel, geom.template_size, geom, (geom.out_height, geom.out_width)) > 0.5  # whole counts
     if support is None or not bool(near.any()):
         return near
     B, C = holes.shape[:2]
