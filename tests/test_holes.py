@@ -144,3 +144,17 @@ def test_mark_holes_counts_only_taps_under_positive_weights() -> None:
     marked = mark_holes(torch.zeros(1, 2, 4, 4), holes, mask, geom, separate=False)
     assert bool(marked[0, 1, :3, :3].isnan().all()) and int(marked[0, 1].isnan().sum()) == 9
     assert not bool(marked[0, 0, 1, 1].isnan()) and int(marked[0, 0].isnan().sum()) == 8
+
+
+@pytest.mark.parametrize("engine", FAST)
+def test_holes_in_one_channel_with_per_template_masks(engine) -> None:
+    """channels="separate": a channel without holes and a channel with them mark maps of the same shape."""
+    rng = np.random.default_rng(13)
+    image = torch.from_numpy(rng.random((1, 2, 40, 40)))
+    image[0, 0, 20, 20] = float("nan")  # channel 0 only
+    bank = torch.from_numpy(rng.random((4, 2, 9, 9)))
+    mask = torch.from_numpy((rng.random((4, 1, 9, 9)) > 0.3) * 1.0)
+    for channels in ("separate", "mean"):
+        want = slidesim.reference.similarity(image, bank, metric="zncc", mask=mask, channels=channels)
+        got = slidesim.similarity(image, bank, metric="zncc", mask=mask, channels=channels, method=engine)
+        torch.testing.assert_close(got, want, equal_nan=True, **tolerance(torch.float64, scale=100.0))

@@ -45,9 +45,8 @@ def mark_holes(
     """
     support = mask > 0 if mask is not None else None
     if separate:
-        spoiled = torch.stack(
-            [_holed_windows(holes[:, c : c + 1], _channel(support, c), geom) for c in range(holes.shape[1])], dim=2
-        )
+        per_channel = [_holed_windows(holes[:, c : c + 1], _channel(support, c), geom) for c in range(holes.shape[1])]
+        spoiled = torch.stack(torch.broadcast_tensors(*per_channel), dim=2)  # [B, 1|Tm, H', W'] each
     else:  # a joint score, or a mean of per-channel scores, is NaN when any channel's window holds a hole
         spoiled = _holed_windows(holes, support, geom)
     if scores.requires_grad:
@@ -68,17 +67,24 @@ def _holed_windows(holes: torch.Tensor, support: torch.Tensor | None, geom: Geom
 
     any_channel = holes.any(dim=1, keepdim=True).to(torch.float64)
     near = _box(any_channel, geom.template_size, geom, (geom.out_height, geom.out_width)) > 0.5  # whole counts
-    if support is None or not bool(near.any()):
+    if support is None:
         return near
     B, C = holes.shape[:2]
     Bm, Tm = support.shape[:2]
+    spoiled = torch.zeros(B, Tm, geom.out_height, geom.out_width, dtype=torch.bool, device=holes.device)
+    rows, cols = near.any(dim=(0, 1, 3)).nonzero()[:, 0], near.any(dim=(0, 1, 2)).nonzero()[:, 0]
+    if len(rows) == 0:
+        return spoiled
+    # count only over the outputs' bounding box of windows near a hole: a few holes cost a small conv2d
+    (y0, y1), (x0, x1) = (int(rows[0]), int(rows[-1]) + 1), (int(cols[0]), int(cols[-1]) + 1)
+    (sy, sx), (dy, dx), (h, w) = geom.stride, geom.dilation, geom.template_size
+    region = holes[:, :, y0 * sy : (y1 - 1) * sy + dy * (h - 1) + 1, x0 * sx : (x1 - 1) * sx + dx * (w - 1) + 1]
     weights = support.expand(Bm, Tm, C, -1, -1).to(torch.float32)
-    spoiled = torch.empty(B, Tm, geom.out_height, geom.out_width, dtype=torch.bool, device=holes.device)
-    chunk = max(1, _COUNT_BYTES // (4 * geom.out_height * geom.out_width))
+    chunk = max(1, _COUNT_BYTES // (4 * (y1 - y0) * (x1 - x0)))
     for b in range(B):
-        plane = holes[b : b + 1].to(torch.float32)
+        plane = region[b : b + 1].to(torch.float32)
         kernel = weights[b if Bm > 1 else 0]
         for t0 in range(0, Tm, chunk):
             count = F.conv2d(plane, kernel[t0 : t0 + chunk], stride=geom.stride, dilation=geom.dilation)
-            spoiled[b : b + 1, t0 : t0 + chunk] = count > 0.5  # whole counts: conv2d's rounding stays far below
+            spoiled[b : b + 1, t0 : t0 + chunk, y0:y1, x0:x1] = count > 0.5  # whole counts: rounding stays far below
     return spoiled
