@@ -11,7 +11,6 @@ the forward pass.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,7 +18,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._scoring import Geometry, geometry, padded_images, score_channels
-from .._validate import Canonical
+from .._validate import Canonical, _all_finite
 from ._precision import full_float32
 
 NAME = "direct"
@@ -71,12 +70,6 @@ def _all_taps(values: torch.Tensor) -> list[tuple[int, int, int]]:
     return [(c, i, j) for c in range(C) for i in range(h) for j in range(w)]
 
 
-def _finite(tensor: torch.Tensor) -> bool:
-    """Whether every value is finite: a finite sum proves it in one pass (a sum that overflows only costs the
-    careful path)."""
-    return math.isfinite(tensor.detach().sum().item())
-
-
 @dataclass(frozen=True)
 class _Taps:
     """The taps a tap loop visits, and how.
@@ -100,7 +93,7 @@ def _loop_taps(image: torch.Tensor, values: torch.Tensor, support: torch.Tensor 
     with NaN or inf, a tap counts wherever it is in the window, whatever the value there (NaN · 0 is NaN, as in
     slidesim.reference), and nowhere else.
     """
-    if _finite(image):
+    if _all_finite(image.detach()):
         return _Taps(_active_taps(values))
     if support is None:
         return _Taps(_all_taps(values))
@@ -164,7 +157,7 @@ class _Correlate(torch.autograd.Function):
         grad_kernel = torch.zeros_like(kernel) if need_kernel else None
         if not need_kernel:  # the image's gradient needs the non-zero kernel values only
             plan = _Taps(_active_taps(kernel))
-        elif _finite(image):  # a zero kernel value still has a gradient
+        elif _all_finite(image.detach()):  # a zero kernel value still has a gradient
             plan = _Taps(_all_taps(kernel))
         else:  # ... except where the tap is outside the window: the forward pass left it out
             plan = _loop_taps(image, kernel, support)
