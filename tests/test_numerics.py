@@ -211,6 +211,50 @@ def test_nan_under_a_zero_template_value_still_counts(engine, metric) -> None:
     )
 
 
+@pytest.mark.parametrize(("engine", "metric"), ENGINE_METRICS)
+@pytest.mark.parametrize("channels", ["joint", "separate", "mean"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_infinite_pixels_score_as_the_reference(engine, metric, channels, masked) -> None:
+    """±inf pixels give the reference's scores: ±inf or NaN by its arithmetic. ccoeff's window mean is infinite
+    there, so its windows are NaN, although the engines' folded kernel (which sums to zero) would give ±inf."""
+    rng = np.random.default_rng(9)
+    image = torch.from_numpy(rng.random((2, 2, 10, 11)))
+    image[0, 0, 4, 4] = float("inf")
+    image[0, 1, 2, 8] = -float("inf")
+    image[1, 0, 6, 3] = float("inf")
+    image[1, 0, 7, 5] = -float("inf")  # both signs in some windows
+    bank = torch.from_numpy(rng.random((3, 2, 3, 4)))
+    options = {"metric": metric, "channels": channels}
+    if masked:
+        mask = torch.from_numpy(rng.random((3, 2, 3, 4)) + 0.5)
+        mask[0, 0, 1, 1] = 0.0  # template 0 leaves (4, 4) out of window (3, 3)
+        options["mask"] = mask
+    want = slidesim.reference.similarity(image, bank, **options)
+    if engines.load(engine).ineligible_reason(canonicalize(image, bank, **{**_defaults(), **options}).problem):
+        with pytest.raises(slidesim.EngineUnavailableError, match="±inf"):
+            slidesim.similarity(image, bank, method=engine, **options)
+    else:
+        got = slidesim.similarity(image, bank, method=engine, **options)
+        torch.testing.assert_close(got, want, equal_nan=True, **tolerance(torch.float64, scale=100.0))
+    assert not bool(want.isfinite().all())
+    auto = slidesim.similarity(image, bank, **options)
+    torch.testing.assert_close(auto, want, equal_nan=True, **tolerance(torch.float64, scale=100.0))
+
+
+@pytest.mark.parametrize("rotations", [None, [0, 15, 30]])
+def test_an_infinite_pixel_never_wins_a_ccoeff_match(rotations) -> None:
+    """ccoeff's windows over an inf pixel are NaN, the worst score in a match, not +inf, the best (through the
+    best-of-bank stream too: rotations are a bank)."""
+    rng = np.random.default_rng(10)
+    image = rng.random((40, 40))
+    image[5:13, 20:28] += np.linspace(0, 1, 8)  # a distinct pattern where the template comes from
+    template = image[5:13, 20:28].copy()
+    image[30, 10] = np.inf
+    found = slidesim.match(image, template, metric="ccoeff", rotations=rotations, method="direct", subpixel=False)
+    assert (float(found.y[0]), float(found.x[0])) == (8.5, 23.5)  # the window at (5, 20), by its centre
+    assert np.isneginf(found.maps).any() and not np.isposinf(found.maps).any()
+
+
 def test_direct_gradients_leave_per_template_zero_weights_out() -> None:
     """The backward passes skip a NaN pixel where the forward pass did: sad's template gradients stay finite and
     equal the reference's. (A correlation's gradient sums 0 · NaN over the other windows, in the reference too.)"""

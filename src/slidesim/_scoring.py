@@ -219,7 +219,9 @@ def score_joint(
     out_h, out_w = _out_size(prims)
     state = _CorrelationState(prims, spec, image, bank, mask, finite)
     raw = state.raw()
-    if spec.name in ("ccorr", "ccoeff"):
+    if spec.name == "ccoeff":
+        return _undefined_means(raw, image, mask, prims.geom, finite)
+    if spec.name == "ccorr":
         return raw
     # Finishing needs float64 temporaries: do it a few templates at a time, in place when no gradient is needed.
     chunk = _template_chunk(memory_limit, B, out_h, out_w, T)
@@ -268,13 +270,32 @@ def score_stream(
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
         raw = state.raw(t0, t1)
-        if spec.name in ("ccorr", "ccoeff"):
+        if spec.name == "ccoeff":
+            chunk_mask = mask if mask is None or mask.shape[1] == 1 else mask[:, t0:t1]
+            yield t0, t1, _undefined_means(raw, image, chunk_mask, prims.geom, canon.problem.finite)
+        elif spec.name == "ccorr":
             yield t0, t1, raw
         elif raw.requires_grad:
             yield t0, t1, state.finish(raw, t0, t1)
         else:
             state.finish_in_place(raw, t0, t1)
             yield t0, t1, raw
+
+
+def _undefined_means(
+    scores: torch.Tensor, image: torch.Tensor, mask: torch.Tensor | None, geom: Geometry, finite: bool
+) -> torch.Tensor:
+    """ccoeff ``scores`` with NaN where a window holds ±inf under a positive weight.
+
+    Σ W (T − m_T)(I − m_I) needs the window mean m_I, which is infinite there, so the reference scores NaN; the
+    engines fold m_I into a kernel that sums to zero, which would give ±inf instead.
+    """
+    if finite:
+        return scores
+    infinite = torch.isinf(image.detach())
+    if not bool(infinite.any()):
+        return scores
+    return mark_holes(scores, infinite, mask, geom, separate=False)
 
 
 def _out_size(prims: Primitives) -> tuple[int, int]:

@@ -22,6 +22,8 @@ A window (or template) is *flat* when, in every channel with non-zero mask weigh
 are equal. Taps of zero weight are outside the window: their pixels and template values, even NaN or inf, do not
 enter any sum. Without a mask every tap counts, so a NaN pixel under a template value of 0 still gives NaN.
 "Always finite" assumes finite inputs; a window with a NaN under a positive weight scores NaN in every metric.
+An inf pixel under a positive weight gives what the formula gives (±inf for the distances and ccorr, NaN for
+ccoeff, whose window mean m_I is then infinite, and for the normalized metrics).
 The distance metrics accept circular channels: for a channel with period p the difference d is replaced by the
 signed shortest way round, ((d + p/2) mod p) − p/2.
 """
