@@ -322,6 +322,27 @@ def test_large_templates_on_low_contrast_areas_stay_exact_and_fast_enough() -> N
     assert sum(gathered) < 0.05 * got.size  # the bulk float64 recompute took the rest
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("metric", ["ncc", "zncc"])
+def test_a_non_finite_pixel_keeps_the_exact_recompute_elsewhere(bad, metric) -> None:
+    """Two bad pixels far from the low-contrast windows that round-off could spoil: those windows are still found
+    and recomputed (a NaN window factor once switched the check off: zncc erred by 5.9e-4), and the float64
+    recompute does not spread the bad pixels (an FFT carries them into every output)."""
+    rng = np.random.default_rng(4)
+    image = 0.5 + 0.002 * rng.random((1, 1, 200, 200))
+    image[..., :60, :] += rng.random((60, 200))  # texture in the top rows only
+    template = image[..., 10:100, 20:110].copy()
+    image[0, 0, 199, 199] = image[0, 0, 100, 3] = bad
+    want = slidesim.reference.similarity(image, template, metric=metric)
+    for method in ("direct", "conv", "fft"):
+        options = {"metric": metric, "method": method}
+        if engines.load(method).ineligible_reason(_problem(image, template, metric)):
+            continue  # ±inf stays with the tap loops
+        got = slidesim.similarity(image.astype(np.float32), template.astype(np.float32), **options)
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        assert np.nanmax(np.abs(got - want)) < 1e-4, method
+
+
 def test_auto_leaves_large_normalized_templates_to_fft() -> None:
     image = np.zeros((200, 200), np.float32)
     assert slidesim.plan(image, np.ones((64, 64), np.float32), metric="zncc").engine != "conv"

@@ -524,13 +524,17 @@ class _CorrelationState:
         rows = max(1, _NORM_CHUNK_BYTES // max(1, B * W * 8))  # float64 pieces small enough to reuse freed memory
         zero = torch.zeros(B, 1, 1, 1, dtype=torch.float64, device=image.device)
         for c in range(C):
-            energy = self.prims.plane_energy(image[:, c : c + 1], self.shift[:, c : c + 1] if centred else zero)
+            energy = None
+            if self.finite_image:  # the fused pass sums every pixel; NaN and ±inf are left out below
+                energy = self.prims.plane_energy(image[:, c : c + 1], self.shift[:, c : c + 1] if centred else zero)
             if energy is not None:  # one fused pass
                 total += energy.to(total.device)
                 continue
             shift = self.shift[:, c : c + 1].detach().to(torch.float64) if centred else 0.0
             for r0 in range(0, H, rows):
                 piece = image[:, c : c + 1, r0 : r0 + rows].to(torch.float64) - shift
+                if not self.finite_image:
+                    piece = piece.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
                 total += piece.pow(2).sum(dim=(-3, -2, -1))
         return float(total.max().sqrt())
 
@@ -558,7 +562,9 @@ class _CorrelationState:
         within its rounding bound without being exactly flat.
         """
         per_template = self._cross_error(t0, t1).detach() * template_scale  # [Bk, t]
-        largest = float(per_template.max()) * float(window_scale.max()) if per_template.numel() else 0.0
+        # windows that hold NaN have a NaN factor and score NaN whatever happens: they must not hide the others
+        widest = float(torch.nan_to_num(window_scale, nan=0.0).max()) if window_scale.numel() else 0.0
+        largest = float(per_template.max()) * widest if per_template.numel() else 0.0
         flagged = None
         if largest > _SCORE_TOLERANCE:
             flagged = window_scale.to(torch.float64) * per_template[..., None, None] > _SCORE_TOLERANCE
@@ -612,6 +618,10 @@ class _CorrelationState:
             image = torch.cat([p.detach() for p in planes], dim=1)
         else:
             image = self.image.detach().to(torch.float64)
+        if not self.finite_image:
+            # A transform spreads NaN and ±inf over every output. Windows that hold one are never recomputed (their
+            # window factor is NaN or 0), so the pixels can take any finite value here: 0, the centred mean.
+            image = image.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
         return fft_correlate(image, self._kernels64(t0, t1), self.prims.geom, _RESCORE_BYTES)
 
     def _exact_scores(self, t0: int, flagged: torch.Tensor, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
