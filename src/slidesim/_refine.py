@@ -10,7 +10,8 @@ from the optimum.
 
 Resampling uses cubic B-splines on prefiltered coefficients, which interpolate (they pass through the pixels) and
 come much closer to a band-limited shift than cubic convolution: on photographs shifted by a fraction of a pixel,
-cubic convolution alone left errors near 0.05 px.
+cubic convolution alone left errors near 0.05 px. Holes (NaN or ±inf pixels) are filled before the prefilter, and
+a resampled tap that reads one leaves the window's mask.
 """
 
 from __future__ import annotations
@@ -152,13 +153,13 @@ def refine_on_data(
         weights_y = _weights(dy[:, None] + taps_y[None], Hc)  # [N, h, Hc]
         weights_x = _weights(dx[:, None] + taps_x[None], Wc)  # [N, w, Wc]
         windows = torch.einsum("nih,chw,njw->ncij", weights_y, coefficients, weights_x)
-        if holes is not None:  # a sample beside a hole is NaN, so the metric treats it as the missing pixel it is
-            near_y = _neighbours(dy[:, None] + taps_y[None], Hc)
-            near_x = _neighbours(dx[:, None] + taps_x[None], Wc)
-            touched = torch.einsum("nih,chw,njw->ncij", near_y, holes, near_x) > 0
-            windows = windows.masked_fill(touched, float("nan"))
-        result = similarity(windows, template64, mask=mask64, method="reference", **metric_options)
-        return sign * result.reshape(-1)
+        if holes is None:
+            result = similarity(windows, template64, mask=mask64, method="reference", **metric_options)
+            return sign * result.reshape(-1)
+        near_y = _neighbours(dy[:, None] + taps_y[None], Hc)
+        near_x = _neighbours(dx[:, None] + taps_x[None], Wc)
+        touched = torch.einsum("nih,chw,njw->ncij", near_y, holes, near_x) > 0  # [N, C, h, w]
+        return sign * _without_touched(windows, template64, mask64, touched, metric_options)
 
     best_y, best_x = 0.0, 0.0
     best = float(scores(torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))[0])
@@ -190,6 +191,41 @@ def refine_on_data(
         y += step * max(-2.0, min(2.0, vertex[0]))
         x += step * max(-2.0, min(2.0, vertex[1]))
     return centre[0] + best_y, centre[1] + best_x, sign * best
+
+
+_SUMS = {"sad": 1, "ssd": 2, "ccorr": 2, "ccoeff": 2}  # metrics that add up their taps: the power of M in them
+
+
+def _without_touched(
+    windows: torch.Tensor,
+    template: torch.Tensor,
+    mask: torch.Tensor | None,
+    touched: torch.Tensor,
+    options: dict[str, Any],
+) -> torch.Tensor:
+    """Scores [N] of resampled windows [N, C, h, w] against ``template`` [1, C, h, w] where samples ``touched``
+    [N, C, h, w] read a hole: those taps leave each window's mask, as the hole's own pixel does at whole shifts (a
+    NaN sample would make every shift beside a hole NaN, even where the hole itself lies under a zero weight). The
+    metrics that add up their taps are scaled back to the full mask's total weight, so that shifts losing a tap
+    stay comparable."""
+    from ._similarity import similarity
+    from .metrics import resolve_metric
+
+    N, C, h, w = windows.shape
+    full = torch.ones(1, C, h, w, dtype=torch.float64) if mask is None else mask.expand(1, C, h, w)
+    kept = full * (~touched)
+    windows = windows.masked_fill(touched, 0.0)  # outside the mask: any finite value
+    bank = template.expand(N, C, h, w)[:, None]  # a bank per window, so that each has its own mask
+    result = similarity(windows, bank, mask=kept[:, None], method="reference", **options)
+    power = _SUMS.get(resolve_metric(options.get("metric", "zncc")).name)
+    if power is None:
+        return result.reshape(-1)
+    dims = (-3, -2, -1)
+    if result.dim() == 5:  # channels="separate" [N, 1, C, 1, 1]: each channel has its own sum
+        dims = (-2, -1)
+    total, left = full.pow(power).sum(dim=dims), kept.pow(power).sum(dim=dims)
+    scale = torch.where(left > 0, total / left.clamp_min(torch.finfo(torch.float64).tiny), torch.nan)
+    return (result.reshape(N, -1) * scale.reshape(N, -1)).reshape(-1)
 
 
 def _grid_scores(scores, y: float, x: float, half: int, step: float):
