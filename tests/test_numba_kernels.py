@@ -36,7 +36,7 @@ def band_elements(request, monkeypatch) -> str:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("metric", ["sad", "ssd"])
+@pytest.mark.parametrize("metric", ["sad", "ssd", "ccorr"])  # ccorr: the product tiles, four templates a group
 @pytest.mark.parametrize("n_templates", [1, 2, 3, 4, 5, 6, 9])
 @pytest.mark.parametrize(
     ("size", "tsize", "stride", "dilation"),
@@ -62,12 +62,13 @@ def test_paths_match_reference(
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_per_image_banks_on_each_path(parallel_work, band_elements, stride) -> None:
+@pytest.mark.parametrize("metric", ["mad", "zncc"])
+def test_per_image_banks_on_each_path(parallel_work, band_elements, stride, metric) -> None:
     rng = np.random.default_rng(8)
     images = torch.from_numpy(rng.random((3, 2, 15, 14))).double()
     banks = torch.from_numpy(rng.random((3, 5, 2, 4, 5))).double()
-    got = slidesim.similarity(images, banks, metric="mad", stride=stride, method="numba")
-    want = slidesim.reference.similarity(images, banks, metric="mad", stride=stride)
+    got = slidesim.similarity(images, banks, metric=metric, stride=stride, method="numba")
+    want = slidesim.reference.similarity(images, banks, metric=metric, stride=stride)
     torch.testing.assert_close(got, want, **tolerance(torch.float64))
 
 
@@ -194,6 +195,31 @@ def test_tiles_never_read_the_padding_into_an_output(band_elements, dtype, n_tem
         mask = torch.from_numpy(scale.reshape(n_templates, 2, *tsize)) if weighted else None
         want = slidesim.reference.similarity(
             torch.from_numpy(images), torch.from_numpy(bank[0]), metric="sad", stride=stride, mask=mask
+        )
+        assert np.isfinite(out).all()
+        torch.testing.assert_close(torch.from_numpy(out).double(), want, **tolerance(dtype, float(want.max())))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n_templates", [1, 2, 3, 4, 5, 7])
+def test_product_tiles_never_read_the_padding_into_an_output(band_elements, dtype, n_templates) -> None:
+    """As above, for the correlations' product tiles (their widths differ from the distances')."""
+    rng = np.random.default_rng(12)
+    for size, tsize, stride in [((13, 17), (3, 4), (1, 1)), ((20, 11), (5, 2), (2, 3)), ((9, 9), (9, 9), (1, 1))]:
+        images = rng.random((2, 2, *size)).astype(np.float32 if dtype == torch.float32 else np.float64)
+        bank = rng.random((1, n_templates, 2, *tsize)).astype(images.dtype)
+        kernels = numba_cpu._kernels()
+        planes, length, Hq, Wq = numba_cpu._phase_planes(images, stride)
+        planes[2 * length :] = np.nan
+        offsets = numba_cpu._tap_offsets(2, *tsize, *stride, 1, 1, Hq, Wq)
+        group = kernels.MAX_PRODUCT_GROUP
+        values = numba_cpu._grouped(bank.reshape(1, n_templates, -1), group)
+        Ho, Wo = (size[0] - tsize[0]) // stride[0] + 1, (size[1] - tsize[1]) // stride[1] + 1
+        out = np.empty((2, n_templates, Ho, Wo), dtype=images.dtype)
+        band = max(1, numba_cpu._BAND_ELEMENTS // Wq)
+        kernels.correlate_tiles_serial(planes, length, values, offsets, group, Wq, band, out)
+        want = slidesim.reference.similarity(
+            torch.from_numpy(images), torch.from_numpy(bank[0]), metric="ccorr", stride=stride
         )
         assert np.isfinite(out).all()
         torch.testing.assert_close(torch.from_numpy(out).double(), want, **tolerance(dtype, float(want.max())))

@@ -27,7 +27,9 @@ def test_auto_prefers_fused_and_fast_engines() -> None:
     large = canonicalize(torch.rand(512, 512), torch.rand(32, 32), **{**_defaults(), "metric": "zncc"})
     assert select_engine(large).NAME == "fft"  # one large template: transforms beat 1024 taps per pixel
     bank = canonicalize(torch.rand(1, 1, 256, 256), torch.rand(64, 1, 5, 5), **{**_defaults(), "metric": "zncc"})
-    assert select_engine(bank).NAME == "conv"  # many small templates: one conv2d with 64 output channels
+    # many small templates: a cross term over the whole bank at once (conv2d's 64 output channels or the product
+    # tiles, which the model ranks within 10% of each other here), not 64 transforms or the tap loops
+    assert select_engine(bank).NAME in ("conv", "numba")
     assert "the float64 oracle runs only when asked for by name" in slidesim.explain(
         torch.rand(64, 64), torch.rand(8, 8)
     )
@@ -75,8 +77,12 @@ def test_memory_limit_excludes_engines() -> None:
 
 
 def test_pinned_engine_that_cannot_run_says_why() -> None:
-    with pytest.raises(slidesim.EngineUnavailableError, match=r"numba: accelerates the distance metrics .* got 'zncc'"):
-        slidesim.similarity(torch.zeros(6, 6), torch.zeros(2, 2), method="numba")
+    with pytest.raises(slidesim.EngineUnavailableError, match=r"fft: computes the correlation metrics .* got 'sad'"):
+        slidesim.similarity(torch.zeros(6, 6), torch.zeros(2, 2), metric="sad", method="fft")
+    image = torch.zeros(6, 6)
+    image[2, 2] = float("inf")
+    with pytest.raises(slidesim.EngineUnavailableError, match=r"numba: the images contain ±inf"):
+        slidesim.similarity(image, torch.zeros(2, 2), method="numba")
 
 
 def test_without_numba_auto_skips_it(monkeypatch) -> None:

@@ -16,6 +16,7 @@ from ._cost_constants_cuda import CONSTANTS as CUDA_CONSTANTS
 from ._validate import Problem
 
 DISTANCE_METRICS = ("sad", "mad", "l1_similarity", "ssd")
+CORRELATION_METRICS = ("ccorr", "ncc", "ccoeff", "zncc")
 
 
 def _fft_size(n: int) -> int:
@@ -68,7 +69,8 @@ def features(engine: str, problem: Problem, memory_limit: int = 512 * 2**20) -> 
     outputs = float(problem.batch * problem.n_templates * problem.out_height * problem.out_width)
     passes = problem.channels if problem.channels_mode != "joint" else 1
     counts = {"calls": float(passes)}
-    if engine in ("conv", "fft") and _normalized(problem):
+    correlation = problem.metric in CORRELATION_METRICS
+    if (engine in ("conv", "fft") or (engine == "numba" and correlation)) and _normalized(problem):
         if problem.mask == "none":
             counts["statistics_pixels"] = pixels
         elif problem.metric == "zncc":  # two or three float64 FFT correlations per channel (see _fast.window_sum)
@@ -88,6 +90,9 @@ def features(engine: str, problem: Problem, memory_limit: int = 512 * 2**20) -> 
         counts["tap_loops"] = float(problem.channels * problem.template_height * problem.template_width * blocks)
         if _normalized(problem):
             counts["statistics_updates"] = 3 * window_updates * 2
+    elif engine == "numba" and correlation:  # the product tiles; k < 4 templates per tile leave it narrower
+        counts["product_updates"] = updates * wide
+        counts["narrow_products"] = updates * wide / min(4, problem.n_templates)
     elif engine in ("numba", "triton"):
         counts["distance_updates"] = updates * wide
         if problem.metric == "ssd_normed":
@@ -144,7 +149,7 @@ def estimate_bytes(engine: str, problem: Problem, memory_limit: int) -> int:
     image = problem.batch * problem.channels * Hp * Wp * item
     out_plane = problem.batch * problem.out_height * problem.out_width
     statistics = 4 * out_plane * 8 if _normalized(problem) else 0
-    if engine in ("direct", "numba", "triton"):
+    if engine in ("direct", "triton") or (engine == "numba" and problem.metric not in CORRELATION_METRICS):
         return image + statistics + min(memory_limit, 3 * 2**22 * item)
     partial = _centring_partial(problem, item)
     taps = problem.template_height * problem.template_width
@@ -164,6 +169,8 @@ def estimate_bytes(engine: str, problem: Problem, memory_limit: int) -> int:
     copies = image if problem.mode == "valid" else 2 * image  # the centred copy, and the padded one
     if engine == "conv":
         return copies + image + statistics + partial  # oneDNN reorders the (centred) image once
+    if engine == "numba":
+        return copies + image + statistics + partial  # the tiles copy the (centred) image into phase planes
     if engine == "fft":
         from .engines._spectral import template_chunk
 

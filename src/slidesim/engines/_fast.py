@@ -27,7 +27,7 @@ CORRELATION_METRICS = ("ccorr", "ncc", "ccoeff", "zncc")
 
 
 def correlation_ineligible_reason(problem: Problem) -> str | None:
-    """Reasons shared by the FFT and conv engines, or None."""
+    """Reasons shared by the engines that use these statistics (fft, conv, and numba for correlations), or None."""
     if problem.metric not in CORRELATION_METRICS:
         return f"computes the correlation metrics {', '.join(CORRELATION_METRICS)} only; got {problem.metric!r}"
     if problem.infinite:

@@ -38,6 +38,7 @@ _loop_ids = itertools.count()
 TILE_ALIGN = 12  # tile widths, in vectors, all divide it (6, 4, 3 or 2 vectors: see _band_sums)
 MAX_GROUP = 5  # templates per tile that _band_sums dispatches: k = 1 … 5
 MAX_WEIGHTED_GROUP = 4  # the same with weights, whose broadcasts take registers too
+MAX_PRODUCT_GROUP = 4  # templates per tile of a correlation's cross term (_band_products)
 
 
 def _literal(value: types.Type, name: str) -> int:
@@ -52,7 +53,8 @@ def tile_sums(
 ):
     """out[ostart + k·ostride + m] = Σ_tap w · |values[v] − plane[base + offsets[tap] + m]|^power, v = vstart +
     tap·K + k, for m < R·lanes and k < K (R = ``vectors``, K = ``templates``; lanes = 8 for float32, 4 for
-    float64); w = weights[v] when ``weighted`` is 1, else 1 (and weights is not read).
+    float64); w = weights[v] when ``weighted`` is 1, else 1 (and weights is not read). Power 0 (unweighted only)
+    sums products instead: Σ_tap values[v] · plane[base + offsets[tap] + m], the cross term of a correlation.
 
     plane, values, weights and out are 1-D contiguous arrays of one float dtype, offsets a 1-D int64 array (one
     entry per tap); R, K, power (1 or 2) and weighted (0 or 1) must be literal integers. Nothing is
@@ -60,8 +62,11 @@ def tile_sums(
     """
     R, K, p = _literal(vectors, "vectors"), _literal(templates, "templates"), _literal(power, "power")
     scaled = _literal(weighted, "weighted")
-    if p not in (1, 2) or scaled not in (0, 1) or R < 1 or K < 1:
-        raise TypeError(f"tile_sums: needs power 1 or 2, weighted 0 or 1, positive sizes; got {p}, {scaled}, {R}, {K}")
+    if p not in (0, 1, 2) or scaled not in (0, 1) or (p == 0 and scaled) or R < 1 or K < 1:
+        raise TypeError(
+            "tile_sums: needs power 0 (unweighted), 1 or 2, weighted 0 or 1, positive sizes; "
+            f"got {p}, {scaled}, {R}, {K}"
+        )
     dtype = plane.dtype
     if dtype not in (types.float32, types.float64) or any(a.dtype != dtype for a in (values, weights, out)):
         raise TypeError(f"tile_sums: plane, values, weights and out must share float32 or float64, got {plane}")
@@ -126,8 +131,11 @@ def tile_sums(
             splat = splat_of(values_p, index)
             weight = splat_of(weights_p, index) if scaled else None
             for r in range(R):
-                difference = builder.fsub(splat, images[r])
                 acc = accumulators[k * R + r]
+                if p == 0:  # a product, for correlations: value · image + acc, rounded once
+                    updated.append(builder.call(fma, [splat, images[r], acc]))
+                    continue
+                difference = builder.fsub(splat, images[r])
                 if p == 2 and scaled:  # (w·d)·d + acc
                     updated.append(builder.call(fma, [builder.fmul(difference, weight), difference, acc]))
                 elif p == 2:
@@ -221,6 +229,32 @@ def _band_sums(plane, base, offsets, values, weights, vstart, scratch, count, os
 
 
 @numba.njit(inline="always")
+def _product_row(plane, base, offsets, values, vstart, scratch, count, ostride, vectors, templates):
+    """The product tiles of one band (literal sizes, inlined into :func:`_band_products`)."""
+    for m in range(0, count, vectors * (VECTOR_BYTES // plane.itemsize)):
+        tile_sums(plane, base + m, offsets, values, values, vstart, scratch, m, ostride, vectors, templates, 0, 0)
+
+
+@numba.njit(inline="always")
+def _band_products(plane, base, offsets, values, weights, vstart, scratch, count, ostride, k, power, weighted):
+    """scratch[j·ostride + m] = Σ_tap values[v] · plane[base + offsets[tap] + m] (v = vstart + tap·k + j), the
+    cross term of a correlation, for the k ≤ MAX_PRODUCT_GROUP templates j of one group; power, weighted and
+    weights are not read (the signature is :func:`_band_sums`'s, so that both drive :func:`_tile_task`).
+
+    A product needs no difference register, so the tiles are wider than the distances': 6 × 1, 4 × 2, 3 × 3 and
+    3 × 4 (12 accumulators, 3 image vectors and a broadcast: the 16 vector registers).
+    """
+    if k == 1:
+        _product_row(plane, base, offsets, values, vstart, scratch, count, ostride, 6, 1)
+    elif k == 2:
+        _product_row(plane, base, offsets, values, vstart, scratch, count, ostride, 4, 2)
+    elif k == 3:
+        _product_row(plane, base, offsets, values, vstart, scratch, count, ostride, 3, 3)
+    else:
+        _product_row(plane, base, offsets, values, vstart, scratch, count, ostride, 3, 4)
+
+
+@numba.njit(inline="always")
 def _tile_tasks(out, group, band):
     """(groups, bands, tasks) of the tiled kernel: one task per image, group of templates and band of rows."""
     groups = (out.shape[1] + group - 1) // group
@@ -229,8 +263,8 @@ def _tile_tasks(out, group, band):
 
 
 @numba.njit(inline="always")
-def _tile_task(task, planes, length, values, weights, offsets, power, weighted, group, Wq, band, out):
-    """One task of :func:`distance_tiles`."""
+def _tile_task(task, band_sums, planes, length, values, weights, offsets, power, weighted, group, Wq, band, out):
+    """One task of :func:`distance_tiles` or :func:`correlate_tiles`, whose tiles ``band_sums`` runs."""
     groups, bands, _ = _tile_tasks(out, group, band)
     T, Ho, Wo = out.shape[1], out.shape[2], out.shape[3]
     b = task // (groups * bands)
@@ -247,7 +281,7 @@ def _tile_task(task, planes, length, values, weights, offsets, power, weighted, 
     scratch = np.empty(k * ostride, dtype=out.dtype)
     vstart = t0 * offsets.shape[0]
     base = b * length + y0 * Wq
-    _band_sums(planes, base, offsets, values[bk], weights[bw], vstart, scratch, count, ostride, k, power, weighted)
+    band_sums(planes, base, offsets, values[bk], weights[bw], vstart, scratch, count, ostride, k, power, weighted)
     for j in range(k):
         for r in range(rows):
             start = j * ostride + r * Wq
@@ -268,7 +302,7 @@ def distance_tiles(planes, length, values, weights, offsets, power, weighted, gr
     Tasks are (image, group, band of ``band`` output rows) on threads; out [B, T, H', W'].
     """
     for task in numba.prange(_tile_tasks(out, group, band)[2]):
-        _tile_task(task, planes, length, values, weights, offsets, power, weighted, group, Wq, band, out)
+        _tile_task(task, _band_sums, planes, length, values, weights, offsets, power, weighted, group, Wq, band, out)
 
 
 @numba.njit(cache=True)
@@ -279,7 +313,22 @@ def distance_tiles_serial(planes, length, values, weights, offsets, power, weigh
     other's machine code.)
     """
     for task in range(_tile_tasks(out, group, band)[2]):
-        _tile_task(task, planes, length, values, weights, offsets, power, weighted, group, Wq, band, out)
+        _tile_task(task, _band_sums, planes, length, values, weights, offsets, power, weighted, group, Wq, band, out)
+
+
+@numba.njit(parallel=True, cache=True)
+def correlate_tiles(planes, length, values, offsets, group, Wq, band, out):
+    """Σ values · I of every template, image and output position (a correlation's cross term), in register tiles
+    (:func:`_band_products`); the layouts are :func:`distance_tiles`'s, with groups of ``group`` templates."""
+    for task in numba.prange(_tile_tasks(out, group, band)[2]):
+        _tile_task(task, _band_products, planes, length, values, values, offsets, 0, 0, group, Wq, band, out)
+
+
+@numba.njit(cache=True)
+def correlate_tiles_serial(planes, length, values, offsets, group, Wq, band, out):
+    """:func:`correlate_tiles` on one thread (see :func:`distance_tiles_serial`)."""
+    for task in range(_tile_tasks(out, group, band)[2]):
+        _tile_task(task, _band_products, planes, length, values, values, offsets, 0, 0, group, Wq, band, out)
 
 
 @numba.njit(inline="always")

@@ -1,5 +1,5 @@
-"""The numba engine: fused, parallel CPU kernels for the distance metrics (sad, mad, l1_similarity, ssd) and the
-exact ssd of ssd_normed.
+"""The numba engine: fused, parallel CPU kernels for the distance metrics (sad, mad, l1_similarity, ssd), the
+exact ssd of ssd_normed and the cross term of the correlation metrics.
 
 The kernels (:mod:`slidesim.engines._numba_kernels`) never materialize windows. Sums run in register tiles: the
 image is copied once into stride-phase planes (padded for the last tile's reads), every thread takes an image, a
@@ -9,6 +9,11 @@ for ssd. Masks run in the tiles too: taps that every template weighs 0 are dropp
 (one more broadcast per tap and template). Circular channels, and per-template or per-image masks where a
 difference is not finite (a zero weight must skip it, not multiply it), run in a general kernel; backward runs
 fused too. Window statistics and correlations of ssd_normed come from the direct engine.
+
+The correlation metrics (ccorr, ncc, ccoeff, zncc) run their cross term Σ K·I in product tiles of the same kind,
+one multiply-add per tap and output and up to four templates per tile, and take their window statistics from the
+fast engines' O(H·W) sums, as ``conv`` and ``fft`` do (so NaN holes are filled and marked, and ±inf is refused).
+With autograd the cross term runs through torch's conv2d, whose backward torch provides.
 
 numba is optional: without it this engine reports itself unavailable and ``method="auto"`` moves on.
 """
@@ -24,10 +29,11 @@ import torch
 
 from .._scoring import Geometry, geometry, padded_images, score_channels
 from .._validate import Canonical, Problem
+from ._fast import CORRELATION_METRICS, FastStatistics, conv_correlate, correlation_ineligible_reason
 from .direct import DirectPrimitives, block_elements
 
 NAME = "numba"
-_METRICS = ("sad", "mad", "l1_similarity", "ssd", "ssd_normed")
+_DISTANCES = ("sad", "mad", "l1_similarity", "ssd", "ssd_normed")
 _PARALLEL_WORK = 4_000_000  # differences below which one thread is faster than starting threads
 _BAND_ELEMENTS = 4096  # output positions of one task: its accumulators stay in L1 and L2
 
@@ -40,12 +46,19 @@ def unavailable_reason() -> str | None:
 
 
 def ineligible_reason(problem: Problem) -> str | None:
-    """The numba engine runs distance metrics on CPU tensors."""
-    if problem.metric not in _METRICS:
-        return f"accelerates the distance metrics {', '.join(_METRICS)} only; got {problem.metric!r}"
+    """The numba engine runs on CPU tensors: distance metrics, and correlation metrics of images without ±inf."""
     if not problem.device.startswith("cpu"):
         return f"runs on the CPU only; the tensors are on {problem.device}"
-    return None
+    if problem.metric in _DISTANCES:
+        return None
+    return correlation_ineligible_reason(problem)
+
+
+def auto_excluded_reason(problem: Problem) -> str | None:
+    """Why ``method="auto"`` should not pick this engine although it can run the problem, or None."""
+    from .conv import large_template_reason
+
+    return large_template_reason(problem, "the product tiles") if problem.metric in CORRELATION_METRICS else None
 
 
 @functools.cache  # an import statement per use costs microseconds that small calls notice
@@ -185,6 +198,30 @@ def _run_tiles(image, templates, keep, scale, power, geom, out) -> None:
     tiled(planes, length, values, weights, offsets, power, int(scale is not None), group, Wq, band, out)
 
 
+def _correlate(image: torch.Tensor, kernel: torch.Tensor, geom: Geometry) -> torch.Tensor:
+    """Σ_c Σ_taps kernel · image by the product tiles: image [B, C, Hp, Wp] (finite), kernel [Bk, T, C, h, w]
+    -> [B, T, H', W'] in the image dtype. Taps where every kernel is 0 add nothing to a finite image and are
+    dropped (a mask's zeros)."""
+    image_np = _as_numpy(image)
+    kernel_np = _as_numpy(kernel.to(image.dtype))
+    (sy, sx), (dy, dx) = geom.stride, geom.dilation
+    Bk, T, C, h, w = kernel_np.shape
+    out = np.empty((image_np.shape[0], T, geom.out_height, geom.out_width), dtype=image_np.dtype)
+    planes, length, Hq, Wq = _phase_planes(image_np, geom.stride)
+    offsets = _tap_offsets(C, h, w, sy, sx, dy, dx, Hq, Wq)
+    per_tap = kernel_np.reshape(Bk, T, C * h * w)
+    keep = (per_tap != 0).any(axis=(0, 1))
+    if not bool(keep.all()):
+        offsets, per_tap = offsets[keep], per_tap[:, :, keep]
+    group = _kernels().MAX_PRODUCT_GROUP
+    values = _grouped(per_tap, group)
+    band = max(1, _BAND_ELEMENTS // Wq)
+    parallel = out.size * offsets.size > _PARALLEL_WORK
+    tiled = _kernels().correlate_tiles if parallel else _kernels().correlate_tiles_serial
+    tiled(planes, length, values, offsets, group, Wq, band, out)
+    return torch.from_numpy(out)
+
+
 def _geometry(stride: Sequence[int], dilation: Sequence[int], out_size: tuple[int, int], templates) -> Geometry:
     return Geometry(
         (stride[0], stride[1]), (dilation[0], dilation[1]), out_size[0], out_size[1], tuple(templates.shape[-2:])
@@ -316,9 +353,29 @@ class NumbaPrimitives(DirectPrimitives):
         return _forward(image, templates, weights, power, periods, self.geom)
 
 
-def primitives(canon: Canonical, image: torch.Tensor) -> NumbaPrimitives:
+class NumbaCorrelation(FastStatistics):
+    """The correlation metrics: the cross term in the numba product tiles, window statistics from the fast
+    engines' O(H·W) sums (:class:`slidesim.engines._fast.FastStatistics`)."""
+
+    def correlate(self, image: torch.Tensor, kernel: torch.Tensor, support: torch.Tensor | None = None) -> torch.Tensor:
+        """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W'].
+
+        ``support`` is not needed: images reach this engine finite (NaN holes filled, ±inf refused), where the
+        kernel's zero weights already leave their taps out. With autograd the cross term runs through torch's
+        conv2d instead, whose backward torch provides.
+        """
+        del support
+        if torch.is_grad_enabled() and (image.requires_grad or kernel.requires_grad):
+            return conv_correlate(image, kernel, self.geom)
+        return _correlate(image, kernel, self.geom)
+
+
+def primitives(canon: Canonical, image: torch.Tensor) -> NumbaPrimitives | NumbaCorrelation:
     """The engine's sliding reductions for a validated call on its padded images."""
-    return NumbaPrimitives(geometry(canon), block_elements(canon.memory_limit, image.element_size()))
+    block = block_elements(canon.memory_limit, image.element_size())
+    if canon.spec.name in CORRELATION_METRICS:
+        return NumbaCorrelation(geometry(canon), block, chunk_bytes=canon.memory_limit // 4)
+    return NumbaPrimitives(geometry(canon), block)
 
 
 def run(canon: Canonical) -> torch.Tensor:
