@@ -180,3 +180,17 @@ def test_refinement_beside_a_hole_under_a_zero_weight(metric, channels) -> None:
     image[0, :, 14 + 3, 17 + 4] = np.nan
     found = slidesim.match(image, template, mask=mask, metric=metric, channels=channels, method="direct")
     assert abs(float(found.y[0]) - 19.8) < 0.01 and abs(float(found.x[0]) - 22.3) < 0.01
+
+
+def test_refinement_when_every_weighted_tap_of_a_shift_reads_a_hole() -> None:
+    """A 2 × 2 template with one zero weight beside a hole: some shifts keep no weighted tap. They have no score
+    (they once made the reference raise for a mask without weight) and the others still refine."""
+    Y, X = np.mgrid[0:48, 0:48].astype(float)
+    image = _smooth(Y, X)
+    template = _smooth(*np.mgrid[14:16, 17:19].astype(float))
+    mask = np.ones((2, 2))
+    mask[0, 0] = 0.0
+    image[14, 16] = np.nan
+    for metric in ("zncc", "ssd"):
+        found = slidesim.match(image, template, mask=mask, metric=metric, method="direct")
+        assert np.isfinite(found.y[0]) and np.isfinite(found.score[0])

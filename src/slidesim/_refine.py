@@ -215,6 +215,12 @@ def _without_touched(
     full = torch.ones(1, C, h, w, dtype=torch.float64) if mask is None else mask.expand(1, C, h, w)
     kept = full * (~touched)
     windows = windows.masked_fill(touched, 0.0)  # outside the mask: any finite value
+    alive = kept.reshape(N, -1).sum(dim=-1) > 0  # a shift whose every weighted tap reads a hole has no score
+    if not bool(alive.all()):
+        scores = torch.full((N,), torch.nan, dtype=torch.float64)
+        if bool(alive.any()):
+            scores[alive] = _without_touched(windows[alive], template, mask, touched[alive], options)
+        return scores
     bank = template.expand(N, C, h, w)[:, None]  # a bank per window, so that each has its own mask
     result = similarity(windows, bank, mask=kept[:, None], method="reference", **options)
     power = _SUMS.get(resolve_metric(options.get("metric", "zncc")).name)

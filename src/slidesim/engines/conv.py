@@ -35,7 +35,7 @@ def auto_excluded_reason(problem: Problem) -> str | None:
     """Why ``method="auto"`` should not pick this engine although it can run the problem, or None."""
     if problem.compute_dtype == "float64" and problem.device.startswith("cpu"):
         return "float64 conv2d on the CPU unfolds every window (im2col): slower than fft or direct; runs when named"
-    return large_template_reason(problem, "conv2d")
+    return large_template_reason(problem, "conv2d's")
 
 
 def large_template_reason(problem: Problem, what: str) -> str | None:
@@ -46,7 +46,7 @@ def large_template_reason(problem: Problem, what: str) -> str | None:
         # the round-off of a tap-by-tap sum grows as √n·Σ|K|: on photographs with 64² templates and larger, so
         # many low-contrast windows need the float64 recompute that the FFT engine's error bound spares
         return (
-            f"{problem.metric} with {problem.template_height}×{problem.template_width} templates: {what}'s "
+            f"{problem.metric} with {problem.template_height}×{problem.template_width} templates: {what} "
             "round-off would send many windows to a float64 recompute; runs when named"
         )
     return None

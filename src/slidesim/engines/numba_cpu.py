@@ -58,7 +58,7 @@ def auto_excluded_reason(problem: Problem) -> str | None:
     """Why ``method="auto"`` should not pick this engine although it can run the problem, or None."""
     from .conv import large_template_reason
 
-    return large_template_reason(problem, "the product tiles") if problem.metric in CORRELATION_METRICS else None
+    return large_template_reason(problem, "the product tiles'") if problem.metric in CORRELATION_METRICS else None
 
 
 @functools.cache  # an import statement per use costs microseconds that small calls notice
