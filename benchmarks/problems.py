@@ -11,7 +11,7 @@ import torch
 
 import slidesim
 from slidesim import engines
-from slidesim._similarity import _defaults
+from slidesim._validate import DEFAULT_OPTIONS
 from slidesim._validate import canonicalize
 
 CORRELATION = ("ccorr", "ncc", "ccoeff", "zncc")
@@ -52,7 +52,7 @@ class Case:
 
     def problem(self):
         images, bank = self.inputs()
-        return canonicalize(images, bank, **{**_defaults(), "metric": self.metric, **self.options}).problem
+        return canonicalize(images, bank, **{**DEFAULT_OPTIONS, "metric": self.metric, **self.options}).problem
 
     def runnable(self) -> list[str]:
         """Engines auto may pick that can run this case."""

@@ -21,7 +21,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 from slidesim import engines
-from slidesim._similarity import _defaults
+from slidesim._validate import DEFAULT_OPTIONS
 from slidesim._validate import canonicalize
 from slidesim.metrics import METRICS
 
@@ -31,7 +31,7 @@ TESTED_ENGINES = [name for name in engines.ENGINES if name != "reference"]
 
 def engines_for(metric: str) -> list[str]:
     """The tested engines that can run ``metric`` on CPU tensors (an uninstalled optional engine fails loudly)."""
-    options = {**_defaults(), "metric": metric}
+    options = {**DEFAULT_OPTIONS, "metric": metric}
     problem = canonicalize(torch.zeros(4, 4), torch.zeros(2, 2), **options).problem
     names = []
     for name in TESTED_ENGINES:

@@ -9,7 +9,7 @@ from torch.library import opcheck
 
 import slidesim
 from slidesim import _compiled  # noqa: F401  (registers torch.ops.slidesim.similarity)
-from slidesim.engines import numba_cpu  # noqa: F401  (registers torch.ops.slidesim.numba_distance)
+from slidesim.kernels import numba_ops  # noqa: F401  (registers torch.ops.slidesim.numba_distance)
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import slidesim
-import slidesim.engines._fast as fast
-from slidesim._scoring import Geometry
+import slidesim.kernels.conv as fast
+from slidesim._geometry import Geometry
 
 from .conftest import conv2d_bank, correlation_case, tolerance
 

@@ -1,4 +1,4 @@
-"""NaN pixels as holes for the FFT and conv engines (slidesim._holes): filled before their sums, marked after."""
+"""NaN pixels as holes for the FFT and conv engines (slidesim.scoring.holes): filled before their sums, marked after."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import slidesim
-from slidesim._holes import mark_holes
-from slidesim._scoring import Geometry
+from slidesim.scoring.holes import mark_holes
+from slidesim._geometry import Geometry
 
 from .conftest import tolerance
 

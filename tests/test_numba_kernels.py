@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import slidesim
-from slidesim.engines import numba_cpu
+from slidesim.kernels import numba_ops
 
 from .conftest import tolerance
 
@@ -25,13 +25,13 @@ pytest.importorskip("numba")
 
 @pytest.fixture(params=["one thread", "threads"])
 def parallel_work(request, monkeypatch) -> str:
-    monkeypatch.setattr(numba_cpu, "_PARALLEL_WORK", 10**12 if request.param == "one thread" else 0)
+    monkeypatch.setattr(numba_ops, "_PARALLEL_WORK", 10**12 if request.param == "one thread" else 0)
     return request.param
 
 
 @pytest.fixture(params=["one band", "bands of one row"])
 def band_elements(request, monkeypatch) -> str:
-    monkeypatch.setattr(numba_cpu, "_BAND_ELEMENTS", 4096 if request.param == "one band" else 1)
+    monkeypatch.setattr(numba_ops, "_BAND_ELEMENTS", 4096 if request.param == "one band" else 1)
     return request.param
 
 
@@ -134,7 +134,7 @@ def test_masks_run_in_tiles_and_match_reference(
     def no_general(*args):
         raise AssertionError("finite images with a mask must run in the register tiles")
 
-    monkeypatch.setattr(numba_cpu._kernels(), "distance_general", no_general)
+    monkeypatch.setattr(numba_ops._kernels(), "distance_general", no_general)
     got = slidesim.similarity(images, bank, method="numba", **options)
     want = slidesim.reference.similarity(images, bank, **options)
     torch.testing.assert_close(got.double(), want, **tolerance(dtype, float(want.abs().max())))
@@ -181,16 +181,16 @@ def test_tiles_never_read_the_padding_into_an_output(band_elements, dtype, n_tem
         images = rng.random((2, 2, *size)).astype(np.float32 if dtype == torch.float32 else np.float64)
         bank = rng.random((1, n_templates, 2, *tsize)).astype(images.dtype)
         scale = rng.random((1, n_templates, 2 * tsize[0] * tsize[1])).astype(images.dtype) if weighted else None
-        kernels = numba_cpu._kernels()
-        planes, length, Hq, Wq = numba_cpu._phase_planes(images, stride)
+        kernels = numba_ops._kernels()
+        planes, length, Hq, Wq = numba_ops._phase_planes(images, stride)
         planes[2 * length :] = np.nan
-        offsets = numba_cpu._tap_offsets(2, *tsize, *stride, 1, 1, Hq, Wq)
+        offsets = numba_ops._tap_offsets(2, *tsize, *stride, 1, 1, Hq, Wq)
         group = kernels.MAX_WEIGHTED_GROUP if weighted else kernels.MAX_GROUP
-        values = numba_cpu._grouped(bank.reshape(1, n_templates, -1), group)
-        weights = numba_cpu._grouped(scale, group) if weighted else values[:1]
+        values = numba_ops._grouped(bank.reshape(1, n_templates, -1), group)
+        weights = numba_ops._grouped(scale, group) if weighted else values[:1]
         Ho, Wo = (size[0] - tsize[0]) // stride[0] + 1, (size[1] - tsize[1]) // stride[1] + 1
         out = np.empty((2, n_templates, Ho, Wo), dtype=images.dtype)
-        band = max(1, numba_cpu._BAND_ELEMENTS // Wq)
+        band = max(1, numba_ops._BAND_ELEMENTS // Wq)
         kernels.distance_tiles_serial(planes, length, values, weights, offsets, 1, int(weighted), group, Wq, band, out)
         mask = torch.from_numpy(scale.reshape(n_templates, 2, *tsize)) if weighted else None
         want = slidesim.reference.similarity(
@@ -208,15 +208,15 @@ def test_product_tiles_never_read_the_padding_into_an_output(band_elements, dtyp
     for size, tsize, stride in [((13, 17), (3, 4), (1, 1)), ((20, 11), (5, 2), (2, 3)), ((9, 9), (9, 9), (1, 1))]:
         images = rng.random((2, 2, *size)).astype(np.float32 if dtype == torch.float32 else np.float64)
         bank = rng.random((1, n_templates, 2, *tsize)).astype(images.dtype)
-        kernels = numba_cpu._kernels()
-        planes, length, Hq, Wq = numba_cpu._phase_planes(images, stride)
+        kernels = numba_ops._kernels()
+        planes, length, Hq, Wq = numba_ops._phase_planes(images, stride)
         planes[2 * length :] = np.nan
-        offsets = numba_cpu._tap_offsets(2, *tsize, *stride, 1, 1, Hq, Wq)
+        offsets = numba_ops._tap_offsets(2, *tsize, *stride, 1, 1, Hq, Wq)
         group = kernels.MAX_PRODUCT_GROUP
-        values = numba_cpu._grouped(bank.reshape(1, n_templates, -1), group)
+        values = numba_ops._grouped(bank.reshape(1, n_templates, -1), group)
         Ho, Wo = (size[0] - tsize[0]) // stride[0] + 1, (size[1] - tsize[1]) // stride[1] + 1
         out = np.empty((2, n_templates, Ho, Wo), dtype=images.dtype)
-        band = max(1, numba_cpu._BAND_ELEMENTS // Wq)
+        band = max(1, numba_ops._BAND_ELEMENTS // Wq)
         kernels.correlate_tiles_serial(planes, length, values, offsets, group, Wq, band, out)
         want = slidesim.reference.similarity(
             torch.from_numpy(images), torch.from_numpy(bank[0]), metric="ccorr", stride=stride

@@ -10,7 +10,7 @@ import torch
 
 import slidesim
 from slidesim import engines
-from slidesim._similarity import _defaults
+from slidesim._validate import DEFAULT_OPTIONS
 from slidesim._validate import canonicalize
 from slidesim.metrics import METRICS
 
@@ -159,7 +159,7 @@ def test_nan_under_a_zero_weight_is_outside_the_window(engine, metric, mask_kind
     bank[:, 1, 1, 2] = float("nan")  # excluded by every template's mask
     image[0, 0, 6, 7] = float("nan")  # under tap (1, 2) only in window (5, 5)
     options = {"metric": metric, "mask": mask}
-    if engines.load(engine).ineligible_reason(canonicalize(image, bank, **{**_defaults(), **options}).problem):
+    if engines.load(engine).ineligible_reason(canonicalize(image, bank, **{**DEFAULT_OPTIONS, **options}).problem):
         with pytest.raises(slidesim.EngineUnavailableError, match="NaN or inf"):
             slidesim.similarity(image, bank, method=engine, **options)
         return
@@ -184,7 +184,7 @@ def test_nan_under_per_template_zero_weights(engine, metric) -> None:
     mask[0, 0, 1, 1] = 0.0  # template 0 leaves the NaN out of window (3, 3); templates 1 and 2 do not
     mask[1, 0, 0, 2] = 0.0  # a zero weight elsewhere: the NaN still counts for template 1
     options = {"metric": metric, "mask": mask}
-    if engines.load(engine).ineligible_reason(canonicalize(image, bank, **{**_defaults(), **options}).problem):
+    if engines.load(engine).ineligible_reason(canonicalize(image, bank, **{**DEFAULT_OPTIONS, **options}).problem):
         return  # fft and conv refuse NaN images (test_nan_under_a_zero_weight_is_outside_the_window)
     want = slidesim.reference.similarity(image, bank, **options)
     assert bool(want[0, 0, 3, 3].isfinite()) and bool(want[0, 1:, 3, 3].isnan().all())
@@ -230,7 +230,7 @@ def test_infinite_pixels_score_as_the_reference(engine, metric, channels, masked
         mask[0, 0, 1, 1] = 0.0  # template 0 leaves (4, 4) out of window (3, 3)
         options["mask"] = mask
     want = slidesim.reference.similarity(image, bank, **options)
-    if engines.load(engine).ineligible_reason(canonicalize(image, bank, **{**_defaults(), **options}).problem):
+    if engines.load(engine).ineligible_reason(canonicalize(image, bank, **{**DEFAULT_OPTIONS, **options}).problem):
         with pytest.raises(slidesim.EngineUnavailableError, match="±inf"):
             slidesim.similarity(image, bank, method=engine, **options)
     else:
@@ -275,7 +275,7 @@ def test_direct_gradients_leave_per_template_zero_weights_out() -> None:
 
 
 def _problem(image, bank, metric):
-    return canonicalize(image, bank, **{**_defaults(), "metric": metric}).problem
+    return canonicalize(image, bank, **{**DEFAULT_OPTIONS, "metric": metric}).problem
 
 
 @pytest.mark.parametrize("engine", engines_for("zncc"))
@@ -299,7 +299,7 @@ def test_large_templates_on_low_contrast_areas_stay_exact_and_fast_enough() -> N
     """A 70² template (4900 taps) with conv2d over a low-contrast area: the tap-by-tap round-off estimate flags most
     windows, which are then recomputed by one float64 FFT per template instead of one gathered window at a time
     (that took minutes on a 1024² rotation search); scores still match float64."""
-    import slidesim._scoring as scoring
+    import slidesim.scoring.score as scoring
 
     rng = np.random.default_rng(4)
     image = 0.5 + 0.002 * rng.random((1, 1, 150, 150))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from slidesim._padding import pad_image
+from slidesim._geometry import pad_image
 
 NUMPY = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 

@@ -12,21 +12,21 @@ import torch
 import slidesim
 from slidesim import engines
 from slidesim import planner as slidesim_plan
-from slidesim._similarity import _defaults
+from slidesim._validate import DEFAULT_OPTIONS
 from slidesim._validate import canonicalize
 from slidesim.planner import select_engine
 
 
 def _canon(metric: str, image=None):
     image = torch.rand(64, 64) if image is None else image
-    return canonicalize(image, torch.rand(8, 8), **{**_defaults(), "metric": metric})
+    return canonicalize(image, torch.rand(8, 8), **{**DEFAULT_OPTIONS, "metric": metric})
 
 
 def test_auto_prefers_fused_and_fast_engines() -> None:
     assert select_engine(_canon("sad")).NAME == "numba"
-    large = canonicalize(torch.rand(512, 512), torch.rand(32, 32), **{**_defaults(), "metric": "zncc"})
+    large = canonicalize(torch.rand(512, 512), torch.rand(32, 32), **{**DEFAULT_OPTIONS, "metric": "zncc"})
     assert select_engine(large).NAME == "fft"  # one large template: transforms beat 1024 taps per pixel
-    bank = canonicalize(torch.rand(1, 1, 256, 256), torch.rand(64, 1, 5, 5), **{**_defaults(), "metric": "zncc"})
+    bank = canonicalize(torch.rand(1, 1, 256, 256), torch.rand(64, 1, 5, 5), **{**DEFAULT_OPTIONS, "metric": "zncc"})
     # many small templates: a cross term over the whole bank at once (conv2d's 64 output channels or the product
     # tiles, which the model ranks within 10% of each other here), not 64 transforms or the tap loops
     assert select_engine(bank).NAME in ("conv", "numba")
@@ -149,7 +149,7 @@ def test_cuda_problems_rank_by_the_gpu_table() -> None:
     pytest.importorskip("triton")
     for metric, expected in (("sad", {"triton"}), ("ssd", {"triton"}), ("zncc", {"conv", "fft"})):
         problem = canonicalize(
-            torch.rand(1, 3, 512, 512), torch.rand(16, 3, 16, 16), **{**_defaults(), "metric": metric}
+            torch.rand(1, 3, 512, 512), torch.rand(16, 3, 16, 16), **{**DEFAULT_OPTIONS, "metric": metric}
         )
         cuda = dataclasses.replace(problem.problem, device="cuda:0")
         candidates = slidesim_plan._candidates(cuda, 512 * 2**20)

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import slidesim
-from slidesim._scoring import Geometry
-from slidesim.engines._spectral import choose_tile, fft_correlate
+from slidesim._geometry import Geometry
+from slidesim.kernels.spectral import choose_tile, fft_correlate
 
 from .conftest import conv2d_bank, correlation_case, tolerance
 

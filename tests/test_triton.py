@@ -12,18 +12,18 @@ import torch
 from torch.library import opcheck
 
 import slidesim
-from slidesim.engines import triton_gpu
+from slidesim.kernels import triton_env
 from slidesim.errors import EngineUnavailableError
 
 pytest.importorskip("triton")
-from slidesim.engines import _triton_ops  # after the skip: importing it imports triton
+from slidesim.kernels import triton_ops  # after the skip: importing it imports triton
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 
 def _device_ok(device: str) -> None:
-    if device == "cpu" and not triton_gpu.interpreting():
+    if device == "cpu" and not triton_env.interpreting():
         pytest.skip("CPU tensors need TRITON_INTERPRET=1")
 
 
@@ -131,7 +131,7 @@ def test_cpu_tensors_without_the_interpreter_are_refused(monkeypatch) -> None:
 
 
 def test_block_sizes() -> None:
-    assert [_triton_ops._block_t(n) for n in (1, 3, 32, 33, 1000)] == [1, 4, 32, 32, 32]
+    assert [triton_ops._block_t(n) for n in (1, 3, 32, 33, 1000)] == [1, 4, 32, 32, 32]
 
 
 @CUDA

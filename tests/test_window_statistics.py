@@ -8,10 +8,12 @@ import pytest
 import torch
 
 import slidesim
-from slidesim._scoring import _CorrelationState, geometry, padded_images
-from slidesim._similarity import _defaults
+from slidesim._validate import geometry, padded_images
+from slidesim.scoring.score import _CorrelationState
+from slidesim._validate import DEFAULT_OPTIONS
 from slidesim._validate import canonicalize
-from slidesim.engines import _fast, conv, fft
+from slidesim.engines import conv, fft
+from slidesim.kernels import area_sums
 from slidesim.metrics import METRICS
 
 from .conftest import tolerance
@@ -33,7 +35,7 @@ def _brute_squares(image: np.ndarray, shift: np.ndarray, h: int, w: int, sy: int
 @pytest.mark.parametrize(("h", "w", "sy", "sx"), [(4, 3, 1, 1), (3, 5, 2, 3), (2, 2, 3, 1), (5, 1, 1, 4), (1, 1, 2, 2)])
 def test_fused_window_squares_match_brute_force(h: int, w: int, sy: int, sx: int, centred: bool) -> None:
     pytest.importorskip("numba")
-    from slidesim.engines._numba_windows import window_squares
+    from slidesim.kernels.numba_windows import window_squares
 
     rng = np.random.default_rng(h * 100 + w * 10 + sy + sx)
     image = (rng.random((2, 71, 37)) * 10).astype(np.float32)  # more rows than one parallel band of 32
@@ -60,7 +62,7 @@ def test_image_norm_fused_and_in_pieces_agree(centred: bool, monkeypatch) -> Non
     rng = np.random.default_rng(3)
     image = torch.from_numpy((rng.random((2, 3, 67, 45)) * 5 + 1e4).astype(np.float32))  # bright: centring matters
     template = image[:1, :, 10:17, 4:9].clone()
-    canon = canonicalize(image, template, **{**_defaults(), "metric": "zncc" if centred else "ncc", "method": "fft"})
+    canon = canonicalize(image, template, **{**DEFAULT_OPTIONS, "metric": "zncc" if centred else "ncc", "method": "fft"})
     padded = padded_images(canon)
     prims = fft.primitives(canon, padded)
     state = _CorrelationState(prims, canon.spec, padded, canon.templates, canon.mask, True)
@@ -100,10 +102,10 @@ def test_flat_windows_are_found_exactly(engine, fused: bool, offset: float, stri
     if fused:
         pytest.importorskip("numba")
     else:
-        monkeypatch.setattr(_fast, "fused_statistics_available", lambda: False)
+        monkeypatch.setattr(area_sums, "fused_statistics_available", lambda: False)
     image = _quantized_image(np.random.default_rng(3), offset)
     bank = torch.rand(1, 2, 7, 6)
-    canon = canonicalize(image, bank, **{**_defaults(), "metric": "zncc", "stride": stride, "method": engine.NAME})
+    canon = canonicalize(image, bank, **{**DEFAULT_OPTIONS, "metric": "zncc", "stride": stride, "method": engine.NAME})
     padded = padded_images(canon)
     prims = engine.FFTPrimitives if engine is fft else engine.ConvPrimitives
     geom = geometry(canon)
@@ -126,7 +128,7 @@ def test_both_statistics_paths_match_the_reference(
     if fused:
         pytest.importorskip("numba")
     else:
-        monkeypatch.setattr(_fast, "fused_statistics_available", lambda: False)
+        monkeypatch.setattr(area_sums, "fused_statistics_available", lambda: False)
     rng = np.random.default_rng(11)
     image = _quantized_image(rng, 1e4)[:, :channels, :60, :70]
     if not flat_areas:

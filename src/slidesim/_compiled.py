@@ -1,4 +1,4 @@
-"""similarity() inside torch.compile: one operator, ``torch.ops.slidesim.similarity``.
+"""similarity() inside torch.compile (floor L6): one operator, ``torch.ops.slidesim.similarity``.
 
 Validation, planning and the engines read data (finite checks, active taps, numba and Triton launches with
 host-side arguments), which Dynamo cannot trace without breaking the graph. Inside a compiled region
@@ -16,40 +16,46 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ._validate import canonicalize
+from ._eager import run_eager
+from ._validate import DEFAULT_OPTIONS, canonicalize
+
+# The operators take the options of similarity, all but the mask, in this order after their tensors.
+_OPERATOR_OPTIONS = tuple(name for name in DEFAULT_OPTIONS if name != "mask")
 
 
-def _options(
-    metric: str,
-    stride: Sequence[int],
-    dilation: Sequence[int],
-    mode: str,
-    padding: str,
-    pad_value: float,
-    channels: str,
-    circular: Sequence[float],
-    method: str,
-    memory_limit: int,
-) -> dict:
-    """Operator arguments -> keyword options of similarity (circular flattened as channel, period pairs)."""
-    periods = {int(circular[k]): circular[k + 1] for k in range(0, len(circular), 2)} if circular else None
-    return {
-        "metric": metric,
-        "stride": tuple(stride),
-        "dilation": tuple(dilation),
-        "mode": mode,
-        "padding": padding,
-        "pad_value": pad_value,
-        "channels": channels,
-        "circular": periods,
-        "method": method,
-        "memory_limit": memory_limit if memory_limit > 0 else None,
+def _to_operator(options: dict) -> list:
+    """Keyword options of similarity -> the operator's option arguments (:data:`_OPERATOR_OPTIONS`): pairs as
+    lists, circular channels as a flat list of channel, period pairs, the default memory limit as 0."""
+    circular = options["circular"] or {}
+    encoded = {
+        **{name: options[name] for name in _OPERATOR_OPTIONS},
+        "metric": str(options["metric"]),
+        "stride": _pair(options["stride"]),
+        "dilation": _pair(options["dilation"]),
+        "mode": str(options["mode"]),
+        "padding": str(options["padding"]),
+        "pad_value": float(options["pad_value"]),
+        "channels": str(options["channels"]),
+        "circular": [float(v) for key, period in circular.items() for v in (key, period)],
+        "method": str(options["method"]),
+        "memory_limit": int(options["memory_limit"] or 0),
     }
+    return [encoded[name] for name in _OPERATOR_OPTIONS]
+
+
+def _options(*arguments) -> dict:
+    """The operator's option arguments -> keyword options of similarity (the inverse of :func:`_to_operator`)."""
+    options = dict(zip(_OPERATOR_OPTIONS, arguments, strict=True))
+    circular = options["circular"]
+    options["circular"] = (
+        {int(circular[k]): circular[k + 1] for k in range(0, len(circular), 2)} if circular else None
+    )
+    options["stride"], options["dilation"] = tuple(options["stride"]), tuple(options["dilation"])
+    options["memory_limit"] = options["memory_limit"] if options["memory_limit"] > 0 else None
+    return options
 
 
 def _eager(images, templates, mask, options: dict) -> torch.Tensor:
-    from ._similarity import run_eager
-
     return run_eager(images, templates, mask=mask, **options)
 
 
@@ -179,23 +185,7 @@ def _pair(value: int | Sequence[int]) -> list[int]:
 
 def similarity(images, templates, **options) -> torch.Tensor:
     """The compiled-region form of :func:`slidesim.similarity` (tensors in, a tensor out)."""
-    circular = options["circular"] or {}
-    flat = [float(v) for key, period in circular.items() for v in (key, period)]
     mask = options["mask"]
     if mask is not None and not isinstance(mask, torch.Tensor):
         mask = torch.as_tensor(mask, device=images.device)
-    return torch.ops.slidesim.similarity(
-        images,
-        templates,
-        mask,
-        str(options["metric"]),
-        _pair(options["stride"]),
-        _pair(options["dilation"]),
-        str(options["mode"]),
-        str(options["padding"]),
-        float(options["pad_value"]),
-        str(options["channels"]),
-        flat,
-        str(options["method"]),
-        int(options["memory_limit"] or 0),
-    )
+    return torch.ops.slidesim.similarity(images, templates, mask, *_to_operator(options))

@@ -1,4 +1,4 @@
-"""Sub-pixel positions refined on the image data.
+"""Sub-pixel positions refined on the image data (floor L6).
 
 A quadratic fitted to the score map is biased wherever the score surface is not quadratic, and on anisotropic
 textures the best integer position can even be the wrong pixel. Instead, each peak's window is resampled from the
@@ -22,7 +22,10 @@ from typing import Any
 
 import torch
 
-from ._padding import pad_image
+from . import reference
+from ._geometry import pad_image
+from ._validate import Canonical
+from .metrics import resolve_metric
 
 _REACH = 3.0  # px from the integer peak that the first grid spans
 _DRIFT = 8.0  # px from the integer peak that the search may follow a ridge to
@@ -108,6 +111,27 @@ def crop_window(
     return (r0, r0 + span_y + 2 * reach + 1), (c0, c0 + span_x + 2 * reach + 1)
 
 
+def bank_member(
+    templates: torch.Tensor, mask: torch.Tensor | None, b: int, j: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Template j of image b [C, h, w] and its weights [1 or C, h, w] (or None) from a canonical bank
+    [Bk, T, C, h, w] and mask [Bm, Tm, Cm, h, w]."""
+    template = templates[b if templates.shape[0] > 1 else 0, j]
+    if mask is None:
+        return template, None
+    return template, mask[b if mask.shape[0] > 1 else 0, j if mask.shape[1] > 1 else 0]
+
+
+def refine_peak(
+    canon: Canonical, call: dict[str, Any], b: int, j: int, centre: tuple[float, float]
+) -> tuple[float, float, float]:
+    """(y, x, score) of template j of image b of a validated call, refined on the data from an integer centre
+    (image pixels); ``call`` holds the call's keyword options."""
+    bank, mask = bank_member(canon.templates, canon.mask, b, j)
+    higher = canon.spec.higher_is_better
+    return refine_on_data(canon.images[b], bank, mask, centre, canon.dilation, higher, call)
+
+
 def refine_on_data(
     image: torch.Tensor,
     template: torch.Tensor,
@@ -128,8 +152,6 @@ def refine_on_data(
         higher: Whether higher scores are better.
         options: Metric options passed to :func:`slidesim.similarity` (metric, channels, circular, padding...).
     """
-    from ._similarity import similarity
-
     h, w = template.shape[-2:]
     span_y, span_x = dilation[0] * (h - 1), dilation[1] * (w - 1)
     padding = options.get("padding", "constant")
@@ -154,7 +176,7 @@ def refine_on_data(
         weights_x = _weights(dx[:, None] + taps_x[None], Wc)  # [N, w, Wc]
         windows = torch.einsum("nih,chw,njw->ncij", weights_y, coefficients, weights_x)
         if holes is None:
-            result = similarity(windows, template64, mask=mask64, method="reference", **metric_options)
+            result = reference.similarity(windows, template64, mask=mask64, **metric_options)
             return sign * result.reshape(-1)
         near_y = _neighbours(dy[:, None] + taps_y[None], Hc)
         near_x = _neighbours(dx[:, None] + taps_x[None], Wc)
@@ -208,9 +230,6 @@ def _without_touched(
     NaN sample would make every shift beside a hole NaN, even where the hole itself lies under a zero weight). The
     metrics that add up their taps are scaled back to the full mask's total weight, so that shifts losing a tap
     stay comparable."""
-    from ._similarity import similarity
-    from .metrics import resolve_metric
-
     N, C, h, w = windows.shape
     full = torch.ones(1, C, h, w, dtype=torch.float64) if mask is None else mask.expand(1, C, h, w)
     kept = full * (~touched)
@@ -222,7 +241,7 @@ def _without_touched(
             scores[alive] = _without_touched(windows[alive], template, mask, touched[alive], options)
         return scores
     bank = template.expand(N, C, h, w)[:, None]  # a bank per window, so that each has its own mask
-    result = similarity(windows, bank, mask=kept[:, None], method="reference", **options)
+    result = reference.similarity(windows, bank, mask=kept[:, None], **options)
     power = _SUMS.get(resolve_metric(options.get("metric", "zncc")).name)
     if power is None:
         return result.reshape(-1)

@@ -1,43 +1,15 @@
-"""similarity(): validate, choose an engine, run it, return scores in the caller's array type."""
+"""similarity() (floor L6): the public entry point; the eager path (:mod:`slidesim._eager`) or, inside
+torch.compile, the compiled operator (:mod:`slidesim._compiled`)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import torch
 
+from . import _compiled
+from ._eager import run_eager
 from ._types import ArrayLike, ChannelsMode, IntPair, Method, Metric, Mode, Padding
-from ._validate import Canonical, canonicalize
-from .planner import select_engine
 
 __all__ = ["similarity"]
-
-
-def _defaults() -> dict[str, Any]:
-    return {
-        "metric": "zncc",
-        "stride": 1,
-        "dilation": 1,
-        "mode": "valid",
-        "padding": "constant",
-        "pad_value": 0.0,
-        "mask": None,
-        "channels": "joint",
-        "circular": None,
-        "method": "auto",
-        "memory_limit": None,
-    }
-
-
-def _finalize(scores: torch.Tensor, canon: Canonical, dtype: torch.dtype) -> ArrayLike:
-    """Cast to the output dtype, drop the axes a 2-D call did not have, convert to numpy for numpy input."""
-    scores = scores.to(dtype)
-    if canon.two_d:
-        scores = scores.reshape(scores.shape[-2:])
-    if canon.numpy_out:
-        return np.ascontiguousarray(scores.detach().cpu().numpy())
-    return scores
 
 
 def similarity(
@@ -135,14 +107,5 @@ def similarity(
         "memory_limit": memory_limit,
     }
     if torch.compiler.is_compiling() and isinstance(images, torch.Tensor) and isinstance(templates, torch.Tensor):
-        from . import _compiled
-
         return _compiled.similarity(images, templates, **options)
     return run_eager(images, templates, **options)
-
-
-def run_eager(images: ArrayLike, templates: ArrayLike, **options: Any) -> ArrayLike:
-    """Validate, plan and run one call outside a compiled region (keyword options as in :func:`similarity`)."""
-    canon = canonicalize(images, templates, **options)
-    engine = select_engine(canon)
-    return _finalize(engine.run(canon), canon, canon.out_dtype)

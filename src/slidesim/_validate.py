@@ -1,4 +1,9 @@
-"""The only place that reads user arguments: checks them and turns them into canonical tensors and a Problem.
+"""The boundary (floor L1): user arguments in, canonical tensors and a Problem out; results back out.
+
+The only place that reads the arguments of :func:`slidesim.similarity`. It also holds their defaults
+(:data:`DEFAULT_OPTIONS`), the keyword options that rebuild a validated call (:func:`options_of`, so
+:func:`slidesim.match`, :mod:`slidesim.dask` and the compiled operator re-issue calls without threading each
+option by hand), and the conversion of scores back to the caller's array type (:func:`finalize`).
 
 Canonical layout:
     images     [B, C, H, W]        compute dtype (float32, or float64 for float64 / 32-bit integer input)
@@ -11,16 +16,34 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from ._padding import pad_amounts
-from ._types import CHANNELS_MODES, MODES, PADDINGS
+from ._geometry import Geometry, pad_amounts, pad_image
+from ._types import CHANNELS_MODES, MODES, PADDINGS, ArrayLike
 from .errors import SlidesimTypeError, SlidesimValueError
 from .metrics import MetricSpec, resolve_metric
 
 DEFAULT_MEMORY_LIMIT = 512 * 2**20
+
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "metric": "zncc",
+    "stride": 1,
+    "dilation": 1,
+    "mode": "valid",
+    "padding": "constant",
+    "pad_value": 0.0,
+    "mask": None,
+    "channels": "joint",
+    "circular": None,
+    "method": "auto",
+    "memory_limit": None,
+}
+"""Every keyword option of :func:`slidesim.similarity` with its default (read-only: copy before changing)."""
+
+NonFinite = Literal["none", "nan", "inf"]
 
 _ACCEPTED_DTYPES = {
     torch.uint8,
@@ -43,7 +66,8 @@ class Problem:
     """Shapes and options of one call: hashable, free of data, the key for planning.
 
     Attributes mirror the canonical layout in this module's docstring; ``out_height`` and ``out_width`` are the
-    spatial size of the score map and ``mask`` is "none", "shared" or "per_template".
+    spatial size of the score map, ``mask_kind`` is "none", "shared" or "per_template", and ``nonfinite`` says
+    what the images hold besides finite pixels: "none", "nan" (NaN but no ±inf) or "inf" (±inf, perhaps NaN).
     """
 
     batch: int
@@ -60,7 +84,7 @@ class Problem:
     stride: tuple[int, int]
     dilation: tuple[int, int]
     channels_mode: str
-    mask: str
+    mask_kind: str
     circular: tuple[tuple[int, float], ...]
     input_dtype: str
     compute_dtype: str
@@ -68,8 +92,12 @@ class Problem:
     out_height: int
     out_width: int
     requires_grad: bool
-    finite: bool
-    infinite: bool = False
+    nonfinite: NonFinite = "none"
+
+    @property
+    def finite(self) -> bool:
+        """Whether every image pixel is finite."""
+        return self.nonfinite == "none"
 
 
 @dataclass
@@ -329,13 +357,13 @@ def canonicalize(
                 f"`mask` must have positive weight in every channel with channels={channels_s!r}; "
                 "one channel is all zero."
             )
-    if mask_c is not None and not _all_finite(bank_c):
+    if mask_c is not None and not all_finite(bank_c):
         # A zero weight takes its template value out of the window: a NaN or inf there must not reach any score
         # through a product with that zero. (A per-image mask comes only with a per-image bank: no shape grows.)
         bank_c = torch.where(mask_c > 0, bank_c, 0.0)
     periods = _canonical_circular(circular, spec, C)
-    mask_kind = "none" if mask_c is None else ("per_template" if mask_c.shape[1] > 1 else "shared")
-    finite = _all_finite(images_c)
+    kind = "none" if mask_c is None else ("per_template" if mask_c.shape[1] > 1 else "shared")
+    finite = all_finite(images_c)
     problem = Problem(
         batch=B,
         channels=C,
@@ -351,7 +379,7 @@ def canonicalize(
         stride=stride_p,
         dilation=dilation_p,
         channels_mode=channels_s,
-        mask=mask_kind,
+        mask_kind=kind,
         circular=tuple((i, p) for i, p in enumerate(periods or ()) if p is not None),
         input_dtype=str(input_dtype).replace("torch.", ""),
         compute_dtype=str(compute_dtype).replace("torch.", ""),
@@ -359,8 +387,7 @@ def canonicalize(
         out_height=out_h,
         out_width=out_w,
         requires_grad=requires_grad,
-        finite=finite,
-        infinite=not finite and bool(torch.isinf(images_c).any()),
+        nonfinite="none" if finite else ("inf" if bool(torch.isinf(images_c).any()) else "nan"),
     )
     return Canonical(
         images=images_c,
@@ -394,7 +421,7 @@ def has_data(tensor: torch.Tensor) -> bool:
     return not is_fake(tensor)
 
 
-def _all_finite(images: torch.Tensor) -> bool:
+def all_finite(images: torch.Tensor) -> bool:
     """Whether every value is finite. A finite sum proves it in one pass without a boolean temporary; only when
     the sum is not finite (a NaN or inf pixel, or an overflow of huge values) does the full test run. Tensors
     without data (shapes only) count as finite."""
@@ -403,3 +430,81 @@ def _all_finite(images: torch.Tensor) -> bool:
     if math.isfinite(images.sum().item()):  # a Python float: cheaper than a tensor test on small calls
         return True
     return bool(torch.isfinite(images).all())
+
+
+def with_defaults(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` completed with :data:`DEFAULT_OPTIONS`; an unknown name raises with the valid ones."""
+    unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
+    if unknown:
+        raise SlidesimTypeError(
+            f"unexpected keyword option {unknown[0]!r}; the options are {', '.join(DEFAULT_OPTIONS)}."
+        )
+    return {**DEFAULT_OPTIONS, **options}
+
+
+def options_of(canon: Canonical, **changes: Any) -> dict[str, Any]:
+    """The keyword options that rebuild the validated call ``canon`` (with ``changes``): the inverse of
+    :func:`canonicalize` on everything but the arrays. The mask is given in its canonical [Bm, Tm, Cm, h, w]
+    layout, without a leading 1 (a 5-D mask needs a bank per image)."""
+    mask = canon.mask
+    if mask is not None and mask.shape[0] == 1:
+        mask = mask[0]
+    periods = canon.periods
+    options = {
+        "metric": canon.spec.name,
+        "stride": canon.stride,
+        "dilation": canon.dilation,
+        "mode": canon.mode,
+        "padding": canon.padding,
+        "pad_value": canon.pad_value,
+        "mask": mask,
+        "channels": canon.channels_mode,
+        "circular": None if periods is None else {c: p for c, p in enumerate(periods) if p is not None},
+        "method": canon.method,
+        "memory_limit": canon.memory_limit,
+    }
+    return with_defaults({**options, **changes})
+
+
+def with_bank(canon: Canonical, templates: torch.Tensor, mask: torch.Tensor | None) -> Canonical:
+    """The validated call ``canon`` with another canonical bank [Bk, T, C, h, w] and mask [Bm, Tm, Cm, h, w]."""
+    templates = templates[0] if templates.shape[0] == 1 else templates  # one bank for every image: [T, C, h, w]
+    if mask is not None and mask.shape[0] == 1:
+        mask = mask[0]
+    return canonicalize(canon.images, templates, **options_of(canon, mask=mask))
+
+
+def finalize(scores: torch.Tensor, canon: Canonical, dtype: torch.dtype) -> ArrayLike:
+    """Cast to the output dtype, drop the axes a 2-D call did not have, convert to numpy for numpy input."""
+    scores = scores.to(dtype)
+    if canon.two_d:
+        scores = scores.reshape(scores.shape[-2:])
+    if canon.numpy_out:
+        return np.ascontiguousarray(scores.detach().cpu().numpy())
+    return scores
+
+
+def geometry(canon: Canonical) -> Geometry:
+    """Where the windows of a validated call are."""
+    problem = canon.problem
+    return Geometry(
+        canon.stride, canon.dilation, problem.out_height, problem.out_width, tuple(canon.templates.shape[-2:])
+    )
+
+
+def padded_images(canon: Canonical) -> torch.Tensor:
+    """The canonical images padded for the call's mode ([B, C, Hp, Wp], compute dtype)."""
+    h, w = canon.templates.shape[-2:]
+    H, W = canon.images.shape[-2:]
+    top, bottom = pad_amounts(canon.mode, H, h, canon.dilation[0])
+    left, right = pad_amounts(canon.mode, W, w, canon.dilation[1])
+    return pad_image(canon.images, (top, bottom, left, right), canon.padding, canon.pad_value)
+
+
+def window_origin(canon: Canonical) -> tuple[float, float]:
+    """Image position (y, x) of the template centre at score-map position (0, 0); it moves by the stride."""
+    h, w = canon.templates.shape[-2:]
+    (dy, dx) = canon.dilation
+    top, _ = pad_amounts(canon.mode, canon.images.shape[-2], h, dy)
+    left, _ = pad_amounts(canon.mode, canon.images.shape[-1], w, dx)
+    return dy * (h - 1) / 2 - top, dx * (w - 1) / 2 - left

@@ -14,14 +14,16 @@ import math
 from ._cost_constants import CONSTANTS
 from ._cost_constants_cuda import CONSTANTS as CUDA_CONSTANTS
 from ._validate import Problem
+from .kernels.area_sums import fused_statistics_available
+from .kernels.conv import UNFOLD_BUDGET
+from .kernels.spectral import choose_tile, next_fast_length, template_chunk, tile_count
+from .metrics import DISTANCE_METRICS, PRODUCT_METRICS
+from .scoring.score import CENTRING_BYTES
 
-DISTANCE_METRICS = ("sad", "mad", "l1_similarity", "ssd")
-CORRELATION_METRICS = ("ccorr", "ncc", "ccoeff", "zncc")
+CORRELATION_METRICS = PRODUCT_METRICS
 
 
 def _fft_size(n: int) -> int:
-    from .engines._spectral import next_fast_length
-
     return next_fast_length(n)
 
 
@@ -44,9 +46,7 @@ def _normalized(problem: Problem) -> bool:
 
 def _fft_plan(problem: Problem, memory_limit: int) -> tuple[tuple[int, int], int]:
     """Transform size and number of transforms per image of the FFT engine: the whole image, or overlap-save
-    tiles when its spectrum would not fit (as :func:`slidesim.engines._spectral.fft_correlate` decides)."""
-    from .engines._spectral import choose_tile, tile_count
-
+    tiles when its spectrum would not fit (as :func:`slidesim.kernels.spectral.fft_correlate` decides)."""
     item = 8 if problem.compute_dtype == "float64" else 4
     Hp, Wp = _padded(problem)
     dy, dx = problem.dilation
@@ -64,18 +64,18 @@ def features(engine: str, problem: Problem, memory_limit: int = 512 * 2**20) -> 
     Hp, Wp = _padded(problem)
     wide = 2.0 if problem.compute_dtype == "float64" else 1.0  # float64 halves the vector width
     pixels = float(problem.batch * problem.channels * Hp * Wp)
-    shared_mask = problem.mask != "per_template"
+    shared_mask = problem.mask_kind != "per_template"
     window_updates = updates / max(1, problem.n_templates) * (1 if shared_mask else problem.n_templates)
     outputs = float(problem.batch * problem.n_templates * problem.out_height * problem.out_width)
     passes = problem.channels if problem.channels_mode != "joint" else 1
     counts = {"calls": float(passes)}
     correlation = problem.metric in CORRELATION_METRICS
     if (engine in ("conv", "fft") or (engine == "numba" and correlation)) and _normalized(problem):
-        if problem.mask == "none":
+        if problem.mask_kind == "none":
             counts["statistics_pixels"] = pixels
         elif problem.metric == "zncc":  # two or three float64 FFT correlations per channel (see _fast.window_sum)
             Hf, Wf = _fft_size(Hp), _fft_size(Wp)
-            masks = problem.n_templates if problem.mask == "per_template" else 1
+            masks = problem.n_templates if problem.mask_kind == "per_template" else 1
             counts["masked_statistics_nlogn"] = (
                 3 * problem.batch * problem.channels * (1 + masks) * Hf * Wf * math.log2(Hf * Wf)
             )
@@ -134,11 +134,9 @@ def estimate_seconds(engine: str, problem: Problem, memory_limit: int = 512 * 2*
 
 def _centring_partial(problem: Problem, item: int) -> int:
     """An output-sized partial sum when ccoeff / zncc centre the image a few channels at a time."""
-    from ._scoring import _CENTRING_BYTES
-
     Hp, Wp = _padded(problem)
     per_channel = problem.batch * Hp * Wp * item
-    grouped = problem.metric in ("ccoeff", "zncc") and problem.channels * per_channel > _CENTRING_BYTES
+    grouped = problem.metric in ("ccoeff", "zncc") and problem.channels * per_channel > CENTRING_BYTES
     return problem.batch * problem.n_templates * problem.out_height * problem.out_width * item if grouped else 0
 
 
@@ -153,18 +151,16 @@ def estimate_bytes(engine: str, problem: Problem, memory_limit: int) -> int:
         return image + statistics + min(memory_limit, 3 * 2**22 * item)
     partial = _centring_partial(problem, item)
     taps = problem.template_height * problem.template_width
-    from .engines._fast import _UNFOLD_BUDGET, fused_statistics_available
-
-    if _normalized(problem) and problem.mask == "none":
+    if _normalized(problem) and problem.mask_kind == "none":
         if fused_statistics_available():  # one float64 plane of variances or energies, the factors
             statistics = out_plane * (8 + item)
         else:  # a summed-area table and a few float64 planes
             statistics = problem.batch * (Hp + 1) * (Wp + 1) * 8 + 3 * out_plane * 8
 
     # float64 conv2d unfolds windows (im2col) a band of rows at a time; masked window sums run through it too
-    unfold = min(_UNFOLD_BUDGET, problem.channels * taps * out_plane * 8) if item == 8 else 0
-    if problem.mask != "none" and _normalized(problem):
-        unfold = max(unfold, min(_UNFOLD_BUDGET, taps * out_plane * 8))
+    unfold = min(UNFOLD_BUDGET, problem.channels * taps * out_plane * 8) if item == 8 else 0
+    if problem.mask_kind != "none" and _normalized(problem):
+        unfold = max(unfold, min(UNFOLD_BUDGET, taps * out_plane * 8))
     statistics += unfold
     copies = image if problem.mode == "valid" else 2 * image  # the centred copy, and the padded one
     if engine == "conv":
@@ -172,8 +168,6 @@ def estimate_bytes(engine: str, problem: Problem, memory_limit: int) -> int:
     if engine == "numba":
         return copies + image + statistics + partial  # the tiles copy the (centred) image into phase planes
     if engine == "fft":
-        from .engines._spectral import template_chunk
-
         (Hf, Wf), _ = _fft_plan(problem, memory_limit)  # the whole image, or overlap-save tiles
         spectrum = problem.batch * problem.channels * Hf * (Wf // 2 + 1) * 2 * item
         bank_batch = problem.batch if problem.per_image_bank else 1

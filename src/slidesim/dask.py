@@ -23,233 +23,23 @@ Examples:
     (np.int64(120), np.int64(40))
 """
 
+
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from ._padding import _NUMPY_MODE, pad_amounts
-from ._similarity import _defaults
+from . import _dask_tiles as tiles
+from ._refine import bank_member, crop_window, refine_on_data
 from ._types import ArrayLike
-from ._validate import Canonical, canonicalize
-from .errors import SlidesimTypeError, SlidesimValueError
+from ._validate import Canonical, canonicalize, options_of, window_origin, with_defaults
+from .matching import Matches, prepare
 
 __all__ = ["match", "similarity"]
-
-
-def _dask_array():
-    try:
-        import dask.array
-    except ImportError as error:  # pragma: no cover - the test extras install dask
-        raise ImportError("slidesim.dask needs dask: pip install 'slidesim[dask]'") from error
-    return dask.array
-
-
-def _as_dask(images: object):
-    da = _dask_array()
-    if isinstance(images, da.Array):
-        return images
-    images = _host(images)
-    if isinstance(images, np.ndarray):
-        return da.from_array(images)
-    raise SlidesimTypeError(f"`images` must be a dask array (or a numpy array or tensor); got {type(images).__name__}.")
-
-
-def _shape_only(images) -> torch.Tensor:
-    """A meta tensor with the dask array's shape and the torch dtype the core would give it (no data)."""
-    dtype = np.dtype(images.dtype)
-    if dtype == np.uint16:
-        dtype = np.dtype(np.float32)  # as the core converts numpy uint16
-    try:
-        torch_dtype = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
-    except TypeError:
-        torch_dtype = None
-    if torch_dtype is None or dtype.kind not in "biuf":
-        canonicalize(np.zeros((1, 1), dtype=images.dtype), np.zeros((1, 1)), **_defaults())  # the core's error
-        raise SlidesimTypeError(f"`images` has an unsupported dtype {images.dtype}.")
-    return torch.empty(images.shape, dtype=torch_dtype, device="meta")
-
-
-def _host(value: object) -> object:
-    """Tensors -> numpy on the host; anything else as it is."""
-    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
-
-
-def _validated(images, templates: object, options: dict[str, Any]) -> tuple[Canonical, Canonical]:
-    """The core's checks and canonical layout: (shapes from the dask array, which is never read here; the same
-    call on a tiny image, whose canonical templates and mask hold the real values, checked by the core)."""
-    templates = _host(templates)
-    options = {**options, "mask": _host(options["mask"])}
-    canon = canonicalize(_shape_only(images), templates, **options)
-    problem = canon.problem
-    dy, dx = canon.dilation
-    span = (dy * (problem.template_height - 1) + 1, dx * (problem.template_width - 1) + 1)
-    tiny = np.zeros(span if canon.two_d else (problem.batch, problem.channels, *span), dtype=np.float32)
-    values = canonicalize(tiny, templates, **{**options, "mode": "valid", "stride": 1})
-    return canon, values
-
-
-def _at_least(chunks: tuple[int, ...], depth: int) -> tuple[int, ...]:
-    """Merge neighbouring chunks until each holds at least ``depth`` elements (the whole axis if it is shorter),
-    so that every chunk's halo comes from its next neighbour alone."""
-    merged: list[int] = []
-    for size in chunks:
-        if merged and merged[-1] < depth:
-            merged[-1] += size
-        else:
-            merged.append(size)
-    if len(merged) > 1 and merged[-1] < depth:
-        last = merged.pop()
-        merged[-1] += last
-    return tuple(merged)
-
-
-def _starts(chunks: tuple[int, ...]) -> list[int]:
-    return [0, *np.cumsum(chunks)[:-1].tolist()]
-
-
-def _outputs_per_chunk(chunks: tuple[int, ...], stride: int, out_size: int) -> tuple[int, ...]:
-    """Outputs whose window starts in each chunk: y with y·stride in [start, start + size), y < out_size."""
-    counts = []
-    for start, size in zip(_starts(chunks), chunks, strict=True):
-        first = math.ceil(start / stride)
-        last = min(math.ceil((start + size) / stride), out_size)
-        counts.append(max(0, last - first))
-    return tuple(counts)
-
-
-def _pad(images, canon: Canonical):
-    """Pad a [B, C, H, W] dask array for the call's mode exactly as the core pads tensors."""
-    da = _dask_array()
-    h, w = canon.templates.shape[-2:]
-    H, W = images.shape[-2:]
-    top, bottom = pad_amounts(canon.mode, H, h, canon.dilation[0])
-    left, right = pad_amounts(canon.mode, W, w, canon.dilation[1])
-    if not any((top, bottom, left, right)):
-        return images
-    if canon.padding == "constant":
-        dtype = np.float64 if canon.out_dtype == torch.float64 else np.float32
-        return da.pad(
-            images.astype(dtype),
-            ((0, 0), (0, 0), (top, bottom), (left, right)),
-            mode="constant",
-            constant_values=canon.pad_value,
-        )
-    mode = _NUMPY_MODE[canon.padding]
-    rows = np.pad(np.arange(H), (top, bottom), mode=mode)
-    cols = np.pad(np.arange(W), (left, right), mode=mode)
-    return images[:, :, rows, :][:, :, :, cols]
-
-
-def _sliced(templates: np.ndarray, mask: np.ndarray | None, per_image: bool, b0: int, count: int):
-    """The bank and mask of images b0 .. b0 + count (per-image banks), or the shared ones."""
-    if not per_image:
-        return templates, mask
-    if mask is not None and mask.ndim == 5 and mask.shape[0] > 1:
-        mask = mask[b0 : b0 + count]
-    return templates[b0 : b0 + count], mask
-
-
-@dataclass(frozen=True)
-class _Tiling:
-    """How a padded [B, C, Hp, Wp] dask array is cut: core chunks, and the outputs whose windows start in each."""
-
-    overlapped: Any  # the dask array: every chunk with the template's halo below and to the right
-    batch_starts: list[int]
-    row_starts: list[int]
-    col_starts: list[int]
-    out_rows: tuple[int, ...]
-    out_cols: tuple[int, ...]
-    batch_chunks: tuple[int, ...]
-
-
-def _tile(images, canon: Canonical) -> _Tiling:
-    """Pad [B, C, H, W] images for the call's mode and overlap every chunk with the template span's halo."""
-    da = _dask_array()
-    problem = canon.problem
-    images = _pad(images.rechunk({1: -1}), canon)
-    (sy, sx), (dy, dx) = canon.stride, canon.dilation
-    h, w = canon.templates.shape[-2:]
-    halo_h, halo_w = dy * (h - 1), dx * (w - 1)
-    images = images.rechunk(
-        {2: _at_least(images.chunks[2], max(1, halo_h)), 3: _at_least(images.chunks[3], max(1, halo_w))}
-    )
-    depth = {0: 0, 1: 0, 2: (0, halo_h), 3: (0, halo_w)}
-    return _Tiling(
-        overlapped=da.overlap.overlap(images, depth=depth, boundary="none"),
-        batch_starts=_starts(images.chunks[0]),
-        row_starts=_starts(images.chunks[2]),
-        col_starts=_starts(images.chunks[3]),
-        out_rows=_outputs_per_chunk(images.chunks[2], sy, problem.out_height),
-        out_cols=_outputs_per_chunk(images.chunks[3], sx, problem.out_width),
-        batch_chunks=images.chunks[0],
-    )
-
-
-def _core_windows(block: np.ndarray, location: tuple[int, ...], tiling: _Tiling, canon_shape: dict) -> np.ndarray:
-    """The part of a block whose valid windows are exactly the windows starting in its core, on the stride grid."""
-    _, _, iy, ix = location
-    ny, nx = tiling.out_rows[iy], tiling.out_cols[ix]
-    (sy, sx), (span_h, span_w) = canon_shape["stride"], canon_shape["span"]
-    oy, ox = (-tiling.row_starts[iy]) % sy, (-tiling.col_starts[ix]) % sx
-    piece = block[:, :, oy : oy + (ny - 1) * sy + span_h, ox : ox + (nx - 1) * sx + span_w]
-    return np.ascontiguousarray(piece)
-
-
-def _geometry(canon: Canonical) -> dict:
-    (dy, dx), (h, w) = canon.dilation, canon.templates.shape[-2:]
-    return {"stride": canon.stride, "span": (dy * (h - 1) + 1, dx * (w - 1) + 1)}
-
-
-def _score_block(
-    block: np.ndarray,
-    block_info: dict | None = None,
-    *,
-    tiling: _Tiling,
-    geometry: dict,
-    templates: np.ndarray,
-    mask: np.ndarray | None,
-    per_image: bool,
-    out_shape: tuple[int, ...],
-    out_dtype: np.dtype,
-    options: dict[str, Any],
-) -> np.ndarray:
-    """Scores of the windows whose top-left pixel lies in this chunk's core (the block holds the core and the
-    halo below and to the right)."""
-    from ._similarity import similarity
-
-    location = block_info[0]["chunk-location"]
-    ny, nx = tiling.out_rows[location[2]], tiling.out_cols[location[3]]
-    shape = (block.shape[0], *out_shape, ny, nx)
-    if ny == 0 or nx == 0:
-        return np.zeros(shape, dtype=out_dtype)
-    bank, weights = _sliced(templates, mask, per_image, tiling.batch_starts[location[0]], block.shape[0])
-    piece = _core_windows(block, location, tiling, geometry)
-    scores = similarity(piece, bank, mask=weights, mode="valid", **options)
-    return np.asarray(scores, dtype=out_dtype).reshape(shape)
-
-
-def _block_options(canon: Canonical) -> dict[str, Any]:
-    """The options each chunk's in-memory call takes (the chunks arrive padded: mode "valid")."""
-    return {
-        "metric": canon.problem.metric,
-        "stride": canon.stride,
-        "dilation": canon.dilation,
-        "channels": canon.channels_mode,
-        "circular": dict(canon.problem.circular) or None,
-        "method": canon.method,
-        "memory_limit": canon.memory_limit,
-    }
-
-
-def _out_dtype(canon: Canonical) -> np.dtype:
-    return np.dtype(np.float64 if canon.out_dtype == torch.float64 else np.float32)
 
 
 def similarity(images: object, templates: ArrayLike, **options: Any):
@@ -271,79 +61,44 @@ def similarity(images: object, templates: ArrayLike, **options: Any):
     Raises:
         SlidesimTypeError, SlidesimValueError: As the in-memory call would, before anything is computed.
     """
-    da = _dask_array()
-    options = {**_defaults(), **options}
-    images = _as_dask(images)
-    canon, _ = _validated(images, templates, options)
+    da = tiles.dask_array()
+    options = with_defaults(options)
+    images = tiles.as_dask(images)
+    canon, _ = tiles.validated(images, templates, options)
     problem = canon.problem
     if canon.two_d:
         images = images[None, None]
-    tiling = _tile(images, canon)
+    tiling = tiles.tile(images, canon)
     separate = canon.channels_mode == "separate"
     out_shape = (problem.n_templates, problem.channels) if separate else (problem.n_templates,)
-    dtype = _out_dtype(canon)
-    bank = np.asarray(_host(templates))
-    mask = None if options["mask"] is None else np.asarray(_host(options["mask"]))
+    dtype = tiles.out_dtype(canon)
+    bank = np.asarray(tiles.host(templates))
+    mask = None if options["mask"] is None else np.asarray(tiles.host(options["mask"]))
     if canon.two_d:
         bank = bank[None, None]  # [1, 1, h, w] for the [1, 1, H, W] image chunks
     chunks = (tiling.batch_chunks, *((size,) for size in out_shape), tiling.out_rows, tiling.out_cols)
     scores = da.map_blocks(
-        _score_block,
+        tiles.score_block,
         tiling.overlapped,
         dtype=dtype,
         chunks=chunks,
         new_axis=[2] if separate else None,
         meta=np.empty((0,) * len(chunks), dtype=dtype),
         tiling=tiling,
-        geometry=_geometry(canon),
+        geometry=tiles.window_span(canon),
         templates=bank,
         mask=mask,
         per_image=problem.per_image_bank,
         out_shape=out_shape,
         out_dtype=dtype,
-        options=_block_options(canon),
+        options=options_of(canon, mode="valid", mask=None),  # the chunks arrive padded
     )
     return scores[0, 0] if canon.two_d else scores
 
 
+
 # ----------------------------------------------------------------------------------------------------------- match
 _CANDIDATES_PER_CHUNK = 16  # peak candidates each chunk sends per (image, template) beyond k, at first
-
-
-def _best_block(
-    block: np.ndarray,
-    block_info: dict | None = None,
-    *,
-    tiling: _Tiling,
-    geometry: dict,
-    templates: torch.Tensor,
-    mask: torch.Tensor | None,
-    n_templates: int,
-    n_transforms: int,
-    out_dtype: np.dtype,
-    options: dict[str, Any],
-) -> np.ndarray:
-    """[b, T, 2, ny, nx]: the best score over the transformed bank and the index of its transform (exact in
-    float32 below 2²⁴ transforms), for the windows starting in this chunk's core (as :func:`slidesim.match` folds
-    the bank in memory), in the scores' dtype."""
-    from .matching import _best_of_bank
-
-    location = block_info[0]["chunk-location"]
-    ny, nx = tiling.out_rows[location[2]], tiling.out_cols[location[3]]
-    out = np.zeros((block.shape[0], n_templates, 2, ny, nx), dtype=out_dtype)
-    if ny == 0 or nx == 0:
-        return out
-    b0 = tiling.batch_starts[location[0]]
-    bank = templates[b0 : b0 + block.shape[0]] if templates.shape[0] > 1 else templates[0]
-    weights = mask
-    if mask is not None:
-        weights = mask[b0 : b0 + block.shape[0]] if mask.shape[0] > 1 else mask[0]
-    piece = _core_windows(block, location, tiling, geometry)
-    canon = canonicalize(piece, bank, **{**_defaults(), **options, "mask": weights, "mode": "valid"})
-    best, which = _best_of_bank(canon, n_templates, n_transforms, None)
-    out[:, :, 0] = best.numpy()
-    out[:, :, 1] = which.numpy()
-    return out
 
 
 def _candidates(
@@ -423,8 +178,6 @@ def _merge(candidates: np.ndarray, k: int, min_distance: int, width: int) -> lis
 
 def _crop_region(centre: tuple[float, float], template_shape: tuple[int, int], dilation, size: tuple[int, int]):
     """The image rows and columns that sub-pixel refinement reads around an integer peak (clipped to the image)."""
-    from ._refine import crop_window
-
     (r0, r1), (c0, c1) = crop_window(centre, template_shape, dilation)
     return (max(r0, 0), min(r1, size[0])), (max(c0, 0), min(c1, size[1]))
 
@@ -472,48 +225,29 @@ def match(
     """
     from dask import delayed
 
-    from .banks import transform_bank
-    from .matching import Matches, _factors, window_origin
-    from .peaks import _check_int, _check_threshold
-
-    da = _dask_array()
-    if options.get("channels", "joint") == "separate":
-        raise SlidesimValueError(
-            "`channels` must be 'joint' or 'mean' for match (one score per template); got 'separate'."
-        )
-    k = _check_int("k", k, 1)
-    threshold = _check_threshold(threshold)
-    border = _check_int("exclude_border", exclude_border, 0)
-    angles = _factors("rotations", rotations, positive=False)
-    factors = _factors("scales", scales, positive=True)
-    call = {**_defaults(), **options, "metric": metric}
-    images = _as_dask(images)
-    shapes, values = _validated(images, templates, call)
+    da = tiles.dask_array()
+    search = prepare(metric, k, min_distance, threshold, rotations, scales, exclude_border, options)
+    k, threshold, border, call = search.k, search.threshold, search.border, search.call
+    images = tiles.as_dask(images)
+    shapes, values = tiles.validated(images, templates, call)
     T, h, w = values.templates.shape[1], *values.templates.shape[-2:]
-    distance = max(1, min(h, w) // 2) if min_distance is None else _check_int("min_distance", min_distance, 1)
-    if angles is not None or factors is not None:
-        bank = transform_bank(values.templates, values.mask, angles or [0.0], factors or [1.0])
-        bank_templates, bank_mask = bank.templates, bank.mask
-        transform_angles, transform_scales = bank.angles, bank.scales
-    else:
-        bank_templates, bank_mask = values.templates, values.mask
-        transform_angles = torch.zeros(1, dtype=torch.float64)
-        transform_scales = torch.ones(1, dtype=torch.float64)
+    distance = search.distance(h, w)
+    bank_templates, bank_mask, transform_angles, transform_scales = search.bank(values.templates, values.mask)
     R = len(transform_angles)
     layout = bank_templates[0] if bank_templates.shape[0] == 1 else bank_templates
     layout_mask = None if bank_mask is None else (bank_mask[0] if bank_mask.shape[0] == 1 else bank_mask)
-    four_d = _shape_only(images)
+    four_d = tiles.shape_only(images)
     if shapes.two_d:
         four_d = four_d[None, None]
         images = images[None, None]
     meta_mask = None if layout_mask is None else layout_mask.to("meta")
     canon = canonicalize(four_d, layout.to("meta"), **{**call, "mask": meta_mask})  # the bank's geometry
     problem = canon.problem
-    tiling = _tile(images, canon)
+    tiling = tiles.tile(images, canon)
     chunks = (tiling.batch_chunks, (T,), (2,), tiling.out_rows, tiling.out_cols)
-    dtype = _out_dtype(canon)
+    dtype = tiles.out_dtype(canon)
     best = da.map_blocks(
-        _best_block,
+        tiles.best_block,
         tiling.overlapped,
         dtype=dtype,
         chunks=chunks,
@@ -521,19 +255,20 @@ def match(
         meta=np.empty((0,) * 5, dtype=dtype),
         out_dtype=dtype,
         tiling=tiling,
-        geometry=_geometry(canon),
+        geometry=tiles.window_span(canon),
         templates=bank_templates,
         mask=bank_mask,
         n_templates=T,
         n_transforms=R,
-        options=_block_options(canon),
+        options=options_of(canon, mode="valid", mask=None),  # the chunks arrive padded
     )
     radius = max(1, distance - 1)
-    best = best.rechunk({3: _at_least(best.chunks[3], radius), 4: _at_least(best.chunks[4], radius)})
+    best = best.rechunk({3: tiles.at_least(best.chunks[3], radius), 4: tiles.at_least(best.chunks[4], radius)})
     haloed = da.overlap.overlap(best, depth={0: 0, 1: 0, 2: 0, 3: radius, 4: radius}, boundary=-np.inf)
     higher = canon.spec.higher_is_better
     out_size = (problem.out_height, problem.out_width)
-    row_starts, col_starts, batch_starts = _starts(best.chunks[3]), _starts(best.chunks[4]), _starts(best.chunks[0])
+    row_starts, col_starts = tiles.starts(best.chunks[3]), tiles.starts(best.chunks[4])
+    batch_starts = tiles.starts(best.chunks[0])
     blocks = haloed.to_delayed()
     limit = k + _CANDIDATES_PER_CHUNK
     while True:
@@ -620,11 +355,8 @@ def _compute(tasks: list, progress: bool) -> list:
 
 def _refine(images, values: Canonical, templates, mask, call, index, centre, size):
     """Sub-pixel (y, x, score) of one match, from the few image pixels that refinement reads."""
-    from ._refine import refine_on_data
-
     b, j = index
-    template = templates[b if templates.shape[0] > 1 else 0, j]
-    weights = None if mask is None else mask[b if mask.shape[0] > 1 else 0, j if mask.shape[1] > 1 else 0]
+    template, weights = bank_member(templates, mask, b, j)
     (r0, r1), (c0, c1) = _crop_region(centre, tuple(template.shape[-2:]), values.dilation, size)
     window = np.ascontiguousarray(images[b, :, r0:r1, c0:c1].compute())
     if window.dtype == np.uint16:
@@ -635,3 +367,4 @@ def _refine(images, values: Canonical, templates, mask, call, index, centre, siz
         piece, template, weights, (centre[0] - r0, centre[1] - c0), values.dilation, higher, call
     )
     return y + r0, x + c0, score
+

@@ -8,7 +8,6 @@ image data (:mod:`slidesim._refine`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,13 +16,15 @@ import numpy as np
 import torch
 
 from . import engines
-from ._scoring import padded_images, score_stream
+from ._checks import check_factors, check_int, check_threshold
+from ._refine import refine_peak
 from ._types import ArrayLike
-from ._validate import Canonical, canonicalize
+from ._validate import Canonical, canonicalize, padded_images, window_origin, with_bank, with_defaults
 from .banks import transform_bank
-from .errors import SlidesimTypeError, SlidesimValueError
-from .peaks import _check_int, _check_threshold, locate_peaks
+from .errors import SlidesimValueError
+from .peaks import locate_peaks
 from .planner import make_plan
+from .scoring.score import score_stream
 
 __all__ = ["Matches", "match"]
 
@@ -75,19 +76,68 @@ def _as_list(values: ArrayLike) -> list:
     return values.tolist() if isinstance(values, np.ndarray) else values.detach().cpu().tolist()
 
 
-def _factors(name: str, values: object, positive: bool) -> list[float] | None:
-    if values is None:
-        return None
-    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray, torch.Tensor)):
-        raise SlidesimTypeError(f"`{name}` must be a sequence of numbers or None; got {type(values).__name__}.")
-    numbers_ = [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
-    if not numbers_:
-        raise SlidesimValueError(f"`{name}` must hold at least one value; got an empty sequence.")
-    bad = [v for v in numbers_ if not math.isfinite(v) or (positive and v <= 0)]
-    if bad:
-        expected = "positive finite factors" if positive else "finite angles in degrees"
-        raise SlidesimValueError(f"`{name}` must hold {expected}; got {bad[0]!r}.")
-    return numbers_
+@dataclass(frozen=True)
+class MatchSearch:
+    """The checked options of one :func:`match` call (shared by :func:`slidesim.dask.match`).
+
+    Attributes:
+        k, threshold, border, min_distance: As for :func:`match` (``border`` is ``exclude_border``).
+        angles, scales: The rotations and scale factors, or None when not searched.
+        call: The keyword options of :func:`slidesim.similarity`, defaults filled.
+    """
+
+    k: int
+    threshold: float | None
+    border: int
+    min_distance: int | None
+    angles: list[float] | None
+    scales: list[float] | None
+    call: dict[str, Any]
+
+    @property
+    def transformed(self) -> bool:
+        """Whether the bank is rotated or scaled."""
+        return self.angles is not None or self.scales is not None
+
+    def distance(self, h: int, w: int) -> int:
+        """The suppression distance for h × w templates: ``min_distance``, or half the smaller side."""
+        return max(1, min(h, w) // 2) if self.min_distance is None else self.min_distance
+
+    def bank(
+        self, templates: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """(bank [Bk, T·R, C, h', w'], its mask, angles [R], scales [R]): the canonical templates and mask under
+        every transform (template t under transform r at t·R + r), or as they are when none is searched."""
+        if not self.transformed:
+            return templates, mask, torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+        bank = transform_bank(templates, mask, self.angles or [0.0], self.scales or [1.0])
+        return bank.templates, bank.mask, bank.angles, bank.scales
+
+
+def prepare(
+    metric: object,
+    k: object,
+    min_distance: object,
+    threshold: object,
+    rotations: object,
+    scales: object,
+    exclude_border: object,
+    options: dict[str, Any],
+) -> MatchSearch:
+    """Check the arguments of :func:`match` that are not arrays (see there) -> :class:`MatchSearch`."""
+    if options.get("channels", "joint") == "separate":
+        raise SlidesimValueError(
+            "`channels` must be 'joint' or 'mean' for match (one score per template); got 'separate'."
+        )
+    return MatchSearch(
+        k=check_int("k", k, 1),
+        threshold=check_threshold(threshold),
+        border=check_int("exclude_border", exclude_border, 0),
+        min_distance=None if min_distance is None else check_int("min_distance", min_distance, 1),
+        angles=check_factors("rotations", rotations, positive=False),
+        scales=check_factors("scales", scales, positive=True),
+        call=with_defaults({**options, "metric": metric}),
+    )
 
 
 def match(
@@ -148,37 +198,20 @@ def match(
         >>> float(found.angle[0]), round(float(found.y[0]), 2), round(float(found.x[0]), 2)
         (270.0, 25.0, 34.0)
     """
-    if options.get("channels", "joint") == "separate":
-        raise SlidesimValueError(
-            "`channels` must be 'joint' or 'mean' for match (one score per template); got 'separate'."
-        )
-    from ._similarity import _defaults
-
-    k = _check_int("k", k, 1)
-    threshold = _check_threshold(threshold)
-    border = _check_int("exclude_border", exclude_border, 0)
-    angles = _factors("rotations", rotations, positive=False)
-    factors = _factors("scales", scales, positive=True)
-    call = {**_defaults(), **options, "metric": metric}
+    search = prepare(metric, k, min_distance, threshold, rotations, scales, exclude_border, options)
+    call = search.call
     canon = canonicalize(images, templates, **call)
     _, T, _, h, w = canon.templates.shape
-    distance = max(1, min(h, w) // 2) if min_distance is None else _check_int("min_distance", min_distance, 1)
-    transformed = angles is not None or factors is not None
-    angles, factors = angles or [0.0], factors or [1.0]
     numpy_out = canon.numpy_out
-    if transformed:
-        bank = transform_bank(canon.templates, canon.mask, angles, factors)
-        bank_templates = bank.templates[0] if bank.templates.shape[0] == 1 else bank.templates
-        bank_mask = bank.mask[0] if bank.mask.shape[0] == 1 else bank.mask
+    bank_templates, bank_mask, transform_angles, transform_scales = search.bank(canon.templates, canon.mask)
+    if search.transformed:
+        bank_templates = bank_templates[0] if bank_templates.shape[0] == 1 else bank_templates
+        bank_mask = bank_mask[0] if bank_mask.shape[0] == 1 else bank_mask
         canon = canonicalize(canon.images, bank_templates, **{**call, "mask": bank_mask})
-        transform_angles, transform_scales = bank.angles, bank.scales
-    else:
-        transform_angles = torch.zeros(1, dtype=torch.float64)
-        transform_scales = torch.ones(1, dtype=torch.float64)
     R = len(transform_angles)
-    best, which = _best_of_bank(canon, T, R, progress)
+    best, which = best_of_bank(canon, T, R, progress)
     higher = canon.spec.higher_is_better
-    found = locate_peaks(best, k, distance, threshold, border, higher)
+    found = locate_peaks(best, search.k, search.distance(h, w), search.threshold, search.border, higher)
     columns = _columns(canon, call, found, best, which, transform_angles, transform_scales, subpixel)
     if numpy_out:
         return Matches(*(c.numpy() for c in columns), maps=best.cpu().numpy())
@@ -210,36 +243,11 @@ def _stream(canon: Canonical, chunk: int):
         mask = canon.mask
         if mask is not None and mask.shape[1] > 1:
             mask = mask[:, t0:t1]
-        part = canonicalize_like(canon, canon.templates[:, t0:t1], mask)
+        part = with_bank(canon, canon.templates[:, t0:t1], mask)
         yield t0, t1, engine.run(part)
 
 
-def canonicalize_like(canon: Canonical, templates: torch.Tensor, mask: torch.Tensor | None) -> Canonical:
-    """The validated call ``canon`` with another bank [Bk, T, C, h, w] (and its mask [Bm, Tm, Cm, h, w])."""
-    from ._similarity import _defaults
-
-    templates = templates[0] if templates.shape[0] == 1 else templates  # one bank for every image: [T, C, h, w]
-    if mask is not None and mask.shape[0] == 1:
-        mask = mask[0]
-
-    options = {
-        **_defaults(),
-        "metric": canon.spec.name,
-        "stride": canon.stride,
-        "dilation": canon.dilation,
-        "mode": canon.mode,
-        "padding": canon.padding,
-        "pad_value": canon.pad_value,
-        "mask": mask,
-        "channels": canon.channels_mode,
-        "circular": None if canon.periods is None else {c: p for c, p in enumerate(canon.periods) if p is not None},
-        "method": canon.method,
-        "memory_limit": canon.memory_limit,
-    }
-    return canonicalize(canon.images, templates, **options)
-
-
-def _best_of_bank(
+def best_of_bank(
     canon: Canonical, T: int, R: int, progress: Callable[[int, int], None] | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(best score [B, T, H', W'], index of the best transform [B, T, H', W'] int64) over the streamed bank, in
@@ -263,29 +271,6 @@ def _best_of_bank(
             if progress is not None:
                 progress(t1, total)
     return best, which
-
-
-def window_origin(canon: Canonical) -> tuple[float, float]:
-    """Image position (y, x) of the template centre at score-map position (0, 0); it moves by the stride."""
-    from ._padding import pad_amounts
-
-    h, w = canon.templates.shape[-2:]
-    (dy, dx) = canon.dilation
-    top, _ = pad_amounts(canon.mode, canon.images.shape[-2], h, dy)
-    left, _ = pad_amounts(canon.mode, canon.images.shape[-1], w, dx)
-    return dy * (h - 1) / 2 - top, dx * (w - 1) / 2 - left
-
-
-def refine_peak(canon: Canonical, call: dict[str, Any], b: int, j: int, centre: tuple[float, float]):
-    """(y, x, score) of template j of image b refined on the data from an integer centre (image pixels)."""
-    from ._refine import refine_on_data
-
-    bank = canon.templates[b if canon.templates.shape[0] > 1 else 0, j]
-    mask = None
-    if canon.mask is not None:
-        mask = canon.mask[b if canon.mask.shape[0] > 1 else 0, j if canon.mask.shape[1] > 1 else 0]
-    higher = canon.spec.higher_is_better
-    return refine_on_data(canon.images[b], bank, mask, centre, canon.dilation, higher, call)
 
 
 def _columns(

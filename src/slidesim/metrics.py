@@ -1,4 +1,8 @@
-"""One specification per metric: its family, direction, aliases and the elementwise finish.
+"""One specification per metric (floor L0): its reduction, direction, aliases and the elementwise finish.
+
+Every grouping of metrics that engines and the cost model use (:data:`DIFFERENCE_METRICS`,
+:data:`PRODUCT_METRICS`, :data:`NORMALIZED_METRICS`, :data:`DISTANCE_METRICS`) is derived from the one table
+:data:`METRICS`.
 
 Notation (per template, per window; sums run over channels and template taps, weighted by the mask M, with
 W = M², n = Σ M, and OpenCV's convention of applying the mask to both the template and the window):
@@ -40,7 +44,7 @@ from .errors import SlidesimTypeError, SlidesimValueError
 
 __all__ = ["METRICS", "MetricSpec", "resolve_metric"]
 
-Family = Literal["distance", "correlation"]
+Reduction = Literal["difference", "product"]
 
 
 @dataclass(frozen=True)
@@ -49,36 +53,53 @@ class MetricSpec:
 
     Attributes:
         name: Canonical lowercase name.
-        family: ``"distance"`` for metrics that need a fused sliding reduction of |I − T| or (I − T)²,
-            ``"correlation"`` for those built from correlations and window statistics.
+        reduction: ``"difference"`` for metrics whose sliding reduction is Σ w·|I − T|^power (a fused reduction
+            that no correlation expresses exactly), ``"product"`` for those built from the cross term Σ W·I·T.
+        normalized: Whether the score divides by window statistics (energies or variances).
         higher_is_better: True for similarities, False for distances (sad, mad, ssd, ssd_normed).
         circular_ok: Whether ``circular=`` channels are meaningful for the metric.
-        power: For distance reductions, 1 (absolute) or 2 (squared); 0 when no distance reduction is needed.
+        power: For difference reductions, 1 (absolute) or 2 (squared); 0 for products.
         opencv: Name of the OpenCV method with the same numbers, if any.
     """
 
     name: str
-    family: Family
+    reduction: Reduction
+    normalized: bool
     higher_is_better: bool
     circular_ok: bool
     power: int
     opencv: str | None = None
 
+    @property
+    def family(self) -> Literal["distance", "correlation"]:
+        """``"distance"``: scored from the difference reduction and the weight total alone; ``"correlation"``:
+        scored from a reduction and window statistics (every product metric, and ssd_normed)."""
+        return "distance" if self.reduction == "difference" and not self.normalized else "correlation"
+
 
 METRICS: dict[str, MetricSpec] = {
     spec.name: spec
     for spec in (
-        MetricSpec("sad", "distance", False, True, 1),
-        MetricSpec("mad", "distance", False, True, 1),
-        MetricSpec("l1_similarity", "distance", True, True, 1),
-        MetricSpec("ssd", "distance", False, True, 2, "TM_SQDIFF"),
-        MetricSpec("ssd_normed", "correlation", False, False, 2, "TM_SQDIFF_NORMED"),
-        MetricSpec("ccorr", "correlation", True, False, 0, "TM_CCORR"),
-        MetricSpec("ncc", "correlation", True, False, 0, "TM_CCORR_NORMED"),
-        MetricSpec("ccoeff", "correlation", True, False, 0, "TM_CCOEFF"),
-        MetricSpec("zncc", "correlation", True, False, 0, "TM_CCOEFF_NORMED"),
+        MetricSpec("sad", "difference", False, False, True, 1),
+        MetricSpec("mad", "difference", False, False, True, 1),
+        MetricSpec("l1_similarity", "difference", False, True, True, 1),
+        MetricSpec("ssd", "difference", False, False, True, 2, "TM_SQDIFF"),
+        MetricSpec("ssd_normed", "difference", True, False, False, 2, "TM_SQDIFF_NORMED"),
+        MetricSpec("ccorr", "product", False, True, False, 0, "TM_CCORR"),
+        MetricSpec("ncc", "product", True, True, False, 0, "TM_CCORR_NORMED"),
+        MetricSpec("ccoeff", "product", False, True, False, 0, "TM_CCOEFF"),
+        MetricSpec("zncc", "product", True, True, False, 0, "TM_CCOEFF_NORMED"),
     )
 }
+
+DIFFERENCE_METRICS: tuple[str, ...] = tuple(m for m, s in METRICS.items() if s.reduction == "difference")
+"""Metrics whose reduction is a fused Σ w·|I − T|^p: sad, mad, l1_similarity, ssd, ssd_normed."""
+PRODUCT_METRICS: tuple[str, ...] = tuple(m for m, s in METRICS.items() if s.reduction == "product")
+"""Metrics built from the cross term Σ W·I·T: ccorr, ncc, ccoeff, zncc."""
+NORMALIZED_METRICS: tuple[str, ...] = tuple(m for m, s in METRICS.items() if s.normalized)
+"""Metrics that divide by window statistics: ssd_normed, ncc, zncc."""
+DISTANCE_METRICS: tuple[str, ...] = tuple(m for m, s in METRICS.items() if s.family == "distance")
+"""Metrics scored from the difference reduction alone: sad, mad, l1_similarity, ssd."""
 
 _ALIASES: dict[str, str] = {
     "sqdiff": "ssd",

@@ -10,7 +10,6 @@ wrong pixel; from the score map alone otherwise.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._checks import check_int, check_threshold
+from ._refine import refine_peak
 from ._types import ArrayLike
+from ._validate import canonicalize, window_origin, with_defaults
 from .errors import SlidesimTypeError, SlidesimValueError
 from .metrics import resolve_metric
 
@@ -47,22 +49,6 @@ class Peaks:
 
     def __len__(self) -> int:
         return len(self.batch)
-
-
-def _check_int(name: str, value: object, low: int) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise SlidesimTypeError(f"`{name}` must be an int; got {value!r}.")
-    if int(value) < low:
-        raise SlidesimValueError(f"`{name}` must be >= {low}; got {value!r}.")
-    return int(value)
-
-
-def _check_threshold(threshold: object) -> float | None:
-    if threshold is None:
-        return None
-    if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or threshold != threshold:
-        raise SlidesimTypeError(f"`threshold` must be a real number or None; got {threshold!r}.")
-    return float(threshold)
 
 
 def direction(higher_is_better: bool | None, metric: str | None) -> bool:
@@ -148,11 +134,11 @@ def find_peaks(
         2
     """
     maps, numpy_out, _ = _as_maps(scores)
-    k = _check_int("k", k, 1)
-    distance = 1 if min_distance is None else _check_int("min_distance", min_distance, 1)
-    border = _check_int("exclude_border", exclude_border, 0)
+    k = check_int("k", k, 1)
+    distance = 1 if min_distance is None else check_int("min_distance", min_distance, 1)
+    border = check_int("exclude_border", exclude_border, 0)
     higher = direction(higher_is_better, metric)
-    found = locate_peaks(maps, k, distance, _check_threshold(threshold), border, higher)
+    found = locate_peaks(maps, k, distance, check_threshold(threshold), border, higher)
     columns = torch.tensor(found, dtype=torch.int64).reshape(-1, 4).T
     batch, template, y, x = columns
     values = maps[batch, template, y, x].to(torch.float64)
@@ -169,13 +155,9 @@ def _refined_on_data(
     found: list[tuple[int, int, int, int]], maps: torch.Tensor, metric: str | None, images, templates, options
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Peaks refined on the data, back in score-map coordinates: (y, x, score)."""
-    from ._similarity import _defaults
-    from ._validate import canonicalize
-    from .matching import refine_peak, window_origin
-
     if templates is None:
         raise SlidesimValueError("`templates` must be given with `images` to refine peaks on the data.")
-    call = {**_defaults(), **options, "metric": metric or "zncc"}
+    call = with_defaults({**options, "metric": metric or "zncc"})
     canon = canonicalize(images, templates, **call)
     expected = (canon.images.shape[0], canon.templates.shape[1], canon.problem.out_height, canon.problem.out_width)
     if tuple(maps.shape) != expected:

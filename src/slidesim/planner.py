@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from . import engines
-from ._validate import Canonical, Problem, canonicalize
+from ._validate import Canonical, Problem, canonicalize, with_defaults
 from .cost import estimate_bytes, estimate_seconds
 from .errors import EngineUnavailableError, SlidesimValueError
 
@@ -58,7 +58,7 @@ class Plan:
         lines = [
             f"slidesim plan: {p.metric} of {p.batch}x{p.channels}x{p.height}x{p.width} images against "
             f"{p.n_templates} templates {p.template_height}x{p.template_width} ({p.mode}, stride {p.stride}, "
-            f"dilation {p.dilation}, mask {p.mask}, channels {p.channels_mode}, {p.compute_dtype} on {p.device})",
+            f"dilation {p.dilation}, mask {p.mask_kind}, channels {p.channels_mode}, {p.compute_dtype} on {p.device})",
             f"method={self.method!r} -> {self.engine}" + (" (measured)" if self.measured else " (estimated)"),
             f"  {'engine':<10} {'time':>12} {'temporaries':>12}  note",
         ]
@@ -169,9 +169,7 @@ def plan(images: Any, templates: Any, *, measure: bool = False, **options: Any) 
         >>> p.engine
         'numba'
     """
-    from ._similarity import _defaults
-
-    canon = canonicalize(images, templates, **{**_defaults(), **options})
+    canon = canonicalize(images, templates, **with_defaults(options))
     return make_plan(canon, measure=measure)
 
 

@@ -1,4 +1,4 @@
-"""Float64 brute force of every metric: the specification of slidesim and the oracle of its tests.
+"""Float64 brute force of every metric (floor L2): the specification of slidesim and the oracle of its tests.
 
 Every window is materialized ([B, C, H', W', h, w] per template) and each metric is written as its textbook
 formula, so the code reads like the table in :mod:`slidesim.metrics`. Memory grows as output × template size:
@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import torch
 
-from ._padding import pad_amounts, pad_image
-from ._validate import Canonical, canonicalize
+from ._geometry import pad_amounts, pad_image
+from ._validate import Canonical, canonicalize, finalize, with_defaults
 
-__all__ = ["compute", "similarity"]
+__all__ = ["compute", "score_windows", "similarity"]
 
 
 def _windows(padded: torch.Tensor, h: int, w: int, stride: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
@@ -29,7 +29,7 @@ def _windows(padded: torch.Tensor, h: int, w: int, stride: tuple[int, int], dila
     return win[..., :: dilation[0], :: dilation[1]]
 
 
-def _flat(values: torch.Tensor, support: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+def _all_equal(values: torch.Tensor, support: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """True where every supported value along dims is equal (empty support counts as flat)."""
     big = torch.finfo(values.dtype).max
     hi = torch.where(support, values, torch.full_like(values, -big)).amax(dim=dims)
@@ -37,10 +37,12 @@ def _flat(values: torch.Tensor, support: torch.Tensor, dims: tuple[int, ...]) ->
     return hi <= lo  # equal values, or an empty support (hi = −max < lo = +max)
 
 
-def _score_one(
+def score_windows(
     metric: str, P: torch.Tensor, T: torch.Tensor, M: torch.Tensor, periods: torch.Tensor | None, joint: bool
 ) -> torch.Tensor:
-    """Score windows P [B, C, H', W', h, w] against one template T [Bt, C, 1, 1, h, w] with mask M (same rank)."""
+    """The textbook formula of ``metric``: windows P [B, C, H', W', h, w] against one template T
+    [Bt, C, 1, 1, h, w] with mask M (same rank), per-channel periods [C] (inf: linear) or None; channels summed
+    when ``joint`` -> [B, H', W'] (or [B, C, H', W'])."""
     hw = (-2, -1)
     reduce = (1, -2, -1) if joint else hw
 
@@ -84,7 +86,7 @@ def _score_one(
     ccoeff = total(Tc * Pc)
     if metric == "ccoeff":
         return ccoeff
-    flat = _flat(P, support, hw) | _flat(T.expand_as(P), support, hw)  # per channel: [B, C, H', W']
+    flat = _all_equal(P, support, hw) | _all_equal(T.expand_as(P), support, hw)  # per channel: [B, C, H', W']
     if joint:
         flat = flat.all(dim=1)
     den = torch.sqrt(total(Tc * Tc) * total(Pc * Pc))
@@ -113,7 +115,7 @@ def compute(canon: Canonical) -> torch.Tensor:
     for t in range(T):
         Tt = bank[:, t, :, None, None]
         Mt = mask[:, min(t, mask.shape[1] - 1), :, None, None]
-        scores.append(_score_one(canon.spec.name, P, Tt, Mt, periods, joint))
+        scores.append(score_windows(canon.spec.name, P, Tt, Mt, periods, joint))
     out = torch.stack(scores, dim=1)
     if canon.channels_mode == "mean":
         out = out.mean(dim=2)
@@ -131,8 +133,5 @@ def similarity(images, templates, **options) -> object:
     Returns:
         Scores in float64, numpy for numpy input and torch otherwise.
     """
-    from ._similarity import _defaults, _finalize
-
-    merged = {**_defaults(), **options}
-    canon = canonicalize(images, templates, **merged)
-    return _finalize(compute(canon), canon, torch.float64)
+    canon = canonicalize(images, templates, **with_defaults(options))
+    return finalize(compute(canon), canon, torch.float64)

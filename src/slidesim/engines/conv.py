@@ -1,8 +1,8 @@
 """The conv engine: the cross term of the correlation metrics through torch conv2d with the whole bank as output
 channels (grouped per image for per-image banks), so the image is never repeated per template. Large float32
-outputs on the CPU are computed in bands of rows (see :func:`slidesim.engines._fast.conv_correlate`).
+outputs on the CPU are computed in bands of rows (see :func:`slidesim.kernels.conv.conv_correlate`).
 
-Window statistics come from :mod:`slidesim.engines._fast`; the cross term of ccoeff and zncc
+Window statistics come from :mod:`slidesim.kernels.area_sums`; the cross term of ccoeff and zncc
 correlates the centred image with the mean-removed template. Best for small templates and large banks.
 """
 
@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from .._scoring import geometry, padded_images, score_channels
-from .._validate import Canonical, Problem
-from ._fast import FastStatistics, conv_correlate, correlation_ineligible_reason
-from .direct import block_elements
+from .._validate import Canonical, Problem, geometry, padded_images
+from ..kernels.area_sums import AreaSumReductions
+from ..kernels.conv import conv_correlate
+from ..kernels.taps import block_elements
+from ..scoring.score import score_channels
+from .base import correlation_ineligible_reason, large_template_reason
 
 NAME = "conv"
 
@@ -28,8 +30,6 @@ def ineligible_reason(problem: Problem) -> str | None:
     return correlation_ineligible_reason(problem)
 
 
-_LARGE_TEMPLATE_TAPS = 4096  # h·w from which conv2d's float32 round-off sends many ncc/zncc windows to float64
-
 
 def auto_excluded_reason(problem: Problem) -> str | None:
     """Why ``method="auto"`` should not pick this engine although it can run the problem, or None."""
@@ -38,21 +38,7 @@ def auto_excluded_reason(problem: Problem) -> str | None:
     return large_template_reason(problem, "conv2d's")
 
 
-def large_template_reason(problem: Problem, what: str) -> str | None:
-    """Why auto leaves ncc and zncc with large templates to the FFT engine, for an engine whose cross term sums
-    tap by tap (``what``), or None."""
-    taps = problem.template_height * problem.template_width
-    if problem.metric in ("ncc", "zncc") and taps >= _LARGE_TEMPLATE_TAPS:
-        # the round-off of a tap-by-tap sum grows as √n·Σ|K|: on photographs with 64² templates and larger, so
-        # many low-contrast windows need the float64 recompute that the FFT engine's error bound spares
-        return (
-            f"{problem.metric} with {problem.template_height}×{problem.template_width} templates: {what} "
-            "round-off would send many windows to a float64 recompute; runs when named"
-        )
-    return None
-
-
-class ConvPrimitives(FastStatistics):
+class ConvPrimitives(AreaSumReductions):
     """Correlations by torch conv2d."""
 
     def correlate(self, image: torch.Tensor, kernel: torch.Tensor, support: torch.Tensor | None = None) -> torch.Tensor:

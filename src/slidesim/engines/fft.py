@@ -3,8 +3,8 @@
 The image spectrum is computed once per call and reused for every template of the bank; channels are summed in
 the frequency domain, so one inverse transform yields each template's map. Transform sizes are products of 2, 3,
 5 and 7; overlap-save tiles take the whole transform's place on large images (faster: their temporaries stay in
-cache) and when the whole spectrum would not fit ``memory_limit`` (:mod:`slidesim.engines._spectral`). Window
-statistics come from :mod:`slidesim.engines._fast`; the cross term of ccoeff and zncc correlates the centred image
+cache) and when the whole spectrum would not fit ``memory_limit`` (:mod:`slidesim.kernels.spectral`). Window
+statistics come from :mod:`slidesim.kernels.area_sums`; the cross term of ccoeff and zncc correlates the centred image
 with the mean-removed template, which keeps the float32 transform's round-off small against the window's own
 variation. Best for single templates and large ones.
 """
@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import torch
 
-from .._scoring import geometry, padded_images, score_channels
-from .._validate import Canonical, Problem
-from ._fast import FastStatistics, correlation_ineligible_reason
-from ._spectral import fft_correlate
-from .direct import block_elements
+from .._validate import Canonical, Problem, geometry, padded_images
+from ..kernels.area_sums import AreaSumReductions
+from ..kernels.spectral import fft_correlate
+from ..kernels.taps import block_elements
+from ..scoring.score import score_channels
+from .base import correlation_ineligible_reason
 
 NAME = "fft"
 
@@ -32,7 +33,7 @@ def ineligible_reason(problem: Problem) -> str | None:
     return correlation_ineligible_reason(problem)
 
 
-class FFTPrimitives(FastStatistics):
+class FFTPrimitives(AreaSumReductions):
     """Correlations by FFT, the image spectrum shared by every template."""
 
     global_cross_error = True  # round-off spreads over every output: ε·‖I‖₂·‖K‖₂, not per window

@@ -1,8 +1,8 @@
 """The Triton engine: fused GPU kernels for the distance metrics (sad, mad, l1_similarity, ssd) and the exact ssd of
 ssd_normed, forward and backward.
 
-The kernels (:mod:`slidesim.engines._triton_kernels`, registered as torch operators in
-:mod:`slidesim.engines._triton_ops`) never materialize windows: each program keeps a tile of up to 32 templates ×
+The kernels (:mod:`slidesim.kernels.triton_kernels`, registered as torch operators in
+:mod:`slidesim.kernels.triton_ops`) never materialize windows: each program keeps a tile of up to 32 templates ×
 128 output positions in registers and adds one difference per template and position for every tap, so memory is
 the output plus nothing that grows with the template. Masks, circular channels, stride, dilation and per-image
 banks are handled in the kernel; float16 and bfloat16 operands are loaded as they are and accumulated in float32.
@@ -15,29 +15,21 @@ without it this engine reports itself unavailable and ``method="auto"`` moves on
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 
-from .._scoring import geometry, padded_images, score_channels
-from .._validate import Canonical, Problem
-from .direct import DirectPrimitives, block_elements
+from .._validate import Canonical, Problem, geometry, padded_images
+from ..kernels.taps import TapReductions, block_elements
+from ..kernels.triton_env import interpreting, triton_missing_reason
+from ..metrics import DIFFERENCE_METRICS
+from ..scoring.score import score_channels
 
 NAME = "triton"
-_METRICS = ("sad", "mad", "l1_similarity", "ssd", "ssd_normed")
-
-
-def interpreting() -> bool:
-    """Whether Triton runs kernels in its interpreter (TRITON_INTERPRET=1), which accepts CPU tensors."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+_METRICS = DIFFERENCE_METRICS
 
 
 def unavailable_reason() -> str | None:
     """None when triton can be imported, else how to get it."""
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed (pip install 'slidesim[triton]'; it ships with CUDA builds of torch)"
-    return None
+    return triton_missing_reason()
 
 
 def ineligible_reason(problem: Problem) -> str | None:
@@ -50,13 +42,13 @@ def ineligible_reason(problem: Problem) -> str | None:
 
 
 def _ops():
-    from . import _triton_ops
+    from ..kernels import triton_ops  # imports triton: only once the engine runs
 
-    return _triton_ops
+    return triton_ops
 
 
-class TritonPrimitives(DirectPrimitives):
-    """Direct primitives with the distance reduction replaced by the fused Triton kernels."""
+class TritonPrimitives(TapReductions):
+    """Tap reductions with the distance reduction replaced by the fused Triton kernels."""
 
     def distance(
         self,

@@ -1,8 +1,8 @@
-"""Triton kernels of the fused distance reduction Σ w·|wrap(I − T)|^p (p = 1 or 2), forward and backward.
+"""Triton kernels (floor L2) of the fused distance reduction Σ w·|wrap(I − T)|^p (p = 1 or 2), forward and backward.
 
-Imported only by the Triton engine. Layouts are those of the numba kernels: image [B, C, Hp, Wp], templates
-[Bk, T, C, h, w], weights [Bw, Tw, Cw, h, w], periods [C] (0 where a channel is not circular), out and grad
-[B, T, H', W']. Broadcast axes (Bk, Bw, Tw, Cw of size 1) arrive with stride 0, so one address formula serves
+Imported only by :mod:`slidesim.kernels.triton_ops`. Layouts are those of the numba kernels: image [B, C, Hp, Wp],
+templates [Bk, T, C, h, w], weights [Bw, Tw, Cw, h, w], periods [C] (0 where a channel is not circular), out and
+grad [B, T, H', W']. Broadcast axes (Bk, Bw, Tw, Cw of size 1) arrive with stride 0, so one address formula serves
 shared and per-image banks, shared and per-template masks.
 
 Every kernel accumulates in float32 for float16, bfloat16 and float32 inputs and in float64 for float64 (``FP64``), and

@@ -1,4 +1,4 @@
-"""Full float32 on CUDA: TF32 off for the duration of a block."""
+"""Full float32 on CUDA (floor L2): TF32 off for the duration of a block."""
 
 from __future__ import annotations
 

@@ -1,14 +1,15 @@
-"""Correlation through torch.fft: Σ_c Σ_taps kernel · image for a whole bank, the image transformed once.
+"""Correlation through torch.fft (floor L2): Σ_c Σ_taps kernel · image for a whole bank, the image transformed once.
 
-Used by the FFT engine for the cross term and by the fast engines for masked window sums in float64 (where
-exact zeros are not needed: degenerate windows are decided by the exact flat test).
+Used by the FFT engine for the cross term, by :mod:`slidesim.kernels.area_sums` for masked window sums in float64
+(where exact zeros are not needed: degenerate windows are decided by the exact flat test), and by the exact
+rescoring of :mod:`slidesim.scoring` for float64 cross terms.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .._scoring import Geometry
+from .._geometry import Geometry
 
 
 def next_fast_length(n: int) -> int:

@@ -13,7 +13,7 @@ Numerics:
     * ssd and ssd_normed use an exact sliding Σ W (I − T)², never ΣI² − 2ΣIT + ΣT².
     * NaN stays local: the tap loops of the direct and numba engines use no cumulative sums and no FFT, so a NaN
       pixel only reaches the windows that contain it; for the fast engines (summed-area tables, running sums,
-      FFT) NaN pixels are filled before the sums and their windows marked NaN after (:mod:`slidesim._holes`).
+      FFT) NaN pixels are filled before the sums and their windows marked NaN after (:mod:`slidesim.scoring.holes`).
     * Flat windows are found exactly: a window whose computed variance exceeds a proven bound on its rounding
       error is not flat; the rest go through the engine's exact test.
 """
@@ -23,45 +23,39 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from ._holes import mark_holes
-from ._padding import pad_amounts, pad_image
-from ._validate import Canonical
-from .metrics import MetricSpec, finish_distance, finish_ncc, finish_ssd_normed, finish_zncc
+from .._geometry import Geometry
+from .._validate import Canonical
+from ..kernels.spectral import fft_correlate
+from ..metrics import MetricSpec, finish_distance, finish_ncc, finish_ssd_normed, finish_zncc
+from ..reference import score_windows
+from .holes import mark_holes
 
 _FINISH_TEMPORARIES = 8  # float64 output-sized temporaries alive at once while finishing a chunk
 _MAX_FINISH_BYTES = 8 * 2**20
-_CENTRING_BYTES = 4 * 2**20  # centred copies of the image are made this many bytes at a time
+CENTRING_BYTES = 4 * 2**20  # centred copies of the image are made this many bytes at a time
 _NORM_CHUNK_BYTES = 2**20  # float64 rows per step of _image_norm: a fresh large temporary costs page faults
 _SCORE_TOLERANCE = 5e-4  # ncc / zncc scores that round-off could move further are recomputed exactly
 _RESCORE_BYTES = 64 * 2**20  # temporaries of the exact rescoring of gathered windows, at a time
 _TRANSFORM_COST = 40  # float64 operations per output value of an FFT correlation, against one per gathered tap
 
 
-@dataclass(frozen=True)
-class Geometry:
-    """Where the windows are: stride, dilation and output size of one call."""
-
-    stride: tuple[int, int]
-    dilation: tuple[int, int]
-    out_height: int
-    out_width: int
-    template_size: tuple[int, int]
-
-
 class Primitives(Protocol):
     """Sliding reductions an engine provides (shapes in the docstrings of the direct engine).
 
     ``spreads_nan`` is true for engines whose sums carry a NaN beyond its windows (FFTs, cumulative sums): the
-    scoring code then fills NaN pixels and marks their windows afterwards (:mod:`slidesim._holes`).
+    scoring code then fills NaN pixels and marks their windows afterwards (:mod:`slidesim.scoring.holes`).
     """
 
     geom: Geometry
     spreads_nan: bool
+    cumulative_window_sums: bool  # unmasked window sums come from cumulative sums (their round-off: the image's)
+    global_cross_error: bool  # the cross term's round-off spreads over every output (transforms)
+
+    def for_stream(self) -> Primitives: ...
 
     def correlate(
         self, image: torch.Tensor, kernel: torch.Tensor, support: torch.Tensor | None = None
@@ -91,23 +85,6 @@ class Primitives(Protocol):
     ) -> torch.Tensor | None: ...
 
     def plane_energy(self, plane: torch.Tensor, shift: torch.Tensor) -> torch.Tensor | None: ...
-
-
-def geometry(canon: Canonical) -> Geometry:
-    """Where the windows of a validated call are."""
-    problem = canon.problem
-    return Geometry(
-        canon.stride, canon.dilation, problem.out_height, problem.out_width, tuple(canon.templates.shape[-2:])
-    )
-
-
-def padded_images(canon: Canonical) -> torch.Tensor:
-    """The canonical images padded for the call's mode ([B, C, Hp, Wp], compute dtype)."""
-    h, w = canon.templates.shape[-2:]
-    H, W = canon.images.shape[-2:]
-    top, bottom = pad_amounts(canon.mode, H, h, canon.dilation[0])
-    left, right = pad_amounts(canon.mode, W, w, canon.dilation[1])
-    return pad_image(canon.images, (top, bottom, left, right), canon.padding, canon.pad_value)
 
 
 def score_channels(prims: Primitives, canon: Canonical, image: torch.Tensor) -> torch.Tensor:
@@ -149,7 +126,7 @@ def _filled(canon: Canonical, image: torch.Tensor) -> tuple[torch.Tensor, torch.
     """(NaN map [B, C, Hp, Wp], the padded images with their NaN pixels filled, the call marked finite)."""
     holes = torch.isnan(image.detach())
     filled = torch.where(holes, _finite_channel_mean(image), image)
-    return holes, filled, dataclasses.replace(canon, problem=dataclasses.replace(canon.problem, finite=True))
+    return holes, filled, dataclasses.replace(canon, problem=dataclasses.replace(canon.problem, nonfinite="none"))
 
 
 def _mask_sums(mask: torch.Tensor | None, channels: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
@@ -263,8 +240,7 @@ def score_stream(
             distance = prims.distance(image, bank[:, t0:t1], chunk_weights, spec.power, periods)
             yield t0, t1, finish_distance(spec.name, distance, chunk_n)
         return
-    if hasattr(prims, "spectra"):
-        prims = dataclasses.replace(prims, spectra={})
+    prims = prims.for_stream()
     state = _CorrelationState(prims, spec, image, bank, mask, canon.problem.finite)
     state.keep_planes()
     for t0 in range(0, T, chunk):
@@ -392,7 +368,7 @@ class _CorrelationState:
         image = self.image
         C = image.shape[1]
         per_channel = image[:, :1].numel() * image.element_size()
-        group = max(1, _CENTRING_BYTES // max(1, per_channel))
+        group = max(1, CENTRING_BYTES // max(1, per_channel))
         if group >= C:
             return self.prims.correlate(self._plane(("centred", 0, C), lambda: self._centred(0, C)), kernel, support)
         total = None
@@ -499,7 +475,7 @@ class _CorrelationState:
         under 0.55 of these estimates.
         """
         eps = torch.finfo(self.image.dtype).eps
-        if getattr(self.prims, "global_cross_error", False):
+        if self.prims.global_cross_error:
             return self._fft_error(t0, t1, eps)
         kernel = self._kernels64(t0, t1)
         reach = self._once_value("image_reach", lambda: self._image_reach(self.spec.name == "zncc"))
@@ -608,8 +584,6 @@ class _CorrelationState:
 
     def _float64_cross(self, t0: int, t1: int) -> torch.Tensor:
         """The cross term of templates t0:t1 by a float64 FFT -> [B, t1 − t0, H', W'] float64."""
-        from .engines._spectral import fft_correlate
-
         if self.spec.name == "zncc":
             C = self.image.shape[1]
             planes = [
@@ -626,8 +600,6 @@ class _CorrelationState:
 
     def _exact_scores(self, t0: int, flagged: torch.Tensor, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(index [n, 4] of the flagged (b, t, y, x), their scores [n] by the reference's float64 formula)."""
-        from .reference import _score_one
-
         index = flagged.nonzero()
         (sy, sx), (dy, dx) = self.prims.geom.stride, self.prims.geom.dilation
         C, h, w = self.bank.shape[-3:]
@@ -650,7 +622,7 @@ class _CorrelationState:
             bm = b if self.mask.shape[0] > 1 else torch.zeros_like(b)
             tm = t0 + tt if not self.shared else torch.zeros_like(tt)
             masks = self.mask[bm, tm].detach().to(torch.float64)
-            exact = _score_one(
+            exact = score_windows(
                 self.spec.name,
                 windows[:, :, None, None],
                 (templates if grad else templates.detach())[:, :, None, None],
@@ -696,7 +668,7 @@ class _CorrelationState:
         cumulative sums err by the image's scale instead, which only matters for faint windows in a bright image
         (with integer-valued images the sums are exact and such windows do not exist).
         """
-        if self.masked or not getattr(self.prims, "cumulative_window_sums", False):
+        if self.masked or not self.prims.cumulative_window_sums:
             return None
         low, high = _finite_extremes(self.image.detach())
         reach = max(abs(float(low)), abs(float(high)))

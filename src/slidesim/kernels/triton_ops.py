@@ -1,8 +1,9 @@
-"""The Triton distance kernels as torch operators: ``torch.ops.slidesim.triton_distance`` and its backward.
+"""The Triton distance kernels as torch operators (floor L2): ``torch.ops.slidesim.triton_distance`` and its
+backward.
 
 Registered with :func:`torch.library.triton_op`, so torch.compile sees through them (it traces the launches with
 fake tensors and can schedule the kernels inside a compiled graph), and with an autograd formula that runs the
-fused backward kernels. Imported only by the Triton engine: importing it imports triton.
+fused backward kernels. Imported only by the Triton engine on first use: importing it imports triton.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import torch
 import triton
 from torch.library import triton_op, wrap_triton
 
-from . import _triton_kernels as kernels
-from .triton_gpu import interpreting
+from . import triton_kernels as kernels
+from .triton_env import interpreting
 
 _BLOCK_P = 128  # output positions per program: one coalesced row segment per warp group
 _MAX_BLOCK_T = 32  # templates per program: each image load feeds up to 32 differences

@@ -1,8 +1,10 @@
-"""numba kernels of the fused distance reduction Σ w·|I − T|^p (p = 1 or 2), forward and backward.
+"""numba kernels (floor L2) of the fused distance reduction Σ w·|I − T|^p (p = 1 or 2), forward and backward, and
+of the correlation's product tiles.
 
-Imported only by the numba engine. Every kernel is compiled once per dtype and cached on disk (``cache=True``),
-so a new process loads machine code instead of recompiling. numba's cache checks only the file that defines a
-kernel, so everything the cached kernels inline, the LLVM tile below included, lives in this one file.
+Imported only by :mod:`slidesim.kernels.numba_ops`, on first use. Every kernel is compiled once per dtype and cached
+on disk (``cache=True``), so a new process loads machine code instead of recompiling. numba's cache checks only the
+file that defines a kernel, so everything the cached kernels inline, the LLVM tile below included, lives in this one
+file.
 
 Sums over linear channels run in register tiles. numba vectorizes the innermost loop of a
 kernel, so an accumulator that lives across the loop over template taps has to sit in memory, and every tap then

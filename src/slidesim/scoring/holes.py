@@ -1,4 +1,5 @@
-"""NaN pixels as holes, for engines whose sums would spread them (the FFT and conv engines).
+"""NaN pixels as holes (floor L3), for engines whose sums would spread them (the FFT, conv and numba correlation
+engines).
 
 An FFT, a summed-area table or a running sum carries a NaN into every output it touches, far beyond the windows
 that hold it. Such engines score a copy of the padded images whose NaN pixels are filled with their channel's mean
@@ -20,13 +21,11 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from ._scoring import Geometry
+from .._geometry import Geometry
+from ..kernels.boxes import box_sums
 
 _COUNT_BYTES = 64 * 2**20  # float32 hole counts of masked windows, at a time
 
@@ -63,10 +62,9 @@ def _channel(support: torch.Tensor | None, c: int) -> torch.Tensor | None:
 def _holed_windows(holes: torch.Tensor, support: torch.Tensor | None, geom: Geometry) -> torch.Tensor:
     """Windows that hold a hole under their support: holes [B, C, Hp, Wp] bool, support [Bm, Tm, 1|C, h, w] bool
     (None: every tap), Bm ∈ {1, B} -> [B, 1|Tm, H', W'] bool."""
-    from .engines._fast import _box  # summed-area box sums: O(H·W) whatever the template size, unlike max_pool2d
-
     any_channel = holes.any(dim=1, keepdim=True).to(torch.float64)
-    near = _box(any_channel, geom.template_size, geom, (geom.out_height, geom.out_width)) > 0.5  # whole counts
+    # summed-area box sums: O(H·W) whatever the template size, unlike max_pool2d
+    near = box_sums(any_channel, geom.template_size, geom, (geom.out_height, geom.out_width)) > 0.5  # whole counts
     if support is None:
         return near
     B, C = holes.shape[:2]

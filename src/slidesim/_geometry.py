@@ -1,4 +1,6 @@
-"""Padding of images for the "same" and "full" modes, for any pad width.
+"""Where the windows are (floor L1): the geometry of one call, and the padding of "same" and "full" modes.
+
+:class:`Geometry` is all that the sliding reductions of :mod:`slidesim.kernels` need to know about a call.
 
 torch's own reflect and circular padding refuse pads wider than the image; template matching routinely needs
 them (a template larger than the image in "full" mode). The non-constant modes are therefore built as index maps
@@ -8,11 +10,25 @@ autograd intact.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-_NUMPY_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+NUMPY_PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+"""slidesim's padding names -> numpy.pad's modes (the non-constant paddings are built from numpy index maps)."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the windows are: stride, dilation and output size of one call, and the template's size."""
+
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    out_height: int
+    out_width: int
+    template_size: tuple[int, int]
 
 
 def pad_amounts(mode: str, size: int, taps: int, dilation: int) -> tuple[int, int]:
@@ -54,7 +70,7 @@ def pad_image(image: torch.Tensor, pads: tuple[int, int, int, int], padding: str
         return image
     if padding == "constant":
         return F.pad(image, (left, right, top, bottom), mode="constant", value=value)
-    mode = _NUMPY_MODE[padding]
+    mode = NUMPY_PAD_MODES[padding]
     rows = np.pad(np.arange(image.shape[-2]), (top, bottom), mode=mode)
     cols = np.pad(np.arange(image.shape[-1]), (left, right), mode=mode)
     out = image.index_select(-2, torch.as_tensor(rows, device=image.device))

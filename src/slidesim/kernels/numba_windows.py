@@ -1,6 +1,6 @@
-"""numba kernel of the unmasked window statistics of the correlation metrics, in one pass over the image.
+"""numba kernel (floor L2) of the unmasked window statistics of the correlation metrics, in one pass over the image.
 
-Imported only when numba is installed (see :func:`slidesim.engines._fast.fused_statistics_available`). Each thread
+Imported only when numba is installed (see :func:`slidesim.kernels.area_sums.fused_statistics_available`). Each thread
 owns a band of output rows: it keeps float64 sums of every image column over the window's rows, moves them down
 by adding the rows that enter and subtracting the rows that leave, and reads each window's total from a prefix sum
 of those column sums. The image is read about twice and nothing but the output is written, where the equivalent

@@ -1,0 +1,16 @@
+"""One call outside a compiled region (floor L6): validate, plan, run the chosen engine, convert the result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._types import ArrayLike
+from ._validate import canonicalize, finalize
+from .planner import select_engine
+
+
+def run_eager(images: ArrayLike, templates: ArrayLike, **options: Any) -> ArrayLike:
+    """Validate, plan and run one call (every keyword option of :func:`slidesim.similarity`, none defaulted)."""
+    canon = canonicalize(images, templates, **options)
+    engine = select_engine(canon)
+    return finalize(engine.run(canon), canon, canon.out_dtype)

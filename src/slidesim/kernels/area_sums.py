@@ -1,0 +1,149 @@
+"""Window statistics in O(H·W) (floor L2): :class:`AreaSumReductions`, the tap loops' reductions with their window
+sums, squares and flatness taken from summed-area tables, fused numba passes and transforms.
+
+Unmasked windows: one fused numba pass over the centred image gives every window's Σ (I − s)² less its squared
+mean (or 1/√ of it) in float64 (:mod:`slidesim.kernels.numba_windows`); without numba, summed-area tables in
+float64 give the same sums. Masked windows: float64 FFT sums where exact zeros are not needed, conv2d where they
+are. Flatness: an exact count of differing neighbour pairs per window, run only on windows that may be flat. All
+of these spread a NaN or inf beyond its windows: the scoring code fills NaN pixels before they run and marks the
+windows that hold them after (:mod:`slidesim.scoring.holes`), and the engines that use them do not run images
+with ±inf.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .boxes import box_sums
+from .conv import conv_correlate
+from .spectral import fft_correlate
+from .taps import TapReductions
+
+_NO_FACTORS = np.zeros((0, 0, 0))  # tells the fused kernel to write values, not factors
+_NO_OUT = np.zeros((1, 1, 1))  # the values' array when the kernel writes factors
+
+
+def fused_statistics_available() -> bool:
+    """Whether numba is installed, for the one-pass window statistics of :mod:`slidesim.kernels.numba_windows`."""
+    return importlib.util.find_spec("numba") is not None
+
+
+@dataclass(frozen=True)
+class AreaSumReductions(TapReductions):
+    """Tap reductions whose window sums and ranges take O(H·W) (unmasked) or O(H·W·log) (masked, FFT) instead of
+    O(H·W·h·w).
+
+    Attributes:
+        chunk_bytes: Bytes that the spectra of one chunk of templates (or weights) may use.
+        spectra: Whole-image spectra kept between calls while a bank streams through (None: not kept).
+    """
+
+    chunk_bytes: int = 64 * 2**20
+    spectra: dict | None = None
+    cumulative_window_sums = True  # unmasked window sums come from summed-area tables or running sums
+    spreads_nan = True  # so do FFTs: the scoring code fills NaN pixels first and marks their windows after
+
+    def for_stream(self) -> AreaSumReductions:
+        """A copy that keeps whole-image spectra between the chunks of a streamed bank."""
+        return dataclasses.replace(self, spectra={})
+
+    def _fused(self, plane: torch.Tensor) -> bool:
+        return (
+            not plane.requires_grad
+            and plane.device.type == "cpu"
+            and self.geom.dilation == (1, 1)
+            and fused_statistics_available()
+        )
+
+    def _run_fused(
+        self, plane: torch.Tensor, shift: torch.Tensor, centred: bool, tolerance: float, out: np.ndarray, factors
+    ) -> int:
+        """Run the numba pass into ``out`` ([B, H', W'] float64) or, when ``factors`` is not empty, into it."""
+        import numba
+
+        from .numba_windows import window_squares
+
+        geom = self.geom
+        # A few tasks per thread balance the load; fewer, taller bands re-sum fewer first windows.
+        rows_per_task = max(8, -(-geom.out_height * plane.shape[0] // (4 * numba.get_num_threads())))
+        image = plane.detach()[:, 0].contiguous().numpy()
+        shifts = shift.detach().to(torch.float64).reshape(-1).contiguous().numpy()
+        size, stride = geom.template_size, geom.stride
+        return int(window_squares(image, shifts, *size, *stride, centred, rows_per_task, tolerance, out, factors))
+
+    def window_squares(self, plane: torch.Tensor, shift: torch.Tensor, centred: bool) -> torch.Tensor | None:
+        """Σ (I − s)², minus (Σ (I − s))² / n when centred, over every unmasked window of plane [B, 1, Hp, Wp]
+        with shift [B, 1, 1, 1] -> [B, 1, H', W'] float64, in one numba pass; None (the scoring code then combines
+        summed-area box sums) without numba, off the CPU, with dilation, or when a gradient is needed."""
+        if not self._fused(plane):
+            return None
+        out = torch.empty(plane.shape[0], 1, self.geom.out_height, self.geom.out_width, dtype=torch.float64)
+        self._run_fused(plane, shift, centred, 0.0, out[:, 0].numpy(), _NO_FACTORS)
+        return out
+
+    def plane_energy(self, plane: torch.Tensor, shift: torch.Tensor) -> torch.Tensor | None:
+        """Σ (I − s)² of each image of plane [B, 1, Hp, Wp] with shift [B, 1, 1, 1] -> [B] float64, in one numba
+        pass; None where the fused pass cannot run (the scoring code then sums float64 pieces)."""
+        if plane.device.type != "cpu" or not fused_statistics_available():
+            return None
+        from .numba_windows import plane_energies
+
+        image = plane.detach()[:, 0].contiguous().numpy()
+        shifts = shift.detach().to(torch.float64).reshape(-1).contiguous().numpy()
+        return torch.from_numpy(plane_energies(image, shifts))
+
+    def window_factors(
+        self, plane: torch.Tensor, shift: torch.Tensor, tolerance: float, dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        """1/√(window variance × n) of plane − shift ([B, 1, Hp, Wp], [B, 1, 1, 1]) for every unmasked window,
+        [B, 1, H', W'] in ``dtype``, in one numba pass; None where the fused pass cannot run or where some window's
+        variance is within ``tolerance`` (it may be flat: the caller then runs the exact test)."""
+        if not self._fused(plane):
+            return None
+        factors = torch.empty(plane.shape[0], 1, self.geom.out_height, self.geom.out_width, dtype=dtype)
+        low = self._run_fused(plane, shift, True, tolerance, _NO_OUT, factors[:, 0].numpy())
+        return factors if low == 0 else None
+
+    def window_sum(self, plane: torch.Tensor, weights: torch.Tensor | None, exact_zeros: bool = True) -> torch.Tensor:
+        """Σ over each window of plane [B, C', Hp, Wp] (channels summed) -> [B, 1, H', W'].
+
+        Weighted sums use conv2d when ``exact_zeros``: a window of zeros must then sum to exactly zero, which
+        decides the degenerate cases of ncc and ssd_normed. Otherwise (zncc's moments, whose degenerate windows
+        the exact flat test decides) they use a float64 FFT, whose error is within the flat test's rounding bound.
+        """
+        if weights is not None:
+            if not exact_zeros:
+                return fft_correlate(plane, weights, self.geom, self.chunk_bytes, spectra=self.spectra)
+            return conv_correlate(plane, weights, self.geom)
+        total = plane.sum(dim=1, keepdim=True) if plane.shape[1] > 1 else plane
+        geom = self.geom
+        return box_sums(total, geom.template_size, geom, (geom.out_height, geom.out_width))
+
+    def window_flat(
+        self, plane: torch.Tensor, support: torch.Tensor | None, rows: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """True where all values of plane [B, 1, Hp, Wp] in a window are equal -> [B, 1, r1 - r0, W'] bool for
+        output rows r0:r1 (default all).
+
+        A window is flat exactly when no two neighbouring taps differ, along rows and along columns; counting the
+        differing neighbour pairs is an integer box sum, exact and O(H·W). Masked windows use the direct loop.
+        """
+        if support is not None:
+            return super().window_flat(plane, support, rows)
+        geom = self.geom
+        (h, w), (dy, dx), sy = geom.template_size, geom.dilation, geom.stride[0]
+        r0, r1 = rows if rows is not None else (0, geom.out_height)
+        span = dy * (h - 1) + 1
+        plane = plane.detach()[..., r0 * sy : (r1 - 1) * sy + span, :]  # only the rows these windows cover
+        out = (r1 - r0, geom.out_width)
+        changes = torch.zeros(plane.shape[0], 1, *out, dtype=torch.float64, device=plane.device)  # exact counts
+        if w > 1:
+            changes += box_sums(plane[..., :, dx:] != plane[..., :, :-dx], (h, w - 1), geom, out)
+        if h > 1:
+            changes += box_sums(plane[..., dy:, :] != plane[..., :-dy, :], (h - 1, w), geom, out)
+        return changes == 0
