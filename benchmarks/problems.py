@@ -11,8 +11,7 @@ import torch
 
 import slidesim
 from slidesim import engines
-from slidesim._validate import DEFAULT_OPTIONS
-from slidesim._validate import canonicalize
+from slidesim._validate import DEFAULT_OPTIONS, canonicalize
 
 CORRELATION = ("ccorr", "ncc", "ccoeff", "zncc")
 DISTANCE = ("sad", "mad", "l1_similarity", "ssd", "ssd_normed")
@@ -58,7 +57,7 @@ class Case:
         """Engines auto may pick that can run this case."""
         problem = self.problem()
         names = []
-        for name in engines.AUTO_ORDER:
+        for name in engines.auto_engines():
             engine = engines.load(name)
             reason = engine.unavailable_reason() or engine.ineligible_reason(problem)
             if reason is None and getattr(engine, "auto_excluded_reason", lambda _: None)(problem) is None:

@@ -21,8 +21,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 from slidesim import engines
-from slidesim._validate import DEFAULT_OPTIONS
-from slidesim._validate import canonicalize
+from slidesim._validate import DEFAULT_OPTIONS, canonicalize
 from slidesim.metrics import METRICS
 
 TESTED_ENGINES = [name for name in engines.ENGINES if name != "reference"]

@@ -68,7 +68,7 @@ def warm_every_engine(images: str, templates: str, metric: str) -> str:
     (importing numba, loading its cached kernels, torch's first FFT plan) stay out of the measured peak."""
     return (
         "from slidesim import engines\n"
-        "for _name in engines.AUTO_ORDER:\n"
+        "for _name in engines.auto_engines():\n"
         "    try:\n"
         f"        slidesim.similarity({images}, {templates}, metric={metric!r}, method=_name)\n"
         "    except slidesim.EngineUnavailableError:\n"

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import slidesim
-from slidesim.scoring.holes import mark_holes
 from slidesim._geometry import Geometry
+from slidesim.scoring.holes import mark_holes
 
 from .conftest import tolerance
 

@@ -10,8 +10,7 @@ import torch
 
 import slidesim
 from slidesim import engines
-from slidesim._validate import DEFAULT_OPTIONS
-from slidesim._validate import canonicalize
+from slidesim._validate import DEFAULT_OPTIONS, canonicalize
 from slidesim.metrics import METRICS
 
 from .conftest import ENGINE_METRICS, engines_for, tolerance

@@ -12,8 +12,8 @@ import torch
 from torch.library import opcheck
 
 import slidesim
-from slidesim.kernels import triton_env
 from slidesim.errors import EngineUnavailableError
+from slidesim.kernels import triton_env
 
 pytest.importorskip("triton")
 from slidesim.kernels import triton_ops  # after the skip: importing it imports triton

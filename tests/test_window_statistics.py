@@ -8,13 +8,11 @@ import pytest
 import torch
 
 import slidesim
-from slidesim._validate import geometry, padded_images
-from slidesim.scoring.score import _CorrelationState
-from slidesim._validate import DEFAULT_OPTIONS
-from slidesim._validate import canonicalize
+from slidesim._validate import DEFAULT_OPTIONS, canonicalize, geometry, padded_images
 from slidesim.engines import conv, fft
 from slidesim.kernels import area_sums
 from slidesim.metrics import METRICS
+from slidesim.scoring.score import _CorrelationState
 
 from .conftest import tolerance
 
@@ -62,9 +60,10 @@ def test_image_norm_fused_and_in_pieces_agree(centred: bool, monkeypatch) -> Non
     rng = np.random.default_rng(3)
     image = torch.from_numpy((rng.random((2, 3, 67, 45)) * 5 + 1e4).astype(np.float32))  # bright: centring matters
     template = image[:1, :, 10:17, 4:9].clone()
-    canon = canonicalize(image, template, **{**DEFAULT_OPTIONS, "metric": "zncc" if centred else "ncc", "method": "fft"})
+    options = {**DEFAULT_OPTIONS, "metric": "zncc" if centred else "ncc", "method": "fft"}
+    canon = canonicalize(image, template, **options)
     padded = padded_images(canon)
-    prims = fft.primitives(canon, padded)
+    prims = fft.ENGINE.primitives(canon, padded)
     state = _CorrelationState(prims, canon.spec, padded, canon.templates, canon.mask, True)
     if not centred:
         state.shift = torch.zeros(2, 3, 1, 1)
@@ -105,7 +104,8 @@ def test_flat_windows_are_found_exactly(engine, fused: bool, offset: float, stri
         monkeypatch.setattr(area_sums, "fused_statistics_available", lambda: False)
     image = _quantized_image(np.random.default_rng(3), offset)
     bank = torch.rand(1, 2, 7, 6)
-    canon = canonicalize(image, bank, **{**DEFAULT_OPTIONS, "metric": "zncc", "stride": stride, "method": engine.NAME})
+    options = {**DEFAULT_OPTIONS, "metric": "zncc", "stride": stride, "method": engine.ENGINE.name}
+    canon = canonicalize(image, bank, **options)
     padded = padded_images(canon)
     prims = engine.FFTPrimitives if engine is fft else engine.ConvPrimitives
     geom = geometry(canon)

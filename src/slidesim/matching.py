@@ -15,16 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import engines
 from ._checks import check_factors, check_int, check_threshold
 from ._refine import refine_peak
 from ._types import ArrayLike
-from ._validate import Canonical, canonicalize, padded_images, window_origin, with_bank, with_defaults
+from ._validate import Canonical, canonicalize, window_origin, with_defaults
 from .banks import transform_bank
 from .errors import SlidesimValueError
 from .peaks import locate_peaks
-from .planner import make_plan
-from .scoring.score import score_stream
+from .planner import select_engine
 
 __all__ = ["Matches", "match"]
 
@@ -229,24 +227,6 @@ def _chunk(canon: Canonical) -> int:
     return int(max(1, min(canon.templates.shape[1], canon.memory_limit // _MAP_SHARE // max(1, per_template))))
 
 
-def _stream(canon: Canonical, chunk: int):
-    """Joint (or channel-mean) score maps of the bank, chunk by chunk: (t0, t1, scores [B, t1 − t0, H', W'])."""
-    engine = engines.load(make_plan(canon).engine)
-    if canon.channels_mode == "joint" and hasattr(engine, "primitives"):
-        image = padded_images(canon)
-        yield from score_stream(engine.primitives(canon, image), canon, image, chunk)
-        return
-    # the reference engine and channels="mean": whole calls on chunks of the bank
-    T = canon.templates.shape[1]
-    for t0 in range(0, T, chunk):
-        t1 = min(T, t0 + chunk)
-        mask = canon.mask
-        if mask is not None and mask.shape[1] > 1:
-            mask = mask[:, t0:t1]
-        part = with_bank(canon, canon.templates[:, t0:t1], mask)
-        yield t0, t1, engine.run(part)
-
-
 def best_of_bank(
     canon: Canonical, T: int, R: int, progress: Callable[[int, int], None] | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -261,7 +241,7 @@ def best_of_bank(
     which = torch.zeros(shape, dtype=torch.int64, device=canon.images.device)
     total = canon.templates.shape[1]
     with torch.no_grad():
-        for t0, t1, scores in _stream(canon, _chunk(canon)):
+        for t0, t1, scores in select_engine(canon).stream(canon, _chunk(canon)):
             for j in range(t0, t1):
                 t, r = divmod(j, R)
                 s = scores[:, j - t0]

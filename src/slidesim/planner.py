@@ -13,12 +13,12 @@ import functools
 import math
 import time
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 from . import engines
 from ._validate import Canonical, Problem, canonicalize, with_defaults
 from .cost import estimate_bytes, estimate_seconds
+from .engines.base import Engine
 from .errors import EngineUnavailableError, SlidesimValueError
 
 __all__ = ["Candidate", "Plan", "explain", "plan"]
@@ -76,20 +76,19 @@ class Plan:
 
 
 @functools.lru_cache(maxsize=256)
-def _candidates(problem: Problem, memory_limit: int) -> tuple[Candidate, ...]:
-    """Every engine with its estimate or exclusion, best first; cached because problems repeat call after call."""
+def _candidates(problem: Problem, memory_limit: int, names: tuple[str, ...]) -> tuple[Candidate, ...]:
+    """Every engine of ``names`` with its estimate or exclusion, best first; cached because problems repeat call
+    after call (the names are part of the key, so a newly registered engine is seen)."""
     found = []
-    for name in engines.ENGINES:
+    for name in names:
         engine = engines.load(name)
         reason = engine.unavailable_reason() or engine.ineligible_reason(problem)
         seconds = estimate_seconds(name, problem, memory_limit)
         need = estimate_bytes(name, problem, memory_limit)
-        if reason is None and name == "reference":
-            reason = "the float64 oracle runs only when asked for by name"
-        if reason is None and name not in engines.AUTO_ORDER:
-            reason = f"runs only when named (method={name!r})"
-        if reason is None and hasattr(engine, "auto_excluded_reason"):
+        if reason is None:
             reason = engine.auto_excluded_reason(problem)
+        if reason is None and not engine.picked_by_auto:
+            reason = f"runs only when named (method={name!r})"
         if reason is None and need > memory_limit:
             reason = f"needs about {need / 2**20:.0f} MiB, over memory_limit {memory_limit / 2**20:.0f} MiB"
         found.append(Candidate(name, seconds, need, reason))
@@ -127,7 +126,7 @@ def make_plan(canon: Canonical, measure: bool = False) -> Plan:
         seconds = estimate_seconds(method, problem, canon.memory_limit)
         need = estimate_bytes(method, problem, canon.memory_limit)
         return Plan(problem, method, method, (Candidate(method, seconds, need),))
-    candidates = _candidates(problem, canon.memory_limit)
+    candidates = _candidates(problem, canon.memory_limit, engines.ENGINES)
     runnable = [c for c in candidates if c.excluded is None]
     if not runnable:  # every engine is over the memory limit: the direct engine still bounds its temporaries
         runnable = [c for c in candidates if c.engine == "direct"]
@@ -144,8 +143,8 @@ def make_plan(canon: Canonical, measure: bool = False) -> Plan:
     return Plan(problem, method, runnable[0].engine, tuple(candidates))
 
 
-def select_engine(canon: Canonical) -> ModuleType:
-    """The engine module that runs a validated call."""
+def select_engine(canon: Canonical) -> Engine:
+    """The engine that runs a validated call."""
     return engines.load(make_plan(canon).engine)
 
 

@@ -10,32 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import Canonical, Problem, geometry, padded_images
+from .._validate import Canonical, Problem, geometry
 from ..kernels.area_sums import AreaSumReductions
 from ..kernels.conv import conv_correlate
 from ..kernels.taps import block_elements
-from ..scoring.score import score_channels
-from .base import correlation_ineligible_reason, large_template_reason
-
-NAME = "conv"
-
-
-def unavailable_reason() -> str | None:
-    """conv2d ships with torch."""
-    return None
-
-
-def ineligible_reason(problem: Problem) -> str | None:
-    """Correlation metrics on finite images."""
-    return correlation_ineligible_reason(problem)
-
-
-
-def auto_excluded_reason(problem: Problem) -> str | None:
-    """Why ``method="auto"`` should not pick this engine although it can run the problem, or None."""
-    if problem.compute_dtype == "float64" and problem.device.startswith("cpu"):
-        return "float64 conv2d on the CPU unfolds every window (im2col): slower than fft or direct; runs when named"
-    return large_template_reason(problem, "conv2d's")
+from . import counts
+from .base import ReductionEngine, correlation_ineligible_reason, large_template_reason
 
 
 class ConvPrimitives(AreaSumReductions):
@@ -51,13 +31,43 @@ class ConvPrimitives(AreaSumReductions):
         return conv_correlate(image, kernel, self.geom)
 
 
-def primitives(canon: Canonical, image: torch.Tensor) -> ConvPrimitives:
-    """The engine's sliding reductions for a validated call on its padded images."""
-    block = block_elements(canon.memory_limit, image.element_size())
-    return ConvPrimitives(geometry(canon), block, chunk_bytes=canon.memory_limit // 4)
+class ConvEngine(ReductionEngine):
+    """Correlations by conv2d, window statistics by area sums: correlation metrics of images without ±inf."""
+
+    name = "conv"
+
+    def ineligible_reason(self, problem: Problem) -> str | None:
+        """Correlation metrics on images without ±inf."""
+        return correlation_ineligible_reason(problem)
+
+    def auto_excluded_reason(self, problem: Problem) -> str | None:
+        """float64 on the CPU (im2col) and ncc / zncc with large templates (round-off) are left to other engines."""
+        if problem.compute_dtype == "float64" and problem.device.startswith("cpu"):
+            return "float64 conv2d on the CPU unfolds every window (im2col): slower than fft or direct; runs when named"
+        return large_template_reason(problem, "conv2d's")
+
+    def features(self, problem: Problem, memory_limit: int) -> dict[str, float]:
+        """conv2d's updates (unfolded windows in float64), the area-sum statistics and the finish."""
+        del memory_limit
+        found = {**counts.call_counts(problem), **counts.area_sum_statistics(problem)}
+        updates = counts.updates(problem)
+        if problem.compute_dtype == "float64":  # torch unfolds windows (im2col) and multiplies matrices
+            found["unfolded_updates"] = updates
+            found["unfolded_values"] = updates / problem.n_templates  # the im2col copy itself
+        else:  # oneDNN: a few output channels leave most of its vector lanes and cache blocking idle
+            found["correlate_updates"] = updates
+            found["narrow_updates"] = updates / min(64, problem.n_templates)
+        return found
+
+    def temporary_bytes(self, problem: Problem, memory_limit: int) -> int:
+        """The area sums' temporaries, and one reordered copy of the (centred) image that oneDNN makes."""
+        del memory_limit
+        return counts.area_sum_bytes(problem) + counts.image_bytes(problem)
+
+    def primitives(self, canon: Canonical, image: torch.Tensor) -> ConvPrimitives:
+        """conv2d correlations; masked window sums' spectra within a quarter of ``memory_limit``."""
+        block = block_elements(canon.memory_limit, image.element_size())
+        return ConvPrimitives(geometry(canon), block, chunk_bytes=canon.memory_limit // 4)
 
 
-def run(canon: Canonical) -> torch.Tensor:
-    """Scores of a validated problem: [B, T, H', W'] (or [B, T, C, H', W'] for channels="separate")."""
-    image = padded_images(canon)
-    return score_channels(primitives(canon, image), canon, image)
+ENGINE = ConvEngine()

@@ -4,33 +4,23 @@ The image spectrum is computed once per call and reused for every template of th
 the frequency domain, so one inverse transform yields each template's map. Transform sizes are products of 2, 3,
 5 and 7; overlap-save tiles take the whole transform's place on large images (faster: their temporaries stay in
 cache) and when the whole spectrum would not fit ``memory_limit`` (:mod:`slidesim.kernels.spectral`). Window
-statistics come from :mod:`slidesim.kernels.area_sums`; the cross term of ccoeff and zncc correlates the centred image
-with the mean-removed template, which keeps the float32 transform's round-off small against the window's own
+statistics come from :mod:`slidesim.kernels.area_sums`; the cross term of ccoeff and zncc correlates the centred
+image with the mean-removed template, which keeps the float32 transform's round-off small against the window's own
 variation. Best for single templates and large ones.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .._validate import Canonical, Problem, geometry, padded_images
+from .._validate import Canonical, Problem, geometry
 from ..kernels.area_sums import AreaSumReductions
-from ..kernels.spectral import fft_correlate
+from ..kernels.spectral import choose_tile, fft_correlate, next_fast_length, template_chunk, tile_count
 from ..kernels.taps import block_elements
-from ..scoring.score import score_channels
-from .base import correlation_ineligible_reason
-
-NAME = "fft"
-
-
-def unavailable_reason() -> str | None:
-    """torch.fft ships with torch."""
-    return None
-
-
-def ineligible_reason(problem: Problem) -> str | None:
-    """Correlation metrics on finite images."""
-    return correlation_ineligible_reason(problem)
+from . import counts
+from .base import ReductionEngine, correlation_ineligible_reason
 
 
 class FFTPrimitives(AreaSumReductions):
@@ -48,13 +38,57 @@ class FFTPrimitives(AreaSumReductions):
         return fft_correlate(image, kernel, self.geom, self.chunk_bytes, spectra=self.spectra)
 
 
-def primitives(canon: Canonical, image: torch.Tensor) -> FFTPrimitives:
-    """The engine's sliding reductions for a validated call on its padded images."""
-    block = block_elements(canon.memory_limit, image.element_size())
-    return FFTPrimitives(geometry(canon), block, chunk_bytes=canon.memory_limit // 4)
+def transform_plan(problem: Problem, memory_limit: int) -> tuple[tuple[int, int], int]:
+    """Transform size and number of transforms per image: the whole image, or overlap-save tiles when its
+    spectrum would not fit (as :func:`slidesim.kernels.spectral.fft_correlate` decides)."""
+    item = counts.item_size(problem)
+    Hp, Wp = counts.padded_size(problem)
+    dy, dx = problem.dilation
+    span = (dy * (problem.template_height - 1) + 1, dx * (problem.template_width - 1) + 1)
+    shape = (problem.batch, problem.channels, Hp, Wp)
+    tile = choose_tile(shape, span, problem.n_templates, item, memory_limit // 4, problem.stride)
+    if tile is None:
+        return (next_fast_length(Hp), next_fast_length(Wp)), 1
+    return tile, tile_count(tile, (Hp, Wp), span, problem.stride)
 
 
-def run(canon: Canonical) -> torch.Tensor:
-    """Scores of a validated problem: [B, T, H', W'] (or [B, T, C, H', W'] for channels="separate")."""
-    image = padded_images(canon)
-    return score_channels(primitives(canon, image), canon, image)
+class FFTEngine(ReductionEngine):
+    """Correlations by FFT, window statistics by area sums: correlation metrics of images without ±inf."""
+
+    name = "fft"
+
+    def ineligible_reason(self, problem: Problem) -> str | None:
+        """Correlation metrics on images without ±inf."""
+        return correlation_ineligible_reason(problem)
+
+    def features(self, problem: Problem, memory_limit: int) -> dict[str, float]:
+        """Image and kernel transforms, spectrum products, the area-sum statistics and the finish."""
+        found = {**counts.call_counts(problem), **counts.area_sum_statistics(problem)}
+        wide = counts.width_factor(problem)
+        (Hf, Wf), tiles = transform_plan(problem, memory_limit)
+        nlogn = Hf * Wf * math.log2(Hf * Wf)
+        kernels = problem.n_templates * problem.channels * (problem.batch if problem.per_image_bank else 1)
+        image_transforms = tiles * problem.batch * (problem.channels + problem.n_templates)
+        found["image_transform_nlogn"] = image_transforms * nlogn * wide
+        found["kernel_transform_nlogn"] = kernels * nlogn * wide
+        spectra = tiles * problem.batch * problem.n_templates * problem.channels * Hf * (Wf // 2 + 1)
+        found["spectrum_products"] = spectra * wide
+        return found
+
+    def temporary_bytes(self, problem: Problem, memory_limit: int) -> int:
+        """The area sums' temporaries, the image spectrum and one chunk of templates' spectra and maps."""
+        item = counts.item_size(problem)
+        (Hf, Wf), _ = transform_plan(problem, memory_limit)  # the whole image, or overlap-save tiles
+        spectrum = problem.batch * problem.channels * Hf * (Wf // 2 + 1) * 2 * item
+        bank_batch = problem.batch if problem.per_image_bank else 1
+        chunk = template_chunk((Hf, Wf), problem.batch, bank_batch, problem.n_templates, item, memory_limit // 4)
+        per_template = (bank_batch + problem.batch) * Hf * (Wf // 2 + 1) * 2 * item + problem.batch * Hf * Wf * item
+        return counts.area_sum_bytes(problem) + spectrum + chunk * per_template
+
+    def primitives(self, canon: Canonical, image: torch.Tensor) -> FFTPrimitives:
+        """FFT correlations whose spectra fit a quarter of ``memory_limit``."""
+        block = block_elements(canon.memory_limit, image.element_size())
+        return FFTPrimitives(geometry(canon), block, chunk_bytes=canon.memory_limit // 4)
+
+
+ENGINE = FFTEngine()

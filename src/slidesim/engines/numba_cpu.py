@@ -15,37 +15,14 @@ import importlib.util
 
 import torch
 
-from .._validate import Canonical, Problem, geometry, padded_images
+from .._validate import Canonical, Problem, geometry
 from ..kernels import numba_ops
 from ..kernels.area_sums import AreaSumReductions
 from ..kernels.conv import conv_correlate
 from ..kernels.taps import TapReductions, block_elements
 from ..metrics import DIFFERENCE_METRICS, PRODUCT_METRICS
-from ..scoring.score import score_channels
-from .base import correlation_ineligible_reason, large_template_reason
-
-NAME = "numba"
-
-
-def unavailable_reason() -> str | None:
-    """None when numba can be imported, else how to get it."""
-    if importlib.util.find_spec("numba") is None:
-        return "numba is not installed (pip install 'slidesim[numba]')"
-    return None
-
-
-def ineligible_reason(problem: Problem) -> str | None:
-    """The numba engine runs on CPU tensors: distance metrics, and correlation metrics of images without ±inf."""
-    if not problem.device.startswith("cpu"):
-        return f"runs on the CPU only; the tensors are on {problem.device}"
-    if problem.metric in DIFFERENCE_METRICS:
-        return None
-    return correlation_ineligible_reason(problem)
-
-
-def auto_excluded_reason(problem: Problem) -> str | None:
-    """Why ``method="auto"`` should not pick this engine although it can run the problem, or None."""
-    return large_template_reason(problem, "the product tiles'") if problem.metric in PRODUCT_METRICS else None
+from . import counts
+from .base import ReductionEngine, correlation_ineligible_reason, large_template_reason
 
 
 class NumbaPrimitives(TapReductions):
@@ -90,15 +67,56 @@ class NumbaCorrelation(AreaSumReductions):
         return numba_ops.correlate(image, kernel, self.geom)
 
 
-def primitives(canon: Canonical, image: torch.Tensor) -> NumbaPrimitives | NumbaCorrelation:
-    """The engine's sliding reductions for a validated call on its padded images."""
-    block = block_elements(canon.memory_limit, image.element_size())
-    if canon.spec.name in PRODUCT_METRICS:
-        return NumbaCorrelation(geometry(canon), block, chunk_bytes=canon.memory_limit // 4)
-    return NumbaPrimitives(geometry(canon), block)
+class NumbaEngine(ReductionEngine):
+    """Fused numba kernels on the CPU: distance metrics, and correlation metrics of images without ±inf."""
+
+    name = "numba"
+
+    def unavailable_reason(self) -> str | None:
+        """None when numba can be imported, else how to get it."""
+        if importlib.util.find_spec("numba") is None:
+            return "numba is not installed (pip install 'slidesim[numba]')"
+        return None
+
+    def ineligible_reason(self, problem: Problem) -> str | None:
+        """CPU tensors only; correlation metrics only on images without ±inf."""
+        if not problem.device.startswith("cpu"):
+            return f"runs on the CPU only; the tensors are on {problem.device}"
+        if problem.metric in DIFFERENCE_METRICS:
+            return None
+        return correlation_ineligible_reason(problem)
+
+    def auto_excluded_reason(self, problem: Problem) -> str | None:
+        """ncc and zncc with large templates are left to the FFT engine (round-off of a tap-by-tap sum)."""
+        return large_template_reason(problem, "the product tiles'") if problem.metric in PRODUCT_METRICS else None
+
+    def features(self, problem: Problem, memory_limit: int) -> dict[str, float]:
+        """The tiles' updates (k < 4 templates per product tile leave it narrower), and the window statistics."""
+        del memory_limit
+        found = counts.call_counts(problem)
+        updates = counts.updates(problem) * counts.width_factor(problem)
+        if problem.metric in PRODUCT_METRICS:
+            found.update(counts.area_sum_statistics(problem))
+            found["product_updates"] = updates
+            found["narrow_products"] = updates / min(4, problem.n_templates)
+        else:
+            found["distance_updates"] = updates
+            if counts.normalized(problem):  # ssd_normed's energies by tap loops
+                found["statistics_updates"] = counts.window_updates(problem) * 2
+        return found
+
+    def temporary_bytes(self, problem: Problem, memory_limit: int) -> int:
+        """Distances: as the tap loops. Correlations: the area sums' temporaries and the tiles' phase planes."""
+        if problem.metric not in PRODUCT_METRICS:
+            return counts.tap_loop_bytes(problem, memory_limit)
+        return counts.area_sum_bytes(problem) + counts.image_bytes(problem)
+
+    def primitives(self, canon: Canonical, image: torch.Tensor) -> NumbaPrimitives | NumbaCorrelation:
+        """Distance tiles, or product tiles with area-sum statistics for the correlation metrics."""
+        block = block_elements(canon.memory_limit, image.element_size())
+        if canon.spec.name in PRODUCT_METRICS:
+            return NumbaCorrelation(geometry(canon), block, chunk_bytes=canon.memory_limit // 4)
+        return NumbaPrimitives(geometry(canon), block)
 
 
-def run(canon: Canonical) -> torch.Tensor:
-    """Scores of a validated problem: [B, T, H', W'] (or [B, T, C, H', W'] for channels="separate")."""
-    image = padded_images(canon)
-    return score_channels(primitives(canon, image), canon, image)
+ENGINE = NumbaEngine()

@@ -17,28 +17,12 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import Canonical, Problem, geometry, padded_images
+from .._validate import Canonical, Problem, geometry
 from ..kernels.taps import TapReductions, block_elements
 from ..kernels.triton_env import interpreting, triton_missing_reason
 from ..metrics import DIFFERENCE_METRICS
-from ..scoring.score import score_channels
-
-NAME = "triton"
-_METRICS = DIFFERENCE_METRICS
-
-
-def unavailable_reason() -> str | None:
-    """None when triton can be imported, else how to get it."""
-    return triton_missing_reason()
-
-
-def ineligible_reason(problem: Problem) -> str | None:
-    """The Triton engine runs distance metrics on CUDA tensors (on CPU tensors only under the interpreter)."""
-    if problem.metric not in _METRICS:
-        return f"accelerates the distance metrics {', '.join(_METRICS)} only; got {problem.metric!r}"
-    if not problem.device.startswith("cuda") and not interpreting():
-        return f"runs on CUDA tensors (or on CPU under TRITON_INTERPRET=1); the tensors are on {problem.device}"
-    return None
+from . import counts
+from .base import ReductionEngine
 
 
 def _ops():
@@ -79,19 +63,45 @@ class TritonPrimitives(TapReductions):
         )
 
 
-def primitives(canon: Canonical, image: torch.Tensor) -> TritonPrimitives:
-    """The engine's sliding reductions for a validated call on its padded images."""
-    return TritonPrimitives(geometry(canon), block_elements(canon.memory_limit, image.element_size()))
+class TritonEngine(ReductionEngine):
+    """Fused Triton kernels for the distance metrics on CUDA tensors."""
+
+    name = "triton"
+
+    def unavailable_reason(self) -> str | None:
+        """None when triton can be imported, else how to get it."""
+        return triton_missing_reason()
+
+    def ineligible_reason(self, problem: Problem) -> str | None:
+        """Distance metrics on CUDA tensors (on CPU tensors only under the interpreter)."""
+        if problem.metric not in DIFFERENCE_METRICS:
+            return f"accelerates the distance metrics {', '.join(DIFFERENCE_METRICS)} only; got {problem.metric!r}"
+        if not problem.device.startswith("cuda") and not interpreting():
+            return f"runs on CUDA tensors (or on CPU under TRITON_INTERPRET=1); the tensors are on {problem.device}"
+        return None
+
+    def auto_excluded_reason(self, problem: Problem) -> str | None:
+        """``auto`` never sends CPU tensors to Triton's interpreter: it exists to test the kernels, not to be fast."""
+        if not problem.device.startswith("cuda"):
+            return "Triton's interpreter on CPU tensors is for testing; runs only when named (method='triton')"
+        return None
+
+    def features(self, problem: Problem, memory_limit: int) -> dict[str, float]:
+        """The kernels' updates, and ssd_normed's window energies by tap loops."""
+        del memory_limit
+        found = counts.call_counts(problem)
+        found["distance_updates"] = counts.updates(problem) * counts.width_factor(problem)
+        if counts.normalized(problem):
+            found["statistics_updates"] = counts.window_updates(problem) * 2
+        return found
+
+    def temporary_bytes(self, problem: Problem, memory_limit: int) -> int:
+        """As the tap loops: the padded image, statistics planes and a few output blocks."""
+        return counts.tap_loop_bytes(problem, memory_limit)
+
+    def primitives(self, canon: Canonical, image: torch.Tensor) -> TritonPrimitives:
+        """Triton distances; the tap loops for everything else."""
+        return TritonPrimitives(geometry(canon), block_elements(canon.memory_limit, image.element_size()))
 
 
-def run(canon: Canonical) -> torch.Tensor:
-    """Scores of a validated problem: [B, T, H', W'] (or [B, T, C, H', W'] for channels="separate")."""
-    image = padded_images(canon)
-    return score_channels(primitives(canon, image), canon, image)
-
-
-def auto_excluded_reason(problem: Problem) -> str | None:
-    """``auto`` never sends CPU tensors to Triton's interpreter: it exists to test the kernels, not to be fast."""
-    if not problem.device.startswith("cuda"):
-        return "Triton's interpreter on CPU tensors is for testing; runs only when named (method='triton')"
-    return None
+ENGINE = TritonEngine()
