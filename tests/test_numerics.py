@@ -298,24 +298,24 @@ def test_large_templates_on_low_contrast_areas_stay_exact_and_fast_enough() -> N
     """A 70² template (4900 taps) with conv2d over a low-contrast area: the tap-by-tap round-off estimate flags most
     windows, which are then recomputed by one float64 FFT per template instead of one gathered window at a time
     (that took minutes on a 1024² rotation search); scores still match float64."""
-    import slidesim.scoring.score as scoring
+    from slidesim.scoring.rescoring import Rescorer
 
     rng = np.random.default_rng(4)
     image = 0.5 + 0.002 * rng.random((1, 1, 150, 150))
     image[..., :60, :] += rng.random((60, 150))  # texture in the top rows only
     template = image[..., 10:80, 20:90].copy()
     gathered = []
-    original = scoring._CorrelationState._exact_scores
+    original = Rescorer.exact_scores
 
     def counting(self, t0, flagged, grad):
         gathered.append(int(flagged.sum()))
         return original(self, t0, flagged, grad)
 
-    scoring._CorrelationState._exact_scores = counting
+    Rescorer.exact_scores = counting
     try:
         got = slidesim.similarity(image.astype(np.float32), template.astype(np.float32), method="conv")
     finally:
-        scoring._CorrelationState._exact_scores = original
+        Rescorer.exact_scores = original
     exact = slidesim.reference.similarity(image, template)
     assert np.abs(got - exact).max() < 1e-3
     assert sum(gathered) < 0.05 * got.size  # the bulk float64 recompute took the rest

@@ -11,8 +11,8 @@ import slidesim
 from slidesim._validate import DEFAULT_OPTIONS, canonicalize, geometry, padded_images
 from slidesim.engines import conv, fft
 from slidesim.kernels import area_sums
-from slidesim.metrics import METRICS
-from slidesim.scoring.score import _CorrelationState
+from slidesim.scoring.correlation import CorrelationScorer
+from slidesim.scoring.statistics import WindowStatistics
 
 from .conftest import tolerance
 
@@ -64,17 +64,17 @@ def test_image_norm_fused_and_in_pieces_agree(centred: bool, monkeypatch) -> Non
     canon = canonicalize(image, template, **options)
     padded = padded_images(canon)
     prims = fft.ENGINE.primitives(canon, padded)
-    state = _CorrelationState(prims, canon.spec, padded, canon.templates, canon.mask, True)
+    state = CorrelationScorer(prims, canon.spec, padded, canon.templates, canon.mask, True)
     if not centred:
-        state.shift = torch.zeros(2, 3, 1, 1)
-    shift = state.shift.to(torch.float64)
+        state.stats.shift = torch.zeros(2, 3, 1, 1)
+    shift = state.stats.shift.to(torch.float64)
     expected = float((padded.to(torch.float64) - shift).pow(2).sum(dim=(1, 2, 3)).max().sqrt())
-    fused = state._image_norm(centred)
+    fused = state.rescorer.image_norm(centred)
     monkeypatch.setattr(type(prims), "plane_energy", lambda self, plane, shift: None)
-    pieces = _CorrelationState(prims, canon.spec, padded, canon.templates, canon.mask, True)
-    pieces.shift = state.shift
+    pieces = CorrelationScorer(prims, canon.spec, padded, canon.templates, canon.mask, True)
+    pieces.stats.shift = state.stats.shift
     assert fused == pytest.approx(expected, rel=1e-12)
-    assert pieces._image_norm(centred) == pytest.approx(expected, rel=1e-12)
+    assert pieces.rescorer.image_norm(centred) == pytest.approx(expected, rel=1e-12)
 
 
 def _flat_brute_force(image: torch.Tensor, h: int, w: int, stride: int) -> torch.Tensor:
@@ -109,8 +109,8 @@ def test_flat_windows_are_found_exactly(engine, fused: bool, offset: float, stri
     padded = padded_images(canon)
     prims = engine.FFTPrimitives if engine is fft else engine.ConvPrimitives
     geom = geometry(canon)
-    state = _CorrelationState(prims(geom, 2**20), METRICS["zncc"], padded, canon.templates, None, True)
-    variance, flat, _ = state._window_moments(state.mask, state.mask)
+    stats = WindowStatistics(prims(geom, 2**20), padded, None, centre=True, finite=True)
+    variance, flat, _ = stats.window_moments(stats.mask, stats.mask)
     expected = _flat_brute_force(image, 7, 6, stride)[:, None]
     assert expected.any() and not expected.all()
     assert torch.equal(flat, expected)

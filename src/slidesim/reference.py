@@ -19,7 +19,7 @@ import torch
 from ._geometry import pad_amounts, pad_image
 from ._validate import Canonical, canonicalize, finalize, with_defaults
 
-__all__ = ["compute", "score_windows", "similarity"]
+__all__ = ["all_equal", "compute", "score_windows", "similarity"]
 
 
 def _windows(padded: torch.Tensor, h: int, w: int, stride: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
@@ -29,7 +29,7 @@ def _windows(padded: torch.Tensor, h: int, w: int, stride: tuple[int, int], dila
     return win[..., :: dilation[0], :: dilation[1]]
 
 
-def _all_equal(values: torch.Tensor, support: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+def all_equal(values: torch.Tensor, support: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """True where every supported value along dims is equal (empty support counts as flat)."""
     big = torch.finfo(values.dtype).max
     hi = torch.where(support, values, torch.full_like(values, -big)).amax(dim=dims)
@@ -86,7 +86,7 @@ def score_windows(
     ccoeff = total(Tc * Pc)
     if metric == "ccoeff":
         return ccoeff
-    flat = _all_equal(P, support, hw) | _all_equal(T.expand_as(P), support, hw)  # per channel: [B, C, H', W']
+    flat = all_equal(P, support, hw) | all_equal(T.expand_as(P), support, hw)  # per channel: [B, C, H', W']
     if joint:
         flat = flat.all(dim=1)
     den = torch.sqrt(total(Tc * Tc) * total(Pc * Pc))

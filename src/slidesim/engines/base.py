@@ -24,7 +24,8 @@ import torch
 
 from .._validate import Canonical, Problem, padded_images, with_bank
 from ..metrics import PRODUCT_METRICS
-from ..scoring.score import Primitives, score_channels, score_stream
+from ..scoring.driver import score_channels, score_stream
+from ..scoring.primitives import Primitives
 
 Chunks = Iterator[tuple[int, int, torch.Tensor]]
 """(t0, t1, scores [B, t1 − t0, H', W']) for consecutive chunks of a bank."""

@@ -13,7 +13,7 @@ from ..kernels.area_sums import fused_statistics_available
 from ..kernels.conv import UNFOLD_BUDGET
 from ..kernels.spectral import next_fast_length
 from ..metrics import METRICS
-from ..scoring.score import CENTRING_BYTES
+from ..scoring.correlation import CENTRING_BYTES
 
 
 def padded_size(problem: Problem) -> tuple[int, int]:

@@ -61,7 +61,7 @@ class AreaSumReductions(TapReductions):
         )
 
     def _run_fused(
-        self, plane: torch.Tensor, shift: torch.Tensor, centred: bool, tolerance: float, out: np.ndarray, factors
+        self, plane: torch.Tensor, shift: torch.Tensor, deviations: bool, tolerance: float, out: np.ndarray, factors
     ) -> int:
         """Run the numba pass into ``out`` ([B, H', W'] float64) or, when ``factors`` is not empty, into it."""
         import numba
@@ -74,16 +74,17 @@ class AreaSumReductions(TapReductions):
         image = plane.detach()[:, 0].contiguous().numpy()
         shifts = shift.detach().to(torch.float64).reshape(-1).contiguous().numpy()
         size, stride = geom.template_size, geom.stride
-        return int(window_squares(image, shifts, *size, *stride, centred, rows_per_task, tolerance, out, factors))
+        return int(window_squares(image, shifts, *size, *stride, deviations, rows_per_task, tolerance, out, factors))
 
-    def window_squares(self, plane: torch.Tensor, shift: torch.Tensor, centred: bool) -> torch.Tensor | None:
-        """Σ (I − s)², minus (Σ (I − s))² / n when centred, over every unmasked window of plane [B, 1, Hp, Wp]
-        with shift [B, 1, 1, 1] -> [B, 1, H', W'] float64, in one numba pass; None (the scoring code then combines
-        summed-area box sums) without numba, off the CPU, with dilation, or when a gradient is needed."""
+    def window_squares(self, plane: torch.Tensor, shift: torch.Tensor, deviations: bool) -> torch.Tensor | None:
+        """Σ (I − s)², minus (Σ (I − s))² / n with ``deviations`` (n · variance), over every unmasked window of
+        plane [B, 1, Hp, Wp] with shift [B, 1, 1, 1] -> [B, 1, H', W'] float64, in one numba pass; None (the
+        scoring code then combines summed-area box sums) without numba, off the CPU, with dilation, or when a
+        gradient is needed."""
         if not self._fused(plane):
             return None
         out = torch.empty(plane.shape[0], 1, self.geom.out_height, self.geom.out_width, dtype=torch.float64)
-        self._run_fused(plane, shift, centred, 0.0, out[:, 0].numpy(), _NO_FACTORS)
+        self._run_fused(plane, shift, deviations, 0.0, out[:, 0].numpy(), _NO_FACTORS)
         return out
 
     def plane_energy(self, plane: torch.Tensor, shift: torch.Tensor) -> torch.Tensor | None:

@@ -335,10 +335,10 @@ class TapReductions:
                 lo = torch.where(on, torch.minimum(lo, window), lo)
         return hi <= lo  # equal values, or an empty support (hi = −max < lo = +max)
 
-    def window_squares(self, plane: torch.Tensor, shift: torch.Tensor, centred: bool) -> torch.Tensor | None:
-        """A fused Σ (I − s)² (minus (Σ (I − s))² / n when centred) over unmasked windows, or None: the tap loops
-        have none, and the scoring code combines :meth:`window_sum` calls instead."""
-        del plane, shift, centred
+    def window_squares(self, plane: torch.Tensor, shift: torch.Tensor, deviations: bool) -> torch.Tensor | None:
+        """A fused Σ (I − s)² (minus (Σ (I − s))² / n with ``deviations``) over unmasked windows, or None: the tap
+        loops have none, and the scoring code combines :meth:`window_sum` calls instead."""
+        del plane, shift, deviations
         return None
 
     def window_factors(

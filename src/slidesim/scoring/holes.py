@@ -30,6 +30,48 @@ from ..kernels.boxes import box_sums
 _COUNT_BYTES = 64 * 2**20  # float32 hole counts of masked windows, at a time
 
 
+def finite_channel_mean(image: torch.Tensor) -> torch.Tensor:
+    """Per (image, channel) mean of the finite pixels, [B, C, 1, 1], detached: the centring shift, and the value
+    that fills holes.
+
+    One channel at a time, so that the temporaries stay one plane large.
+    """
+    data = image.detach()
+    means = torch.zeros(data.shape[0], data.shape[1], 1, 1, dtype=torch.float64, device=data.device)
+    for c in range(data.shape[1]):
+        plane = data[:, c]
+        total = plane.sum(dim=(-1, -2))  # any shift near the mean centres well enough: the compute dtype will do
+        if bool(torch.isfinite(total).all()):  # a finite sum means finite pixels
+            means[:, c, 0, 0] = total.to(torch.float64) / (plane.shape[-1] * plane.shape[-2])
+            continue
+        finite = torch.isfinite(plane)
+        total = torch.where(finite, plane, 0).sum(dim=(-1, -2), dtype=torch.float64)
+        means[:, c, 0, 0] = total / finite.sum(dim=(-1, -2)).clamp_min(1)
+    return means.to(image.dtype)
+
+
+def fill_holes(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(NaN map [B, C, Hp, Wp] of the padded images, the images with their NaN pixels filled by their channel's
+    mean of finite pixels, where the centred value is 0 and no rounding bound grows)."""
+    holes = torch.isnan(image.detach())
+    return holes, torch.where(holes, finite_channel_mean(image), image)
+
+
+def mark_infinite_means(
+    scores: torch.Tensor, image: torch.Tensor, mask: torch.Tensor | None, geom: Geometry
+) -> torch.Tensor:
+    """ccoeff ``scores`` [B, T, H', W'] with NaN where a window of image [B, C, Hp, Wp] holds ±inf under a positive
+    weight of mask [Bm, Tm, Cm, h, w] (None: every tap).
+
+    Σ W (T − m_T)(I − m_I) needs the window mean m_I, which is infinite there, so the reference scores NaN; the
+    engines fold m_I into a kernel that sums to zero, which would give ±inf instead.
+    """
+    infinite = torch.isinf(image.detach())
+    if not bool(infinite.any()):
+        return scores
+    return mark_holes(scores, infinite, mask, geom, separate=False)
+
+
 def mark_holes(
     scores: torch.Tensor, holes: torch.Tensor, mask: torch.Tensor | None, geom: Geometry, separate: bool
 ) -> torch.Tensor:

@@ -1,0 +1,66 @@
+"""Rounding bounds of window statistics (floor L3): plain functions of tensors, shared by the statistics and the
+exact rescoring."""
+
+from __future__ import annotations
+
+import torch
+
+
+def tiny() -> float:
+    """The smallest normal float64."""
+    return torch.finfo(torch.float64).tiny
+
+
+def inverse_root(
+    values: torch.Tensor, degenerate: torch.Tensor | None, dtype: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1/√values, 0 where values <= 0 or degenerate; the degenerate mask). Overwrites values.
+
+    The factors are in ``dtype`` when every positive value is a normal number there (so is its inverse root):
+    half the memory traffic for each template that uses them; float64 otherwise.
+    """
+    bad = values <= 0
+    if degenerate is not None:
+        bad |= degenerate
+    if dtype != torch.float64:
+        info = torch.finfo(dtype)
+        low, high = torch.aminmax(values)
+        if float(low) < info.tiny and bool(bad.any()):  # zeros of degenerate windows do not count
+            low = torch.where(bad, 1.0, values).min()
+        if info.tiny <= float(low) and float(high) <= info.max:
+            return values.to(dtype).rsqrt_().masked_fill_(bad, 0.0), bad
+    return values.clamp_min_(tiny()).rsqrt_().masked_fill_(bad, 0.0), bad
+
+
+def finite_extremes(data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(min, max) of the finite values of a float tensor (0, 0 when there are none)."""
+    low, high = torch.aminmax(data)
+    if bool(torch.isfinite(low)) and bool(torch.isfinite(high)):
+        return low, high
+    finite = torch.isfinite(data)
+    if not bool(finite.any()):
+        return data.new_zeros(()), data.new_zeros(())
+    return torch.aminmax(data[finite])
+
+
+def reach(plane: torch.Tensor, shift: torch.Tensor) -> float:
+    """max |plane − shift| over the finite pixels of plane [B, 1, Hp, Wp] and shifts [B, 1, 1, 1]."""
+    low, high = finite_extremes(plane.detach())
+    largest = torch.maximum(high.to(torch.float64) - shift.min(), shift.max() - low.to(torch.float64))
+    return float(largest.clamp_min(0))
+
+
+def variance_rounding_bound(reach: float, size: tuple[int, int], mask: torch.Tensor) -> float:
+    """An upper bound on the rounding error of the window variances of an Hp × Wp plane, minus its shift, whose
+    finite pixels lie within ``reach`` of the shift, computed from float64 sliding sums (summed-area tables,
+    running sums, tap loops or conv2d) with weights mask [Bm, Tm, 1, h, w].
+
+    Each sum of n terms errs by at most n·ε·Σ|terms|. The longest chain is a summed-area lookup or a running sum
+    (Hp + Wp steps) or a tap loop (h·w terms); with M = reach and N = Hp·Wp, Σ|terms| is at most N·M² for squares
+    and N·M for values, which the mean multiplies by at most M. The factor 8 covers the few sums a variance
+    combines. Pixels that are not finite are left out: their windows are tested exactly anyway.
+    """
+    length = size[0] + size[1] + mask.shape[-2] * mask.shape[-1] + 4
+    weight = float(mask.max()) if mask.numel() else 0.0
+    scale = max(weight, weight * weight)
+    return 8 * torch.finfo(torch.float64).eps * length * scale * size[0] * size[1] * 5 * reach * reach

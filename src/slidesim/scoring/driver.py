@@ -1,0 +1,164 @@
+"""The one scoring driver (floor L3): a validated call's scores from an engine's reductions, a chunk of the bank
+at a time.
+
+A whole call is the collection of its chunks: :func:`score_channels` runs the bank as one chunk (per channel for
+channels="separate" and "mean"), :func:`score_stream` in chunks whose image side (centring, window statistics,
+spectra) is computed once. Temporaries of the finish stay bounded by finishing a few templates at a time. Engines
+whose sums spread NaN get their holes filled before and marked after (:mod:`slidesim.scoring.holes`).
+
+Example:
+    >>> import torch
+    >>> from slidesim._validate import canonicalize, padded_images, with_defaults
+    >>> from slidesim.engines.direct import ENGINE
+    >>> canon = canonicalize(torch.rand(1, 1, 16, 16), torch.rand(5, 1, 3, 3), **with_defaults({"metric": "sad"}))
+    >>> image = padded_images(canon)
+    >>> [(t0, t1, tuple(s.shape)) for t0, t1, s in score_stream(ENGINE.primitives(canon, image), canon, image, 2)]
+    [(0, 2, (1, 2, 14, 14)), (2, 4, (1, 2, 14, 14)), (4, 5, (1, 1, 14, 14))]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from .._validate import Canonical
+from ..metrics import MetricSpec, finish_distance
+from .correlation import CorrelationScorer
+from .holes import fill_holes, mark_holes, mark_infinite_means
+from .primitives import Primitives
+from .templates import mask_sums
+
+_FINISH_TEMPORARIES = 8  # float64 output-sized temporaries alive at once while finishing a chunk
+_MAX_FINISH_BYTES = 8 * 2**20
+
+Chunks = Iterator[tuple[int, int, torch.Tensor]]
+
+
+def score_channels(prims: Primitives, canon: Canonical, image: torch.Tensor) -> torch.Tensor:
+    """Scores of a validated call on its padded images: [B, T, H', W'] ("joint", "mean") or [B, T, C, H', W']
+    ("separate")."""
+    T = canon.templates.shape[1]
+    if canon.channels_mode == "joint":
+        return _whole(score_stream(prims, canon, image, T))
+    finite, holes = canon.problem.finite, None
+    if prims.spreads_nan and not finite:
+        holes, image = fill_holes(image)
+        finite = True
+    mask, periods = canon.mask, canon.periods
+    per_channel = []
+    for c in range(image.shape[1]):
+        channel_mask = mask[:, :, c : c + 1] if mask is not None and mask.shape[2] > 1 else mask
+        channel_periods = (periods[c],) if periods is not None else None
+        chunks = _chunks(
+            prims, canon.spec, image[:, c : c + 1], canon.templates[:, :, c : c + 1], channel_mask,
+            channel_periods, canon.memory_limit, finite, T,
+        )  # fmt: skip
+        per_channel.append(_whole(chunks))
+    separate = canon.channels_mode == "separate"
+    scores = torch.stack(per_channel, dim=2) if separate else torch.stack(per_channel, dim=0).mean(dim=0)
+    if holes is not None:
+        scores = mark_holes(scores, holes, mask, prims.geom, separate)
+    return scores
+
+
+def score_stream(prims: Primitives, canon: Canonical, image: torch.Tensor, chunk: int) -> Chunks:
+    """Joint scores of the bank ``chunk`` templates at a time: yields (t0, t1, scores [B, t1 − t0, H', W']).
+
+    The image side is computed once for the whole bank: its centring, the window statistics that templates share
+    and, for engines that keep them, the spectra of the image planes. Memory beyond that is one chunk's scores and
+    temporaries, whatever the bank size.
+    """
+    if canon.channels_mode != "joint":
+        raise ValueError(f"streaming scores one joint score per template; got channels={canon.channels_mode!r}")
+    finite, holes = canon.problem.finite, None
+    if prims.spreads_nan and not finite:
+        holes, image = fill_holes(image)
+        finite = True
+    chunks = _chunks(
+        prims, canon.spec, image, canon.templates, canon.mask, canon.periods, canon.memory_limit, finite, chunk
+    )
+    for t0, t1, scores in chunks:
+        if holes is not None:
+            scores = mark_holes(scores, holes, _chunk_of(canon.mask, t0, t1), prims.geom, separate=False)
+        yield t0, t1, scores
+
+
+def _whole(chunks: Chunks) -> torch.Tensor:
+    """The scores of a stream that is one chunk."""
+    ((_, _, scores),) = chunks
+    return scores
+
+
+def _chunk_of(values: torch.Tensor | None, t0: int, t1: int) -> torch.Tensor | None:
+    """Templates t0:t1 of a per-template tensor [B*, T, ...]; shared ones (None, or one entry) as they are."""
+    return values if values is None or values.shape[1] == 1 else values[:, t0:t1]
+
+
+def _chunks(
+    prims: Primitives,
+    spec: MetricSpec,
+    image: torch.Tensor,
+    bank: torch.Tensor,
+    mask: torch.Tensor | None,
+    periods: tuple[float | None, ...] | None,
+    memory_limit: int,
+    finite: bool,
+    chunk: int,
+) -> Chunks:
+    """One score over the channels of ``image`` (OpenCV's semantics), ``chunk`` templates at a time.
+
+    Args:
+        prims: The engine's sliding reductions.
+        spec: The metric.
+        image: Padded images [B, C, Hp, Wp] (NaN holes already filled for engines that spread them).
+        bank: Templates [Bk, T, C, h, w].
+        mask: Weights [Bm, Tm, Cm, h, w] or None.
+        periods: Per-channel periods of circular channels, or None.
+        memory_limit: Bytes that temporaries may use.
+        finite: Whether every image pixel is finite.
+        chunk: Templates per chunk.
+
+    Yields:
+        (t0, t1, scores [B, t1 − t0, H', W'] in the compute dtype).
+    """
+    T, (C, h, w) = bank.shape[1], bank.shape[-3:]
+    streaming = chunk < T
+    if streaming:
+        prims = prims.for_stream()
+    if spec.family == "distance":
+        weights = None if mask is None else (mask if spec.power == 1 else mask * mask)
+        # Without a mask n is a count: a Python number spares small calls two tensor operations.
+        n = float(C * h * w) if mask is None else mask_sums(mask, C, h, w, image).to(image.dtype)[..., None, None]
+        for t0 in range(0, T, chunk):
+            t1 = min(T, t0 + chunk)
+            distance = prims.distance(image, bank[:, t0:t1], _chunk_of(weights, t0, t1), spec.power, periods)
+            chunk_n = n if isinstance(n, float) else _chunk_of(n, t0, t1)
+            yield t0, t1, finish_distance(spec.name, distance, chunk_n, in_place=not distance.requires_grad)
+        return
+    scorer = CorrelationScorer(prims, spec, image, bank, mask, finite, keep_planes=streaming)
+    for t0 in range(0, T, chunk):
+        t1 = min(T, t0 + chunk)
+        raw = scorer.raw(t0, t1)
+        if spec.name == "ccoeff":
+            yield t0, t1, raw if finite else mark_infinite_means(raw, image, _chunk_of(mask, t0, t1), prims.geom)
+        elif spec.name == "ccorr":
+            yield t0, t1, raw
+        else:
+            yield t0, t1, _finished(scorer, raw, t0, memory_limit)
+
+
+def _finished(scorer: CorrelationScorer, raw: torch.Tensor, t0: int, memory_limit: int) -> torch.Tensor:
+    """The finish of raw [B, t, H', W'] (templates t0..), a few templates at a time where it needs float64
+    temporaries per template (autograd, ssd_normed): in place without autograd."""
+    B, t, out_h, out_w = raw.shape
+    per_template = _FINISH_TEMPORARIES * 8 * B * out_h * out_w
+    step = int(max(1, min(t, min(memory_limit // 2, _MAX_FINISH_BYTES) // max(1, per_template))))
+    if raw.requires_grad:
+        parts = [scorer.finish(raw[:, s : s + step], t0 + s, t0 + s + step, in_place=False) for s in range(0, t, step)]
+        return torch.cat(parts, dim=1)
+    if scorer.spec.name != "ssd_normed":  # ncc and zncc finish in place with no per-template temporaries: all at once
+        step = t
+    for s in range(0, t, step):
+        scorer.finish(raw[:, s : s + step], t0 + s, t0 + min(t, s + step), in_place=True)
+    return raw

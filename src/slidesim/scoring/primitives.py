@@ -1,0 +1,82 @@
+"""What the scoring code asks of an engine (floor L3): the sliding reductions of :class:`Primitives`.
+
+:class:`slidesim.kernels.taps.TapReductions` implements all of them by tap loops; the engines replace some with
+faster kernels. Shapes: images [B, C, Hp, Wp] (padded), kernels and templates [Bk, T, C, h, w], weights and
+supports [Bm, Tm, Cm, h, w], outputs [B, T or Tm, H', W'].
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from .._geometry import Geometry
+
+
+class Primitives(Protocol):
+    """Sliding reductions an engine provides.
+
+    Attributes:
+        geom: Where the windows are.
+        spreads_nan: Whether the sums carry a NaN beyond its windows (FFTs, cumulative sums): the scoring code
+            then fills NaN pixels first and marks their windows after (:mod:`slidesim.scoring.holes`).
+        cumulative_window_sums: Whether unmasked window sums come from cumulative sums, whose round-off scales
+            with the image rather than with the window.
+        global_cross_error: Whether the cross term's round-off spreads over every output (transforms) rather
+            than staying per window.
+    """
+
+    geom: Geometry
+    spreads_nan: bool
+    cumulative_window_sums: bool
+    global_cross_error: bool
+
+    def for_stream(self) -> Primitives:
+        """The reductions to use while a bank streams through in chunks (may cache per image)."""
+        ...
+
+    def correlate(self, image: torch.Tensor, kernel: torch.Tensor, support: torch.Tensor | None = None) -> torch.Tensor:
+        """Σ_c Σ_taps kernel · image -> [B, T, H', W']; ``support`` (bool, None: every tap) says which taps are in
+        each template's window, which matters where the image holds NaN or inf."""
+        ...
+
+    def distance(
+        self,
+        image: torch.Tensor,
+        templates: torch.Tensor,
+        weights: torch.Tensor | None,
+        power: int,
+        periods: tuple[float | None, ...] | None,
+    ) -> torch.Tensor:
+        """Σ_c Σ_taps w · |image − template|^power -> [B, T, H', W'], the short way round for circular channels."""
+        ...
+
+    def window_sum(self, plane: torch.Tensor, weights: torch.Tensor | None, exact_zeros: bool = True) -> torch.Tensor:
+        """Σ_taps weights · plane with channels summed -> [B, Tm, H', W'] (None: an unweighted box); a window of
+        zeros sums to exactly zero when ``exact_zeros``."""
+        ...
+
+    def window_flat(
+        self, plane: torch.Tensor, support: torch.Tensor | None, rows: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """True where all values of plane [B, 1, Hp, Wp] under a window's support are equal -> bool
+        [B, Tm, r1 − r0, W'] for output rows r0:r1 (default all)."""
+        ...
+
+    def window_squares(self, plane: torch.Tensor, shift: torch.Tensor, deviations: bool) -> torch.Tensor | None:
+        """Σ (I − s)² over every unmasked window of plane [B, 1, Hp, Wp] with shifts [B, 1, 1, 1], or with
+        ``deviations`` the sum of squared deviations from the window mean (n · variance) -> [B, 1, H', W']
+        float64 in one fused pass; None where the engine has no fused pass."""
+        ...
+
+    def window_factors(
+        self, plane: torch.Tensor, shift: torch.Tensor, tolerance: float, dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        """1/√(n · variance) of every unmasked window in one fused pass -> [B, 1, H', W'] in ``dtype``; None where
+        there is no fused pass or some window's n · variance is within ``tolerance`` (it may be flat)."""
+        ...
+
+    def plane_energy(self, plane: torch.Tensor, shift: torch.Tensor) -> torch.Tensor | None:
+        """Σ (I − s)² of each image -> [B] float64 in one fused pass; None where there is none."""
+        ...
