@@ -22,6 +22,20 @@ import torch
 
 from .errors import SlidesimTypeError, SlidesimValueError
 
+ACCEPTED_DTYPES = {
+    torch.uint8,
+    torch.int8,
+    torch.uint16,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+}
+DTYPE_LIST = "uint8, int8, uint16, int16, int32, int64, float16, bfloat16, float32, float64"
+
 
 def check_int(name: str, value: object, low: int) -> int:
     """``value`` as an int of at least ``low`` (bools are not ints here)."""
@@ -55,3 +69,59 @@ def check_factors(name: str, values: object, positive: bool) -> list[float] | No
         expected = "positive finite factors" if positive else "finite angles in degrees"
         raise SlidesimValueError(f"`{name}` must hold {expected}; got {bad[0]!r}.")
     return numbers_
+
+
+def to_tensor(name: str, value: object, device: torch.device | None) -> tuple[torch.Tensor, bool]:
+    """A torch tensor or numpy array as (tensor on ``device`` when given, whether it came from numpy)."""
+    if isinstance(value, torch.Tensor):
+        return value, False
+    if isinstance(value, np.ndarray):
+        if (value.dtype == np.bool_ and name != "mask") or value.dtype.kind in "cOSUV":  # bool masks are binary
+            raise SlidesimTypeError(
+                f"`{name}` must have a real numeric dtype ({DTYPE_LIST}); got numpy dtype {value.dtype}."
+            )
+        array = np.ascontiguousarray(value)
+        if not array.dtype.isnative:
+            array = array.astype(array.dtype.newbyteorder("="))
+        if array.dtype == np.uint16:
+            array = array.astype(np.float32)  # exact; torch's uint16 has few kernels
+        elif array.dtype.kind == "u" and array.dtype != np.uint8:
+            raise SlidesimTypeError(f"`{name}` must have dtype {DTYPE_LIST}; got numpy dtype {array.dtype}.")
+        tensor = torch.from_numpy(array)
+        return (tensor.to(device) if device is not None else tensor), True
+    raise SlidesimTypeError(
+        f"`{name}` must be a torch.Tensor or a numpy.ndarray; got {type(value).__name__}. "
+        "Convert it first, for example with numpy.asarray(...)."
+    )
+
+
+def check_dtype(name: str, tensor: torch.Tensor) -> None:
+    """A dtype slidesim accepts, and at least one value."""
+    if tensor.dtype not in ACCEPTED_DTYPES:
+        raise SlidesimTypeError(f"`{name}` must have dtype {DTYPE_LIST}; got {tensor.dtype}.")
+    if tensor.numel() == 0:
+        raise SlidesimValueError(f"`{name}` must not be empty; got shape {tuple(tensor.shape)}.")
+
+
+def check_pair(name: str, value: object) -> tuple[int, int]:
+    """An int or a (y, x) pair of ints, each at least 1, as a pair."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        pair = (int(value), int(value))
+    elif (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
+    ):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise SlidesimTypeError(f"`{name}` must be an int or a pair of ints (y, x); got {value!r}.")
+    if min(pair) < 1:
+        raise SlidesimValueError(f"`{name}` must be >= 1 along both axes; got {value!r}.")
+    return pair
+
+
+def check_option(name: str, value: object, valid: tuple[str, ...]) -> str:
+    """One of the ``valid`` option names, case-insensitive, lowercased."""
+    if not isinstance(value, str) or value.lower() not in valid:
+        raise SlidesimValueError(f"`{name}` must be one of {', '.join(map(repr, valid))}; got {value!r}.")
+    return value.lower()

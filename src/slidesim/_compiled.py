@@ -19,8 +19,23 @@ import torch
 from ._eager import run_eager
 from ._validate import DEFAULT_OPTIONS, canonicalize
 
-# The operators take the options of similarity, all but the mask, in this order after their tensors.
+# The operators take the options of similarity, all but the mask, after their tensors: each with its type in the
+# operators' schema, in the order of DEFAULT_OPTIONS.
+_OPERATOR_TYPES = {
+    "metric": "str",
+    "stride": "SymInt[]",
+    "dilation": "SymInt[]",
+    "mode": "str",
+    "padding": "str",
+    "pad_value": "float",
+    "channels": "str",
+    "circular": "float[]",
+    "method": "str",
+    "memory_limit": "SymInt",
+}
 _OPERATOR_OPTIONS = tuple(name for name in DEFAULT_OPTIONS if name != "mask")
+assert set(_OPERATOR_OPTIONS) == set(_OPERATOR_TYPES), "every option of similarity needs a type in the schema"
+_OPTIONS_SCHEMA = ", ".join(f"{_OPERATOR_TYPES[name]} {name}" for name in _OPERATOR_OPTIONS)
 
 
 def _to_operator(options: dict) -> list:
@@ -47,9 +62,7 @@ def _options(*arguments) -> dict:
     """The operator's option arguments -> keyword options of similarity (the inverse of :func:`_to_operator`)."""
     options = dict(zip(_OPERATOR_OPTIONS, arguments, strict=True))
     circular = options["circular"]
-    options["circular"] = (
-        {int(circular[k]): circular[k + 1] for k in range(0, len(circular), 2)} if circular else None
-    )
+    options["circular"] = {int(circular[k]): circular[k + 1] for k in range(0, len(circular), 2)} if circular else None
     options["stride"], options["dilation"] = tuple(options["stride"]), tuple(options["dilation"])
     options["memory_limit"] = options["memory_limit"] if options["memory_limit"] > 0 else None
     return options
@@ -79,25 +92,17 @@ def _with_default_state(function, device: torch.device):
         return pool.submit(call).result()
 
 
-@torch.library.custom_op("slidesim::similarity", mutates_args=())
+@torch.library.custom_op(
+    "slidesim::similarity",
+    mutates_args=(),
+    schema=f"(Tensor images, Tensor templates, Tensor? mask, {_OPTIONS_SCHEMA}) -> Tensor",
+)
 def similarity_op(
-    images: torch.Tensor,
-    templates: torch.Tensor,
-    mask: torch.Tensor | None,
-    metric: str,
-    stride: Sequence[int],
-    dilation: Sequence[int],
-    mode: str,
-    padding: str,
-    pad_value: float,
-    channels: str,
-    circular: Sequence[float],
-    method: str,
-    memory_limit: int,
+    images: torch.Tensor, templates: torch.Tensor, mask: torch.Tensor | None, *arguments: object
 ) -> torch.Tensor:
-    """:func:`slidesim.similarity` of tensors as one operator (memory_limit ≤ 0 means the default; circular is a
-    flat list of channel, period pairs)."""
-    options = _options(metric, stride, dilation, mode, padding, pad_value, channels, circular, method, memory_limit)
+    """:func:`slidesim.similarity` of tensors as one operator; ``arguments`` are the options of
+    :data:`_OPERATOR_OPTIONS` as :func:`_to_operator` encodes them."""
+    options = _options(*arguments)
 
     def forward() -> torch.Tensor:
         with torch.no_grad():  # the gradient comes from similarity_backward
@@ -119,7 +124,14 @@ def _similarity_fake(images, templates, mask, *args):
     return images.new_empty(shape, dtype=canon.out_dtype)
 
 
-@torch.library.custom_op("slidesim::similarity_backward", mutates_args=())
+@torch.library.custom_op(
+    "slidesim::similarity_backward",
+    mutates_args=(),
+    schema=(
+        "(Tensor grad, Tensor images, Tensor templates, Tensor? mask, bool need_images, bool need_templates, "
+        f"{_OPTIONS_SCHEMA}) -> (Tensor, Tensor)"
+    ),
+)
 def similarity_backward_op(
     grad: torch.Tensor,
     images: torch.Tensor,
@@ -127,19 +139,10 @@ def similarity_backward_op(
     mask: torch.Tensor | None,
     need_images: bool,
     need_templates: bool,
-    metric: str,
-    stride: Sequence[int],
-    dilation: Sequence[int],
-    mode: str,
-    padding: str,
-    pad_value: float,
-    channels: str,
-    circular: Sequence[float],
-    method: str,
-    memory_limit: int,
+    *arguments: object,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of :func:`similarity_op` for images and templates (an empty tensor where not needed)."""
-    options = _options(metric, stride, dilation, mode, padding, pad_value, channels, circular, method, memory_limit)
+    options = _options(*arguments)
 
     def differentiate() -> list[torch.Tensor]:
         x = images.detach().requires_grad_(need_images)
@@ -173,7 +176,8 @@ def _backward(ctx, grad):
     grad_images, grad_templates = torch.ops.slidesim.similarity_backward(
         grad, images, templates, mask, need_images, need_templates, *ctx.options
     )
-    return (grad_images if need_images else None, grad_templates if need_templates else None, *([None] * 11))
+    no_gradients = [None] * (1 + len(_OPERATOR_OPTIONS))  # the mask and the options
+    return (grad_images if need_images else None, grad_templates if need_templates else None, *no_gradients)
 
 
 similarity_op.register_autograd(_backward, setup_context=_setup_context)

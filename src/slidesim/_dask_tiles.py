@@ -185,6 +185,8 @@ def core_windows(block: np.ndarray, location: tuple[int, ...], tiling: Tiling, c
 def window_span(canon: Canonical) -> dict:
     (dy, dx), (h, w) = canon.dilation, canon.templates.shape[-2:]
     return {"stride": canon.stride, "span": (dy * (h - 1) + 1, dx * (w - 1) + 1)}
+
+
 def score_block(
     block: np.ndarray,
     block_info: dict | None = None,
@@ -210,8 +212,10 @@ def score_block(
     scores = similarity_in_memory(piece, bank, **{**options, "mask": weights})
     return np.asarray(scores, dtype=out_dtype).reshape(shape)
 
+
 def out_dtype(canon: Canonical) -> np.dtype:
     return np.dtype(np.float64 if canon.out_dtype == torch.float64 else np.float32)
+
 
 def best_block(
     block: np.ndarray,
@@ -245,4 +249,3 @@ def best_block(
     out[:, :, 0] = best.numpy()
     out[:, :, 1] = which.numpy()
     return out
-

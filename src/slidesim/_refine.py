@@ -26,6 +26,7 @@ from . import reference
 from ._geometry import pad_image
 from ._validate import Canonical
 from .metrics import resolve_metric
+from .scoring.holes import finite_channel_mean
 
 _REACH = 3.0  # px from the integer peak that the first grid spans
 _DRIFT = 8.0  # px from the integer peak that the search may follow a ridge to
@@ -56,9 +57,7 @@ def _fill_holes(crop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     finite = torch.isfinite(crop)
     if bool(finite.all()):
         return crop, None
-    count = finite.sum(dim=(-1, -2), keepdim=True).clamp_min(1)
-    mean = torch.where(finite, crop, 0.0).sum(dim=(-1, -2), keepdim=True) / count
-    return torch.where(finite, crop, mean), (~finite).to(torch.float64)
+    return torch.where(finite, crop, finite_channel_mean(crop[None])[0]), (~finite).to(torch.float64)
 
 
 def _neighbours(positions: torch.Tensor, size: int) -> torch.Tensor:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ._checks import check_dtype, check_option, check_pair, to_tensor
 from ._geometry import Geometry, pad_amounts, pad_image
 from ._types import CHANNELS_MODES, MODES, PADDINGS, ArrayLike
 from .errors import SlidesimTypeError, SlidesimValueError
@@ -45,20 +46,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 
 NonFinite = Literal["none", "nan", "inf"]
 
-_ACCEPTED_DTYPES = {
-    torch.uint8,
-    torch.int8,
-    torch.uint16,
-    torch.int16,
-    torch.int32,
-    torch.int64,
-    torch.float16,
-    torch.bfloat16,
-    torch.float32,
-    torch.float64,
-}
 _WIDE_DTYPES = {torch.float64, torch.int32, torch.int64}
-_DTYPE_LIST = "uint8, int8, uint16, int16, int32, int64, float16, bfloat16, float32, float64"
 
 
 @dataclass(frozen=True)
@@ -123,59 +111,6 @@ class Canonical:
     problem: Problem
 
 
-def _to_tensor(name: str, value: object, device: torch.device | None) -> tuple[torch.Tensor, bool]:
-    """Return (tensor, came_from_numpy)."""
-    if isinstance(value, torch.Tensor):
-        return value, False
-    if isinstance(value, np.ndarray):
-        if (value.dtype == np.bool_ and name != "mask") or value.dtype.kind in "cOSUV":  # bool masks are binary
-            raise SlidesimTypeError(
-                f"`{name}` must have a real numeric dtype ({_DTYPE_LIST}); got numpy dtype {value.dtype}."
-            )
-        array = np.ascontiguousarray(value)
-        if not array.dtype.isnative:
-            array = array.astype(array.dtype.newbyteorder("="))
-        if array.dtype == np.uint16:
-            array = array.astype(np.float32)  # exact; torch's uint16 has few kernels
-        elif array.dtype.kind == "u" and array.dtype != np.uint8:
-            raise SlidesimTypeError(f"`{name}` must have dtype {_DTYPE_LIST}; got numpy dtype {array.dtype}.")
-        tensor = torch.from_numpy(array)
-        return (tensor.to(device) if device is not None else tensor), True
-    raise SlidesimTypeError(
-        f"`{name}` must be a torch.Tensor or a numpy.ndarray; got {type(value).__name__}. "
-        "Convert it first, for example with numpy.asarray(...)."
-    )
-
-
-def _check_dtype(name: str, tensor: torch.Tensor) -> None:
-    if tensor.dtype not in _ACCEPTED_DTYPES:
-        raise SlidesimTypeError(f"`{name}` must have dtype {_DTYPE_LIST}; got {tensor.dtype}.")
-    if tensor.numel() == 0:
-        raise SlidesimValueError(f"`{name}` must not be empty; got shape {tuple(tensor.shape)}.")
-
-
-def _pair(name: str, value: object) -> tuple[int, int]:
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        pair = (int(value), int(value))
-    elif (
-        isinstance(value, (tuple, list))
-        and len(value) == 2
-        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
-    ):
-        pair = (int(value[0]), int(value[1]))
-    else:
-        raise SlidesimTypeError(f"`{name}` must be an int or a pair of ints (y, x); got {value!r}.")
-    if min(pair) < 1:
-        raise SlidesimValueError(f"`{name}` must be >= 1 along both axes; got {value!r}.")
-    return pair
-
-
-def _option(name: str, value: object, valid: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value.lower() not in valid:
-        raise SlidesimValueError(f"`{name}` must be one of {', '.join(map(repr, valid))}; got {value!r}.")
-    return value.lower()
-
-
 def _canonical_images_templates(
     images: torch.Tensor, templates: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -218,7 +153,7 @@ def _canonical_mask(mask: object, bank: torch.Tensor, device: torch.device, dtyp
     """Return the mask as [Bm, Tm, Cm, h, w] weights in dtype (bool and integer masks become 0/1)."""
     if mask is None:
         return None
-    tensor, _ = _to_tensor("mask", mask, device)
+    tensor, _ = to_tensor("mask", mask, device)
     if tensor.device != device:
         raise SlidesimValueError(f"`mask` must be on the templates' device {device}; got {tensor.device}.")
     if tensor.dtype.is_complex:
@@ -298,11 +233,11 @@ def canonicalize(
         SlidesimValueError: Wrong ranks, shapes, sizes, option names or values.
     """
     spec = resolve_metric(metric)
-    mode_s = _option("mode", mode, MODES)
-    padding_s = _option("padding", padding, PADDINGS)
-    channels_s = _option("channels", channels, CHANNELS_MODES)
-    stride_p = _pair("stride", stride)
-    dilation_p = _pair("dilation", dilation)
+    mode_s = check_option("mode", mode, MODES)
+    padding_s = check_option("padding", padding, PADDINGS)
+    channels_s = check_option("channels", channels, CHANNELS_MODES)
+    stride_p = check_pair("stride", stride)
+    dilation_p = check_pair("dilation", dilation)
     if not isinstance(method, str):
         raise SlidesimTypeError(f"`method` must be a string such as 'auto'; got {type(method).__name__}.")
     if not isinstance(pad_value, numbers.Real) or isinstance(pad_value, bool) or not math.isfinite(pad_value):
@@ -325,10 +260,10 @@ def canonicalize(
                     f"{templates.device}."  # type: ignore[union-attr]
                 )
             device = value.device
-    image_t, numpy_out = _to_tensor("images", images, device)
-    template_t, _ = _to_tensor("templates", templates, device)
-    _check_dtype("images", image_t)
-    _check_dtype("templates", template_t)
+    image_t, numpy_out = to_tensor("images", images, device)
+    template_t, _ = to_tensor("templates", templates, device)
+    check_dtype("images", image_t)
+    check_dtype("templates", template_t)
     input_dtype = image_t.dtype
     wide = image_t.dtype in _WIDE_DTYPES or template_t.dtype in _WIDE_DTYPES
     compute_dtype = torch.float64 if wide else torch.float32

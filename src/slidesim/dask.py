@@ -23,7 +23,6 @@ Examples:
     (np.int64(120), np.int64(40))
 """
 
-
 from __future__ import annotations
 
 import contextlib
@@ -94,7 +93,6 @@ def similarity(images: object, templates: ArrayLike, **options: Any):
         options=options_of(canon, mode="valid", mask=None),  # the chunks arrive padded
     )
     return scores[0, 0] if canon.two_d else scores
-
 
 
 # ----------------------------------------------------------------------------------------------------------- match
@@ -367,4 +365,3 @@ def _refine(images, values: Canonical, templates, mask, call, index, centre, siz
         piece, template, weights, (centre[0] - r0, centre[1] - c0), values.dilation, higher, call
     )
     return y + r0, x + c0, score
-

@@ -116,4 +116,3 @@ def conv2d(
     if image.is_cuda and image.dtype == torch.float32:
         return FullPrecisionConv2d.apply(image, weight, stride, dilation, groups)
     return F.conv2d(image, weight, stride=stride, dilation=dilation, groups=groups)
-
