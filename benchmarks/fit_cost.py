@@ -124,7 +124,7 @@ def main() -> None:
         provenance = f"{', '.join(chosen)} {provenance}; {', '.join(kept)} kept from a table {kept_provenance}"
     table = "the CPU" if device == "cpu" else "CUDA tensors"
     lines = [
-        f'"""Throughput constants of the cost model for {table} (seconds per counted unit of work; see',
+        f'"""Throughput constants of the cost model for {table} (floor L0): seconds per counted unit of work (see',
         ":func:`slidesim.cost.features`). Written by ``python benchmarks/fit_cost.py``: do not edit by hand.",
         '"""',
         "",

@@ -1,4 +1,4 @@
-"""slidesim: slide templates over images and score every position, exactly and in bounded memory.
+"""slidesim (floor L7): slide templates over images and score every position, exactly and in bounded memory.
 
 Public names only. They load on first use (PEP 562), so ``import slidesim`` stays quick (command-line start-up,
 ``--help``) and torch is imported by the first call that needs it; nothing optional (numba, OpenCV) is imported

@@ -1,4 +1,4 @@
-"""``python -m slidesim``: the command line."""
+"""``python -m slidesim`` (floor L7): the command line."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Throughput constants of the cost model for the CPU (seconds per counted unit of work; see
+"""Throughput constants of the cost model for the CPU (floor L0): seconds per counted unit of work (see
 :func:`slidesim.cost.features`). Written by ``python benchmarks/fit_cost.py``: do not edit by hand.
 """
 

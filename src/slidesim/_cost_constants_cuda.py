@@ -1,4 +1,4 @@
-"""Throughput constants of the cost model for CUDA tensors (seconds per counted unit of work; see
+"""Throughput constants of the cost model for CUDA tensors (floor L0): seconds per counted unit of work (see
 :func:`slidesim.cost.features`).
 
 Not fitted yet: these are estimates from an NVIDIA H100's published throughput (67 TFLOP/s float32 without TF32,

@@ -1,4 +1,4 @@
-"""Literal aliases for the option strings of the public API."""
+"""Literal aliases for the option strings of the public API (floor L0)."""
 
 from __future__ import annotations
 

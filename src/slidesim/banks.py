@@ -1,4 +1,4 @@
-"""Banks of rotated and scaled templates, and the best score over a bank, reduced as the bank streams.
+"""Banks of rotated and scaled templates, and the best score over a bank, reduced as the bank streams (floor L6).
 
 Rotations are in degrees, counter-clockwise as displayed with y pointing down (the convention of
 ``skimage.transform.rotate``); scales are factors. Every transform of a bank is drawn on one canvas whose centre is

@@ -1,4 +1,5 @@
-"""Command line: ``slidesim match``, ``slidesim demo`` and ``slidesim explain`` (also ``python -m slidesim``).
+"""Command line (floor L7): ``slidesim match``, ``slidesim demo`` and ``slidesim explain`` (also ``python -m
+slidesim``).
 
 The front end reads files, calls the public API and prints or draws what it returns; it holds no numerical code.
 Bad input (a missing or unreadable file, a template larger than the image, an unknown metric, a malformed range)

@@ -1,4 +1,4 @@
-"""Colour helpers for matching on hue, which is an angle and must be compared the short way round."""
+"""Colour helpers for matching on hue, which is an angle and must be compared the short way round (floor L7)."""
 
 from __future__ import annotations
 

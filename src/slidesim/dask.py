@@ -1,4 +1,4 @@
-"""slidesim on Dask arrays: images and collections larger than one machine, with the in-memory results.
+"""slidesim on Dask arrays (floor L7): images and collections larger than one machine, with the in-memory results.
 
 Images are dask arrays (from zarr, tiled TIFF or anything else dask reads), chunked along any axis but channels;
 templates and masks are small and in memory. Every window of every metric depends only on the pixels it covers,

@@ -1,4 +1,5 @@
-"""Pictures of what match() found: score maps with a colour bar, and matches drawn as (rotated) boxes on the image.
+"""Pictures of what match() found (floor L7): score maps with a colour bar, and matches drawn as (rotated) boxes on
+the image.
 
 matplotlib is optional (``pip install 'slidesim[cli]'``) and imported on first use, with the non-interactive Agg
 backend so that pictures are written on machines without a display.

@@ -1,4 +1,4 @@
-"""Exceptions raised by slidesim.
+"""Exceptions raised by slidesim (floor L0).
 
 Every error a user can trigger is a :class:`SlidesimError` and also derives from the matching built-in, so both
 ``except slidesim.SlidesimError`` and ``except ValueError`` work. Messages name the argument in backticks, say what

@@ -1,6 +1,5 @@
-"""Reading images for the command line: PNG, JPEG and TIFF through Pillow, 16-bit and multi-page TIFF through
-tifffile. Both are optional (``pip install 'slidesim[cli]'``) and imported on first use.
-"""
+"""Reading images for the command line (floor L7): PNG, JPEG and TIFF through Pillow, 16-bit and multi-page TIFF
+through tifffile. Both are optional (``pip install 'slidesim[cli]'``) and imported on first use."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""match(): where the templates are, how well they match, at what angle and scale.
+"""match() (floor L6): where the templates are, how well they match, at what angle and scale.
 
 The bank of transformed templates streams through the chosen engine a chunk at a time; each chunk's maps are
 folded into a running best score and the index of the best transform per position, so memory stays

@@ -1,4 +1,5 @@
-"""Peaks of score maps: the k best positions per image and template, with suppression and sub-pixel offsets.
+"""Peaks of score maps (floor L6): the k best positions per image and template, with suppression and sub-pixel
+offsets.
 
 A peak is a position whose score is the best within a square neighbourhood (at least 3 × 3): suppression keeps
 the best of any two peaks closer than ``min_distance`` (Chebyshev distance, the larger of the row and column

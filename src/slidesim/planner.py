@@ -1,4 +1,4 @@
-"""Choosing an engine: plan(), explain(), and the selection used by similarity().
+"""Choosing an engine (floor L5): plan(), explain(), and the selection used by similarity().
 
 ``method="auto"`` estimates the time and peak temporary memory of every engine (:mod:`slidesim.cost`), drops those
 that are unavailable, ineligible (with their reason: a metric they do not compute, NaN or inf pixels that an FFT or

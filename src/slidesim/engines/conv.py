@@ -1,5 +1,5 @@
-"""The conv engine: the cross term of the correlation metrics through torch conv2d with the whole bank as output
-channels (grouped per image for per-image banks), so the image is never repeated per template. Large float32
+"""The conv engine (floor L4): the cross term of the correlation metrics through torch conv2d with the whole bank as
+output channels (grouped per image for per-image banks), so the image is never repeated per template. Large float32
 outputs on the CPU are computed in bands of rows (see :func:`slidesim.kernels.conv.conv_correlate`).
 
 Window statistics come from :mod:`slidesim.kernels.area_sums`; the cross term of ccoeff and zncc

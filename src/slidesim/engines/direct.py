@@ -1,5 +1,5 @@
-"""The direct engine: exact tap loops (:mod:`slidesim.kernels.taps`) for every metric, on any device, in bounded
-memory."""
+"""The direct engine (floor L4): exact tap loops (:mod:`slidesim.kernels.taps`) for every metric, on any device, in
+bounded memory."""
 
 from __future__ import annotations
 

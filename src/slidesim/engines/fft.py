@@ -1,4 +1,4 @@
-"""The FFT engine: the cross term of the correlation metrics through torch.fft.
+"""The FFT engine (floor L4): the cross term of the correlation metrics through torch.fft.
 
 The image spectrum is computed once per call and reused for every template of the bank; channels are summed in
 the frequency domain, so one inverse transform yields each template's map. Transform sizes are products of 2, 3,

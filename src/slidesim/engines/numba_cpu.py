@@ -1,5 +1,5 @@
-"""The numba engine: fused, parallel CPU kernels (:mod:`slidesim.kernels.numba_ops`) for the distance metrics (sad,
-mad, l1_similarity, ssd), the exact ssd of ssd_normed and the cross term of the correlation metrics.
+"""The numba engine (floor L4): fused, parallel CPU kernels (:mod:`slidesim.kernels.numba_ops`) for the distance
+metrics (sad, mad, l1_similarity, ssd), the exact ssd of ssd_normed and the cross term of the correlation metrics.
 
 Window statistics and correlations of ssd_normed come from the tap loops. The correlation metrics (ccorr, ncc,
 ccoeff, zncc) run their cross term in the product tiles and take their window statistics from the O(H·W) sums of

@@ -1,4 +1,4 @@
-"""The reference engine: :mod:`slidesim.reference` behind ``method="reference"``."""
+"""The reference engine (floor L4): :mod:`slidesim.reference` behind ``method="reference"``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The Triton engine: fused GPU kernels for the distance metrics (sad, mad, l1_similarity, ssd) and the exact ssd of
-ssd_normed, forward and backward.
+"""The Triton engine (floor L4): fused GPU kernels for the distance metrics (sad, mad, l1_similarity, ssd) and the
+exact ssd of ssd_normed, forward and backward.
 
 The kernels (:mod:`slidesim.kernels.triton_kernels`, registered as torch operators in
 :mod:`slidesim.kernels.triton_ops`) never materialize windows: each program keeps a tile of up to 32 templates ×

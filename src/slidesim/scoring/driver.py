@@ -39,27 +39,23 @@ def score_channels(prims: Primitives, canon: Canonical, image: torch.Tensor) -> 
     """Scores of a validated call on its padded images: [B, T, H', W'] ("joint", "mean") or [B, T, C, H', W']
     ("separate")."""
     T = canon.templates.shape[1]
-    if canon.channels_mode == "joint":
-        return _whole(score_stream(prims, canon, image, T))
-    finite, holes = canon.problem.finite, None
-    if prims.spreads_nan and not finite:
-        holes, image = fill_holes(image)
-        finite = True
+    image, finite, holes = _filled(prims, canon, image)
     mask, periods = canon.mask, canon.periods
+    if canon.channels_mode == "joint":
+        scores = _BankScorer(prims, canon.spec, image, canon.templates, mask, periods, canon.memory_limit, finite)
+        return _marked(scores(0, T), holes, mask, prims, separate=False)
     per_channel = []
     for c in range(image.shape[1]):
         channel_mask = mask[:, :, c : c + 1] if mask is not None and mask.shape[2] > 1 else mask
         channel_periods = (periods[c],) if periods is not None else None
-        chunks = _chunks(
+        scores = _BankScorer(
             prims, canon.spec, image[:, c : c + 1], canon.templates[:, :, c : c + 1], channel_mask,
-            channel_periods, canon.memory_limit, finite, T,
+            channel_periods, canon.memory_limit, finite,
         )  # fmt: skip
-        per_channel.append(_whole(chunks))
+        per_channel.append(scores(0, T))
     separate = canon.channels_mode == "separate"
     scores = torch.stack(per_channel, dim=2) if separate else torch.stack(per_channel, dim=0).mean(dim=0)
-    if holes is not None:
-        scores = mark_holes(scores, holes, mask, prims.geom, separate)
-    return scores
+    return _marked(scores, holes, mask, prims, separate)
 
 
 def score_stream(prims: Primitives, canon: Canonical, image: torch.Tensor, chunk: int) -> Chunks:
@@ -71,42 +67,44 @@ def score_stream(prims: Primitives, canon: Canonical, image: torch.Tensor, chunk
     """
     if canon.channels_mode != "joint":
         raise ValueError(f"streaming scores one joint score per template; got channels={canon.channels_mode!r}")
-    finite, holes = canon.problem.finite, None
-    if prims.spreads_nan and not finite:
-        holes, image = fill_holes(image)
-        finite = True
-    chunks = _chunks(
-        prims, canon.spec, image, canon.templates, canon.mask, canon.periods, canon.memory_limit, finite, chunk
+    T = canon.templates.shape[1]
+    image, finite, holes = _filled(prims, canon, image)
+    if chunk < T:
+        prims = prims.for_stream()
+    scores = _BankScorer(
+        prims, canon.spec, image, canon.templates, canon.mask, canon.periods, canon.memory_limit, finite, chunk < T
     )
-    for t0, t1, scores in chunks:
-        if holes is not None:
-            scores = mark_holes(scores, holes, _chunk_of(canon.mask, t0, t1), prims.geom, separate=False)
-        yield t0, t1, scores
+    for t0 in range(0, T, chunk):
+        t1 = min(T, t0 + chunk)
+        yield t0, t1, _marked(scores(t0, t1), holes, _chunk_of(canon.mask, t0, t1), prims, separate=False)
 
 
-def _whole(chunks: Chunks) -> torch.Tensor:
-    """The scores of a stream that is one chunk."""
-    ((_, _, scores),) = chunks
-    return scores
+def _filled(prims: Primitives, canon: Canonical, image: torch.Tensor) -> tuple[torch.Tensor, bool, torch.Tensor | None]:
+    """(the images to score, whether they are finite, the NaN map to mark afterwards or None): NaN pixels are
+    filled for engines whose sums would spread them."""
+    if prims.spreads_nan and not canon.problem.finite:
+        holes, image = fill_holes(image)
+        return image, True, holes
+    return image, canon.problem.finite, None
+
+
+def _marked(
+    scores: torch.Tensor, holes: torch.Tensor | None, mask: torch.Tensor | None, prims: Primitives, separate: bool
+) -> torch.Tensor:
+    """``scores`` with NaN in the windows that hold a filled hole (when there were holes)."""
+    return scores if holes is None else mark_holes(scores, holes, mask, prims.geom, separate)
 
 
 def _chunk_of(values: torch.Tensor | None, t0: int, t1: int) -> torch.Tensor | None:
-    """Templates t0:t1 of a per-template tensor [B*, T, ...]; shared ones (None, or one entry) as they are."""
-    return values if values is None or values.shape[1] == 1 else values[:, t0:t1]
+    """Templates t0:t1 of a per-template tensor [B*, T, ...]; shared ones (None, or one entry) and whole banks as
+    they are (a view costs microseconds that small calls notice)."""
+    if values is None or values.shape[1] == 1 or (t0 == 0 and t1 == values.shape[1]):
+        return values
+    return values[:, t0:t1]
 
 
-def _chunks(
-    prims: Primitives,
-    spec: MetricSpec,
-    image: torch.Tensor,
-    bank: torch.Tensor,
-    mask: torch.Tensor | None,
-    periods: tuple[float | None, ...] | None,
-    memory_limit: int,
-    finite: bool,
-    chunk: int,
-) -> Chunks:
-    """One score over the channels of ``image`` (OpenCV's semantics), ``chunk`` templates at a time.
+class _BankScorer:
+    """One score over the channels of ``image`` (OpenCV's semantics) for any chunk t0:t1 of the bank.
 
     Args:
         prims: The engine's sliding reductions.
@@ -117,48 +115,62 @@ def _chunks(
         periods: Per-channel periods of circular channels, or None.
         memory_limit: Bytes that temporaries may use.
         finite: Whether every image pixel is finite.
-        chunk: Templates per chunk.
-
-    Yields:
-        (t0, t1, scores [B, t1 − t0, H', W'] in the compute dtype).
+        streaming: Whether more than one chunk will be asked for (the image side is then kept between them).
     """
-    T, (C, h, w) = bank.shape[1], bank.shape[-3:]
-    streaming = chunk < T
-    if streaming:
-        prims = prims.for_stream()
-    if spec.family == "distance":
-        weights = None if mask is None else (mask if spec.power == 1 else mask * mask)
-        # Without a mask n is a count: a Python number spares small calls two tensor operations.
-        n = float(C * h * w) if mask is None else mask_sums(mask, C, h, w, image).to(image.dtype)[..., None, None]
-        for t0 in range(0, T, chunk):
-            t1 = min(T, t0 + chunk)
-            distance = prims.distance(image, bank[:, t0:t1], _chunk_of(weights, t0, t1), spec.power, periods)
-            chunk_n = n if isinstance(n, float) else _chunk_of(n, t0, t1)
-            yield t0, t1, finish_distance(spec.name, distance, chunk_n, in_place=not distance.requires_grad)
-        return
-    scorer = CorrelationScorer(prims, spec, image, bank, mask, finite, keep_planes=streaming)
-    for t0 in range(0, T, chunk):
-        t1 = min(T, t0 + chunk)
-        raw = scorer.raw(t0, t1)
-        if spec.name == "ccoeff":
-            yield t0, t1, raw if finite else mark_infinite_means(raw, image, _chunk_of(mask, t0, t1), prims.geom)
-        elif spec.name == "ccorr":
-            yield t0, t1, raw
+
+    def __init__(
+        self,
+        prims: Primitives,
+        spec: MetricSpec,
+        image: torch.Tensor,
+        bank: torch.Tensor,
+        mask: torch.Tensor | None,
+        periods: tuple[float | None, ...] | None,
+        memory_limit: int,
+        finite: bool,
+        streaming: bool = False,
+    ) -> None:
+        self.prims, self.spec, self.image, self.bank, self.mask = prims, spec, image, bank, mask
+        self.periods, self.memory_limit, self.finite = periods, memory_limit, finite
+        if spec.family == "distance":
+            C, h, w = bank.shape[-3:]
+            self.weights = None if mask is None else (mask if spec.power == 1 else mask * mask)
+            # Without a mask n is a count: a Python number spares small calls two tensor operations.
+            self.n = (
+                float(C * h * w) if mask is None else mask_sums(mask, C, h, w, image).to(image.dtype)[..., None, None]
+            )
         else:
-            yield t0, t1, _finished(scorer, raw, t0, memory_limit)
+            self.correlation = CorrelationScorer(prims, spec, image, bank, mask, finite, keep_planes=streaming)
 
+    def __call__(self, t0: int, t1: int) -> torch.Tensor:
+        """Scores of templates t0:t1 -> [B, t1 − t0, H', W'] in the compute dtype."""
+        spec = self.spec
+        if spec.family == "distance":
+            weights = _chunk_of(self.weights, t0, t1)
+            distance = self.prims.distance(self.image, _chunk_of(self.bank, t0, t1), weights, spec.power, self.periods)
+            n = self.n if isinstance(self.n, float) else _chunk_of(self.n, t0, t1)
+            return finish_distance(spec.name, distance, n, in_place=not distance.requires_grad)
+        raw = self.correlation.raw(t0, t1)
+        if spec.name == "ccoeff":
+            if self.finite:
+                return raw
+            return mark_infinite_means(raw, self.image, _chunk_of(self.mask, t0, t1), self.prims.geom)
+        if spec.name == "ccorr":
+            return raw
+        return self._finished(raw, t0)
 
-def _finished(scorer: CorrelationScorer, raw: torch.Tensor, t0: int, memory_limit: int) -> torch.Tensor:
-    """The finish of raw [B, t, H', W'] (templates t0..), a few templates at a time where it needs float64
-    temporaries per template (autograd, ssd_normed): in place without autograd."""
-    B, t, out_h, out_w = raw.shape
-    per_template = _FINISH_TEMPORARIES * 8 * B * out_h * out_w
-    step = int(max(1, min(t, min(memory_limit // 2, _MAX_FINISH_BYTES) // max(1, per_template))))
-    if raw.requires_grad:
-        parts = [scorer.finish(raw[:, s : s + step], t0 + s, t0 + s + step, in_place=False) for s in range(0, t, step)]
-        return torch.cat(parts, dim=1)
-    if scorer.spec.name != "ssd_normed":  # ncc and zncc finish in place with no per-template temporaries: all at once
-        step = t
-    for s in range(0, t, step):
-        scorer.finish(raw[:, s : s + step], t0 + s, t0 + min(t, s + step), in_place=True)
-    return raw
+    def _finished(self, raw: torch.Tensor, t0: int) -> torch.Tensor:
+        """The finish of raw [B, t, H', W'] (templates t0..), a few templates at a time where it needs float64
+        temporaries per template (autograd, ssd_normed): in place without autograd."""
+        B, t, out_h, out_w = raw.shape
+        per_template = _FINISH_TEMPORARIES * 8 * B * out_h * out_w
+        step = int(max(1, min(t, min(self.memory_limit // 2, _MAX_FINISH_BYTES) // max(1, per_template))))
+        finish = self.correlation.finish
+        if raw.requires_grad:
+            parts = [finish(raw[:, s : s + step], t0 + s, t0 + s + step, in_place=False) for s in range(0, t, step)]
+            return torch.cat(parts, dim=1)
+        if self.spec.name != "ssd_normed":  # ncc and zncc finish in place without per-template temporaries
+            step = t
+        for s in range(0, t, step):
+            finish(raw[:, s : s + step], t0 + s, t0 + min(t, s + step), in_place=True)
+        return raw
