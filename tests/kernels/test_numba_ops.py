@@ -18,7 +18,7 @@ import torch
 import slidesim
 from slidesim.kernels import numba_ops
 
-from .conftest import tolerance
+from ..conftest import tolerance
 
 pytest.importorskip("numba")
 

@@ -19,7 +19,7 @@ from slidesim.engines.base import Engine, ReductionEngine
 from slidesim.engines.direct import DirectEngine
 from slidesim.metrics import METRICS
 
-from .conftest import ENGINE_METRICS, TESTED_ENGINES, engines_for, random_problem, tolerance
+from ..conftest import ENGINE_METRICS, TESTED_ENGINES, engines_for, random_problem, tolerance
 
 CONTRACT = ("unavailable_reason", "ineligible_reason", "auto_excluded_reason", "features", "temporary_bytes")
 
@@ -61,7 +61,7 @@ def test_every_registered_engine_implements_the_contract(name: str) -> None:
 
 
 def test_the_matrix_is_the_registry() -> None:
-    """test_engines.py and test_oracles.py parametrize over TESTED_ENGINES: every registered engine but the oracle."""
+    """engines/test_matrix.py and test_oracles.py parametrize over TESTED_ENGINES: every engine but the oracle."""
     assert set(TESTED_ENGINES) == set(engines.ENGINES) - {"reference"}
     assert all(engines_for(metric) for metric in METRICS)  # every metric has engines besides the oracle
 

@@ -14,7 +14,7 @@ from slidesim.kernels import area_sums
 from slidesim.scoring.correlation import CorrelationScorer
 from slidesim.scoring.statistics import WindowStatistics
 
-from .conftest import tolerance
+from ..conftest import tolerance
 
 
 def _brute_squares(image: np.ndarray, shift: np.ndarray, h: int, w: int, sy: int, sx: int, centred: bool):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import slidesim
 from slidesim.metrics import METRICS
 
-from .conftest import ENGINE_METRICS, TESTED_ENGINES, engines_for, random_problem, tolerance
+from ..conftest import ENGINE_METRICS, TESTED_ENGINES, engines_for, random_problem, tolerance
 
 ALL_METRICS = list(METRICS)
 

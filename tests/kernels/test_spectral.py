@@ -11,7 +11,7 @@ import slidesim
 from slidesim._geometry import Geometry
 from slidesim.kernels.spectral import choose_tile, fft_correlate
 
-from .conftest import conv2d_bank, correlation_case, tolerance
+from ..conftest import conv2d_bank, correlation_case, tolerance
 
 
 @pytest.mark.parametrize("tile", [None, (16, 20), (32, 32)])

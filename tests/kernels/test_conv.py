@@ -10,7 +10,7 @@ import slidesim
 import slidesim.kernels.conv as fast
 from slidesim._geometry import Geometry
 
-from .conftest import conv2d_bank, correlation_case, tolerance
+from ..conftest import conv2d_bank, correlation_case, tolerance
 
 CASES = [  # size, template size, stride, dilation, per-image bank
     ((37, 41), (5, 4), (1, 1), (1, 1), False),

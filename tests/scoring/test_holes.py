@@ -10,7 +10,7 @@ import slidesim
 from slidesim._geometry import Geometry
 from slidesim.scoring.holes import mark_holes
 
-from .conftest import tolerance
+from ..conftest import tolerance
 
 FAST = ["fft", "conv"]
 CORRELATION = ["ccorr", "ncc", "ccoeff", "zncc"]
