@@ -12,9 +12,10 @@ import torch
 import slidesim
 from slidesim import engines
 from slidesim._validate import DEFAULT_OPTIONS, canonicalize
+from slidesim.metrics import DIFFERENCE_METRICS, PRODUCT_METRICS
 
-CORRELATION = ("ccorr", "ncc", "ccoeff", "zncc")
-DISTANCE = ("sad", "mad", "l1_similarity", "ssd", "ssd_normed")
+CORRELATION = PRODUCT_METRICS  # the metrics of the cross term, and of the difference reduction
+DISTANCE = DIFFERENCE_METRICS
 
 
 @dataclass
@@ -60,7 +61,7 @@ class Case:
         for name in engines.auto_engines():
             engine = engines.load(name)
             reason = engine.unavailable_reason() or engine.ineligible_reason(problem)
-            if reason is None and getattr(engine, "auto_excluded_reason", lambda _: None)(problem) is None:
+            if reason is None and engine.auto_excluded_reason(problem) is None:
                 names.append(name)
         return names
 

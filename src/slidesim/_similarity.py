@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 
-from . import _compiled
 from ._eager import run_eager
 from ._types import ArrayLike, ChannelsMode, IntPair, Method, Metric, Mode, Padding
 
@@ -107,5 +106,7 @@ def similarity(
         "memory_limit": memory_limit,
     }
     if torch.compiler.is_compiling() and isinstance(images, torch.Tensor) and isinstance(templates, torch.Tensor):
+        from . import _compiled  # its operators are registered on first use: only compiled code needs them
+
         return _compiled.similarity(images, templates, **options)
     return run_eager(images, templates, **options)

@@ -1,7 +1,7 @@
 """One specification per metric (floor L0): its reduction, direction, aliases and the elementwise finish.
 
 Every grouping of metrics that engines and the cost model use (:data:`DIFFERENCE_METRICS`,
-:data:`PRODUCT_METRICS`, :data:`NORMALIZED_METRICS`, :data:`DISTANCE_METRICS`) is derived from the one table
+:data:`PRODUCT_METRICS`, :data:`NORMALIZED_METRICS`, :attr:`MetricSpec.family`) is derived from the one table
 :data:`METRICS`.
 
 Notation (per template, per window; sums run over channels and template taps, weighted by the mask M, with
@@ -98,8 +98,6 @@ PRODUCT_METRICS: tuple[str, ...] = tuple(m for m, s in METRICS.items() if s.redu
 """Metrics built from the cross term Σ W·I·T: ccorr, ncc, ccoeff, zncc."""
 NORMALIZED_METRICS: tuple[str, ...] = tuple(m for m, s in METRICS.items() if s.normalized)
 """Metrics that divide by window statistics: ssd_normed, ncc, zncc."""
-DISTANCE_METRICS: tuple[str, ...] = tuple(m for m, s in METRICS.items() if s.family == "distance")
-"""Metrics scored from the difference reduction alone: sad, mad, l1_similarity, ssd."""
 
 _ALIASES: dict[str, str] = {
     "sqdiff": "ssd",

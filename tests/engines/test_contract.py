@@ -77,6 +77,21 @@ def test_streamed_chunks_equal_a_whole_call(name: str, metric: str, rng) -> None
     torch.testing.assert_close(torch.cat([s for _, _, s in chunks], dim=1), whole, **tolerance(images.dtype))
 
 
+@pytest.mark.parametrize(("name", "metric"), [(n, m) for n, m in ENGINE_METRICS if METRICS[m].normalized])
+def test_streamed_chunks_with_gradients_finish_a_few_templates_at_a_time(name: str, metric: str, rng) -> None:
+    """A tight memory_limit finishes 2 templates at a time: chunks of 3 end with a piece of 1."""
+    engine = engines.load(name)
+    images, bank = random_problem(rng, batch=1, size=(18, 16), n_templates=5, tsize=(4, 3))
+    bank.requires_grad_(True)
+    canon = canonicalize(images, bank, **with_defaults({"metric": metric, "memory_limit": 2**16}))
+    chunks = list(engine.stream(canon, 3))
+    assert [(t0, t1, s.shape[1]) for t0, t1, s in chunks] == [(0, 3, 3), (3, 5, 2)]
+    streamed = torch.cat([s for _, _, s in chunks], dim=1)
+    torch.testing.assert_close(streamed, engine.run(canon), **tolerance(images.dtype))
+    streamed.sum().backward()
+    assert bank.grad is not None and torch.isfinite(bank.grad).all()
+
+
 class _ToyEngine(DirectEngine):
     """The tap loops under another name: what a new engine in another package looks like."""
 

@@ -8,12 +8,13 @@ import torch
 
 import slidesim
 from slidesim._geometry import Geometry
+from slidesim.metrics import PRODUCT_METRICS
 from slidesim.scoring.holes import mark_holes
 
 from ..conftest import tolerance
 
 FAST = ["fft", "conv"]
-CORRELATION = ["ccorr", "ncc", "ccoeff", "zncc"]
+CORRELATION = list(PRODUCT_METRICS)
 
 
 def _holed_image(seed: int, shape=(2, 3, 19, 21), fraction: float = 0.01) -> torch.Tensor:

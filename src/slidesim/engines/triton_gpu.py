@@ -91,7 +91,7 @@ class TritonEngine(ReductionEngine):
         del memory_limit
         found = counts.call_counts(problem)
         found["distance_updates"] = counts.updates(problem) * counts.width_factor(problem)
-        if counts.normalized(problem):
+        if problem.metric == "ssd_normed":  # its window energies by tap loops
             found["statistics_updates"] = counts.window_updates(problem) * 2
         return found
 

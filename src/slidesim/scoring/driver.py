@@ -69,10 +69,9 @@ def score_stream(prims: Primitives, canon: Canonical, image: torch.Tensor, chunk
         raise ValueError(f"streaming scores one joint score per template; got channels={canon.channels_mode!r}")
     T = canon.templates.shape[1]
     image, finite, holes = _filled(prims, canon, image)
-    if chunk < T:
-        prims = prims.for_stream()
+    prims = prims.for_stream()  # even for one chunk: masked zncc sums transform an image plane twice
     scores = _BankScorer(
-        prims, canon.spec, image, canon.templates, canon.mask, canon.periods, canon.memory_limit, finite, chunk < T
+        prims, canon.spec, image, canon.templates, canon.mask, canon.periods, canon.memory_limit, finite, True
     )
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
@@ -115,7 +114,8 @@ class _BankScorer:
         periods: Per-channel periods of circular channels, or None.
         memory_limit: Bytes that temporaries may use.
         finite: Whether every image pixel is finite.
-        streaming: Whether more than one chunk will be asked for (the image side is then kept between them).
+        streaming: Keep derived image planes between chunks (a stream), where engines that cache work per image
+            tensor (FFT spectra) recognize them.
     """
 
     def __init__(
@@ -167,7 +167,9 @@ class _BankScorer:
         step = int(max(1, min(t, min(self.memory_limit // 2, _MAX_FINISH_BYTES) // max(1, per_template))))
         finish = self.correlation.finish
         if raw.requires_grad:
-            parts = [finish(raw[:, s : s + step], t0 + s, t0 + s + step, in_place=False) for s in range(0, t, step)]
+            parts = [
+                finish(raw[:, s : s + step], t0 + s, t0 + min(t, s + step), in_place=False) for s in range(0, t, step)
+            ]
             return torch.cat(parts, dim=1)
         if self.spec.name != "ssd_normed":  # ncc and zncc finish in place without per-template temporaries
             step = t
