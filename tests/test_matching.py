@@ -204,3 +204,17 @@ def test_per_image_banks_with_rotations_and_channel_mean() -> None:
     assert found.angle.tolist() == [0.0, 270.0]
     mean = slidesim.match(images, images[:1, :, 4:15, 6:17].copy(), channels="mean", method="reference", k=1)
     assert (round(float(mean.y[0]), 2), round(float(mean.x[0]), 2)) == (9.0, 11.0)
+
+
+def test_matches_are_best_first_after_refinement() -> None:
+    """Refinement moves scores: on a smooth texture the 12 best integer peaks reorder once refined."""
+    ndi = pytest.importorskip("scipy.ndimage")
+    image = ndi.gaussian_filter(np.random.default_rng(0).random((96, 96)), 1.5).astype(np.float32)
+    template = image[30:41, 40:51].copy()
+    for metric in ("zncc", "sad"):
+        found = slidesim.match(image, template, metric=metric, k=12, min_distance=3)
+        unrefined = slidesim.match(image, template, metric=metric, k=12, min_distance=3, subpixel=False)
+        assert len(found) == 12
+        scores = np.asarray(found.score)
+        assert np.all(np.diff(scores) <= 0) if metric == "zncc" else np.all(np.diff(scores) >= 0), scores
+        assert np.all(np.diff(unrefined.score) <= 0) if metric == "zncc" else np.all(np.diff(unrefined.score) >= 0)

@@ -36,7 +36,7 @@ from . import _dask_tiles as tiles
 from ._refine import bank_member, crop_window, refine_on_data
 from ._types import ArrayLike
 from ._validate import Canonical, canonicalize, options_of, window_origin, with_defaults
-from .matching import Matches, prepare
+from .matching import Matches, best_first, prepare
 
 __all__ = ["match", "similarity"]
 
@@ -321,7 +321,7 @@ def match(
         if subpixel:
             cy, cx, score = _refine(images, values, bank_templates, bank_mask, call, (b, t * R + r), (cy, cx), (H, W))
         output.append((b, t, cy, cx, score, float(transform_angles[r]), float(transform_scales[r])))
-    columns = list(zip(*output, strict=True)) if output else [()] * 7
+    columns = list(zip(*best_first(output, higher), strict=True)) if output else [()] * 7
     fields = [np.asarray(c, dtype=np.int64) for c in columns[:2]] + [
         np.asarray(c, dtype=np.float64) for c in columns[2:]
     ]

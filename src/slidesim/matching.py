@@ -253,6 +253,18 @@ def best_of_bank(
     return best, which
 
 
+def best_first(rows: list[tuple], higher: bool) -> list[tuple]:
+    """Match rows (image, template, y, x, score, ...) grouped by image and template, best score first within each
+    group: refinement moves scores, so the integer peaks' order no longer holds. Ties keep the integer peaks' order;
+    a score that is not a number goes last."""
+
+    def key(row: tuple) -> tuple:
+        score = row[4]
+        return (row[0], row[1], score != score, -score if higher else score)
+
+    return sorted(rows, key=key)  # stable: equal scores keep the integer peaks' order
+
+
 def _columns(
     canon: Canonical,
     call: dict[str, Any],
@@ -275,7 +287,7 @@ def _columns(
         if subpixel:
             cy, cx, score = refine_peak(canon, call, b, t * R + r, (cy, cx))
         rows.append((b, t, cy, cx, score, float(angles[r]), float(scales[r])))
-    columns = list(zip(*rows, strict=True)) if rows else [()] * 7
+    columns = list(zip(*best_first(rows, canon.spec.higher_is_better), strict=True)) if rows else [()] * 7
     ints = [torch.tensor(c, dtype=torch.int64) for c in columns[:2]]
     floats = [torch.tensor(c, dtype=torch.float64) for c in columns[2:]]
     return [*ints, *floats]
