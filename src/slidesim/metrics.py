@@ -26,8 +26,10 @@ A window (or template) is *flat* when, in every channel with non-zero mask weigh
 are equal. Taps of zero weight are outside the window: their pixels and template values, even NaN or inf, do not
 enter any sum. Without a mask every tap counts, so a NaN pixel under a template value of 0 still gives NaN.
 "Always finite" assumes finite inputs; a window with a NaN under a positive weight scores NaN in every metric.
-An inf pixel under a positive weight gives what the formula gives (±inf for the distances and ccorr, NaN for
-ccoeff, whose window mean m_I is then infinite, and for the normalized metrics).
+An inf pixel under a positive weight gives what the formula gives for the distances and ccorr (±inf, or NaN where
+infinities cancel) and NaN for ccoeff, whose window mean m_I is then infinite, and for the normalized metrics.
+Missing data outranks the degenerate rules: such a window scores NaN even against a flat or all-zero template
+(zncc, ncc, ssd_normed), so a hole in the data is never reported as a 0 or 1.
 The distance metrics accept circular channels: for a channel with period p the difference d is replaced by the
 signed shortest way round, ((d + p/2) mod p) − p/2.
 """
@@ -143,9 +145,13 @@ def resolve_metric(metric: object) -> MetricSpec:
 
 
 def _safe_ratio(num: torch.Tensor, den_sq: torch.Tensor, degenerate: torch.Tensor) -> torch.Tensor:
-    """num / sqrt(den_sq) where not degenerate, 0 elsewhere, with gradients that stay finite everywhere."""
+    """num / sqrt(den_sq) where not degenerate, 0 elsewhere, with gradients that stay finite everywhere.
+
+    A NaN numerator stays NaN even where the denominator is degenerate: missing data in a window outranks the
+    degenerate-template rule, so a NaN pixel is never hidden behind a 0.
+    """
     safe = torch.where(degenerate, torch.ones_like(den_sq), den_sq.clamp_min(torch.finfo(den_sq.dtype).tiny))
-    return torch.where(degenerate, torch.zeros_like(num), num / safe.sqrt())
+    return torch.where(degenerate & ~torch.isnan(num), torch.zeros_like(num), num / safe.sqrt())
 
 
 def finish_distance(name: str, distance: torch.Tensor, n: torch.Tensor | float, in_place: bool = False) -> torch.Tensor:
@@ -170,7 +176,7 @@ def finish_ssd_normed(ssd: torch.Tensor, template_energy: torch.Tensor, window_e
     den_sq = template_energy * window_energy
     degenerate = den_sq <= 0
     ratio = _safe_ratio(ssd, den_sq, degenerate)
-    fallback = torch.where(ssd <= 0, torch.zeros_like(ssd), torch.ones_like(ssd))
+    fallback = torch.where(ssd <= 0, torch.zeros_like(ssd), torch.where(torch.isnan(ssd), ssd, torch.ones_like(ssd)))
     return torch.where(degenerate, fallback, ratio.clamp(0.0, 1.0))
 
 

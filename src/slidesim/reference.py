@@ -53,6 +53,10 @@ def score_windows(
     support = M > 0
     # A zero weight takes its pixel out of the window: even a NaN or inf there must not reach the score (0 · NaN
     # would be NaN), so excluded pixels and template values are replaced before any product.
+    # Missing data outranks the degenerate-template rules: a window holding NaN or ±inf under a positive weight
+    # scores NaN in the normalized metrics and ccoeff even where the template is flat or zero (an all-inf window
+    # would otherwise count as flat, and 0 · inf hides nothing but reads as a number).
+    spoiled = (support & ~torch.isfinite(P)).any(dim=reduce)
     P = torch.where(support, P, 0.0)
     T = torch.where(support, T, 0.0)
     if metric in ("sad", "mad", "l1_similarity", "ssd", "ssd_normed"):
@@ -71,13 +75,14 @@ def score_windows(
         den = torch.sqrt(total((M * T) ** 2) * total((M * P) ** 2))
         # Zero energies are the documented degenerate cases; a NaN window stays NaN (hence not `den > 0`).
         out = torch.where(den <= 0, torch.ones_like(ssd), ssd / torch.where(den > 0, den, 1.0)).clamp(max=1.0)
-        return torch.where(ssd == 0, torch.zeros_like(ssd), out)
+        return torch.where(spoiled, torch.nan, torch.where(ssd == 0, torch.zeros_like(ssd), out))
     if metric in ("ccorr", "ncc"):
         cross = total(M * M * T * P)
         if metric == "ccorr":
             return cross
         den = torch.sqrt(total((M * T) ** 2) * total((M * P) ** 2))
-        return torch.where(den <= 0, 0.0, cross / torch.where(den > 0, den, 1.0)).clamp(-1, 1)
+        ncc = torch.where(den <= 0, 0.0, cross / torch.where(den > 0, den, 1.0)).clamp(-1, 1)
+        return torch.where(spoiled, torch.nan, ncc)
     # ccoeff / zncc: per-channel means weighted by M, cross and variances weighted by M².
     m_sum = M.sum(dim=hw, keepdim=True)
     safe = torch.where(m_sum > 0, m_sum, 1.0)
@@ -85,13 +90,13 @@ def score_windows(
     Pc = M * (P - (M * P).sum(dim=hw, keepdim=True) / safe)
     ccoeff = total(Tc * Pc)
     if metric == "ccoeff":
-        return ccoeff
+        return torch.where(spoiled, torch.nan, ccoeff)
     flat = all_equal(P, support, hw) | all_equal(T.expand_as(P), support, hw)  # per channel: [B, C, H', W']
     if joint:
         flat = flat.all(dim=1)
     den = torch.sqrt(total(Tc * Tc) * total(Pc * Pc))
-    ok = ~flat & ~(den <= 0)  # a NaN window is neither flat nor degenerate: it scores NaN
-    return torch.where(ok, ccoeff / torch.where(ok, den, 1.0), 0.0).clamp(-1, 1)
+    ok = ~flat & ~(den <= 0)
+    return torch.where(spoiled, torch.nan, torch.where(ok, ccoeff / torch.where(ok, den, 1.0), 0.0).clamp(-1, 1))
 
 
 def compute(canon: Canonical) -> torch.Tensor:

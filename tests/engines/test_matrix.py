@@ -83,6 +83,54 @@ def test_masks(engine, metric, mask_shape, binary, rng) -> None:
         _compare(engine, images, bank, metric=metric, mask=mask, channels=channels)
 
 
+NORMALIZED_OR_CENTRED = [(e, m) for e, m in ENGINE_METRICS if m in ("ncc", "zncc", "ssd_normed", "ccoeff")]
+
+
+@pytest.mark.parametrize(("engine", "metric"), NORMALIZED_OR_CENTRED)
+@pytest.mark.parametrize("template", ["flat", "zero"])
+@pytest.mark.parametrize("special", [float("nan"), float("inf"), "all_inf"])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("channels", ["joint", "separate", "mean"])
+def test_missing_data_outranks_degenerate_templates(engine, metric, template, special, masked, channels, rng) -> None:
+    """A window holding NaN or ±inf under a positive weight scores NaN even against a flat or all-zero template,
+    in every engine (the degenerate-template rule gives 0 only to windows of finite data)."""
+    images = torch.from_numpy(rng.random((1, 2, 7, 8)))
+    if special == "all_inf":
+        images[0, :, 1:4, 2:5] = float("inf")
+    else:
+        images[0, 0, 2, 3] = special
+    bank = torch.full((1, 2, 3, 3), 3.0 if template == "flat" else 0.0, dtype=torch.float64)
+    mask = None
+    if masked:  # a zero weight over the bad pixel for windows at (1, 2) and (2, 3), and a fractional weight
+        mask = torch.ones(1, 1, 3, 3, dtype=torch.float64)
+        mask[..., 1, 1], mask[..., 0, 0] = 0.0, 0.5
+    try:
+        got = slidesim.similarity(images, bank, metric=metric, method=engine, mask=mask, channels=channels)
+    except slidesim.EngineUnavailableError as error:  # engines whose sums spread inf refuse such images, saying so
+        assert special in (float("inf"), "all_inf") and "inf" in str(error)
+        return
+    want = slidesim.reference.similarity(images, bank, metric=metric, mask=mask, channels=channels)
+    # The windows whose positive weights cover the bad pixel (2, 3) score NaN; the others keep the degenerate rule.
+    spoiled = torch.zeros(5, 6, dtype=torch.bool)
+    support = torch.ones(3, 3, dtype=torch.bool) if mask is None else mask[0, 0] > 0
+    for y in range(5):
+        for x in range(6):
+            dy, dx = 2 - y, 3 - x
+            spoiled[y, x] = 0 <= dy < 3 and 0 <= dx < 3 and bool(support[dy, dx])
+    if special == "all_inf":
+        spoiled = want.isnan().flatten(0, -3).any(0)  # every window touching the block; checked against support
+        assert bool(spoiled.any()) and not bool(spoiled.all())
+    else:
+        nan_channel0 = want[0, 0, 0] if channels == "separate" else want[0, 0]
+        assert torch.equal(nan_channel0.isnan(), spoiled)
+    assert torch.equal(got.isnan(), want.isnan())
+    if metric == "ccoeff" or (metric in ("ncc", "ssd_normed") and template == "flat"):
+        return  # not degenerate: the formula's own number, compared by the other matrix tests
+    degenerate = 1.0 if metric == "ssd_normed" else 0.0  # zncc: flat or zero templates; ncc, ssd_normed: zero ones
+    finite = ~want.isnan()
+    torch.testing.assert_close(got[finite], torch.full_like(got[finite], degenerate))
+
+
 @pytest.mark.parametrize(("engine", "metric"), ENGINE_METRICS)
 def test_per_image_banks(engine, metric, rng) -> None:
     images, _ = random_problem(rng, batch=3)

@@ -139,26 +139,23 @@ class CorrelationScorer:
         if self.spec.name == "ncc":
             template_energy = (w64 * bank64 * bank64).sum(dim=(-3, -2, -1))
             template_scale, template_degenerate = inverse_root(template_energy, None)
-            window_scale, window_degenerate, uncertain = stats.per_mask(
+            window_scale, _, uncertain = stats.per_mask(
                 ("ncc_scale",), lambda: stats.ncc_factors(weights, raw.dtype)
             )
         else:
             _, t_centred = centred_kernel(bank64, mask.to(torch.float64))
             template_var = (w64 * t_centred * t_centred).sum(dim=(-3, -2, -1))
             template_scale, template_degenerate = inverse_root(template_var, flat_templates(bank64, mask))
-            window_scale, window_degenerate, uncertain = stats.per_mask(
+            window_scale, _, uncertain = stats.per_mask(
                 ("zncc_scale",), lambda: stats.zncc_factors(mask, weights, raw.dtype)
             )
         unreliable = self.rescorer.unreliable(t0, t1, template_scale, window_scale, uncertain)
         # Template factor first: raw · s_t is about the window's deviation, within range whenever raw is.
         raw.mul_(template_scale[..., None, None].to(window_scale.dtype)).mul_(window_scale).clamp_(-1.0, 1.0)
-        # 0 · NaN is NaN: degenerate scores are 0 whatever the window holds. The clamped scores lie in [−1, 1]
-        # unless NaN, so their plain sum is finite exactly when none is NaN (one pass, no temporary).
-        if not stats.finite and not bool(torch.isfinite(raw.sum())):
-            if window_degenerate is None:
-                window_degenerate = window_scale == 0
-            raw.masked_fill_(window_degenerate | template_degenerate[..., None, None], 0.0)
-        elif bool(template_degenerate.any()):
+        # Degenerate scores are 0, which raw · 0 already is, except where raw is NaN: then the window holds NaN or
+        # ±inf under a positive weight, and NaN must win over the degenerate rule (as in the reference). So only
+        # finite images zero their degenerate templates explicitly (raw could overflow to ±inf in low precision).
+        if stats.finite and bool(template_degenerate.any()):
             raw.masked_fill_(template_degenerate[..., None, None], 0.0)
         if unreliable is not None:
             self.rescorer.rescore(raw, t0, unreliable, (template_scale, window_scale, uncertain))
