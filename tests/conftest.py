@@ -92,3 +92,26 @@ def random_problem(
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def cut_out() -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """A cut-out as image editors export it, and a scene that holds it: (scene [120, 160, 3] uint8, template
+    [31, 31, 4] uint8 RGBA, the template's true centre (y, x) in the scene).
+
+    The template's opaque part is a disc (its rim half transparent). Its transparent pixels still hold what the disc
+    was cut from: the scene around (35, 35), which the scene shows without the disc. The scene holds the disc
+    composited over other content around (75, 105): matched with its transparent pixels, the template finds the
+    place it was cut from.
+    """
+    rng = np.random.default_rng(3)
+    coarse = rng.random((12, 16, 3))
+    scene = np.kron(coarse, np.ones((10, 10, 1))) * 0.7 + 0.3 * rng.random((120, 160, 3))
+    scene = np.round(255 * scene / scene.max()).astype(np.uint8)
+    radius = np.hypot(*(np.mgrid[:31, :31] - 15))
+    alpha = np.where(radius <= 9, 255, np.where(radius <= 10, 128, 0)).astype(np.uint8)
+    disc = np.round(255 * rng.random((31, 31, 3))).astype(np.uint8)
+    colour = np.where(alpha[..., None] > 0, disc, scene[20:51, 20:51])
+    weight = alpha[..., None] / 255.0
+    spot = scene[60:91, 90:121].astype(np.float64)
+    scene[60:91, 90:121] = np.round(weight * disc + (1 - weight) * spot).astype(np.uint8)
+    return scene, np.concatenate([colour, alpha[..., None]], axis=-1), (75.0, 105.0)

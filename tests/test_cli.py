@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 
 from slidesim import cli
+
+from .conftest import cut_out
 
 Image = pytest.importorskip("PIL.Image")
 tifffile = pytest.importorskip("tifffile")
@@ -100,6 +103,51 @@ def test_sixteen_bit_and_multi_page_tiff(files, capsys, tmp_path) -> None:
     rows = json.loads(out)
     assert [r["batch"] for r in rows] == [0, 1]
     assert [(round(r["y"], 2), round(r["x"], 2)) for r in rows] == [(30.0, 38.0), (35.0, 45.0)]
+
+
+def test_a_templates_alpha_is_its_mask_unless_ignored(capsys, tmp_path) -> None:
+    scene, rgba, (y, x) = cut_out()
+    paths = {name: tmp_path / f"{name}.png" for name in ("scene", "cut", "colours", "mask")}
+    Image.fromarray(scene).save(paths["scene"])
+    Image.fromarray(rgba, mode="RGBA").save(paths["cut"])
+    Image.fromarray(np.ascontiguousarray(rgba[..., :3])).save(paths["colours"])
+    mask = np.full((31, 31), 255, np.uint8)
+    mask[:, :4] = 0
+    Image.fromarray(mask).save(paths["mask"])
+    for extra in ([], ["--metric", "sad"], ["--mask", paths["mask"]], ["--rotations", "0,90"]):
+        code, out, err = _run(["match", paths["scene"], paths["cut"], "--json", *extra], capsys)
+        assert code == 0, err
+        row = json.loads(out)[0]
+        assert abs(row["y"] - y) < 0.1 and abs(row["x"] - x) < 0.1, extra
+    # --ignore-alpha matches the colours the transparent pixels hold: the place the disc was cut from
+    code, out, _ = _run(["match", paths["scene"], paths["cut"], "--json", "--ignore-alpha"], capsys)
+    ignored = json.loads(out)
+    assert abs(ignored[0]["y"] - y) > 10
+    assert _run(["match", paths["scene"], paths["colours"], "--json"], capsys)[1] == out
+    # a template with alpha and one without, of one size, in one call: each keeps its own mask
+    code, out, _ = _run(["match", paths["scene"], paths["cut"], paths["colours"], "--json"], capsys)
+    rows = json.loads(out)
+    assert abs(rows[0]["y"] - y) < 0.1 and (rows[1]["y"], rows[1]["x"]) == (ignored[0]["y"], ignored[0]["x"])
+    assert "mask shared" in _run(["explain", paths["scene"], paths["cut"]], capsys)[1]
+    assert "mask none" in _run(["explain", paths["scene"], paths["cut"], "--ignore-alpha"], capsys)[1]
+
+
+def test_a_sixteen_bit_image_with_an_eight_bit_template(capsys, tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    eight = np.round(255 * np.kron(rng.random((6, 8)), np.ones((10, 10)))).astype(np.uint8)
+    noise = rng.integers(0, 200, eight.shape)  # the low bits of a 16-bit camera
+    sixteen = np.clip(eight.astype(np.int64) * 257 + noise, 0, 65535).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "camera16.tif", sixteen)
+    Image.fromarray(eight[25:40, 33:51]).save(tmp_path / "part.png")
+    lazy = ["--chunk", "32"] if importlib.util.find_spec("dask") else []  # the lazy reader too
+    for extra in ([], lazy):
+        code, out, err = _run(
+            ["match", tmp_path / "camera16.tif", tmp_path / "part.png", "--metric", "sad", "--json", *extra], capsys
+        )
+        assert code == 0, err
+        row = json.loads(out)[0]
+        assert (round(row["y"], 2), round(row["x"], 2)) == (32.0, 41.5), extra
+        assert row["score"] < 15 * 18 * 200 / 65535  # the 16-bit noise: under 200 / 65535 a pixel
 
 
 def test_demo_writes_pictures(tmp_path, capsys) -> None:

@@ -98,6 +98,10 @@ def test_errors_come_before_any_computation() -> None:
         sdask.similarity(lazy, np.zeros((1, 1, 3, 3), np.float32), mask=-np.ones((3, 3)))
     with pytest.raises(SlidesimTypeError, match=r"`images` must be a dask array"):
         sdask.similarity([[1, 2]], np.zeros((1, 1), np.float32))
+    sixteen = da.from_array(np.zeros((1, 1, 10, 10), np.uint16), chunks=5)  # the core sees float32 chunks
+    for call in (sdask.similarity, sdask.match):
+        with pytest.raises(SlidesimTypeError, match=r"same bit depth; got images of dtype uint16 .* dtype uint8"):
+            call(sixteen, np.zeros((1, 1, 3, 3), np.uint8))
 
 
 def test_a_failing_chunk_fails_the_whole_computation() -> None:

@@ -56,6 +56,30 @@ def test_dtype_errors(images, match) -> None:
     _raises(TypeError, match, images, np.zeros((2, 2), dtype=np.float32))
 
 
+SIXTEEN_ON_EIGHT = (
+    r"`images` and `templates` must have the same bit depth; got images of dtype uint16 \(0–65535\) and templates "
+    r"of dtype uint8 \(0–255\), which every metric would compare as if in the same units\. Bring them to one range "
+    r"first: templates\.astype\(numpy\.float32\) \* 257 .* or divide each by its dtype's maximum"
+)
+
+
+@pytest.mark.parametrize("call", [slidesim.similarity, slidesim.match, slidesim.explain, slidesim.reference.similarity])
+def test_eight_and_sixteen_bit_samples_together_are_refused(call) -> None:
+    rng = np.random.default_rng(0)
+    eight = rng.integers(0, 256, (12, 14)).astype(np.uint8)
+    sixteen = eight.astype(np.uint16) * 257
+    with pytest.raises(SlidesimError, match=SIXTEEN_ON_EIGHT) as info:
+        call(sixteen, eight[2:6, 3:8])
+    assert isinstance(info.value, TypeError)
+    with pytest.raises(TypeError, match=r"images of dtype int8 .* templates of dtype int16 .*dtype's maximum"):
+        call(torch.from_numpy(eight.view(np.int8)), torch.from_numpy(sixteen.view(np.int16))[2:6, 3:8])
+    # one bit depth, or floats (in the caller's units), pass; 8-bit sums stay exact
+    call(sixteen, sixteen[2:6, 3:8].view(np.int16))
+    call(sixteen, eight[2:6, 3:8].astype(np.float32) * 257)
+    sad = slidesim.similarity(eight, eight[2:6, 3:8], metric="sad")
+    assert sad[2, 3] == 0 and np.array_equal(sad, np.round(sad))
+
+
 @pytest.mark.parametrize(
     ("option", "value", "kind", "match"),
     [

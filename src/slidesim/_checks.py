@@ -103,6 +103,45 @@ def check_dtype(name: str, tensor: torch.Tensor) -> None:
         raise SlidesimValueError(f"`{name}` must not be empty; got shape {tuple(tensor.shape)}.")
 
 
+_SAMPLE_DTYPES = {  # the integer dtypes of image files' samples, whose values are on the scale of their bit depth
+    "uint8": (0, 255),
+    "int8": (-128, 127),
+    "uint16": (0, 65535),
+    "int16": (-32768, 32767),
+}
+
+
+def _sample_dtype(value: object) -> str | None:
+    """The name of an array's dtype ("uint16") when it is an 8- or 16-bit integer dtype, else None."""
+    dtype = getattr(value, "dtype", None)
+    name = str(dtype).replace("torch.", "") if dtype is not None else None
+    return name if name in _SAMPLE_DTYPES else None
+
+
+def check_sample_depths(images: object, templates: object) -> None:
+    """8- and 16-bit integer images and templates of different bit depths: their values are on different scales
+    (0–255 against 0–65535), so a score would compare them as equal units and find the wrong place.
+
+    Reads only the dtypes (numpy arrays, torch tensors, dask arrays); other arrays and dtypes pass.
+    """
+    image_dtype, template_dtype = _sample_dtype(images), _sample_dtype(templates)
+    if image_dtype is None or template_dtype is None:
+        return
+    image_range, template_range = _SAMPLE_DTYPES[image_dtype], _SAMPLE_DTYPES[template_dtype]
+    if image_range[1] - image_range[0] == template_range[1] - template_range[0]:  # the same bit depth
+        return
+    narrow = "templates" if image_range[1] > template_range[1] else "images"
+    scale_up = ""
+    if image_range[0] == 0 and template_range[0] == 0:  # both unsigned: 8-bit v is 16-bit v · 257 (255 → 65535)
+        scale_up = f"{narrow}.astype(numpy.float32) * 257 puts the 8-bit values on the 16-bit scale, or "
+    raise SlidesimTypeError(
+        f"`images` and `templates` must have the same bit depth; got images of dtype {image_dtype} "
+        f"({image_range[0]}–{image_range[1]}) and templates of dtype {template_dtype} "
+        f"({template_range[0]}–{template_range[1]}), which every metric would compare as if in the same units. "
+        f"Bring them to one range first: {scale_up}divide each by its dtype's maximum to compare both in [0, 1]."
+    )
+
+
 def check_pair(name: str, value: object) -> tuple[int, int]:
     """An int or a (y, x) pair of ints, each at least 1, as a pair."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._checks import check_sample_depths
 from ._geometry import NUMPY_PAD_MODES, pad_amounts
 from ._similarity import similarity as similarity_in_memory
 from ._validate import DEFAULT_OPTIONS, Canonical, canonicalize
@@ -65,6 +66,7 @@ def validated(images, templates: object, options: dict[str, Any]) -> tuple[Canon
     """The core's checks and canonical layout: (shapes from the dask array, which is never read here; the same
     call on a tiny image, whose canonical templates and mask hold the real values, checked by the core)."""
     templates = host(templates)
+    check_sample_depths(images, templates)  # the meta image below has the core's dtype, not the array's
     options = {**options, "mask": host(options["mask"])}
     canon = canonicalize(shape_only(images), templates, **options)
     problem = canon.problem

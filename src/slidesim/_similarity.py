@@ -31,7 +31,8 @@ def similarity(
 
     Args:
         images: [B, C, H, W], or [H, W] together with a 2-D template. numpy or torch; uint8, int8, uint16, int16,
-            int32, int64, float16, bfloat16, float32 or float64.
+            int32, int64, float16, bfloat16, float32 or float64. Values are compared as they are, in the same
+            units as the templates': 8-bit templates on 16-bit images (or the reverse) are refused.
         templates: [T, C, h, w] (one bank for all images), [B, T, C, h, w] (a bank per image: image b is scored
             against its own templates only), or [h, w] with a 2-D image.
         metric: "sad", "mad", "l1_similarity", "ssd", "ssd_normed", "ccorr", "ncc", "ccoeff" or "zncc" (see
@@ -61,7 +62,8 @@ def similarity(
         on the images' device. In valid mode H' = (H − dilation·(h − 1) − 1) // stride + 1.
 
     Raises:
-        SlidesimTypeError: Wrong argument types or dtypes (complex, bool...). Also a TypeError.
+        SlidesimTypeError: Wrong argument types or dtypes (complex, bool...), or 8- and 16-bit integer images and
+            templates together. Also a TypeError.
         SlidesimValueError: Wrong shapes, sizes, option names or values. Also a ValueError.
 
     Numerics:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ._checks import check_dtype, check_option, check_pair, to_tensor
+from ._checks import check_dtype, check_option, check_pair, check_sample_depths, to_tensor
 from ._geometry import Geometry, pad_amounts, pad_image
 from ._types import CHANNELS_MODES, MODES, PADDINGS, ArrayLike
 from .errors import SlidesimTypeError, SlidesimValueError
@@ -229,7 +229,8 @@ def canonicalize(
     """Check every argument of :func:`slidesim.similarity` and return canonical tensors and the Problem.
 
     Raises:
-        SlidesimTypeError: Wrong types or dtypes (complex, bool, object arrays...).
+        SlidesimTypeError: Wrong types or dtypes (complex, bool, object arrays...), or 8- and 16-bit integer
+            images and templates together (their values are on different scales).
         SlidesimValueError: Wrong ranks, shapes, sizes, option names or values.
     """
     spec = resolve_metric(metric)
@@ -260,6 +261,7 @@ def canonicalize(
                     f"{templates.device}."  # type: ignore[union-attr]
                 )
             device = value.device
+    check_sample_depths(images, templates)  # before numpy uint16 becomes float32 and its depth is lost
     image_t, numpy_out = to_tensor("images", images, device)
     template_t, _ = to_tensor("templates", templates, device)
     check_dtype("images", image_t)

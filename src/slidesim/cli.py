@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,6 +27,13 @@ from .errors import SlidesimError, SlidesimValueError
 
 METRIC_CHOICES = "sad, mad, l1_similarity, ssd, ssd_normed, ccorr, ncc, ccoeff, zncc (or OpenCV's TM_* names)"
 FIELDS = ("batch", "template", "y", "x", "score", "angle", "scale")
+FILES = (
+    "Files are compared on one scale: integer samples are divided by their dtype's largest value (255 for 8-bit "
+    "files, 65535 for 16-bit ones), floating-point TIFF and zarr samples are kept as stored, so a 16-bit image and "
+    "an 8-bit template compare in the same units (sad, ssd and ccorr scores are in these units). A template's alpha "
+    "channel is its mask (--ignore-alpha turns that off); an image's alpha is dropped."
+)
+MATCH_DESCRIPTION = f"Find templates in an image. {FILES}"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,12 +121,7 @@ def _emit(rows: list[dict], labels: Sequence[str], pages: int, fmt: str) -> str:
 
 
 def _options(args: argparse.Namespace) -> dict:
-    options = {"metric": args.metric, "stride": args.stride, "method": args.method}
-    if args.mask is not None:
-        from .imageio import read_mask
-
-        options["mask"] = read_mask(args.mask)
-    return options
+    return {"metric": args.metric, "stride": args.stride, "method": args.method}
 
 
 def _lazy(args: argparse.Namespace) -> bool:
@@ -129,24 +132,52 @@ def _lazy(args: argparse.Namespace) -> bool:
     return bool(wanted) or is_lazy(args.image)
 
 
-def _load(args: argparse.Namespace) -> tuple[object, list[tuple[list[int], np.ndarray]], list[str], list]:
-    """(image [B, C, H, W], groups of same-size templates as (indices, bank [T, C, h, w]), labels, sizes); the
-    image is a lazy dask array for zarr and large TIFF inputs."""
-    from .imageio import match_channels, open_lazy, read_image
+class _Group(NamedTuple):
+    """Templates of one size, scored in one call (which shares the image side of the work)."""
+
+    indices: list[int]  # positions of the templates on the command line
+    bank: np.ndarray  # [T, C, h, w]
+    mask: np.ndarray | None  # [h, w] (the --mask file alone), [T, 1, h, w] (with alpha), or None
+
+
+def _load(args: argparse.Namespace) -> tuple[object, list[_Group], list[str], list]:
+    """(image [B, C, H, W], groups of same-size templates, labels, sizes); the image is a lazy dask array for zarr
+    and large TIFF inputs. Every file is on read_image's scale, so bit depths may differ."""
+    from .imageio import match_channels, open_lazy, read_image, read_mask, read_template
 
     image = open_lazy(args.image, getattr(args, "chunk", None)) if _lazy(args) else read_image(args.image)
-    templates, labels = [], []
+    mask_file = read_mask(args.mask) if args.mask is not None else None
+    templates, alphas, labels = [], [], []
     for name in args.templates:
-        template = read_image(name)
-        if template.shape[0] != 1:
-            raise SlidesimValueError(f"template {name!r} has {template.shape[0]} pages; expected one")
+        template, alpha = read_template(name, alpha=not args.ignore_alpha)
+        if mask_file is not None and mask_file.shape != template.shape[-2:]:
+            raise SlidesimValueError(
+                f"`--mask` {args.mask!r} is {mask_file.shape[0]}x{mask_file.shape[1]} pixels; template {name!r} is "
+                f"{template.shape[-2]}x{template.shape[-1]}: a mask file needs templates of its size"
+            )
         templates.append(match_channels(image, template, name)[0])
+        alphas.append(alpha)
         labels.append(Path(name).name)
     groups: dict[tuple[int, int], list[int]] = {}
     for index, template in enumerate(templates):
         groups.setdefault(template.shape[-2:], []).append(index)
-    banks = [(indices, np.stack([templates[i] for i in indices])) for indices in groups.values()]
+    banks = [
+        _Group(indices, np.stack([templates[i] for i in indices]), _group_mask([alphas[i] for i in indices], mask_file))
+        for indices in groups.values()
+    ]
     return image, banks, labels, [t.shape[-2:] for t in templates]
+
+
+def _group_mask(alphas: list[np.ndarray | None], mask_file: np.ndarray | None) -> np.ndarray | None:
+    """The mask of templates of one size: each template's alpha weights [h, w] (or None) times the --mask file's
+    [h, w] (or None). Without alpha the mask file is shared as it is; opaque templates in a group with a
+    transparent one get weight 1 (or the file's)."""
+    if all(alpha is None for alpha in alphas):
+        return mask_file
+    shape = next(alpha.shape for alpha in alphas if alpha is not None)
+    file_weights = mask_file if mask_file is not None else np.ones(shape, np.float32)
+    weights = [file_weights * (alpha if alpha is not None else 1.0) for alpha in alphas]
+    return np.stack(weights)[:, None].astype(np.float32)  # [T, 1, h, w]: one mask per template, every channel
 
 
 @contextmanager
@@ -182,7 +213,7 @@ def _run_match(args: argparse.Namespace) -> int:
     rotations = parse_range(args.rotations, "rotations", inclusive=False) if args.rotations else None
     scales = parse_range(args.scales, "scales", inclusive=True) if args.scales else None
     options = {
-        **_options(args),  # the mask file is read once for every size
+        **_options(args),
         "k": args.top,
         "threshold": args.threshold,
         "min_distance": args.min_distance,
@@ -191,15 +222,16 @@ def _run_match(args: argparse.Namespace) -> int:
     }
     rows, maps = [], [None] * len(labels)
     with _scheduler(args) if lazy else contextlib.nullcontext():
-        for indices, bank in banks:  # templates of one size share a call (and the image side of it)
+        for indices, bank, mask in banks:  # templates of one size share a call (and the image side of it)
             if lazy:
                 from .dask import match as lazy_match
 
-                found = lazy_match(image, bank, progress=not args.quiet and sys.stderr.isatty(), **options)
+                progress = not args.quiet and sys.stderr.isatty()
+                found = lazy_match(image, bank, mask=mask, progress=progress, **options)
             else:
                 from .matching import match
 
-                found = match(image, bank, progress=_progress(args.quiet), **options)
+                found = match(image, bank, mask=mask, progress=_progress(args.quiet), **options)
                 for position, index in enumerate(indices):
                     maps[index] = found.maps[0, position]
             rows.extend({**row, "template": indices[row["template"]]} for row in found.rows())
@@ -222,10 +254,10 @@ def _run_explain(args: argparse.Namespace) -> int:
     if not isinstance(image, np.ndarray):  # a lazy image: every chunk is one in-memory call
         image = np.asarray(image.rechunk({1: -1}).blocks[0, 0, 0, 0].compute())
         print(f"the image is read lazily; each chunk is one call, planned as this first chunk {image.shape}:")
-    for indices, bank in banks:
+    for indices, bank, mask in banks:
         if len(banks) > 1:
             print(f"templates {', '.join(labels[i] for i in indices)}:")
-        print(explain(image, bank, **options))
+        print(explain(image, bank, mask=mask, **options))
     return 0
 
 
@@ -290,11 +322,24 @@ def _add_problem_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "image",
         help="image file (PNG, JPEG, TIFF; the pages of a multi-page TIFF are a batch) or zarr array; zarr and TIFF "
-        "files above 512 MiB are read lazily, chunk by chunk, through dask",
+        "files above 512 MiB are read lazily, chunk by chunk, through dask; its alpha channel is dropped",
     )
-    parser.add_argument("templates", nargs="+", metavar="TEMPLATE", help="template files (any sizes)")
+    parser.add_argument(
+        "templates",
+        nargs="+",
+        metavar="TEMPLATE",
+        help="template files (any sizes); a template's alpha channel is its mask",
+    )
     parser.add_argument("--metric", default="zncc", help=f"similarity: {METRIC_CHOICES}; default zncc")
-    parser.add_argument("--mask", help="template mask file: pixels that are not zero count")
+    parser.add_argument(
+        "--mask", help="template mask file: pixels that are not zero count (times a template's alpha weights)"
+    )
+    parser.add_argument(
+        "--ignore-alpha",
+        action="store_true",
+        help="match the colour values of templates' transparent pixels too (by default a template's alpha is its "
+        "mask: weight alpha / full alpha, so transparent pixels do not count and partly transparent ones in part)",
+    )
     parser.add_argument("--stride", type=int, default=1, help="step between scored positions (default 1)")
     parser.add_argument("--method", default="auto", help="engine: auto, numba, triton, conv, fft, direct, reference")
 
@@ -304,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"slidesim {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    found = commands.add_parser("match", help="find templates in an image", description="Find templates in an image.")
+    found = commands.add_parser("match", help="find templates in an image", description=MATCH_DESCRIPTION)
     _add_problem_arguments(found)
     found.add_argument("--top", type=int, default=1, help="matches per template (default 1)")
     found.add_argument("--threshold", type=float, help="keep matches at least this good")
@@ -324,7 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://10.0.0.5:8786")
     found.set_defaults(run=_run_match)
 
-    plan = commands.add_parser("explain", help="print the planner's choice for a problem")
+    plan = commands.add_parser(
+        "explain", help="print the planner's choice for a problem", description=f"Print the planner's choice. {FILES}"
+    )
     _add_problem_arguments(plan)
     plan.set_defaults(run=_run_explain)
 
