@@ -108,7 +108,9 @@ def limited(setup: str, budget: int, calls: dict[str, str]) -> dict[str, dict]:
         LIMITED
         + textwrap.dedent(setup)
         + f"""
-resource.setrlimit(resource.RLIMIT_AS, (_virtual() + {int(budget)}, resource.RLIM_INFINITY))
+_hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+_soft = _virtual() + {int(budget)}
+resource.setrlimit(resource.RLIMIT_AS, (_soft if _hard == resource.RLIM_INFINITY else min(_soft, _hard), _hard))
 results = {{}}
 """
         + "".join(f"results[{name!r}] = outcome(lambda: {call})\n" for name, call in calls.items())

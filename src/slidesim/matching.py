@@ -283,14 +283,17 @@ def match(
         :class:`Matches`.
 
     Raises:
-        SlidesimTypeError: As for similarity; k, min_distance not ints; rotations or scales not sequences.
+        SlidesimTypeError: As for similarity; k, min_distance not ints; rotations or scales not sequences of
+            real numbers.
         SlidesimValueError: As for similarity; empty or non-finite rotations, non-positive scales,
-            channels="separate".
+            channels="separate"; scales that shrink the template below 2 pixels or (mode "valid") grow its canvas
+            beyond the images, with the usable range; one transform and its score maps over ``memory_limit``.
 
     Memory:
-        Rotated and scaled templates stream through the engine in chunks; each chunk's maps are folded into the
-        best score and the best transform per position. Peak memory is the image side, one chunk and the two
-        best maps, whatever the number of transforms.
+        Rotated and scaled templates are drawn a chunk of the bank at a time (within a quarter of
+        ``memory_limit``) and stream through the engine; each chunk's maps are folded into the best score and the
+        best transform per position. Peak memory is the image side, one chunk and the two best maps, whatever the
+        number of transforms.
 
     Examples:
         >>> import numpy as np, slidesim
