@@ -74,3 +74,50 @@ def warm_every_engine(images: str, templates: str, metric: str) -> str:
         "    except slidesim.EngineUnavailableError:\n"
         "        pass\n"
     )
+
+
+LIMITED = """
+import json, resource, torch, numpy as np, slidesim
+torch.set_num_threads(1)
+
+def _virtual():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmSize'):
+            return int(line.split()[1]) * 1024
+
+def outcome(fn):
+    try:
+        found = fn()
+    except Exception as error:  # the test reads the class and message
+        return {"error": type(error).__name__, "slidesim": isinstance(error, slidesim.SlidesimError),
+                "message": str(error)}
+    return {"error": None, "matches": [[float(v) for v in row.values()] for row in found.rows()]}
+"""
+
+
+def limited(setup: str, budget: int, calls: dict[str, str]) -> dict[str, dict]:
+    """Run ``setup``, then each of ``calls`` (expressions) in a fresh interpreter whose address space may grow by
+    no more than ``budget`` bytes beyond what it holds after ``setup`` (``resource.setrlimit(RLIMIT_AS)``): a call
+    that allocates more fails there, and cannot take the machine down.
+
+    Returns:
+        {name: {"error": exception class name or None, "slidesim": whether it is a SlidesimError, "message",
+        or "matches": the rows of the Matches}}.
+    """
+    code = (
+        LIMITED
+        + textwrap.dedent(setup)
+        + f"""
+_hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+_soft = _virtual() + {int(budget)}
+resource.setrlimit(resource.RLIMIT_AS, (_soft if _hard == resource.RLIM_INFINITY else min(_soft, _hard), _hard))
+results = {{}}
+"""
+        + "".join(f"results[{name!r}] = outcome(lambda: {call})\n" for name, call in calls.items())
+        + "print(json.dumps(results))\n"
+    )
+    env = {**os.environ, "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "0"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise AssertionError(f"the limited interpreter failed (code {done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -9,12 +9,15 @@ changes it as well as moving it.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
 import slidesim
 from slidesim.banks import canvas_size, transform_bank
+from slidesim.errors import SlidesimTypeError, SlidesimValueError
 
 skimage_data = pytest.importorskip("skimage.data")
 skimage_transform = pytest.importorskip("skimage.transform")
@@ -181,6 +184,79 @@ def test_bad_arguments(kwargs, error, text) -> None:
     image = np.zeros((20, 20), np.float32)
     with pytest.raises(error, match=text):
         slidesim.match(image, image[:5, :5].copy(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "text"),
+    [
+        ({"rotations": ["a"]}, "`rotations` must be a sequence of real numbers (finite angles in degrees); got 'a'"),
+        ({"rotations": [None]}, "`rotations` must be a sequence of real numbers (finite angles in degrees); got None"),
+        ({"scales": ["a"]}, "`scales` must be a sequence of real numbers (positive finite factors); got 'a'"),
+        ({"scales": [1.0, True]}, "`scales` must be a sequence of real numbers (positive finite factors); got True"),
+    ],
+)
+def test_rotations_and_scales_that_are_not_numbers(kwargs, text) -> None:
+    """float() took strings and gave its own errors on the rest."""
+    image = np.zeros((20, 20), np.float32)
+    with pytest.raises(SlidesimTypeError) as caught:
+        slidesim.match(image, image[:5, :5].copy(), **kwargs)
+    assert text in str(caught.value)
+
+
+@pytest.mark.parametrize("scale", [0.05, 0.1, 8.5, 20.0])
+def test_scales_outside_the_usable_range(scale) -> None:
+    """A 16 × 16 template keeps 2 pixels from scale 0.125; on 128 × 128 its canvas fits up to scale 8.4."""
+    rng = np.random.default_rng(3)
+    image = rng.random((128, 128), dtype=np.float32)
+    with pytest.raises(SlidesimValueError) as caught:
+        slidesim.match(image, image[10:26, 20:36].copy(), scales=[1.0, scale])
+    message = str(caught.value)
+    assert "`scales` must lie within the usable scales 0.125 to 8.4 for 16x16 templates on 128x128" in message
+    assert f"got {scale:g}" in message
+    for usable in (0.125, 8.4):
+        slidesim.match(image, image[10:26, 20:36].copy(), scales=[usable])
+
+
+def test_rotations_that_leave_the_image() -> None:
+    image = np.random.default_rng(4).random((40, 40), dtype=np.float32)
+    with pytest.raises(SlidesimValueError, match="`rotations` turn 36x36 templates beyond the 40x40 images"):
+        slidesim.match(image, image[2:38, 2:38].copy(), rotations=[0, 45])
+
+
+def test_a_transform_without_weight_is_refused() -> None:
+    """A 2 × 2 template turned by 45° lands between the canvas pixels: the mask check said "`mask` must have a
+    positive total weight" when no mask was given."""
+    image = np.random.default_rng(5).random((20, 20), dtype=np.float32)
+    with pytest.raises(SlidesimValueError, match="`scales` and `rotations` must leave every template some weight"):
+        slidesim.match(image, image[3:5, 3:5].copy(), rotations=[45])
+
+
+def test_bank_is_drawn_in_chunks_within_memory_limit(monkeypatch) -> None:
+    """A small memory_limit draws the transformed bank a chunk at a time (each within a quarter of the limit) and
+    finds the matches of a bank drawn at once."""
+    from slidesim import banks
+
+    rng = np.random.default_rng(6)
+    image = rng.random((48, 52), dtype=np.float32)
+    template = np.rot90(image[10:22, 20:31]).copy()
+    options = {"rotations": range(0, 360, 6), "scales": [0.9, 1.0], "k": 2}
+    whole = slidesim.match(image, template, **options)
+    drawn = []
+    draw = banks.TransformStream.draw
+    monkeypatch.setattr(
+        banks.TransformStream, "draw", lambda self, j0, j1: (drawn.append((self, j0, j1)), draw(self, j0, j1))[1]
+    )
+    limit = 2**20
+    chunked = slidesim.match(image, template, memory_limit=limit, **options)
+    ranges = [(j0, j1) for _, j0, j1 in drawn if j1 - j0 > 1]  # single members are drawn again for refinement
+    assert len(ranges) > 1 and ranges[0][0] == 0 and ranges[-1][1] == 120
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+    assert max(j1 - j0 for j0, j1 in ranges) * drawn[0][0].member_bytes() <= limit // 4
+    for name in ("batch", "template", "angle", "scale"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
+    for name in ("y", "x", "score"):
+        np.testing.assert_allclose(getattr(chunked, name), getattr(whole, name), atol=1e-4)
+    np.testing.assert_allclose(chunked.maps, whole.maps, atol=1e-5)
 
 
 def test_public_names_stay_callable_after_every_module_loads() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .memory_probe import available, peak_bytes, warm_every_engine
+from .memory_probe import available, limited, peak_bytes, warm_every_engine
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs Linux /proc/self/clear_refs to reset the peak")
 
@@ -87,3 +87,35 @@ template = photo[300:348, 500:548].copy()
     warm = "slidesim.match(photo[:200, :200].copy(), template, rotations=[0, 45])"
     peak = peak_bytes(setup, call, warm)["peak"]
     assert peak < 700 * 2**20
+
+
+def test_match_checks_what_it_would_allocate_under_an_address_space_limit() -> None:
+    """Scales that asked for 24 GB (killed), 288 TB and 96 TB (RuntimeError), and a bank whose one transform and
+    score maps exceed memory_limit, are refused with the project's errors before anything is allocated. The calls
+    run in a child whose address space may grow by 1 GiB only, so a regression fails here instead of taking the
+    machine down."""
+    setup = """
+rng = np.random.default_rng(0)
+image = rng.random((128, 128), dtype=np.float32)
+template = image[10:26, 20:36].copy()
+slidesim.match(image, template, rotations=[0, 45], scales=[0.5, 1.0])
+"""
+    calls = {
+        "1e-9": "slidesim.match(image, template, scales=[1e-9])",
+        "1e-6": "slidesim.match(image, template, scales=[1e-6])",
+        "1e-3": "slidesim.match(image, template, scales=[1e-3])",
+        "1e6": "slidesim.match(image, template, scales=[1e6])",
+        "same": "slidesim.match(image, template, scales=[1.0, 1e6], mode='same')",
+        "limit": "slidesim.match(image, template, rotations=[0, 90], memory_limit=2**18)",
+    }
+    got = limited(setup, 2**30, calls)
+    for name in ("1e-9", "1e-6", "1e-3", "1e6"):
+        assert got[name]["error"] == "SlidesimValueError", (name, got[name])
+        assert "`scales` must lie within the usable scales 0.125 to 8.4" in got[name]["message"], got[name]
+    assert got["same"]["error"] == "SlidesimValueError", got["same"]
+    assert (
+        "`scales` up to 1e+06" in got["same"]["message"]
+        and "over `memory_limit` of 536,870,912" in got["same"]["message"]
+    )
+    assert got["limit"]["error"] == "SlidesimValueError", got["limit"]
+    assert got["limit"]["message"].startswith("`memory_limit` of 262,144 bytes cannot hold"), got["limit"]

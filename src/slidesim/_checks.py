@@ -61,12 +61,20 @@ def check_factors(name: str, values: object, positive: bool) -> list[float] | No
         return None
     if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray, torch.Tensor)):
         raise SlidesimTypeError(f"`{name}` must be a sequence of numbers or None; got {type(values).__name__}.")
-    numbers_ = [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+    items = values.tolist() if hasattr(values, "tolist") else list(values)
+    expected = "positive finite factors" if positive else "finite angles in degrees"
+    example = "[0.8, 1.0, 1.25]" if positive else "range(0, 360, 5)"
+    for item in items:  # float() would take strings and raise its own errors on the rest
+        if not isinstance(item, numbers.Real) or isinstance(item, bool):
+            raise SlidesimTypeError(
+                f"`{name}` must be a sequence of real numbers ({expected}); got {item!r} "
+                f"({type(item).__name__}) among them. Pass numbers, for example {example}."
+            )
+    numbers_ = [float(v) for v in items]
     if not numbers_:
         raise SlidesimValueError(f"`{name}` must hold at least one value; got an empty sequence.")
     bad = [v for v in numbers_ if not math.isfinite(v) or (positive and v <= 0)]
     if bad:
-        expected = "positive finite factors" if positive else "finite angles in degrees"
         raise SlidesimValueError(f"`{name}` must hold {expected}; got {bad[0]!r}.")
     return numbers_
 

@@ -20,8 +20,9 @@ from ._checks import check_sample_depths
 from ._geometry import NUMPY_PAD_MODES, pad_amounts
 from ._similarity import similarity as similarity_in_memory
 from ._validate import DEFAULT_OPTIONS, Canonical, canonicalize
+from .banks import TransformStream
 from .errors import SlidesimTypeError
-from .matching import best_of_bank
+from .matching import best_of_stream, check_working_set
 
 
 def dask_array():
@@ -219,6 +220,20 @@ def out_dtype(canon: Canonical) -> np.dtype:
     return np.dtype(np.float64 if canon.out_dtype == torch.float64 else np.float32)
 
 
+def bank_layout(values: Canonical, stream: TransformStream | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Meta tensors with the shapes of the (transformed) bank and its mask, as the core takes them: the bank's
+    geometry without drawing it."""
+    templates, mask = values.templates, values.mask
+    if stream is not None:
+        Bk, _, C = templates.shape[:3]
+        Bm, Cm = stream.mask_planes
+        templates = torch.empty(Bk, stream.members, C, *stream.canvas, device="meta")
+        mask = torch.empty(Bm, stream.members, Cm, *stream.canvas, device="meta")
+    templates = templates[0] if templates.shape[0] == 1 else templates
+    mask = None if mask is None else (mask[0] if mask.shape[0] == 1 else mask)
+    return templates.to("meta"), None if mask is None else mask.to("meta")
+
+
 def best_block(
     block: np.ndarray,
     block_info: dict | None = None,
@@ -227,16 +242,18 @@ def best_block(
     geometry: dict,
     templates: torch.Tensor,
     mask: torch.Tensor | None,
-    n_templates: int,
-    n_transforms: int,
+    angles: list[float] | None,
+    scales: list[float] | None,
     out_dtype: np.dtype,
     options: dict[str, Any],
 ) -> np.ndarray:
     """[b, T, 2, ny, nx]: the best score over the transformed bank and the index of its transform (exact in
     float32 below 2²⁴ transforms), for the windows starting in this chunk's core (as :func:`slidesim.match` folds
-    the bank in memory), in the scores' dtype."""
+    the bank in memory, drawing it a chunk at a time within ``memory_limit``), in the scores' dtype; ``templates``
+    and ``mask`` are the canonical untransformed bank and mask, ``angles`` and ``scales`` None when not searched."""
     location = block_info[0]["chunk-location"]
     ny, nx = tiling.out_rows[location[2]], tiling.out_cols[location[3]]
+    n_templates = templates.shape[1]
     out = np.zeros((block.shape[0], n_templates, 2, ny, nx), dtype=out_dtype)
     if ny == 0 or nx == 0:
         return out
@@ -247,7 +264,12 @@ def best_block(
         weights = mask[b0 : b0 + block.shape[0]] if mask.shape[0] > 1 else mask[0]
     piece = core_windows(block, location, tiling, geometry)
     canon = canonicalize(piece, bank, **{**options, "mask": weights})
-    best, which = best_of_bank(canon, n_templates, n_transforms, None)
+    stream = None
+    if angles is not None or scales is not None:
+        angles, scales = angles or [0.0], scales or [1.0]
+        check_working_set(canon, angles, scales)
+        stream = TransformStream(canon.templates, canon.mask, angles, scales)
+    best, which, _ = best_of_stream(canon, stream, None)
     out[:, :, 0] = best.numpy()
     out[:, :, 1] = which.numpy()
     return out

@@ -1,13 +1,17 @@
-"""Banks of rotated and scaled templates, and the best score over a bank, reduced as the bank streams (floor L6).
+"""Banks of rotated and scaled templates, drawn a chunk of transforms at a time (floor L6).
 
 Rotations are in degrees, counter-clockwise as displayed with y pointing down (the convention of
 ``skimage.transform.rotate``); scales are factors. Every transform of a bank is drawn on one canvas whose centre is
 the template's centre, so a position on the score map means the same object centre for every transform, and a
 mask keeps only the canvas pixels that came from the template.
+
+A :class:`TransformStream` draws any range of the bank on demand, so a search over many transforms holds one chunk
+of transformed templates at a time; :func:`usable_scales` says which scales a template and image allow.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,9 +19,21 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TransformedBank", "canvas_size", "transform_bank"]
+from .errors import SlidesimValueError
+
+__all__ = [
+    "TransformStream",
+    "TransformedBank",
+    "canvas_size",
+    "drawing_bytes",
+    "member_bytes",
+    "transform_bank",
+    "usable_scales",
+]
 
 _INSIDE = 1e-6  # source coordinates this far outside the template still count as inside (round-off)
+_MIN_SIDE = 2.0  # taps: a scaled template narrower than this has no shape left to match (unless it came that way)
+_F64 = 8  # bytes of the float64 in which transforms are drawn
 
 
 @dataclass(frozen=True)
@@ -42,26 +58,69 @@ class TransformedBank:
         return len(self.angles)
 
 
+@functools.lru_cache(maxsize=16)
+def _extents(h: int, w: int, angles: tuple[float, ...]) -> tuple[float, float]:
+    """The largest spans (rows, columns) between the first and last pixel centres of an h × w template under any of
+    the ``angles``, at scale 1 (cached: a search asks for them at many scales)."""
+    extent_h = extent_w = 0.0
+    for angle in angles:
+        c, s = abs(math.cos(math.radians(angle))), abs(math.sin(math.radians(angle)))
+        extent_h = max(extent_h, c * (h - 1) + s * (w - 1))
+        extent_w = max(extent_w, s * (h - 1) + c * (w - 1))
+    return extent_h, extent_w
+
+
+def _canvas_side(side: int, extent: float, scale: float) -> int:
+    """The canvas side, of the template side's parity, that holds a span of ``extent`` · ``scale`` around the centre."""
+    need = max(side, 2 * math.ceil(scale * extent / 2 - 1e-9) + 1)
+    grow = need - side
+    return side + grow + grow % 2
+
+
 def canvas_size(h: int, w: int, angles: Sequence[float], scales: Sequence[float]) -> tuple[int, int]:
     """The smallest canvas, of the template's parity, that holds the template under every angle and scale.
 
     Same parity keeps the identity transform on the pixel grid: its samples are the template's pixels exactly.
     """
-    need_h, need_w = h, w
-    for scale in scales:
-        for angle in angles:
-            c, s = abs(math.cos(math.radians(angle))), abs(math.sin(math.radians(angle)))
-            half_h = scale * (c * (h - 1) + s * (w - 1)) / 2
-            half_w = scale * (s * (h - 1) + c * (w - 1)) / 2
-            need_h = max(need_h, 2 * math.ceil(half_h - 1e-9) + 1)
-            need_w = max(need_w, 2 * math.ceil(half_w - 1e-9) + 1)
-    grow_h, grow_w = need_h - h, need_w - w
-    return h + grow_h + (grow_h % 2), w + grow_w + (grow_w % 2)
+    extent_h, extent_w = _extents(h, w, tuple(angles))
+    largest = max(scales)  # the canvas grows with the scale, so the largest one sets it
+    return _canvas_side(h, extent_h, largest), _canvas_side(w, extent_w, largest)
+
+
+def _largest_fitting_scale(side: int, extent: float, room: int) -> float:
+    """The largest scale whose canvas side (see :func:`_canvas_side`) is at most ``room``; inf when none bounds it."""
+    if extent <= 0:
+        return math.inf
+    room -= (room - side) % 2  # the canvas keeps the template's parity
+    half = (room - 1) // 2  # _canvas_side fits while ceil(scale · extent / 2 − 1e-9) <= half
+    return 2 * (half + 1e-9) / extent
+
+
+def usable_scales(
+    template_size: tuple[int, int], angles: Sequence[float], room: tuple[int, int] | None
+) -> tuple[float, float]:
+    """(smallest, largest) scale factors a template can be searched at.
+
+    Args:
+        template_size: (h, w) of the template in taps.
+        angles: The rotations searched with the scales (the canvas holds every one).
+        room: The largest canvas (rows, columns) in taps that the image allows (mode "valid"), or None.
+
+    Returns:
+        The smallest scale keeps the template's smaller side at 2 taps or more (or at its own size when it is
+        smaller than that); the largest keeps the canvas within ``room`` (inf without one).
+    """
+    h, w = template_size
+    low = min(1.0, _MIN_SIDE / min(h, w))
+    if room is None:
+        return low, math.inf
+    extent_h, extent_w = _extents(h, w, tuple(angles))
+    return low, min(_largest_fitting_scale(h, extent_h, room[0]), _largest_fitting_scale(w, extent_w, room[1]))
 
 
 def _blur(templates: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian low-pass of [N, C, h, w] before shrinking, against aliasing (replicated borders)."""
-    radius = max(1, math.ceil(3 * sigma))
+    radius = _blur_radius(sigma)
     taps = torch.arange(-radius, radius + 1, dtype=templates.dtype, device=templates.device)
     kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
     kernel = kernel / kernel.sum()
@@ -69,6 +128,15 @@ def _blur(templates: torch.Tensor, sigma: float) -> torch.Tensor:
     planes = F.pad(templates.reshape(N * C, 1, h, w), (radius,) * 4, mode="replicate")
     planes = F.conv2d(F.conv2d(planes, kernel.reshape(1, 1, -1, 1)), kernel.reshape(1, 1, 1, -1))
     return planes.reshape(N, C, h, w)
+
+
+def _blur_radius(sigma: float) -> int:
+    return max(1, math.ceil(3 * sigma))
+
+
+def _blur_sigma(scale: float) -> float:
+    """The low-pass that shrinking by ``scale`` < 1 needs (pixels of the template)."""
+    return (1 / scale - 1) / 2
 
 
 def _sample(plane: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -80,10 +148,140 @@ def _sample(plane: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torc
     return F.grid_sample(plane, grid.to(plane.dtype), mode="bilinear", padding_mode="border", align_corners=True)
 
 
+def member_bytes(bank_shape: Sequence[int], mask_planes: tuple[int, int], canvas: tuple[int, int], item: int) -> int:
+    """Bytes that one more transform adds to a drawn range while it is drawn, converted and scored: its float64
+    picture and weights, their stacked copies, the bank's dtype (``item`` bytes) and the checks of the weights.
+
+    Args:
+        bank_shape: [Bk, T, C, h, w] of the canonical bank.
+        mask_planes: (Bm, Cm) of the weights: images and channels they differ over.
+        canvas: (Hc, Wc).
+        item: Bytes per element of the bank's dtype.
+    """
+    Bk, _, C = bank_shape[:3]
+    Bm, Cm = mask_planes
+    return (Bk * C + Bm * Cm) * canvas[0] * canvas[1] * (2 * _F64 + 2 * item + 2)
+
+
+def drawing_bytes(
+    bank_shape: Sequence[int], mask_planes: tuple[int, int], canvas: tuple[int, int], smallest: float
+) -> int:
+    """Temporaries while one transform is drawn: the canvas' source coordinates and sampling grid, and the
+    low-pass of a template before the ``smallest`` scale (arguments as for :func:`member_bytes`)."""
+    Bk, _, C, h, w = bank_shape
+    grids = canvas[0] * canvas[1] * _F64 * 6  # rows, cols, inside, and the (x, y) grid of the sampler
+    if smallest >= 1:
+        return grids
+    radius = _blur_radius(_blur_sigma(smallest))
+    Bm, Cm = mask_planes
+    return grids + (Bk * C + Bm * Cm) * (h + 2 * radius) * (w + 2 * radius) * _F64 * 3
+
+
+class TransformStream:
+    """Every template of a canonical bank under every (scale, angle), drawn for any range of the bank on demand.
+
+    Template t under transform r sits at index t·R + r, with R = len(scales) · len(angles) transforms, scale-major.
+    Drawing a range gives the same numbers as drawing the whole bank at once.
+
+    Args:
+        templates: [Bk, T, C, h, w] (canonical bank, float).
+        mask: [Bm, Tm, Cm, h, w] weights or None.
+        angles: Degrees, counter-clockwise as displayed.
+        scales: Positive factors.
+    """
+
+    def __init__(
+        self, templates: torch.Tensor, mask: torch.Tensor | None, angles: Sequence[float], scales: Sequence[float]
+    ) -> None:
+        self.source, self.user_mask = templates, mask
+        self.angle_list, self.scale_list = [float(a) for a in angles], [float(s) for s in scales]
+        T, h, w = templates.shape[1], *templates.shape[-2:]
+        self.canvas = canvas_size(h, w, self.angle_list, self.scale_list)
+        R = len(self.angle_list) * len(self.scale_list)
+        self.n_templates, self.transforms, self.members = T, R, T * R
+        self.angles = torch.tensor(self.angle_list * len(self.scale_list), dtype=torch.float64)
+        self.scales = torch.tensor([s for s in self.scale_list for _ in self.angle_list], dtype=torch.float64)
+        self._blurred: tuple[tuple[int, float], torch.Tensor] | None = None
+
+    @property
+    def mask_planes(self) -> tuple[int, int]:
+        """(Bm, Cm) of the drawn masks: images and channels that the weights differ over."""
+        if self.user_mask is None:
+            return 1, 1
+        return self.user_mask.shape[0], self.user_mask.shape[2]
+
+    def member_bytes(self) -> int:
+        """Bytes that one more transform adds to a drawn range (see :func:`member_bytes`)."""
+        return member_bytes(self.source.shape, self.mask_planes, self.canvas, self.source.element_size())
+
+    def drawing_bytes(self) -> int:
+        """Temporaries while one transform is drawn (see :func:`drawing_bytes`)."""
+        return drawing_bytes(self.source.shape, self.mask_planes, self.canvas, min(self.scale_list))
+
+    def draw(self, j0: int, j1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Members j0..j1 of the bank -> (templates [Bk, j1 − j0, C, Hc, Wc] in the bank's dtype, weights
+        [Bm, j1 − j0, Cm, Hc, Wc]).
+
+        Raises:
+            SlidesimValueError: A transform keeps no weight of the template (its mask, or a template so small
+                that no canvas pixel falls on it).
+        """
+        pictures, masks = [], []
+        for j in range(j0, j1):
+            picture, weight = self._member(*divmod(j, self.transforms))
+            pictures.append(picture)
+            masks.append(weight)
+        dtype = self.source.dtype
+        return torch.stack(pictures, dim=1).to(dtype).contiguous(), torch.stack(masks, dim=1).to(dtype).contiguous()
+
+    def _member(self, t: int, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Template t under transform r: (picture [Bk, C, Hc, Wc], weights [Bm, Cm, Hc, Wc]) in float64."""
+        scale_index, angle_index = divmod(r, len(self.angle_list))
+        scale, angle = self.scale_list[scale_index], self.angle_list[angle_index]
+        h, w = self.source.shape[-2:]
+        Hc, Wc = self.canvas
+        dtype, device = torch.float64, self.source.device
+        v = torch.arange(Hc, dtype=dtype, device=device)[:, None] - (Hc - 1) / 2  # canvas offsets from the centre
+        u = torch.arange(Wc, dtype=dtype, device=device)[None, :] - (Wc - 1) / 2
+        c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+        # displayed counter-clockwise with y down: template offset (dy, dx) lands at canvas offset
+        # (c·dy − s·dx, s·dy + c·dx) · scale; invert that map for each canvas pixel
+        rows = (c * v + s * u) / scale + (h - 1) / 2
+        cols = (-s * v + c * u) / scale + (w - 1) / 2
+        inside = (rows >= -_INSIDE) & (rows <= h - 1 + _INSIDE) & (cols >= -_INSIDE) & (cols <= w - 1 + _INSIDE)
+        inside = inside.to(dtype)
+        picture = _sample(self._source(t, scale), rows, cols) * inside
+        if self.user_mask is None:
+            weight = inside[None, None]
+        else:
+            Tm = self.user_mask.shape[1]
+            weight = _sample(self.user_mask[:, t if Tm > 1 else 0].to(dtype), rows, cols) * inside
+        if bool((weight.sum(dim=(-1, -2, -3)) <= 0).any()):
+            what = f"{h}x{w} template {t}" + ("" if self.user_mask is None else " under its `mask`")
+            raise SlidesimValueError(
+                f"`scales` and `rotations` must leave every template some weight; the {what} keeps none on the "
+                f"{Hc}x{Wc} canvas at scale {scale:g} and angle {angle:g}. Use a larger scale, or a mask with more "
+                "weight."
+            )
+        return picture, weight
+
+    def _source(self, t: int, scale: float) -> torch.Tensor:
+        """Template t of every bank [Bk, C, h, w] in float64, low-passed before shrinking (the last one kept: a
+        range of the bank meets each (template, scale) in one run)."""
+        key = (t, scale)
+        if self._blurred is not None and self._blurred[0] == key:
+            return self._blurred[1]
+        source = self.source[:, t].to(torch.float64)
+        if scale < 1:
+            source = _blur(source, _blur_sigma(scale))
+        self._blurred = (key, source)
+        return source
+
+
 def transform_bank(
     templates: torch.Tensor, mask: torch.Tensor | None, angles: Sequence[float], scales: Sequence[float]
 ) -> TransformedBank:
-    """Every template under every (scale, angle), with the masks of the pixels that came from it.
+    """Every template under every (scale, angle), with the masks of the pixels that came from it, all at once.
 
     Args:
         templates: [Bk, T, C, h, w] (canonical bank, float).
@@ -94,44 +292,6 @@ def transform_bank(
     Returns:
         A :class:`TransformedBank` with R = len(scales) · len(angles) transforms, scale-major.
     """
-    Bk, T, C, h, w = templates.shape
-    Hc, Wc = canvas_size(h, w, angles, scales)
-    dtype, device = torch.float64, templates.device
-    flat = templates.reshape(Bk * T, C, h, w).to(dtype)
-    user_mask = None
-    if mask is not None:
-        Bm, Tm, Cm = mask.shape[:3]
-        user_mask = mask.to(dtype).reshape(Bm * Tm, Cm, h, w)
-    v = torch.arange(Hc, dtype=dtype, device=device)[:, None] - (Hc - 1) / 2  # canvas offsets from the centre
-    u = torch.arange(Wc, dtype=dtype, device=device)[None, :] - (Wc - 1) / 2
-    pictures, masks, all_angles, all_scales = [], [], [], []
-    for scale in scales:
-        source = flat if scale >= 1 else _blur(flat, (1 / scale - 1) / 2)
-        for angle in angles:
-            c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-            # displayed counter-clockwise with y down: template offset (dy, dx) lands at canvas offset
-            # (c·dy − s·dx, s·dy + c·dx) · scale; invert that map for each canvas pixel
-            rows = (c * v + s * u) / scale + (h - 1) / 2
-            cols = (-s * v + c * u) / scale + (w - 1) / 2
-            inside = (rows >= -_INSIDE) & (rows <= h - 1 + _INSIDE) & (cols >= -_INSIDE) & (cols <= w - 1 + _INSIDE)
-            inside = inside.to(dtype)
-            pictures.append(_sample(source, rows, cols) * inside)
-            weight = inside[None, None] if user_mask is None else _sample(user_mask, rows, cols) * inside
-            masks.append(weight)
-            all_angles.append(float(angle))
-            all_scales.append(float(scale))
-    R = len(pictures)
-    bank = torch.stack(pictures, dim=1).reshape(Bk, T, R, C, Hc, Wc).reshape(Bk, T * R, C, Hc, Wc)
-    if user_mask is None:
-        weights = torch.stack(masks, dim=1).expand(1, R, 1, Hc, Wc)
-        weights = weights[:, None].expand(1, T, R, 1, Hc, Wc).reshape(1, T * R, 1, Hc, Wc)
-    else:
-        Bm, Tm, Cm = mask.shape[:3]
-        weights = torch.stack(masks, dim=1).reshape(Bm, Tm, R, Cm, Hc, Wc)
-        weights = weights.expand(Bm, T, R, Cm, Hc, Wc).reshape(Bm, T * R, Cm, Hc, Wc)
-    return TransformedBank(
-        bank.to(templates.dtype).contiguous(),
-        weights.to(templates.dtype).contiguous(),
-        torch.tensor(all_angles, dtype=torch.float64),
-        torch.tensor(all_scales, dtype=torch.float64),
-    )
+    stream = TransformStream(templates, mask, angles, scales)
+    pictures, weights = stream.draw(0, stream.members)
+    return TransformedBank(pictures, weights, stream.angles, stream.scales)

@@ -26,6 +26,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 from typing import Any
 
@@ -33,10 +34,10 @@ import numpy as np
 import torch
 
 from . import _dask_tiles as tiles
-from ._refine import bank_member, crop_window, refine_on_data
+from ._refine import crop_window, refine_on_data
 from ._types import ArrayLike
 from ._validate import Canonical, canonicalize, options_of, window_origin, with_defaults
-from .matching import Matches, best_first, prepare
+from .matching import Matches, bank_members, best_first, prepare
 
 __all__ = ["match", "similarity"]
 
@@ -230,16 +231,18 @@ def match(
     shapes, values = tiles.validated(images, templates, call)
     T, h, w = values.templates.shape[1], *values.templates.shape[-2:]
     distance = search.distance(h, w)
-    bank_templates, bank_mask, transform_angles, transform_scales = search.bank(values.templates, values.mask)
-    R = len(transform_angles)
-    layout = bank_templates[0] if bank_templates.shape[0] == 1 else bank_templates
-    layout_mask = None if bank_mask is None else (bank_mask[0] if bank_mask.shape[0] == 1 else bank_mask)
+    stream = None
+    if search.transformed:  # the image's size bounds the scales; memory_limit applies per chunk, checked there
+        stream = search.stream(dataclasses.replace(shapes, templates=values.templates, mask=values.mask), False)
+    R = stream.transforms if stream is not None else 1
+    transform_angles = stream.angles if stream is not None else torch.zeros(1, dtype=torch.float64)
+    transform_scales = stream.scales if stream is not None else torch.ones(1, dtype=torch.float64)
     four_d = tiles.shape_only(images)
     if shapes.two_d:
         four_d = four_d[None, None]
         images = images[None, None]
-    meta_mask = None if layout_mask is None else layout_mask.to("meta")
-    canon = canonicalize(four_d, layout.to("meta"), **{**call, "mask": meta_mask})  # the bank's geometry
+    layout, layout_mask = tiles.bank_layout(values, stream)
+    canon = canonicalize(four_d, layout, **{**call, "mask": layout_mask})  # the bank's geometry
     problem = canon.problem
     tiling = tiles.tile(images, canon)
     chunks = (tiling.batch_chunks, (T,), (2,), tiling.out_rows, tiling.out_cols)
@@ -254,10 +257,10 @@ def match(
         out_dtype=dtype,
         tiling=tiling,
         geometry=tiles.window_span(canon),
-        templates=bank_templates,
-        mask=bank_mask,
-        n_templates=T,
-        n_transforms=R,
+        templates=values.templates,
+        mask=values.mask,
+        angles=None if stream is None else stream.angle_list,
+        scales=None if stream is None else stream.scale_list,
         options=options_of(canon, mode="valid", mask=None),  # the chunks arrive padded
     )
     radius = max(1, distance - 1)
@@ -313,13 +316,14 @@ def match(
         limit *= 4
     (sy, sx), (oy, ox) = canon.stride, window_origin(canon)
     H, W = images.shape[-2:]
+    member = bank_members(values, stream)
     output = []
     for b, t, y, x, key, r in kept:
         b, t, y, x, r = int(b), int(t), int(y), int(x), int(r)
         cy, cx = y * sy + oy, x * sx + ox
         score = float(key if higher else -key)  # the best map's value: kept keys are never thresholded away
         if subpixel:
-            cy, cx, score = _refine(images, values, bank_templates, bank_mask, call, (b, t * R + r), (cy, cx), (H, W))
+            cy, cx, score = _refine(images, values, member, call, (b, t * R + r), (cy, cx), (H, W))
         output.append((b, t, cy, cx, score, float(transform_angles[r]), float(transform_scales[r])))
     columns = list(zip(*best_first(output, higher), strict=True)) if output else [()] * 7
     fields = [np.asarray(c, dtype=np.int64) for c in columns[:2]] + [
@@ -351,10 +355,11 @@ def _compute(tasks: list, progress: bool) -> list:
     return client.gather(futures)
 
 
-def _refine(images, values: Canonical, templates, mask, call, index, centre, size):
-    """Sub-pixel (y, x, score) of one match, from the few image pixels that refinement reads."""
+def _refine(images, values: Canonical, member, call, index, centre, size):
+    """Sub-pixel (y, x, score) of one match, from the few image pixels that refinement reads; member(b, j) gives
+    member j of image b's bank (see :func:`slidesim.matching.bank_members`)."""
     b, j = index
-    template, weights = bank_member(templates, mask, b, j)
+    template, weights = member(b, j)
     (r0, r1), (c0, c1) = _crop_region(centre, tuple(template.shape[-2:]), values.dilation, size)
     window = np.ascontiguousarray(images[b, :, r0:r1, c0:c1].compute())
     if window.dtype == np.uint16:

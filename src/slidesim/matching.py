@@ -1,13 +1,17 @@
 """match() (floor L6): where the templates are, how well they match, at what angle and scale.
 
-The bank of transformed templates streams through the chosen engine a chunk at a time; each chunk's maps are
-folded into a running best score and the index of the best transform per position, so memory stays
-O(B · T · H' · W') whatever the number of rotations and scales. Peaks of the best map are then refined on the
-image data (:mod:`slidesim._refine`).
+Transformed templates are drawn a chunk of the bank at a time (:class:`slidesim.banks.TransformStream`) and
+stream through one engine, chosen for the whole bank; each chunk's maps are folded into a running best score and
+the index of the best transform per position, so memory stays O(B · T · H' · W') plus one chunk whatever the
+number of rotations and scales. Every allocation that grows with the arguments is checked against
+``memory_limit`` before it is made. Peaks of the best map are then refined on the image data
+(:mod:`slidesim._refine`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +20,12 @@ import numpy as np
 import torch
 
 from ._checks import check_factors, check_int, check_threshold
-from ._refine import refine_peak
+from ._geometry import pad_amounts
+from ._refine import bank_member, refine_on_data
 from ._types import ArrayLike
-from ._validate import Canonical, canonicalize, window_origin, with_defaults
-from .banks import transform_bank
+from ._validate import Canonical, all_finite, canonicalize, window_origin, with_bank, with_defaults
+from .banks import TransformStream, canvas_size, drawing_bytes, member_bytes, usable_scales
+from .engines.base import Engine
 from .errors import SlidesimValueError
 from .peaks import locate_peaks
 from .planner import select_engine
@@ -27,6 +33,7 @@ from .planner import select_engine
 __all__ = ["Matches", "match"]
 
 _MAP_SHARE = 4  # a chunk's score maps may use memory_limit / _MAP_SHARE bytes
+_BANK_SHARE = 4  # a chunk of drawn transforms may use memory_limit / _BANK_SHARE bytes
 _MOMENT_TEMPORARIES = 6  # float64 maps alive per template while masked window moments are computed
 
 
@@ -101,15 +108,115 @@ class MatchSearch:
         """The suppression distance for h × w templates: ``min_distance``, or half the smaller side."""
         return max(1, min(h, w) // 2) if self.min_distance is None else self.min_distance
 
-    def bank(
-        self, templates: torch.Tensor, mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """(bank [Bk, T·R, C, h', w'], its mask, angles [R], scales [R]): the canonical templates and mask under
-        every transform (template t under transform r at t·R + r), or as they are when none is searched."""
-        if not self.transformed:
-            return templates, mask, torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
-        bank = transform_bank(templates, mask, self.angles or [0.0], self.scales or [1.0])
-        return bank.templates, bank.mask, bank.angles, bank.scales
+    def stream(self, canon: Canonical, working_set: bool = True) -> TransformStream:
+        """The transformed bank of a validated call, drawn on demand, once its scales and rotations are checked
+        against the template, the image and (with ``working_set``) ``memory_limit`` (:func:`check_transforms`)."""
+        check_transforms(self, canon, working_set)
+        return TransformStream(canon.templates, canon.mask, self.angles or [0.0], self.scales or [1.0])
+
+
+def _room(canon: Canonical) -> tuple[int, int] | None:
+    """The largest template (rows, columns, in taps) that the images hold in mode "valid"; None in the other
+    modes, which pad the images."""
+    if canon.mode != "valid":
+        return None
+    (dy, dx), H, W = canon.dilation, canon.problem.height, canon.problem.width
+    return (H - 1) // dy + 1, (W - 1) // dx + 1
+
+
+def _shown(value: float, up: bool) -> str:
+    """``value`` to 4 significant digits, rounded towards the inside of a range (up for its low end)."""
+    if math.isinf(value):
+        return "any"
+    digits = 3 - math.floor(math.log10(abs(value)))
+    scaled = value * 10**digits
+    return f"{(math.ceil(scaled - 1e-9) if up else math.floor(scaled + 1e-9)) / 10**digits:g}"
+
+
+def check_transforms(search: MatchSearch, canon: Canonical, working_set: bool = True) -> None:
+    """Refuse scales and rotations that the template and image cannot take, or whose bank cannot be searched
+    within ``memory_limit``, with the usable range.
+
+    Raises:
+        SlidesimValueError: A scale shrinks the template below 2 taps, or grows its canvas beyond the image
+            (mode "valid"), or a transform's drawing and score maps would not fit ``memory_limit``.
+    """
+    h, w = canon.templates.shape[-2:]
+    H, W = canon.problem.height, canon.problem.width
+    angles, scales = search.angles or [0.0], search.scales or [1.0]
+    room = _room(canon)
+    low, high = usable_scales((h, w), angles, room)
+    where = f"for {h}x{w} templates on {H}x{W} images in mode {canon.mode!r}"
+    if room is not None:
+        where += f" (dilation {canon.dilation})"
+    bad = [s for s in scales if not low <= s <= high]
+    if bad and (search.scales is None or high < low):
+        raise SlidesimValueError(
+            f"`rotations` turn {h}x{w} templates beyond the {H}x{W} images in mode 'valid'"
+            + ("" if search.scales is None else " at every scale")
+            + "; use mode='same' or 'full', or a smaller template."
+        )
+    if bad:
+        usable = f"{_shown(low, True)} to {_shown(high, False)}" if high < math.inf else f"{_shown(low, True)} up"
+        reason = "shrinks the template below 2 pixels" if bad[0] < low else "grows its canvas beyond the images"
+        raise SlidesimValueError(
+            f"`scales` must lie within the usable scales {usable} {where}; got {bad[0]:g}, which {reason}. "
+            "Use scales in that range" + (", or mode='same' or 'full'." if bad[0] > high else ".")
+        )
+    if working_set:
+        check_working_set(canon, angles, scales)
+
+
+def _working_set(canon: Canonical, canvas: tuple[int, int], smallest: float) -> tuple[int, int]:
+    """(bytes to draw one transform and hold it, bytes of its score maps in a chunk) for a bank on ``canvas``."""
+    bank_shape = tuple(canon.templates.shape)
+    mask = canon.mask
+    planes = (1, 1) if mask is None else (mask.shape[0], mask.shape[2])
+    item = canon.images.element_size()
+    draw = drawing_bytes(bank_shape, planes, canvas, smallest) + member_bytes(bank_shape, planes, canvas, item)
+    out_h, out_w = _out_size(canon, canvas)
+    per_pixel = item + (8 * _MOMENT_TEMPORARIES if canon.spec.family == "correlation" else 0)  # as _chunk counts
+    return draw, canon.images.shape[0] * out_h * out_w * per_pixel
+
+
+def _out_size(canon: Canonical, canvas: tuple[int, int]) -> tuple[int, int]:
+    """The score map's size for templates the size of ``canvas``."""
+    sizes = []
+    for axis, side in enumerate(canvas):
+        length, dilation, stride = canon.images.shape[2 + axis], canon.dilation[axis], canon.stride[axis]
+        span = dilation * (side - 1) + 1
+        sizes.append(max(0, (length + sum(pad_amounts(canon.mode, length, side, dilation)) - span) // stride + 1))
+    return sizes[0], sizes[1]
+
+
+def check_working_set(canon: Canonical, angles: Sequence[float], scales: Sequence[float]) -> None:
+    """Refuse a bank whose smallest chunk (one transform of one template) cannot be drawn and scored within
+    ``memory_limit``, naming the scales that make it so, or the limit itself when no scale would help."""
+    h, w = canon.templates.shape[-2:]
+    limit, smallest = canon.memory_limit, min(scales)
+
+    def need(scale: float) -> int:
+        return sum(_working_set(canon, canvas_size(h, w, angles, [scale]), smallest))
+
+    largest = max(scales)
+    needed = need(largest)
+    if needed <= limit:
+        return
+    if need(min(1.0, largest)) <= limit:  # the scales above 1 are what grows the canvas: find the largest that fits
+        fits, over = min(1.0, largest), largest
+        for _ in range(60):
+            middle = math.sqrt(fits * over)
+            fits, over = (middle, over) if need(middle) <= limit else (fits, middle)
+        Hc, Wc = canvas_size(h, w, angles, [largest])
+        raise SlidesimValueError(
+            f"`scales` up to {largest:g} draw {h}x{w} templates on a {Hc}x{Wc} canvas: one transform and its score "
+            f"maps need {needed:,} bytes, over `memory_limit` of {limit:,} "
+            f"bytes. Use scales up to {_shown(fits, False)}, or raise memory_limit to at least {needed:,}."
+        )
+    raise SlidesimValueError(
+        f"`memory_limit` of {limit:,} bytes cannot hold one transformed template and its score maps on these "
+        f"images ({needed:,} bytes); raise memory_limit to at least {needed:,}, or search smaller images."
+    )
 
 
 def prepare(
@@ -176,14 +283,17 @@ def match(
         :class:`Matches`.
 
     Raises:
-        SlidesimTypeError: As for similarity; k, min_distance not ints; rotations or scales not sequences.
+        SlidesimTypeError: As for similarity; k, min_distance not ints; rotations or scales not sequences of
+            real numbers.
         SlidesimValueError: As for similarity; empty or non-finite rotations, non-positive scales,
-            channels="separate".
+            channels="separate"; scales that shrink the template below 2 pixels or (mode "valid") grow its canvas
+            beyond the images, with the usable range; one transform and its score maps over ``memory_limit``.
 
     Memory:
-        Rotated and scaled templates stream through the engine in chunks; each chunk's maps are folded into the
-        best score and the best transform per position. Peak memory is the image side, one chunk and the two
-        best maps, whatever the number of transforms.
+        Rotated and scaled templates are drawn a chunk of the bank at a time (within a quarter of
+        ``memory_limit``) and stream through the engine; each chunk's maps are folded into the best score and the
+        best transform per position. Peak memory is the image side, one chunk and the two best maps, whatever the
+        number of transforms.
 
     Examples:
         >>> import numpy as np, slidesim
@@ -199,21 +309,96 @@ def match(
     search = prepare(metric, k, min_distance, threshold, rotations, scales, exclude_border, options)
     call = search.call
     canon = canonicalize(images, templates, **call)
-    _, T, _, h, w = canon.templates.shape
+    h, w = canon.templates.shape[-2:]
     numpy_out = canon.numpy_out
-    bank_templates, bank_mask, transform_angles, transform_scales = search.bank(canon.templates, canon.mask)
-    if search.transformed:
-        bank_templates = bank_templates[0] if bank_templates.shape[0] == 1 else bank_templates
-        bank_mask = bank_mask[0] if bank_mask.shape[0] == 1 else bank_mask
-        canon = canonicalize(canon.images, bank_templates, **{**call, "mask": bank_mask})
-    R = len(transform_angles)
-    best, which = best_of_bank(canon, T, R, progress)
+    stream = search.stream(canon) if search.transformed else None
+    best, which, canon = best_of_stream(canon, stream, progress)
     higher = canon.spec.higher_is_better
     found = locate_peaks(best, search.k, search.distance(h, w), search.threshold, search.border, higher)
-    columns = _columns(canon, call, found, best, which, transform_angles, transform_scales, subpixel)
+    columns = _columns(canon, call, found, best, which, stream, subpixel)
     if numpy_out:
         return Matches(*(c.numpy() for c in columns), maps=best.cpu().numpy())
     return Matches(*(c.to(canon.images.device) for c in columns), maps=best)
+
+
+def best_of_stream(
+    canon: Canonical, stream: TransformStream | None, progress: Callable[[int, int], None] | None
+) -> tuple[torch.Tensor, torch.Tensor, Canonical]:
+    """(best score [B, T, H', W'], index of the best transform [B, T, H', W'] int64, the validated call of the
+    last chunk of the bank: the geometry of its windows) for a validated call on the untransformed templates and
+    the stream of their transforms (None: the templates as they are).
+
+    The transforms are drawn a chunk at a time, each chunk within a share of ``memory_limit``, and scored by one
+    engine, chosen for the whole bank. A bank that fits one chunk is drawn and scored as one call.
+    """
+    if stream is None:
+        return (*best_of_bank(canon, canon.templates.shape[1], 1, progress), canon)
+    total = stream.members
+    per_chunk = max(1, canon.memory_limit // _BANK_SHARE // max(1, stream.member_bytes()))
+    if per_chunk >= total:
+        chunk = with_bank(canon, *stream.draw(0, total))
+        return (*best_of_bank(chunk, stream.n_templates, stream.transforms, progress), chunk)
+    best = which = engine = None
+    for j0 in range(0, total, per_chunk):
+        j1 = min(total, j0 + per_chunk)
+        chunk = with_bank(canon, *stream.draw(j0, j1))
+        if engine is None:
+            engine = _engine_for_bank(chunk, total)
+        best, which = _fold(chunk, engine, j0, stream, best, which, progress)
+    return best, which, chunk
+
+
+def _engine_for_bank(chunk: Canonical, members: int) -> Engine:
+    """The engine the planner picks for the whole bank of ``members`` transformed templates, from one chunk of
+    it: every chunk runs on it, as one call on the whole bank would."""
+    problem = chunk.problem
+    kind = "per_template" if members > 1 and problem.mask_kind != "none" else problem.mask_kind
+    whole = dataclasses.replace(problem, n_templates=members, mask_kind=kind)
+    return select_engine(dataclasses.replace(chunk, problem=whole))
+
+
+def _fold(
+    chunk: Canonical,
+    engine: Engine,
+    j0: int,
+    stream: TransformStream,
+    best: torch.Tensor | None,
+    which: torch.Tensor | None,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold the scores of bank members j0.. (the templates of ``chunk``) into the running best and its transform."""
+    T, R = stream.n_templates, stream.transforms
+    if best is None or which is None:
+        best, which = _worst_maps(chunk, T)
+    higher = chunk.spec.higher_is_better
+    with torch.no_grad():
+        for t0, t1, scores in engine.stream(chunk, _chunk(chunk)):
+            _fold_scores(scores, j0 + t0, j0 + t1, R, best, which, higher)
+            if progress is not None:
+                progress(j0 + t1, stream.members)
+    return best, which
+
+
+def _worst_maps(canon: Canonical, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(best scores [B, T, H', W'] at the worst value, best transforms [B, T, H', W'] at 0)."""
+    problem = canon.problem
+    shape = (canon.images.shape[0], T, problem.out_height, problem.out_width)
+    worst = -torch.inf if canon.spec.higher_is_better else torch.inf
+    best = torch.full(shape, worst, dtype=canon.images.dtype, device=canon.images.device)
+    return best, torch.zeros(shape, dtype=torch.int64, device=canon.images.device)
+
+
+def _fold_scores(
+    scores: torch.Tensor, j0: int, j1: int, R: int, best: torch.Tensor, which: torch.Tensor, higher: bool
+) -> None:
+    """Fold the scores [B, j1 − j0, H', W'] of bank members j0..j1 (template t under transform r at t·R + r) into
+    ``best`` and ``which`` in place. Ties keep the first transform; NaN never wins."""
+    for j in range(j0, j1):
+        t, r = divmod(j, R)
+        s = scores[:, j - j0]
+        better = s > best[:, t] if higher else s < best[:, t]
+        best[:, t] = torch.where(better, s, best[:, t])
+        which[:, t].masked_fill_(better, r)
 
 
 def _chunk(canon: Canonical) -> int:
@@ -232,22 +417,12 @@ def best_of_bank(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(best score [B, T, H', W'], index of the best transform [B, T, H', W'] int64) over the streamed bank, in
     which template t under transform r sits at index t·R + r. Ties keep the first transform; NaN never wins."""
+    best, which = _worst_maps(canon, T)
     higher = canon.spec.higher_is_better
-    problem = canon.problem
-    B = canon.images.shape[0]
-    shape = (B, T, problem.out_height, problem.out_width)
-    worst = -torch.inf if higher else torch.inf
-    best = torch.full(shape, worst, dtype=canon.images.dtype, device=canon.images.device)
-    which = torch.zeros(shape, dtype=torch.int64, device=canon.images.device)
     total = canon.templates.shape[1]
     with torch.no_grad():
         for t0, t1, scores in select_engine(canon).stream(canon, _chunk(canon)):
-            for j in range(t0, t1):
-                t, r = divmod(j, R)
-                s = scores[:, j - t0]
-                better = s > best[:, t] if higher else s < best[:, t]
-                best[:, t] = torch.where(better, s, best[:, t])
-                which[:, t].masked_fill_(better, r)
+            _fold_scores(scores, t0, t1, R, best, which, higher)
             if progress is not None:
                 progress(t1, total)
     return best, which
@@ -265,18 +440,40 @@ def best_first(rows: list[tuple], higher: bool) -> list[tuple]:
     return sorted(rows, key=key)  # stable: equal scores keep the integer peaks' order
 
 
+def bank_members(
+    canon: Canonical, stream: TransformStream | None
+) -> Callable[[int, int], tuple[torch.Tensor, torch.Tensor | None]]:
+    """member(b, j) -> (template [C, h', w'], weights [1 or C, h', w'] or None): member j of image b's bank, as
+    scored: drawn again from ``stream`` (None: the call's own templates) and canonical (a weight of zero hides a
+    non-finite template pixel)."""
+    if stream is None:
+        return lambda b, j: bank_member(canon.templates, canon.mask, b, j)
+
+    def member(b: int, j: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        pictures, weights = stream.draw(j, j + 1)
+        if not all_finite(pictures):
+            pictures = torch.where(weights > 0, pictures, 0.0)
+        return bank_member(pictures, weights, b, 0)
+
+    return member
+
+
 def _columns(
     canon: Canonical,
     call: dict[str, Any],
     found: list[tuple[int, int, int, int]],
     best: torch.Tensor,
     which: torch.Tensor,
-    angles: torch.Tensor,
-    scales: torch.Tensor,
+    stream: TransformStream | None,
     subpixel: bool,
 ) -> list[torch.Tensor]:
-    """The fields of :class:`Matches` for integer peaks (b, t, y, x) of the best map, on the CPU."""
+    """The fields of :class:`Matches` for integer peaks (b, t, y, x) of the best map, on the CPU; ``canon`` is a
+    validated call with the bank's geometry."""
+    angles = torch.zeros(1, dtype=torch.float64) if stream is None else stream.angles
+    scales = torch.ones(1, dtype=torch.float64) if stream is None else stream.scales
     R = len(angles)
+    member = bank_members(canon, stream)
+    higher = canon.spec.higher_is_better
     (sy, sx) = canon.stride
     oy, ox = window_origin(canon)
     rows = []
@@ -285,9 +482,10 @@ def _columns(
         cy, cx = y * sy + oy, x * sx + ox
         score = float(best[b, t, y, x])
         if subpixel:
-            cy, cx, score = refine_peak(canon, call, b, t * R + r, (cy, cx))
+            template, weights = member(b, t * R + r)
+            cy, cx, score = refine_on_data(canon.images[b], template, weights, (cy, cx), canon.dilation, higher, call)
         rows.append((b, t, cy, cx, score, float(angles[r]), float(scales[r])))
-    columns = list(zip(*best_first(rows, canon.spec.higher_is_better), strict=True)) if rows else [()] * 7
+    columns = list(zip(*best_first(rows, higher), strict=True)) if rows else [()] * 7
     ints = [torch.tensor(c, dtype=torch.int64) for c in columns[:2]]
     floats = [torch.tensor(c, dtype=torch.float64) for c in columns[2:]]
     return [*ints, *floats]
