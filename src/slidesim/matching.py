@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checks import check_factors, check_int, check_threshold
+from ._checks import check_bool, check_factors, check_int, check_threshold
 from ._refine import refine_peak
 from ._types import ArrayLike
 from ._validate import Canonical, canonicalize, window_origin, with_defaults
@@ -167,7 +167,10 @@ def match(
         scales: Scale factors, for example ``[0.8, 0.9, 1.0, 1.1, 1.25]``.
         subpixel: Refine positions on the image data to a fraction of a pixel.
         exclude_border: Ignore matches within this many score-map pixels of the map's edges.
-        progress: Called as progress(done, total) after each chunk of the bank (for progress bars).
+        progress: Called as progress(done, total) after each chunk of the bank (templates done of all), then,
+            with sub-pixel refinement, from progress(0, matches) again after each refined match: each phase
+            counts from 0 (for progress bars; refinement costs milliseconds per match, which adds up for
+            large k).
         **options: stride, dilation, mode, padding, pad_value, mask, channels ("joint" or "mean"), circular,
             method, memory_limit: as for :func:`slidesim.similarity`. A mask is rotated and scaled with its
             template.
@@ -176,7 +179,8 @@ def match(
         :class:`Matches`.
 
     Raises:
-        SlidesimTypeError: As for similarity; k, min_distance not ints; rotations or scales not sequences.
+        SlidesimTypeError: As for similarity; k, min_distance not ints; rotations or scales not sequences;
+            subpixel not a bool.
         SlidesimValueError: As for similarity; empty or non-finite rotations, non-positive scales,
             channels="separate".
 
@@ -197,6 +201,7 @@ def match(
         (270.0, 25.0, 34.0)
     """
     search = prepare(metric, k, min_distance, threshold, rotations, scales, exclude_border, options)
+    subpixel = check_bool("subpixel", subpixel)
     call = search.call
     canon = canonicalize(images, templates, **call)
     _, T, _, h, w = canon.templates.shape
@@ -210,7 +215,7 @@ def match(
     best, which = best_of_bank(canon, T, R, progress)
     higher = canon.spec.higher_is_better
     found = locate_peaks(best, search.k, search.distance(h, w), search.threshold, search.border, higher)
-    columns = _columns(canon, call, found, best, which, transform_angles, transform_scales, subpixel)
+    columns = _columns(canon, call, found, best, which, transform_angles, transform_scales, subpixel, progress)
     if numpy_out:
         return Matches(*(c.numpy() for c in columns), maps=best.cpu().numpy())
     return Matches(*(c.to(canon.images.device) for c in columns), maps=best)
@@ -268,25 +273,34 @@ def best_first(rows: list[tuple], higher: bool) -> list[tuple]:
 def _columns(
     canon: Canonical,
     call: dict[str, Any],
-    found: list[tuple[int, int, int, int]],
+    found: torch.Tensor,
     best: torch.Tensor,
     which: torch.Tensor,
     angles: torch.Tensor,
     scales: torch.Tensor,
     subpixel: bool,
+    progress: Callable[[int, int], None] | None,
 ) -> list[torch.Tensor]:
-    """The fields of :class:`Matches` for integer peaks (b, t, y, x) of the best map, on the CPU."""
+    """The fields of :class:`Matches` for integer peaks found [N, 4] (b, t, y, x) of the best map, on the CPU."""
     R = len(angles)
     (sy, sx) = canon.stride
     oy, ox = window_origin(canon)
+    b, t, y, x = found.to(best.device).T
+    # one gather for every peak: a lookup per peak costs more than the peak search itself for large k
+    transforms = which[b, t, y, x].tolist()
+    scores = best[b, t, y, x].tolist()
+    angle_of, scale_of = angles.tolist(), scales.tolist()
     rows = []
-    for b, t, y, x in found:
-        r = int(which[b, t, y, x])
+    if subpixel and progress is not None and len(found):
+        progress(0, len(found))
+    for i, (b, t, y, x) in enumerate(found.tolist()):
+        r, score = transforms[i], scores[i]
         cy, cx = y * sy + oy, x * sx + ox
-        score = float(best[b, t, y, x])
         if subpixel:
             cy, cx, score = refine_peak(canon, call, b, t * R + r, (cy, cx))
-        rows.append((b, t, cy, cx, score, float(angles[r]), float(scales[r])))
+            if progress is not None:
+                progress(i + 1, len(found))
+        rows.append((b, t, cy, cx, score, angle_of[r], scale_of[r]))
     columns = list(zip(*best_first(rows, canon.spec.higher_is_better), strict=True)) if rows else [()] * 7
     ints = [torch.tensor(c, dtype=torch.int64) for c in columns[:2]]
     floats = [torch.tensor(c, dtype=torch.float64) for c in columns[2:]]
