@@ -238,6 +238,33 @@ def test_progress_bar_only_on_a_terminal(monkeypatch) -> None:
     update(6, 6)
 
 
+def test_progress_bars_for_the_bank_then_the_refinement(monkeypatch) -> None:
+    """match reports its phases each from 0: the templates of the bank, then the matches refined; each gets a bar."""
+    pytest.importorskip("tqdm")
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc, **_) -> None:
+            self.total, self.desc, self.n, self.closed = total, desc, 0, False
+            bars.append(self)
+
+        def update(self, step) -> None:
+            self.n += step
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr("tqdm.tqdm", Bar)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    update = cli._progress(quiet=False)
+    for done, total in [(2, 4), (4, 4), (0, 3), (1, 3), (3, 3)]:
+        update(done, total)
+    assert [(bar.desc, bar.total, bar.n, bar.closed) for bar in bars] == [
+        ("templates", 4, 4, True),
+        ("refining matches", 3, 3, True),
+    ]
+
+
 def test_templates_of_different_sizes(files, capsys, tmp_path) -> None:
     small = tmp_path / "small.png"
     Image.fromarray(files["array"][60:71, 20:35]).save(small)

@@ -163,8 +163,22 @@ def test_progress_reports_every_chunk() -> None:
     slidesim.match(
         image, image[5:15, 5:15].copy(), rotations=range(0, 360, 30), progress=lambda d, t: calls.append((d, t))
     )
-    assert calls and calls[-1] == (12, 12)
-    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    bank = calls[: calls.index((0, 1))]  # then one match is refined
+    assert bank and bank[-1] == (12, 12)
+    assert [d for d, _ in bank] == sorted(d for d, _ in bank)
+
+
+def test_progress_reports_the_refinement_of_the_matches() -> None:
+    """Refinement costs milliseconds per match: with a large k it is the long phase, and it reports too, counting
+    from 0 after the bank's phase."""
+    calls = []
+    image = np.random.default_rng(19).random((40, 40)).astype(np.float32)
+    found = slidesim.match(image, image[5:15, 5:15].copy(), k=4, progress=lambda d, t: calls.append((d, t)))
+    assert len(found) == 4
+    assert calls == [(1, 1), (0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]
+    calls.clear()
+    slidesim.match(image, image[5:15, 5:15].copy(), k=4, subpixel=False, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(1, 1)]
 
 
 @pytest.mark.parametrize(
@@ -178,6 +192,8 @@ def test_progress_reports_every_chunk() -> None:
         ({"k": 0}, ValueError, "`k`"),
         ({"channels": "separate"}, ValueError, "`channels`"),
         ({"metric": "nope"}, ValueError, "metric"),
+        ({"subpixel": "yes"}, TypeError, "`subpixel` must be True or False"),
+        ({"threshold": float("nan")}, ValueError, "`threshold` .* got NaN"),
     ],
 )
 def test_bad_arguments(kwargs, error, text) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -22,24 +24,30 @@ def _positions(found) -> list[tuple[int, int]]:
 
 def test_k_best_in_order_with_threshold() -> None:
     scores = _map({(5, 5): 0.5, (20, 30): 0.9, (10, 20): 0.7})
-    found = slidesim.find_peaks(scores, k=5, threshold=0.1, subpixel=False)
+    found = slidesim.find_peaks(scores, k=5, threshold=0.1, subpixel=False, metric="zncc")
     assert _positions(found) == [(20, 30), (10, 20), (5, 5)]
     np.testing.assert_allclose(found.score, [0.9, 0.7, 0.5])
-    assert _positions(slidesim.find_peaks(scores, k=2, threshold=0.1, subpixel=False)) == [(20, 30), (10, 20)]
-    assert _positions(slidesim.find_peaks(scores, k=5, threshold=0.6, subpixel=False)) == [(20, 30), (10, 20)]
+    assert _positions(slidesim.find_peaks(scores, k=2, threshold=0.1, subpixel=False, metric="zncc")) == [
+        (20, 30),
+        (10, 20),
+    ]
+    assert _positions(slidesim.find_peaks(scores, k=5, threshold=0.6, subpixel=False, metric="zncc")) == [
+        (20, 30),
+        (10, 20),
+    ]
 
 
 def test_min_distance_suppresses_the_weaker_neighbour() -> None:
     scores = _map({(10, 10): 0.9, (10, 14): 0.8, (25, 35): 0.3})
-    both = slidesim.find_peaks(scores, k=3, threshold=0.1, min_distance=4, subpixel=False)
+    both = slidesim.find_peaks(scores, k=3, threshold=0.1, min_distance=4, subpixel=False, metric="ncc")
     assert _positions(both) == [(10, 10), (10, 14), (25, 35)]  # 4 apart: not closer than 4
-    one = slidesim.find_peaks(scores, k=3, threshold=0.1, min_distance=5, subpixel=False)
+    one = slidesim.find_peaks(scores, k=3, threshold=0.1, min_distance=5, subpixel=False, metric="ncc")
     assert _positions(one) == [(10, 10), (25, 35)]
 
 
 def test_plateau_ties_go_to_the_first_position() -> None:
     scores = _map({(8, 8): 1.0, (8, 9): 1.0, (9, 8): 1.0})
-    found = slidesim.find_peaks(scores, k=3, threshold=0.5, min_distance=3, subpixel=False)
+    found = slidesim.find_peaks(scores, k=3, threshold=0.5, min_distance=3, subpixel=False, higher_is_better=True)
     assert _positions(found) == [(8, 8)]
 
 
@@ -57,7 +65,7 @@ def test_non_finite_scores_are_never_peaks() -> None:
     scores = _map({(4, 4): 0.9})
     scores[10, 10] = np.nan
     scores[12, 12] = np.inf
-    found = slidesim.find_peaks(scores, k=3, threshold=0.1)
+    found = slidesim.find_peaks(scores, k=3, threshold=0.1, metric="zncc")
     assert _positions(found) == [(4, 4)]
 
 
@@ -66,7 +74,7 @@ def test_batches_templates_and_torch_in_torch_out() -> None:
     for b in range(2):
         for t in range(3):
             scores[b, t, 3 + b, 4 + t] = 1 + b + t
-    found = slidesim.find_peaks(scores, k=1, threshold=0.5)
+    found = slidesim.find_peaks(scores, k=1, threshold=0.5, higher_is_better=True)
     assert isinstance(found.y, torch.Tensor)
     assert found.batch.tolist() == [0, 0, 0, 1, 1, 1]
     assert found.template.tolist() == [0, 1, 2, 0, 1, 2]
@@ -80,7 +88,7 @@ def test_subpixel_surface_fit_recovers_a_quadratic_peak(cy, cx) -> None:
     yy, xx = np.mgrid[0:20, 0:20].astype(np.float64)
     dy, dx = yy - cy, xx - cx
     surface = 1 - (2 * dy * dy + dx * dx + 1.2 * dy * dx)  # anisotropic, with a cross term
-    found = slidesim.find_peaks(surface, k=1)
+    found = slidesim.find_peaks(surface, k=1, metric="ccoeff")
     assert abs(float(found.y[0]) - cy) < 1e-9 and abs(float(found.x[0]) - cx) < 1e-9
     assert abs(float(found.score[0]) - 1) < 1e-9
     minimum = slidesim.find_peaks(-surface, k=1, metric="sad")
@@ -89,7 +97,7 @@ def test_subpixel_surface_fit_recovers_a_quadratic_peak(cy, cx) -> None:
 
 def test_peak_on_the_edge_keeps_the_integer_position_along_that_axis() -> None:
     scores = _map({(0, 10): 1.0, (1, 10): 0.5, (0, 9): 0.6, (0, 11): 0.4})
-    found = slidesim.find_peaks(scores, k=1)
+    found = slidesim.find_peaks(scores, k=1, metric="zncc")
     assert float(found.y[0]) == 0.0
     assert 9.5 <= float(found.x[0]) < 10.0
 
@@ -104,20 +112,154 @@ def test_peak_on_the_edge_keeps_the_integer_position_along_that_axis() -> None:
         ({"threshold": "high"}, TypeError, "`threshold`"),
         ({"metric": "nope"}, ValueError, "metric"),
         ({"higher_is_better": 1}, TypeError, "`higher_is_better`"),
+        ({"k": True}, TypeError, "`k`"),
+        ({"min_distance": -3}, ValueError, "`min_distance`"),
     ],
 )
 def test_bad_arguments(kwargs, error, text) -> None:
     with pytest.raises(error, match=text):
-        slidesim.find_peaks(np.zeros((5, 5), np.float32), **kwargs)
+        slidesim.find_peaks(np.zeros((5, 5), np.float32), **{"metric": "zncc", **kwargs})
 
 
 def test_bad_scores() -> None:
     with pytest.raises(ValueError, match=r"`scores` must be \[H', W'\] or \[B, T, H', W'\]"):
-        slidesim.find_peaks(np.zeros((2, 5, 5), np.float32))
+        slidesim.find_peaks(np.zeros((2, 5, 5), np.float32), metric="zncc")
     with pytest.raises(TypeError, match="`scores`"):
-        slidesim.find_peaks([[0.0, 1.0]])
+        slidesim.find_peaks([[0.0, 1.0]], metric="zncc")
     with pytest.raises(TypeError, match="`scores`"):
-        slidesim.find_peaks(np.zeros((4, 4), complex))
+        slidesim.find_peaks(np.zeros((4, 4), complex), metric="zncc")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "text"),
+    [
+        ({"subpixel": "yes"}, TypeError, "`subpixel` must be True or False"),
+        ({"subpixel": 1}, TypeError, "`subpixel` must be True or False"),
+        ({"threshold": float("nan")}, ValueError, "`threshold` .* got NaN"),
+        ({"metric": "ssd", "higher_is_better": True}, ValueError, "`higher_is_better=True` contradicts `metric='ssd'`"),
+        ({"metric": "zncc", "higher_is_better": False}, ValueError, "contradicts `metric='zncc'`"),
+        ({"metric": None, "higher_is_better": "yes"}, TypeError, "`higher_is_better`"),
+        ({"images": np.zeros((5, 5), np.float32)}, ValueError, "`templates` must be given with `images`"),
+        ({"templates": np.zeros((2, 2), np.float32)}, ValueError, "`images` must be given with `templates`"),
+    ],
+)
+def test_malformed_options_get_the_projects_errors(kwargs, error, text) -> None:
+    with pytest.raises(error, match=text):
+        slidesim.find_peaks(np.zeros((5, 5), np.float32), **{"metric": "zncc", **kwargs})
+
+
+@pytest.mark.parametrize("scores", [np.zeros((4, 4), np.float32), torch.zeros(1, 1, 4, 4)])
+def test_the_direction_is_required(scores) -> None:
+    """A map does not say whether it holds similarities or distances: guessing maxima returned an ssd map's worst
+    position. Without ``metric`` or ``higher_is_better`` the call names both and the minimized metrics."""
+    with pytest.raises(TypeError) as caught:
+        slidesim.find_peaks(scores)
+    message = str(caught.value)
+    assert "`metric`" in message and "`higher_is_better`" in message
+    assert "sad, mad, ssd, ssd_normed are minimized" in message and "metric='ssd'" in message
+    distances = np.full((9, 9), 4.0, np.float32)
+    distances[3, 5] = 0.0  # the best ssd position
+    found = slidesim.find_peaks(distances, metric="ssd", subpixel=False)
+    assert _positions(found) == [(3, 5)]
+    assert _positions(slidesim.find_peaks(distances, higher_is_better=np.bool_(False), subpixel=False)) == [(3, 5)]
+
+
+def test_refinement_on_the_data_needs_the_metric() -> None:
+    image = np.random.default_rng(3).random((20, 20)).astype(np.float32)
+    scores = slidesim.similarity(image, image[5:10, 5:10].copy(), metric="ssd")
+    with pytest.raises(TypeError, match="`metric` must be given with `images`"):
+        slidesim.find_peaks(scores, higher_is_better=False, images=image, templates=image[5:10, 5:10].copy())
+
+
+@pytest.mark.parametrize(
+    "scores",
+    [
+        np.zeros((0, 5), np.float32),
+        np.zeros((1, 1, 0, 0), np.float32),
+        np.zeros((0, 1, 5, 5), np.float32),
+        torch.zeros(1, 0, 5, 5),
+    ],
+)
+def test_an_empty_map_is_an_error_naming_scores(scores) -> None:
+    """similarity never returns an empty map (templates larger than the image are refused), so an empty one is a
+    mistake upstream: say so rather than let torch's pooling fail."""
+    with pytest.raises(ValueError, match=r"`scores` must hold at least one score; got shape"):
+        slidesim.find_peaks(scores, metric="zncc")
+
+
+@pytest.mark.parametrize(
+    ("scores", "error"),
+    [
+        (np.zeros(5, np.float32), ValueError),
+        (np.zeros((1, 1, 1, 5, 5), np.float32), ValueError),
+        (np.zeros((5, 5), bool), TypeError),
+        (torch.zeros(5, 5, dtype=torch.bool), TypeError),
+        (np.array([["a", "b"]]), TypeError),
+    ],
+)
+def test_malformed_scores(scores, error) -> None:
+    with pytest.raises(error, match="`scores`"):
+        slidesim.find_peaks(scores, metric="zncc")
+
+
+def _greedy_peaks(scores: np.ndarray, k: int, min_distance: int) -> list[tuple[int, int]]:
+    """The definition, pixel by pixel: local maxima of the (2r + 1)² window (r = max(1, min_distance − 1)), best
+    first with ties in row-major order, each kept unless a kept one lies closer than min_distance."""
+    H, W = scores.shape
+    r = max(1, min_distance - 1)
+    key = np.where(np.isfinite(scores), scores, -np.inf)
+    candidates = []
+    for y in range(H):
+        for x in range(W):
+            window = key[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1]
+            if key[y, x] > -np.inf and key[y, x] == window.max():
+                candidates.append((-key[y, x], y * W + x, y, x))
+    kept: list[tuple[int, int]] = []
+    for _, _, y, x in sorted(candidates):
+        if all(max(abs(y - ky), abs(x - kx)) >= min_distance for ky, kx in kept) and len(kept) < k:
+            kept.append((y, x))
+    return kept
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_suppression_matches_the_definition_on_plateaus_and_ties(seed) -> None:
+    """Integer peaks agree with a pixel-by-pixel greedy suppression, on maps of few levels (plateaus, ties)."""
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 3, (23, 31)).astype(np.float32)
+    scores += np.where(rng.random(scores.shape) < 0.3, rng.random(scores.shape), 0).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.05] = np.nan
+    for k, min_distance in [(1, 1), (7, 2), (1000, 2), (1000, 3), (5, 6), (1000, 40)]:
+        found = slidesim.find_peaks(scores, k=k, min_distance=min_distance, subpixel=False, metric="zncc")
+        assert _positions(found) == _greedy_peaks(scores, k, min_distance), (k, min_distance)
+
+
+def _python_calls(function) -> int:
+    """Python-level calls and generator resumptions made while ``function`` runs."""
+    count = 0
+
+    def profile(frame, event, arg) -> None:
+        nonlocal count
+        count += event == "call"
+
+    sys.setprofile(profile)
+    try:
+        function()
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+def test_suppression_work_grows_with_the_candidates_not_their_square() -> None:
+    """Asking for every peak of a map with many must not compare each candidate with every kept one: Python-level
+    work stays within a few calls per candidate (a per-pair check made millions here)."""
+    rng = np.random.default_rng(4)
+    scores = np.zeros((120, 120), np.float32)
+    scores[1::3, 1::3] = rng.random((40, 40)) + 1  # 1600 separate peaks, 3 px apart
+    scores[60:90, :30] = 0.5  # and a plateau, where ties decide
+    found = []
+    calls = _python_calls(lambda: found.append(slidesim.find_peaks(scores, k=10**6, min_distance=2, metric="ncc")))
+    assert len(found[0]) > 1600
+    assert calls < 40 * len(found[0])
 
 
 def test_refinement_on_the_data_beats_the_surface_fit() -> None:
@@ -131,13 +273,13 @@ def test_refinement_on_the_data_beats_the_surface_fit() -> None:
     scene = ndimage.shift(base, (fy, fx), order=3, mode="reflect").astype(np.float32)
     template = base[30:50, 40:60].astype(np.float32)
     scores = slidesim.similarity(scene, template)
-    surface = slidesim.find_peaks(scores, k=1)
+    surface = slidesim.find_peaks(scores, k=1, metric="zncc")
     data = slidesim.find_peaks(scores, k=1, images=scene, templates=template, metric="zncc")
     assert abs(data.y[0] - (30 + fy)) < 0.02 and abs(data.x[0] - (40 + fx)) < 0.02
     surface_error = max(abs(surface.y[0] - (30 + fy)), abs(surface.x[0] - (40 + fx)))
     assert surface_error > 2 * max(abs(data.y[0] - (30 + fy)), abs(data.x[0] - (40 + fx)))
     strided = slidesim.similarity(scene, template, stride=2)
-    again = slidesim.find_peaks(strided, k=1, images=scene, templates=template, stride=2)
+    again = slidesim.find_peaks(strided, k=1, images=scene, templates=template, stride=2, metric="zncc")
     assert abs(again.y[0] - (30 + fy) / 2) < 0.01 and abs(again.x[0] - (40 + fx) / 2) < 0.01
     with pytest.raises(ValueError, match="did not come from these images"):
-        slidesim.find_peaks(strided, images=scene, templates=template)
+        slidesim.find_peaks(strided, images=scene, templates=template, metric="zncc")

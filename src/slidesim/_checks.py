@@ -46,12 +46,23 @@ def check_int(name: str, value: object, low: int) -> int:
     return int(value)
 
 
+def check_bool(name: str, value: object) -> bool:
+    """``value`` as a bool: True or False (numpy's bools too), never a truthy string or number."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise SlidesimTypeError(f"`{name}` must be True or False; got {value!r}.")
+    return bool(value)
+
+
 def check_threshold(threshold: object) -> float | None:
     """A score threshold: a real number that is not NaN, or None."""
     if threshold is None:
         return None
-    if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or threshold != threshold:
+    if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool):
         raise SlidesimTypeError(f"`threshold` must be a real number or None; got {threshold!r}.")
+    if threshold != threshold:
+        raise SlidesimValueError(
+            "`threshold` must be a score to compare with, or None for no threshold; got NaN, which no score passes."
+        )
     return float(threshold)
 
 

@@ -74,19 +74,24 @@ def parse_range(text: str, name: str, inclusive: bool) -> list[float]:
 
 
 def _progress(quiet: bool) -> Callable[[int, int], None] | None:
-    """A tqdm progress bar when stderr is a terminal (and tqdm is installed), else None."""
+    """Progress bars (tqdm) when stderr is a terminal (and tqdm is installed), else None: one for the templates of
+    the bank, then one for the matches refined to sub-pixel positions (match's phases each count from 0)."""
     if quiet or not sys.stderr.isatty():
         return None
     try:
         from tqdm import tqdm
     except ImportError:
         return None
+    phases = iter((("templates", "tpl"), ("refining matches", "match")))
     bar = None
 
     def update(done: int, total: int) -> None:
         nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc="templates", unit="tpl", leave=False, file=sys.stderr)
+        if bar is None or done < bar.n or total != bar.total:  # a new phase
+            if bar is not None:
+                bar.close()
+            desc, unit = next(phases, ("working", "step"))
+            bar = tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr)
         bar.update(done - bar.n)
         if done >= total:
             bar.close()

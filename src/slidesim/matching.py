@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checks import check_factors, check_int, check_threshold
+from ._checks import check_bool, check_factors, check_int, check_threshold
 from ._geometry import pad_amounts
 from ._refine import bank_member, refine_on_data
 from ._types import ArrayLike
@@ -274,7 +274,10 @@ def match(
         scales: Scale factors, for example ``[0.8, 0.9, 1.0, 1.1, 1.25]``.
         subpixel: Refine positions on the image data to a fraction of a pixel.
         exclude_border: Ignore matches within this many score-map pixels of the map's edges.
-        progress: Called as progress(done, total) after each chunk of the bank (for progress bars).
+        progress: Called as progress(done, total) after each chunk of the bank (templates done of all), then,
+            with sub-pixel refinement, from progress(0, matches) again after each refined match: each phase
+            counts from 0 (for progress bars; refinement costs milliseconds per match, which adds up for
+            large k).
         **options: stride, dilation, mode, padding, pad_value, mask, channels ("joint" or "mean"), circular,
             method, memory_limit: as for :func:`slidesim.similarity`. A mask is rotated and scaled with its
             template.
@@ -284,7 +287,7 @@ def match(
 
     Raises:
         SlidesimTypeError: As for similarity; k, min_distance not ints; rotations or scales not sequences of
-            real numbers.
+            real numbers; subpixel not a bool.
         SlidesimValueError: As for similarity; empty or non-finite rotations, non-positive scales,
             channels="separate"; scales that shrink the template below 2 pixels or (mode "valid") grow its canvas
             beyond the images, with the usable range; one transform and its score maps over ``memory_limit``.
@@ -307,6 +310,7 @@ def match(
         (270.0, 25.0, 34.0)
     """
     search = prepare(metric, k, min_distance, threshold, rotations, scales, exclude_border, options)
+    subpixel = check_bool("subpixel", subpixel)
     call = search.call
     canon = canonicalize(images, templates, **call)
     h, w = canon.templates.shape[-2:]
@@ -315,7 +319,7 @@ def match(
     best, which, canon = best_of_stream(canon, stream, progress)
     higher = canon.spec.higher_is_better
     found = locate_peaks(best, search.k, search.distance(h, w), search.threshold, search.border, higher)
-    columns = _columns(canon, call, found, best, which, stream, subpixel)
+    columns = _columns(canon, call, found, best, which, stream, subpixel, progress)
     if numpy_out:
         return Matches(*(c.numpy() for c in columns), maps=best.cpu().numpy())
     return Matches(*(c.to(canon.images.device) for c in columns), maps=best)
@@ -461,14 +465,15 @@ def bank_members(
 def _columns(
     canon: Canonical,
     call: dict[str, Any],
-    found: list[tuple[int, int, int, int]],
+    found: torch.Tensor,
     best: torch.Tensor,
     which: torch.Tensor,
     stream: TransformStream | None,
     subpixel: bool,
+    progress: Callable[[int, int], None] | None,
 ) -> list[torch.Tensor]:
-    """The fields of :class:`Matches` for integer peaks (b, t, y, x) of the best map, on the CPU; ``canon`` is a
-    validated call with the bank's geometry."""
+    """The fields of :class:`Matches` for integer peaks found [N, 4] (b, t, y, x) of the best map, on the CPU;
+    ``canon`` is a validated call with the bank's geometry."""
     angles = torch.zeros(1, dtype=torch.float64) if stream is None else stream.angles
     scales = torch.ones(1, dtype=torch.float64) if stream is None else stream.scales
     R = len(angles)
@@ -476,15 +481,23 @@ def _columns(
     higher = canon.spec.higher_is_better
     (sy, sx) = canon.stride
     oy, ox = window_origin(canon)
+    b, t, y, x = found.to(best.device).T
+    # one gather for every peak: a lookup per peak costs more than the peak search itself for large k
+    transforms = which[b, t, y, x].tolist()
+    scores = best[b, t, y, x].tolist()
+    angle_of, scale_of = angles.tolist(), scales.tolist()
     rows = []
-    for b, t, y, x in found:
-        r = int(which[b, t, y, x])
+    if subpixel and progress is not None and len(found):
+        progress(0, len(found))
+    for i, (b, t, y, x) in enumerate(found.tolist()):
+        r, score = transforms[i], scores[i]
         cy, cx = y * sy + oy, x * sx + ox
-        score = float(best[b, t, y, x])
         if subpixel:
             template, weights = member(b, t * R + r)
             cy, cx, score = refine_on_data(canon.images[b], template, weights, (cy, cx), canon.dilation, higher, call)
-        rows.append((b, t, cy, cx, score, float(angles[r]), float(scales[r])))
+            if progress is not None:
+                progress(i + 1, len(found))
+        rows.append((b, t, cy, cx, score, angle_of[r], scale_of[r]))
     columns = list(zip(*best_first(rows, higher), strict=True)) if rows else [()] * 7
     ints = [torch.tensor(c, dtype=torch.int64) for c in columns[:2]]
     floats = [torch.tensor(c, dtype=torch.float64) for c in columns[2:]]

@@ -18,14 +18,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_int, check_threshold
+from ._checks import check_bool, check_int, check_threshold
 from ._refine import refine_peak
 from ._types import ArrayLike
 from ._validate import canonicalize, window_origin, with_defaults
 from .errors import SlidesimTypeError, SlidesimValueError
-from .metrics import resolve_metric
+from .metrics import METRICS, resolve_metric
 
 __all__ = ["Peaks", "find_peaks"]
+
+_DECISIONS_PER_BATCH = 4096  # crowded candidates turned into Python numbers at a time by the greedy suppression
 
 
 @dataclass(frozen=True)
@@ -52,15 +54,31 @@ class Peaks:
         return len(self.batch)
 
 
-def direction(higher_is_better: bool | None, metric: str | None) -> bool:
-    """Whether larger scores are better: ``higher_is_better`` if given, else the metric's, else True."""
-    if higher_is_better is not None:
-        if not isinstance(higher_is_better, bool):
-            raise SlidesimTypeError(f"`higher_is_better` must be True, False or None; got {higher_is_better!r}.")
-        return higher_is_better
-    if metric is not None:
-        return resolve_metric(metric).higher_is_better
-    return True
+_MINIMIZED = ", ".join(name for name, spec in METRICS.items() if not spec.higher_is_better)
+
+
+def direction(higher_is_better: object, metric: object) -> bool:
+    """Whether larger scores are better, from ``metric`` or ``higher_is_better``: one of them is required (a score
+    map does not say which way it points, and the wrong way returns the worst positions), and both must agree."""
+    if higher_is_better is None and metric is None:
+        raise SlidesimTypeError(
+            "`find_peaks` needs to know which scores are best: pass `metric` (the metric that produced the scores) "
+            "or `higher_is_better` (True for maxima, False for minima); got neither. "
+            f"{_MINIMIZED} are minimized, the others maximized: for example "
+            "find_peaks(scores, metric='ssd') or find_peaks(scores, higher_is_better=False)."
+        )
+    if higher_is_better is not None and not isinstance(higher_is_better, (bool, np.bool_)):
+        raise SlidesimTypeError(f"`higher_is_better` must be True, False or None; got {higher_is_better!r}.")
+    if metric is None:
+        return bool(higher_is_better)
+    spec = resolve_metric(metric)
+    if higher_is_better is not None and bool(higher_is_better) != spec.higher_is_better:
+        best = "highest" if spec.higher_is_better else "lowest"
+        raise SlidesimValueError(
+            f"`higher_is_better={higher_is_better}` contradicts `metric={metric!r}`, whose best scores are the "
+            f"{best}; pass `metric` alone."
+        )
+    return spec.higher_is_better
 
 
 def _as_maps(scores: object) -> tuple[torch.Tensor, bool, bool]:
@@ -76,6 +94,11 @@ def _as_maps(scores: object) -> tuple[torch.Tensor, bool, bool]:
         maps = scores.detach()
     else:
         raise SlidesimTypeError(f"`scores` must be a numpy array or a torch tensor; got {type(scores).__name__}.")
+    if maps.numel() == 0:
+        raise SlidesimValueError(
+            f"`scores` must hold at least one score; got shape {tuple(maps.shape)}. Pass the maps similarity "
+            "returned (they are never empty)."
+        )
     if maps.ndim == 2:
         return maps[None, None], numpy_out, True
     if maps.ndim != 4:
@@ -101,6 +124,8 @@ def find_peaks(
 ) -> Peaks:
     """The k best peaks of every score map, per image and per template.
 
+    Which scores are best is not in the map: give ``metric`` (the metric that produced it) or ``higher_is_better``.
+
     Args:
         scores: Maps [B, T, H', W'] or [H', W'], as :func:`slidesim.similarity` returns them.
         k: Peaks per image and template (fewer when fewer exist).
@@ -110,55 +135,86 @@ def find_peaks(
         exclude_border: Ignore peaks within this many pixels of the map's edges.
         subpixel: Sub-pixel positions: refined on the data when ``images`` and ``templates`` are given (as
             :func:`slidesim.match` does), otherwise the vertex of a quadratic fitted to the 3 × 3 neighbourhood.
-        higher_is_better: Whether peaks are maxima (True) or minima (False). Default: from ``metric``.
-        metric: The metric that produced the scores (sad, mad, ssd and ssd_normed are minima); default maxima.
+        higher_is_better: Whether peaks are maxima (True) or minima (False). Required unless ``metric`` is given.
+        metric: The metric that produced the scores (sad, mad, ssd and ssd_normed are minima, the others maxima).
+            Required unless ``higher_is_better`` is given, and always with ``images`` (refinement scores with it).
         images: The images the scores came from, for refinement on the data.
         templates: Their templates.
         **options: The other options of the :func:`slidesim.similarity` call that produced the scores (stride,
             mode, mask...), for refinement on the data.
 
     Returns:
-        :class:`Peaks` ordered by image, then template, then best first.
+        :class:`Peaks` ordered by image, then template, then best first (equal scores: the earlier position in
+        row-major order).
 
     Raises:
-        SlidesimTypeError: scores not an array of real numbers; k, min_distance or exclude_border not ints.
-        SlidesimValueError: scores of another rank; negative counts or distances; an unknown metric.
+        SlidesimTypeError: Neither ``metric`` nor ``higher_is_better`` given (or no ``metric`` with ``images``);
+            scores not an array of real numbers; k, min_distance or exclude_border not ints; subpixel or
+            higher_is_better not a bool; threshold not a number.
+        SlidesimValueError: Empty scores or scores of another rank; k or min_distance below 1, exclude_border
+            below 0; a NaN threshold; an unknown metric, or one that contradicts ``higher_is_better``.
+
+    Cost:
+        Linear in the map's size and in its local maxima, whatever ``k``: one max-pool finds the candidates, one
+        sort orders them, and suppression looks up kept peaks in a grid of cells. Refinement on the data costs a
+        few milliseconds per peak (it scores a few hundred resampled windows); the quadratic fit is vectorized.
 
     Examples:
         >>> import numpy as np, slidesim
         >>> scores = np.zeros((1, 1, 20, 20), np.float32)
         >>> scores[0, 0, 4, 5], scores[0, 0, 12, 15], scores[0, 0, 13, 15] = 0.9, 0.8, 0.7
-        >>> peaks = slidesim.find_peaks(scores, k=3, threshold=0.5, subpixel=False)
+        >>> peaks = slidesim.find_peaks(scores, k=3, threshold=0.5, subpixel=False, metric="zncc")
         >>> [(int(y), int(x), round(float(s), 2)) for y, x, s in zip(peaks.y, peaks.x, peaks.score)]
         [(4, 5, 0.9), (12, 15, 0.8)]
-        >>> len(slidesim.find_peaks(scores, k=3, threshold=0.5, min_distance=3))  # (13, 15) lies next to a better peak
+        >>> len(slidesim.find_peaks(scores, k=3, threshold=0.5, min_distance=3, higher_is_better=True))
         2
+        >>> distances = 1 - scores  # ssd, sad...: the best positions are the lowest scores
+        >>> peaks = slidesim.find_peaks(distances, k=1, subpixel=False, metric="ssd")
+        >>> int(peaks.y[0]), int(peaks.x[0])
+        (4, 5)
     """
     maps, numpy_out, _ = _as_maps(scores)
     k = check_int("k", k, 1)
     distance = 1 if min_distance is None else check_int("min_distance", min_distance, 1)
     border = check_int("exclude_border", exclude_border, 0)
+    threshold = check_threshold(threshold)
+    subpixel = check_bool("subpixel", subpixel)
     higher = direction(higher_is_better, metric)
-    found = locate_peaks(maps, k, distance, check_threshold(threshold), border, higher)
-    columns = torch.tensor(found, dtype=torch.int64).reshape(-1, 4).T
-    batch, template, y, x = columns
+    _check_data(images, templates, metric)
+    table = locate_peaks(maps, k, distance, threshold, border, higher)
+    batch, template, y, x = table.T
     values = maps[batch, template, y, x].to(torch.float64)
     fy, fx = y.to(torch.float64), x.to(torch.float64)
-    if subpixel and len(found) and images is not None:
-        fy, fx, values = _refined_on_data(found, maps, metric, images, templates, options)
-    elif subpixel and len(found):
+    if subpixel and len(table) and images is not None:
+        fy, fx, values = _refined_on_data(table.tolist(), maps, metric, images, templates, options)
+    elif subpixel and len(table):
         flat = maps.reshape(-1, *maps.shape[-2:])
         fy, fx, values = surface_offsets(flat, batch * maps.shape[1] + template, y, x, higher)
     return _package(batch, template, fy, fx, values, maps, numpy_out)
 
 
+def _check_data(images: object, templates: object, metric: object) -> None:
+    """Refinement on the data needs the images, their templates and the metric to score them with."""
+    if images is None and templates is None:
+        return
+    if images is None or templates is None:
+        given, missing = ("images", "templates") if templates is None else ("templates", "images")
+        raise SlidesimValueError(
+            f"`{missing}` must be given with `{given}` to refine peaks on the data; pass both, or neither for the "
+            "quadratic fit of the map."
+        )
+    if metric is None:
+        raise SlidesimTypeError(
+            "`metric` must be given with `images`: refinement on the data scores resampled windows with it; pass "
+            "the metric of the similarity call, for example metric='zncc'."
+        )
+
+
 def _refined_on_data(
-    found: list[tuple[int, int, int, int]], maps: torch.Tensor, metric: str | None, images, templates, options
+    found: list[list[int]], maps: torch.Tensor, metric: str, images, templates, options
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Peaks refined on the data, back in score-map coordinates: (y, x, score)."""
-    if templates is None:
-        raise SlidesimValueError("`templates` must be given with `images` to refine peaks on the data.")
-    call = with_defaults({**options, "metric": metric or "zncc"})
+    """Peaks (b, t, y, x) refined on the data, back in score-map coordinates: (y, x, score)."""
+    call = with_defaults({**options, "metric": metric})
     canon = canonicalize(images, templates, **call)
     expected = (canon.images.shape[0], canon.templates.shape[1], canon.problem.out_height, canon.problem.out_width)
     if tuple(maps.shape) != expected:
@@ -182,39 +238,117 @@ def _package(batch, template, y, x, score, maps: torch.Tensor, numpy_out: bool) 
 
 def locate_peaks(
     maps: torch.Tensor, k: int, min_distance: int, threshold: float | None, border: int, higher: bool
-) -> list[tuple[int, int, int, int]]:
-    """Integer peaks (b, t, y, x) of maps [B, T, H, W], best first per (b, t)."""
+) -> torch.Tensor:
+    """Integer peaks of maps [B, T, H, W] as rows (b, t, y, x) [N, 4] int64 on the CPU, best first per (b, t),
+    equal scores in row-major order.
+
+    A peak is a local maximum of the ranking key over a (2r + 1)² window, r = max(1, min_distance − 1); of two
+    peaks closer than min_distance the first in that order suppresses the other (greedy). Only candidates with
+    another candidate that close can suppress or be suppressed (a candidate is the maximum of its whole window,
+    so these are ties on plateaus); all others are kept without a look. The work is linear in the map and its
+    candidates, never k × candidates.
+    """
     B, T, H, W = maps.shape
-    key = maps.to(torch.float64) if higher else -maps.to(torch.float64)
+    key = _ranking_key(maps, threshold, border, higher).reshape(B * T, 1, H, W)
+    reach = min(min_distance - 1, max(H, W))  # a window wider than the map sees no more of it
+    candidate = _local_maxima(key, max(1, reach))
+    group, flat = candidate.reshape(B * T, H * W).nonzero(as_tuple=True)
+    order = torch.argsort(key.reshape(B * T, H * W)[group, flat], descending=True, stable=True)
+    order = order[torch.argsort(group[order], stable=True)]  # by map, best first; ties keep row-major order
+    group, flat = group[order].cpu(), flat[order].cpu()
+    if reach >= 1 and len(group):
+        crowded = _crowded(candidate, reach).reshape(B * T, H * W)[group.to(key.device), flat.to(key.device)]
+        kept = _suppress(group, flat // W, flat % W, crowded.cpu(), k, min_distance)
+        group, flat = group[kept], flat[kept]
+    first_k = _rank_in_group(group) < k
+    group, flat = group[first_k], flat[first_k]
+    return torch.stack([group // T, group % T, flat // W, flat % W], dim=1)
+
+
+def _ranking_key(maps: torch.Tensor, threshold: float | None, border: int, higher: bool) -> torch.Tensor:
+    """Maps [B, T, H, W] as floats where larger is better, −inf wherever no peak may be: non-finite scores,
+    scores worse than the threshold, the border. float32 maps stay float32 (exact, and half the work of the
+    pooling); the threshold is compared in float64, as given."""
+    H, W = maps.shape[-2:]
+    exact = torch.float32 if maps.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float64
+    key = maps.to(exact) if higher else -maps.to(exact)
     key = torch.where(torch.isfinite(key), key, -torch.inf)
     if threshold is not None:
-        key = torch.where(key >= (threshold if higher else -threshold), key, -torch.inf)
+        scores = maps.to(torch.float64)
+        passes = scores >= threshold if higher else scores <= threshold
+        key = torch.where(passes, key, -torch.inf)
     if border:
         key[..., :border, :] = -torch.inf
-        key[..., H - border :, :] = -torch.inf
+        key[..., max(H - border, 0) :, :] = -torch.inf
         key[..., :, :border] = -torch.inf
-        key[..., :, W - border :] = -torch.inf
-    radius = max(1, min_distance - 1)
+        key[..., :, max(W - border, 0) :] = -torch.inf
+    return key
+
+
+def _local_maxima(key: torch.Tensor, radius: int) -> torch.Tensor:
+    """Where key [G, 1, H, W] is finite and the maximum of its (2·radius + 1)² window -> bool [G, 1, H, W]."""
     # separable: rows then columns, O(radius) per pixel rather than O(radius²)
-    pooled = F.max_pool2d(key.reshape(B * T, 1, H, W), (1, 2 * radius + 1), stride=1, padding=(0, radius))
+    pooled = F.max_pool2d(key, (1, 2 * radius + 1), stride=1, padding=(0, radius))
     pooled = F.max_pool2d(pooled, (2 * radius + 1, 1), stride=1, padding=(radius, 0))
-    candidates = (key.reshape(B * T, 1, H, W) == pooled) & (pooled > -torch.inf)
-    peaks = []
-    for index in range(B * T):
-        where = candidates[index, 0].reshape(-1).nonzero().squeeze(1)
-        if where.numel() == 0:
-            continue
-        values = key[index // T, index % T].reshape(-1)[where]
-        order = torch.argsort(values, descending=True, stable=True)  # ties: the earlier position first
-        accepted: list[tuple[int, int]] = []
-        for flat in where[order].tolist():
-            y, x = divmod(flat, W)
-            if all(max(abs(y - ay), abs(x - ax)) >= min_distance for ay, ax in accepted):
-                accepted.append((y, x))
-                if len(accepted) == k:
-                    break
-        peaks.extend((index // T, index % T, y, x) for y, x in accepted)
-    return peaks
+    return (key == pooled) & (pooled > -torch.inf)
+
+
+def _crowded(candidate: torch.Tensor, reach: int) -> torch.Tensor:
+    """Where a candidate [G, 1, H, W] has another candidate within Chebyshev distance ``reach`` -> bool [G, H, W].
+    Window counts from an integral image: exact, and O(1) per pixel whatever the reach."""
+    H, W = candidate.shape[-2:]
+    span = 2 * reach + 1
+    padded = F.pad(candidate[:, 0].to(torch.int32), (reach + 1, reach, reach + 1, reach))
+    # sums[i, j]: candidates in padded rows <= i, columns <= j (at most H·W: int32 holds it)
+    sums = padded.cumsum(-1, dtype=torch.int32).cumsum(-2, dtype=torch.int32)
+    counts = sums[:, span:, span:] - sums[:, :-span, span:] - sums[:, span:, :-span] + sums[:, :-span, :-span]
+    return candidate[:, 0] & (counts[:, :H, :W] > 1)
+
+
+def _suppress(
+    group: torch.Tensor, y: torch.Tensor, x: torch.Tensor, crowded: torch.Tensor, k: int, min_distance: int
+) -> torch.Tensor:
+    """Which candidates [N] (map index, row, column; best first within each map) survive greedy suppression
+    -> bool [N].
+
+    Uncrowded candidates (``crowded`` False) always survive and never suppress another. Crowded ones are decided
+    in order: a kept peak lies in a cell of min_distance × min_distance pixels, which holds at most one (two
+    points in one cell are closer than min_distance), so each decision looks at nine cells. Candidates after
+    their map's k-th survivor are not looked at (they are reported as suppressed: no caller keeps them)."""
+    keep = (~crowded).numpy().copy()
+    # uncrowded candidates of the same map before each one: survivors whatever the greedy decides
+    calm = (~crowded).to(torch.int64)
+    before = calm.cumsum(0) - calm
+    before = before - before[torch.searchsorted(group, group)]
+    pending = (crowded & (before < k)).nonzero().squeeze(1)
+    cells: dict[tuple[int, int, int], tuple[int, int]] = {}
+    taken: dict[int, int] = {}  # crowded candidates kept so far, per map
+    full: set[int] = set()  # maps whose k-th survivor is known
+    d = min_distance
+    for start in range(0, len(pending), _DECISIONS_PER_BATCH):
+        batch = pending[start : start + _DECISIONS_PER_BATCH]
+        if full:  # a plateau of a map already done need not be walked
+            batch = batch[~torch.isin(group[batch], torch.tensor(sorted(full)))]
+        columns = (batch, group[batch], y[batch], x[batch], before[batch])
+        for index, g, py, px, calm_before in zip(*(column.tolist() for column in columns), strict=True):
+            if g in full:
+                continue
+            if calm_before + taken.get(g, 0) >= k:
+                full.add(g)
+                continue
+            cy, cx = py // d, px // d
+            near = (cells.get((g, cy + dy, cx + dx)) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+            if any(p is not None and max(abs(p[0] - py), abs(p[1] - px)) < d for p in near):
+                continue
+            cells[(g, cy, cx)] = (py, px)
+            taken[g] = taken.get(g, 0) + 1
+            keep[index] = True
+    return torch.from_numpy(keep)
+
+
+def _rank_in_group(group: torch.Tensor) -> torch.Tensor:
+    """Position of each entry within its run of equal values of a sorted [N] -> [N] int64."""
+    return torch.arange(len(group)) - torch.searchsorted(group, group)
 
 
 def surface_offsets(
