@@ -233,7 +233,10 @@ def _without_touched(
     full = torch.ones(1, C, h, w, dtype=torch.float64) if mask is None else mask.expand(1, C, h, w)
     kept = full * (~touched)
     windows = windows.masked_fill(touched, 0.0)  # outside the mask: any finite value
-    alive = kept.reshape(N, -1).sum(dim=-1) > 0  # a shift whose every weighted tap reads a hole has no score
+    # A shift whose every weighted tap reads a hole has no score; with channels="mean" every channel needs a weight
+    # of its own (the mean of per-channel scores), so losing one channel's last tap is enough.
+    per_channel = kept.sum(dim=(-2, -1)) > 0  # [N, C]
+    alive = per_channel.all(dim=-1) if options.get("channels") == "mean" else per_channel.any(dim=-1)
     if not bool(alive.all()):
         scores = torch.full((N,), torch.nan, dtype=torch.float64)
         if bool(alive.any()):
