@@ -37,6 +37,9 @@ ACCEPTED_DTYPES = {
 DTYPE_LIST = "uint8, int8, uint16, int16, int32, int64, float16, bfloat16, float32, float64"
 
 
+_LARGEST_STEP = 2**31 - 1  # larger strides and dilations fail inside torch ("Maximum allowed dimension exceeded")
+
+
 def check_int(name: str, value: object, low: int) -> int:
     """``value`` as an int of at least ``low`` (bools are not ints here)."""
     if not isinstance(value, numbers.Integral) or isinstance(value, bool):
@@ -95,6 +98,11 @@ def to_tensor(name: str, value: object, device: torch.device | None) -> tuple[to
     if isinstance(value, torch.Tensor):
         return value, False
     if isinstance(value, np.ndarray):
+        if value.dtype.kind == "f" and value.dtype.itemsize > 8:  # long double: torch has no such dtype
+            raise SlidesimTypeError(
+                f"`{name}` must have dtype {DTYPE_LIST}; got numpy dtype {value.dtype}. "
+                f"Convert it first, for example with {name}.astype(numpy.float64)."
+            )
         if (value.dtype == np.bool_ and name != "mask") or value.dtype.kind in "cOSUV":  # bool masks are binary
             raise SlidesimTypeError(
                 f"`{name}` must have a real numeric dtype ({DTYPE_LIST}); got numpy dtype {value.dtype}."
@@ -112,6 +120,25 @@ def to_tensor(name: str, value: object, device: torch.device | None) -> tuple[to
         f"`{name}` must be a torch.Tensor or a numpy.ndarray; got {type(value).__name__}. "
         "Convert it first, for example with numpy.asarray(...)."
     )
+
+
+def check_callable(name: str, value: object) -> None:
+    """A callback, or None."""
+    if value is not None and not callable(value):
+        raise SlidesimTypeError(
+            f"`{name}` must be a callable such as a function taking (done, total), or None; got {value!r}."
+        )
+
+
+def check_has_values(**arrays: object) -> None:
+    """Arrays to score must hold values: a meta tensor has a shape only (numpy data beside one would be moved onto
+    it and lose its values)."""
+    for name, value in arrays.items():
+        if isinstance(value, torch.Tensor) and value.device.type == "meta":
+            raise SlidesimValueError(
+                f"`{name}` must hold values to score; got a meta tensor of shape {tuple(value.shape)}, which has "
+                "a shape but no data. Pass the tensor on a real device (cpu or cuda)."
+            )
 
 
 def check_dtype(name: str, tensor: torch.Tensor) -> None:
@@ -175,11 +202,15 @@ def check_pair(name: str, value: object) -> tuple[int, int]:
         raise SlidesimTypeError(f"`{name}` must be an int or a pair of ints (y, x); got {value!r}.")
     if min(pair) < 1:
         raise SlidesimValueError(f"`{name}` must be >= 1 along both axes; got {value!r}.")
+    if max(pair) > _LARGEST_STEP:  # beyond any image torch can hold, and beyond what its index arithmetic takes
+        raise SlidesimValueError(f"`{name}` must be at most {_LARGEST_STEP} along both axes; got {value!r}.")
     return pair
 
 
 def check_option(name: str, value: object, valid: tuple[str, ...]) -> str:
     """One of the ``valid`` option names, case-insensitive, lowercased."""
-    if not isinstance(value, str) or value.lower() not in valid:
+    if not isinstance(value, str):
+        raise SlidesimTypeError(f"`{name}` must be a string, one of {', '.join(map(repr, valid))}; got {value!r}.")
+    if value.lower() not in valid:
         raise SlidesimValueError(f"`{name}` must be one of {', '.join(map(repr, valid))}; got {value!r}.")
     return value.lower()

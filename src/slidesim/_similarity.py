@@ -3,10 +3,13 @@ torch.compile, the compiled operator (:mod:`slidesim._compiled`)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ._eager import run_eager
 from ._types import ArrayLike, ChannelsMode, IntPair, Method, Metric, Mode, Padding
+from ._validate import with_defaults
 
 __all__ = ["similarity"]
 
@@ -26,6 +29,7 @@ def similarity(
     circular: dict[int, float] | None = None,
     method: Method | str = "auto",
     memory_limit: int | None = None,
+    **unexpected: Any,
 ) -> ArrayLike:
     """Slide every template over every image and score each position.
 
@@ -55,6 +59,7 @@ def similarity(
         method: "auto" or an engine name: "direct", "numba", "triton", "conv", "fft" or "reference" (see
             :func:`slidesim.explain`).
         memory_limit: Bytes that temporaries may use (default 512 MiB); the output itself is not counted.
+        **unexpected: None: a misspelt option raises :class:`slidesim.SlidesimTypeError` naming the valid ones.
 
     Returns:
         Scores [B, T, H', W'] ([B, T, C, H', W'] for channels="separate"; [H', W'] for 2-D input), float32, or
@@ -107,6 +112,7 @@ def similarity(
         "method": method,
         "memory_limit": memory_limit,
     }
+    with_defaults({**options, **unexpected})  # a misspelt option raises, naming the valid ones
     if torch.compiler.is_compiling() and isinstance(images, torch.Tensor) and isinstance(templates, torch.Tensor):
         from . import _compiled  # its operators are registered on first use: only compiled code needs them
 

@@ -281,8 +281,21 @@ def canonicalize(
             f"the image {H}x{W} in mode 'valid'; use mode='same' or 'full', or a smaller template."
         )
     pads_h, pads_w = pad_amounts(mode_s, H, h, dilation_p[0]), pad_amounts(mode_s, W, w, dilation_p[1])
-    out_h = (H + sum(pads_h) - span_h) // stride_p[0] + 1
-    out_w = (W + sum(pads_w) - span_w) // stride_p[1] + 1
+    reach_h, reach_w = H + sum(pads_h) - span_h, W + sum(pads_w) - span_w  # how far a window can move
+    if (sum(pads_h) > H or sum(pads_w) > W) and B * C * (H + sum(pads_h)) * (W + sum(pads_w)) * 8 > limit:
+        # padding larger than the image itself: windows that see (almost) only padding, in planes that could
+        # exhaust memory (a dilation of 10**6 in mode 'full' asks for terabytes)
+        need = B * C * (H + sum(pads_h)) * (W + sum(pads_w)) * 8
+        raise SlidesimValueError(
+            f"`dilation` {dilation_p} with templates of size {h}x{w} in mode {mode_s!r} pads the {H}x{W} images to "
+            f"{H + sum(pads_h)}x{W + sum(pads_w)}, which needs {need} bytes, over `memory_limit` {limit}; use a "
+            "smaller dilation or template, or mode='valid'."
+        )
+    # A stride past the last window gives one output along its axis; the same stride at the window's reach gives
+    # the same result without asking kernels for steps of astronomical size.
+    stride_p = (min(stride_p[0], reach_h + 1), min(stride_p[1], reach_w + 1))
+    out_h = reach_h // stride_p[0] + 1
+    out_w = reach_w // stride_p[1] + 1
 
     images_c = image_4d.to(compute_dtype)
     bank_c = bank.to(compute_dtype)
@@ -374,7 +387,7 @@ def with_defaults(options: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
     if unknown:
         raise SlidesimTypeError(
-            f"unexpected keyword option {unknown[0]!r}; the options are {', '.join(DEFAULT_OPTIONS)}."
+            f"`{unknown[0]}` is not an option of slidesim; the options are {', '.join(DEFAULT_OPTIONS)}."
         )
     return {**DEFAULT_OPTIONS, **options}
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checks import check_bool, check_factors, check_int, check_threshold
+from ._checks import check_bool, check_callable, check_factors, check_has_values, check_int, check_threshold
 from ._geometry import pad_amounts
 from ._refine import bank_member, refine_on_data
 from ._types import ArrayLike
@@ -311,8 +311,10 @@ def match(
     """
     search = prepare(metric, k, min_distance, threshold, rotations, scales, exclude_border, options)
     subpixel = check_bool("subpixel", subpixel)
+    check_callable("progress", progress)
     call = search.call
     canon = canonicalize(images, templates, **call)
+    check_has_values(images=images, templates=templates)
     h, w = canon.templates.shape[-2:]
     numpy_out = canon.numpy_out
     stream = search.stream(canon) if search.transformed else None
