@@ -486,6 +486,20 @@ FOUND_BY_FUZZING = {
         template_kinds=("zero", "flat"),
         seed=125,
     ),
+    # The same with the bright values in the constant padding only (pad_value 1e4, period 1).
+    "sad_float32_circular_bright_padding": _case(
+        metric="sad",
+        size=(1, 1),
+        tsize=(1, 4),
+        mode="same",
+        pad_value=1e4,
+        circular=((0, 1.0),),
+        image_dtype="float32",
+        template_dtype="float32",
+        image_kind="uniform",
+        template_kinds=("cut",),
+        seed=0,
+    ),
 }
 """Minimal problems the fuzzing found disagreements on, checked in every run whatever hypothesis draws."""
 

@@ -467,7 +467,10 @@ def padded_images(canon: Canonical) -> torch.Tensor:
     H, W = canon.images.shape[-2:]
     top, bottom = pad_amounts(canon.mode, H, h, canon.dilation[0])
     left, right = pad_amounts(canon.mode, W, w, canon.dilation[1])
-    return pad_image(canon.images, (top, bottom, left, right), canon.padding, canon.pad_value)
+    padded = pad_image(canon.images, (top, bottom, left, right), canon.padding, canon.pad_value)
+    if canon.periods is not None and canon.padding == "constant" and top + bottom + left + right > 0:
+        padded = _within_period(padded, canon.periods)  # the pad value, like the pixels, within the period
+    return padded
 
 
 def window_origin(canon: Canonical) -> tuple[float, float]:
