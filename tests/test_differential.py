@@ -529,11 +529,7 @@ def test_match_cases_found_by_fuzzing(name) -> None:
     assert not found, f"{case!r}\n" + "\n".join(found)
 
 
-OPEN_DEFECTS = {
-    "zncc_float64_bright_full_zero_padding": "float64 zncc: window variances of bright data beside dark padding lose "
-    "about 1e-7 of the score (the centring shift is the padded plane's mean); the contract is 1e-9",
-    "zncc_float64_bright_same_padding_value": "float64 zncc: as above, with pad_value 0.25",
-}
+OPEN_DEFECTS: dict[str, str] = {}
 """Disagreements found and not yet fixed: strict xfails, so a fix shows up as a failure to remove them here."""
 
 

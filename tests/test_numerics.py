@@ -31,6 +31,40 @@ def test_bright_float32_image_keeps_zncc_accurate(engine) -> None:
     assert np.unravel_index(got.argmax(), got.shape) == (40, 30)
 
 
+BRIGHT_PADDED_CASES = {
+    "full, zero padding": {"mode": "full"},
+    "same, pad_value 0.25": {"mode": "same", "pad_value": 0.25},
+    "full, stride 2 and dilation 2": {"mode": "full", "stride": 2, "dilation": 2},
+    "same, stride (3, 1), dilation (1, 2)": {"mode": "same", "stride": (3, 1), "dilation": (1, 2)},
+    "full, binary mask": {"mode": "full", "mask": "binary"},
+    "full, weighted mask": {"mode": "full", "mask": "weighted"},
+    "full, per-template masks": {"mode": "full", "mask": "per_template"},
+    "full, padding above the image": {"mode": "full", "pad_value": 3e4},
+    "full, reflect": {"mode": "full", "padding": "reflect"},
+    "valid": {"mode": "valid"},
+}
+
+
+@pytest.mark.parametrize("engine", engines_for("zncc"))
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("case", list(BRIGHT_PADDED_CASES))
+def test_float64_zncc_of_bright_data_beside_padding_is_within_1e9(engine, channels, case) -> None:
+    """The float64 contract: zncc within 1e-9 of the reference, also for bright data (1e4 + U(0, 1)) whose
+    windows meet constant padding of another level, where the padding's squares (1e8 a tap) used to reach the
+    sums of the windows inside the image (3e-7 off before)."""
+    rng = np.random.default_rng(channels)
+    image = torch.from_numpy(1e4 + rng.random((2, channels, 23, 19)))
+    bank = torch.from_numpy(rng.random((2, channels, 6, 5)))
+    options = dict(BRIGHT_PADDED_CASES[case])
+    kind = options.pop("mask", None)
+    if kind is not None:
+        weights = rng.random((2 if kind == "per_template" else 1, 1, 6, 5))
+        options["mask"] = torch.from_numpy((weights > 0.3) * 1.0 if kind == "binary" else weights)
+    want = slidesim.reference.similarity(image, bank, metric="zncc", **options)
+    got = slidesim.similarity(image, bank, metric="zncc", method=engine, **options)
+    torch.testing.assert_close(got, want, **tolerance(torch.float64))
+
+
 @pytest.mark.parametrize(("engine", "metric"), [(e, m) for e, m in ENGINE_METRICS if m in ["zncc", "ncc"]])
 @pytest.mark.parametrize("grad", [False, True])
 def test_near_flat_windows_keep_their_scores(engine, metric, grad) -> None:

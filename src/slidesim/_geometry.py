@@ -31,6 +31,58 @@ class Geometry:
     template_size: tuple[int, int]
 
 
+@dataclass(frozen=True)
+class Border:
+    """Where the images lie in their padded planes, and what surrounds them.
+
+    Attributes:
+        top, bottom, left, right: Padding rows and columns on each side.
+        value: The constant padding's value, or None for the paddings that copy pixels (reflect, replicate,
+            circular), whose values are the image's own.
+    """
+
+    top: int = 0
+    bottom: int = 0
+    left: int = 0
+    right: int = 0
+    value: float | None = None
+
+    @property
+    def padded(self) -> bool:
+        """Whether there is any padding."""
+        return self.top + self.bottom + self.left + self.right > 0
+
+    def inner(self, plane: torch.Tensor) -> torch.Tensor:
+        """The image part [..., H, W] of a padded plane [..., Hp, Wp] (a view)."""
+        Hp, Wp = plane.shape[-2:]
+        return plane[..., self.top : Hp - self.bottom, self.left : Wp - self.right]
+
+    def zero_padding(self, plane: torch.Tensor) -> torch.Tensor:
+        """A copy of plane [..., Hp, Wp] with 0 in the padding."""
+        copy = torch.zeros_like(plane)
+        self.inner(copy).copy_(self.inner(plane))
+        return copy
+
+    def taps_inside(self, geom: Geometry, size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        """The template taps of each window that read the image (not its padding), for images of ``size``: a
+        window at output (y, x) reads the image with taps rows[0][y]:rows[1][y] × cols[0][x]:cols[1][x].
+
+        Returns:
+            (first row [H'], end row [H'], first column [W'], end column [W']), int64; first == end where a
+            window reads no image row (column).
+        """
+        per_axis = []
+        for out, stride, dilation, taps, before, length in zip(
+            (geom.out_height, geom.out_width), geom.stride, geom.dilation, geom.template_size,
+            (self.top, self.left), size, strict=True,
+        ):  # fmt: skip
+            start = torch.arange(out, dtype=torch.int64) * stride  # padded position of each window's first tap
+            first = (-((start - before) // dilation)).clamp(0, taps)  # ceil((before − start) / dilation)
+            end = ((before + length - 1 - start) // dilation + 1).clamp(0, taps)
+            per_axis += [first, torch.maximum(first, end)]
+        return tuple(per_axis)
+
+
 def pad_amounts(mode: str, size: int, taps: int, dilation: int) -> tuple[int, int]:
     """Pad before and after one axis for a mode.
 

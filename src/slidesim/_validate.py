@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ._checks import check_dtype, check_option, check_pair, check_sample_depths, to_tensor
-from ._geometry import Geometry, pad_amounts, pad_image
+from ._geometry import Border, Geometry, pad_amounts, pad_image
 from ._types import CHANNELS_MODES, MODES, PADDINGS, ArrayLike
 from .errors import SlidesimTypeError, SlidesimValueError
 from .metrics import MetricSpec, resolve_metric
@@ -461,14 +461,22 @@ def geometry(canon: Canonical) -> Geometry:
     )
 
 
-def padded_images(canon: Canonical) -> torch.Tensor:
-    """The canonical images padded for the call's mode ([B, C, Hp, Wp], compute dtype)."""
+def border(canon: Canonical) -> Border:
+    """Where the images of a validated call lie in their padded planes, and the constant padding's value."""
     h, w = canon.templates.shape[-2:]
     H, W = canon.images.shape[-2:]
     top, bottom = pad_amounts(canon.mode, H, h, canon.dilation[0])
     left, right = pad_amounts(canon.mode, W, w, canon.dilation[1])
-    padded = pad_image(canon.images, (top, bottom, left, right), canon.padding, canon.pad_value)
-    if canon.periods is not None and canon.padding == "constant" and top + bottom + left + right > 0:
+    # circular channels reduce the pad value per channel: their paddings are left to the tap-by-tap sums
+    value = canon.pad_value if canon.padding == "constant" and canon.periods is None else None
+    return Border(top, bottom, left, right, value)
+
+
+def padded_images(canon: Canonical) -> torch.Tensor:
+    """The canonical images padded for the call's mode ([B, C, Hp, Wp], compute dtype)."""
+    edge = border(canon)
+    padded = pad_image(canon.images, (edge.top, edge.bottom, edge.left, edge.right), canon.padding, canon.pad_value)
+    if canon.periods is not None and canon.padding == "constant" and edge.padded:
         padded = _within_period(padded, canon.periods)  # the pad value, like the pixels, within the period
     return padded
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .._geometry import Border
 from ..metrics import MetricSpec, finish_ncc, finish_ssd_normed, finish_zncc
 from .bounds import inverse_root
 from .primitives import Primitives
@@ -33,6 +34,7 @@ class CorrelationScorer:
         bank: Templates [Bk, T, C, h, w].
         mask: Weights [Bm, Tm, Cm, h, w], or None.
         finite: Whether every image pixel is finite.
+        edge: Where the images lie in their padded planes (default: no padding).
         keep_planes: Keep derived image planes for later chunks of a streamed bank.
     """
 
@@ -44,11 +46,12 @@ class CorrelationScorer:
         bank: torch.Tensor,
         mask: torch.Tensor | None,
         finite: bool,
+        edge: Border | None = None,
         keep_planes: bool = False,
     ) -> None:
         self.prims, self.spec, self.bank = prims, spec, bank
         centre = spec.name in ("ccoeff", "zncc")
-        self.stats = WindowStatistics(prims, image, mask, centre, finite, keep_planes)
+        self.stats = WindowStatistics(prims, image, mask, centre, finite, edge, keep_planes)
         self.rescorer = Rescorer(self.stats, spec, bank)
 
     def _mask(self, t0: int, t1: int) -> torch.Tensor:

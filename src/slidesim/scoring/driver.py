@@ -22,7 +22,8 @@ from collections.abc import Iterator
 
 import torch
 
-from .._validate import Canonical
+from .._geometry import Border
+from .._validate import Canonical, border
 from ..metrics import MetricSpec, finish_distance
 from .correlation import CorrelationScorer
 from .holes import fill_holes, mark_holes, mark_infinite_means
@@ -40,9 +41,11 @@ def score_channels(prims: Primitives, canon: Canonical, image: torch.Tensor) -> 
     ("separate")."""
     T = canon.templates.shape[1]
     image, finite, holes = _filled(prims, canon, image)
-    mask, periods = canon.mask, canon.periods
+    mask, periods, edge = canon.mask, canon.periods, border(canon)
     if canon.channels_mode == "joint":
-        scores = _BankScorer(prims, canon.spec, image, canon.templates, mask, periods, canon.memory_limit, finite)
+        scores = _BankScorer(
+            prims, canon.spec, image, canon.templates, mask, periods, canon.memory_limit, finite, edge
+        )
         return _marked(scores(0, T), holes, mask, prims, separate=False)
     per_channel = []
     for c in range(image.shape[1]):
@@ -50,7 +53,7 @@ def score_channels(prims: Primitives, canon: Canonical, image: torch.Tensor) -> 
         channel_periods = (periods[c],) if periods is not None else None
         scores = _BankScorer(
             prims, canon.spec, image[:, c : c + 1], canon.templates[:, :, c : c + 1], channel_mask,
-            channel_periods, canon.memory_limit, finite,
+            channel_periods, canon.memory_limit, finite, edge,
         )  # fmt: skip
         per_channel.append(scores(0, T))
     separate = canon.channels_mode == "separate"
@@ -71,8 +74,9 @@ def score_stream(prims: Primitives, canon: Canonical, image: torch.Tensor, chunk
     image, finite, holes = _filled(prims, canon, image)
     prims = prims.for_stream()  # even for one chunk: masked zncc sums transform an image plane twice
     scores = _BankScorer(
-        prims, canon.spec, image, canon.templates, canon.mask, canon.periods, canon.memory_limit, finite, True
-    )
+        prims, canon.spec, image, canon.templates, canon.mask, canon.periods, canon.memory_limit, finite,
+        border(canon), streaming=True,
+    )  # fmt: skip
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
         yield t0, t1, _marked(scores(t0, t1), holes, _chunk_of(canon.mask, t0, t1), prims, separate=False)
@@ -82,7 +86,7 @@ def _filled(prims: Primitives, canon: Canonical, image: torch.Tensor) -> tuple[t
     """(the images to score, whether they are finite, the NaN map to mark afterwards or None): NaN pixels are
     filled for engines whose sums would spread them."""
     if prims.spreads_nan and not canon.problem.finite:
-        holes, image = fill_holes(image)
+        holes, image = fill_holes(image, border(canon))
         return image, True, holes
     return image, canon.problem.finite, None
 
@@ -114,6 +118,7 @@ class _BankScorer:
         periods: Per-channel periods of circular channels, or None.
         memory_limit: Bytes that temporaries may use.
         finite: Whether every image pixel is finite.
+        edge: Where the images lie in their padded planes.
         streaming: Keep derived image planes between chunks (a stream), where engines that cache work per image
             tensor (FFT spectra) recognize them.
     """
@@ -128,6 +133,7 @@ class _BankScorer:
         periods: tuple[float | None, ...] | None,
         memory_limit: int,
         finite: bool,
+        edge: Border,
         streaming: bool = False,
     ) -> None:
         self.prims, self.spec, self.image, self.bank, self.mask = prims, spec, image, bank, mask
@@ -140,7 +146,7 @@ class _BankScorer:
                 float(C * h * w) if mask is None else mask_sums(mask, C, h, w, image).to(image.dtype)[..., None, None]
             )
         else:
-            self.correlation = CorrelationScorer(prims, spec, image, bank, mask, finite, keep_planes=streaming)
+            self.correlation = CorrelationScorer(prims, spec, image, bank, mask, finite, edge, keep_planes=streaming)
 
     def __call__(self, t0: int, t1: int) -> torch.Tensor:
         """Scores of templates t0:t1 -> [B, t1 − t0, H', W'] in the compute dtype."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._geometry import Geometry
+from .._geometry import Border, Geometry
 from ..kernels.boxes import box_sums
 
 _COUNT_BYTES = 64 * 2**20  # float32 hole counts of masked windows, at a time
@@ -50,11 +50,12 @@ def finite_channel_mean(image: torch.Tensor) -> torch.Tensor:
     return means.to(image.dtype)
 
 
-def fill_holes(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fill_holes(image: torch.Tensor, border: Border) -> tuple[torch.Tensor, torch.Tensor]:
     """(NaN map [B, C, Hp, Wp] of the padded images, the images with their NaN pixels filled by their channel's
-    mean of finite pixels, where the centred value is 0 and no rounding bound grows)."""
+    mean of finite pixels inside ``border``: the centring shift, where the centred value is 0 and no rounding
+    bound grows)."""
     holes = torch.isnan(image.detach())
-    return holes, torch.where(holes, finite_channel_mean(image), image)
+    return holes, torch.where(holes, finite_channel_mean(border.inner(image)), image)
 
 
 def mark_infinite_means(

@@ -1,9 +1,12 @@
 """Window statistics of the correlation metrics (floor L3): energies Σ W I², variances Σ W (I − m)², exact
 flatness and the 1/√ factors of ncc and zncc, in float64, shared by every template of a call.
 
-Numerics: window sums are accumulated in float64 on an image centred by its per-channel mean of finite values,
-so a float32 image 1e4 + U(0, 1) keeps its variance. Flat windows are found exactly: a window whose computed
-variance exceeds a proven bound on its rounding error is not flat; the rest go through the engine's exact test.
+Numerics: window sums are accumulated in float64 on an image centred by its per-channel mean of finite values
+(of the image, not of its padding), so a float32 image 1e4 + U(0, 1) keeps its variance. Constant padding that
+lies farther from that mean than any pixel (bright data beside zero padding) is taken out of the sliding sums and
+added back from each window's weight on it: its squares would otherwise swamp the round-off of every window that
+a cumulative sum or a transform carries them to. Flat windows are found exactly: a window whose computed variance
+exceeds a proven bound on its rounding error is not flat; the rest go through the engine's exact test.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import torch
+import torch.nn.functional as F
 
+from .._geometry import Border
 from .bounds import finite_extremes, inverse_root, reach, tiny, variance_rounding_bound
 from .holes import finite_channel_mean
 from .primitives import Primitives
@@ -35,6 +40,7 @@ class WindowStatistics:
         mask: Weights [Bm, Tm, Cm, h, w], or None (every tap, weight 1).
         centre: Whether the cross term correlates the centred image (ccoeff, zncc).
         finite: Whether every image pixel is finite.
+        edge: Where the images lie in their padded planes (default: no padding).
         keep_planes: Keep derived image planes for later chunks of a streamed bank.
     """
 
@@ -45,16 +51,18 @@ class WindowStatistics:
         mask: torch.Tensor | None,
         centre: bool,
         finite: bool,
+        edge: Border | None = None,
         keep_planes: bool = False,
     ) -> None:
         self.prims, self.image, self.finite = prims, image, finite
+        self.edge = edge if edge is not None else Border()
         h, w = prims.geom.template_size
         self.masked = mask is not None
         self.mask = mask if mask is not None else torch.ones(1, 1, 1, h, w, dtype=image.dtype, device=image.device)
         self.binary = mask is None or bool(((mask == 0) | (mask == 1)).all())
         self.shared = self.mask.shape[1] == 1
         # Centring keeps the float32 cross term and the float64 window sums free of cancellation.
-        self.shift = finite_channel_mean(image) if centre else None
+        self.shift = finite_channel_mean(self.edge.inner(image)) if centre else None
         self._values: dict[tuple, object] = {}
         self._planes: dict[tuple, torch.Tensor] | None = {} if keep_planes else None
 
@@ -85,15 +93,59 @@ class WindowStatistics:
         return self.plane(("centred64", c), lambda: self.centred(c, c + 1).to(torch.float64))
 
     def channel_reach(self, c: int) -> float:
-        """max |I − shift| over the finite pixels of channel c."""
+        """max |I − shift| over the finite pixels of channel c, padding included."""
         return self.once(("reach", c), lambda: reach(self.image[:, c : c + 1], self.shift[:, c : c + 1]))
+
+    def inner_reach(self, c: int) -> float:
+        """max |I − shift| over the finite pixels of channel c inside the image."""
+        return self.once(
+            ("inner reach", c), lambda: reach(self.edge.inner(self.image[:, c : c + 1]), self.shift[:, c : c + 1])
+        )
+
+    def padding_offset(self, c: int) -> torch.Tensor | None:
+        """The constant padding of channel c minus its shift, [B, 1, 1, 1] float64, where it lies farther from the
+        shift than every pixel of the image; otherwise None (the padding is then no larger than the pixels)."""
+        if self.edge.value is None or not self.edge.padded or self.shift is None:
+            return None
+
+        def offset() -> torch.Tensor | None:
+            # the value as the padded plane holds it (rounded to the compute dtype)
+            value = torch.tensor(self.edge.value, dtype=self.image.dtype, device=self.image.device)
+            offset = value.to(torch.float64) - self.shift[:, c : c + 1].to(torch.float64)
+            return offset if bool((offset.abs() > self.inner_reach(c)).any()) else None
+
+        return self.once(("padding offset", c), offset)
+
+    def padding_weight(self, weights: torch.Tensor | None) -> torch.Tensor:
+        """Σ weights over the taps of each window that read the padding -> [Bm, Tm, H', W'] float64 (exactly 0
+        for windows inside the image), for weights [Bm, Tm, 1, h, w] (None: 1 per tap)."""
+        h, w = self.prims.geom.template_size
+        if weights is None:
+            weights = torch.ones(1, 1, 1, h, w, dtype=torch.float64, device=self.image.device)
+        table = F.pad(weights[:, :, 0].to(torch.float64).cumsum(-2).cumsum(-1), (1, 0, 1, 0))  # [Bm, Tm, h+1, w+1]
+        r0, r1, c0, c1 = (
+            index.to(self.image.device)
+            for index in self.edge.taps_inside(self.prims.geom, self.edge.inner(self.image).shape[-2:])
+        )
+
+        def at(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+            return table[..., rows[:, None], cols[None, :]]
+
+        inside = at(r1, c1) - at(r0, c1) - at(r1, c0) + at(r0, c0)
+        whole = ((r0 == 0) & (r1 == h))[:, None] & ((c0 == 0) & (c1 == w))[None, :]
+        return (table[..., -1:, -1:] - inside).masked_fill_(whole, 0.0)
+
+    def image_part64(self, c: int) -> torch.Tensor:
+        """Channel c of the centred image in float64 with 0 in the padding [B, 1, Hp, Wp]."""
+        return self.plane(("image part64", c), lambda: self.edge.zero_padding(self.centred64(c)))
 
     def zncc_factors(
         self, mask: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(1/√window variance, 0 for degenerate windows; their mask or None to derive it from the zeros; the
         windows whose variance is too close to zero to trust, or None)."""
-        if not self.masked and self.image.shape[1] == 1 and not self.image.requires_grad:
+        fused = not self.masked and self.image.shape[1] == 1 and not self.image.requires_grad
+        if fused and self.padding_offset(0) is None:
             reach_ = self.channel_reach(0)
             tolerance = variance_rounding_bound(reach_, self.image.shape[-2:], mask.to(torch.float64))
             info = torch.finfo(dtype)
@@ -181,30 +233,40 @@ class WindowStatistics:
         for c in range(self.image.shape[1]):
             cm = min(c, m64.shape[2] - 1)
             m_c, w_c = m64[:, :, cm : cm + 1], w64[:, :, cm : cm + 1]
-            tolerance += variance_rounding_bound(self.channel_reach(c), self.image.shape[-2:], m_c)
-            if not self.masked:  # one fused pass when the engine has it
+            tolerance += variance_rounding_bound(self.inner_reach(c), self.image.shape[-2:], m_c)
+            offset = self.padding_offset(c)
+            if not self.masked and offset is None:  # one fused pass when the engine has it
                 var_c = self.prims.window_squares(self.image[:, c : c + 1], self.shift[:, c : c + 1], True)
                 if var_c is not None:
                     variance = var_c if variance is None else variance.add_(var_c)
                     continue
-            plane = self.centred64(c)
+            plane = self.centred64(c) if offset is None else self.image_part64(c)
             box = None if not self.masked else m_c  # unmasked windows: plain box sums
             # the exact flat test decides degenerate windows, so masked sums need not be exactly zero
             first = self.prims.window_sum(plane, box, exact_zeros=False)
-            mean = first / m_c.sum(dim=(-1, -2, -3))[..., None, None].clamp_min(tiny())
-            squares = self.plane(("centred64²", c), lambda plane=plane: plane * plane)
+            squares = self.plane(("squares64", offset is None, c), lambda plane=plane: plane * plane)
             second = self.prims.window_sum(squares, None if not self.masked else w_c, exact_zeros=False)
+            weighted = None if self.binary else self.prims.window_sum(plane, w_c, exact_zeros=False)
+            if offset is not None:  # the padding's share of each window, from its weight there
+                on_box = self.padding_weight(box)
+                on_weights = on_box if self.binary else self.padding_weight(w_c)
+                first = first + offset * on_box
+                second = second + offset * offset * on_weights
+                if weighted is not None:
+                    weighted = weighted + offset * on_weights
+                far = variance_rounding_bound(float(offset.abs().max()), self.image.shape[-2:], m_c)
+                tolerance = tolerance + torch.where(on_box > 0, far, 0.0)
+            mean = first / m_c.sum(dim=(-1, -2, -3))[..., None, None].clamp_min(tiny())
             if self.binary:
                 var_c = second - mean * first
             else:
-                weighted = self.prims.window_sum(plane, w_c, exact_zeros=False)
                 var_c = second - 2 * mean * weighted + mean * mean * w_c.sum(dim=(-1, -2, -3))[..., None, None]
             variance = var_c if variance is None else variance + var_c
         flat, uncertain = self._flat_windows(variance.detach(), tolerance, m64)
         return (variance.clamp_min(0) if variance.requires_grad else variance.clamp_min_(0)), flat, uncertain
 
     def _flat_windows(
-        self, variance: torch.Tensor, tolerance: float, mask: torch.Tensor
+        self, variance: torch.Tensor, tolerance: float | torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(Exact flatness of every window -> [B, Tm, H', W'] bool, the windows within the rounding bound that are
         not flat, or None).
