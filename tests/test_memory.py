@@ -122,11 +122,11 @@ slidesim.match(image, template, rotations=[0, 45], scales=[0.5, 1.0])
 
 
 def test_refinement_fits_memory_limit_under_an_address_space_limit() -> None:
-    """Sub-pixel refinement of a 144 × 144 RGB template scored 169 shifted windows at once: over 600 MB whatever
-    memory_limit said. Its shifts are now scored a batch at a time within memory_limit (here 128 MiB, in a child
-    whose address space may grow by 512 MiB only), and a memory_limit that cannot hold one shifted window beside
-    the crop is refused with the bytes, before the maps are scored. find_peaks on the data and dask.match refine
-    through the same code."""
+    """Sub-pixel refinement of a 144 × 144 RGB template scored 169 shifted windows at once whatever memory_limit
+    said (344 MiB resident, more in address space): in a child whose address space may grow by 512 MiB only, torch
+    failed to allocate. Its shifts are now scored a batch at a time within memory_limit (here 128 MiB), and a
+    memory_limit that cannot hold one shifted window beside the crop is refused with the bytes, before the maps
+    are scored. find_peaks on the data and dask.match refine through the same code."""
     setup = """
 rng = np.random.default_rng(0)
 image = torch.nn.functional.avg_pool2d(torch.from_numpy(rng.random((1, 3, 300, 300), dtype=np.float32)), 5, 1, 2)
