@@ -187,6 +187,55 @@ def test_match_on_plateaus_gathers_every_tie() -> None:
         _same_matches(got, want)
 
 
+def test_min_distance_beyond_the_maps_keeps_the_best_match_alone() -> None:
+    """A min_distance wider than the maps: the neighbourhood halo is capped at the maps' sides (dask refused a
+    halo deeper than the array with its own ValueError)."""
+    rng = np.random.default_rng(9)
+    image = rng.random((1, 1, 70, 45)).astype(np.float32)
+    template = image[0, :, 20:27, 10:16].copy()[None]
+    for min_distance in (200, 10**9):
+        options = {"k": 3, "min_distance": min_distance, "subpixel": False}
+        want = slidesim.match(image, template, **options)
+        _same_matches(sdask.match(da.from_array(image, chunks=(1, 1, 17, 20)), template, **options), want)
+        assert len(want.y) == 1
+
+
+def test_candidates_gathered_from_the_chunks_fit_memory_limit(monkeypatch) -> None:
+    """Every chunk sends at most as many candidates per map as memory_limit holds once merged (not k + 16 each),
+    and the matches stay those of memory; where more would be needed to be exact (a flat map: every position
+    ties), the call is refused with the bytes, naming memory_limit and k."""
+    rng = np.random.default_rng(10)
+    image = rng.random((1, 1, 64, 60)).astype(np.float32)
+    template = image[0, :, 20:25, 10:14].copy()[None]
+    options = {"k": 2000, "min_distance": 1, "metric": "sad", "subpixel": False}
+    sent = []
+    candidates = sdask._candidates
+    monkeypatch.setattr(
+        sdask, "_candidates", lambda block, **kw: (sent.append(kw["limit"]), candidates(block, **kw))[1]
+    )
+    limit = 2**19
+    with dask.config.set(scheduler="synchronous"):  # the recording runs here, even with a cluster's client about
+        got = sdask.match(da.from_array(image, chunks=(1, 1, 10, 10)), template, memory_limit=limit, **options)
+    _same_matches(got, slidesim.match(image, template, **options))
+    assert max(sent) < 100  # fewer than a chunk's 10 × 10 positions: the merge of 36 chunks fits 512 KiB
+    flat = da.from_array(np.zeros((1, 1, 64, 60), np.float32), chunks=(1, 1, 10, 10))
+    with pytest.raises(
+        SlidesimValueError, match=r"^`memory_limit` of 524,288 bytes cannot hold the peak candidates that k=2,000"
+    ):
+        sdask.match(flat, np.zeros((1, 1, 5, 4), np.float32), memory_limit=limit, **options)
+
+
+def test_refinement_that_cannot_fit_memory_limit_is_refused_before_computing() -> None:
+    images = da.from_array(np.random.default_rng(11).random((1, 1, 120, 120)).astype(np.float32), chunks=60)
+    template = np.ones((1, 1, 40, 40), np.float32)
+    with pytest.raises(
+        SlidesimValueError, match="`memory_limit` of 524,288 bytes cannot hold the sub-pixel refinement"
+    ):
+        sdask.match(images, template, memory_limit=2**19)
+    with pytest.raises(SlidesimValueError, match="cannot hold the sub-pixel refinement of one match of a 40×40"):
+        slidesim.match(images.compute(), template, memory_limit=2**19)
+
+
 def test_match_per_image_banks_and_masks() -> None:
     rng = np.random.default_rng(8)
     images = rng.random((3, 2, 48, 40)).astype(np.float32)

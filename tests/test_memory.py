@@ -119,3 +119,32 @@ slidesim.match(image, template, rotations=[0, 45], scales=[0.5, 1.0])
     )
     assert got["limit"]["error"] == "SlidesimValueError", got["limit"]
     assert got["limit"]["message"].startswith("`memory_limit` of 262,144 bytes cannot hold"), got["limit"]
+
+
+def test_refinement_fits_memory_limit_under_an_address_space_limit() -> None:
+    """Sub-pixel refinement of a 144 × 144 RGB template scored 169 shifted windows at once whatever memory_limit
+    said (344 MiB resident, more in address space): in a child whose address space may grow by 512 MiB only, torch
+    failed to allocate. Its shifts are now scored a batch at a time within memory_limit (here 128 MiB), and a
+    memory_limit that cannot hold one shifted window beside the crop is refused with the bytes, before the maps
+    are scored. find_peaks on the data and dask.match refine through the same code."""
+    setup = """
+rng = np.random.default_rng(0)
+image = torch.nn.functional.avg_pool2d(torch.from_numpy(rng.random((1, 3, 300, 300), dtype=np.float32)), 5, 1, 2)
+image = image.numpy()
+template = image[:, :, 70:214, 90:234].copy()
+slidesim.match(image[..., :120, :120].copy(), template[..., :40, :40].copy())
+"""
+    calls = {
+        "match": "slidesim.match(image, template, memory_limit=2**27)",
+        "refused": "slidesim.match(image, template, memory_limit=2**22)",
+        "integer": "slidesim.match(image, template, memory_limit=2**22, subpixel=False)",
+    }
+    got = limited(setup, 2**29, calls)
+    assert got["match"]["error"] is None, got["match"]
+    [[_, _, y, x, score, _, _]] = got["match"]["matches"]
+    assert abs(y - 141.5) < 1e-3 and abs(x - 161.5) < 1e-3 and score > 1 - 1e-6, got["match"]
+    assert got["refused"]["error"] == "SlidesimValueError", got["refused"]
+    message = got["refused"]["message"]
+    assert message.startswith("`memory_limit` of 4,194,304 bytes cannot hold the sub-pixel refinement"), message
+    assert "144×144 template with 3 channel(s)" in message and "Raise memory_limit to at least" in message
+    assert got["integer"]["error"] is None and got["integer"]["matches"][0][2:4] == [141.5, 161.5], got["integer"]

@@ -283,3 +283,24 @@ def test_refinement_on_the_data_beats_the_surface_fit() -> None:
     assert abs(again.y[0] - (30 + fy) / 2) < 0.01 and abs(again.x[0] - (40 + fx) / 2) < 0.01
     with pytest.raises(ValueError, match="did not come from these images"):
         slidesim.find_peaks(strided, images=scene, templates=template, metric="zncc")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_suppression_of_points_gathered_elsewhere_is_that_of_the_maps(seed) -> None:
+    """suppress_points (what slidesim.dask merges its chunks' candidates with) keeps the peaks of locate_peaks
+    from the candidates alone, on maps with plateaus and ties: it finds which ones have a neighbour from cells of
+    min_distance pixels, without the map."""
+    from slidesim.peaks import local_maxima, locate_peaks, ranking_key, suppress_points
+
+    rng = np.random.default_rng(seed)
+    maps = torch.from_numpy(rng.integers(0, 3, (2, 3, 29, 37)).astype(np.float32))
+    maps += torch.where(torch.rand(maps.shape) < 0.3, torch.rand(maps.shape), 0.0)
+    for k, min_distance in [(1, 1), (7, 2), (1000, 2), (1000, 3), (5, 6), (1000, 40)]:
+        radius = max(1, min(min_distance - 1, 37))
+        key = ranking_key(maps, None, 0, True).reshape(6, 1, 29, 37)
+        group, flat = local_maxima(key, (radius, radius)).reshape(6, -1).nonzero(as_tuple=True)
+        order = np.lexsort((flat.numpy(), -key.reshape(6, -1)[group, flat].numpy(), group.numpy()))
+        group, y, x = group[order], flat[order] // 37, flat[order] % 37
+        kept = suppress_points(group, y, x, k, min_distance)
+        got = torch.stack([group[kept] // 3, group[kept] % 3, y[kept], x[kept]], dim=1)
+        assert torch.equal(got, locate_peaks(maps, k, min_distance, None, 0, True)), (k, min_distance)

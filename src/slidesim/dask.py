@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import sys
 from typing import Any
 
@@ -34,10 +35,12 @@ import numpy as np
 import torch
 
 from . import _dask_tiles as tiles
-from ._refine import crop_window, refine_on_data
+from ._refine import crop_window, refine_on_data, shifts_per_batch
 from ._types import ArrayLike
 from ._validate import Canonical, canonicalize, options_of, window_origin, with_defaults
+from .errors import SlidesimValueError
 from .matching import Matches, bank_members, best_first, prepare
+from .peaks import local_maxima, ranking_key, suppress_points
 
 __all__ = ["match", "similarity"]
 
@@ -98,6 +101,10 @@ def similarity(images: object, templates: ArrayLike, **options: Any):
 
 # ----------------------------------------------------------------------------------------------------------- match
 _CANDIDATES_PER_CHUNK = 16  # peak candidates each chunk sends per (image, template) beyond k, at first
+# Bytes a gathered candidate holds at most on the caller's side: its row of 6 float64 as a chunk sent it and in
+# the merged table (2 × 48), the table sorted (48), the sort's keys and order (32), the suppression's map index,
+# row and column (24), its cells and their counts (about 60), and a margin.
+_CANDIDATE_BYTES = 320
 
 
 def _candidates(
@@ -106,7 +113,7 @@ def _candidates(
     y0: int,
     x0: int,
     b0: int,
-    radius: int,
+    radius: tuple[int, int],
     limit: int,
     out_size: tuple[int, int],
     higher: bool,
@@ -116,63 +123,94 @@ def _candidates(
     """Peak candidates of one chunk of the best maps, as :func:`slidesim.peaks.locate_peaks` defines them.
 
     Args:
-        block: [b, T, 2, ny + 2·radius, nx + 2·radius]: best scores and transform indices, with a halo of
-            ``radius`` (−inf outside the maps) so that every core position sees its whole neighbourhood.
+        block: [b, T, 2, ny + 2·radius[0], nx + 2·radius[1]]: best scores and transform indices, with a halo of
+            ``radius`` (rows, columns; −inf outside the maps) so that every core position sees its whole
+            neighbourhood.
         y0, x0, b0: Map position of the core's first row and column, and the block's first image.
 
     Returns:
         (rows [N, 6] float64 of (image, template, y, x, key, transform) for the ``limit`` best candidates of each
-        (image, template) in this chunk, best first, ties to the earlier position; next [b, T]: the key of the
-        best candidate left out, −inf when none was.)
+        (image, template) in this chunk, by (image, template) and best first, ties to the earlier position; next
+        [b, T]: the key of the best candidate left out, −inf when none was.)
     """
     H, W = out_size
-    best = torch.from_numpy(np.ascontiguousarray(block[:, :, 0])).to(torch.float64)
+    ry, rx = radius
+    best = torch.from_numpy(np.ascontiguousarray(block[:, :, 0]))
     b, T, Hb, Wb = best.shape
-    key = best if higher else -best
-    key = torch.where(torch.isfinite(key), key, -torch.inf)
-    if threshold is not None:
-        key = torch.where(key >= (threshold if higher else -threshold), key, -torch.inf)
-    rows = torch.arange(Hb)[:, None] + y0 - radius
-    cols = torch.arange(Wb)[None, :] + x0 - radius
+    key = ranking_key(best, threshold, 0, higher)  # the border lies in map coordinates: below
+    rows = torch.arange(Hb)[:, None] + y0 - ry
+    cols = torch.arange(Wb)[None, :] + x0 - rx
     inside = (rows >= border) & (rows < H - border) & (cols >= border) & (cols < W - border)
     key = torch.where(inside, key, -torch.inf)
-    flat = key.reshape(b * T, 1, Hb, Wb)
-    pooled = torch.nn.functional.max_pool2d(flat, (1, 2 * radius + 1), stride=1, padding=(0, radius))
-    pooled = torch.nn.functional.max_pool2d(pooled, (2 * radius + 1, 1), stride=1, padding=(radius, 0))
-    core = (slice(None), slice(None), slice(radius, Hb - radius), slice(radius, Wb - radius))
-    peak = ((flat == pooled) & (pooled > -torch.inf))[core].reshape(b, T, Hb - 2 * radius, Wb - 2 * radius)
-    key_core = key[:, :, radius : Hb - radius, radius : Wb - radius]
-    which = block[:, :, 1, radius : Hb - radius, radius : Wb - radius]
-    found = []
-    following = np.full((b, T), -np.inf)
-    for i in range(b):
-        for t in range(T):
-            ys, xs = peak[i, t].nonzero(as_tuple=True)
-            if len(ys) == 0:
-                continue
-            values = key_core[i, t, ys, xs].numpy()
-            gy, gx = ys.numpy() + y0, xs.numpy() + x0
-            order = np.lexsort((gy * W + gx, -values))  # best first, then the earlier position
-            if len(order) > limit:
-                following[i, t] = values[order[limit]]
-                order = order[:limit]
-            for j in order:
-                found.append((b0 + i, t, gy[j], gx[j], values[j], which[i, t, ys[j], xs[j]]))
-    return np.asarray(found, dtype=np.float64).reshape(-1, 6), following
+    peak = local_maxima(key.reshape(b * T, 1, Hb, Wb), radius).reshape(b, T, Hb, Wb)
+    image, template, ys, xs = peak[:, :, ry : Hb - ry, rx : Wb - rx].nonzero(as_tuple=True)
+    ys, xs = ys + ry, xs + rx  # in the block
+    values = key[image, template, ys, xs].to(torch.float64).numpy()
+    group = (image * T + template).numpy()
+    gy, gx = ys.numpy() - ry + y0, xs.numpy() - rx + x0
+    order = np.lexsort((gy * W + gx, -values, group))  # by map, best first, then the earlier position
+    rank = np.arange(len(order)) - np.searchsorted(group[order], group[order])
+    following = np.full(b * T, -np.inf)
+    held = order[rank == limit]
+    following[group[held]] = values[held]
+    sent = order[rank < limit]
+    which = torch.from_numpy(np.ascontiguousarray(block[:, :, 1]))[image, template, ys, xs].to(torch.float64)
+    found = np.stack([image.numpy() + b0, template.numpy(), gy, gx, values, which.numpy()], axis=1)
+    return found[sent].astype(np.float64), following.reshape(b, T)
 
 
-def _merge(candidates: np.ndarray, k: int, min_distance: int, width: int) -> list[tuple[int, ...]]:
-    """Greedy suppression over every chunk's candidates of one (image, template), as in memory: best first (ties
-    to the earlier position), a candidate kept when no kept one lies within min_distance. Rows of the kept."""
-    order = np.lexsort((candidates[:, 2] * width + candidates[:, 3], -candidates[:, 4]))
-    kept: list[int] = []
-    for j in order:
-        y, x = candidates[j, 2], candidates[j, 3]
-        if all(max(abs(y - candidates[a, 2]), abs(x - candidates[a, 3])) >= min_distance for a in kept):
-            kept.append(int(j))
-            if len(kept) == k:
-                break
-    return kept
+def _survivors(candidates: np.ndarray, k: int, min_distance: int, T: int, width: int, groups: int):
+    """Suppression over every chunk's candidates, as in memory (:func:`slidesim.peaks.suppress_points`).
+
+    Args:
+        candidates: Rows [N, 6] (image, template, y, x, key, transform) of every chunk.
+        k, min_distance: As for :func:`slidesim.match`.
+        T: Templates per image; width: the maps' width; groups: images · templates.
+
+    Returns:
+        (the kept rows [n, 6], by image and template, best first; the key of each map's k-th kept candidate
+        [groups], −inf where fewer than k were kept, at index image · T + template).
+    """
+    group = (candidates[:, 0] * T + candidates[:, 1]).astype(np.int64)
+    order = np.lexsort((candidates[:, 2] * width + candidates[:, 3], -candidates[:, 4], group))
+    table, group = candidates[order], group[order]
+    ys, xs = (torch.from_numpy(table[:, i].astype(np.int64)) for i in (2, 3))
+    kept = suppress_points(torch.from_numpy(group), ys, xs, k, min_distance).numpy()
+    table, group = table[kept], group[kept]
+    last = np.arange(len(group)) - np.searchsorted(group, group) == k - 1
+    kth = np.full(groups, -np.inf)
+    kth[group[last]] = table[last, 4]
+    return table, kth
+
+
+def _gathered_bytes(limit: int, blocks: np.ndarray, T: int) -> int:
+    """Bytes the caller holds while it merges at most ``limit`` candidates per map from each chunk: blocks [n, 2]
+    holds each chunk's images and map positions (a chunk cannot send more candidates than positions)."""
+    return int((blocks[:, 0] * T * np.minimum(limit, blocks[:, 1])).sum()) * _CANDIDATE_BYTES
+
+
+def _allowance(wanted: int, blocks: np.ndarray, T: int, memory_limit: int) -> int:
+    """Candidates per chunk and map to gather: ``wanted``, or the most (maybe 0) whose merge fits memory_limit."""
+    if _gathered_bytes(wanted, blocks, T) <= memory_limit:
+        return wanted
+    low, high = 0, wanted  # fits(low), not fits(high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _gathered_bytes(middle, blocks, T) <= memory_limit:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def _too_many_candidates(k: int, wanted: int, blocks: np.ndarray, T: int, memory_limit: int) -> SlidesimValueError:
+    needed = _gathered_bytes(wanted, blocks, T)
+    return SlidesimValueError(
+        f"`memory_limit` of {memory_limit:,} bytes cannot hold the peak candidates that k={k:,} needs: "
+        f"{wanted:,} per map from each of the {len(blocks):,} chunks would need {needed:,} bytes to merge. Lower "
+        "`k`, pass a `threshold` or a larger `min_distance`, rechunk the images into fewer chunks, or raise "
+        f"memory_limit to at least {needed:,}."
+    )
 
 
 def _crop_region(centre: tuple[float, float], template_shape: tuple[int, int], dilation, size: tuple[int, int]):
@@ -204,8 +242,9 @@ def match(
     chunk border is seen once, with its true neighbours). The candidates of all chunks are then suppressed
     together, exactly as in memory. Each chunk sends its best few candidates; where a chunk held back one that
     could have changed the result (as good as the k-th match found), the candidates are gathered again with a
-    larger allowance, so the result never depends on the chunking. Sub-pixel refinement reads a small window of
-    the image around each match.
+    larger allowance, so the result never depends on the chunking; the candidates merged stay within
+    ``memory_limit`` (each chunk sends fewer when that is all it holds). Sub-pixel refinement reads a small window
+    of the image around each match and scores its shifts within ``memory_limit``.
 
     Args:
         images: dask array [H, W] or [B, C, H, W] (chunked along any axis; channels are merged).
@@ -221,6 +260,8 @@ def match(
 
     Raises:
         SlidesimTypeError, SlidesimValueError: As the in-memory call would, before anything is computed.
+        SlidesimValueError: The candidates needed to be exact (a large k on a map of ties) would not fit
+            ``memory_limit``, with the bytes.
     """
     from dask import delayed
 
@@ -263,22 +304,28 @@ def match(
         scales=None if stream is None else stream.scale_list,
         options=options_of(canon, mode="valid", mask=None),  # the chunks arrive padded
     )
-    radius = max(1, distance - 1)
-    best = best.rechunk({3: tiles.at_least(best.chunks[3], radius), 4: tiles.at_least(best.chunks[4], radius)})
-    haloed = da.overlap.overlap(best, depth={0: 0, 1: 0, 2: 0, 3: radius, 4: radius}, boundary=-np.inf)
     higher = canon.spec.higher_is_better
     out_size = (problem.out_height, problem.out_width)
+    if subpixel:  # refused before anything is computed when one match's refinement cannot fit memory_limit
+        shifts_per_batch(canon.memory_limit, problem.channels, tuple(canon.templates.shape[-2:]), canon.dilation)
+    # a neighbourhood wider than the maps sees no more of them (and dask's halo may not be deeper than the array)
+    radius = (min(max(1, distance - 1), out_size[0]), min(max(1, distance - 1), out_size[1]))
+    best = best.rechunk({3: tiles.at_least(best.chunks[3], radius[0]), 4: tiles.at_least(best.chunks[4], radius[1])})
+    haloed = da.overlap.overlap(best, depth={0: 0, 1: 0, 2: 0, 3: radius[0], 4: radius[1]}, boundary=-np.inf)
     row_starts, col_starts = tiles.starts(best.chunks[3]), tiles.starts(best.chunks[4])
     batch_starts = tiles.starts(best.chunks[0])
     blocks = haloed.to_delayed()
-    limit = k + _CANDIDATES_PER_CHUNK
+    where = list(itertools.product(range(len(batch_starts)), range(len(row_starts)), range(len(col_starts))))
+    sizes = np.asarray(
+        [(best.chunks[0][ib], best.chunks[3][iy] * best.chunks[4][ix]) for ib, iy, ix in where], dtype=np.int64
+    )
+    limit, wanted = 0, k + _CANDIDATES_PER_CHUNK
     while True:
-        where = [
-            (ib, iy, ix)
-            for ib in range(len(batch_starts))
-            for iy in range(len(row_starts))
-            for ix in range(len(col_starts))
-        ]
+        # the candidates merged below stay within memory_limit: fewer per chunk when that is all it holds
+        allowed = _allowance(wanted, sizes, T, canon.memory_limit)
+        if allowed <= limit:
+            raise _too_many_candidates(k, wanted, sizes, T, canon.memory_limit)
+        limit = allowed
         tasks = [
             delayed(_candidates)(
                 blocks[ib, 0, 0, iy, ix],
@@ -295,30 +342,25 @@ def match(
             for ib, iy, ix in where
         ]
         parts = _compute(tasks, progress)
-        rows = np.concatenate([found for found, _ in parts])
         left_out = np.full((problem.batch, T), -np.inf)  # the best candidate any chunk held back
         for (_, following), (ib, _, _) in zip(parts, where, strict=True):
             span = slice(batch_starts[ib], batch_starts[ib] + following.shape[0])
             left_out[span] = np.maximum(left_out[span], following)
-        kept, exact = [], True
-        for b in range(problem.batch):
-            for t in range(T):
-                mine = rows[(rows[:, 0] == b) & (rows[:, 1] == t)]
-                chosen = _merge(mine, k, distance, problem.out_width) if len(mine) else []
-                kept.extend(mine[j] for j in chosen)
-                # a held-back candidate as good as the k-th kept one (or any, when fewer than k were kept)
-                # could have changed the result
-                bar = mine[chosen[-1], 4] if len(chosen) == k else -np.inf
-                if left_out[b, t] > -np.inf and left_out[b, t] >= bar:
-                    exact = False
-        if exact:
+        candidates = np.concatenate([found for found, _ in parts])
+        del parts
+        kept, kth = _survivors(candidates, k, distance, T, out_size[1], problem.batch * T)
+        del candidates
+        # a held-back candidate as good as the k-th kept one (or any, when fewer than k were kept) could have
+        # changed the result
+        held = left_out.reshape(-1)
+        if not bool(((held > -np.inf) & (held >= kth)).any()):
             break
-        limit *= 4
+        wanted = limit * 4
     (sy, sx), (oy, ox) = canon.stride, window_origin(canon)
     H, W = images.shape[-2:]
     member = bank_members(values, stream)
     output = []
-    for b, t, y, x, key, r in kept:
+    for b, t, y, x, key, r in kept.tolist():
         b, t, y, x, r = int(b), int(t), int(y), int(x), int(r)
         cy, cx = y * sy + oy, x * sx + ox
         score = float(key if higher else -key)  # the best map's value: kept keys are never thresholded away

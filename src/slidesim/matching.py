@@ -21,7 +21,7 @@ import torch
 
 from ._checks import check_bool, check_callable, check_factors, check_has_values, check_int, check_threshold
 from ._geometry import pad_amounts
-from ._refine import bank_member, refine_on_data
+from ._refine import bank_member, refine_on_data, shifts_per_batch
 from ._types import ArrayLike
 from ._validate import Canonical, all_finite, canonicalize, window_origin, with_bank, with_defaults
 from .banks import TransformStream, canvas_size, drawing_bytes, member_bytes, usable_scales
@@ -290,13 +290,15 @@ def match(
             real numbers; subpixel not a bool.
         SlidesimValueError: As for similarity; empty or non-finite rotations, non-positive scales,
             channels="separate"; scales that shrink the template below 2 pixels or (mode "valid") grow its canvas
-            beyond the images, with the usable range; one transform and its score maps over ``memory_limit``.
+            beyond the images, with the usable range; one transform and its score maps over ``memory_limit``, or
+            (with subpixel) the refinement of one match over it, before anything is scored.
 
     Memory:
         Rotated and scaled templates are drawn a chunk of the bank at a time (within a quarter of
         ``memory_limit``) and stream through the engine; each chunk's maps are folded into the best score and the
         best transform per position. Peak memory is the image side, one chunk and the two best maps, whatever the
-        number of transforms.
+        number of transforms. Matches are refined one after the other, each scoring as many shifted windows at
+        once as ``memory_limit`` holds: nothing grows with k but the matches themselves.
 
     Examples:
         >>> import numpy as np, slidesim
@@ -318,6 +320,9 @@ def match(
     h, w = canon.templates.shape[-2:]
     numpy_out = canon.numpy_out
     stream = search.stream(canon) if search.transformed else None
+    if subpixel:  # refused before the maps are scored when one match's refinement cannot fit memory_limit
+        canvas = stream.canvas if stream is not None else (h, w)
+        shifts_per_batch(canon.memory_limit, canon.templates.shape[2], canvas, canon.dilation)
     best, which, canon = best_of_stream(canon, stream, progress)
     higher = canon.spec.higher_is_better
     found = locate_peaks(best, search.k, search.distance(h, w), search.threshold, search.border, higher)

@@ -249,9 +249,9 @@ def locate_peaks(
     candidates, never k × candidates.
     """
     B, T, H, W = maps.shape
-    key = _ranking_key(maps, threshold, border, higher).reshape(B * T, 1, H, W)
+    key = ranking_key(maps, threshold, border, higher).reshape(B * T, 1, H, W)
     reach = min(min_distance - 1, max(H, W))  # a window wider than the map sees no more of it
-    candidate = _local_maxima(key, max(1, reach))
+    candidate = local_maxima(key, (max(1, reach), max(1, reach)))
     group, flat = candidate.reshape(B * T, H * W).nonzero(as_tuple=True)
     order = torch.argsort(key.reshape(B * T, H * W)[group, flat], descending=True, stable=True)
     order = order[torch.argsort(group[order], stable=True)]  # by map, best first; ties keep row-major order
@@ -265,7 +265,7 @@ def locate_peaks(
     return torch.stack([group // T, group % T, flat // W, flat % W], dim=1)
 
 
-def _ranking_key(maps: torch.Tensor, threshold: float | None, border: int, higher: bool) -> torch.Tensor:
+def ranking_key(maps: torch.Tensor, threshold: float | None, border: int, higher: bool) -> torch.Tensor:
     """Maps [B, T, H, W] as floats where larger is better, −inf wherever no peak may be: non-finite scores,
     scores worse than the threshold, the border. float32 maps stay float32 (exact, and half the work of the
     pooling); the threshold is compared in float64, as given."""
@@ -285,11 +285,13 @@ def _ranking_key(maps: torch.Tensor, threshold: float | None, border: int, highe
     return key
 
 
-def _local_maxima(key: torch.Tensor, radius: int) -> torch.Tensor:
-    """Where key [G, 1, H, W] is finite and the maximum of its (2·radius + 1)² window -> bool [G, 1, H, W]."""
+def local_maxima(key: torch.Tensor, radius: tuple[int, int]) -> torch.Tensor:
+    """Where key [G, 1, H, W] is finite and the maximum of its (2·radius[0] + 1) × (2·radius[1] + 1) window (rows,
+    columns) -> bool [G, 1, H, W]. A radius beyond the map's side is the side: the window sees no more of it."""
+    ry, rx = radius
     # separable: rows then columns, O(radius) per pixel rather than O(radius²)
-    pooled = F.max_pool2d(key, (1, 2 * radius + 1), stride=1, padding=(0, radius))
-    pooled = F.max_pool2d(pooled, (2 * radius + 1, 1), stride=1, padding=(radius, 0))
+    pooled = F.max_pool2d(key, (1, 2 * rx + 1), stride=1, padding=(0, rx))
+    pooled = F.max_pool2d(pooled, (2 * ry + 1, 1), stride=1, padding=(ry, 0))
     return (key == pooled) & (pooled > -torch.inf)
 
 
@@ -303,6 +305,45 @@ def _crowded(candidate: torch.Tensor, reach: int) -> torch.Tensor:
     sums = padded.cumsum(-1, dtype=torch.int32).cumsum(-2, dtype=torch.int32)
     counts = sums[:, span:, span:] - sums[:, :-span, span:] - sums[:, span:, :-span] + sums[:, :-span, :-span]
     return candidate[:, 0] & (counts[:, :H, :W] > 1)
+
+
+def suppress_points(group: torch.Tensor, y: torch.Tensor, x: torch.Tensor, k: int, min_distance: int) -> torch.Tensor:
+    """The greedy suppression of :func:`locate_peaks` for candidates given as points: which of them are among the
+    first k survivors of their map -> bool [N].
+
+    Args:
+        group, y, x: Map index, row and column [N] int64 of candidates (local maxima of their maps, as
+            :func:`local_maxima` finds them), sorted by map and best first within each (equal scores: row-major
+            order), gathered from anywhere (the chunks of a dask array).
+        k: Survivors kept per map.
+        min_distance: Two peaks closer than this (Chebyshev) keep only the first.
+    """
+    if min_distance > 1 and len(group):
+        crowded = _near_another(group, y, x, min_distance)
+        keep = _suppress(group, y, x, crowded, k, min_distance)
+    else:
+        keep = torch.ones(len(group), dtype=torch.bool)
+    survivors = keep.nonzero().squeeze(1)
+    first_k = survivors[_rank_in_group(group[survivors]) < k]
+    return torch.zeros(len(group), dtype=torch.bool).index_fill_(0, first_k, True)
+
+
+def _near_another(group: torch.Tensor, y: torch.Tensor, x: torch.Tensor, min_distance: int) -> torch.Tensor:
+    """Whether another point [N] of the same map lies in the 3 × 3 cells of min_distance × min_distance pixels
+    around each one -> bool [N]: every point closer than min_distance is among them, so the others can neither
+    suppress nor be suppressed (the ``crowded`` of :func:`_suppress`, for points without a map to count on)."""
+    d = min_distance
+    cy, cx = y // d + 1, x // d + 1  # from 1: the cells beside them stay >= 0
+    height, width = int(cy.max()) + 2, int(cx.max()) + 2
+    cell = (group * height + cy) * width + cx
+    cells, counts = torch.unique(cell, return_counts=True)  # sorted
+    around = torch.zeros_like(cell)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            probe = cell + dy * width + dx
+            at = torch.searchsorted(cells, probe).clamp(max=len(cells) - 1)
+            around += torch.where(cells[at] == probe, counts[at], 0)
+    return around > 1  # itself, and at least one more
 
 
 def _suppress(
