@@ -28,7 +28,7 @@ class ConvPrimitives(AreaSumReductions):
         leave those taps out.
         """
         del support
-        return conv_correlate(image, kernel, self.geom)
+        return conv_correlate(image, kernel, self.geom, self.unfold_bytes)
 
 
 class ConvEngine(ReductionEngine):
@@ -61,8 +61,7 @@ class ConvEngine(ReductionEngine):
 
     def temporary_bytes(self, problem: Problem, memory_limit: int) -> int:
         """The area sums' temporaries, and one reordered copy of the (centred) image that oneDNN makes."""
-        del memory_limit
-        return counts.area_sum_bytes(problem) + counts.image_bytes(problem)
+        return counts.area_sum_bytes(problem, memory_limit) + counts.image_bytes(problem)
 
     def primitives(self, canon: Canonical, image: torch.Tensor) -> ConvPrimitives:
         """conv2d correlations; masked window sums' spectra within a quarter of ``memory_limit``."""

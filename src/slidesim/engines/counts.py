@@ -10,8 +10,9 @@ import math
 
 from .._validate import Problem
 from ..kernels.area_sums import fused_statistics_available
-from ..kernels.conv import UNFOLD_BUDGET
+from ..kernels.conv import unfold_budget
 from ..kernels.spectral import next_fast_length
+from ..kernels.taps import block_elements
 from ..metrics import METRICS
 from ..scoring.correlation import CENTRING_BYTES
 
@@ -91,12 +92,14 @@ def tap_loop_bytes(problem: Problem, memory_limit: int) -> int:
     """Temporaries of the tap loops: the padded image, float64 statistics planes and a few output blocks."""
     out_plane = problem.batch * problem.out_height * problem.out_width
     statistics = 4 * out_plane * 8 if normalized(problem) else 0
-    return image_bytes(problem) + statistics + min(memory_limit, 3 * 2**22 * item_size(problem))
+    item = item_size(problem)
+    return image_bytes(problem) + statistics + 3 * block_elements(memory_limit, item) * item  # blocks, as run
 
 
-def area_sum_bytes(problem: Problem) -> int:
+def area_sum_bytes(problem: Problem, memory_limit: int) -> int:
     """Temporaries of the engines whose window statistics are area sums, before their cross term's own: the
-    centred and padded copies, the statistics planes, and a partial sum when channels are centred in groups."""
+    centred and padded copies, the statistics planes, float64 windows unfolded a band of rows at a time within a
+    share of ``memory_limit``, and a partial sum when channels are centred in groups."""
     item = item_size(problem)
     Hp, Wp = padded_size(problem)
     image = image_bytes(problem)
@@ -109,9 +112,10 @@ def area_sum_bytes(problem: Problem) -> int:
             statistics = problem.batch * (Hp + 1) * (Wp + 1) * 8 + 3 * out_plane * 8
     # float64 conv2d unfolds windows (im2col) a band of rows at a time; masked window sums run through it too
     taps = problem.template_height * problem.template_width
-    unfold = min(UNFOLD_BUDGET, problem.channels * taps * out_plane * 8) if item == 8 else 0
+    band = max(unfold_budget(memory_limit), taps * problem.out_width * 8 * problem.batch)  # one row at least
+    unfold = min(band, problem.channels * taps * out_plane * 8) if item == 8 else 0
     if problem.mask_kind != "none" and normalized(problem):
-        unfold = max(unfold, min(UNFOLD_BUDGET, taps * out_plane * 8))
+        unfold = max(unfold, min(band, taps * out_plane * 8))
     copies = image if problem.mode == "valid" else 2 * image  # the centred copy, and the padded one
     return copies + statistics + unfold + _centring_partial(problem, item)
 

@@ -83,7 +83,7 @@ class FFTEngine(ReductionEngine):
         bank_batch = problem.batch if problem.per_image_bank else 1
         chunk = template_chunk((Hf, Wf), problem.batch, bank_batch, problem.n_templates, item, memory_limit // 4)
         per_template = (bank_batch + problem.batch) * Hf * (Wf // 2 + 1) * 2 * item + problem.batch * Hf * Wf * item
-        return counts.area_sum_bytes(problem) + spectrum + chunk * per_template
+        return counts.area_sum_bytes(problem, memory_limit) + spectrum + chunk * per_template
 
     def primitives(self, canon: Canonical, image: torch.Tensor) -> FFTPrimitives:
         """FFT correlations whose spectra fit a quarter of ``memory_limit``."""

@@ -63,7 +63,7 @@ class NumbaCorrelation(AreaSumReductions):
         """
         del support
         if torch.is_grad_enabled() and (image.requires_grad or kernel.requires_grad):
-            return conv_correlate(image, kernel, self.geom)
+            return conv_correlate(image, kernel, self.geom, self.unfold_bytes)
         return numba_ops.correlate(image, kernel, self.geom)
 
 
@@ -109,7 +109,7 @@ class NumbaEngine(ReductionEngine):
         """Distances: as the tap loops. Correlations: the area sums' temporaries and the tiles' phase planes."""
         if problem.metric not in PRODUCT_METRICS:
             return counts.tap_loop_bytes(problem, memory_limit)
-        return counts.area_sum_bytes(problem) + counts.image_bytes(problem)
+        return counts.area_sum_bytes(problem, memory_limit) + counts.image_bytes(problem)
 
     def primitives(self, canon: Canonical, image: torch.Tensor) -> NumbaPrimitives | NumbaCorrelation:
         """Distance tiles, or product tiles with area-sum statistics for the correlation metrics."""

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .boxes import box_sums
-from .conv import conv_correlate
+from .conv import UNFOLD_BUDGET, conv_correlate
 from .spectral import fft_correlate
 from .taps import TapReductions
 
@@ -47,6 +47,12 @@ class AreaSumReductions(TapReductions):
     spectra: dict | None = None
     cumulative_window_sums = True  # unmasked window sums come from summed-area tables or running sums
     spreads_nan = True  # so do FFTs: the scoring code fills NaN pixels first and marks their windows after
+
+    @property
+    def unfold_bytes(self) -> int:
+        """Bytes of float64 windows that conv2d may unfold at a time: chunk_bytes, at most UNFOLD_BUDGET (as
+        :func:`slidesim.kernels.conv.unfold_budget` counts them)."""
+        return max(1, min(UNFOLD_BUDGET, self.chunk_bytes))
 
     def for_stream(self) -> AreaSumReductions:
         """A copy that keeps whole-image spectra between the chunks of a streamed bank."""
@@ -120,7 +126,7 @@ class AreaSumReductions(TapReductions):
         if weights is not None:
             if not exact_zeros:
                 return fft_correlate(plane, weights, self.geom, self.chunk_bytes, spectra=self.spectra)
-            return conv_correlate(plane, weights, self.geom)
+            return conv_correlate(plane, weights, self.geom, self.unfold_bytes)
         total = plane.sum(dim=1, keepdim=True) if plane.shape[1] > 1 else plane
         geom = self.geom
         return box_sums(total, geom.template_size, geom, (geom.out_height, geom.out_width))

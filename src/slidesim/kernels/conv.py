@@ -19,8 +19,17 @@ _BANDED_FROM = 16 * 2**20  # float32 outputs from this size run in bands of rows
 _BAND_BYTES = 2 * 2**20  # conv2d output of one band: stays in cache and is recycled by malloc
 
 
-def conv_correlate(image: torch.Tensor, kernel: torch.Tensor, geom: Geometry) -> torch.Tensor:
-    """Σ_c Σ_taps kernel · image by torch conv2d. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W'].
+def unfold_budget(memory_limit: int) -> int:
+    """Bytes of float64 windows unfolded per band of rows under ``memory_limit``: a quarter of it, at most
+    :data:`UNFOLD_BUDGET`."""
+    return max(1, min(UNFOLD_BUDGET, memory_limit // 4))
+
+
+def conv_correlate(
+    image: torch.Tensor, kernel: torch.Tensor, geom: Geometry, unfold_bytes: int = UNFOLD_BUDGET
+) -> torch.Tensor:
+    """Σ_c Σ_taps kernel · image by torch conv2d. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W'];
+    float64 unfolds at most ``unfold_bytes`` of windows at a time (a band of rows; at least one row).
 
     float32 runs through oneDNN, whose temporaries are about one copy of the image. torch's float64 conv2d on the
     CPU unfolds every window first (C·h·w values per output pixel), so it runs a band of output rows at a time.
@@ -36,9 +45,9 @@ def conv_correlate(image: torch.Tensor, kernel: torch.Tensor, geom: Geometry) ->
     rows = geom.out_height
     per_image = B if kernel.shape[0] > 1 else 1
     unfolded_row = C * h * w * geom.out_width * image.element_size() * per_image
-    if image.dtype == torch.float64 and unfolded_row * rows > UNFOLD_BUDGET:
+    if image.dtype == torch.float64 and unfolded_row * rows > unfold_bytes:
         return torch.cat(
-            [_conv(part, kernel, geom) for part in _row_bands(image, geom, h, UNFOLD_BUDGET // unfolded_row)], -2
+            [_conv(part, kernel, geom) for part in _row_bands(image, geom, h, unfold_bytes // unfolded_row)], -2
         )
     output_row = B * kernel.shape[1] * geom.out_width * image.element_size()
     if not _banded(image, kernel) or output_row * rows < _BANDED_FROM:
