@@ -275,6 +275,45 @@ def test_bank_is_drawn_in_chunks_within_memory_limit(monkeypatch) -> None:
     np.testing.assert_allclose(chunked.maps, whole.maps, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("metric", "method"),
+    [("zncc", "fft"), ("ncc", "conv"), ("ccoeff", "fft"), ("ssd_normed", "direct"), ("sad", "direct"),
+     ("ssd", "direct")],
+)  # fmt: skip
+def test_chunked_bank_streams_through_one_call_with_the_scores_of_one_chunk(monkeypatch, metric, method) -> None:
+    """A masked bank drawn in many chunks streams through one engine call: the images are padded (and centred)
+    once, not once per chunk, and the best maps and transforms equal those of the bank scored as one chunk."""
+    from slidesim.engines import base
+    from slidesim.scoring import statistics
+
+    rng = np.random.default_rng(31)
+    image = rng.random((2, 2, 36, 40), dtype=np.float32)
+    image[1, 0, 5, 7] = np.nan  # a hole: filled and marked per chunk
+    template = image[0, :, 8:17, 10:19].copy()[None]
+    mask = (rng.random((1, 1, 9, 9)) > 0.3) * rng.uniform(0.5, 1.0, (1, 1, 9, 9))
+    options = {"metric": metric, "method": method, "mask": mask.astype(np.float32), "rotations": range(0, 360, 15)}
+    options |= {"scales": [0.9, 1.0], "subpixel": False, "k": 2}
+    whole = slidesim.match(image, template, **options)
+
+    calls = {"padded": 0, "centred": 0}
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(base, "padded_images", counted("padded", base.padded_images))
+    monkeypatch.setattr(statistics, "finite_channel_mean", counted("centred", statistics.finite_channel_mean))
+    chunked = slidesim.match(image, template, memory_limit=200_000, **options)
+    assert calls["padded"] == 1
+    assert calls["centred"] == (1 if metric in ("zncc", "ccoeff") else 0)
+    np.testing.assert_array_equal(chunked.maps, whole.maps)
+    for name in ("batch", "template", "y", "x", "score", "angle", "scale"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
+
+
 def test_public_names_stay_callable_after_every_module_loads() -> None:
     import importlib
 

@@ -335,12 +335,13 @@ def match(
 def best_of_stream(
     canon: Canonical, stream: TransformStream | None, progress: Callable[[int, int], None] | None
 ) -> tuple[torch.Tensor, torch.Tensor, Canonical]:
-    """(best score [B, T, H', W'], index of the best transform [B, T, H', W'] int64, the validated call of the
-    last chunk of the bank: the geometry of its windows) for a validated call on the untransformed templates and
-    the stream of their transforms (None: the templates as they are).
+    """(best score [B, T, H', W'], index of the best transform [B, T, H', W'] int64, a validated call on members
+    of the bank: the geometry of its windows) for a validated call on the untransformed templates and the stream
+    of their transforms (None: the templates as they are).
 
-    The transforms are drawn a chunk at a time, each chunk within a share of ``memory_limit``, and scored by one
-    engine, chosen for the whole bank. A bank that fits one chunk is drawn and scored as one call.
+    A bank that fits one chunk is drawn and scored as one call. A larger one streams through one call of one
+    engine, chosen for the whole bank, which draws its transforms a chunk at a time (each chunk within a share
+    of ``memory_limit``) and computes the image side (centring, window statistics, spectra) once.
     """
     if stream is None:
         return (*best_of_bank(canon, canon.templates.shape[1], 1, progress), canon)
@@ -349,14 +350,38 @@ def best_of_stream(
     if per_chunk >= total:
         chunk = with_bank(canon, *stream.draw(0, total))
         return (*best_of_bank(chunk, stream.n_templates, stream.transforms, progress), chunk)
-    best = which = engine = None
-    for j0 in range(0, total, per_chunk):
-        j1 = min(total, j0 + per_chunk)
-        chunk = with_bank(canon, *stream.draw(j0, j1))
-        if engine is None:
-            engine = _engine_for_bank(chunk, total)
-        best, which = _fold(chunk, engine, j0, stream, best, which, progress)
-    return best, which, chunk
+    # One validated member gives the bank's geometry and options; the whole bank then streams through one call of
+    # one engine, which draws each chunk when it needs it: the image side is computed once.
+    head = with_bank(canon, *stream.draw(0, 1))
+    engine = _engine_for_bank(head, total)
+    best, which = _worst_maps(head, stream.n_templates)
+    step = min(per_chunk, _chunk(head, total, per_template_masks=True))
+    higher = head.spec.higher_is_better
+    with torch.no_grad():
+        for t0, t1, scores in engine.stream(head, step, CanonicalDraws(stream)):
+            _fold_scores(scores, t0, t1, stream.transforms, best, which, higher)
+            if progress is not None:
+                progress(t1, total)
+    return best, which, head
+
+
+class CanonicalDraws:
+    """Members of a transformed bank drawn on demand, canonical as a validated call makes them (a weight of zero
+    hides a non-finite template pixel): the bank source that :meth:`Engine.stream` draws its chunks from.
+
+    Args:
+        stream: The transformed bank.
+    """
+
+    def __init__(self, stream: TransformStream) -> None:
+        self.stream, self.members = stream, stream.members
+
+    def draw(self, j0: int, j1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Members j0..j1 -> (templates [Bk, j1 − j0, C, Hc, Wc], weights [Bm, j1 − j0, Cm, Hc, Wc])."""
+        pictures, weights = self.stream.draw(j0, j1)
+        if not all_finite(pictures):
+            pictures = torch.where(weights > 0, pictures, 0.0)
+        return pictures, weights
 
 
 def _engine_for_bank(chunk: Canonical, members: int) -> Engine:
@@ -366,28 +391,6 @@ def _engine_for_bank(chunk: Canonical, members: int) -> Engine:
     kind = "per_template" if members > 1 and problem.mask_kind != "none" else problem.mask_kind
     whole = dataclasses.replace(problem, n_templates=members, mask_kind=kind)
     return select_engine(dataclasses.replace(chunk, problem=whole))
-
-
-def _fold(
-    chunk: Canonical,
-    engine: Engine,
-    j0: int,
-    stream: TransformStream,
-    best: torch.Tensor | None,
-    which: torch.Tensor | None,
-    progress: Callable[[int, int], None] | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fold the scores of bank members j0.. (the templates of ``chunk``) into the running best and its transform."""
-    T, R = stream.n_templates, stream.transforms
-    if best is None or which is None:
-        best, which = _worst_maps(chunk, T)
-    higher = chunk.spec.higher_is_better
-    with torch.no_grad():
-        for t0, t1, scores in engine.stream(chunk, _chunk(chunk)):
-            _fold_scores(scores, j0 + t0, j0 + t1, R, best, which, higher)
-            if progress is not None:
-                progress(j0 + t1, stream.members)
-    return best, which
 
 
 def _worst_maps(canon: Canonical, T: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -412,15 +415,18 @@ def _fold_scores(
         which[:, t].masked_fill_(better, r)
 
 
-def _chunk(canon: Canonical) -> int:
-    """Templates per chunk: their score maps, and the float64 window moments of masks that differ per template
-    (a rotated template's mask does), fit a share of memory_limit."""
+def _chunk(canon: Canonical, members: int | None = None, per_template_masks: bool = False) -> int:
+    """Templates per chunk of a bank of ``members`` (default: the call's own): their score maps, and the float64
+    window moments of masks that differ per template (a rotated template's mask does), fit a share of
+    memory_limit."""
     problem = canon.problem
     per_pixel = canon.images.element_size()
-    if canon.spec.family == "correlation" and canon.mask is not None and canon.mask.shape[1] > 1:
+    per_template_masks = per_template_masks or (canon.mask is not None and canon.mask.shape[1] > 1)
+    if canon.spec.family == "correlation" and per_template_masks:
         per_pixel += 8 * _MOMENT_TEMPORARIES
     per_template = canon.images.shape[0] * problem.out_height * problem.out_width * per_pixel
-    return int(max(1, min(canon.templates.shape[1], canon.memory_limit // _MAP_SHARE // max(1, per_template))))
+    members = canon.templates.shape[1] if members is None else members
+    return int(max(1, min(members, canon.memory_limit // _MAP_SHARE // max(1, per_template))))
 
 
 def best_of_bank(
@@ -460,11 +466,10 @@ def bank_members(
     if stream is None:
         return lambda b, j: bank_member(canon.templates, canon.mask, b, j)
 
+    draws = CanonicalDraws(stream)
+
     def member(b: int, j: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        pictures, weights = stream.draw(j, j + 1)
-        if not all_finite(pictures):
-            pictures = torch.where(weights > 0, pictures, 0.0)
-        return bank_member(pictures, weights, b, 0)
+        return bank_member(*draws.draw(j, j + 1), b, 0)
 
     return member
 

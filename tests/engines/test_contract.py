@@ -77,6 +77,35 @@ def test_streamed_chunks_equal_a_whole_call(name: str, metric: str, rng) -> None
     torch.testing.assert_close(torch.cat([s for _, _, s in chunks], dim=1), whole, **tolerance(images.dtype))
 
 
+class _DrawnBank:
+    """A bank source that records the chunks drawn from it."""
+
+    def __init__(self, templates: torch.Tensor, mask: torch.Tensor) -> None:
+        self.templates, self.mask, self.members, self.drawn = templates, mask, templates.shape[1], []
+
+    def draw(self, t0: int, t1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.drawn.append((t0, t1))
+        return self.templates[:, t0:t1], self.mask[:, t0:t1]
+
+
+@pytest.mark.parametrize(("name", "metric"), ENGINE_METRICS)
+def test_a_bank_drawn_on_demand_streams_through_one_call(name: str, metric: str, rng) -> None:
+    """With a bank source, one stream call draws each chunk when it scores it (templates and per-template masks)
+    and gives the scores of the whole bank; the call's own bank only sets the geometry."""
+    engine = engines.load(name)
+    images, bank = random_problem(rng, n_templates=5, tsize=(4, 3))
+    mask = torch.rand(5, 1, 4, 3, dtype=bank.dtype) + 0.5
+    canon = canonicalize(images, bank, **with_defaults({"metric": metric, "mask": mask}))
+    head = canonicalize(images, bank[:1], **with_defaults({"metric": metric, "mask": mask[:1]}))
+    source = _DrawnBank(canon.templates, canon.mask)
+    chunks = []
+    for t0, t1, scores in engine.stream(head, 2, source):
+        assert source.drawn[-1] == (t0, t1)  # drawn just before it is scored
+        chunks.append(scores)
+    assert source.drawn == [(0, 2), (2, 4), (4, 5)]
+    torch.testing.assert_close(torch.cat(chunks, dim=1), engine.run(canon), **tolerance(images.dtype))
+
+
 @pytest.mark.parametrize(("name", "metric"), [(n, m) for n, m in ENGINE_METRICS if METRICS[m].normalized])
 def test_streamed_chunks_with_gradients_finish_a_few_templates_at_a_time(name: str, metric: str, rng) -> None:
     """A tight memory_limit finishes 2 templates at a time: chunks of 3 end with a piece of 1."""

@@ -24,7 +24,7 @@ import torch
 
 from .._validate import Canonical, Problem, padded_images, with_bank
 from ..metrics import PRODUCT_METRICS
-from ..scoring.driver import score_channels, score_stream
+from ..scoring.driver import BankSource, score_channels, score_stream
 from ..scoring.primitives import Primitives
 
 Chunks = Iterator[tuple[int, int, torch.Tensor]]
@@ -69,8 +69,12 @@ class Engine(ABC):
         """Scores of a validated call: [B, T, H', W'] (or [B, T, C, H', W'] for channels="separate")."""
 
     @abstractmethod
-    def stream(self, canon: Canonical, chunk: int) -> Chunks:
-        """Joint (or channel-mean) scores of the bank ``chunk`` templates at a time, in bounded memory."""
+    def stream(self, canon: Canonical, chunk: int, source: BankSource | None = None) -> Chunks:
+        """Joint (or channel-mean) scores of the bank ``chunk`` templates at a time, in bounded memory.
+
+        With ``source`` the bank is drawn from it a chunk at a time (templates of the size and channels of
+        ``canon``'s, whose own bank then only sets the geometry): the whole bank streams through one call.
+        """
 
 
 class ReductionEngine(Engine):
@@ -85,20 +89,24 @@ class ReductionEngine(Engine):
         image = padded_images(canon)
         return score_channels(self.primitives(canon, image), canon, image)
 
-    def stream(self, canon: Canonical, chunk: int) -> Chunks:
+    def stream(self, canon: Canonical, chunk: int, source: BankSource | None = None) -> Chunks:
         """Joint scores stream with the image side computed once; channel means run whole calls on chunks."""
         if canon.channels_mode != "joint":
-            yield from whole_calls(self, canon, chunk)
+            yield from whole_calls(self, canon, chunk, source)
             return
         image = padded_images(canon)
-        yield from score_stream(self.primitives(canon, image), canon, image, chunk)
+        yield from score_stream(self.primitives(canon, image), canon, image, chunk, source)
 
 
-def whole_calls(engine: Engine, canon: Canonical, chunk: int) -> Chunks:
-    """Scores of the bank ``chunk`` templates at a time, each chunk a whole call of its own."""
-    T = canon.templates.shape[1]
+def whole_calls(engine: Engine, canon: Canonical, chunk: int, source: BankSource | None = None) -> Chunks:
+    """Scores of the bank (``canon``'s, or drawn from ``source``) ``chunk`` templates at a time, each chunk a
+    whole call of its own."""
+    T = canon.templates.shape[1] if source is None else source.members
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
+        if source is not None:
+            yield t0, t1, engine.run(with_bank(canon, *source.draw(t0, t1)))
+            continue
         mask = canon.mask
         if mask is not None and mask.shape[1] > 1:
             mask = mask[:, t0:t1]

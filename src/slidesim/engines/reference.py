@@ -7,7 +7,7 @@ import torch
 from .. import reference
 from .._validate import Canonical, Problem
 from . import counts
-from .base import Chunks, Engine, whole_calls
+from .base import BankSource, Chunks, Engine, whole_calls
 
 
 class ReferenceEngine(Engine):
@@ -37,9 +37,9 @@ class ReferenceEngine(Engine):
         """Float64 brute-force scores."""
         return reference.compute(canon)
 
-    def stream(self, canon: Canonical, chunk: int) -> Chunks:
-        """Whole calls on chunks of the bank."""
-        return whole_calls(self, canon, chunk)
+    def stream(self, canon: Canonical, chunk: int, source: BankSource | None = None) -> Chunks:
+        """Whole calls on chunks of the bank (see :meth:`Engine.stream`)."""
+        return whole_calls(self, canon, chunk, source)
 
 
 ENGINE = ReferenceEngine()

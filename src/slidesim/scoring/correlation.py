@@ -54,6 +54,12 @@ class CorrelationScorer:
         self.stats = WindowStatistics(prims, image, mask, centre, finite, edge, keep_planes)
         self.rescorer = Rescorer(self.stats, spec, bank)
 
+    def load(self, bank: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """Score another chunk of a streamed bank from now on: templates [Bk, t, C, h, w], weights
+        [Bm, t or 1, Cm, h, w] or None (as at construction). The image side is kept."""
+        self.bank = self.rescorer.bank = bank
+        self.stats.use_mask(mask)
+
     def _mask(self, t0: int, t1: int) -> torch.Tensor:
         return self.stats.mask if self.stats.shared else self.stats.mask[:, t0:t1]
 

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 
@@ -61,25 +62,58 @@ def score_channels(prims: Primitives, canon: Canonical, image: torch.Tensor) -> 
     return _marked(scores, holes, mask, prims, separate)
 
 
-def score_stream(prims: Primitives, canon: Canonical, image: torch.Tensor, chunk: int) -> Chunks:
+class BankSource(Protocol):
+    """A bank drawn on demand (a rotated and scaled bank, say), so that only one chunk of it exists at a time.
+
+    Attributes:
+        members: Templates in the bank.
+    """
+
+    members: int
+
+    def draw(self, t0: int, t1: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Templates t0:t1 -> (templates [Bk, t1 − t0, C, h, w], weights [Bm, t1 − t0 or 1, Cm, h, w] or None),
+        canonical as :func:`slidesim._validate.canonicalize` makes them, in the call's compute dtype."""
+        ...
+
+
+def score_stream(
+    prims: Primitives, canon: Canonical, image: torch.Tensor, chunk: int, source: BankSource | None = None
+) -> Chunks:
     """Joint scores of the bank ``chunk`` templates at a time: yields (t0, t1, scores [B, t1 − t0, H', W']).
 
-    The image side is computed once for the whole bank: its centring, the window statistics that templates share
-    and, for engines that keep them, the spectra of the image planes. Memory beyond that is one chunk's scores and
-    temporaries, whatever the bank size.
+    The bank is the call's own, or, with ``source``, drawn from it a chunk at a time (templates of the call's
+    size and channels; ``canon`` then only gives the images, options and geometry). The image side is computed
+    once for the whole bank: its centring, the window statistics that templates share and, for engines that keep
+    them, the spectra of the image planes. Memory beyond that is one chunk's templates, scores and temporaries,
+    whatever the bank size.
     """
     if canon.channels_mode != "joint":
         raise ValueError(f"streaming scores one joint score per template; got channels={canon.channels_mode!r}")
-    T = canon.templates.shape[1]
     image, finite, holes = _filled(prims, canon, image)
     prims = prims.for_stream()  # even for one chunk: masked zncc sums transform an image plane twice
-    scores = _BankScorer(
-        prims, canon.spec, image, canon.templates, canon.mask, canon.periods, canon.memory_limit, finite,
-        border(canon), streaming=True,
-    )  # fmt: skip
-    for t0 in range(0, T, chunk):
-        t1 = min(T, t0 + chunk)
-        yield t0, t1, _marked(scores(t0, t1), holes, _chunk_of(canon.mask, t0, t1), prims, separate=False)
+    edge = border(canon)
+    if source is None:
+        T = canon.templates.shape[1]
+        scores = _BankScorer(
+            prims, canon.spec, image, canon.templates, canon.mask, canon.periods, canon.memory_limit, finite,
+            edge, streaming=True,
+        )  # fmt: skip
+        for t0 in range(0, T, chunk):
+            t1 = min(T, t0 + chunk)
+            yield t0, t1, _marked(scores(t0, t1), holes, _chunk_of(canon.mask, t0, t1), prims, separate=False)
+        return
+    scores = None
+    for t0 in range(0, source.members, chunk):
+        t1 = min(source.members, t0 + chunk)
+        bank, mask = source.draw(t0, t1)
+        if scores is None:  # the image side, once, with the first chunk's templates
+            scores = _BankScorer(
+                prims, canon.spec, image, bank, mask, canon.periods, canon.memory_limit, finite, edge, streaming=True
+            )
+        else:
+            scores.load(bank, mask)
+        yield t0, t1, _marked(scores(0, t1 - t0), holes, mask, prims, separate=False)
 
 
 def _filled(prims: Primitives, canon: Canonical, image: torch.Tensor) -> tuple[torch.Tensor, bool, torch.Tensor | None]:
@@ -136,17 +170,28 @@ class _BankScorer:
         edge: Border,
         streaming: bool = False,
     ) -> None:
-        self.prims, self.spec, self.image, self.bank, self.mask = prims, spec, image, bank, mask
+        self.prims, self.spec, self.image = prims, spec, image
         self.periods, self.memory_limit, self.finite = periods, memory_limit, finite
         if spec.family == "distance":
-            C, h, w = bank.shape[-3:]
-            self.weights = None if mask is None else (mask if spec.power == 1 else mask * mask)
-            # Without a mask n is a count: a Python number spares small calls two tensor operations.
-            self.n = (
-                float(C * h * w) if mask is None else mask_sums(mask, C, h, w, image).to(image.dtype)[..., None, None]
-            )
+            self.load(bank, mask)
         else:
+            self.bank, self.mask = bank, mask
             self.correlation = CorrelationScorer(prims, spec, image, bank, mask, finite, edge, keep_planes=streaming)
+
+    def load(self, bank: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """Score another chunk of a streamed bank from now on (arguments as at construction); the image side,
+        statistics included, is kept."""
+        self.bank, self.mask, spec = bank, mask, self.spec
+        if spec.family != "distance":
+            self.correlation.load(bank, mask)
+            return
+        C, h, w = bank.shape[-3:]
+        self.weights = None if mask is None else (mask if spec.power == 1 else mask * mask)
+        # Without a mask n is a count: a Python number spares small calls two tensor operations.
+        if mask is None:
+            self.n: float | torch.Tensor = float(C * h * w)
+        else:
+            self.n = mask_sums(mask, C, h, w, self.image).to(self.image.dtype)[..., None, None]
 
     def __call__(self, t0: int, t1: int) -> torch.Tensor:
         """Scores of templates t0:t1 -> [B, t1 − t0, H', W'] in the compute dtype."""

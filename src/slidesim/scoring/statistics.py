@@ -24,13 +24,15 @@ from .holes import finite_channel_mean
 from .primitives import Primitives
 
 Value = TypeVar("Value")
+_NOT_YET = object()  # no mask given yet (None means "no mask")
 
 
 class WindowStatistics:
     """The image side of one correlation call: the centred image, and the window statistics of each mask.
 
     Everything is computed on first use and kept for the call: a statistic that depends on the mask only is
-    shared by every template when the mask is (keys of :meth:`per_mask`); derived image planes (centred,
+    shared by every template when the mask is (keys of :meth:`per_mask`, dropped when a streamed bank's next
+    chunk brings other weights: :meth:`use_mask`); derived image planes (centred,
     float64, squared) are kept across the chunks of a streamed bank only (``keep_planes``), so that an engine
     that caches work per image tensor (FFT spectra) recognizes them.
 
@@ -58,13 +60,25 @@ class WindowStatistics:
         self.edge = edge if edge is not None else Border()
         h, w = prims.geom.template_size
         self.masked = mask is not None
-        self.mask = mask if mask is not None else torch.ones(1, 1, 1, h, w, dtype=image.dtype, device=image.device)
-        self.binary = mask is None or bool(((mask == 0) | (mask == 1)).all())
-        self.shared = self.mask.shape[1] == 1
+        self._ones = torch.ones(1, 1, 1, h, w, dtype=image.dtype, device=image.device)
         # Centring keeps the float32 cross term and the float64 window sums free of cancellation.
         self.shift = finite_channel_mean(self.edge.inner(image)) if centre else None
         self._values: dict[tuple, object] = {}
         self._planes: dict[tuple, torch.Tensor] | None = {} if keep_planes else None
+        self._given: object = _NOT_YET
+        self.use_mask(mask)
+
+    def use_mask(self, mask: torch.Tensor | None) -> None:
+        """Score the templates of another chunk of a streamed bank, with weights [Bm, Tm, Cm, h, w] (None: the
+        call has no mask, as at construction). The image side stays; statistics of the mask's windows are dropped
+        unless it is the very mask already in use (a mask shared by the whole bank)."""
+        if mask is self._given:
+            return
+        self._given = mask
+        self.mask = mask if mask is not None else self._ones
+        self.binary = mask is None or bool(((mask == 0) | (mask == 1)).all())
+        self.shared = self.mask.shape[1] == 1
+        self._mask_values: dict[tuple, object] = {}
 
     def once(self, key: tuple, compute: Callable[[], Value]) -> Value:
         """``compute()`` the first time ``key`` is asked for in this call; the kept value afterwards."""
@@ -74,7 +88,11 @@ class WindowStatistics:
 
     def per_mask(self, key: tuple, compute: Callable[[], Value]) -> Value:
         """A statistic of the mask's windows: computed once when every template shares the mask."""
-        return self.once(key, compute) if self.shared else compute()
+        if not self.shared:
+            return compute()
+        if key not in self._mask_values:
+            self._mask_values[key] = compute()
+        return self._mask_values[key]  # type: ignore[return-value]
 
     def plane(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """A derived image plane, kept only while a bank streams through."""
