@@ -41,12 +41,10 @@ def score_channels(prims: Primitives, canon: Canonical, image: torch.Tensor) -> 
     """Scores of a validated call on its padded images: [B, T, H', W'] ("joint", "mean") or [B, T, C, H', W']
     ("separate")."""
     T = canon.templates.shape[1]
-    image, finite, holes = _filled(prims, canon, image)
     mask, periods, edge = canon.mask, canon.periods, border(canon)
+    image, finite, holes = _filled(prims, canon, image, edge)
     if canon.channels_mode == "joint":
-        scores = _BankScorer(
-            prims, canon.spec, image, canon.templates, mask, periods, canon.memory_limit, finite, edge
-        )
+        scores = _BankScorer(prims, canon.spec, image, canon.templates, mask, periods, canon.memory_limit, finite, edge)
         return _marked(scores(0, T), holes, mask, prims, separate=False)
     per_channel = []
     for c in range(image.shape[1]):
@@ -90,9 +88,9 @@ def score_stream(
     """
     if canon.channels_mode != "joint":
         raise ValueError(f"streaming scores one joint score per template; got channels={canon.channels_mode!r}")
-    image, finite, holes = _filled(prims, canon, image)
-    prims = prims.for_stream()  # even for one chunk: masked zncc sums transform an image plane twice
     edge = border(canon)
+    image, finite, holes = _filled(prims, canon, image, edge)
+    prims = prims.for_stream()  # even for one chunk: masked zncc sums transform an image plane twice
     if source is None:
         T = canon.templates.shape[1]
         scores = _BankScorer(
@@ -116,11 +114,13 @@ def score_stream(
         yield t0, t1, _marked(scores(0, t1 - t0), holes, mask, prims, separate=False)
 
 
-def _filled(prims: Primitives, canon: Canonical, image: torch.Tensor) -> tuple[torch.Tensor, bool, torch.Tensor | None]:
+def _filled(
+    prims: Primitives, canon: Canonical, image: torch.Tensor, edge: Border
+) -> tuple[torch.Tensor, bool, torch.Tensor | None]:
     """(the images to score, whether they are finite, the NaN map to mark afterwards or None): NaN pixels are
     filled for engines whose sums would spread them."""
     if prims.spreads_nan and not canon.problem.finite:
-        holes, image = fill_holes(image, border(canon))
+        holes, image = fill_holes(image, edge)
         return image, True, holes
     return image, canon.problem.finite, None
 
