@@ -28,9 +28,10 @@ TESTED_ENGINES = [name for name in engines.ENGINES if name != "reference"]
 """Every engine is compared with the reference: a new engine joins the matrix by registering."""
 
 
-def engines_for(metric: str) -> list[str]:
-    """The tested engines that can run ``metric`` on CPU tensors (an uninstalled optional engine fails loudly)."""
-    options = {**DEFAULT_OPTIONS, "metric": metric}
+def engines_for(metric: str, **extra: object) -> list[str]:
+    """The tested engines that can run ``metric`` (with the ``extra`` options) on CPU tensors (an uninstalled
+    optional engine fails loudly)."""
+    options = {**DEFAULT_OPTIONS, "metric": metric, **extra}
     problem = canonicalize(torch.zeros(4, 4), torch.zeros(2, 2), **options).problem
     names = []
     for name in TESTED_ENGINES:

@@ -472,6 +472,22 @@ def border(canon: Canonical) -> Border:
     return Border(top, bottom, left, right, value)
 
 
+_SMALL_INTEGER_DTYPES = ("uint8", "int8", "uint16", "int16")
+
+
+def integer_valued(canon: Canonical) -> bool:
+    """Whether every pixel of the padded images is an integer of at most 16 bits: the input was such an integer
+    array, and constant padding (where there is any) pads with an integer.
+
+    Sums of such pixels and of their squares are exact in float64 up to 2^53, which lets the scoring code decide
+    flat windows from the sums alone and keep the whole cross term exact (:mod:`slidesim.scoring.statistics`).
+    """
+    if canon.problem.input_dtype not in _SMALL_INTEGER_DTYPES:
+        return False
+    edge = border(canon)
+    return edge.value is None or not edge.padded or float(edge.value).is_integer()
+
+
 def padded_images(canon: Canonical) -> torch.Tensor:
     """The canonical images padded for the call's mode ([B, C, Hp, Wp], compute dtype)."""
     edge = border(canon)

@@ -142,7 +142,8 @@ def test_per_image_banks(engine, metric, rng) -> None:
 
 
 @pytest.mark.parametrize(
-    ("engine", "metric"), [(e, m) for e, m in ENGINE_METRICS if m in ["sad", "mad", "l1_similarity", "ssd"]]
+    ("engine", "metric"),
+    [(e, m) for m in ["sad", "mad", "l1_similarity", "ssd"] for e in engines_for(m, circular={0: 360.0})],
 )
 def test_circular_channels(engine, metric, rng) -> None:
     images, bank = random_problem(rng, channels=3)

@@ -6,7 +6,8 @@ the frequency domain, so one inverse transform yields each template's map. Trans
 cache) and when the whole spectrum would not fit ``memory_limit`` (:mod:`slidesim.kernels.spectral`). Window
 statistics come from :mod:`slidesim.kernels.area_sums`; the cross term of ccoeff and zncc correlates the centred
 image with the mean-removed template, which keeps the float32 transform's round-off small against the window's own
-variation. Best for single templates and large ones.
+variation. Best for single templates and large ones. ssd and ssd_normed come from window energies and a float64
+cross term (:mod:`slidesim.scoring.correlation`), whose cost does not grow with the template as the tap loops' does.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class FFTPrimitives(AreaSumReductions):
     """Correlations by FFT, the image spectrum shared by every template."""
 
     global_cross_error = True  # round-off spreads over every output: ε·‖I‖₂·‖K‖₂, not per window
+    squares_by_correlation = True  # ssd from energies and a float64 cross term: its cost does not grow with h·w
 
     def correlate(self, image: torch.Tensor, kernel: torch.Tensor, support: torch.Tensor | None = None) -> torch.Tensor:
         """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W'].
@@ -38,10 +40,18 @@ class FFTPrimitives(AreaSumReductions):
         return fft_correlate(image, kernel, self.geom, self.chunk_bytes, spectra=self.spectra)
 
 
+SQUARED_DISTANCES = ("ssd", "ssd_normed")  # through energies and a float64 cross term
+
+
+def transform_bytes(problem: Problem) -> int:
+    """Bytes per value of the transforms: float64 for the squared distances, else the compute dtype's."""
+    return 8 if problem.metric in SQUARED_DISTANCES else counts.item_size(problem)
+
+
 def transform_plan(problem: Problem, memory_limit: int) -> tuple[tuple[int, int], int]:
     """Transform size and number of transforms per image: the whole image, or overlap-save tiles when its
     spectrum would not fit (as :func:`slidesim.kernels.spectral.fft_correlate` decides)."""
-    item = counts.item_size(problem)
+    item = transform_bytes(problem)
     Hp, Wp = counts.padded_size(problem)
     dy, dx = problem.dilation
     span = (dy * (problem.template_height - 1) + 1, dx * (problem.template_width - 1) + 1)
@@ -58,13 +68,32 @@ class FFTEngine(ReductionEngine):
     name = "fft"
 
     def ineligible_reason(self, problem: Problem) -> str | None:
-        """Correlation metrics on images without ±inf."""
-        return correlation_ineligible_reason(problem)
+        """Correlation metrics, ssd and ssd_normed on images without ±inf."""
+        if problem.metric not in SQUARED_DISTANCES:
+            return correlation_ineligible_reason(problem)
+        if problem.circular:
+            return "circular channels take the short way round tap by tap; a correlation cannot"
+        if problem.requires_grad:
+            return f"{problem.metric} with a gradient runs tap by tap (numba, direct)"
+        if problem.nonfinite == "inf":
+            return "the images contain ±inf, which an FFT or a cumulative sum would spread beyond their windows"
+        return None
 
     def features(self, problem: Problem, memory_limit: int) -> dict[str, float]:
         """Image and kernel transforms, spectrum products, the area-sum statistics and the finish."""
         found = {**counts.call_counts(problem), **counts.area_sum_statistics(problem)}
         wide = counts.width_factor(problem)
+        if problem.metric in SQUARED_DISTANCES:  # float64 transforms, and the window energies
+            wide = 2.0
+            Hp, Wp = counts.padded_size(problem)
+            if problem.mask_kind == "none":
+                energies = float(problem.batch * problem.channels * Hp * Wp)
+                found["statistics_pixels"] = found.get("statistics_pixels", 0.0) + energies
+            else:
+                found["masked_statistics_updates"] = found.get("masked_statistics_updates", 0.0) + (
+                    counts.window_updates(problem)
+                )
+            found["finished_outputs"] = found.get("finished_outputs", 0.0) + counts.outputs(problem)
         (Hf, Wf), tiles = transform_plan(problem, memory_limit)
         nlogn = Hf * Wf * math.log2(Hf * Wf)
         kernels = problem.n_templates * problem.channels * (problem.batch if problem.per_image_bank else 1)
@@ -77,7 +106,7 @@ class FFTEngine(ReductionEngine):
 
     def temporary_bytes(self, problem: Problem, memory_limit: int) -> int:
         """The area sums' temporaries, the image spectrum and one chunk of templates' spectra and maps."""
-        item = counts.item_size(problem)
+        item = transform_bytes(problem)
         (Hf, Wf), _ = transform_plan(problem, memory_limit)  # the whole image, or overlap-save tiles
         spectrum = problem.batch * problem.channels * Hf * (Wf // 2 + 1) * 2 * item
         bank_batch = problem.batch if problem.per_image_bank else 1

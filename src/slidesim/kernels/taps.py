@@ -268,6 +268,7 @@ class TapReductions:
     spreads_nan = False  # tap loops keep a NaN within the windows that hold it
     cumulative_window_sums = False  # window sums are tap sums: exact zeros, and accurate relative to themselves
     global_cross_error = False  # the cross term's round-off is per window (ε·√n·Σ|I||K|), not spread by a transform
+    squares_by_correlation = False  # ssd sums its squared differences tap by tap, exactly
 
     def for_stream(self) -> TapReductions:
         """The reductions to use while a bank streams through in chunks (engines that cache per image override)."""
@@ -342,10 +343,10 @@ class TapReductions:
         return None
 
     def window_factors(
-        self, plane: torch.Tensor, shift: torch.Tensor, tolerance: float, dtype: torch.dtype
+        self, plane: torch.Tensor, shift: torch.Tensor, tolerance: float, dtype: torch.dtype, exact: bool = False
     ) -> torch.Tensor | None:
         """A fused 1/√(variance × n) per unmasked window, or None: see :meth:`window_squares`."""
-        del plane, shift, tolerance, dtype
+        del plane, shift, tolerance, dtype, exact
         return None
 
     def plane_energy(self, plane: torch.Tensor, shift: torch.Tensor) -> torch.Tensor | None:

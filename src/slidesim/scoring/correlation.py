@@ -1,12 +1,23 @@
 """The correlation metrics from the engine's reductions (floor L3): the raw reduction of a chunk of templates and
-its finish into ccorr, ncc, ccoeff, zncc or ssd_normed.
+its finish into ccorr, ncc, ccoeff, zncc or ssd_normed, and ssd through a correlation for engines that transform.
 
 Numerics:
     * The cross term of ccoeff / zncc correlates the centred image with the mean-removed template in the compute
       dtype (float32 or float64); ccorr / ncc correlate the raw image.
-    * ssd_normed uses the exact sliding Σ W (I − T)², never ΣI² − 2ΣIT + ΣT².
+    * ssd_normed uses the exact sliding Σ W (I − T)², never ΣI² − 2ΣIT + ΣT², except on engines that transform
+      (``squares_by_correlation``): there ssd and ssd_normed's Σ W (I − T)² are Σ W I′² − 2 Σ W I′T′ + Σ W T′²
+      with I′ = I − s and T′ = T − s centred by the image's shift, the cross term a float64 correlation whose
+      round-off e = 2ε‖I′‖₂‖W T′‖₂ (ε of float64) plus the window sums' rounding bound is known per template.
+      Every window whose value is within e / tolerance (tolerance: 1e-9 for float64, the compute dtype's ε
+      otherwise) is scored again exactly, so exact matches score exactly 0 and every other window is within that
+      relative tolerance. Integer images with integer templates and binary masks are exact throughout: every
+      term is an integer and the cross term, rounded, is exact while e < 1/8.
     * Per-template constants are float64; window statistics come from :mod:`slidesim.scoring.statistics`, and
       windows that round-off could spoil are scored exactly (:mod:`slidesim.scoring.rescoring`).
+    * Engines whose round-off spreads over every output (FFTs) learn from the window factors, before they
+      correlate, how many windows a compute-dtype cross term would leave to the exact rescoring. When rescoring
+      them would cost more than a transform (near-flat windows are common in screenshots and documents), the cross
+      term is computed once in float64 instead of once in float32 and again in float64.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ class CorrelationScorer:
         finite: Whether every image pixel is finite.
         edge: Where the images lie in their padded planes (default: no padding).
         keep_planes: Keep derived image planes for later chunks of a streamed bank.
+        integral: Whether every pixel of the padded images is an integer of at most 16 bits.
     """
 
     def __init__(
@@ -48,10 +60,12 @@ class CorrelationScorer:
         finite: bool,
         edge: Border | None = None,
         keep_planes: bool = False,
+        integral: bool = False,
     ) -> None:
         self.prims, self.spec, self.bank = prims, spec, bank
-        centre = spec.name in ("ccoeff", "zncc")
-        self.stats = WindowStatistics(prims, image, mask, centre, finite, edge, keep_planes)
+        self.by_correlation = spec.name in ("ssd", "ssd_normed") and prims.squares_by_correlation
+        centre = spec.name in ("ccoeff", "zncc") or self.by_correlation
+        self.stats = WindowStatistics(prims, image, mask, centre, finite, edge, keep_planes, integral)
         self.rescorer = Rescorer(self.stats, spec, bank)
 
     def load(self, bank: torch.Tensor, mask: torch.Tensor | None) -> None:
@@ -66,30 +80,90 @@ class CorrelationScorer:
     def raw(self, t0: int, t1: int) -> torch.Tensor:
         """The sliding reduction of templates t0:t1 -> [B, t1 − t0, H', W'] in the compute dtype.
 
-        ccorr and ncc: Σ W I T; ssd_normed: the exact Σ W (I − T)²; ccoeff and zncc: ccoeff.
+        ccorr and ncc: Σ W I T; ssd and ssd_normed: Σ W (I − T)²; ccoeff and zncc: ccoeff.
         """
+        if self.by_correlation:
+            return self._squared_distance(t0, t1).to(self.stats.image.dtype)
         stats = self.stats
         bank, mask = self.bank[:, t0:t1], self._mask(t0, t1)
         name, weights = self.spec.name, mask * mask
         support = mask > 0 if stats.masked else None  # a zero weight takes its tap out of the window, NaN and all
+        dtype = torch.float64 if self._cross_in_float64(t0, t1) else stats.image.dtype
+        self.rescorer.cross_dtype = dtype
         if name in ("ccorr", "ncc"):
-            return self.prims.correlate(stats.image, bank * weights if stats.masked else bank, support)
+            image = stats.image if dtype == stats.image.dtype else stats.plane(("float64",), stats.image.double)
+            kernel = bank * weights if stats.masked else bank
+            return self.prims.correlate(image, kernel.to(dtype), support).to(stats.image.dtype)
         if name == "ssd_normed":  # unmasked: no weights, so the distance kernels take their unweighted path
             return self.prims.distance(stats.image, bank, weights if stats.masked else None, 2, None)
         kernel, _ = centred_kernel(bank.to(torch.float64), mask.to(torch.float64))
-        return self._centred_correlate(kernel.to(stats.image.dtype), support)
+        return self._centred_correlate(kernel.to(dtype), support).to(stats.image.dtype)
+
+    def _squared_distance(self, t0: int, t1: int) -> torch.Tensor:
+        """Σ_c Σ W (I − T)² of templates t0:t1 through a float64 correlation (see the module docstring) ->
+        [B, t1 − t0, H', W'] float64."""
+        stats = self.stats
+        f64 = torch.float64
+        bank = self.bank[:, t0:t1].detach().to(f64)  # [Bk, t, C, h, w]
+        weights = self._mask(t0, t1).detach().to(f64) ** 2  # [Bm, t or 1, Cm, h, w]
+        shift = stats.shift.detach().to(f64)[:, None]  # [B, 1, C, 1, 1]
+        centred = bank - shift  # [B, t, C, h, w]: each image's templates centred by its shift
+        kernel = weights * centred
+        C = stats.image.shape[1]
+        image = stats.plane(("centred", 0, C, f64), lambda: stats.centred(0, C, f64))
+        support = weights > 0 if stats.masked else None
+        cross = self.prims.correlate(image, kernel, support)  # [B, t, H', W']
+        energy_t = (kernel * centred).sum(dim=(-3, -2, -1))  # [B, t]
+        energy_w, energy_error = stats.per_mask(("centred energy",), lambda: stats.centred_energy(weights))
+        norm = stats.once(("image_norm", True), lambda: self.rescorer.image_norm(True))
+        error = 2 * torch.finfo(f64).eps * norm * kernel.pow(2).sum(dim=(-3, -2, -1)).sqrt()  # [B, t]
+        whole = stats.integral and bool((bank == bank.round()).all()) and bool(((weights == 0) | (weights == 1)).all())
+        if whole and energy_error == 0 and float(error.max()) < 0.125:  # integers: round the cross term, exactly
+            cross.round_()
+            error = torch.zeros_like(error)
+        distance = cross.mul_(-2).add_(energy_w).add_(energy_t[..., None, None]).clamp_min_(0.0)
+        if float(error.max()) == 0 and energy_error == 0:
+            return distance
+        tolerance = 1e-9 if stats.image.dtype == f64 else torch.finfo(stats.image.dtype).eps
+        doubtful = distance <= ((error + energy_error) / tolerance)[..., None, None]
+        if bool(doubtful.any()):
+            index, exact = self.rescorer.exact_scores(t0, doubtful, grad=False, metric="ssd")
+            distance[tuple(index.unbind(dim=1))] = exact
+        return distance
+
+    def _cross_in_float64(self, t0: int, t1: int) -> bool:
+        """Whether templates t0:t1 should be correlated in float64 from the start: a compute-dtype cross term of
+        an engine whose round-off spreads over every output would leave so many windows to the exact rescoring
+        that its float64 transform would run anyway (see :meth:`Rescorer.prefers_transform`)."""
+        stats = self.stats
+        if (
+            self.spec.name not in ("ncc", "zncc")
+            or not self.prims.global_cross_error
+            or not stats.shared  # per-template window factors would be computed twice
+            or stats.image.dtype == torch.float64
+            or (torch.is_grad_enabled() and (stats.image.requires_grad or self.bank.requires_grad))
+        ):
+            return False
+        template_scale, _, window_scale, _ = self._factors(t0, t1, stats.image.dtype)
+        self.rescorer.cross_dtype = stats.image.dtype
+        flagged = self.rescorer.unreliable(t0, t1, template_scale, window_scale, None)
+        return flagged is not None and self.rescorer.prefers_transform(flagged, t1 - t0)
 
     def _centred_correlate(self, kernel: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
-        """correlate(image − shift, kernel), centring a few channels at a time so no full copy of the image exists."""
+        """correlate(image − shift, kernel) in the kernel's dtype, centring a few channels at a time so no full
+        copy of the image exists."""
         stats = self.stats
-        C = stats.image.shape[1]
-        per_channel = stats.image[:, :1].numel() * stats.image.element_size()
+        C, dtype = stats.image.shape[1], kernel.dtype
+        per_channel = stats.image[:, :1].numel() * kernel.element_size()
         group = max(1, CENTRING_BYTES // max(1, per_channel))
         if group >= C:
-            return self.prims.correlate(stats.plane(("centred", 0, C), lambda: stats.centred(0, C)), kernel, support)
+            centred = stats.plane(("centred", 0, C, dtype), lambda: stats.centred(0, C, dtype))
+            return self.prims.correlate(centred, kernel, support)
         total = None
         for c0 in range(0, C, group):
-            centred = stats.plane(("centred", c0, c0 + group), lambda c0=c0: stats.centred(c0, c0 + group))
+            centred = stats.plane(
+                ("centred", c0, c0 + group, dtype), lambda c0=c0: stats.centred(c0, c0 + group, dtype)
+            )
             channels = support if support is None or support.shape[2] == 1 else support[:, :, c0 : c0 + group]
             part = self.prims.correlate(centred, kernel[:, :, c0 : c0 + group], channels)
             if total is None:
@@ -139,7 +213,12 @@ class CorrelationScorer:
         scores = finish_zncc(raw64, template_var, window_var, flat).to(raw.dtype)
         return self.rescorer.rescored(scores, t0, t1, template_var, torch.where(flat_w, 0.0, window_var), uncertain)
 
-    def _finish_in_place(self, raw: torch.Tensor, t0: int, t1: int) -> None:
+    def _factors(
+        self, t0: int, t1: int, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(template factors [Bk, t] float64, degenerate templates [Bk, t], window factors [B, Tm, H', W'] in
+        ``dtype`` where it holds them, windows too close to degenerate to trust or None) of ncc or zncc: s = 1/√
+        energy (or variance), 0 for degenerate ones. The window factors are computed once per mask."""
         stats = self.stats
         bank64 = self.bank[:, t0:t1].to(torch.float64)
         mask = self._mask(t0, t1)
@@ -148,16 +227,19 @@ class CorrelationScorer:
         if self.spec.name == "ncc":
             template_energy = (w64 * bank64 * bank64).sum(dim=(-3, -2, -1))
             template_scale, template_degenerate = inverse_root(template_energy, None)
-            window_scale, _, uncertain = stats.per_mask(
-                ("ncc_scale",), lambda: stats.ncc_factors(weights, raw.dtype)
-            )
+            window_scale, _, uncertain = stats.per_mask(("ncc_scale",), lambda: stats.ncc_factors(weights, dtype))
         else:
             _, t_centred = centred_kernel(bank64, mask.to(torch.float64))
             template_var = (w64 * t_centred * t_centred).sum(dim=(-3, -2, -1))
             template_scale, template_degenerate = inverse_root(template_var, flat_templates(bank64, mask))
             window_scale, _, uncertain = stats.per_mask(
-                ("zncc_scale",), lambda: stats.zncc_factors(mask, weights, raw.dtype)
+                ("zncc_scale",), lambda: stats.zncc_factors(mask, weights, dtype)
             )
+        return template_scale, template_degenerate, window_scale, uncertain
+
+    def _finish_in_place(self, raw: torch.Tensor, t0: int, t1: int) -> None:
+        stats = self.stats
+        template_scale, template_degenerate, window_scale, uncertain = self._factors(t0, t1, raw.dtype)
         unreliable = self.rescorer.unreliable(t0, t1, template_scale, window_scale, uncertain)
         # Template factor first: raw · s_t is about the window's deviation, within range whenever raw is.
         raw.mul_(template_scale[..., None, None].to(window_scale.dtype)).mul_(window_scale).clamp_(-1.0, 1.0)

@@ -24,7 +24,7 @@ from typing import Protocol
 import torch
 
 from .._geometry import Border
-from .._validate import Canonical, border
+from .._validate import Canonical, border, integer_valued
 from ..metrics import MetricSpec, finish_distance
 from .correlation import CorrelationScorer
 from .holes import fill_holes, mark_holes, mark_infinite_means
@@ -44,7 +44,10 @@ def score_channels(prims: Primitives, canon: Canonical, image: torch.Tensor) -> 
     mask, periods, edge = canon.mask, canon.periods, border(canon)
     image, finite, holes = _filled(prims, canon, image, edge)
     if canon.channels_mode == "joint":
-        scores = _BankScorer(prims, canon.spec, image, canon.templates, mask, periods, canon.memory_limit, finite, edge)
+        scores = _BankScorer(
+            prims, canon.spec, image, canon.templates, mask, periods, canon.memory_limit, finite, edge,
+            integral=integer_valued(canon),
+        )  # fmt: skip
         return _marked(scores(0, T), holes, mask, prims, separate=False)
     per_channel = []
     for c in range(image.shape[1]):
@@ -52,7 +55,7 @@ def score_channels(prims: Primitives, canon: Canonical, image: torch.Tensor) -> 
         channel_periods = (periods[c],) if periods is not None else None
         scores = _BankScorer(
             prims, canon.spec, image[:, c : c + 1], canon.templates[:, :, c : c + 1], channel_mask,
-            channel_periods, canon.memory_limit, finite, edge,
+            channel_periods, canon.memory_limit, finite, edge, integral=integer_valued(canon),
         )  # fmt: skip
         per_channel.append(scores(0, T))
     separate = canon.channels_mode == "separate"
@@ -95,7 +98,7 @@ def score_stream(
         T = canon.templates.shape[1]
         scores = _BankScorer(
             prims, canon.spec, image, canon.templates, canon.mask, canon.periods, canon.memory_limit, finite,
-            edge, streaming=True,
+            edge, streaming=True, integral=integer_valued(canon),
         )  # fmt: skip
         for t0 in range(0, T, chunk):
             t1 = min(T, t0 + chunk)
@@ -107,8 +110,9 @@ def score_stream(
         bank, mask = source.draw(t0, t1)
         if scores is None:  # the image side, once, with the first chunk's templates
             scores = _BankScorer(
-                prims, canon.spec, image, bank, mask, canon.periods, canon.memory_limit, finite, edge, streaming=True
-            )
+                prims, canon.spec, image, bank, mask, canon.periods, canon.memory_limit, finite, edge,
+                streaming=True, integral=integer_valued(canon),
+            )  # fmt: skip
         else:
             scores.load(bank, mask)
         yield t0, t1, _marked(scores(0, t1 - t0), holes, mask, prims, separate=False)
@@ -155,6 +159,8 @@ class _BankScorer:
         edge: Where the images lie in their padded planes.
         streaming: Keep derived image planes between chunks (a stream), where engines that cache work per image
             tensor (FFT spectra) recognize them.
+        integral: Whether every image pixel is an integer of at most 16 bits
+            (:func:`slidesim._validate.integer_valued`).
     """
 
     def __init__(
@@ -169,20 +175,25 @@ class _BankScorer:
         finite: bool,
         edge: Border,
         streaming: bool = False,
+        integral: bool = False,
     ) -> None:
         self.prims, self.spec, self.image = prims, spec, image
         self.periods, self.memory_limit, self.finite = periods, memory_limit, finite
-        if spec.family == "distance":
+        # ssd through a correlation where the engine transforms (its tap-by-tap cost grows with the template)
+        self.tap_by_tap = spec.family == "distance" and not (spec.name == "ssd" and prims.squares_by_correlation)
+        if self.tap_by_tap:
             self.load(bank, mask)
         else:
             self.bank, self.mask = bank, mask
-            self.correlation = CorrelationScorer(prims, spec, image, bank, mask, finite, edge, keep_planes=streaming)
+            self.correlation = CorrelationScorer(
+                prims, spec, image, bank, mask, finite, edge, keep_planes=streaming, integral=integral
+            )
 
     def load(self, bank: torch.Tensor, mask: torch.Tensor | None) -> None:
         """Score another chunk of a streamed bank from now on (arguments as at construction); the image side,
         statistics included, is kept."""
         self.bank, self.mask, spec = bank, mask, self.spec
-        if spec.family != "distance":
+        if not self.tap_by_tap:
             self.correlation.load(bank, mask)
             return
         C, h, w = bank.shape[-3:]
@@ -196,12 +207,14 @@ class _BankScorer:
     def __call__(self, t0: int, t1: int) -> torch.Tensor:
         """Scores of templates t0:t1 -> [B, t1 − t0, H', W'] in the compute dtype."""
         spec = self.spec
-        if spec.family == "distance":
+        if self.tap_by_tap:
             weights = _chunk_of(self.weights, t0, t1)
             distance = self.prims.distance(self.image, _chunk_of(self.bank, t0, t1), weights, spec.power, self.periods)
             n = self.n if isinstance(self.n, float) else _chunk_of(self.n, t0, t1)
             return finish_distance(spec.name, distance, n, in_place=not distance.requires_grad)
         raw = self.correlation.raw(t0, t1)
+        if spec.name == "ssd":
+            return raw
         if spec.name == "ccoeff":
             if self.finite:
                 return raw

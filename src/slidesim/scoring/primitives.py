@@ -25,12 +25,15 @@ class Primitives(Protocol):
             with the image rather than with the window.
         global_cross_error: Whether the cross term's round-off spreads over every output (transforms) rather
             than staying per window.
+        squares_by_correlation: Whether ssd's Σ W (I − T)² is best taken from a float64 correlation and window
+            energies (transforms, whose cost does not grow with the template) rather than tap by tap.
     """
 
     geom: Geometry
     spreads_nan: bool
     cumulative_window_sums: bool
     global_cross_error: bool
+    squares_by_correlation: bool
 
     def for_stream(self) -> Primitives:
         """The reductions to use while a bank streams through in chunks (may cache per image)."""
@@ -71,10 +74,11 @@ class Primitives(Protocol):
         ...
 
     def window_factors(
-        self, plane: torch.Tensor, shift: torch.Tensor, tolerance: float, dtype: torch.dtype
+        self, plane: torch.Tensor, shift: torch.Tensor, tolerance: float, dtype: torch.dtype, exact: bool = False
     ) -> torch.Tensor | None:
         """1/√(n · variance) of every unmasked window in one fused pass -> [B, 1, H', W'] in ``dtype``; None where
-        there is no fused pass or some window's n · variance is within ``tolerance`` (it may be flat)."""
+        there is no fused pass or some window's n · variance is within ``tolerance`` (it may be flat). With
+        ``exact`` (sums known to be exact) windows within ``tolerance`` are flat and get the factor 0."""
         ...
 
     def plane_energy(self, plane: torch.Tensor, shift: torch.Tensor) -> torch.Tensor | None:

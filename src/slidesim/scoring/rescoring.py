@@ -37,6 +37,7 @@ class Rescorer:
 
     def __init__(self, stats: WindowStatistics, spec: MetricSpec, bank: torch.Tensor) -> None:
         self.stats, self.spec, self.bank = stats, spec, bank
+        self.cross_dtype = stats.image.dtype  # the dtype the current chunk's cross term was computed in
 
     def kernels64(self, t0: int, t1: int) -> torch.Tensor:
         """The cross term's kernels of templates t0:t1 in float64 [Bk, t, C, h, w]."""
@@ -52,7 +53,7 @@ class Rescorer:
         the image's reach; FFTs spread ε·‖I‖₂·‖K‖₂ over every output. The errors measured on photographs stay
         under 0.55 of these estimates.
         """
-        eps = torch.finfo(self.stats.image.dtype).eps
+        eps = torch.finfo(self.cross_dtype).eps
         if self.stats.prims.global_cross_error:
             return self.fft_error(t0, t1, eps)
         kernel = self.kernels64(t0, t1)
@@ -146,9 +147,7 @@ class Rescorer:
         template_scale, window_scale, uncertain = factors
         B, t, H, W = scores.shape
         flagged = flagged.expand(B, t, H, W)
-        taps = self.bank.shape[-3] * self.bank.shape[-2] * self.bank.shape[-1]
-        transform = B * t * self.stats.image.shape[1] * H * W * _TRANSFORM_COST
-        if int(flagged.sum()) * taps > transform:
+        if self.cross_dtype != torch.float64 and self.prefers_transform(flagged, t):
             cross = self._float64_cross(t0, t0 + t)
             better = (cross * template_scale[..., None, None] * window_scale.to(torch.float64)).clamp_(-1.0, 1.0)
             scores.copy_(torch.where(flagged, better.to(scores.dtype), scores))
@@ -161,6 +160,14 @@ class Rescorer:
                 return
         index, exact = self.exact_scores(t0, flagged, grad=False)
         scores[tuple(index.unbind(dim=1))] = exact.to(scores.dtype)
+
+    def prefers_transform(self, flagged: torch.Tensor, templates: int) -> bool:
+        """Whether scoring the ``flagged`` windows ([B, t or 1, H', W'] bool) of ``templates`` templates one by
+        one would cost more than a float64 transform of their whole cross term."""
+        B, _, H, W = flagged.shape
+        taps = self.bank.shape[-3] * self.bank.shape[-2] * self.bank.shape[-1]
+        count = int(flagged.sum()) * (templates if flagged.shape[1] == 1 else 1)
+        return count * taps > B * templates * self.stats.image.shape[1] * H * W * _TRANSFORM_COST
 
     def _float64_cross(self, t0: int, t1: int) -> torch.Tensor:
         """The cross term of templates t0:t1 by a float64 FFT -> [B, t1 − t0, H', W'] float64."""
@@ -175,8 +182,11 @@ class Rescorer:
             image = image.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
         return fft_correlate(image, self.kernels64(t0, t1), stats.prims.geom, _RESCORE_BYTES)
 
-    def exact_scores(self, t0: int, flagged: torch.Tensor, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(index [n, 4] of the flagged (b, t, y, x), their scores [n] by the reference's float64 formula)."""
+    def exact_scores(
+        self, t0: int, flagged: torch.Tensor, grad: bool, metric: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(index [n, 4] of the flagged (b, t, y, x), their scores [n] by the reference's float64 formula of
+        ``metric`` (default: the call's))."""
         stats = self.stats
         index = flagged.nonzero()
         (sy, sx), (dy, dx) = stats.prims.geom.stride, stats.prims.geom.dilation
@@ -201,7 +211,7 @@ class Rescorer:
             tm = t0 + tt if not stats.shared else torch.zeros_like(tt)
             masks = stats.mask[bm, tm].detach().to(torch.float64)
             exact = score_windows(
-                self.spec.name,
+                metric or self.spec.name,
                 windows[:, :, None, None],
                 (templates if grad else templates.detach())[:, :, None, None],
                 masks[:, :, None, None],

@@ -7,6 +7,11 @@ lies farther from that mean than any pixel (bright data beside zero padding) is 
 added back from each window's weight on it: its squares would otherwise swamp the round-off of every window that
 a cumulative sum or a transform carries them to. Flat windows are found exactly: a window whose computed variance
 exceeds a proven bound on its rounding error is not flat; the rest go through the engine's exact test.
+
+Integer images (8- and 16-bit input) are centred by an integer, so every unmasked window sum is a sum of integers,
+exact in float64 while the plane's total stays below 2^52 (:meth:`WindowStatistics.exact_sums`). A window that is
+not flat then has Σ (I − m)² ≥ (n − 1)/n ≥ 1/2, so flatness is read off the sums, with no exact test and no window
+left uncertain: screenshots, mostly flat, pay nothing for it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from .primitives import Primitives
 
 Value = TypeVar("Value")
 _NOT_YET = object()  # no mask given yet (None means "no mask")
+_EXACT_TOTAL = 2.0**52  # largest Σ over a plane of squared integers that float64 sums keep exact
+_EXACT_WINDOW = 2.0**47  # largest C · n · reach² for which a window's Σ (I − m)² errs by less than 1/16
+INTEGER_FLATNESS = 0.25  # exact integer sums: a window is flat where Σ (I − m)² is below this (else ≥ 1/2)
 
 
 class WindowStatistics:
@@ -44,6 +52,7 @@ class WindowStatistics:
         finite: Whether every image pixel is finite.
         edge: Where the images lie in their padded planes (default: no padding).
         keep_planes: Keep derived image planes for later chunks of a streamed bank.
+        integral: Whether every pixel of the padded images is an integer of at most 16 bits.
     """
 
     def __init__(
@@ -55,14 +64,18 @@ class WindowStatistics:
         finite: bool,
         edge: Border | None = None,
         keep_planes: bool = False,
+        integral: bool = False,
     ) -> None:
-        self.prims, self.image, self.finite = prims, image, finite
+        self.prims, self.image, self.finite, self.integral = prims, image, finite, integral
         self.edge = edge if edge is not None else Border()
         h, w = prims.geom.template_size
         self.masked = mask is not None
         self._ones = torch.ones(1, 1, 1, h, w, dtype=image.dtype, device=image.device)
-        # Centring keeps the float32 cross term and the float64 window sums free of cancellation.
+        # Centring keeps the float32 cross term and the float64 window sums free of cancellation; integer images
+        # are centred by an integer, so that the centred pixels and every sum of them stay integers.
         self.shift = finite_channel_mean(self.edge.inner(image)) if centre else None
+        if self.shift is not None and integral:
+            self.shift = self.shift.round()
         self._values: dict[tuple, object] = {}
         self._planes: dict[tuple, torch.Tensor] | None = {} if keep_planes else None
         self._given: object = _NOT_YET
@@ -102,9 +115,33 @@ class WindowStatistics:
             self._planes[key] = compute()
         return self._planes[key]
 
-    def centred(self, c0: int, c1: int) -> torch.Tensor:
-        """Channels c0:c1 of the image minus their mean of finite pixels."""
-        return self.image[:, c0:c1] - self.shift[:, c0:c1]
+    def centred(self, c0: int, c1: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Channels c0:c1 of the image minus their shift, in ``dtype`` (default: the compute dtype)."""
+        if dtype is None or dtype == self.image.dtype:
+            return self.image[:, c0:c1] - self.shift[:, c0:c1]
+        return self.image[:, c0:c1].to(dtype) - self.shift[:, c0:c1].to(dtype)
+
+    def exact_sums(self) -> bool:
+        """Whether every unmasked window sum of the (centred) image and of its squares is exact in float64, and
+        each window's Σ (I − m)² within 1/16 of the truth: integer pixels, no mask, and totals small enough."""
+        if not self.integral or self.masked:
+            return False
+
+        def small_enough() -> bool:
+            Hp, Wp = self.image.shape[-2:]
+            h, w = self.prims.geom.template_size
+            C = self.image.shape[1]
+            for c in range(C):
+                if self.shift is not None:
+                    largest = self.channel_reach(c)
+                else:
+                    low, high = finite_extremes(self.image[:, c : c + 1].detach())
+                    largest = max(abs(float(low)), abs(float(high)))
+                if Hp * Wp * largest * largest > _EXACT_TOTAL or C * h * w * largest * largest > _EXACT_WINDOW:
+                    return False
+            return True
+
+        return self.once(("exact sums",), small_enough)
 
     def centred64(self, c: int) -> torch.Tensor:
         """Channel c of the centred image in float64 [B, 1, Hp, Wp]."""
@@ -163,6 +200,10 @@ class WindowStatistics:
         """(1/√window variance, 0 for degenerate windows; their mask or None to derive it from the zeros; the
         windows whose variance is too close to zero to trust, or None)."""
         fused = not self.masked and self.image.shape[1] == 1 and not self.image.requires_grad
+        if fused and self.exact_sums():  # flat windows are those below INTEGER_FLATNESS: their factor is 0
+            factors = self.prims.window_factors(self.image, self.shift, INTEGER_FLATNESS, dtype, exact=True)
+            if factors is not None:
+                return factors, None, None
         if fused and self.padding_offset(0) is None:
             reach_ = self.channel_reach(0)
             tolerance = variance_rounding_bound(reach_, self.image.shape[-2:], mask.to(torch.float64))
@@ -193,7 +234,7 @@ class WindowStatistics:
         cumulative sums err by the image's scale instead, which only matters for faint windows in a bright image
         (with integer-valued images the sums are exact and such windows do not exist).
         """
-        if self.masked or not self.prims.cumulative_window_sums:
+        if self.masked or not self.prims.cumulative_window_sums or self.exact_sums():
             return None
         low, high = finite_extremes(self.image.detach())
         largest_pixel = max(abs(float(low)), abs(float(high)))
@@ -212,6 +253,30 @@ class WindowStatistics:
         )
         uncertain = candidates & (largest > 0)  # all-zero windows are exactly degenerate
         return uncertain if bool(uncertain.any()) else None
+
+    def centred_energy(self, weights: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(Σ_c Σ W (I_c − s_c)² per window in float64 -> [B, Tm, H', W'], a bound on its rounding error: 0 where
+        the sums are exact) for weights [Bm, Tm, Cm, h, w] float64.
+
+        Masked sums run tap by tap (conv2d), whose zeros and integer sums are exact; unmasked ones in the fused
+        pass or from summed-area tables.
+        """
+        energy, error = None, 0.0
+        binary = bool(((weights == 0) | (weights == 1)).all())
+        exact = self.integral and binary if self.masked else self.exact_sums()
+        for c in range(self.image.shape[1]):
+            cm = min(c, weights.shape[2] - 1)
+            w_c = weights[:, :, cm : cm + 1]
+            part = None
+            if not self.masked:
+                part = self.prims.window_squares(self.image[:, c : c + 1], self.shift[:, c : c + 1], False)
+            if part is None:
+                squares = self.plane(("squares64", True, c), lambda c=c: self.centred64(c) ** 2)
+                part = self.prims.window_sum(squares, w_c if self.masked else None, exact_zeros=True)
+            energy = part if energy is None else energy + part
+            if not exact:
+                error += variance_rounding_bound(self.channel_reach(c), self.image.shape[-2:], w_c)
+        return energy, error
 
     def window_energy(self, weights: torch.Tensor) -> torch.Tensor:
         """Σ W I² per window in float64 -> [B, Tm, H', W'], one channel at a time to bound memory."""
@@ -292,6 +357,8 @@ class WindowStatistics:
         A flat window has zero variance, so its computed variance is within the rounding bound; only such windows
         (usually none, or the rows of a uniform background) go through the engine's exact test.
         """
+        if self.exact_sums():
+            return ~(variance > INTEGER_FLATNESS), None
         # NaN windows are tested too. +inf never needs it: Σ I² overflows only if (Σ I)² / n does, giving NaN.
         candidates = ~(variance > tolerance)
         if not bool(candidates.any()):
