@@ -77,10 +77,13 @@ def test_similarity_operator_passes_opcheck() -> None:
     images, bank = _inputs("cpu", per_image=False)
     mask = torch.rand(5, 4, dtype=torch.float64)
     for args in (
-        ("sad", [1, 1], [1, 1], "valid", "constant", 0.0, "joint", [0.0, 1.0], "auto", 0),
-        ("zncc", [2, 1], [1, 1], "same", "reflect", 0.0, "separate", [], "auto", 0),
+        ("sad", [1, 1], [1, 1], "valid", "constant", 0.0, "joint", [0.0, 1.0], "auto", 0, False),
+        ("zncc", [2, 1], [1, 1], "same", "reflect", 0.0, "separate", [], "auto", 0, False),
     ):
         opcheck(torch.ops.slidesim.similarity.default, (images, bank, mask if args[0] == "sad" else None, *args))
+    last = ("zncc", [1, 1], [1, 1], "valid", "constant", 0.0, "separate", [], "auto", 0, True)
+    images, bank = (x.detach().movedim(1, -1).contiguous().requires_grad_() for x in (images, bank))
+    opcheck(torch.ops.slidesim.similarity.default, (images, bank, None, *last))
 
 
 def test_numba_operators_pass_opcheck() -> None:
@@ -99,3 +102,22 @@ def test_bad_options_fail_while_tracing_with_the_usual_message() -> None:
     run = torch.compile(lambda x, t: slidesim.similarity(x, t, metric="nope"), fullgraph=True)
     with pytest.raises(Exception, match=r"`metric` must be one of"):
         run(torch.rand(9, 9), torch.rand(3, 3))
+
+
+def test_fullgraph_channels_last_matches_eager() -> None:
+    rng = np.random.default_rng(9)
+    images = torch.from_numpy(rng.random((2, 19, 17, 2))).requires_grad_()  # [B, H, W, C]
+    bank = torch.from_numpy(rng.random((3, 5, 4, 2))).requires_grad_()  # [T, h, w, C]
+
+    def loss(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        scores = slidesim.similarity(x, t, metric="zncc", channels="separate", channels_last=True)
+        return (scores * torch.linspace(0, 1, scores.shape[-1], dtype=x.dtype)).sum()
+
+    got, want = torch.compile(loss, fullgraph=True)(images, bank), loss(images, bank)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    for g, w in zip(torch.autograd.grad(got, (images, bank)), torch.autograd.grad(want, (images, bank)), strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+    one = torch.compile(lambda x, t: slidesim.similarity(x, t, channels_last=True), fullgraph=True)
+    scores = one(images[0].detach(), bank[0].detach())
+    assert scores.shape == (15, 14)
+    torch.testing.assert_close(scores, slidesim.similarity(images[0].detach(), bank[0].detach(), channels_last=True))

@@ -276,3 +276,30 @@ def test_progress_bar_on_a_cluster_goes_to_stderr(cluster_client, capsys) -> Non
     captured = capsys.readouterr()
     assert "Completed" in captured.err and captured.out == ""
     _same_matches(found, slidesim.match(image, template, k=1))
+
+
+def test_channels_last_gives_the_in_memory_channels_last_results() -> None:
+    images, bank = _data(9)
+    last, bank_last = (
+        np.ascontiguousarray(images.transpose(0, 2, 3, 1)),
+        np.ascontiguousarray(bank.transpose(0, 2, 3, 1)),
+    )
+    mask = np.random.default_rng(10).random((5, 4, 3)).astype(np.float32) + 0.1  # [h, w, C]
+    lazy_images = da.from_array(last, chunks=(1, 13, 17, 3))
+    for options in ({"metric": "zncc"}, {"metric": "sad", "channels": "separate", "mask": mask, "mode": "same"}):
+        got = sdask.similarity(lazy_images, bank_last, channels_last=True, **options)
+        want = slidesim.similarity(last, bank_last, channels_last=True, **options)
+        _close(got.compute(), want)
+    one = sdask.similarity(lazy_images[0], bank_last[0], channels="separate", channels_last=True)
+    _close(one.compute(), slidesim.similarity(last[0], bank_last[0], channels="separate", channels_last=True))
+    assert one.shape == (43, 50, 3)
+    _same_matches(
+        sdask.match(lazy_images, bank_last, k=2, mask=mask, channels_last=True),
+        slidesim.match(images, bank, k=2, mask=np.ascontiguousarray(mask.transpose(2, 0, 1))),
+    )
+    with pytest.raises(SlidesimTypeError, match=r"`channels_last` must be True or False; got 'yes'"):
+        sdask.similarity(lazy_images, bank_last, channels_last="yes")
+    with pytest.raises(SlidesimTypeError, match=r"`channels_last` must be True or False; got 1"):
+        sdask.match(lazy_images, bank_last, channels_last=1)
+    with pytest.raises(SlidesimValueError, match=r"as many channels \(the last axis.*got shape \(4, 5, 4, 2\)"):
+        sdask.similarity(lazy_images, bank_last[..., :2], channels_last=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -183,3 +185,113 @@ def test_numpy_bool_masks_are_binary_like_torch_bool_masks() -> None:
     from_numpy = slidesim.similarity(image, template, metric="zncc", mask=mask)
     from_torch = slidesim.similarity(image, template, metric="zncc", mask=torch.from_numpy(mask))
     np.testing.assert_array_equal(from_numpy, from_torch)
+
+
+# ------------------------------------------------------------------------------------------------------ layouts
+_RGB = np.random.default_rng(7).random((20, 23, 3)).astype(np.float32)  # [H, W, C]
+_CUT = (slice(3, 9), slice(5, 12))  # a template cut at row 3, column 5: where its zncc is 1
+_OTHER = (slice(10, 16), slice(1, 8))
+_HWC = _RGB[_CUT].copy()  # [h, w, C]
+_CHW = np.ascontiguousarray(_RGB.transpose(2, 0, 1))  # [C, H, W]
+_BANK_LAST = np.stack([_HWC, _RGB[_OTHER]])  # [T, h, w, C]
+_BANK_FIRST = np.ascontiguousarray(_BANK_LAST.transpose(0, 3, 1, 2))  # [T, C, h, w]
+_WEIGHTS = np.random.default_rng(8).random((6, 7, 3)).astype(np.float32) + 0.1  # [h, w, C]
+
+# (images, templates, options, the fixes that each error in turn advises, in the order they come)
+LAYOUT_MISTAKES = {
+    "HWC image": (_RGB, _HWC, {}, ["channels_last=True"]),
+    "HWC image, transposed": (
+        _RGB,
+        _HWC,
+        {},
+        ["images.transpose(2, 0, 1)[None]", "templates.transpose(2, 0, 1)[None]"],
+    ),
+    "HWC tensor, permuted": (
+        torch.from_numpy(_RGB),
+        torch.from_numpy(_HWC),
+        {},
+        ["images.permute(2, 0, 1)[None]", "templates.permute(2, 0, 1)[None]"],
+    ),
+    "CHW image": (_CHW[:2], _BANK_FIRST[:, :2], {}, ["images[None]"]),
+    "BHW grey images": (_CHW[:2], _BANK_FIRST[:1, :1], {}, ["images[:, None]"]),
+    "1HWC image, HWC template": (_RGB[None], _HWC, {}, ["channels_last=True"]),
+    "1HWC image, THWC bank": (_RGB[None], _BANK_LAST, {}, ["channels_last=True"]),
+    "1HWC image, TCHW bank": (_RGB[None], _BANK_FIRST, {}, ["images.transpose(0, 3, 1, 2)"]),
+    "1CHW image, THWC bank": (_CHW[None], _BANK_LAST, {}, ["templates.transpose(0, 3, 1, 2)"]),
+    "1CHW image, CHW template": (_CHW[None], _BANK_FIRST[0], {}, ["templates[None]"]),
+    "1CHW image, HWC template": (_CHW[None], _HWC, {}, ["templates.transpose(2, 0, 1)[None]"]),
+    "channels first, switch on": (_CHW[None], _BANK_FIRST, {"channels_last": True}, ["channels_last=False"]),
+    "HWC mask, channels first": (_CHW[None], _BANK_FIRST, {"mask": _WEIGHTS}, ["mask.transpose(2, 0, 1)"]),
+    "CHW mask, channels last": (
+        _RGB,
+        _HWC,
+        {"mask": np.ascontiguousarray(_WEIGHTS.transpose(2, 0, 1)), "channels_last": True},
+        ["mask.transpose(1, 2, 0)"],
+    ),
+    "grey image, HW1 template": (_RGB[..., 0].copy(), _HWC[..., :1], {"channels_last": True}, ["images[..., None]"]),
+}
+
+
+@pytest.mark.parametrize("case", list(LAYOUT_MISTAKES))
+def test_layout_errors_advise_a_fix_that_works(case: str) -> None:
+    images, templates, options, fixes = LAYOUT_MISTAKES[case]
+    options = dict(options)
+    arrays = {"images": images, "templates": templates, "mask": options.pop("mask", None)}
+    for fix in fixes:
+        with pytest.raises(slidesim.SlidesimValueError) as info:
+            slidesim.similarity(arrays["images"], arrays["templates"], mask=arrays["mask"], **options)
+        message = str(info.value)
+        assert fix in message, message
+        assert re.search(r"got (templates of )?shape \([\d, ]+\)", message)  # the shape it got, as given
+        if fix.startswith("channels_last="):
+            options["channels_last"] = fix.endswith("True")
+        else:
+            name = fix.split(".")[0].split("[")[0]
+            arrays[name] = eval(fix, {}, dict(arrays))  # the advice, as written
+    scores = slidesim.similarity(arrays["images"], arrays["templates"], mask=arrays["mask"], **options)
+    first = np.asarray(scores).reshape(-1, *scores.shape[-2:])[0]  # the first template on the first image
+    assert np.unravel_index(int(first.argmax()), first.shape) == (3, 5)
+    assert float(first[3, 5]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_three_d_images_errors_say_which_fix_fits_the_shape() -> None:
+    with pytest.raises(ValueError, match=r"got shape \(20, 23, 3\)\. Its last axis of 3 looks like colour") as info:
+        slidesim.similarity(_RGB, _HWC)
+    assert "channels_last=True" in str(info.value) and "images.transpose(2, 0, 1)[None]" in str(info.value)
+    with pytest.raises(ValueError, match=r"got shape \(3, 20, 23\)\. A 3-D array is ambiguous") as info:
+        slidesim.similarity(_CHW, _BANK_FIRST)
+    assert "images[None]" in str(info.value) and "transpose" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("images", "templates", "match"),
+    [
+        (np.zeros((1, 1, 9, 9, 3)), _HWC, r"`images` must be \[H, W, C\] or \[B, H, W, C\] with channels_last=True"),
+        (
+            _RGB,
+            np.zeros((1, 1, 1, 6, 7, 3)),
+            r"`templates` must be \[h, w, C\] or \[T, h, w, C\].*\(1, 1, 1, 6, 7, 3\)",
+        ),
+        (
+            _RGB,
+            _HWC[..., :2],
+            r"as many channels \(the last axis.*\(3\); got shape \(6, 7, 2\) against .*\(20, 23, 3\)",
+        ),
+        (_RGB[None].repeat(2, 0), _BANK_LAST[None], r"per-image banks \[B, T, h, w, C\] .* \(2\); got shape \(1, 2, "),
+        (_RGB, np.ones((6, 7)), r"`templates` must be \[h, w, C\] or \[T, h, w, C\].*got shape \(6, 7\)"),
+    ],
+)
+def test_channels_last_shape_errors_show_the_shapes_as_given(images, templates, match) -> None:
+    _raises(ValueError, match, images, templates, channels_last=True)
+
+
+def test_channels_last_mask_errors_show_the_mask_as_given() -> None:
+    _raises(
+        ValueError,
+        r"`mask` must be \[h, w\], \[h, w, 1\|C\], \[T, h, w, 1\|C\] or \[B, T, h, w, 1\|C\] with channels_last=True.*"
+        r"got shape \(6, 7, 2\)",
+        _RGB,
+        _HWC,
+        mask=np.ones((6, 7, 2)),
+        channels_last=True,
+    )

@@ -349,3 +349,42 @@ def test_matches_are_best_first_after_refinement() -> None:
         scores = np.asarray(found.score)
         assert np.all(np.diff(scores) <= 0) if metric == "zncc" else np.all(np.diff(scores) >= 0), scores
         assert np.all(np.diff(unrefined.score) <= 0) if metric == "zncc" else np.all(np.diff(unrefined.score) >= 0)
+
+
+def _channels_first(array):
+    """A channels-last array [..., h, w, C] as the contiguous channels-first array [..., C, h, w]."""
+    if isinstance(array, torch.Tensor):
+        return torch.movedim(array, -1, -3).contiguous()
+    return np.ascontiguousarray(np.moveaxis(array, -1, -3))
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"k": 2},
+        {"k": 2, "rotations": [0, 90], "mask": "weights", "metric": "ssd"},
+        {"k": 1, "scales": [0.9, 1.0], "channels": "mean", "subpixel": False},
+    ],
+)
+def test_channels_last_matches_equal_the_transposed_call(options: dict, kind: str) -> None:
+    rng = np.random.default_rng(11)
+    images = ndimage.gaussian_filter(rng.random((2, 44, 47, 3)), (0, 1.5, 1.5, 0)).astype(np.float32)
+    bank = np.stack([images[0, 9:20, 12:21], images[1, 25:36, 4:13]])  # [T, h, w, C]
+    options = dict(options)
+    if options.get("mask") == "weights":
+        options["mask"] = (rng.random((11, 9, 3)) + 0.2).astype(np.float32)  # [h, w, C]
+    if kind == "torch":
+        images, bank = torch.from_numpy(images), torch.from_numpy(bank)
+        if "mask" in options:
+            options["mask"] = torch.from_numpy(options["mask"])
+    first = {**options, "mask": _channels_first(options["mask"])} if "mask" in options else options
+    got = slidesim.match(images, bank, channels_last=True, **options)
+    want = slidesim.match(_channels_first(images), _channels_first(bank), **first)
+    assert got.rows() == want.rows()
+    assert type(got.maps) is type(want.maps) and got.maps.shape == want.maps.shape and got.maps.shape[:2] == (2, 2)
+    assert np.array_equal(np.asarray(got.maps), np.asarray(want.maps))
+    # one [H, W, C] image: its matches are those of image 0, and the maps keep their batch axis
+    single = slidesim.match(images[0], bank[0], channels_last=True, **options)
+    alone = slidesim.match(_channels_first(images[0])[None], _channels_first(bank[0])[None], **first)
+    assert single.rows() == alone.rows() and single.maps.shape == (1, 1, *want.maps.shape[2:])

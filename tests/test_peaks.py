@@ -304,3 +304,18 @@ def test_suppression_of_points_gathered_elsewhere_is_that_of_the_maps(seed) -> N
         kept = suppress_points(group, y, x, k, min_distance)
         got = torch.stack([group[kept] // 3, group[kept] % 3, y[kept], x[kept]], dim=1)
         assert torch.equal(got, locate_peaks(maps, k, min_distance, None, 0, True)), (k, min_distance)
+
+
+def test_refinement_on_channels_last_data_equals_the_transposed_call() -> None:
+    ndimage = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(12)
+    scene = ndimage.gaussian_filter(rng.random((40, 43, 3)), (1.5, 1.5, 0)).astype(np.float32)  # [H, W, C]
+    template = scene[11:22, 7:16].copy()
+    scores = slidesim.similarity(scene, template, metric="zncc", channels_last=True)
+    assert scores.shape == (30, 35)
+    got = slidesim.find_peaks(scores, k=2, images=scene, templates=template, metric="zncc", channels_last=True)
+    first = np.ascontiguousarray(scene.transpose(2, 0, 1))[None], np.ascontiguousarray(template.transpose(2, 0, 1))
+    want = slidesim.find_peaks(scores, k=2, images=first[0], templates=first[1][None], metric="zncc")
+    for name in ("batch", "template", "y", "x", "score"):
+        assert np.array_equal(getattr(got, name), getattr(want, name))
+    assert abs(float(got.y[0]) - 11) < 0.01 and abs(float(got.x[0]) - 7) < 0.01

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -52,3 +54,143 @@ def test_unknown_options_name_the_valid_ones() -> None:
     with pytest.raises(TypeError, match="strides"):
         slidesim.match(np.zeros((8, 8), np.float32), np.zeros((3, 3), np.float32), strides=2)
     assert set(DEFAULT_OPTIONS) == set(with_defaults({}))
+
+
+# ------------------------------------------------------------------------------------------------ channels_last
+def _first(array):
+    """A channels-last array ([..., h, w, C]) as the contiguous channels-first array of the same values."""
+    if isinstance(array, torch.Tensor):
+        return torch.movedim(array, -1, -3).contiguous()
+    return np.ascontiguousarray(np.moveaxis(array, -1, -3))
+
+
+def _last_channel_scores(scores):
+    """Per-channel scores [..., C, H', W'] of the channels-first call in the channels-last layout [..., H', W', C]."""
+    return torch.movedim(scores, -3, -1) if isinstance(scores, torch.Tensor) else np.moveaxis(scores, -3, -1)
+
+
+def _same(got, want) -> None:
+    assert type(got) is type(want)
+    assert tuple(got.shape) == tuple(want.shape) and got.dtype == want.dtype
+    if isinstance(got, torch.Tensor):
+        assert torch.equal(got, want)
+    else:
+        assert np.array_equal(got, want, equal_nan=True)
+
+
+LAST_CALLS = [
+    {"metric": "zncc"},
+    {"metric": "zncc", "method": "fft", "mode": "same", "padding": "reflect"},
+    {"metric": "ncc", "method": "conv", "stride": 2},
+    {"metric": "sad", "method": "direct", "channels": "separate", "mask": "channels"},
+    {"metric": "ssd", "channels": "separate", "mask": "per_template"},
+    {"metric": "l1_similarity", "channels": "mean", "mask": "shared", "dilation": 2},
+    {"metric": "mad", "circular": {0: 1.0}, "mode": "full"},
+    {"metric": "TM_CCOEFF", "per_image": True, "mask": "per_image"},
+]
+
+
+def _last_problem(kind: str, call: dict, seed: int = 3):
+    """(images [B, H, W, C], bank [T, h, w, C] or [B, T, h, w, C], options with a channels-last mask)."""
+    rng = np.random.default_rng(seed)
+    images = rng.random((2, 17, 19, 3)).astype(np.float32)
+    per_image = call.get("per_image", False)
+    bank = rng.random((2, 3, 5, 4, 3) if per_image else (3, 5, 4, 3)).astype(np.float32)
+    masks = {
+        "channels": rng.random((5, 4, 3)) + 0.1,  # [h, w, C]
+        "per_template": rng.random((3, 5, 4, 1)) + 0.1,  # [T, h, w, 1]
+        "shared": rng.random((5, 4)) > 0.3,  # [h, w]: no channel axis
+        "per_image": rng.random((2, 3, 5, 4, 3)) + 0.1,  # [B, T, h, w, C]
+    }
+    options = {k: v for k, v in call.items() if k != "per_image"}
+    if "mask" in options:
+        options["mask"] = masks[options["mask"]].astype(np.float32) if options["mask"] != "shared" else masks["shared"]
+    if kind == "torch":
+        images, bank = torch.from_numpy(images), torch.from_numpy(bank)
+        if "mask" in options:
+            options["mask"] = torch.from_numpy(options["mask"])
+    return images, bank, options
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("call", LAST_CALLS)
+def test_channels_last_scores_equal_the_transposed_call(call: dict, kind: str) -> None:
+    images, bank, options = _last_problem(kind, call)
+    mask = options.get("mask")
+    first = {**options, "mask": _first(mask) if mask is not None and mask.ndim > 2 else mask}  # [h, w]: as it is
+    got = slidesim.similarity(images, bank, channels_last=True, **options)
+    want = slidesim.similarity(_first(images), _first(bank), **first)
+    if call.get("channels") == "separate":
+        assert got.shape[-1] == 3  # the channel axis last
+        want = np.ascontiguousarray(_last_channel_scores(want)) if kind == "numpy" else _last_channel_scores(want)
+    _same(got, want)
+    reference = slidesim.reference.similarity(images, bank, channels_last=True, **options)
+    expected = slidesim.reference.similarity(_first(images), _first(bank), **first)
+    if call.get("channels") == "separate":
+        expected = _last_channel_scores(expected)
+    _same(reference, np.ascontiguousarray(expected) if kind == "numpy" else expected)
+    assert slidesim.explain(images, bank, channels_last=True, **options) == slidesim.explain(
+        _first(images), _first(bank), **first
+    )
+
+
+@pytest.mark.parametrize("channels", ["joint", "separate"])
+def test_channels_last_one_image_and_template_give_maps_without_batch_axes(channels: str) -> None:
+    rng = np.random.default_rng(4)
+    image = rng.random((20, 23, 3)).astype(np.float32)
+    template = image[3:9, 5:12].copy()
+    got = slidesim.similarity(image, template, channels=channels, channels_last=True)
+    want = slidesim.similarity(_first(image)[None], _first(template)[None], channels=channels)[0, 0]
+    if channels == "separate":
+        assert got.shape == (15, 17, 3) and got.flags["C_CONTIGUOUS"]
+        want = np.ascontiguousarray(_last_channel_scores(want))
+    else:
+        assert got.shape == (15, 17)
+    _same(got, want)
+    assert float(got[3, 5].min()) == pytest.approx(1.0, abs=1e-5)
+    # one image, a bank of templates (or a batch, one template): the batch and template axes stay
+    bank = np.stack([template, image[10:16, 1:8]])
+    assert slidesim.similarity(image, bank, channels_last=True).shape == (1, 2, 15, 17)
+    assert slidesim.similarity(np.stack([image, image]), template, channels_last=True).shape == (2, 1, 15, 17)
+    # 2-D arrays have no channel axis: taken as they are
+    grey = image[..., 0].copy()
+    _same(slidesim.similarity(grey, grey[3:9, 5:12], channels_last=True), slidesim.similarity(grey, grey[3:9, 5:12]))
+
+
+def test_channels_last_uint8_images_become_contiguous_channels_first_tensors() -> None:
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (2, 30, 31, 3), dtype=np.uint8)  # as OpenCV and Pillow give it
+    bank = image[0, 4:12, 6:13][None].copy()
+    canon = canonicalize(image, bank, **with_defaults({"channels_last": True}))
+    assert canon.images.shape == (2, 3, 30, 31) and canon.images.is_contiguous()
+    assert canon.templates.shape == (1, 1, 3, 8, 7) and canon.templates.is_contiguous()
+    _same(slidesim.similarity(image, bank, channels_last=True), slidesim.similarity(_first(image), _first(bank)))
+    assert torch.equal(canon.images, torch.from_numpy(_first(image)).float())
+
+
+def test_channels_last_gradients_are_those_of_the_transposed_call() -> None:
+    rng = np.random.default_rng(6)
+    images = torch.from_numpy(rng.random((2, 15, 14, 2))).requires_grad_()
+    bank = torch.from_numpy(rng.random((3, 4, 5, 2))).requires_grad_()
+    weights = torch.linspace(0, 1, 10, dtype=torch.float64)
+    got = slidesim.similarity(images, bank, metric="zncc", channels="separate", channels_last=True)
+    assert got.shape == (2, 3, 12, 10, 2)
+    got_grads = torch.autograd.grad((got.sum(dim=-1) * weights).sum(), (images, bank))
+    x, t = _first(images.detach()).requires_grad_(), _first(bank.detach()).requires_grad_()
+    want = slidesim.similarity(x, t, metric="zncc", channels="separate")
+    want_grads = torch.autograd.grad((want.sum(dim=2) * weights).sum(), (x, t))
+    for g, w in zip(got_grads, want_grads, strict=True):
+        assert g.shape[-1] == 2
+        torch.testing.assert_close(_first(g), w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None, 0.0])
+def test_channels_last_must_be_a_bool(value: object) -> None:
+    image, template = np.zeros((9, 9, 3), np.float32), np.zeros((3, 3, 3), np.float32)
+    message = rf"`channels_last` must be True or False; got {re.escape(repr(value))}"
+    for call in (slidesim.similarity, slidesim.reference.similarity, slidesim.plan, slidesim.explain, slidesim.match):
+        with pytest.raises(slidesim.SlidesimTypeError, match=message):
+            call(image, template, channels_last=value)
+    with pytest.raises(slidesim.SlidesimTypeError, match=message):
+        slidesim.find_peaks(np.zeros((7, 7)), metric="zncc", images=image, templates=template, channels_last=value)
+    assert slidesim.similarity(image, template, channels_last=np.bool_(True)).shape == (7, 7)

@@ -16,8 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from ._checks import check_bool
 from ._eager import run_eager
-from ._validate import DEFAULT_OPTIONS, canonicalize
+from ._validate import DEFAULT_OPTIONS, canonicalize, scores_shape
 
 # The operators take the options of similarity, all but the mask, after their tensors: each with its type in the
 # operators' schema, in the order of DEFAULT_OPTIONS.
@@ -32,6 +33,7 @@ _OPERATOR_TYPES = {
     "circular": "float[]",
     "method": "str",
     "memory_limit": "SymInt",
+    "channels_last": "bool",
 }
 _OPERATOR_OPTIONS = tuple(name for name in DEFAULT_OPTIONS if name != "mask")
 assert set(_OPERATOR_OPTIONS) == set(_OPERATOR_TYPES), "every option of similarity needs a type in the schema"
@@ -54,6 +56,7 @@ def _to_operator(options: dict) -> list:
         "circular": [float(v) for key, period in circular.items() for v in (key, period)],
         "method": str(options["method"]),
         "memory_limit": int(options["memory_limit"] or 0),
+        "channels_last": check_bool("channels_last", options["channels_last"]),  # bool() would take any value
     }
     return [encoded[name] for name in _OPERATOR_OPTIONS]
 
@@ -116,12 +119,7 @@ def similarity_op(
 def _similarity_fake(images, templates, mask, *args):
     options = _options(*args)
     canon = canonicalize(images, templates, mask=mask, **options)
-    problem = canon.problem
-    shape: tuple[int, ...] = (problem.out_height, problem.out_width)
-    if not canon.two_d:
-        separate = (problem.channels,) if canon.channels_mode == "separate" else ()
-        shape = (problem.batch, problem.n_templates, *separate, *shape)
-    return images.new_empty(shape, dtype=canon.out_dtype)
+    return images.new_empty(scores_shape(canon), dtype=canon.out_dtype)
 
 
 @torch.library.custom_op(
@@ -152,15 +150,16 @@ def similarity_backward_op(
         return list(torch.autograd.grad(scores, wanted, grad))
 
     grads = _with_default_state(differentiate, images.device)
-    grad_images = grads.pop(0) if need_images else images.new_empty(0)
-    grad_templates = grads.pop(0) if need_templates else templates.new_empty(0)
+    # contiguous, as the fake gradients are: the gradient of a channels-last call comes back through a permutation
+    grad_images = grads.pop(0).contiguous() if need_images else images.new_empty(0)
+    grad_templates = grads.pop(0).contiguous() if need_templates else templates.new_empty(0)
     return grad_images, grad_templates
 
 
 @similarity_backward_op.register_fake
 def _similarity_backward_fake(grad, images, templates, mask, need_images, need_templates, *args):
-    grad_images = torch.empty_like(images) if need_images else images.new_empty(0)
-    grad_templates = torch.empty_like(templates) if need_templates else templates.new_empty(0)
+    grad_images = images.new_empty(images.shape) if need_images else images.new_empty(0)
+    grad_templates = templates.new_empty(templates.shape) if need_templates else templates.new_empty(0)
     return grad_images, grad_templates
 
 

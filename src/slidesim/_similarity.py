@@ -29,6 +29,7 @@ def similarity(
     circular: dict[int, float] | None = None,
     method: Method | str = "auto",
     memory_limit: int | None = None,
+    channels_last: bool = False,
     **unexpected: Any,
 ) -> ArrayLike:
     """Slide every template over every image and score each position.
@@ -59,12 +60,20 @@ def similarity(
         method: "auto" or an engine name: "direct", "numba", "triton", "conv", "fft" or "reference" (see
             :func:`slidesim.explain`).
         memory_limit: Bytes that temporaries may use (default 512 MiB); the output itself is not counted.
+        channels_last: The arrays hold their channels on the last axis, as OpenCV, Pillow and scikit-image do:
+            images [H, W, C] or [B, H, W, C], templates [h, w, C], [T, h, w, C] or [B, T, h, w, C], masks
+            [h, w], [h, w, 1|C], [T, h, w, 1|C] or [B, T, h, w, 1|C] (2-D images and templates have no channel
+            axis and are taken as they are). The scores equal those of the channels-first call; the arrays are
+            copied once, into the contiguous compute-dtype tensors the engines read.
         **unexpected: None: a misspelt option raises :class:`slidesim.SlidesimTypeError` naming the valid ones.
 
     Returns:
         Scores [B, T, H', W'] ([B, T, C, H', W'] for channels="separate"; [H', W'] for 2-D input), float32, or
         float64 when an input is float64 or a 32/64-bit integer. numpy for numpy images, otherwise a torch tensor
-        on the images' device. In valid mode H' = (H − dilation·(h − 1) − 1) // stride + 1.
+        on the images' device. In valid mode H' = (H − dilation·(h − 1) − 1) // stride + 1. With channels_last,
+        per-channel scores hold their channel axis last ([B, T, H', W', C]; a torch view, numpy contiguous), and
+        one [H, W, C] image with one [h, w, C] template gives [H', W'] ([H', W', C] for channels="separate"), as
+        2-D input does; a batch or a bank keeps both axes.
 
     Raises:
         SlidesimTypeError: Wrong argument types or dtypes (complex, bool...), or 8- and 16-bit integer images and
@@ -98,6 +107,9 @@ def similarity(
         (1, 2, 26, 26)
         >>> [np.unravel_index(s.argmax(), s.shape) for s in scores[0]]
         [(np.int64(5), np.int64(9)), (np.int64(20), np.int64(3))]
+        >>> rgb = np.ascontiguousarray(image[0].transpose(1, 2, 0))  # [H, W, C], as OpenCV and Pillow hold it
+        >>> slidesim.similarity(rgb, rgb[5:12, 9:16], channels_last=True).shape
+        (26, 26)
     """
     options = {
         "metric": metric,
@@ -111,6 +123,7 @@ def similarity(
         "circular": circular,
         "method": method,
         "memory_limit": memory_limit,
+        "channels_last": channels_last,
     }
     with_defaults({**options, **unexpected})  # a misspelt option raises, naming the valid ones
     if torch.compiler.is_compiling() and isinstance(images, torch.Tensor) and isinstance(templates, torch.Tensor):

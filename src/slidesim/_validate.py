@@ -9,6 +9,11 @@ Canonical layout:
     images     [B, C, H, W]        compute dtype (float32, or float64 for float64 / 32-bit integer input)
     templates  [Bk, T, C, h, w]    Bk = 1 (one bank for every image) or B (a bank per image)
     mask       [Bm, Tm, Cm, h, w]  or None; Bm ∈ {1, Bk}, Tm ∈ {1, T}, Cm ∈ {1, C}; non-negative weights
+
+With ``channels_last=True`` the caller's arrays hold their channels on the last axis (images [H, W, C] or
+[B, H, W, C], templates [h, w, C], [T, h, w, C] or [B, T, h, w, C], masks [..., h, w, 1|C]): they are moved to the
+canonical layout here, in the one copy that makes the compute-dtype tensors contiguous, and :func:`finalize` gives
+per-channel scores their channel axis last.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ._checks import check_dtype, check_option, check_pair, check_sample_depths, to_tensor
+from ._checks import check_bool, check_dtype, check_option, check_pair, check_sample_depths, to_tensor
 from ._geometry import Border, Geometry, pad_amounts, pad_image
 from ._types import CHANNELS_MODES, MODES, PADDINGS, ArrayLike
 from .errors import SlidesimTypeError, SlidesimValueError
@@ -41,6 +46,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "circular": None,
     "method": "auto",
     "memory_limit": None,
+    "channels_last": False,
 }
 """Every keyword option of :func:`slidesim.similarity` with its default (read-only: copy before changing)."""
 
@@ -109,23 +115,116 @@ class Canonical:
     two_d: bool
     out_dtype: torch.dtype
     problem: Problem
+    channels_last: bool = False
+    unbatched: bool = False
+    """Channels last, one [H, W, C] image and one [h, w, C] template: scores without batch and template axes."""
+
+
+_CHANNEL_COUNTS = (1, 3, 4)  # grey, RGB, RGBA: a last axis of this length looks like colour channels
+
+
+def channels_first_order(ndim: int) -> tuple[int, ...]:
+    """The axis order that moves the last axis of a channels-last array ([..., h, w, C], ``ndim`` ≥ 3) before its
+    two spatial axes ([..., C, h, w])."""
+    return (*range(ndim - 3), ndim - 1, ndim - 3, ndim - 2)
+
+
+def channels_first(array: Any) -> Any:
+    """A channels-last array ([..., h, w, C]: numpy, torch or dask) as a view in the channels-first layout
+    ([..., C, h, w]); arrays of fewer than 3 axes (no channel axis) as they are."""
+    if array.ndim < 3:
+        return array
+    order = channels_first_order(array.ndim)
+    return array.permute(order) if isinstance(array, torch.Tensor) else array.transpose(order)
+
+
+def _moved(name: str, ndim: int, numpy_in: bool, add_axis: bool = False) -> str:
+    """The code that moves the last axis of a channels-last argument before its spatial axes, for the advice of
+    layout errors: ``images.transpose(2, 0, 1)[None]`` for a numpy [H, W, C] image."""
+    method = "transpose" if numpy_in else "permute"
+    order = ", ".join(map(str, channels_first_order(ndim)))
+    return f"{name}.{method}({order})" + ("[None]" if add_axis else "")
+
+
+def _three_d_images_advice(shape: tuple[int, ...], numpy_in: bool) -> str:
+    """How to pass a 3-D array of images: channels last when its last axis looks like colour channels, else the
+    missing axis."""
+    if shape[-1] in _CHANNEL_COUNTS:
+        return (
+            f"Its last axis of {shape[-1]} looks like colour channels ([H, W, C], as OpenCV, Pillow and "
+            "scikit-image hold images): pass channels_last=True to score it as it is (templates then [h, w, C] or "
+            f"[T, h, w, C]), or move the channels first: {_moved('images', 3, numpy_in, add_axis=True)} is "
+            "[1, C, H, W]. If it is one [C, H, W] image, add the batch axis: images[None]."
+        )
+    return (
+        "A 3-D array is ambiguous ([C, H, W] or [B, H, W]): add the missing axis explicitly: images[None] for one "
+        "[C, H, W] image, images[:, None] for a batch of [B, H, W] grey images, or channels_last=True if its last "
+        f"axis holds {shape[-1]} channels ([H, W, C])."
+    )
+
+
+def _looks_channels_last(shape: tuple[int, ...]) -> bool:
+    """Whether a channels-first image or template looks channels-last instead: a last axis of 1, 3 or 4 and
+    another length where the channels would be ([1, 480, 640, 3])."""
+    return len(shape) >= 3 and shape[-1] in _CHANNEL_COUNTS and shape[-3] not in _CHANNEL_COUNTS
+
+
+def _channels_advice(images: tuple[int, ...], templates: tuple[int, ...], numpy_in: tuple[bool, bool]) -> str:
+    """How to fix images [B, C, H, W] and templates whose channel counts differ, when one of them (or both) looks
+    channels-last; empty otherwise."""
+    image_last, template_last = _looks_channels_last(images), _looks_channels_last(templates)
+    if image_last and template_last and images[-1] == templates[-1]:
+        return (
+            f" Both look channels-last ([B, H, W, C] and [..., h, w, C], {images[-1]} channels): pass "
+            "channels_last=True."
+        )
+    if image_last and templates[-3] == images[-1]:
+        move = _moved("images", 4, numpy_in[0])
+        return f" `images` look channels-last ([B, H, W, C]): move their channels first with {move}."
+    if template_last and templates[-1] == images[-3]:
+        return (
+            " `templates` look channels-last ([..., h, w, C]): move their channels first with "
+            f"{_moved('templates', len(templates), numpy_in[1])}."
+        )
+    return ""
+
+
+def _channels_first_advice(images: tuple[int, ...], templates: tuple[int, ...]) -> str:
+    """With channels_last=True: how to fix images and templates whose channel counts differ because they are laid
+    out channels first ([B, C, H, W] and [T, C, h, w]); empty otherwise."""
+    if len(images) == 4 and images[1] in _CHANNEL_COUNTS and len(templates) >= 4 and templates[-3] == images[1]:
+        return (
+            f" They look channels-first ([B, C, H, W] and [T, C, h, w], {images[1]} channels): pass "
+            "channels_last=False."
+        )
+    return ""
 
 
 def _canonical_images_templates(
-    images: torch.Tensor, templates: torch.Tensor
+    images: torch.Tensor, templates: torch.Tensor, channels_last: bool, numpy_in: tuple[bool, bool]
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(images [B, C, H, W], bank [Bk, T, C, h, w], whether the call is 2-D) from the caller's arrays, which are
+    channels last when ``channels_last``; ``numpy_in`` says which came from numpy (for the advice in errors)."""
+    image_shape, template_shape = tuple(images.shape), tuple(templates.shape)
     if images.ndim == 2:
         if templates.ndim != 2:
+            banks = (
+                "pass images as [H, W, C] or [B, H, W, C] and templates as [h, w, C] or [T, h, w, C] "
+                "(images[..., None] adds a channel axis of 1)"
+                if channels_last
+                else "pass images as [B, C, H, W] and templates as [T, C, h, w]"
+            )
             raise SlidesimValueError(
                 "`templates` must be 2-D [h, w] when `images` is 2-D [H, W]; "
-                f"got templates of shape {tuple(templates.shape)}. For banks, pass images as [B, C, H, W] and "
-                "templates as [T, C, h, w]."
+                f"got templates of shape {template_shape}. For channels and banks, {banks}."
             )
         return images[None, None], templates[None, None, None], True
+    if channels_last:
+        return _channels_last_images_templates(images, templates)
     if images.ndim != 4:
+        advice = _three_d_images_advice(image_shape, numpy_in[0]) if images.ndim == 3 else ""
         raise SlidesimValueError(
-            f"`images` must be [B, C, H, W] (or [H, W] with a 2-D template); got shape {tuple(images.shape)}. "
-            "A 3-D array is ambiguous ([C, H, W] or [B, H, W]): add the missing axis explicitly."
+            f"`images` must be [B, C, H, W] (or [H, W] with a 2-D template); got shape {image_shape}. {advice}".rstrip()
         )
     if templates.ndim == 4:
         bank = templates[None]
@@ -133,36 +232,118 @@ def _canonical_images_templates(
         if templates.shape[0] != images.shape[0]:
             raise SlidesimValueError(
                 "`templates` given as per-image banks [B, T, C, h, w] must have B equal to the number of images "
-                f"({images.shape[0]}); got shape {tuple(templates.shape)}."
+                f"({images.shape[0]}); got shape {template_shape}."
             )
         bank = templates
     else:
         raise SlidesimValueError(
             "`templates` must be [T, C, h, w], or [B, T, C, h, w] for a bank per image, when `images` is "
-            f"[B, C, H, W]; got shape {tuple(templates.shape)}."
+            f"[B, C, H, W]; got shape {template_shape}.{_template_rank_advice(image_shape, template_shape, numpy_in)}"
         )
     if bank.shape[2] != images.shape[1]:
         raise SlidesimValueError(
             f"`templates` must have as many channels as `images` ({images.shape[1]}); got shape "
-            f"{tuple(templates.shape)} against images of shape {tuple(images.shape)}."
+            f"{template_shape} against images of shape {image_shape}."
+            + _channels_advice(image_shape, template_shape, numpy_in)
         )
     return images, bank, False
 
 
-def _canonical_mask(mask: object, bank: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
-    """Return the mask as [Bm, Tm, Cm, h, w] weights in dtype (bool and integer masks become 0/1)."""
+def _template_rank_advice(images: tuple[int, ...], templates: tuple[int, ...], numpy_in: tuple[bool, bool]) -> str:
+    """How to pass a template of the wrong rank beside images [B, C, H, W]; empty when there is no clear fix."""
+    if len(templates) != 3:
+        return ""
+    if _looks_channels_last(images) and templates[-1] == images[-1]:
+        return (
+            f" `images` and `templates` look channels-last ([B, H, W, C] and [h, w, C], {images[-1]} channels): "
+            "pass channels_last=True."
+        )
+    if templates[0] == images[1]:
+        return " For one template [C, h, w], add the template axis: templates[None]."
+    if templates[-1] == images[1]:
+        return (
+            " `templates` look channels-last ([h, w, C]): move their channels first with "
+            f"{_moved('templates', 3, numpy_in[1], add_axis=True)}."
+        )
+    return ""
+
+
+def _channels_last_images_templates(
+    images: torch.Tensor, templates: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(images [B, C, H, W], bank [Bk, T, C, h, w], False) as views of images [H, W, C] or [B, H, W, C] and
+    templates [h, w, C], [T, h, w, C] or [B, T, h, w, C]."""
+    image_shape, template_shape = tuple(images.shape), tuple(templates.shape)
+    if images.ndim not in (3, 4):
+        raise SlidesimValueError(
+            "`images` must be [H, W, C] or [B, H, W, C] with channels_last=True (or [H, W] with a 2-D template); "
+            f"got shape {image_shape}."
+        )
+    if templates.ndim not in (3, 4, 5):
+        raise SlidesimValueError(
+            "`templates` must be [h, w, C] or [T, h, w, C], or [B, T, h, w, C] for a bank per image, with "
+            f"channels_last=True; got shape {template_shape}."
+        )
+    image_4d = channels_first(images if images.ndim == 4 else images[None])
+    bank = channels_first(templates)
+    bank = bank[None, None] if templates.ndim == 3 else (bank[None] if templates.ndim == 4 else bank)
+    if templates.ndim == 5 and templates.shape[0] != image_4d.shape[0]:
+        raise SlidesimValueError(
+            "`templates` given as per-image banks [B, T, h, w, C] must have B equal to the number of images "
+            f"({image_4d.shape[0]}); got shape {template_shape} against images of shape {image_shape}."
+        )
+    if templates.shape[-1] != images.shape[-1]:
+        raise SlidesimValueError(
+            f"`templates` must have as many channels (the last axis, with channels_last=True) as `images` "
+            f"({images.shape[-1]}); got shape {template_shape} against images of shape {image_shape}."
+            + _channels_first_advice(image_shape, template_shape)
+        )
+    return image_4d, bank, False
+
+
+def _mask_layout_advice(shape: tuple[int, ...], bank: torch.Tensor, channels_last: bool, numpy_in: bool) -> str:
+    """How to fix a mask of the wrong layout: channels last in a channels-first call, or the reverse; empty when
+    it is not that."""
+    _, _, C, h, w = bank.shape
+    if len(shape) < 3:
+        return ""
+    if not channels_last and shape[-3:-1] == (h, w) and shape[-1] in (1, C):
+        move = _moved("mask", len(shape), numpy_in)
+        return f" It looks channels-last ([..., h, w, C]): move its channels first with {move}."
+    if channels_last and shape[-2:] == (h, w) and shape[-3] in (1, C):
+        method = "transpose" if numpy_in else "permute"
+        n = len(shape)
+        order = ", ".join(map(str, (*range(n - 3), n - 2, n - 1, n - 3)))
+        return f" It looks channels-first ([..., C, h, w]): move its channels last with mask.{method}({order})."
+    return ""
+
+
+def _canonical_mask(
+    mask: object, bank: torch.Tensor, device: torch.device, dtype: torch.dtype, channels_last: bool
+) -> torch.Tensor | None:
+    """Return the mask as [Bm, Tm, Cm, h, w] weights in dtype (bool and integer masks become 0/1); with
+    ``channels_last`` the caller's mask holds its channels on the last axis."""
     if mask is None:
         return None
-    tensor, _ = to_tensor("mask", mask, device)
+    tensor, numpy_in = to_tensor("mask", mask, device)
     if tensor.device != device:
         raise SlidesimValueError(f"`mask` must be on the templates' device {device}; got {tensor.device}.")
     if tensor.dtype.is_complex:
         raise SlidesimTypeError(f"`mask` must be real (bool, integer or float); got {tensor.dtype}.")
     Bk, T, C, h, w = bank.shape
-    expected = f"[h, w], [C, h, w], [T, 1|C, h, w] or [B, T, 1|C, h, w] with h, w = {h}, {w}, C = {C}, T = {T}"
+    sizes = f"h, w = {h}, {w}, C = {C}, T = {T}"
     shape = tuple(tensor.shape)
-    if tensor.ndim < 2 or tensor.ndim > 5 or shape[-2:] != (h, w):
-        raise SlidesimValueError(f"`mask` must be {expected}; got shape {shape}.")
+    if channels_last:
+        expected = f"[h, w], [h, w, 1|C], [T, h, w, 1|C] or [B, T, h, w, 1|C] with channels_last=True, {sizes}"
+        spatial = shape[-3:-1] if tensor.ndim >= 3 else shape
+    else:
+        expected = f"[h, w], [C, h, w], [T, 1|C, h, w] or [B, T, 1|C, h, w] with {sizes}"
+        spatial = shape[-2:]
+    if tensor.ndim < 2 or tensor.ndim > 5 or spatial != (h, w):
+        advice = _mask_layout_advice(shape, bank, channels_last, numpy_in)
+        raise SlidesimValueError(f"`mask` must be {expected}; got shape {shape}.{advice}")
+    if channels_last:
+        tensor = channels_first(tensor)
     if tensor.ndim == 2:
         tensor = tensor[None, None, None]
     elif tensor.ndim == 3:
@@ -225,6 +406,7 @@ def canonicalize(
     circular: object,
     method: object,
     memory_limit: object,
+    channels_last: object,
 ) -> Canonical:
     """Check every argument of :func:`slidesim.similarity` and return canonical tensors and the Problem.
 
@@ -239,6 +421,7 @@ def canonicalize(
     channels_s = check_option("channels", channels, CHANNELS_MODES)
     stride_p = check_pair("stride", stride)
     dilation_p = check_pair("dilation", dilation)
+    last = check_bool("channels_last", channels_last)
     if not isinstance(method, str):
         raise SlidesimTypeError(f"`method` must be a string such as 'auto'; got {type(method).__name__}.")
     if not isinstance(pad_value, numbers.Real) or isinstance(pad_value, bool) or not math.isfinite(pad_value):
@@ -263,7 +446,7 @@ def canonicalize(
             device = value.device
     check_sample_depths(images, templates)  # before numpy uint16 becomes float32 and its depth is lost
     image_t, numpy_out = to_tensor("images", images, device)
-    template_t, _ = to_tensor("templates", templates, device)
+    template_t, template_numpy = to_tensor("templates", templates, device)
     check_dtype("images", image_t)
     check_dtype("templates", template_t)
     input_dtype = image_t.dtype
@@ -271,7 +454,7 @@ def canonicalize(
     compute_dtype = torch.float64 if wide else torch.float32
     requires_grad = image_t.requires_grad or template_t.requires_grad
 
-    image_4d, bank, two_d = _canonical_images_templates(image_t, template_t)
+    image_4d, bank, two_d = _canonical_images_templates(image_t, template_t, last, (numpy_out, template_numpy))
     B, C, H, W = image_4d.shape
     _, T, _, h, w = bank.shape
     span_h, span_w = dilation_p[0] * (h - 1) + 1, dilation_p[1] * (w - 1) + 1
@@ -297,9 +480,14 @@ def canonicalize(
     out_h = reach_h // stride_p[0] + 1
     out_w = reach_w // stride_p[1] + 1
 
-    images_c = image_4d.to(compute_dtype)
-    bank_c = bank.to(compute_dtype)
-    mask_c = _canonical_mask(mask, bank_c, bank_c.device, compute_dtype)
+    # Channels-last views become contiguous in the copy to the compute dtype (one copy at most): every engine then
+    # reads the memory layout, and so gives the numbers, of the channels-first call.
+    layout = torch.contiguous_format if last else torch.preserve_format
+    images_c = image_4d.to(compute_dtype, memory_format=layout)
+    bank_c = bank.to(compute_dtype, memory_format=layout)
+    mask_c = _canonical_mask(mask, bank_c, bank_c.device, compute_dtype, last)
+    if mask_c is not None and last:
+        mask_c = mask_c.contiguous()
     if mask_c is not None and channels_s != "joint" and has_data(mask_c):
         per_channel = mask_c.sum(dim=(-1, -2))
         if bool((per_channel <= 0).any()):
@@ -358,6 +546,8 @@ def canonicalize(
         two_d=two_d,
         out_dtype=compute_dtype,
         problem=problem,
+        channels_last=last,
+        unbatched=last and image_t.ndim == 3 and template_t.ndim == 3,
     )
 
 
@@ -431,6 +621,7 @@ def options_of(canon: Canonical, **changes: Any) -> dict[str, Any]:
         "circular": None if periods is None else {c: p for c, p in enumerate(periods) if p is not None},
         "method": canon.method,
         "memory_limit": canon.memory_limit,
+        "channels_last": False,  # the validated tensors are channels first
     }
     return with_defaults({**options, **changes})
 
@@ -443,11 +634,26 @@ def with_bank(canon: Canonical, templates: torch.Tensor, mask: torch.Tensor | No
     return canonicalize(canon.images, templates, **options_of(canon, mask=mask))
 
 
-def finalize(scores: torch.Tensor, canon: Canonical, dtype: torch.dtype) -> ArrayLike:
-    """Cast to the output dtype, drop the axes a 2-D call did not have, convert to numpy for numpy input."""
-    scores = scores.to(dtype)
+def scores_shape(canon: Canonical) -> tuple[int, ...]:
+    """The shape of the scores of a validated call as the caller gets them: [B, T, H', W'] ([B, T, C, H', W'] for
+    channels="separate", [B, T, H', W', C] with it and channels_last=True), without the batch and template axes
+    for 2-D input ([H', W']) and for one [H, W, C] image with one [h, w, C] template."""
+    problem = canon.problem
+    spatial = (problem.out_height, problem.out_width)
     if canon.two_d:
-        scores = scores.reshape(scores.shape[-2:])
+        return spatial
+    channels = (problem.channels,) if canon.channels_mode == "separate" else ()
+    maps = (*spatial, *channels) if canon.channels_last else (*channels, *spatial)
+    return maps if canon.unbatched else (problem.batch, problem.n_templates, *maps)
+
+
+def finalize(scores: torch.Tensor, canon: Canonical, dtype: torch.dtype) -> ArrayLike:
+    """Cast to the output dtype, lay out the canonical scores as the caller gets them (:func:`scores_shape`: a
+    view), convert to numpy for numpy input (contiguous)."""
+    scores = scores.to(dtype)
+    if canon.channels_last and canon.channels_mode == "separate" and not canon.two_d:
+        scores = scores.movedim(2, -1)  # [B, T, C, H', W'] -> [B, T, H', W', C]
+    scores = scores.reshape(scores_shape(canon))  # drops axes of length 1 only: a view
     if canon.numpy_out:
         return np.ascontiguousarray(scores.detach().cpu().numpy())
     return scores

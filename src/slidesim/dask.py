@@ -35,9 +35,10 @@ import numpy as np
 import torch
 
 from . import _dask_tiles as tiles
+from ._checks import check_bool
 from ._refine import crop_window, refine_on_data, shifts_per_batch
 from ._types import ArrayLike
-from ._validate import Canonical, canonicalize, options_of, window_origin, with_defaults
+from ._validate import Canonical, canonicalize, channels_first, options_of, window_origin, with_defaults
 from .errors import SlidesimValueError
 from .matching import Matches, bank_members, best_first, prepare
 from .peaks import local_maxima, ranking_key, suppress_points
@@ -54,12 +55,16 @@ def similarity(images: object, templates: ArrayLike, **options: Any):
         templates: In memory, as for :func:`slidesim.similarity`: [h, w], [T, C, h, w] or per-image banks
             [B, T, C, h, w].
         **options: The keyword options of :func:`slidesim.similarity` (metric, stride, dilation, mode, padding,
-            pad_value, mask, channels, circular, method, memory_limit). ``memory_limit`` applies per chunk.
+            pad_value, mask, channels, circular, method, memory_limit, channels_last). ``memory_limit`` applies
+            per chunk. With ``channels_last=True`` the images are [H, W, C] or [B, H, W, C] (read through a lazy
+            transposed view) and the templates and mask hold their channels last, as in memory.
 
     Returns:
         A lazy dask array of scores, [B, T, H', W'] ([B, T, C, H', W'] for channels="separate"; [H', W'] for 2-D
         input), float32 (float64 for float64 or 32/64-bit integer input), chunked like the images: the score
-        chunk of an image chunk holds the windows whose top-left pixel (on the padded image) lies in it.
+        chunk of an image chunk holds the windows whose top-left pixel (on the padded image) lies in it. With
+        ``channels_last=True`` the layout of the in-memory call: per-channel scores [B, T, H', W', C], and one
+        [H, W, C] image with one [h, w, C] template gives [H', W'] ([H', W', C]).
 
     Raises:
         SlidesimTypeError, SlidesimValueError: As the in-memory call would, before anything is computed.
@@ -67,6 +72,7 @@ def similarity(images: object, templates: ArrayLike, **options: Any):
     da = tiles.dask_array()
     options = with_defaults(options)
     images = tiles.as_dask(images)
+    images, templates, options, layout = _channels_first_call(images, templates, options)
     canon, _ = tiles.validated(images, templates, options)
     problem = canon.problem
     if canon.two_d:
@@ -96,7 +102,38 @@ def similarity(images: object, templates: ArrayLike, **options: Any):
         out_dtype=dtype,
         options=options_of(canon, mode="valid", mask=None),  # the chunks arrive padded
     )
-    return scores[0, 0] if canon.two_d else scores
+    return scores[0, 0] if canon.two_d else layout.scores(scores, separate)
+
+
+@dataclasses.dataclass(frozen=True)
+class _CallerLayout:
+    """How the caller laid out a call's arrays: whether channels last, and whether as one [H, W, C] image with one
+    [h, w, C] template (scores without batch and template axes)."""
+
+    channels_last: bool = False
+    unbatched: bool = False
+
+    def scores(self, scores, separate: bool):
+        """Lazy scores [B, T, H', W'] ([B, T, C, H', W'] when ``separate``) in the in-memory call's layout."""
+        if self.channels_last and separate:
+            scores = tiles.dask_array().moveaxis(scores, 2, -1)
+        return scores[0, 0] if self.unbatched else scores
+
+
+def _channels_first_call(images, templates: ArrayLike, options: dict[str, Any]):
+    """(images, templates, options, :class:`_CallerLayout`) of the channels-first call that gives the scores of a
+    call with ``channels_last=True``: the core checks the caller's arrays as they are (errors show their shapes),
+    then the dask images are read through a lazy transposed view and the templates and mask are transposed (views,
+    copied once where the core converts them)."""
+    if not check_bool("channels_last", options["channels_last"]):
+        return images, templates, options, _CallerLayout()
+    templates, mask = tiles.host(templates), tiles.host(options["mask"])
+    canonicalize(tiles.shape_only(images), templates, **{**options, "mask": mask})  # the core's checks
+    unbatched = images.ndim == 3 and templates.ndim == 3
+    images = channels_first(images if images.ndim != 3 else images[None])
+    templates = channels_first(templates[None] if templates.ndim == 3 else templates)
+    mask = None if mask is None else channels_first(mask)
+    return images, templates, {**options, "mask": mask, "channels_last": False}, _CallerLayout(True, unbatched)
 
 
 # ----------------------------------------------------------------------------------------------------------- match
@@ -253,7 +290,7 @@ def match(
             :func:`slidesim.match`.
         progress: Show a progress bar of the chunks on stderr (dask's, or dask.distributed's on a cluster).
         **options: As for :func:`slidesim.match` (stride, dilation, mode, padding, pad_value, mask, channels,
-            circular, method, memory_limit).
+            circular, method, memory_limit, channels_last).
 
     Returns:
         :class:`slidesim.Matches` with numpy fields; ``maps`` is the lazy dask array of best scores [B, T, H', W'].
@@ -269,6 +306,7 @@ def match(
     search = prepare(metric, k, min_distance, threshold, rotations, scales, exclude_border, options)
     k, threshold, border, call = search.k, search.threshold, search.border, search.call
     images = tiles.as_dask(images)
+    images, templates, call, _ = _channels_first_call(images, templates, call)  # the maps stay [B, T, H', W']
     shapes, values = tiles.validated(images, templates, call)
     T, h, w = values.templates.shape[1], *values.templates.shape[-2:]
     distance = search.distance(h, w)

@@ -258,6 +258,7 @@ def match(
     subpixel: bool = True,
     exclude_border: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    channels_last: bool = False,
     **options: Any,
 ) -> Matches:
     """Find the k best matches of every template in every image, with their angle and scale.
@@ -278,6 +279,8 @@ def match(
             with sub-pixel refinement, from progress(0, matches) again after each refined match: each phase
             counts from 0 (for progress bars; refinement costs milliseconds per match, which adds up for
             large k).
+        channels_last: Images [H, W, C] or [B, H, W, C] and templates [h, w, C] or [T, h, w, C] (masks with
+            their channels last too), as for :func:`slidesim.similarity`; ``maps`` stay [B, T, H', W'].
         **options: stride, dilation, mode, padding, pad_value, mask, channels ("joint" or "mean"), circular,
             method, memory_limit: as for :func:`slidesim.similarity`. A mask is rotated and scaled with its
             template.
@@ -311,6 +314,7 @@ def match(
         >>> float(found.angle[0]), round(float(found.y[0]), 2), round(float(found.x[0]), 2)
         (270.0, 25.0, 34.0)
     """
+    options = {**options, "channels_last": channels_last}
     search = prepare(metric, k, min_distance, threshold, rotations, scales, exclude_border, options)
     subpixel = check_bool("subpixel", subpixel)
     check_callable("progress", progress)

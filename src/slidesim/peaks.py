@@ -141,7 +141,7 @@ def find_peaks(
         images: The images the scores came from, for refinement on the data.
         templates: Their templates.
         **options: The other options of the :func:`slidesim.similarity` call that produced the scores (stride,
-            mode, mask...), for refinement on the data.
+            mode, mask, channels_last...), for refinement on the data.
 
     Returns:
         :class:`Peaks` ordered by image, then template, then best first (equal scores: the earlier position in

@@ -156,7 +156,8 @@ def plan(images: Any, templates: Any, *, measure: bool = False, **options: Any) 
         templates: As for :func:`slidesim.similarity`.
         measure: Time every runnable engine once on these inputs, pick the fastest, and remember the choice for
             every later call with the same problem (shapes, dtypes, options).
-        **options: The keyword options of :func:`slidesim.similarity`.
+        **options: The keyword options of :func:`slidesim.similarity` (``channels_last=True`` for [H, W, C] and
+            [B, H, W, C] arrays: the plan is that of the channels-first call).
 
     Returns:
         A :class:`Plan`; ``repr(plan)`` lists every engine with its estimated time and memory, or why it was

@@ -133,7 +133,9 @@ def similarity(images, templates, **options) -> object:
     Args:
         images: As for :func:`slidesim.similarity`.
         templates: As for :func:`slidesim.similarity`.
-        **options: Keyword options of :func:`slidesim.similarity` (``method`` and ``memory_limit`` are ignored).
+        **options: Keyword options of :func:`slidesim.similarity` (``method`` and ``memory_limit`` are ignored;
+            ``channels_last=True`` takes [H, W, C] and [B, H, W, C] arrays and lays out the scores as
+            :func:`slidesim.similarity` does).
 
     Returns:
         Scores in float64, numpy for numpy input and torch otherwise.
