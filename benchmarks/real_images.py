@@ -428,6 +428,15 @@ class MatchCase:
             tools[CORRMATCH_SHALLOW] = lambda: corrmatch_find(self.picture.cv, self.template.cv, threshold, k, 2)
         return tools
 
+    def tie(self, ours: np.ndarray, theirs: np.ndarray) -> str | None:
+        """For k=1 answers at different places: say so when both places score the same (identical copies of the
+        template, as a screenshot's buttons are), which makes either answer right."""
+        if self.k != 1 or len(ours) != 1 or len(theirs) != 1:
+            return None
+        scores = cv2_scores(self.picture.cv, self.template.cv, "zncc")
+        a, b = (float(scores[tuple(np.rint(p[0]).astype(int))]) for p in (ours, theirs))
+        return f"a tie: both places score {a:.4f} in OpenCV's map" if abs(a - b) <= 1e-4 else None
+
     def rows(self, times: dict[str, float], results: dict[str, object]) -> list[Row]:
         engine, estimate = chosen_estimate(self.picture.ours, self.template.ours, "zncc")  # the scoring's only
         h, w = self.template.height, self.template.width
@@ -438,7 +447,7 @@ class MatchCase:
             ours = top_left_of(results[key], h, w)
             for peer, theirs in peers.items():
                 both, only_ours, only_theirs = same_instances(ours, theirs)
-                same = "same instances" if only_ours == only_theirs == 0 else "differ"
+                same = "same instances" if only_ours == only_theirs == 0 else self.tie(ours, theirs) or "differ"
                 note = f"found: slidesim {len(ours)}, {peer} {len(theirs)}, both {both} ({same})"
                 rows.append(
                     Row(
@@ -594,11 +603,12 @@ def summary(rows: list[Row], loaded: bool) -> list[str]:
     calls = {(r.case, r.what): r for r in rows}.values()  # one per slidesim call
     scored = [r for r in calls if not r.what.startswith("match")]
     within = [r for r in scored if 1 / 1.5 <= r.estimate_ratio <= 1.5]
-    lines.append(
-        f"- planner estimate within 1.5× of the measured time: {len(within)} of {len(scored)} similarity calls "
-        f"(estimate / measured from {min(r.estimate_ratio for r in scored):.2f} to "
-        f"{max(r.estimate_ratio for r in scored):.2f}); the match rows' estimate is the scoring's only"
-    )
+    if scored:
+        lines.append(
+            f"- planner estimate within 1.5× of the measured time: {len(within)} of {len(scored)} similarity calls "
+            f"(estimate / measured from {min(r.estimate_ratio for r in scored):.2f} to "
+            f"{max(r.estimate_ratio for r in scored):.2f}); the match rows' estimate is the scoring's only"
+        )
     return lines
 
 
