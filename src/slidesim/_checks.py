@@ -157,7 +157,7 @@ _SAMPLE_DTYPES = {  # the integer dtypes of image files' samples, whose values a
 }
 
 
-def _sample_dtype(value: object) -> str | None:
+def sample_dtype(value: object) -> str | None:
     """The name of an array's dtype ("uint16") when it is an 8- or 16-bit integer dtype, else None."""
     dtype = getattr(value, "dtype", None)
     name = str(dtype).replace("torch.", "") if dtype is not None else None
@@ -170,7 +170,7 @@ def check_sample_depths(images: object, templates: object) -> None:
 
     Reads only the dtypes (numpy arrays, torch tensors, dask arrays); other arrays and dtypes pass.
     """
-    image_dtype, template_dtype = _sample_dtype(images), _sample_dtype(templates)
+    image_dtype, template_dtype = sample_dtype(images), sample_dtype(templates)
     if image_dtype is None or template_dtype is None:
         return
     image_range, template_range = _SAMPLE_DTYPES[image_dtype], _SAMPLE_DTYPES[template_dtype]

@@ -26,7 +26,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ._checks import check_bool, check_dtype, check_option, check_pair, check_sample_depths, to_tensor
+from ._checks import (
+    check_bool,
+    check_dtype,
+    check_option,
+    check_pair,
+    check_sample_depths,
+    sample_dtype,
+    to_tensor,
+)
 from ._geometry import Border, Geometry, pad_amounts, pad_image
 from ._types import CHANNELS_MODES, MODES, PADDINGS, ArrayLike
 from .errors import SlidesimTypeError, SlidesimValueError
@@ -449,7 +457,8 @@ def canonicalize(
     template_t, template_numpy = to_tensor("templates", templates, device)
     check_dtype("images", image_t)
     check_dtype("templates", template_t)
-    input_dtype = image_t.dtype
+    # the images' own dtype: numpy uint16 arrives as float32, whose values are still 16-bit integers
+    input_dtype = sample_dtype(images) or str(image_t.dtype).replace("torch.", "")
     wide = image_t.dtype in _WIDE_DTYPES or template_t.dtype in _WIDE_DTYPES
     compute_dtype = torch.float64 if wide else torch.float32
     requires_grad = image_t.requires_grad or template_t.requires_grad
@@ -520,7 +529,7 @@ def canonicalize(
         channels_mode=channels_s,
         mask_kind=kind,
         circular=tuple((i, p) for i, p in enumerate(periods or ()) if p is not None),
-        input_dtype=str(input_dtype).replace("torch.", ""),
+        input_dtype=input_dtype,
         compute_dtype=str(compute_dtype).replace("torch.", ""),
         device=str(images_c.device),
         out_height=out_h,

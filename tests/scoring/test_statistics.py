@@ -139,3 +139,46 @@ def test_both_statistics_paths_match_the_reference(
     for method in ("fft", "conv"):
         scores = slidesim.similarity(image, bank, metric=metric, mode=mode, stride=stride, method=method)
         torch.testing.assert_close(scores.double(), expected, **tolerance(torch.float32, scale=1e3))
+
+
+def _integer_image(rng: np.random.Generator, dtype: np.dtype, scale: int) -> np.ndarray:
+    """Flat blocks at several levels, single pixels one step off (nearly flat windows), and a textured band."""
+    levels = rng.integers(0, 4, size=(2, 2, 8, 10)) * scale
+    image = np.kron(levels, np.ones((10, 10), np.int64))  # [2, 2, 80, 100]
+    image[:, :, 30:40] += rng.integers(0, 3 * scale, size=(2, 2, 10, 100))
+    image[0, 0, 65, 33] += 1
+    image[1, 1, 5, 72] += 1
+    return image.astype(dtype)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize(("dtype", "scale"), [(np.uint8, 60), (np.uint16, 20000), (np.int16, 9000)])
+@pytest.mark.parametrize(("mode", "stride"), [("valid", 1), ("same", 2), ("full", 1)])
+@pytest.mark.parametrize("metric", ["zncc", "ncc"])
+def test_integer_images_decide_flat_windows_from_their_sums(
+    fused: bool, dtype, scale: int, mode: str, stride: int, metric: str, monkeypatch
+) -> None:
+    """8- and 16-bit images need neither the exact flat test nor the uncertain windows' rescoring: their sums are
+    exact, so every window's flatness (and energy) is read off them, and the scores still equal the reference."""
+    if fused:
+        pytest.importorskip("numba")
+    else:
+        monkeypatch.setattr(area_sums, "fused_statistics_available", lambda: False)
+
+    def no_exact_test(*args, **kwargs):
+        raise AssertionError("the exact flat test ran on an integer image")
+
+    monkeypatch.setattr(area_sums.AreaSumReductions, "window_flat", no_exact_test)
+    image = _integer_image(np.random.default_rng(5), dtype, scale)
+    bank = np.stack([image[0, :, 20:27, 40:46], image[1, :, 60:67, 0:6], image[0, :, 0:7, 0:6]])  # the last: flat
+    expected = slidesim.reference.similarity(
+        image.astype(np.float64), bank.astype(np.float64), metric=metric, mode=mode, stride=stride
+    )
+    for method in ("fft", "conv"):
+        scores = slidesim.similarity(image, bank, metric=metric, mode=mode, stride=stride, method=method)
+        np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+        if metric == "zncc":
+            flat = _flat_brute_force(padded_images(canonicalize(image, bank, **{**DEFAULT_OPTIONS, "mode": mode})),
+                                     7, 6, stride)  # fmt: skip
+            assert flat.any() and not flat.all()
+            assert (scores.transpose(1, 0, 2, 3)[:, flat.numpy()] == 0).all()  # flat windows score exactly 0
