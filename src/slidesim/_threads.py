@@ -28,6 +28,7 @@ import functools
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -133,6 +134,12 @@ def available_cores() -> int:
     return max(1, cores)
 
 
+@functools.cache  # os.cpu_count() reads sysfs: tens of microseconds
+def _online_cpus() -> int:
+    """The machine's CPUs, over which /proc/loadavg counts runnable threads."""
+    return os.cpu_count() or 1
+
+
 def get_num_threads() -> int:
     """The most threads a slidesim call on this thread uses now.
 
@@ -201,7 +208,22 @@ def thread_limit(count: int) -> Iterator[None]:
         limits.pop()
 
 
+_LOAD_SAMPLE_SECONDS = 0.1  # how long one reading of the load stands: reading /proc costs 0.1-0.5 ms on a busy host
+_load_sample: tuple[float, int] = (-math.inf, 0)  # (when, busy cores)
+
+
 def _busy_cores() -> int:
+    """Runnable threads of other processes, read at most every _LOAD_SAMPLE_SECONDS (see _read_busy_cores)."""
+    global _load_sample
+    when, busy = _load_sample
+    now = time.monotonic()
+    if now - when > _LOAD_SAMPLE_SECONDS:
+        busy = _read_busy_cores()
+        _load_sample = (now, busy)
+    return busy
+
+
+def _read_busy_cores() -> int:
     """Runnable threads of other processes (the running count of /proc/loadavg less this process's runnable
     threads), 0 where it cannot be read. This process's own threads do not count: its thread team busy-waits for
     a few milliseconds after each region, and back-to-back calls would otherwise see it as load."""
@@ -229,7 +251,7 @@ def _threads_for_call() -> int:
     """get_num_threads(), lowered to the cores that neither other processes' runnable threads nor this process's
     running slidesim calls (on other threads, e.g. Dask's) hold; at least 1."""
     wanted = get_num_threads()
-    free = min(available_cores(), (os.cpu_count() or 1) - _busy_cores()) - _claimed
+    free = min(available_cores(), _online_cpus() - _busy_cores()) - _claimed
     return max(1, min(wanted, free))
 
 
