@@ -21,11 +21,14 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Plan": ("planner", "Plan"),
     "explain": ("planner", "explain"),
     "find_peaks": ("peaks", "find_peaks"),
+    "get_num_threads": ("_threads", "get_num_threads"),
     "match": ("matching", "match"),
     "plan": ("planner", "plan"),
     "reference": ("reference", None),
     "rgb_to_hsv": ("color", "rgb_to_hsv"),
+    "set_num_threads": ("_threads", "set_num_threads"),
     "similarity": ("_similarity", "similarity"),
+    "thread_limit": ("_threads", "thread_limit"),
 }
 
 __all__ = [
@@ -39,16 +42,20 @@ __all__ = [
     "SlidesimValueError",
     "explain",
     "find_peaks",
+    "get_num_threads",
     "match",
     "plan",
     "reference",
     "rgb_to_hsv",
+    "set_num_threads",
     "similarity",
+    "thread_limit",
 ]
 
 if TYPE_CHECKING:
     from . import reference
     from ._similarity import similarity
+    from ._threads import get_num_threads, set_num_threads, thread_limit
     from .color import rgb_to_hsv
     from .matching import Matches, match
     from .metrics import METRICS

@@ -22,6 +22,7 @@ import torch
 from ._checks import check_bool, check_callable, check_factors, check_has_values, check_int, check_threshold
 from ._geometry import pad_amounts
 from ._refine import bank_member, refine_on_data, shifts_per_batch
+from ._threads import for_calls
 from ._types import ArrayLike
 from ._validate import Canonical, all_finite, canonicalize, window_origin, with_bank, with_defaults
 from .banks import TransformStream, canvas_size, drawing_bytes, member_bytes, usable_scales
@@ -245,6 +246,7 @@ def prepare(
     )
 
 
+@for_calls
 def match(
     images: ArrayLike,
     templates: ArrayLike,

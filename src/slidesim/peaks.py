@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ._checks import check_bool, check_int, check_threshold
 from ._refine import refine_peak
+from ._threads import for_calls
 from ._types import ArrayLike
 from ._validate import canonicalize, window_origin, with_defaults
 from .errors import SlidesimTypeError, SlidesimValueError
@@ -108,6 +109,7 @@ def _as_maps(scores: object) -> tuple[torch.Tensor, bool, bool]:
     return maps, numpy_out, False
 
 
+@for_calls
 def find_peaks(
     scores: ArrayLike,
     *,

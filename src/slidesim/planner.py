@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import engines
+from ._threads import for_calls
 from ._validate import Canonical, Problem, canonicalize, with_defaults
 from .cost import estimate_bytes, estimate_seconds
 from .engines.base import Engine
@@ -101,6 +102,7 @@ def _rank(candidate: Candidate) -> tuple[bool, float]:
     return candidate.excluded is not None, math.inf if seconds != seconds else seconds
 
 
+@for_calls  # timed as calls run
 def _measure(canon: Canonical, names: list[str]) -> dict[str, float]:
     times = {}
     for name in names:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._threads import numba_threads
 from .boxes import box_sums
 from .conv import UNFOLD_BUDGET, conv_correlate
 from .spectral import fft_correlate
@@ -70,13 +71,11 @@ class AreaSumReductions(TapReductions):
         self, plane: torch.Tensor, shift: torch.Tensor, deviations: bool, tolerance: float, out: np.ndarray, factors
     ) -> int:
         """Run the numba pass into ``out`` ([B, H', W'] float64) or, when ``factors`` is not empty, into it."""
-        import numba
-
         from .numba_windows import window_squares
 
         geom = self.geom
         # A few tasks per thread balance the load; fewer, taller bands re-sum fewer first windows.
-        rows_per_task = max(8, -(-geom.out_height * plane.shape[0] // (4 * numba.get_num_threads())))
+        rows_per_task = max(8, -(-geom.out_height * plane.shape[0] // (4 * numba_threads())))
         image = plane.detach()[:, 0].contiguous().numpy()
         shifts = shift.detach().to(torch.float64).reshape(-1).contiguous().numpy()
         size, stride = geom.template_size, geom.stride
@@ -100,6 +99,7 @@ class AreaSumReductions(TapReductions):
             return None
         from .numba_windows import plane_energies
 
+        numba_threads()
         image = plane.detach()[:, 0].contiguous().numpy()
         shifts = shift.detach().to(torch.float64).reshape(-1).contiguous().numpy()
         return torch.from_numpy(plane_energies(image, shifts))

@@ -23,16 +23,23 @@ import numpy as np
 import torch
 
 from .._geometry import Geometry
+from .._threads import numba_threads
 
 _PARALLEL_WORK = 4_000_000  # differences below which one thread is faster than starting threads
 _BAND_ELEMENTS = 4096  # output positions of one task: its accumulators stay in L1 and L2
 
 
 @functools.cache  # an import statement per use costs microseconds that small calls notice
-def _kernels():
+def _kernel_module():
     from . import numba_kernels
 
     return numba_kernels
+
+
+def _kernels():
+    """The kernel module, with numba's thread count on this thread set to the running call's."""
+    numba_threads()
+    return _kernel_module()
 
 
 def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
