@@ -146,8 +146,9 @@ class CorrelationScorer:
             return False
         template_scale, _, window_scale, _ = self._factors(t0, t1, stats.image.dtype)
         self.rescorer.cross_dtype = stats.image.dtype
-        flagged = self.rescorer.unreliable(t0, t1, template_scale, window_scale, None)
-        return flagged is not None and self.rescorer.prefers_transform(flagged, t1 - t0)
+        count = self.rescorer.unreliable_count(t0, t1, template_scale, window_scale)
+        B, _, H, W = window_scale.shape
+        return self.rescorer.prefers_transform(count, B * (t1 - t0) * H * W)
 
     def _centred_correlate(self, kernel: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
         """correlate(image − shift, kernel) in the kernel's dtype, centring a few channels at a time so no full

@@ -147,7 +147,7 @@ class Rescorer:
         template_scale, window_scale, uncertain = factors
         B, t, H, W = scores.shape
         flagged = flagged.expand(B, t, H, W)
-        if self.cross_dtype != torch.float64 and self.prefers_transform(flagged, t):
+        if self.cross_dtype != torch.float64 and self.prefers_transform(int(flagged.sum()), B * t * H * W):
             cross = self._float64_cross(t0, t0 + t)
             better = (cross * template_scale[..., None, None] * window_scale.to(torch.float64)).clamp_(-1.0, 1.0)
             scores.copy_(torch.where(flagged, better.to(scores.dtype), scores))
@@ -161,13 +161,26 @@ class Rescorer:
         index, exact = self.exact_scores(t0, flagged, grad=False)
         scores[tuple(index.unbind(dim=1))] = exact.to(scores.dtype)
 
-    def prefers_transform(self, flagged: torch.Tensor, templates: int) -> bool:
-        """Whether scoring the ``flagged`` windows ([B, t or 1, H', W'] bool) of ``templates`` templates one by
-        one would cost more than a float64 transform of their whole cross term."""
-        B, _, H, W = flagged.shape
+    def prefers_transform(self, flagged: int, outputs: int) -> bool:
+        """Whether scoring ``flagged`` windows one by one would cost more than a float64 transform of the cross
+        term of a chunk with ``outputs`` scores."""
         taps = self.bank.shape[-3] * self.bank.shape[-2] * self.bank.shape[-1]
-        count = int(flagged.sum()) * (templates if flagged.shape[1] == 1 else 1)
-        return count * taps > B * templates * self.stats.image.shape[1] * H * W * _TRANSFORM_COST
+        return flagged * taps > outputs * self.stats.image.shape[1] * _TRANSFORM_COST
+
+    def unreliable_count(self, t0: int, t1: int, template_scale: torch.Tensor, window_scale: torch.Tensor) -> int:
+        """About how many windows of templates t0:t1 :meth:`unreliable` would flag for their cross term's
+        round-off (the uncertain variances aside), at most one pass over the window factors per mask. A shared
+        mask counts with the largest template error for every template: an upper bound."""
+        per_template = (self.cross_error(t0, t1).detach() * template_scale).amax(dim=0)  # [t]
+        if window_scale.numel() == 0:
+            return 0
+        masks = window_scale.shape[1]
+        count = 0
+        for j in range(masks):
+            error = float(per_template.max() if masks == 1 else per_template[j])
+            if error > 0:  # a NaN factor (a window holding NaN) never counts
+                count += int((window_scale[:, j] > SCORE_TOLERANCE / error).sum())
+        return count * (len(per_template) if masks == 1 else 1)
 
     def _float64_cross(self, t0: int, t1: int) -> torch.Tensor:
         """The cross term of templates t0:t1 by a float64 FFT -> [B, t1 − t0, H', W'] float64."""
