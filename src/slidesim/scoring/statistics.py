@@ -119,7 +119,7 @@ class WindowStatistics:
         """Channels c0:c1 of the image minus their shift, in ``dtype`` (default: the compute dtype)."""
         if dtype is None or dtype == self.image.dtype:
             return self.image[:, c0:c1] - self.shift[:, c0:c1]
-        return self.image[:, c0:c1].to(dtype) - self.shift[:, c0:c1].to(dtype)
+        return self.image[:, c0:c1].to(dtype).sub_(self.shift[:, c0:c1].to(dtype))
 
     def exact_sums(self) -> bool:
         """Whether every unmasked window sum of the (centred) image and of its squares is exact in float64, and
