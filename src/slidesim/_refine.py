@@ -52,11 +52,17 @@ _MAX_MOVES = 8  # times a grid may follow the surface beyond its edge
 _GUARD = 12  # extra pixels around the crop: the prefilter's boundary effect decays as 0.27^k
 _KEPT_PREFILTER = 512  # the largest side whose prefilter (2 MiB) is kept between peaks: 16 of them hold 32 MiB
 # Float32 scores closer to a grid's best than this many units of round-off (relative to the largest score of the
-# grid) are compared again in float64; measured float32 errors of the resampled scores stay within ~30 units.
+# grid) are compared again in float64; measured on photographs, the float32 errors of zncc, ncc, ccorr and
+# ccoeff tables stay within 30 units; those of ssd and sad reach a few thousand in grids near a perfect match,
+# which are 1/32 px grids, where the quadratic fit (not the comparison) decides.
 _TIE_ROUNDOFF = 1024
 # A Newton grid whose quadratic fit leaves an RMS residual above this share of the grid's spread of scores is
 # scored again in float64: at 1/32 px the surface is quadratic to about 1 %, so more is round-off.
 _FIT_NOISE = 0.02
+# The sums of absolute differences have kinks wherever a tap's difference changes sign: their fits leave residuals
+# of a few % whatever the precision, while float32 round-off stays near 1e-3 of the grid's spread (measured on
+# photographs), so only a fit without a maximum sends them to float64.
+_KINKED = frozenset({"sad", "mad", "l1_similarity"})
 
 # Float64 copies alive at once, measured with VmHWM on zncc, sad and ncc with channels "joint" and "mean"; the
 # counts carry a margin over what was measured (in brackets).
@@ -303,7 +309,8 @@ class _Surface:
         # beside holes and through the reference every score is float64: so is the search
         self.dtype = crop.dtype if self.direct else torch.float64
         self._coefficients: dict[torch.dtype, torch.Tensor] = {}
-        self._operands: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._operands: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._sides: dict[torch.dtype, dict[str, torch.Tensor]] = {}
 
     def coefficients(self, dtype: torch.dtype) -> torch.Tensor:
         """The crop's B-spline coefficients [C, Hc, Wc] in ``dtype``, prefiltered once per dtype."""
@@ -382,18 +389,73 @@ class _Surface:
 
     def _block(self, weights_y: torch.Tensor, band: torch.Tensor, weights_x: torch.Tensor) -> torch.Tensor:
         """Scores [ny, nx] of the windows resampled with row weights [ny, h, by] and column weights [nx, w, bx]
-        from the band of coefficients [by, C, bx]: two matrix products for the whole block."""
+        from the band of coefficients [by, C, bx]: two batched matrix products for the whole block. Each shift
+        gets products of the same shapes whatever the block, so that its round-off, and the result, do not
+        depend on how many shifts memory_limit lets through at once."""
         (ny, h, by), (nx, w, bx), C = weights_y.shape, weights_x.shape, band.shape[1]
-        rows = weights_y.reshape(ny * h, by) @ band.reshape(by, C * bx)  # [ny·h, C·bx]
-        windows = rows.reshape(ny * h * C, bx) @ weights_x.reshape(nx * w, bx).T  # [ny·h·C, nx·w]
-        windows = windows.reshape(ny, h, C, nx, w).permute(0, 3, 2, 1, 4).reshape(ny * nx, C, h, w)
-        return (self.sign * self._score(windows)).reshape(ny, nx)
+        rows = torch.matmul(weights_y, band.reshape(by, C * bx)[None])  # [ny, h, C·bx]: one [h, by] product a row
+        rows = rows.reshape(ny, 1, h * C, bx).expand(ny, nx, h * C, bx)
+        windows = torch.matmul(rows, weights_x.transpose(1, 2)[None].expand(ny, nx, bx, w))  # [ny, nx, h·C, w]
+        windows = windows.reshape(ny, nx, h, C, w).transpose(2, 3).reshape(ny * nx, C, h, w)
+        scores = self._quick_score(windows)
+        if scores is None:  # a metric without a quick formula, or a degenerate window: the textbook formula
+            scores = self._score(windows)
+        return (self.sign * scores).reshape(ny, nx)
 
     def _operands_in(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
         if dtype not in self._operands:
             mask = None if self.mask is None else self.mask.detach().cpu().to(dtype)
             self._operands[dtype] = (self.template.to(dtype), mask)
         return self._operands[dtype]
+
+    def _template_side(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The template's side of the quick formulas in ``dtype``: weights M [1 or C, h, w] (ones without a mask),
+        M·T and M·(T − its weighted mean) [C, h, w], and the weight of each channel [1 or C, 1, 1]."""
+        if dtype not in self._sides:
+            template, mask = self._operands_in(dtype)
+            weights = torch.ones(1, *template.shape[-2:], dtype=dtype) if mask is None else mask
+            total = weights.sum(dim=(-2, -1), keepdim=True)
+            weighted = weights * template
+            centred = weights * (template - weighted.sum(dim=(-2, -1), keepdim=True) / total)
+            self._sides[dtype] = {"weights": weights, "weighted": weighted, "centred": centred, "total": total}
+        return self._sides[dtype]
+
+    def _quick_score(self, windows: torch.Tensor) -> torch.Tensor | None:
+        """Scores [N] of windows [N, C, h, w] in their dtype by the metric's formula written for one template
+        (its side computed once: a few operations per grid, where the reference's general formula takes dozens),
+        or None where it does not apply: ssd_normed, a channel without weight, and a zero energy (a flat window
+        or template), whose rules the reference holds."""
+        side = self._template_side(windows.dtype)
+        weights, template = side["weights"], self._operands_in(windows.dtype)[0]
+        if not bool((side["total"] > 0).all()):
+            return None
+        dims = (1, 2, 3) if self.joint else (2, 3)
+        if self.metric in ("sad", "mad", "l1_similarity"):
+            scores = (weights * (windows - template).abs()).sum(dim=dims)
+            count = side["total"].expand(windows.shape[1], 1, 1).sum(dim=tuple(d - 1 for d in dims))
+            scores = {"sad": scores, "mad": scores / count, "l1_similarity": 1 - scores / count}[self.metric]
+        elif self.metric == "ssd":
+            scores = (weights * (windows - template)).pow(2).sum(dim=dims)
+        elif self.metric in ("ccorr", "ncc"):
+            weighted = weights * windows
+            scores = (weighted * side["weighted"]).sum(dim=dims)
+            if self.metric == "ncc":
+                energy = side["weighted"].pow(2).sum(dim=tuple(d - 1 for d in dims))
+                scores = scores / (energy * weighted.pow(2).sum(dim=dims)).sqrt()
+        elif self.metric in ("ccoeff", "zncc"):
+            mean = (weights * windows).sum(dim=(2, 3), keepdim=True) / side["total"]
+            centred = weights * (windows - mean)
+            scores = (centred * side["centred"]).sum(dim=dims)
+            if self.metric == "zncc":
+                energy = side["centred"].pow(2).sum(dim=tuple(d - 1 for d in dims))
+                scores = scores / (energy * centred.pow(2).sum(dim=dims)).sqrt()
+        else:
+            return None
+        if self.metric in ("ncc", "zncc"):
+            if not bool(torch.isfinite(scores).all()):
+                return None  # a zero energy: the reference's rules for degenerate windows
+            scores = scores.clamp(-1, 1)  # beyond ±1 only by round-off
+        return scores.reshape(len(windows), -1).mean(dim=1)  # channels="mean": the mean of the channels' scores
 
     def _score(self, windows: torch.Tensor) -> torch.Tensor:
         """Scores [N] of resampled windows [N, C, h, w], in their dtype (float64 through the reference)."""
@@ -464,7 +526,8 @@ def _newton(surface: _Surface, y: float, x: float) -> tuple[float, float]:
     for _ in range(_MAX_MOVES):
         values, _, _ = surface.table(here_y, here_x, step, surface.dtype)
         fit = _quadratic_vertex(values)
-        if surface.dtype != torch.float64 and (fit is None or fit[2]):
+        noisy = fit is None or (fit[2] and surface.metric not in _KINKED)
+        if surface.dtype != torch.float64 and noisy:
             values, _, _ = surface.table(here_y, here_x, step, torch.float64)
             fit = _quadratic_vertex(values)
         if fit is None:
