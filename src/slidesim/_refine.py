@@ -2,11 +2,11 @@
 
 A quadratic fitted to the score map is biased wherever the score surface is not quadratic, and on anisotropic
 textures the best integer position can even be the wrong pixel. Instead, each peak's window is resampled from the
-image at shifted positions and scored against the template with the metric itself: 5 × 5 grids of shifts 0.5 px
-and then 0.125 px apart, each following the surface while its best shift lies on its edge (along a narrow ridge of
+image at shifted positions and scored against the template with the metric itself: 5 × 5 grids of shifts 0.5,
+0.125 and 1/32 px apart, each following the surface while its best shift lies on its edge (along a narrow ridge of
 the score surface, an edge or a stripe, the integer samples can miss the crest and the best integer position can
-lie several pixels from the optimum), then Newton steps on a full quadratic fitted to a 5 × 5 grid 1/32 px apart
-give the position.
+lie several pixels from the optimum), then Newton steps on a full quadratic fitted to the 5 × 5 grid 1/32 px apart
+around the best shift give the position.
 
 Resampling uses cubic B-splines on prefiltered coefficients, which interpolate (they pass through the pixels) and
 come much closer to a band-limited shift than cubic convolution: on photographs shifted by a fraction of a pixel,
@@ -45,8 +45,11 @@ from .metrics import resolve_metric
 from .scoring.holes import finite_channel_mean
 
 _DRIFT = 8.0  # px from the integer peak that the search may follow a ridge to
-_CLIMB_STEPS = (0.5, 0.125)  # spacings of the grids that climb the surface, px: 5 × 5 shifts, ±2 steps
 _NEWTON_STEP = 1 / 32  # spacing of the grid the quadratic is fitted to, px
+# spacings of the grids that climb the surface, px: 5 × 5 shifts, ±2 steps. The last one is the Newton grid's: the
+# sums of absolute differences have narrow V-shaped valleys that a coarser grid's best point can miss and a
+# quadratic cannot fit, and its last table is the Newton step's first
+_CLIMB_STEPS = (0.5, 0.125, _NEWTON_STEP)
 _HALF = 2  # every grid spans ±_HALF steps around its centre
 _MAX_MOVES = 8  # times a grid may follow the surface beyond its edge
 _GUARD = 12  # extra pixels around the crop: the prefilter's boundary effect decays as 0.27^k
@@ -311,6 +314,7 @@ class _Surface:
         self._coefficients: dict[torch.dtype, torch.Tensor] = {}
         self._operands: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._sides: dict[torch.dtype, dict[str, torch.Tensor]] = {}
+        self._last: tuple[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
     def coefficients(self, dtype: torch.dtype) -> torch.Tensor:
         """The crop's B-spline coefficients [C, Hc, Wc] in ``dtype``, prefiltered once per dtype."""
@@ -323,7 +327,11 @@ class _Surface:
     def table(
         self, y: float, x: float, step: float, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(scores [5, 5] of the grid of shifts ±_HALF steps around (y, x), its rows' dy [5], its columns' dx [5])."""
+        """(scores [5, 5] of the grid of shifts ±_HALF steps around (y, x), its rows' dy [5], its columns' dx [5]).
+        The last table is kept: the Newton step starts on the grid the last climb ended on."""
+        key = (y, x, step, dtype)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
         offsets = torch.arange(-_HALF, _HALF + 1, dtype=torch.float64) * step
         ys, xs = y + offsets, x + offsets
         values = torch.full((len(ys), len(xs)), -torch.inf, dtype=torch.float64)
@@ -332,7 +340,8 @@ class _Surface:
         if bool(rows.any()) and bool(cols.any()):
             inner = self._grid(ys[rows], xs[cols], dtype).to(torch.float64)
             values[rows.nonzero()[:, 0, None], cols.nonzero()[:, 0]] = inner
-        return torch.where(torch.isfinite(values), values, -torch.inf), ys, xs
+        self._last = (key, (torch.where(torch.isfinite(values), values, -torch.inf), ys, xs))
+        return self._last[1]
 
     def exact(self, dy: float, dx: float) -> float:
         """The float64 score of the shift (dy, dx), higher better."""
