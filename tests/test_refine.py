@@ -71,7 +71,7 @@ class _Counter:
 def test_known_shifts_are_recovered_scoring_few_windows_in_the_compute_dtype(metric, dtype, monkeypatch) -> None:
     """Spline-shifted photographs: the refined centre is within 0.015 px of the true one for every metric and
     input dtype (resampling the shifted samples with splines again is not exact: the float64 search leaves up to
-    0.011 px here). Each peak scores at most 125 windows (five 5 × 5 grids), float32 ones for float32 and uint8
+    0.011 px here). Each peak scores at most 175 windows (seven 5 × 5 grids), float32 ones for float32 and uint8
     inputs, and at most 30 in float64 (the checks and the score returned); the search once scored 245 or more, all
     in float64."""
     counter = _Counter(monkeypatch)
@@ -87,7 +87,7 @@ def test_known_shifts_are_recovered_scoring_few_windows_in_the_compute_dtype(met
         cy, cx, _ = _refine_at(scene, template, (y + 15.5 + round(fy), x + 15.5 + round(fx)), metric)
         assert abs(cy - (y + 15.5 + fy)) < 0.015 and abs(cx - (x + 15.5 + fx)) < 0.015, (y, x, cy, cx)
         scored = {d: n - before.get(d, 0) for d, n in counter.windows.items()}
-        assert scored.get(torch.float32, 0) <= 125 and scored.get(torch.float64, 0) <= 30, scored
+        assert scored.get(torch.float32, 0) <= 175 and scored.get(torch.float64, 0) <= 30, scored
 
 
 @pytest.mark.parametrize("metric", ["zncc", "ncc", "ssd", "sad", "ccoeff"])
