@@ -2,21 +2,31 @@
 
 A quadratic fitted to the score map is biased wherever the score surface is not quadratic, and on anisotropic
 textures the best integer position can even be the wrong pixel. Instead, each peak's window is resampled from the
-image at shifted positions and scored against the template with the metric itself; a coarse-to-fine search over
-shifts within 3 px, which follows the surface further while the best shift lies on the grid's edge, then Newton
-steps on a full quadratic fitted to the finest grid give the position. Along a narrow ridge of the score surface
-(an edge, a stripe) the integer samples can miss the crest, and the best integer position can lie several pixels
-from the optimum.
+image at shifted positions and scored against the template with the metric itself: 5 × 5 grids of shifts 0.5,
+0.125 and 1/32 px apart, each following the surface while its best shift lies on its edge (along a narrow ridge of
+the score surface, an edge or a stripe, the integer samples can miss the crest and the best integer position can
+lie several pixels from the optimum), then Newton steps on a full quadratic fitted to the 5 × 5 grid 1/32 px apart
+around the best shift give the position.
 
 Resampling uses cubic B-splines on prefiltered coefficients, which interpolate (they pass through the pixels) and
 come much closer to a band-limited shift than cubic convolution: on photographs shifted by a fraction of a pixel,
-cubic convolution alone left errors near 0.05 px. Holes (NaN or ±inf pixels) are filled before the prefilter, and
-a resampled tap that reads one leaves the window's mask.
+cubic convolution alone left errors near 0.05 px. The crop is prefiltered once per peak; a grid of shifts is a
+separable product (rows of spline weights, the coefficients, columns of spline weights), so a whole grid costs two
+matrix products over the band of coefficients it reads, and its windows are scored at once.
+
+Precision: the search runs in the compute dtype (float32 for float32, uint8 and other narrow inputs; float64 for
+float64 ones). Float64 takes over only where round-off could move the answer: shifts whose float32 scores lie
+within the round-off bound of a grid's best are compared again in float64, a Newton grid whose quadratic fit
+leaves residuals above a fraction of its spread (or has no maximum) is scored again in float64, and the score
+returned is the float64 score at the refined position. Holes (NaN or ±inf pixels) are filled before the
+prefilter, and a resampled tap that reads one leaves the window's mask; beside holes, and for circular channels,
+every shift is scored in float64 by the reference.
 
 Memory: peaks are refined one after the other, so nothing grows with their number. One peak holds its crop, the
 crop's coefficients and the two prefilter matrices, and then scores a batch of shifts at a time: as many as
 ``memory_limit`` holds beside those (the whole grid of a typical template, so that the numbers are those of one
-batch), or the call is refused with the bytes one shift needs (:func:`shifts_per_batch`).
+batch), or the call is refused with the bytes one shift needs (:func:`shifts_per_batch`). The byte counts are
+those of float64, which bounds the float32 path too.
 """
 
 from __future__ import annotations
@@ -34,12 +44,28 @@ from .errors import SlidesimValueError
 from .metrics import resolve_metric
 from .scoring.holes import finite_channel_mean
 
-_REACH = 3.0  # px from the integer peak that the first grid spans
 _DRIFT = 8.0  # px from the integer peak that the search may follow a ridge to
-_STEPS = (0.5, 0.125, 1 / 32)  # grid spacings of the search, px: the first spans ±_REACH, the others ±2 steps
-_MAX_MOVES = 8  # times a fine grid may follow the surface beyond its edge
+_NEWTON_STEP = 1 / 32  # spacing of the grid the quadratic is fitted to, px
+# spacings of the grids that climb the surface, px: 5 × 5 shifts, ±2 steps. The last one is the Newton grid's: the
+# sums of absolute differences have narrow V-shaped valleys that a coarser grid's best point can miss and a
+# quadratic cannot fit, and its last table is the Newton step's first
+_CLIMB_STEPS = (0.5, 0.125, _NEWTON_STEP)
+_HALF = 2  # every grid spans ±_HALF steps around its centre
+_MAX_MOVES = 8  # times a grid may follow the surface beyond its edge
 _GUARD = 12  # extra pixels around the crop: the prefilter's boundary effect decays as 0.27^k
 _KEPT_PREFILTER = 512  # the largest side whose prefilter (2 MiB) is kept between peaks: 16 of them hold 32 MiB
+# Float32 scores closer to a grid's best than this many units of round-off (relative to the largest score of the
+# grid) are compared again in float64; measured on photographs, the float32 errors of zncc, ncc, ccorr and
+# ccoeff tables stay within 30 units; those of ssd and sad reach a few thousand in grids near a perfect match,
+# which are 1/32 px grids, where the quadratic fit (not the comparison) decides.
+_TIE_ROUNDOFF = 1024
+# A Newton grid whose quadratic fit leaves an RMS residual above this share of the grid's spread of scores is
+# scored again in float64: at 1/32 px the surface is quadratic to about 1 %, so more is round-off.
+_FIT_NOISE = 0.02
+# The sums of absolute differences have kinks wherever a tap's difference changes sign: their fits leave residuals
+# of a few % whatever the precision, while float32 round-off stays near 1e-3 of the grid's spread (measured on
+# photographs), so only a fit without a maximum sends them to float64.
+_KINKED = frozenset({"sad", "mad", "l1_similarity"})
 
 # Float64 copies alive at once, measured with VmHWM on zncc, sad and ncc with channels "joint" and "mean"; the
 # counts carry a margin over what was measured (in brackets).
@@ -63,13 +89,15 @@ def _inverse_sampling(n: int) -> torch.Tensor:
     return torch.linalg.inv(matrix)
 
 
-_kept_inverse_sampling = functools.lru_cache(maxsize=16)(_inverse_sampling)
+@functools.lru_cache(maxsize=16)
+def _kept_inverse_sampling(n: int, dtype: torch.dtype) -> torch.Tensor:
+    return _inverse_sampling(n).to(dtype)
 
 
-def _prefilter(n: int) -> torch.Tensor:
-    """The prefilter of n samples (see :func:`_inverse_sampling`); kept between peaks for sides of up to
-    _KEPT_PREFILTER only, so that the cache stays small whatever the templates."""
-    return _kept_inverse_sampling(n) if n <= _KEPT_PREFILTER else _inverse_sampling(n)
+def _prefilter(n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The prefilter of n samples in ``dtype`` (see :func:`_inverse_sampling`, inverted in float64); kept between
+    peaks for sides of up to _KEPT_PREFILTER only, so that the cache stays small whatever the templates."""
+    return _kept_inverse_sampling(n, dtype) if n <= _KEPT_PREFILTER else _inverse_sampling(n).to(dtype)
 
 
 def refinement_bytes(
@@ -141,21 +169,13 @@ def _neighbours(positions: torch.Tensor, size: int) -> torch.Tensor:
     return near
 
 
-def _weights(positions: torch.Tensor, size: int) -> torch.Tensor:
-    """Cubic B-spline weights of sample positions [N, k] over ``size`` coefficients -> [N, k, size]."""
-    base = torch.floor(positions)
-    t = positions - base
-    taps = (
-        (1 - t) ** 3 / 6,
-        (3 * t**3 - 6 * t**2 + 4) / 6,
-        (-3 * t**3 + 3 * t**2 + 3 * t + 1) / 6,
-        t**3 / 6,
-    )
-    weights = torch.zeros(*positions.shape, size, dtype=torch.float64)
-    for offset, tap in enumerate(taps):
-        index = (base.long() + offset - 1).clamp(0, size - 1)
-        weights.scatter_add_(-1, index[..., None], tap[..., None])
-    return weights
+def _spline_weights(positions: torch.Tensor, size: int) -> torch.Tensor:
+    """Cubic B-spline weights of sample positions [..., k] over coefficients 0..size − 1 -> [..., k, size], in
+    the positions' dtype. The positions must lie at least 1 from either end (the crop's guard band sees to it)."""
+    distance = (positions[..., None] - torch.arange(size, dtype=positions.dtype)).abs()
+    near = 2 / 3 - distance * distance * (1 - distance / 2)  # |d| < 1
+    far = (2 - distance).clamp_min(0) ** 3 / 6  # 1 <= |d| < 2, and 0 beyond
+    return torch.where(distance < 1, near, far)
 
 
 def _crop(image: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int], padding: str, value: float):
@@ -213,84 +233,357 @@ def refine_on_data(
     """(y, x, score) of the best sub-pixel template centre, searched from the integer peak ``centre``.
 
     Args:
-        image: One image [C, H, W].
+        image: One image [C, H, W]; float64 images are refined in float64, any other dtype in float32 (with the
+            float64 checks of the module's docstring).
         template: Its template [C, h, w] (transformed, for banks of rotations and scales).
         mask: The template's weights [1 or C, h, w], or None.
         centre: Integer peak (y, x) of the template centre in image pixels.
         dilation: Tap spacing (y, x).
         higher: Whether higher scores are better.
         options: Metric options passed to :func:`slidesim.similarity` (metric, channels, circular, padding...).
+
+    Returns:
+        The refined centre (y, x) in image pixels and the float64 score of the window resampled there.
     """
     h, w = template.shape[-2:]
-    span_y, span_x = dilation[0] * (h - 1), dilation[1] * (w - 1)
     padding = options.get("padding", "constant")
     if options.get("mode", "valid") == "valid" or padding == "circular":
         padding = "replicate"  # only shifts near the border sample it
     limit = options.get("memory_limit")
     batch = shifts_per_batch(limit, template.shape[0], (h, w), dilation)  # before the crop is read
     rows, cols = crop_window(centre, (h, w), dilation)
-    r0, c0 = rows[0], cols[0]
-    # a few small matrix products per shift: the CPU in float64, wherever the images live
-    crop = _crop(image.detach(), rows, cols, padding, options.get("pad_value", 0.0)).cpu().to(torch.float64)
-    Hc, Wc = crop.shape[-2:]
+    # a few small matrix products per grid: the CPU, wherever the images live
+    crop = _crop(image.detach(), rows, cols, padding, options.get("pad_value", 0.0)).cpu()
+    crop = crop.to(torch.float64 if crop.dtype == torch.float64 else torch.float32)
     crop, holes = _fill_holes(crop)
     if holes is not None:
         batch = shifts_per_batch(limit, template.shape[0], (h, w), dilation, holes=True)
-    coefficients = _prefilter(Hc) @ crop @ _prefilter(Wc).T  # [C, Hc, Wc]
-    taps_y = torch.arange(h, dtype=torch.float64) * dilation[0] - span_y / 2 + centre[0] - r0
-    taps_x = torch.arange(w, dtype=torch.float64) * dilation[1] - span_x / 2 + centre[1] - c0
-    template64 = template.detach().cpu().to(torch.float64)[None]
-    mask64 = None if mask is None else mask.detach().cpu().to(torch.float64)
-    metric_options = {key: options[key] for key in ("metric", "channels", "circular") if key in options}
+    taps_y = torch.arange(h, dtype=torch.float64) * dilation[0] - dilation[0] * (h - 1) / 2 + centre[0] - rows[0]
+    taps_x = torch.arange(w, dtype=torch.float64) * dilation[1] - dilation[1] * (w - 1) / 2 + centre[1] - cols[0]
+    surface = _Surface(crop, holes, template.detach().cpu(), mask, (taps_y, taps_x), options, higher, batch)
+    y, x = 0.0, 0.0
+    for step in _CLIMB_STEPS:
+        y, x = _climb(surface, y, x, step)
+    fy, fx = _newton(surface, y, x)
+    score = surface.exact(fy, fx)
+    if not math.isfinite(score):  # a vertex whose taps all read holes: the best shift scored
+        fy, fx = y, x
+        score = surface.exact(fy, fx)
     sign = 1.0 if higher else -1.0
+    return centre[0] + fy, centre[1] + fx, sign * score
 
-    def scores(dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-        if len(dy) <= batch:  # the whole grid at once: what a typical template does
-            return batch_scores(dy, dx)
-        return torch.cat([batch_scores(dy[i : i + batch], dx[i : i + batch]) for i in range(0, len(dy), batch)])
 
-    def batch_scores(dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-        weights_y = _weights(dy[:, None] + taps_y[None], Hc)  # [N, h, Hc]
-        weights_x = _weights(dx[:, None] + taps_x[None], Wc)  # [N, w, Wc]
+class _Surface:
+    """The score surface of one peak: its template against the crop resampled at shifts (dy, dx) of the integer
+    peak, scored with the metric, negated for minimized metrics (higher is better); a shift without a score, or
+    more than _DRIFT from the peak, is −inf.
+
+    Args:
+        crop: The crop [C, Hc, Wc] (float32 or float64) with its holes filled.
+        holes: Map of the holes [C, Hc, Wc] float64 0/1, or None.
+        template: The template [C, h, w].
+        mask: Its weights [1 or C, h, w], or None.
+        taps: Crop rows [h] and columns [w] (float64) that the unshifted window samples.
+        options: The call's options (metric, channels, circular).
+        higher: Whether higher scores are better.
+        batch: Shifts scored at once at most.
+    """
+
+    def __init__(
+        self,
+        crop: torch.Tensor,
+        holes: torch.Tensor | None,
+        template: torch.Tensor,
+        mask: torch.Tensor | None,
+        taps: tuple[torch.Tensor, torch.Tensor],
+        options: dict[str, Any],
+        higher: bool,
+        batch: int,
+    ) -> None:
+        self.crop, self.holes, self.template, self.mask = crop, holes, template, mask
+        self.taps_y, self.taps_x = taps
+        self.sign, self.batch = (1.0 if higher else -1.0), batch
+        self.options = {key: options[key] for key in ("metric", "channels", "circular") if key in options}
+        self.metric = resolve_metric(self.options.get("metric", "zncc")).name
+        channels = self.options.get("channels", "joint")
+        # the textbook formulas directly; circular channels and "separate" go through the reference's own call
+        self.direct = holes is None and channels in ("joint", "mean") and not self.options.get("circular")
+        self.joint = channels == "joint"
+        # beside holes and through the reference every score is float64: so is the search
+        self.dtype = crop.dtype if self.direct else torch.float64
+        self._coefficients: dict[torch.dtype, torch.Tensor] = {}
+        self._operands: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._sides: dict[torch.dtype, dict[str, torch.Tensor]] = {}
+        self._last: tuple[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+
+    def coefficients(self, dtype: torch.dtype) -> torch.Tensor:
+        """The crop's B-spline coefficients [C, Hc, Wc] in ``dtype``, prefiltered once per dtype."""
+        if dtype not in self._coefficients:
+            crop = self.crop.to(dtype)
+            Hc, Wc = crop.shape[-2:]
+            self._coefficients[dtype] = _prefilter(Hc, dtype) @ crop @ _prefilter(Wc, dtype).T
+        return self._coefficients[dtype]
+
+    def table(
+        self, y: float, x: float, step: float, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(scores [5, 5] of the grid of shifts ±_HALF steps around (y, x), its rows' dy [5], its columns' dx [5]).
+        The last table is kept: the Newton step starts on the grid the last climb ended on."""
+        key = (y, x, step, dtype)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        offsets = torch.arange(-_HALF, _HALF + 1, dtype=torch.float64) * step
+        ys, xs = y + offsets, x + offsets
+        values = torch.full((len(ys), len(xs)), -torch.inf, dtype=torch.float64)
+        # the drift is a box: the shifts within it are a grid too
+        rows, cols = ys.abs() <= _DRIFT, xs.abs() <= _DRIFT
+        if bool(rows.any()) and bool(cols.any()):
+            inner = self._grid(ys[rows], xs[cols], dtype).to(torch.float64)
+            values[rows.nonzero()[:, 0, None], cols.nonzero()[:, 0]] = inner
+        self._last = (key, (torch.where(torch.isfinite(values), values, -torch.inf), ys, xs))
+        return self._last[1]
+
+    def exact(self, dy: float, dx: float) -> float:
+        """The float64 score of the shift (dy, dx), higher better."""
+        shift = torch.tensor([[dy], [dx]], dtype=torch.float64)
+        return float(self.pairs(shift[0], shift[1], torch.float64)[0])
+
+    def pairs(self, dy: torch.Tensor, dx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Scores [N] (float64, higher better, NaN kept) of the shifts (dy[n], dx[n]) [N], a batch at a time."""
+        chunks = [
+            self._pairs(dy[i : i + self.batch], dx[i : i + self.batch], dtype) for i in range(0, len(dy), self.batch)
+        ]
+        return torch.cat(chunks).to(torch.float64)
+
+    def _pairs(self, dy: torch.Tensor, dx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        coefficients = self.coefficients(max(dtype, self.dtype, key=_width))
+        positions_y = dy.to(torch.float64)[:, None] + self.taps_y[None]  # [N, h]
+        positions_x = dx.to(torch.float64)[:, None] + self.taps_x[None]  # [N, w]
+        weights_y = _spline_weights(positions_y, coefficients.shape[-2]).to(coefficients.dtype)
+        weights_x = _spline_weights(positions_x, coefficients.shape[-1]).to(coefficients.dtype)
         windows = torch.einsum("nih,chw,njw->ncij", weights_y, coefficients, weights_x)
-        if holes is None:
-            result = reference.similarity(windows, template64, mask=mask64, **metric_options)
-            return sign * result.reshape(-1)
-        near_y = _neighbours(dy[:, None] + taps_y[None], Hc)
-        near_x = _neighbours(dx[:, None] + taps_x[None], Wc)
-        touched = torch.einsum("nih,chw,njw->ncij", near_y, holes, near_x) > 0  # [N, C, h, w]
-        return sign * _without_touched(windows, template64, mask64, touched, metric_options)
+        if self.holes is None:
+            return self.sign * self._score(windows)
+        near_y = _neighbours(positions_y, self.holes.shape[-2])
+        near_x = _neighbours(positions_x, self.holes.shape[-1])
+        touched = torch.einsum("nih,chw,njw->ncij", near_y, self.holes, near_x) > 0  # [N, C, h, w]
+        template, mask = self._operands_in(torch.float64)
+        return self.sign * _without_touched(windows, template[None], mask, touched, self.options)
 
-    best_y, best_x = 0.0, 0.0
-    best = float(scores(torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))[0])
-    for step in _STEPS:
-        half = round(_REACH / step) if step == _STEPS[0] else 2
-        # a grid follows the surface while its best point lies on the grid's edge: along a narrow ridge the
-        # integer peak can lie pixels from the optimum, and a coarse optimum several fine steps from it
-        for _ in range(_MAX_MOVES):
-            table, dy, dx = _grid_scores(scores, best_y, best_x, half, step)
-            index = int(table.argmax())
-            row, col = divmod(index, table.shape[1])
-            if float(table[row, col]) > best:
-                best, best_y, best_x = float(table[row, col]), float(dy[index]), float(dx[index])
-            inside = 0 < row < table.shape[0] - 1 and 0 < col < table.shape[1] - 1
-            if inside or float(table[row, col]) < best:
-                break
-    # Newton steps on the finest grid: the vertex of a full quadratic (with the cross term a diagonal ridge needs)
-    # fitted to the 5 × 5 scores around the current point; a vertex beyond the grid moves the grid along the ridge
-    step = _STEPS[-1]
-    y, x = best_y, best_x
+    def _grid(self, ys: torch.Tensor, xs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Scores [len(ys), len(xs)] of every shift (ys[i], xs[j])."""
+        if not self.direct:
+            dy = ys[:, None].expand(len(ys), len(xs)).reshape(-1)
+            dx = xs[None, :].expand(len(ys), len(xs)).reshape(-1)
+            return self.pairs(dy, dx, dtype).reshape(len(ys), len(xs))
+        coefficients = self.coefficients(dtype)
+        positions_y = self.taps_y[None] + ys[:, None]  # [ny, h]
+        positions_x = self.taps_x[None] + xs[:, None]  # [nx, w]
+        # only the band of coefficients that the grid's splines reach: the same band for every batch
+        y0, x0 = math.floor(positions_y.min()) - 1, math.floor(positions_x.min()) - 1
+        y1, x1 = math.floor(positions_y.max()) + 3, math.floor(positions_x.max()) + 3
+        band = coefficients[:, y0:y1, x0:x1].transpose(0, 1).contiguous()  # [by, C, bx]
+        weights_y = _spline_weights(positions_y - y0, y1 - y0).to(dtype)  # [ny, h, by]
+        weights_x = _spline_weights(positions_x - x0, x1 - x0).to(dtype)  # [nx, w, bx]
+        per_rows = max(1, self.batch // len(xs))
+        per_cols = min(len(xs), self.batch)
+        blocks = []
+        for i in range(0, len(ys), per_rows):
+            row = [
+                self._block(weights_y[i : i + per_rows], band, weights_x[j : j + per_cols])
+                for j in range(0, len(xs), per_cols)
+            ]
+            blocks.append(torch.cat(row, dim=1))
+        return torch.cat(blocks)
+
+    def _block(self, weights_y: torch.Tensor, band: torch.Tensor, weights_x: torch.Tensor) -> torch.Tensor:
+        """Scores [ny, nx] of the windows resampled with row weights [ny, h, by] and column weights [nx, w, bx]
+        from the band of coefficients [by, C, bx]: two batched matrix products for the whole block. Each shift
+        gets products of the same shapes whatever the block, so that its round-off, and the result, do not
+        depend on how many shifts memory_limit lets through at once."""
+        (ny, h, by), (nx, w, bx), C = weights_y.shape, weights_x.shape, band.shape[1]
+        rows = torch.matmul(weights_y, band.reshape(by, C * bx)[None])  # [ny, h, C·bx]: one [h, by] product a row
+        rows = rows.reshape(ny, 1, h * C, bx).expand(ny, nx, h * C, bx)
+        windows = torch.matmul(rows, weights_x.transpose(1, 2)[None].expand(ny, nx, bx, w))  # [ny, nx, h·C, w]
+        windows = windows.reshape(ny, nx, h, C, w).transpose(2, 3).reshape(ny * nx, C, h, w)
+        scores = self._quick_score(windows)
+        if scores is None:  # a metric without a quick formula, or a degenerate window: the textbook formula
+            scores = self._score(windows)
+        return (self.sign * scores).reshape(ny, nx)
+
+    def _operands_in(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if dtype not in self._operands:
+            mask = None if self.mask is None else self.mask.detach().cpu().to(dtype)
+            self._operands[dtype] = (self.template.to(dtype), mask)
+        return self._operands[dtype]
+
+    def _template_side(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The template's side of the quick formulas in ``dtype``: weights M [1 or C, h, w] (ones without a mask),
+        M·T and M·(T − its weighted mean) [C, h, w], and the weight of each channel [1 or C, 1, 1]."""
+        if dtype not in self._sides:
+            template, mask = self._operands_in(dtype)
+            weights = torch.ones(1, *template.shape[-2:], dtype=dtype) if mask is None else mask
+            total = weights.sum(dim=(-2, -1), keepdim=True)
+            weighted = weights * template
+            centred = weights * (template - weighted.sum(dim=(-2, -1), keepdim=True) / total)
+            self._sides[dtype] = {"weights": weights, "weighted": weighted, "centred": centred, "total": total}
+        return self._sides[dtype]
+
+    def _quick_score(self, windows: torch.Tensor) -> torch.Tensor | None:
+        """Scores [N] of windows [N, C, h, w] in their dtype by the metric's formula written for one template
+        (its side computed once: a few operations per grid, where the reference's general formula takes dozens),
+        or None where it does not apply: ssd_normed, a channel without weight, and a zero energy (a flat window
+        or template), whose rules the reference holds."""
+        side = self._template_side(windows.dtype)
+        weights, template = side["weights"], self._operands_in(windows.dtype)[0]
+        if not bool((side["total"] > 0).all()):
+            return None
+        dims = (1, 2, 3) if self.joint else (2, 3)
+        if self.metric in ("sad", "mad", "l1_similarity"):
+            scores = (weights * (windows - template).abs()).sum(dim=dims)
+            count = side["total"].expand(windows.shape[1], 1, 1).sum(dim=tuple(d - 1 for d in dims))
+            scores = {"sad": scores, "mad": scores / count, "l1_similarity": 1 - scores / count}[self.metric]
+        elif self.metric == "ssd":
+            scores = (weights * (windows - template)).pow(2).sum(dim=dims)
+        elif self.metric in ("ccorr", "ncc"):
+            weighted = weights * windows
+            scores = (weighted * side["weighted"]).sum(dim=dims)
+            if self.metric == "ncc":
+                energy = side["weighted"].pow(2).sum(dim=tuple(d - 1 for d in dims))
+                scores = scores / (energy * weighted.pow(2).sum(dim=dims)).sqrt()
+        elif self.metric in ("ccoeff", "zncc"):
+            mean = (weights * windows).sum(dim=(2, 3), keepdim=True) / side["total"]
+            centred = weights * (windows - mean)
+            scores = (centred * side["centred"]).sum(dim=dims)
+            if self.metric == "zncc":
+                energy = side["centred"].pow(2).sum(dim=tuple(d - 1 for d in dims))
+                scores = scores / (energy * centred.pow(2).sum(dim=dims)).sqrt()
+        else:
+            return None
+        if self.metric in ("ncc", "zncc"):
+            if not bool(torch.isfinite(scores).all()):
+                return None  # a zero energy: the reference's rules for degenerate windows
+            scores = scores.clamp(-1, 1)  # beyond ±1 only by round-off
+        return scores.reshape(len(windows), -1).mean(dim=1)  # channels="mean": the mean of the channels' scores
+
+    def _score(self, windows: torch.Tensor) -> torch.Tensor:
+        """Scores [N] of resampled windows [N, C, h, w], in their dtype (float64 through the reference)."""
+        template, mask = self._operands_in(windows.dtype)
+        if not self.direct:
+            return reference.similarity(windows, template[None], mask=mask, **self.options).reshape(-1)
+        N, _, h, w = windows.shape
+        weights = torch.ones(1, h, w, dtype=windows.dtype) if mask is None else mask
+        scores = reference.score_windows(
+            self.metric,
+            windows[:, :, None, None],
+            template[None, :, None, None],
+            weights[None, :, None, None],
+            None,
+            self.joint,
+        )
+        return scores.reshape(N, -1).mean(dim=1)  # channels="mean": the mean of the channels' scores
+
+
+def _width(dtype: torch.dtype) -> int:
+    return torch.finfo(dtype).bits
+
+
+def _best_shift(surface: _Surface, values: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> tuple[int, int]:
+    """(row, column) of the best score of a grid's table [5, 5]; the centre wins its ties (a grid moves only to
+    a better shift). Float32 scores within the round-off bound of the best are compared again in float64, so that
+    round-off does not pick the shift."""
+    flat = values.reshape(-1)
+    centre = _HALF * values.shape[1] + _HALF
+    top = float(flat.max())
+    if top == -math.inf:
+        return _HALF, _HALF
+    candidates = (flat == top).nonzero()[:, 0]
+    if surface.dtype != torch.float64:
+        bound = _TIE_ROUNDOFF * torch.finfo(surface.dtype).eps * float(flat[torch.isfinite(flat)].abs().max())
+        candidates = (flat >= top - bound).nonzero()[:, 0]
+        if len(candidates) > 1:
+            rows, cols = candidates // values.shape[1], candidates % values.shape[1]
+            exact = surface.pairs(ys[rows], xs[cols], torch.float64)
+            exact = torch.where(torch.isfinite(exact), exact, -torch.inf)
+            candidates = candidates[exact == exact.max()]
+    index = centre if bool((candidates == centre).any()) else int(candidates[0])
+    return divmod(index, values.shape[1])
+
+
+def _climb(surface: _Surface, y: float, x: float, step: float) -> tuple[float, float]:
+    """The best shift of 5 × 5 grids ``step`` apart, starting around (y, x): a grid follows the surface while its
+    best shift lies on its edge (along a narrow ridge the integer peak can lie pixels from the optimum, and a
+    coarse optimum several fine steps from it)."""
     for _ in range(_MAX_MOVES):
-        table, _, _ = _grid_scores(scores, y, x, 2, step)
-        vertex = _quadratic_vertex(table)
-        if vertex is None:
+        values, ys, xs = surface.table(y, x, step, surface.dtype)
+        row, col = _best_shift(surface, values, ys, xs)
+        if (row, col) == (_HALF, _HALF):
+            return y, x
+        y, x = float(ys[row]), float(xs[col])
+        if 0 < row < 2 * _HALF and 0 < col < 2 * _HALF:
+            return y, x
+    return y, x
+
+
+def _newton(surface: _Surface, y: float, x: float) -> tuple[float, float]:
+    """Newton steps from (y, x): the vertex of a full quadratic (with the cross term a diagonal ridge needs)
+    fitted to a 5 × 5 grid 1/32 px apart; a vertex beyond the grid moves the grid along the ridge. A fit whose
+    residuals are round-off rather than the surface is made again on float64 scores. Returns (y, x) unchanged
+    when no fit has a maximum within the grid."""
+    step = _NEWTON_STEP
+    here_y, here_x = y, x
+    for _ in range(_MAX_MOVES):
+        values, _, _ = surface.table(here_y, here_x, step, surface.dtype)
+        fit = _quadratic_vertex(values)
+        noisy = fit is None or (fit[2] and surface.metric not in _KINKED)
+        if surface.dtype != torch.float64 and noisy:
+            values, _, _ = surface.table(here_y, here_x, step, torch.float64)
+            fit = _quadratic_vertex(values)
+        if fit is None:
             break
-        if abs(vertex[0]) <= 2 and abs(vertex[1]) <= 2:
-            best_y, best_x = y + step * vertex[0], x + step * vertex[1]
-            break
-        y += step * max(-2.0, min(2.0, vertex[0]))
-        x += step * max(-2.0, min(2.0, vertex[1]))
-    return centre[0] + best_y, centre[1] + best_x, sign * best
+        vy, vx, _ = fit
+        if abs(vy) <= _HALF and abs(vx) <= _HALF:
+            return here_y + step * vy, here_x + step * vx
+        here_y += step * max(-_HALF, min(_HALF, vy))
+        here_x += step * max(-_HALF, min(_HALF, vx))
+    return y, x
+
+
+@functools.lru_cache(maxsize=1)
+def _full_fit() -> tuple[torch.Tensor, torch.Tensor]:
+    """(design [25, 6] of the quadratic 1, y, x, y², x², yx on the 5 × 5 grid, its pseudo-inverse [6, 25])."""
+    offsets = torch.arange(-_HALF, _HALF + 1, dtype=torch.float64)
+    y = offsets[:, None].expand(len(offsets), len(offsets)).reshape(-1)
+    x = offsets[None, :].expand(len(offsets), len(offsets)).reshape(-1)
+    design = torch.stack([torch.ones_like(y), y, x, y * y, x * x, y * x], dim=1)
+    return design, torch.linalg.pinv(design)
+
+
+def _quadratic_vertex(table: torch.Tensor) -> tuple[float, float, bool] | None:
+    """(offset y, offset x, noisy) of the maximum of a full 2-D quadratic fitted by least squares to the finite
+    entries of a 5 × 5 table of scores (offsets in grid steps from its centre; noisy: the RMS residual exceeds
+    _FIT_NOISE of the entries' spread); None when the fit has no maximum."""
+    design, inverse = _full_fit()
+    v = table.reshape(-1)
+    finite = torch.isfinite(v)
+    if int(finite.sum()) < 9:
+        return None
+    v = v - v[finite].max()
+    if bool(finite.all()):
+        coefficients = inverse @ v
+    else:
+        design, v = design[finite], v[finite]
+        coefficients = torch.linalg.lstsq(design, v[:, None]).solution[:, 0]
+    residual = float((design @ coefficients - v).pow(2).mean().sqrt())
+    noisy = not residual <= _FIT_NOISE * float(-v.min())
+    _, gy, gx, hyy, hxx, hxy = coefficients.tolist()
+    # the Hessian [[2 hyy, hxy], [hxy, 2 hxx]] must be negative definite
+    det = 4 * hyy * hxx - hxy * hxy
+    if not (hyy < 0 and det > 0):
+        return None
+    dy = (-2 * hxx * gy + hxy * gx) / det
+    dx = (hxy * gy - 2 * hyy * gx) / det
+    return dy, dx, noisy
 
 
 _SUMS = {"sad": 1, "ssd": 2, "ccorr": 2, "ccoeff": 2}  # metrics that add up their taps: the power of M in them
@@ -332,38 +625,3 @@ def _without_touched(
     total, left = full.pow(power).sum(dim=dims), kept.pow(power).sum(dim=dims)
     scale = torch.where(left > 0, total / left.clamp_min(torch.finfo(torch.float64).tiny), torch.nan)
     return (result.reshape(N, -1) * scale.reshape(N, -1)).reshape(-1)
-
-
-def _grid_scores(scores, y: float, x: float, half: int, step: float):
-    """(scores [2·half + 1, 2·half + 1] of the shifts around (y, x) within ±_DRIFT, −inf elsewhere; their dy, dx)."""
-    grid = torch.arange(-half, half + 1, dtype=torch.float64) * step
-    side = len(grid)
-    dy = (y + grid)[:, None].expand(side, side).reshape(-1)
-    dx = (x + grid)[None, :].expand(side, side).reshape(-1)
-    keep = (dy.abs() <= _DRIFT) & (dx.abs() <= _DRIFT)
-    values = torch.full((side * side,), -torch.inf, dtype=torch.float64)
-    if bool(keep.any()):
-        values[keep] = scores(dy[keep], dx[keep])
-    values = torch.where(torch.isfinite(values), values, -torch.inf)
-    return values.reshape(side, side), dy, dx
-
-
-def _quadratic_vertex(table: torch.Tensor) -> tuple[float, float] | None:
-    """Offset (in grid steps, from the centre of a square table of scores) of the maximum of a full 2-D quadratic
-    fitted by least squares to its finite entries; None when the fit has no maximum."""
-    half = table.shape[0] // 2
-    offsets = torch.arange(-half, half + 1, dtype=torch.float64)
-    y = offsets[:, None].expand_as(table).reshape(-1)
-    x = offsets[None, :].expand_as(table).reshape(-1)
-    v = table.reshape(-1)
-    finite = torch.isfinite(v)
-    if int(finite.sum()) < 9:
-        return None
-    y, x, v = y[finite], x[finite], v[finite]
-    design = torch.stack([torch.ones_like(y), y, x, y * y, x * x, y * x], dim=1)
-    _, gy, gx, hyy, hxx, hxy = torch.linalg.lstsq(design, (v - v.max())[:, None]).solution[:, 0].tolist()
-    hessian = torch.tensor([[2 * hyy, hxy], [hxy, 2 * hxx]], dtype=torch.float64)
-    if not bool((torch.linalg.eigvalsh(hessian) < 0).all()):
-        return None
-    dy, dx = torch.linalg.solve(hessian, -torch.tensor([gy, gx], dtype=torch.float64)).tolist()
-    return dy, dx

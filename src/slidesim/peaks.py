@@ -159,7 +159,7 @@ def find_peaks(
     Cost:
         Linear in the map's size and in its local maxima, whatever ``k``: one max-pool finds the candidates, one
         sort orders them, and suppression looks up kept peaks in a grid of cells. Refinement on the data costs a
-        few milliseconds per peak (it scores a few hundred resampled windows); the quadratic fit is vectorized.
+        few milliseconds per peak (it scores about a hundred resampled windows); the quadratic fit is vectorized.
 
     Examples:
         >>> import numpy as np, slidesim
