@@ -495,20 +495,24 @@ def _columns(
     oy, ox = window_origin(canon)
     b, t, y, x = found.to(best.device).T
     # one gather for every peak: a lookup per peak costs more than the peak search itself for large k
-    transforms = which[b, t, y, x].tolist()
-    scores = best[b, t, y, x].tolist()
+    transforms = which[b, t, y, x].cpu()
+    if not subpixel:  # the integer peaks are best first already: columns without a Python object per match
+        centre_y = found[:, 2].to(torch.float64) * sy + oy
+        centre_x = found[:, 3].to(torch.float64) * sx + ox
+        score = best[b, t, y, x].cpu().to(torch.float64)
+        return [found[:, 0], found[:, 1], centre_y, centre_x, score, angles[transforms], scales[transforms]]
+    transforms = transforms.tolist()
     angle_of, scale_of = angles.tolist(), scales.tolist()
     rows = []
-    if subpixel and progress is not None and len(found):
+    if progress is not None and len(found):
         progress(0, len(found))
     for i, (b, t, y, x) in enumerate(found.tolist()):
-        r, score = transforms[i], scores[i]
-        cy, cx = y * sy + oy, x * sx + ox
-        if subpixel:
-            template, weights = member(b, t * R + r)
-            cy, cx, score = refine_on_data(canon.images[b], template, weights, (cy, cx), canon.dilation, higher, call)
-            if progress is not None:
-                progress(i + 1, len(found))
+        r = transforms[i]
+        template, weights = member(b, t * R + r)
+        start = (y * sy + oy, x * sx + ox)
+        cy, cx, score = refine_on_data(canon.images[b], template, weights, start, canon.dilation, higher, call)
+        if progress is not None:
+            progress(i + 1, len(found))
         rows.append((b, t, cy, cx, score, angle_of[r], scale_of[r]))
     columns = list(zip(*best_first(rows, higher), strict=True)) if rows else [()] * 7
     ints = [torch.tensor(c, dtype=torch.int64) for c in columns[:2]]
