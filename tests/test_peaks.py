@@ -336,13 +336,16 @@ def _definition(maps: np.ndarray, k: int, min_distance: int, threshold, border: 
 
 
 def _plateau_maps(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    """float32 maps of few levels (plateaus and ties), some noise, NaN and infinities."""
+    """float32 maps [B, T, H, W] of few levels (plateaus and ties), some noise, NaN and infinities (+inf in one
+    map only: a row holding one is searched whatever the threshold)."""
     maps = rng.integers(0, 4, shape).astype(np.float32)
-    maps[..., 5:17, 8:30] = 2.0  # a wide plateau
     maps += np.where(rng.random(shape) < 0.2, rng.random(shape), 0).astype(np.float32)
+    maps[..., 5:17, 8:30] = 4.0  # a wide plateau on top, and a lower one
+    maps[..., 25:37, 3:20] = 2.0
     maps[rng.random(shape) < 0.03] = np.nan
-    maps[rng.random(shape) < 0.01] = np.inf
+    maps[..., 0, 1, :, :] = np.where(rng.random(shape[-2:]) < 0.01, np.inf, maps[..., 0, 1, :, :])
     maps[rng.random(shape) < 0.01] = -np.inf
+    maps[..., -6:, -8:] = -np.inf  # a corner where nothing is finite
     return maps
 
 
@@ -350,15 +353,17 @@ def _plateau_maps(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarra
 @pytest.mark.parametrize("higher", [True, False])
 def test_peaks_equal_the_definition_with_thresholds_borders_and_batches(seed, higher) -> None:
     """Integer peaks of batched maps with plateaus, ties, NaN and infinities equal the definition, for thresholds
-    that pass nothing, everything, a few rows (searched alone) or most of the map (searched whole), thresholds
-    on a level and between two float32 numbers, borders, and k far beyond the peaks."""
+    that pass nothing, everything (even beyond float32), a few rows (searched alone) or most of the map (searched
+    whole), thresholds on a level and between two float32 numbers, borders, and k far beyond the peaks."""
     rng = np.random.default_rng(seed)
     maps = _plateau_maps(rng, (2, 2, 41, 53))
     if not higher:
         maps = -maps
     sign = 1 if higher else -1
     maps[1, 0, 30, 40] = sign * 3.5  # thresholds just above and below it, with no float32 in between
-    thresholds = [None, -1e30, 10.0, 1e300, 3.2, 2.0, 3.5 + 1e-12, 3.5 - 1e-12, 0.5]
+    # a few rows above 4: beside the plateau, near the top of a map, near the bottom of the map before
+    maps[0, 0, 10, 30], maps[1, 1, 2, 50], maps[1, 1, 3, 50], maps[1, 0, 39, 50] = sign * np.array([4.5, 4.7, 4.7, 4.9])
+    thresholds = [None, -1e30, -1e300, 10.0, 1e300, 3.2, 2.0, 3.5 + 1e-12, 3.5 - 1e-12, 0.5, 4.0, 4.2]
     thresholds = [None if t is None else sign * t for t in thresholds]
     for threshold in thresholds:
         for k, min_distance, border in [(1, 1, 0), (1000, 1, 3), (3, 2, 0), (10**6, 3, 2), (10**6, 7, 0), (5, 90, 1)]:
