@@ -408,3 +408,29 @@ def test_huge_plateaus_are_suppressed_in_rounds_not_point_by_point() -> None:
     calls = _python_calls(lambda: found.append(locate_peaks(maps, 10**6, 2, None, 0, True)))
     assert len(found[0]) == 40 * 40
     assert calls < 6400 // 4  # one per candidate or more before
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_suppression_of_scattered_points_equals_the_greedy_definition(seed) -> None:
+    """suppress_points on points of several maps spread over a plane far larger than they are (cells looked up,
+    not counted on a grid), in clusters with ties: the first k survivors of a greedy, point by point."""
+    from slidesim.peaks import suppress_points
+
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(0, 10**6, (12, 2))
+    points = centres[rng.integers(0, 12, 3000)] + rng.integers(-6, 7, (3000, 2))
+    group = rng.integers(0, 3, 3000)
+    key = rng.integers(0, 3, 3000)  # ties: the earlier in the given order goes first
+    order = np.lexsort((np.arange(3000), -key, group))
+    group, points = group[order], points[order]
+    for k, d in [(1, 2), (5, 3), (10**6, 2), (10**6, 5), (40, 14)]:
+        want = np.zeros(3000, dtype=bool)
+        kept: dict[int, list[np.ndarray]] = {}
+        for i in range(3000):
+            mine = kept.setdefault(int(group[i]), [])
+            if len(mine) < k and all(np.abs(points[i] - p).max() >= d for p in mine):
+                mine.append(points[i])
+                want[i] = True
+        ys, xs = torch.from_numpy(points[:, 0]), torch.from_numpy(points[:, 1])
+        got = suppress_points(torch.from_numpy(group), ys, xs, k, d).numpy()
+        np.testing.assert_array_equal(got, want, err_msg=f"{k=} {d=}")

@@ -153,8 +153,10 @@ def find_peaks(
             below 0; a NaN threshold; an unknown metric, or one that contradicts ``higher_is_better``.
 
     Cost:
-        Linear in the map's size and in its local maxima, whatever ``k``: one max-pool finds the candidates, one
-        sort orders them, and suppression looks up kept peaks in a grid of cells. Refinement on the data costs a
+        A few passes over the maps in their own dtype, then linear in the candidates (up to the logs of a sort),
+        whatever ``k``: with a threshold, only the rows where some score passes are searched; without one, the
+        window maxima take O(log min_distance) passes. Candidates tied on plateaus are suppressed in vectorized
+        rounds (about one per cell of min_distance pixels across the plateau). Refinement on the data costs a
         few milliseconds per peak (it scores a few hundred resampled windows); the quadratic fit is vectorized.
 
     Examples:
@@ -497,32 +499,36 @@ def _first_survivors(group: torch.Tensor, y: torch.Tensor, x: torch.Tensor, k: i
 
 
 def _cells(group: torch.Tensor, y: torch.Tensor, x: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cells of side × side pixels of points [N] -> (cell id of each point [N], ids of the 3 × 3 cells around
-    each [N, 9], itself in the middle). Ids order cells by map, then row-major."""
+    """Cells of side × side pixels of points [N] -> (cell id of each point [N], the steps [9] from a cell's id to
+    those of the 3 × 3 cells around it, itself in the middle). Ids order cells by map, then row-major."""
     cy, cx = y // side + 1, x // side + 1  # from 1: the cells beside them stay >= 0
     height, width = int(cy.max()) + 2, int(cx.max()) + 2
     cell = (group * height + cy) * width + cx
     steps = torch.tensor([dy * width + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)], dtype=cell.dtype)
-    return cell, cell[:, None] + steps
+    return cell, steps
 
 
 def _near_another(group: torch.Tensor, y: torch.Tensor, x: torch.Tensor, min_distance: int) -> torch.Tensor:
     """Whether another point [N] of the same map lies in the 3 × 3 cells of min_distance × min_distance pixels
     around each one -> bool [N]: every point closer than min_distance is among them, so the others can neither
-    suppress nor be suppressed. The cells are counted on a grid when it is not much larger than the points,
-    else looked up among the occupied ones."""
+    suppress nor be suppressed. The cells are counted on a grid when it is not larger than the points (plus a
+    constant), else looked up among the occupied ones."""
     cy, cx = y // min_distance + 1, x // min_distance + 1  # from 1: the cells beside them stay >= 0
     height, width, maps = int(cy.max()) + 2, int(cx.max()) + 2, int(group.max()) + 1
-    if maps * height * width <= 4 * len(group) + 65536:
+    if maps * height * width <= len(group) + 65536:
         counts = torch.bincount((group * height + cy) * width + cx, minlength=maps * height * width)
         counts = counts.reshape(maps, height, width)
         rows = counts[:, :-2] + counts[:, 1:-1] + counts[:, 2:]
         around = rows[:, :, :-2] + rows[:, :, 1:-1] + rows[:, :, 2:]  # cell (cy, cx) and its 8 neighbours
         return around[group, cy - 1, cx - 1] > 1  # itself, and at least one more
-    cell, around = _cells(group, y, x, min_distance)
+    cell, steps = _cells(group, y, x, min_distance)
     cells, counts = torch.unique(cell, return_counts=True)  # sorted
-    at = torch.searchsorted(cells, around).clamp(max=len(cells) - 1)
-    return torch.where(cells[at] == around, counts[at], 0).sum(dim=1) > 1
+    around = torch.zeros_like(cell)
+    for step in steps.tolist():
+        probe = cell + step
+        at = torch.searchsorted(cells, probe).clamp(max=len(cells) - 1)
+        around += torch.where(cells[at] == probe, counts[at], 0)
+    return around > 1
 
 
 def _greedy(
@@ -548,12 +554,11 @@ def _greedy(
     round. Rounds follow chains of points that each wait for the one before (on a plateau: about its width plus
     twice its height, in cells).
     """
-    cell, around = _cells(start, y, x, d)  # the map's first position identifies the map
+    cell, steps = _cells(start, y, x, d)  # the map's first position identifies the map
     by_cell = torch.argsort(cell, stable=True)  # by cell, then in order
     cells, size = torch.unique_consecutive(cell[by_cell], return_counts=True)
     end = size.cumsum(0)
     head = end - size  # each cell's first undecided point (in by_cell positions); end when none is left
-    steps = around[0] - cell[0]
     ids = cells[:, None] + steps
     at = torch.searchsorted(cells, ids).clamp(max=len(cells) - 1)
     neighbours = torch.where(cells[at] == ids, at, len(cells))  # [cells, 9], itself among them; none: a sentinel
