@@ -388,3 +388,66 @@ def test_channels_last_matches_equal_the_transposed_call(options: dict, kind: st
     single = slidesim.match(images[0], bank[0], channels_last=True, **options)
     alone = slidesim.match(_channels_first(images[0])[None], _channels_first(bank[0])[None], **first)
     assert single.rows() == alone.rows() and single.maps.shape == (1, 1, *want.maps.shape[2:])
+
+
+def _python_calls(function) -> int:
+    """Python-level calls and generator resumptions made while ``function`` runs."""
+    import sys
+
+    count = 0
+
+    def profile(frame, event, arg) -> None:
+        nonlocal count
+        count += event == "call"
+
+    sys.setprofile(profile)
+    try:
+        function()
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+@pytest.mark.parametrize("metric", ["zncc", "sad"])
+def test_many_integer_matches_are_the_peaks_of_the_maps_without_a_python_object_each(metric) -> None:
+    """Without refinement, thousands of matches are the peaks of the returned maps at the template's centre, best
+    first, in columns made without Python-level work per match."""
+    rng = np.random.default_rng(3)
+    image = rng.random((2, 1, 90, 120)).astype(np.float32)
+    template = image[:1, :, 10:17, 20:25].copy()
+    found = []
+    calls = _python_calls(
+        lambda: found.append(slidesim.match(image, template, metric=metric, k=10**6, min_distance=2, subpixel=False))
+    )
+    found = found[0]
+    peaks = slidesim.find_peaks(found.maps, k=10**6, min_distance=2, subpixel=False, metric=metric)
+    assert len(found) == len(peaks) > 2000
+    assert calls < len(found) // 2  # a Python tuple and a sort key per match made more than one each
+    np.testing.assert_array_equal(found.batch, peaks.batch)
+    np.testing.assert_array_equal(found.template, peaks.template)
+    np.testing.assert_array_equal(found.y, peaks.y + 3)  # (7 − 1) / 2 below the top-left corner
+    np.testing.assert_array_equal(found.x, peaks.x + 2)
+    assert found.score.dtype == np.float64 and found.y.dtype == np.float64
+    np.testing.assert_array_equal(found.score, peaks.score.astype(np.float64))
+    assert not found.angle.any() and (found.scale == 1).all()
+
+
+def test_integer_matches_of_a_rotated_bank_carry_the_transform_that_won_there() -> None:
+    """Without refinement, each match of a bank rotated by 0 and 180 degrees (drawn exactly; sad sums them
+    exactly) takes the angle whose map is better at its position, ties to the first, as the maps of the two
+    templates alone say."""
+    metric = "sad"
+    rng = np.random.default_rng(5)
+    image = rng.random((2, 1, 60, 80)).astype(np.float32)
+    template = image[:1, :, 10:17, 20:25].copy()
+    found = slidesim.match(image, template, metric=metric, k=300, rotations=[0, 180], subpixel=False)
+    upright = slidesim.similarity(image, template, metric=metric)
+    turned = slidesim.similarity(image, template[..., ::-1, ::-1].copy(), metric=metric)
+    better = turned < upright
+    np.testing.assert_array_equal(found.maps, np.where(better, turned, upright))
+    b, t = found.batch, found.template
+    y, x = (found.y - 3).astype(np.int64), (found.x - 2).astype(np.int64)
+    assert len(found) > 100
+    np.testing.assert_array_equal(found.angle, np.where(better[b, t, y, x], 180.0, 0.0))
+    np.testing.assert_array_equal(found.score, found.maps[b, t, y, x].astype(np.float64))
+    assert (found.scale == 1).all()

@@ -319,3 +319,133 @@ def test_refinement_on_channels_last_data_equals_the_transposed_call() -> None:
     for name in ("batch", "template", "y", "x", "score"):
         assert np.array_equal(getattr(got, name), getattr(want, name))
     assert abs(float(got.y[0]) - 11) < 0.01 and abs(float(got.x[0]) - 7) < 0.01
+
+
+def _definition(maps: np.ndarray, k: int, min_distance: int, threshold, border: int, higher: bool) -> np.ndarray:
+    """Integer peaks (b, t, y, x) [N, 4] of maps [B, T, H, W] by the definition, with numpy and Python loops: a
+    position may be a peak where its score is finite, passes the threshold (compared in float64) and lies
+    outside the border; a peak is the best of its (2r + 1)² window (r = max(1, min(min_distance − 1, max(H, W))));
+    peaks go best first, ties in row-major order, each kept unless a kept one is closer than min_distance, at most
+    k per map."""
+    B, T, H, W = maps.shape
+    r = max(1, min(min_distance - 1, max(H, W)))
+    rows = []
+    for b in range(B):
+        for t in range(T):
+            score = maps[b, t].astype(np.float64)
+            ok = np.isfinite(score)
+            if threshold is not None:
+                ok &= score >= threshold if higher else score <= threshold
+            ok[:border], ok[H - border :], ok[:, :border], ok[:, W - border :] = False, False, False, False
+            key = np.where(ok, score if higher else -score, -np.inf)
+            padded = np.pad(key, r, constant_values=-np.inf)
+            window = np.lib.stride_tricks.sliding_window_view(padded, (2 * r + 1, 2 * r + 1)).max(axis=(2, 3))
+            ys, xs = np.nonzero(ok & (key == window))
+            kept: list[tuple[int, int]] = []
+            for i in sorted(range(len(ys)), key=lambda i: (-key[ys[i], xs[i]], ys[i] * W + xs[i])):
+                y, x = int(ys[i]), int(xs[i])
+                if len(kept) < k and all(max(abs(y - ky), abs(x - kx)) >= min_distance for ky, kx in kept):
+                    kept.append((y, x))
+            rows += [(b, t, y, x) for y, x in kept]
+    return np.array(rows, dtype=np.int64).reshape(-1, 4)
+
+
+def _plateau_maps(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """float32 maps [B, T, H, W] of few levels (plateaus and ties), some noise, NaN and infinities (+inf in one
+    map only: a row holding one is searched whatever the threshold)."""
+    maps = rng.integers(0, 4, shape).astype(np.float32)
+    maps += np.where(rng.random(shape) < 0.2, rng.random(shape), 0).astype(np.float32)
+    maps[..., 5:17, 8:30] = 4.0  # a wide plateau on top, and a lower one
+    maps[..., 25:37, 3:20] = 2.0
+    maps[rng.random(shape) < 0.03] = np.nan
+    maps[..., 0, 1, :, :] = np.where(rng.random(shape[-2:]) < 0.01, np.inf, maps[..., 0, 1, :, :])
+    maps[rng.random(shape) < 0.01] = -np.inf
+    maps[..., -6:, -8:] = -np.inf  # a corner where nothing is finite
+    return maps
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("higher", [True, False])
+def test_peaks_equal_the_definition_with_thresholds_borders_and_batches(seed, higher) -> None:
+    """Integer peaks of batched maps with plateaus, ties, NaN and infinities equal the definition, for thresholds
+    that pass nothing, everything (even beyond float32), a few rows (searched alone) or most of the map (searched
+    whole), thresholds on a level and between two float32 numbers, borders, and k far beyond the peaks."""
+    rng = np.random.default_rng(seed)
+    maps = _plateau_maps(rng, (2, 2, 41, 53))
+    if not higher:
+        maps = -maps
+    sign = 1 if higher else -1
+    maps[1, 0, 30, 40] = sign * 3.5  # thresholds just above and below it, with no float32 in between
+    # a few rows above 4: beside the plateau, near the top of a map, near the bottom of the map before
+    maps[0, 0, 10, 30], maps[1, 1, 2, 50], maps[1, 1, 3, 50], maps[1, 0, 39, 50] = sign * np.array([4.5, 4.7, 4.7, 4.9])
+    thresholds = [None, -1e30, -1e300, 10.0, 1e300, 3.2, 2.0, 3.5 + 1e-12, 3.5 - 1e-12, 0.5, 4.0, 4.2]
+    thresholds = [None if t is None else sign * t for t in thresholds]
+    for threshold in thresholds:
+        for k, min_distance, border in [(1, 1, 0), (1000, 1, 3), (3, 2, 0), (10**6, 3, 2), (10**6, 7, 0), (5, 90, 1)]:
+            found = slidesim.find_peaks(
+                maps,
+                k=k,
+                min_distance=min_distance,
+                threshold=threshold,
+                exclude_border=border,
+                subpixel=False,
+                higher_is_better=higher,
+            )
+            got = np.stack([found.batch, found.template, found.y.astype(np.int64), found.x.astype(np.int64)], 1)
+            want = _definition(maps, k, min_distance, threshold, border, higher)
+            np.testing.assert_array_equal(got, want, err_msg=f"{threshold=} {k=} {min_distance=} {border=}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_peaks_of_float64_and_half_maps_compare_the_threshold_exactly(dtype) -> None:
+    """The threshold is compared with each score as given, also where the map's dtype cannot hold it."""
+    rng = np.random.default_rng(7)
+    maps = torch.from_numpy(_plateau_maps(rng, (1, 2, 30, 40))).to(dtype)
+    maps[0, 1, 20, 20] = 1 / 3
+    for threshold in (float(maps[0, 1, 20, 20]), float(maps[0, 1, 20, 20]) + 1e-15, 1 / 3, 2.0, None):
+        for min_distance in (1, 4):
+            found = slidesim.find_peaks(
+                maps, k=10**6, min_distance=min_distance, threshold=threshold, subpixel=False, metric="zncc"
+            )
+            got = torch.stack([found.batch, found.template, found.y.long(), found.x.long()], 1).numpy()
+            want = _definition(maps.double().numpy(), 10**6, min_distance, threshold, 0, True)
+            np.testing.assert_array_equal(got, want, err_msg=f"{threshold=} {min_distance=}")
+
+
+def test_huge_plateaus_are_suppressed_in_rounds_not_point_by_point() -> None:
+    """A plateau of thousands of tied candidates (a flat region of a sad or zncc map) is decided a few cells at
+    a time in vectorized rounds: Python-level work grows with the plateau's side, not with its points."""
+    from slidesim.peaks import locate_peaks
+
+    maps = torch.full((1, 1, 90, 90), torch.nan)
+    maps[0, 0, 5:85, 5:85] = 1.0  # 6400 tied candidates with min_distance 2
+    found = []
+    calls = _python_calls(lambda: found.append(locate_peaks(maps, 10**6, 2, None, 0, True)))
+    assert len(found[0]) == 40 * 40
+    assert calls < 6400 // 4  # one per candidate or more before
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_suppression_of_scattered_points_equals_the_greedy_definition(seed) -> None:
+    """suppress_points on points of several maps spread over a plane far larger than they are (cells looked up,
+    not counted on a grid), in clusters with ties: the first k survivors of a greedy, point by point."""
+    from slidesim.peaks import suppress_points
+
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(0, 10**6, (12, 2))
+    points = centres[rng.integers(0, 12, 3000)] + rng.integers(-6, 7, (3000, 2))
+    group = rng.integers(0, 3, 3000)
+    key = rng.integers(0, 3, 3000)  # ties: the earlier in the given order goes first
+    order = np.lexsort((np.arange(3000), -key, group))
+    group, points = group[order], points[order]
+    for k, d in [(1, 2), (5, 3), (10**6, 2), (10**6, 5), (40, 14)]:
+        want = np.zeros(3000, dtype=bool)
+        kept: dict[int, list[np.ndarray]] = {}
+        for i in range(3000):
+            mine = kept.setdefault(int(group[i]), [])
+            if len(mine) < k and all(np.abs(points[i] - p).max() >= d for p in mine):
+                mine.append(points[i])
+                want[i] = True
+        ys, xs = torch.from_numpy(points[:, 0]), torch.from_numpy(points[:, 1])
+        got = suppress_points(torch.from_numpy(group), ys, xs, k, d).numpy()
+        np.testing.assert_array_equal(got, want, err_msg=f"{k=} {d=}")

@@ -360,7 +360,7 @@ def best_of_stream(
     # one engine, which draws each chunk when it needs it: the image side is computed once.
     head = with_bank(canon, *stream.draw(0, 1))
     engine = _engine_for_bank(head, total)
-    best, which = _worst_maps(head, stream.n_templates)
+    best, which = _worst_maps(head, stream.n_templates, stream.transforms)
     step = min(per_chunk, _chunk(head, total, per_template_masks=True))
     higher = head.spec.higher_is_better
     with torch.no_grad():
@@ -399,12 +399,15 @@ def _engine_for_bank(chunk: Canonical, members: int) -> Engine:
     return select_engine(dataclasses.replace(chunk, problem=whole))
 
 
-def _worst_maps(canon: Canonical, T: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(best scores [B, T, H', W'] at the worst value, best transforms [B, T, H', W'] at 0)."""
+def _worst_maps(canon: Canonical, T: int, R: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(best scores [B, T, H', W'] at the worst value, best transforms [B, T, H', W'] at 0) for R transforms per
+    template. With one transform its index stays 0: a read-only view of one zero, not a map of int64."""
     problem = canon.problem
     shape = (canon.images.shape[0], T, problem.out_height, problem.out_width)
     worst = -torch.inf if canon.spec.higher_is_better else torch.inf
     best = torch.full(shape, worst, dtype=canon.images.dtype, device=canon.images.device)
+    if R == 1:
+        return best, torch.zeros((), dtype=torch.int64, device=canon.images.device).expand(shape)
     return best, torch.zeros(shape, dtype=torch.int64, device=canon.images.device)
 
 
@@ -413,6 +416,10 @@ def _fold_scores(
 ) -> None:
     """Fold the scores [B, j1 − j0, H', W'] of bank members j0..j1 (template t under transform r at t·R + r) into
     ``best`` and ``which`` in place. Ties keep the first transform; NaN never wins."""
+    if R == 1:  # each template's only transform: its scores, NaN as the worst (one pass, ``which`` stays 0)
+        worst = -torch.inf if higher else torch.inf
+        best[:, j0:j1] = scores.nan_to_num(nan=worst, posinf=torch.inf, neginf=-torch.inf)
+        return
     for j in range(j0, j1):
         t, r = divmod(j, R)
         s = scores[:, j - j0]
@@ -440,7 +447,7 @@ def best_of_bank(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(best score [B, T, H', W'], index of the best transform [B, T, H', W'] int64) over the streamed bank, in
     which template t under transform r sits at index t·R + r. Ties keep the first transform; NaN never wins."""
-    best, which = _worst_maps(canon, T)
+    best, which = _worst_maps(canon, T, R)
     higher = canon.spec.higher_is_better
     total = canon.templates.shape[1]
     with torch.no_grad():
@@ -501,20 +508,24 @@ def _columns(
     oy, ox = window_origin(canon)
     b, t, y, x = found.to(best.device).T
     # one gather for every peak: a lookup per peak costs more than the peak search itself for large k
-    transforms = which[b, t, y, x].tolist()
-    scores = best[b, t, y, x].tolist()
+    transforms = which[b, t, y, x].cpu()
+    if not subpixel:  # the integer peaks are best first already: columns without a Python object per match
+        centre_y = found[:, 2].to(torch.float64) * sy + oy
+        centre_x = found[:, 3].to(torch.float64) * sx + ox
+        score = best[b, t, y, x].cpu().to(torch.float64)
+        return [found[:, 0], found[:, 1], centre_y, centre_x, score, angles[transforms], scales[transforms]]
+    transforms = transforms.tolist()
     angle_of, scale_of = angles.tolist(), scales.tolist()
     rows = []
-    if subpixel and progress is not None and len(found):
+    if progress is not None and len(found):
         progress(0, len(found))
     for i, (b, t, y, x) in enumerate(found.tolist()):
-        r, score = transforms[i], scores[i]
-        cy, cx = y * sy + oy, x * sx + ox
-        if subpixel:
-            template, weights = member(b, t * R + r)
-            cy, cx, score = refine_on_data(canon.images[b], template, weights, (cy, cx), canon.dilation, higher, call)
-            if progress is not None:
-                progress(i + 1, len(found))
+        r = transforms[i]
+        template, weights = member(b, t * R + r)
+        start = (y * sy + oy, x * sx + ox)
+        cy, cx, score = refine_on_data(canon.images[b], template, weights, start, canon.dilation, higher, call)
+        if progress is not None:
+            progress(i + 1, len(found))
         rows.append((b, t, cy, cx, score, angle_of[r], scale_of[r]))
     columns = list(zip(*best_first(rows, higher), strict=True)) if rows else [()] * 7
     ints = [torch.tensor(c, dtype=torch.int64) for c in columns[:2]]

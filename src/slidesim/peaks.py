@@ -28,8 +28,6 @@ from .metrics import METRICS, resolve_metric
 
 __all__ = ["Peaks", "find_peaks"]
 
-_DECISIONS_PER_BATCH = 4096  # crowded candidates turned into Python numbers at a time by the greedy suppression
-
 
 @dataclass(frozen=True)
 class Peaks:
@@ -157,8 +155,10 @@ def find_peaks(
             below 0; a NaN threshold; an unknown metric, or one that contradicts ``higher_is_better``.
 
     Cost:
-        Linear in the map's size and in its local maxima, whatever ``k``: one max-pool finds the candidates, one
-        sort orders them, and suppression looks up kept peaks in a grid of cells. Refinement on the data costs a
+        A few passes over the maps in their own dtype, then linear in the candidates (up to the logs of a sort),
+        whatever ``k``: with a threshold, only the rows where some score passes are searched; without one, the
+        window maxima take O(log min_distance) passes. Candidates tied on plateaus are suppressed in vectorized
+        rounds (about one per cell of min_distance pixels across the plateau). Refinement on the data costs a
         few milliseconds per peak (it scores about a hundred resampled windows); the quadratic fit is vectorized.
 
     Examples:
@@ -238,47 +238,172 @@ def _package(batch, template, y, x, score, maps: torch.Tensor, numpy_out: bool) 
     return Peaks(*(f.to(maps.device) for f in fields))
 
 
+_TILED_SHARE = 4  # positions passing a threshold are searched alone when at most 1/_TILED_SHARE of the map
+_ROWS_SHARE = 2  # ... and when their rows are at most 1/_ROWS_SHARE of the map's rows, else a dense search wins
+
+
 def locate_peaks(
     maps: torch.Tensor, k: int, min_distance: int, threshold: float | None, border: int, higher: bool
 ) -> torch.Tensor:
     """Integer peaks of maps [B, T, H, W] as rows (b, t, y, x) [N, 4] int64 on the CPU, best first per (b, t),
     equal scores in row-major order.
 
-    A peak is a local maximum of the ranking key over a (2r + 1)² window, r = max(1, min_distance − 1); of two
-    peaks closer than min_distance the first in that order suppresses the other (greedy). Only candidates with
-    another candidate that close can suppress or be suppressed (a candidate is the maximum of its whole window,
-    so these are ties on plateaus); all others are kept without a look. The work is linear in the map and its
-    candidates, never k × candidates.
+    A peak is a local maximum of the ranking key (:func:`ranking_key`) over a (2r + 1)² window,
+    r = max(1, min_distance − 1); of two peaks closer than min_distance the first in that order suppresses the
+    other (greedy, :func:`suppress_points`).
+
+    Cost: each row's best score rules out the rows where nothing passes the threshold, in the map's own dtype;
+    when few rows are left, only they are searched for window maxima. Otherwise (no threshold, or one that most
+    of the map passes) the window maxima come from a few passes over the map, O(log r) whatever the radius.
+    Sorting and suppression then work on the candidates alone: linear in them (up to a log), never in k or in
+    the map.
     """
     B, T, H, W = maps.shape
-    key = ranking_key(maps, threshold, border, higher).reshape(B * T, 1, H, W)
-    reach = min(min_distance - 1, max(H, W))  # a window wider than the map sees no more of it
-    candidate = local_maxima(key, (max(1, reach), max(1, reach)))
-    group, flat = candidate.reshape(B * T, H * W).nonzero(as_tuple=True)
-    order = torch.argsort(key.reshape(B * T, H * W)[group, flat], descending=True, stable=True)
-    order = order[torch.argsort(group[order], stable=True)]  # by map, best first; ties keep row-major order
-    group, flat = group[order].cpu(), flat[order].cpu()
-    if reach >= 1 and len(group):
-        crowded = _crowded(candidate, reach).reshape(B * T, H * W)[group.to(key.device), flat.to(key.device)]
-        kept = _suppress(group, flat // W, flat % W, crowded.cpu(), k, min_distance)
-        group, flat = group[kept], flat[kept]
-    first_k = _rank_in_group(group) < k
-    group, flat = group[first_k], flat[first_k]
-    return torch.stack([group // T, group % T, flat // W, flat % W], dim=1)
+    if 2 * border >= min(H, W):  # the border covers every position
+        return torch.zeros((0, 4), dtype=torch.int64)
+    radius = max(1, min(min_distance - 1, max(H, W)))  # a window wider than the map sees no more of it
+    core = maps.reshape(B * T, H, W)[:, border : H - border, border : W - border]
+    work = core.to(_exact_dtype(core.dtype))  # a view for float32 and float64 maps
+    lo, hi = _passing_range(work.dtype, threshold, higher)
+    group, y, x, value = _candidates(work, lo, hi, radius, higher, thresholded=threshold is not None)
+    key = value if higher else -value
+    order = torch.argsort(key, descending=True, stable=True)  # candidates come in row-major order: ties keep it
+    order = order[torch.argsort(group[order], stable=True)]
+    group, y, x = group[order].cpu(), y[order].cpu() + border, x[order].cpu() + border
+    kept = suppress_points(group, y, x, k, min_distance)
+    group, y, x = group[kept], y[kept], x[kept]
+    return torch.stack([group // T, group % T, y, x], dim=1)
+
+
+def _exact_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The float dtype scores are ranked in: float32 holds half floats exactly; integers go to float64."""
+    return torch.float32 if dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float64
+
+
+def _passing_range(dtype: torch.dtype, threshold: float | None, higher: bool) -> tuple[float, float]:
+    """(lo, hi), both representable in ``dtype``, such that a score s of that dtype may be a peak exactly when
+    lo <= s <= hi: finite (NaN fails both) and passing the threshold as given in float64.
+
+    For s in ``dtype``, s >= t holds exactly when s >= t rounded up to ``dtype`` (s <= t: rounded down), so the
+    map is compared in its own dtype and never copied to float64."""
+    finite = torch.finfo(dtype).max
+    lo, hi = -finite, finite
+    if threshold is None:
+        return lo, hi
+    exact = torch.tensor(threshold, dtype=torch.float64)
+    bound = exact.to(dtype)
+    if higher:
+        if bound < exact:
+            bound = torch.nextafter(bound, torch.tensor(torch.inf, dtype=dtype))
+        return max(lo, float(bound)), hi
+    if bound > exact:
+        bound = torch.nextafter(bound, torch.tensor(-torch.inf, dtype=dtype))
+    return lo, min(hi, float(bound))
+
+
+def _candidates(
+    work: torch.Tensor, lo: float, hi: float, radius: int, higher: bool, thresholded: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Positions of maps work [G, H, W] in [lo, hi] that are the best of their (2·radius + 1)² window, in
+    row-major order per map -> (map index, row, column, score) [N] each.
+
+    With ``thresholded`` (a threshold was given) the positions that pass it are found first; when they are few, and
+    their rows too, only those rows are searched."""
+    if thresholded:
+        group, y, x = _passing_threshold(work, lo, hi, higher)
+        if len(group) * _TILED_SHARE <= work.numel():
+            found = _candidates_in_rows(work, group, y, x, lo, hi, radius, higher)
+            if found is not None:
+                return found
+    return _candidates_dense(work, lo, hi, radius, higher)
+
+
+def _passing_threshold(
+    work: torch.Tensor, lo: float, hi: float, higher: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Positions of maps work [G, H, W] on the threshold's side of [lo, hi] (±inf may be among them), in
+    row-major order -> (map index, row, column) [N] each.
+
+    Each row's best score (one reduction, the cheapest pass over the map) rules out the rows where nothing
+    passes; only the others are compared and searched (rows holding NaN among them)."""
+    # NaN propagates to the row's best, which then is not hopeless
+    hopeless = work.amax(dim=-1) < lo if higher else work.amin(dim=-1) > hi
+    group, y = (~hopeless).nonzero(as_tuple=True)
+    rows = work[group, y]  # [rows, W]
+    loose = rows >= lo if higher else rows <= hi  # NaN fails
+    row, x = loose.nonzero(as_tuple=True)
+    return group[row], y[row], x
+
+
+def _candidates_dense(
+    work: torch.Tensor, lo: float, hi: float, radius: int, higher: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_candidates` over whole maps: a comparison, the window best in O(log radius) passes, a nonzero."""
+    passing = (work >= lo) & (work <= hi)
+    key = torch.where(passing, work, -torch.inf if higher else torch.inf)
+    best = _window_best(key, (radius, radius), higher)
+    group, y, x = ((key == best) & passing).nonzero(as_tuple=True)
+    return group, y, x, key[group, y, x]
+
+
+def _candidates_in_rows(
+    work: torch.Tensor,
+    group: torch.Tensor,
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lo: float,
+    hi: float,
+    radius: int,
+    higher: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """:func:`_candidates` for the positions (group, y, x) [N] that pass one side of the range, in row-major
+    order, searched in their rows alone: a position is the best of its window exactly when no passing position
+    in it is better (the others are never candidates), and those lie in the rows listed within ``radius``.
+    None when the rows are too many (the dense search is cheaper then)."""
+    G, H = work.shape[:2]
+    if not len(group):
+        return group, y, x, work.new_zeros(0)
+    rows, row_of = torch.unique_consecutive(group * H + y, return_inverse=True)  # sorted: the points are
+    if len(rows) * _ROWS_SHARE > G * H:
+        return None
+    line = work[rows // H, rows % H]  # [R, W]
+    key = torch.where((line >= lo) & (line <= hi), line if higher else -line, -torch.inf)
+    across = _window_best(key, (0, radius), True)
+    # the listed rows within the radius of each: a run of the list, [first, last]
+    top = rows - rows % H  # the map's first row
+    reach = min(radius, H - 1)
+    first = torch.searchsorted(rows, torch.maximum(rows - reach, top))
+    last = torch.searchsorted(rows, torch.minimum(rows + reach, top + H - 1), right=True) - 1
+    best = _runs_best(across, first[row_of], last[row_of], x)
+    own = key[row_of, x]
+    is_best = (own == best) & (own > -torch.inf)
+    return group[is_best], y[is_best], x[is_best], line[row_of, x][is_best]
+
+
+def _runs_best(values: torch.Tensor, first: torch.Tensor, last: torch.Tensor, column: torch.Tensor) -> torch.Tensor:
+    """The largest of values[first[i] : last[i] + 1, column[i]] for each i -> [N], from a table of the best of
+    runs of 1, 2, 4... rows (each run is covered by two runs of the largest power of two within it)."""
+    length = last - first + 1
+    level = torch.floor(torch.log2(length.to(torch.float64))).to(torch.int64)
+    level = level - (2**level > length).to(torch.int64) + (2 ** (level + 1) <= length).to(torch.int64)  # exact
+    tables = [values]
+    while 2 ** len(tables) <= int(length.max()):
+        run = 2 ** (len(tables) - 1)
+        previous = tables[-1]
+        shifted = torch.cat([previous[run:], previous[-1:].expand(run, -1)])  # runs past the end are never asked
+        tables.append(torch.maximum(previous, shifted))
+    table = torch.stack(tables)  # [levels, R, W]
+    return torch.maximum(table[level, first, column], table[level, last - 2**level + 1, column])
 
 
 def ranking_key(maps: torch.Tensor, threshold: float | None, border: int, higher: bool) -> torch.Tensor:
     """Maps [B, T, H, W] as floats where larger is better, −inf wherever no peak may be: non-finite scores,
     scores worse than the threshold, the border. float32 maps stay float32 (exact, and half the work of the
-    pooling); the threshold is compared in float64, as given."""
+    pooling); the threshold is compared as given in float64, exactly, without a float64 copy of the maps."""
     H, W = maps.shape[-2:]
-    exact = torch.float32 if maps.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float64
-    key = maps.to(exact) if higher else -maps.to(exact)
-    key = torch.where(torch.isfinite(key), key, -torch.inf)
-    if threshold is not None:
-        scores = maps.to(torch.float64)
-        passes = scores >= threshold if higher else scores <= threshold
-        key = torch.where(passes, key, -torch.inf)
+    scores = maps.to(_exact_dtype(maps.dtype))
+    lo, hi = _passing_range(scores.dtype, threshold, higher)
+    key = torch.where((scores >= lo) & (scores <= hi), scores if higher else -scores, -torch.inf)
     if border:
         key[..., :border, :] = -torch.inf
         key[..., max(H - border, 0) :, :] = -torch.inf
@@ -290,23 +415,35 @@ def ranking_key(maps: torch.Tensor, threshold: float | None, border: int, higher
 def local_maxima(key: torch.Tensor, radius: tuple[int, int]) -> torch.Tensor:
     """Where key [G, 1, H, W] is finite and the maximum of its (2·radius[0] + 1) × (2·radius[1] + 1) window (rows,
     columns) -> bool [G, 1, H, W]. A radius beyond the map's side is the side: the window sees no more of it."""
-    ry, rx = radius
-    # separable: rows then columns, O(radius) per pixel rather than O(radius²)
-    pooled = F.max_pool2d(key, (1, 2 * rx + 1), stride=1, padding=(0, rx))
-    pooled = F.max_pool2d(pooled, (2 * ry + 1, 1), stride=1, padding=(ry, 0))
+    pooled = _window_best(key, radius, True)
     return (key == pooled) & (pooled > -torch.inf)
 
 
-def _crowded(candidate: torch.Tensor, reach: int) -> torch.Tensor:
-    """Where a candidate [G, 1, H, W] has another candidate within Chebyshev distance ``reach`` -> bool [G, H, W].
-    Window counts from an integral image: exact, and O(1) per pixel whatever the reach."""
-    H, W = candidate.shape[-2:]
-    span = 2 * reach + 1
-    padded = F.pad(candidate[:, 0].to(torch.int32), (reach + 1, reach, reach + 1, reach))
-    # sums[i, j]: candidates in padded rows <= i, columns <= j (at most H·W: int32 holds it)
-    sums = padded.cumsum(-1, dtype=torch.int32).cumsum(-2, dtype=torch.int32)
-    counts = sums[:, span:, span:] - sums[:, :-span, span:] - sums[:, span:, :-span] + sums[:, :-span, :-span]
-    return candidate[:, 0] & (counts[:, :H, :W] > 1)
+def _window_best(key: torch.Tensor, radius: tuple[int, int], higher: bool) -> torch.Tensor:
+    """The best (largest with ``higher``, else smallest) value of key [..., H, W] in the window of half-sides
+    ``radius`` (rows, columns) around each position, the outside of the map never best -> [..., H, W]."""
+    worst = -torch.inf if higher else torch.inf
+    for dim, reach in ((-1, radius[1]), (-2, radius[0])):
+        reach = min(reach, key.shape[dim] - 1)  # a window beyond the side sees no more of it
+        if reach < 1:
+            continue
+        pad = [0, 0, 0, 0]
+        pad[2 * (-1 - dim)], pad[2 * (-1 - dim) + 1] = reach, reach
+        key = _sliding_best(F.pad(key, pad, value=worst), 2 * reach + 1, dim, higher)
+    return key
+
+
+def _sliding_best(values: torch.Tensor, width: int, dim: int, higher: bool) -> torch.Tensor:
+    """Best of every run of ``width`` consecutive values along ``dim`` (L of them -> L − width + 1): runs of
+    1, 2, 4... by doubling, then the two overlapping runs that cover each window. O(log width) passes, exact."""
+    best = torch.maximum if higher else torch.minimum
+    run = 1
+    while 2 * run <= width:
+        length = values.shape[dim] - run
+        values = best(values.narrow(dim, 0, length), values.narrow(dim, run, length))
+        run *= 2
+    length = values.shape[dim] - (width - run)
+    return best(values.narrow(dim, 0, length), values.narrow(dim, width - run, length))
 
 
 def suppress_points(group: torch.Tensor, y: torch.Tensor, x: torch.Tensor, k: int, min_distance: int) -> torch.Tensor:
@@ -314,79 +451,177 @@ def suppress_points(group: torch.Tensor, y: torch.Tensor, x: torch.Tensor, k: in
     first k survivors of their map -> bool [N].
 
     Args:
-        group, y, x: Map index, row and column [N] int64 of candidates (local maxima of their maps, as
-            :func:`local_maxima` finds them), sorted by map and best first within each (equal scores: row-major
-            order), gathered from anywhere (the chunks of a dask array).
+        group, y, x: Map index, row and column [N] int64 of candidates, sorted by map and best first within each
+            (equal scores: row-major order), gathered from anywhere (the maps, or the chunks of a dask array).
         k: Survivors kept per map.
         min_distance: Two peaks closer than this (Chebyshev) keep only the first.
+
+    The greedy decides each candidate from those before it alone, so the first candidates of each map are
+    suppressed first, as many as k survivors may need (4k + 1024), then eight times more for the maps that fell
+    short: a map of many more candidates than k costs what its first ones do.
     """
+    if not len(group):
+        return torch.zeros(0, dtype=torch.bool)
+    rank = _rank_in_group(group)
+    wanted = 4 * k + 1024
+    while True:
+        head = rank < wanted
+        chosen = head.nonzero().squeeze(1)
+        keep = torch.zeros(len(group), dtype=torch.bool)
+        keep[chosen[_first_survivors(group[chosen], y[chosen], x[chosen], k, min_distance)]] = True
+        cut = torch.unique(group[~head])  # the maps not looked at to the end
+        if not len(cut) or bool((torch.bincount(group[keep], minlength=int(group[-1]) + 1)[cut] >= k).all()):
+            return keep
+        wanted *= 8
+
+
+def _first_survivors(group: torch.Tensor, y: torch.Tensor, x: torch.Tensor, k: int, min_distance: int) -> torch.Tensor:
+    """:func:`suppress_points` on all the candidates given.
+
+    Candidates with no other candidate that close can neither suppress nor be suppressed: they are kept without a
+    look (local maxima of a window of radius min_distance − 1 are such unless they tie on a plateau). The others
+    go through :func:`_greedy`. Linear in the candidates up to the logs of their sorts and searches.
+    """
+    keep = torch.ones(len(group), dtype=torch.bool)
     if min_distance > 1 and len(group):
         crowded = _near_another(group, y, x, min_distance)
-        keep = _suppress(group, y, x, crowded, k, min_distance)
-    else:
-        keep = torch.ones(len(group), dtype=torch.bool)
+        if bool(crowded.any()):
+            calm = (~crowded).to(torch.int64)
+            start = torch.searchsorted(group, group)  # each map's first candidate
+            before = calm.cumsum(0) - calm
+            before = before - before[start]  # calm candidates of the same map before each one: survivors all
+            pending = (crowded & (before < k)).nonzero().squeeze(1)
+            keep = ~crowded
+            if len(pending):
+                decided = _greedy(pending, start[pending], y[pending], x[pending], before[pending], k, min_distance)
+                keep[pending[decided]] = True
     survivors = keep.nonzero().squeeze(1)
     first_k = survivors[_rank_in_group(group[survivors]) < k]
     return torch.zeros(len(group), dtype=torch.bool).index_fill_(0, first_k, True)
 
 
+def _cells(group: torch.Tensor, y: torch.Tensor, x: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cells of side × side pixels of points [N] -> (cell id of each point [N], the steps [9] from a cell's id to
+    those of the 3 × 3 cells around it, itself in the middle). Ids order cells by map, then row-major."""
+    cy, cx = y // side + 1, x // side + 1  # from 1: the cells beside them stay >= 0
+    height, width = int(cy.max()) + 2, int(cx.max()) + 2
+    cell = (group * height + cy) * width + cx
+    steps = torch.tensor([dy * width + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)], dtype=cell.dtype)
+    return cell, steps
+
+
 def _near_another(group: torch.Tensor, y: torch.Tensor, x: torch.Tensor, min_distance: int) -> torch.Tensor:
     """Whether another point [N] of the same map lies in the 3 × 3 cells of min_distance × min_distance pixels
     around each one -> bool [N]: every point closer than min_distance is among them, so the others can neither
-    suppress nor be suppressed (the ``crowded`` of :func:`_suppress`, for points without a map to count on)."""
-    d = min_distance
-    cy, cx = y // d + 1, x // d + 1  # from 1: the cells beside them stay >= 0
-    height, width = int(cy.max()) + 2, int(cx.max()) + 2
-    cell = (group * height + cy) * width + cx
+    suppress nor be suppressed. The cells are counted on a grid when it is not larger than the points (plus a
+    constant), else looked up among the occupied ones."""
+    cy, cx = y // min_distance + 1, x // min_distance + 1  # from 1: the cells beside them stay >= 0
+    height, width, maps = int(cy.max()) + 2, int(cx.max()) + 2, int(group.max()) + 1
+    if maps * height * width <= len(group) + 65536:
+        counts = torch.bincount((group * height + cy) * width + cx, minlength=maps * height * width)
+        counts = counts.reshape(maps, height, width)
+        rows = counts[:, :-2] + counts[:, 1:-1] + counts[:, 2:]
+        around = rows[:, :, :-2] + rows[:, :, 1:-1] + rows[:, :, 2:]  # cell (cy, cx) and its 8 neighbours
+        return around[group, cy - 1, cx - 1] > 1  # itself, and at least one more
+    cell, steps = _cells(group, y, x, min_distance)
     cells, counts = torch.unique(cell, return_counts=True)  # sorted
     around = torch.zeros_like(cell)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            probe = cell + dy * width + dx
-            at = torch.searchsorted(cells, probe).clamp(max=len(cells) - 1)
-            around += torch.where(cells[at] == probe, counts[at], 0)
-    return around > 1  # itself, and at least one more
+    for step in steps.tolist():
+        probe = cell + step
+        at = torch.searchsorted(cells, probe).clamp(max=len(cells) - 1)
+        around += torch.where(cells[at] == probe, counts[at], 0)
+    return around > 1
 
 
-def _suppress(
-    group: torch.Tensor, y: torch.Tensor, x: torch.Tensor, crowded: torch.Tensor, k: int, min_distance: int
+def _greedy(
+    order: torch.Tensor,
+    start: torch.Tensor,
+    y: torch.Tensor,
+    x: torch.Tensor,
+    calm_before: torch.Tensor,
+    k: int,
+    d: int,
 ) -> torch.Tensor:
-    """Which candidates [N] (map index, row, column; best first within each map) survive greedy suppression
-    -> bool [N].
+    """Greedy suppression of points [N] in the order of ``order`` (their ascending positions in the sorted
+    candidates; ``start``: the position of their map's first candidate), each kept unless a kept one lies closer
+    than d (Chebyshev) -> bool [N]. ``calm_before``: survivors of the map before each point that are not among
+    these; a point with k survivors before it is not needed and reported as not kept.
 
-    Uncrowded candidates (``crowded`` False) always survive and never suppress another. Crowded ones are decided
-    in order: a kept peak lies in a cell of min_distance × min_distance pixels, which holds at most one (two
-    points in one cell are closer than min_distance), so each decision looks at nine cells. Candidates after
-    their map's k-th survivor are not looked at (they are reported as suppressed: no caller keeps them)."""
-    keep = (~crowded).numpy().copy()
-    # uncrowded candidates of the same map before each one: survivors whatever the greedy decides
-    calm = (~crowded).to(torch.int64)
-    before = calm.cumsum(0) - calm
-    before = before - before[torch.searchsorted(group, group)]
-    pending = (crowded & (before < k)).nonzero().squeeze(1)
-    cells: dict[tuple[int, int, int], tuple[int, int]] = {}
-    taken: dict[int, int] = {}  # crowded candidates kept so far, per map
-    full: set[int] = set()  # maps whose k-th survivor is known
-    d = min_distance
-    for start in range(0, len(pending), _DECISIONS_PER_BATCH):
-        batch = pending[start : start + _DECISIONS_PER_BATCH]
-        if full:  # a plateau of a map already done need not be walked
-            batch = batch[~torch.isin(group[batch], torch.tensor(sorted(full)))]
-        columns = (batch, group[batch], y[batch], x[batch], before[batch])
-        for index, g, py, px, calm_before in zip(*(column.tolist() for column in columns), strict=True):
-            if g in full:
-                continue
-            if calm_before + taken.get(g, 0) >= k:
-                full.add(g)
-                continue
-            cy, cx = py // d, px // d
-            near = (cells.get((g, cy + dy, cx + dx)) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
-            if any(p is not None and max(abs(p[0] - py), abs(p[1] - px)) < d for p in near):
-                continue
-            cells[(g, cy, cx)] = (py, px)
-            taken[g] = taken.get(g, 0) + 1
-            keep[index] = True
-    return torch.from_numpy(keep)
+    The decisions are made in rounds, all vectorized. Points fall in cells of d × d pixels: two points in one
+    cell are closer than d, so a kept point suppresses the rest of its cell, and every point closer than d lies
+    in the 3 × 3 cells around. A cell's first undecided point is kept once no undecided point of the cells
+    around comes before it (every earlier point near it is then decided, none of them kept); keeping it
+    suppresses the undecided points near it. Each round decides at least the first undecided point of each map;
+    a point is looked at from at most nine kept points, so the work is O(N) plus a few operations per cell and
+    round. Rounds follow chains of points that each wait for the one before (on a plateau: about its width plus
+    twice its height, in cells).
+    """
+    cell, steps = _cells(start, y, x, d)  # the map's first position identifies the map
+    by_cell = torch.argsort(cell, stable=True)  # by cell, then in order
+    cells, size = torch.unique_consecutive(cell[by_cell], return_counts=True)
+    end = size.cumsum(0)
+    head = end - size  # each cell's first undecided point (in by_cell positions); end when none is left
+    ids = cells[:, None] + steps
+    at = torch.searchsorted(cells, ids).clamp(max=len(cells) - 1)
+    neighbours = torch.where(cells[at] == ids, at, len(cells))  # [cells, 9], itself among them; none: a sentinel
+    o, sy, sx, sb, ss = (v[by_cell] for v in (order, y, x, calm_before, start))
+    never = torch.iinfo(torch.int64).max
+    first = torch.cat([o[head], torch.tensor([never])])  # the order of each cell's first undecided point
+    undecided = torch.ones(len(o), dtype=torch.bool)
+    kept = torch.zeros(len(o), dtype=torch.bool)
+    kept_positions = torch.zeros(0, dtype=torch.int64)  # in order
+    live, around_live = torch.arange(len(cells)), neighbours
+    most_calm = int(sb.max())
+    while len(live):
+        h, f = head[live], first[live]
+        winner = f <= first[around_live].amin(dim=1)  # itself is among them: equal when no earlier one is
+        if len(kept_positions) + most_calm >= k:
+            # survivors before each first point: the calm ones and the kept ones of its map; a lower bound until
+            # all before it are decided, which only grows: past k now is past k for good, and so is the rest of
+            # its cell (all later in order)
+            survivors = sb[h] + torch.searchsorted(kept_positions, f) - torch.searchsorted(kept_positions, ss[h])
+            past = survivors >= k
+            head[live[past]], first[live[past]] = end[live[past]], never
+            winner &= ~past
+        chosen = h[winner]
+        if len(chosen):
+            kept[chosen], undecided[chosen] = True, False
+            kept_positions = torch.sort(torch.cat([kept_positions, o[chosen]])).values
+            touched = _suppress_near(chosen, around_live[winner], head, end, sy, sx, undecided, d)
+            first[touched] = torch.where(head[touched] < end[touched], o[head[touched].clamp(max=len(o) - 1)], never)
+        still = head[live] < end[live]
+        live, around_live = live[still], around_live[still]
+    return kept[torch.argsort(by_cell)]
+
+
+def _suppress_near(
+    chosen: torch.Tensor,
+    neighbours: torch.Tensor,
+    head: torch.Tensor,
+    end: torch.Tensor,
+    y: torch.Tensor,
+    x: torch.Tensor,
+    undecided: torch.Tensor,
+    d: int,
+) -> torch.Tensor:
+    """Mark (in ``undecided``) the points closer than d to the newly kept points ``chosen`` [n] as decided, in
+    the 3 × 3 cells around each (``neighbours`` [n, 9], the sentinel for none), and move those cells' heads (in
+    place) to their first undecided point, or their end -> the cells looked at."""
+    cells = len(head)
+    cell = neighbours.reshape(-1)
+    owner = chosen.repeat_interleave(neighbours.shape[1])
+    present = cell < cells
+    cell, owner = cell[present], owner[present]
+    first = head[cell]
+    count = end[cell] - first
+    pair = torch.repeat_interleave(count)
+    point = first[pair] + torch.arange(len(pair)) - (count.cumsum(0) - count)[pair]
+    near = torch.maximum((y[point] - y[owner[pair]]).abs(), (x[point] - x[owner[pair]]).abs()) < d
+    undecided[point[near]] = False
+    alive = undecided[point]
+    head[cell] = end[cell]
+    head.scatter_reduce_(0, cell[pair[alive]], point[alive], reduce="amin")
+    return cell
 
 
 def _rank_in_group(group: torch.Tensor) -> torch.Tensor:
