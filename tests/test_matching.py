@@ -351,6 +351,18 @@ def test_matches_are_best_first_after_refinement() -> None:
         assert np.all(np.diff(unrefined.score) <= 0) if metric == "zncc" else np.all(np.diff(unrefined.score) >= 0)
 
 
+def _assert_same_rows(got: list[dict], want: list[dict]) -> None:
+    """The same matches; refined positions and scores within float32 refinement's round-off (the two layouts reach
+    the resampling's matrix products with different strides)."""
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert {k: a[k] for k in ("batch", "template", "angle", "scale")} == {
+            k: b[k] for k in ("batch", "template", "angle", "scale")
+        }
+        assert abs(a["y"] - b["y"]) < 1e-3 and abs(a["x"] - b["x"]) < 1e-3, (a, b)  # as float32 against float64
+        assert abs(a["score"] - b["score"]) <= 1e-5 * max(1.0, abs(b["score"])), (a, b)
+
+
 def _channels_first(array):
     """A channels-last array [..., h, w, C] as the contiguous channels-first array [..., C, h, w]."""
     if isinstance(array, torch.Tensor):
@@ -381,13 +393,14 @@ def test_channels_last_matches_equal_the_transposed_call(options: dict, kind: st
     first = {**options, "mask": _channels_first(options["mask"])} if "mask" in options else options
     got = slidesim.match(images, bank, channels_last=True, **options)
     want = slidesim.match(_channels_first(images), _channels_first(bank), **first)
-    assert got.rows() == want.rows()
+    _assert_same_rows(got.rows(), want.rows())
     assert type(got.maps) is type(want.maps) and got.maps.shape == want.maps.shape and got.maps.shape[:2] == (2, 2)
     assert np.array_equal(np.asarray(got.maps), np.asarray(want.maps))
     # one [H, W, C] image: its matches are those of image 0, and the maps keep their batch axis
     single = slidesim.match(images[0], bank[0], channels_last=True, **options)
     alone = slidesim.match(_channels_first(images[0])[None], _channels_first(bank[0])[None], **first)
-    assert single.rows() == alone.rows() and single.maps.shape == (1, 1, *want.maps.shape[2:])
+    _assert_same_rows(single.rows(), alone.rows())
+    assert single.maps.shape == (1, 1, *want.maps.shape[2:])
 
 
 def _python_calls(function) -> int:

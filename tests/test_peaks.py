@@ -316,8 +316,11 @@ def test_refinement_on_channels_last_data_equals_the_transposed_call() -> None:
     got = slidesim.find_peaks(scores, k=2, images=scene, templates=template, metric="zncc", channels_last=True)
     first = np.ascontiguousarray(scene.transpose(2, 0, 1))[None], np.ascontiguousarray(template.transpose(2, 0, 1))
     want = slidesim.find_peaks(scores, k=2, images=first[0], templates=first[1][None], metric="zncc")
-    for name in ("batch", "template", "y", "x", "score"):
+    for name in ("batch", "template"):
         assert np.array_equal(getattr(got, name), getattr(want, name))
+    # refinement runs in float32: the two layouts reach its matrix products with different strides
+    for name, tolerance in (("y", 1e-5), ("x", 1e-5), ("score", 1e-6)):
+        np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=0, atol=tolerance)
     assert abs(float(got.y[0]) - 11) < 0.01 and abs(float(got.x[0]) - 7) < 0.01
 
 
