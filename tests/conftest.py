@@ -28,11 +28,11 @@ TESTED_ENGINES = [name for name in engines.ENGINES if name != "reference"]
 """Every engine is compared with the reference: a new engine joins the matrix by registering."""
 
 
-def engines_for(metric: str, **extra: object) -> list[str]:
-    """The tested engines that can run ``metric`` (with the ``extra`` options) on CPU tensors (an uninstalled
-    optional engine fails loudly)."""
+def engines_for(metric: str, gradient: bool = False, **extra: object) -> list[str]:
+    """The tested engines that can run ``metric`` (with the ``extra`` options, and a gradient when asked) on CPU
+    tensors (an uninstalled optional engine fails loudly)."""
     options = {**DEFAULT_OPTIONS, "metric": metric, **extra}
-    problem = canonicalize(torch.zeros(4, 4), torch.zeros(2, 2), **options).problem
+    problem = canonicalize(torch.zeros(4, 4, requires_grad=gradient), torch.zeros(2, 2), **options).problem
     names = []
     for name in TESTED_ENGINES:
         engine = engines.load(name)
@@ -43,6 +43,9 @@ def engines_for(metric: str, **extra: object) -> list[str]:
 
 ENGINE_METRICS = [(engine, metric) for metric in METRICS for engine in engines_for(metric)]
 """Every (engine, metric) pair the engines claim to support."""
+
+GRADIENT_ENGINE_METRICS = [(engine, metric) for metric in METRICS for engine in engines_for(metric, gradient=True)]
+"""Every (engine, metric) pair the engines claim to differentiate."""
 
 
 def tolerance(dtype: torch.dtype, scale: float = 1.0) -> dict[str, float]:

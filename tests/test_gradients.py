@@ -8,7 +8,7 @@ import torch
 
 import slidesim
 
-from .conftest import ENGINE_METRICS
+from .conftest import GRADIENT_ENGINE_METRICS
 
 CASES = [
     {},
@@ -36,7 +36,7 @@ def _options(case: dict, metric: str) -> dict:
     return options
 
 
-@pytest.mark.parametrize(("engine", "metric"), ENGINE_METRICS)
+@pytest.mark.parametrize(("engine", "metric"), GRADIENT_ENGINE_METRICS)
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_gradcheck(engine, metric, case) -> None:
     images, bank = _inputs(case, per_image=case == 1)
@@ -51,7 +51,7 @@ def test_gradcheck(engine, metric, case) -> None:
     assert torch.autograd.gradcheck(run, (images, bank), eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=fast)
 
 
-@pytest.mark.parametrize(("engine", "metric"), ENGINE_METRICS)
+@pytest.mark.parametrize(("engine", "metric"), GRADIENT_ENGINE_METRICS)
 def test_gradients_agree_with_reference(engine, metric) -> None:
     images, bank = _inputs(11)
     weights = torch.from_numpy(np.random.default_rng(1).random((2, 1, 3, 3)))
