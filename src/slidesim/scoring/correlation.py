@@ -148,7 +148,7 @@ class CorrelationScorer:
         self.rescorer.cross_dtype = stats.image.dtype
         count = self.rescorer.unreliable_count(t0, t1, template_scale, window_scale)
         B, _, H, W = window_scale.shape
-        return self.rescorer.prefers_transform(count, B * (t1 - t0) * H * W)
+        return self.rescorer.prefers_transform(count, B * (t1 - t0) * H * W, upfront=True)
 
     def _centred_correlate(self, kernel: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
         """correlate(image − shift, kernel) in the kernel's dtype, centring a few channels at a time so no full
