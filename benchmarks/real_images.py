@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 import slidesim
+from slidesim.metrics import METRICS
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -64,14 +65,7 @@ THRESHOLD = 0.95
 K = 50
 THREADS = 2
 
-CV2_METHODS = {
-    "ssd": "TM_SQDIFF",
-    "ssd_normed": "TM_SQDIFF_NORMED",
-    "ccorr": "TM_CCORR",
-    "ncc": "TM_CCORR_NORMED",
-    "ccoeff": "TM_CCOEFF",
-    "zncc": "TM_CCOEFF_NORMED",
-}
+CV2_METHODS = {spec.name: spec.opencv for spec in METRICS.values() if spec.opencv}  # ssd -> "TM_SQDIFF", ...
 NO_CV2 = ("sad", "l1_similarity")
 CORRMATCH_SHALLOW = "corrmatch, 2 levels"  # its default 6-level pyramid misses small templates' matches
 NORMALIZED = ("ssd_normed", "ncc", "zncc")  # scores in [-1, 1] or [0, 1]: compared in absolute terms

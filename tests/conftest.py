@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -119,3 +120,20 @@ def cut_out() -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
     spot = scene[60:91, 90:121].astype(np.float64)
     scene[60:91, 90:121] = np.round(weight * disc + (1 - weight) * spot).astype(np.uint8)
     return scene, np.concatenate([colour, alpha[..., None]], axis=-1), (75.0, 105.0)
+
+
+def python_calls(function) -> int:
+    """Python-level calls and generator resumptions made while ``function`` runs: a count of interpreted work that
+    does not depend on the machine's speed."""
+    count = 0
+
+    def profile(frame, event, arg) -> None:
+        nonlocal count
+        count += event == "call"
+
+    sys.setprofile(profile)
+    try:
+        function()
+    finally:
+        sys.setprofile(None)
+    return count

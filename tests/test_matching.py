@@ -19,6 +19,8 @@ import slidesim
 from slidesim.banks import canvas_size, transform_bank
 from slidesim.errors import SlidesimTypeError, SlidesimValueError
 
+from .conftest import python_calls
+
 skimage_data = pytest.importorskip("skimage.data")
 skimage_transform = pytest.importorskip("skimage.transform")
 ndimage = pytest.importorskip("scipy.ndimage")
@@ -403,24 +405,6 @@ def test_channels_last_matches_equal_the_transposed_call(options: dict, kind: st
     assert single.maps.shape == (1, 1, *want.maps.shape[2:])
 
 
-def _python_calls(function) -> int:
-    """Python-level calls and generator resumptions made while ``function`` runs."""
-    import sys
-
-    count = 0
-
-    def profile(frame, event, arg) -> None:
-        nonlocal count
-        count += event == "call"
-
-    sys.setprofile(profile)
-    try:
-        function()
-    finally:
-        sys.setprofile(None)
-    return count
-
-
 @pytest.mark.parametrize("metric", ["zncc", "sad"])
 def test_many_integer_matches_are_the_peaks_of_the_maps_without_a_python_object_each(metric) -> None:
     """Without refinement, thousands of matches are the peaks of the returned maps at the template's centre, best
@@ -429,7 +413,7 @@ def test_many_integer_matches_are_the_peaks_of_the_maps_without_a_python_object_
     image = rng.random((2, 1, 90, 120)).astype(np.float32)
     template = image[:1, :, 10:17, 20:25].copy()
     found = []
-    calls = _python_calls(
+    calls = python_calls(
         lambda: found.append(slidesim.match(image, template, metric=metric, k=10**6, min_distance=2, subpixel=False))
     )
     found = found[0]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 import torch
 
 import slidesim
+
+from .conftest import python_calls
 
 
 def _map(peaks: dict[tuple[int, int], float], shape=(30, 40)) -> np.ndarray:
@@ -233,22 +233,6 @@ def test_suppression_matches_the_definition_on_plateaus_and_ties(seed) -> None:
         assert _positions(found) == _greedy_peaks(scores, k, min_distance), (k, min_distance)
 
 
-def _python_calls(function) -> int:
-    """Python-level calls and generator resumptions made while ``function`` runs."""
-    count = 0
-
-    def profile(frame, event, arg) -> None:
-        nonlocal count
-        count += event == "call"
-
-    sys.setprofile(profile)
-    try:
-        function()
-    finally:
-        sys.setprofile(None)
-    return count
-
-
 def test_suppression_work_grows_with_the_candidates_not_their_square() -> None:
     """Asking for every peak of a map with many must not compare each candidate with every kept one: Python-level
     work stays within a few calls per candidate (a per-pair check made millions here)."""
@@ -257,7 +241,7 @@ def test_suppression_work_grows_with_the_candidates_not_their_square() -> None:
     scores[1::3, 1::3] = rng.random((40, 40)) + 1  # 1600 separate peaks, 3 px apart
     scores[60:90, :30] = 0.5  # and a plateau, where ties decide
     found = []
-    calls = _python_calls(lambda: found.append(slidesim.find_peaks(scores, k=10**6, min_distance=2, metric="ncc")))
+    calls = python_calls(lambda: found.append(slidesim.find_peaks(scores, k=10**6, min_distance=2, metric="ncc")))
     assert len(found[0]) > 1600
     assert calls < 40 * len(found[0])
 
@@ -423,7 +407,7 @@ def test_huge_plateaus_are_suppressed_in_rounds_not_point_by_point() -> None:
     maps = torch.full((1, 1, 90, 90), torch.nan)
     maps[0, 0, 5:85, 5:85] = 1.0  # 6400 tied candidates with min_distance 2
     found = []
-    calls = _python_calls(lambda: found.append(locate_peaks(maps, 10**6, 2, None, 0, True)))
+    calls = python_calls(lambda: found.append(locate_peaks(maps, 10**6, 2, None, 0, True)))
     assert len(found[0]) == 40 * 40
     assert calls < 6400 // 4  # one per candidate or more before
 

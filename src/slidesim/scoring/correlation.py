@@ -110,7 +110,7 @@ class CorrelationScorer:
         centred = bank - shift  # [B, t, C, h, w]: each image's templates centred by its shift
         kernel = weights * centred
         C = stats.image.shape[1]
-        image = stats.plane(("centred", 0, C, f64), lambda: stats.centred(0, C, f64))
+        image = stats.centred_plane(0, C, f64)
         support = weights > 0 if stats.masked else None
         cross = self.prims.correlate(image, kernel, support)  # [B, t, H', W']
         energy_t = (kernel * centred).sum(dim=(-3, -2, -1))  # [B, t]
@@ -158,13 +158,10 @@ class CorrelationScorer:
         per_channel = stats.image[:, :1].numel() * kernel.element_size()
         group = max(1, CENTRING_BYTES // max(1, per_channel))
         if group >= C:
-            centred = stats.plane(("centred", 0, C, dtype), lambda: stats.centred(0, C, dtype))
-            return self.prims.correlate(centred, kernel, support)
+            return self.prims.correlate(stats.centred_plane(0, C, dtype), kernel, support)
         total = None
         for c0 in range(0, C, group):
-            centred = stats.plane(
-                ("centred", c0, c0 + group, dtype), lambda c0=c0: stats.centred(c0, c0 + group, dtype)
-            )
+            centred = stats.centred_plane(c0, c0 + group, dtype)
             channels = support if support is None or support.shape[2] == 1 else support[:, :, c0 : c0 + group]
             part = self.prims.correlate(centred, kernel[:, :, c0 : c0 + group], channels)
             if total is None:

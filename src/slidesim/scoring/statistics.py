@@ -144,8 +144,13 @@ class WindowStatistics:
         return self.once(("exact sums",), small_enough)
 
     def centred64(self, c: int) -> torch.Tensor:
-        """Channel c of the centred image in float64 [B, 1, Hp, Wp]."""
-        return self.plane(("centred64", c), lambda: self.centred(c, c + 1).to(torch.float64))
+        """Channel c of the centred image in float64 [B, 1, Hp, Wp] (centred in float64, so exactly I − s)."""
+        return self.centred_plane(c, c + 1, torch.float64)
+
+    def centred_plane(self, c0: int, c1: int, dtype: torch.dtype) -> torch.Tensor:
+        """Channels c0:c1 of the centred image in ``dtype`` [B, c1 − c0, Hp, Wp], kept while a bank streams
+        through (one plane per channels and dtype, whoever asks for it)."""
+        return self.plane(("centred", c0, c1, dtype), lambda: self.centred(c0, c1, dtype))
 
     def channel_reach(self, c: int) -> float:
         """max |I − shift| over the finite pixels of channel c, padding included."""
