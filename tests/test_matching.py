@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import slidesim
+from slidesim import _refine_many
 from slidesim.banks import canvas_size, transform_bank
 from slidesim.errors import SlidesimTypeError, SlidesimValueError
 
@@ -171,13 +172,19 @@ def test_progress_reports_every_chunk() -> None:
 
 
 def test_progress_reports_the_refinement_of_the_matches() -> None:
-    """Refinement costs milliseconds per match: with a large k it is the long phase, and it reports too, counting
-    from 0 after the bank's phase."""
+    """With a large k refinement is a phase of its own, and it reports too, counting from 0 after the bank's phase:
+    after each batch of peaks refined together."""
     calls = []
     image = np.random.default_rng(19).random((40, 40)).astype(np.float32)
     found = slidesim.match(image, image[5:15, 5:15].copy(), k=4, progress=lambda d, t: calls.append((d, t)))
     assert len(found) == 4
-    assert calls == [(1, 1), (0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]
+    assert calls == [(1, 1), (0, 4), (4, 4)]
+    calls.clear()
+    many = _refine_many.MOST_PEAKS + 5
+    wide = np.random.default_rng(20).random((200, 200)).astype(np.float32)
+    found = slidesim.match(wide, wide[5:10, 5:10].copy(), k=many, progress=lambda d, t: calls.append((d, t)))
+    assert len(found) == many
+    assert calls == [(1, 1), (0, many), (many - 5, many), (many, many)]
     calls.clear()
     slidesim.match(image, image[5:15, 5:15].copy(), k=4, subpixel=False, progress=lambda d, t: calls.append((d, t)))
     assert calls == [(1, 1)]
@@ -413,6 +420,7 @@ def test_many_integer_matches_are_the_peaks_of_the_maps_without_a_python_object_
     image = rng.random((2, 1, 90, 120)).astype(np.float32)
     template = image[:1, :, 10:17, 20:25].copy()
     found = []
+    slidesim.match(image, template, metric=metric, k=1, subpixel=False)  # imports and compiles: not per-match work
     calls = python_calls(
         lambda: found.append(slidesim.match(image, template, metric=metric, k=10**6, min_distance=2, subpixel=False))
     )

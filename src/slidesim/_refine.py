@@ -39,33 +39,42 @@ import torch
 
 from . import reference
 from ._geometry import pad_image
-from ._validate import DEFAULT_MEMORY_LIMIT, Canonical
+from ._validate import DEFAULT_MEMORY_LIMIT
 from .errors import SlidesimValueError
 from .metrics import resolve_metric
 from .scoring.holes import finite_channel_mean
 
-_DRIFT = 8.0  # px from the integer peak that the search may follow a ridge to
-_NEWTON_STEP = 1 / 32  # spacing of the grid the quadratic is fitted to, px
+DRIFT = 8.0  # px from the integer peak that the search may follow a ridge to
+NEWTON_STEP = 1 / 32  # spacing of the grid the quadratic is fitted to, px
 # spacings of the grids that climb the surface, px: 5 × 5 shifts, ±2 steps. The last one is the Newton grid's: the
 # sums of absolute differences have narrow V-shaped valleys that a coarser grid's best point can miss and a
 # quadratic cannot fit, and its last table is the Newton step's first
-_CLIMB_STEPS = (0.5, 0.125, _NEWTON_STEP)
-_HALF = 2  # every grid spans ±_HALF steps around its centre
-_MAX_MOVES = 8  # times a grid may follow the surface beyond its edge
+CLIMB_STEPS = (0.5, 0.125, NEWTON_STEP)
+HALF = 2  # every grid spans ±HALF steps around its centre
+MAX_MOVES = 8  # times a grid may follow the surface beyond its edge
 _GUARD = 12  # extra pixels around the crop: the prefilter's boundary effect decays as 0.27^k
 _KEPT_PREFILTER = 512  # the largest side whose prefilter (2 MiB) is kept between peaks: 16 of them hold 32 MiB
 # Float32 scores closer to a grid's best than this many units of round-off (relative to the largest score of the
-# grid) are compared again in float64; measured on photographs, the float32 errors of zncc, ncc, ccorr and
-# ccoeff tables stay within 30 units; those of ssd and sad reach a few thousand in grids near a perfect match,
-# which are 1/32 px grids, where the quadratic fit (not the comparison) decides.
-_TIE_ROUNDOFF = 1024
+# grid) are compared again in float64. Measured on 30 peaks of a photograph and on the buttons of a screenshot,
+# at the refined positions, the float32 errors of the zncc, ncc and ccorr tables stay within 5 units, those of
+# ccoeff within 45; those of ssd and sad reach a few thousand in grids near a perfect match, which are 1/32 px
+# grids, where the quadratic fit (not the comparison) decides. Every float64 comparison costs a resampled
+# window, and at 1/32 px the normalized scores of a dozen shifts lie within 1024 units of the best.
+TIE_ROUNDOFF = 1024
+TIE_ROUNDOFF_NORMALIZED = 64  # for zncc, ncc and ccorr: over ten times the largest error measured
+_NORMALIZED_TIES = frozenset({"zncc", "ncc", "ccorr"})
+
+
+def tie_roundoff(metric: str) -> int:
+    """Units of float32 round-off within which ``metric``'s scores of one grid are compared again in float64."""
+    return TIE_ROUNDOFF_NORMALIZED if metric in _NORMALIZED_TIES else TIE_ROUNDOFF
 # A Newton grid whose quadratic fit leaves an RMS residual above this share of the grid's spread of scores is
 # scored again in float64: at 1/32 px the surface is quadratic to about 1 %, so more is round-off.
-_FIT_NOISE = 0.02
+FIT_NOISE = 0.02
 # The sums of absolute differences have kinks wherever a tap's difference changes sign: their fits leave residuals
 # of a few % whatever the precision, while float32 round-off stays near 1e-3 of the grid's spread (measured on
 # photographs), so only a fit without a maximum sends them to float64.
-_KINKED = frozenset({"sad", "mad", "l1_similarity"})
+KINKED = frozenset({"sad", "mad", "l1_similarity"})
 
 # Float64 copies alive at once, measured with VmHWM on zncc, sad and ncc with channels "joint" and "mean"; the
 # counts carry a margin over what was measured (in brackets).
@@ -94,7 +103,7 @@ def _kept_inverse_sampling(n: int, dtype: torch.dtype) -> torch.Tensor:
     return _inverse_sampling(n).to(dtype)
 
 
-def _prefilter(n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def prefilter(n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """The prefilter of n samples in ``dtype`` (see :func:`_inverse_sampling`, inverted in float64); kept between
     peaks for sides of up to _KEPT_PREFILTER only, so that the cache stays small whatever the templates."""
     return _kept_inverse_sampling(n, dtype) if n <= _KEPT_PREFILTER else _inverse_sampling(n).to(dtype)
@@ -148,7 +157,7 @@ def shifts_per_batch(
     return (limit - fixed) // per_shift
 
 
-def _fill_holes(crop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def fill_holes(crop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(crop [C, Hc, Wc] with NaN and ±inf pixels replaced by their channel's mean of finite pixels, the map of
     those pixels as float64 0/1, or None when there are none). The prefilter is a global inverse: one NaN would
     spread to every coefficient, while a filled pixel's influence decays as 0.27^k with the distance k."""
@@ -169,7 +178,7 @@ def _neighbours(positions: torch.Tensor, size: int) -> torch.Tensor:
     return near
 
 
-def _spline_weights(positions: torch.Tensor, size: int) -> torch.Tensor:
+def spline_weights(positions: torch.Tensor, size: int) -> torch.Tensor:
     """Cubic B-spline weights of sample positions [..., k] over coefficients 0..size − 1 -> [..., k, size], in
     the positions' dtype. The positions must lie at least 1 from either end (the crop's guard band sees to it)."""
     distance = (positions[..., None] - torch.arange(size, dtype=positions.dtype)).abs()
@@ -178,13 +187,20 @@ def _spline_weights(positions: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(distance < 1, near, far)
 
 
-def _crop(image: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int], padding: str, value: float):
+def crop_of(image: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int], padding: str, value: float):
     """image[:, r0:r1, c0:c1], padded where the range leaves the image."""
     H, W = image.shape[-2:]
     (r0, r1), (c0, c1) = rows, cols
     inner = image[:, max(r0, 0) : min(r1, H), max(c0, 0) : min(c1, W)]
     pads = (max(0, -r0), max(0, r1 - H), max(0, -c0), max(0, c1 - W))
     return pad_image(inner, pads, padding, value)
+
+
+def band_size(span: float, step: float) -> int:
+    """Coefficient rows (or columns) that the splines of a grid of shifts ``step`` apart read, for taps spanning
+    ``span`` pixels: the positions reach span + 2·HALF·step, and each spline reads 1 before and 2 after its
+    sample."""
+    return math.floor(span + 2 * HALF * step) + 5
 
 
 def crop_window(
@@ -194,10 +210,32 @@ def crop_window(
     at ``centre`` reads: the template's span, the search's reach and the prefilter's guard band."""
     h, w = template_shape
     span_y, span_x = dilation[0] * (h - 1), dilation[1] * (w - 1)
-    reach = math.ceil(_DRIFT) + 2 + _GUARD
+    reach = math.ceil(DRIFT) + 2 + _GUARD
     r0 = math.floor(centre[0] - span_y / 2) - reach
     c0 = math.floor(centre[1] - span_x / 2) - reach
     return (r0, r0 + span_y + 2 * reach + 1), (c0, c0 + span_x + 2 * reach + 1)
+
+
+def read_crop(
+    image: torch.Tensor,
+    centre: tuple[float, float],
+    template_shape: tuple[int, int],
+    dilation: tuple[int, int],
+    options: dict[str, Any],
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """(the crop [C, Hc, Wc] that refining a peak at ``centre`` reads, on the CPU in float64 for float64 images
+    and float32 otherwise; the crop rows [h] and columns [w] (float64) that the unshifted window samples)."""
+    h, w = template_shape
+    padding = options.get("padding", "constant")
+    if options.get("mode", "valid") == "valid" or padding == "circular":
+        padding = "replicate"  # only shifts near the border sample it
+    rows, cols = crop_window(centre, (h, w), dilation)
+    # a few small matrix products per grid: the CPU, wherever the images live
+    crop = crop_of(image.detach(), rows, cols, padding, options.get("pad_value", 0.0)).cpu()
+    crop = crop.to(torch.float64 if crop.dtype == torch.float64 else torch.float32)
+    taps_y = torch.arange(h, dtype=torch.float64) * dilation[0] - dilation[0] * (h - 1) / 2 + centre[0] - rows[0]
+    taps_x = torch.arange(w, dtype=torch.float64) * dilation[1] - dilation[1] * (w - 1) / 2 + centre[1] - cols[0]
+    return crop, (taps_y, taps_x)
 
 
 def bank_member(
@@ -209,16 +247,6 @@ def bank_member(
     if mask is None:
         return template, None
     return template, mask[b if mask.shape[0] > 1 else 0, j if mask.shape[1] > 1 else 0]
-
-
-def refine_peak(
-    canon: Canonical, call: dict[str, Any], b: int, j: int, centre: tuple[float, float]
-) -> tuple[float, float, float]:
-    """(y, x, score) of template j of image b of a validated call, refined on the data from an integer centre
-    (image pixels); ``call`` holds the call's keyword options."""
-    bank, mask = bank_member(canon.templates, canon.mask, b, j)
-    higher = canon.spec.higher_is_better
-    return refine_on_data(canon.images[b], bank, mask, centre, canon.dilation, higher, call)
 
 
 def refine_on_data(
@@ -246,23 +274,15 @@ def refine_on_data(
         The refined centre (y, x) in image pixels and the float64 score of the window resampled there.
     """
     h, w = template.shape[-2:]
-    padding = options.get("padding", "constant")
-    if options.get("mode", "valid") == "valid" or padding == "circular":
-        padding = "replicate"  # only shifts near the border sample it
     limit = options.get("memory_limit")
     batch = shifts_per_batch(limit, template.shape[0], (h, w), dilation)  # before the crop is read
-    rows, cols = crop_window(centre, (h, w), dilation)
-    # a few small matrix products per grid: the CPU, wherever the images live
-    crop = _crop(image.detach(), rows, cols, padding, options.get("pad_value", 0.0)).cpu()
-    crop = crop.to(torch.float64 if crop.dtype == torch.float64 else torch.float32)
-    crop, holes = _fill_holes(crop)
+    crop, taps = read_crop(image, centre, (h, w), dilation, options)
+    crop, holes = fill_holes(crop)
     if holes is not None:
         batch = shifts_per_batch(limit, template.shape[0], (h, w), dilation, holes=True)
-    taps_y = torch.arange(h, dtype=torch.float64) * dilation[0] - dilation[0] * (h - 1) / 2 + centre[0] - rows[0]
-    taps_x = torch.arange(w, dtype=torch.float64) * dilation[1] - dilation[1] * (w - 1) / 2 + centre[1] - cols[0]
-    surface = _Surface(crop, holes, template.detach().cpu(), mask, (taps_y, taps_x), options, higher, batch)
+    surface = _Surface(crop, holes, template.detach().cpu(), mask, taps, options, higher, batch)
     y, x = 0.0, 0.0
-    for step in _CLIMB_STEPS:
+    for step in CLIMB_STEPS:
         y, x = _climb(surface, y, x, step)
     fy, fx = _newton(surface, y, x)
     score = surface.exact(fy, fx)
@@ -276,7 +296,7 @@ def refine_on_data(
 class _Surface:
     """The score surface of one peak: its template against the crop resampled at shifts (dy, dx) of the integer
     peak, scored with the metric, negated for minimized metrics (higher is better); a shift without a score, or
-    more than _DRIFT from the peak, is −inf.
+    more than DRIFT from the peak, is −inf.
 
     Args:
         crop: The crop [C, Hc, Wc] (float32 or float64) with its holes filled.
@@ -321,24 +341,24 @@ class _Surface:
         if dtype not in self._coefficients:
             crop = self.crop.to(dtype)
             Hc, Wc = crop.shape[-2:]
-            self._coefficients[dtype] = _prefilter(Hc, dtype) @ crop @ _prefilter(Wc, dtype).T
+            self._coefficients[dtype] = prefilter(Hc, dtype) @ crop @ prefilter(Wc, dtype).T
         return self._coefficients[dtype]
 
     def table(
         self, y: float, x: float, step: float, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(scores [5, 5] of the grid of shifts ±_HALF steps around (y, x), its rows' dy [5], its columns' dx [5]).
+        """(scores [5, 5] of the grid of shifts ±HALF steps around (y, x), its rows' dy [5], its columns' dx [5]).
         The last table is kept: the Newton step starts on the grid the last climb ended on."""
         key = (y, x, step, dtype)
         if self._last is not None and self._last[0] == key:
             return self._last[1]
-        offsets = torch.arange(-_HALF, _HALF + 1, dtype=torch.float64) * step
+        offsets = torch.arange(-HALF, HALF + 1, dtype=torch.float64) * step
         ys, xs = y + offsets, x + offsets
         values = torch.full((len(ys), len(xs)), -torch.inf, dtype=torch.float64)
         # the drift is a box: the shifts within it are a grid too
-        rows, cols = ys.abs() <= _DRIFT, xs.abs() <= _DRIFT
+        rows, cols = ys.abs() <= DRIFT, xs.abs() <= DRIFT
         if bool(rows.any()) and bool(cols.any()):
-            inner = self._grid(ys[rows], xs[cols], dtype).to(torch.float64)
+            inner = self._grid(ys[rows], xs[cols], step, dtype).to(torch.float64)
             values[rows.nonzero()[:, 0, None], cols.nonzero()[:, 0]] = inner
         self._last = (key, (torch.where(torch.isfinite(values), values, -torch.inf), ys, xs))
         return self._last[1]
@@ -359,8 +379,8 @@ class _Surface:
         coefficients = self.coefficients(max(dtype, self.dtype, key=_width))
         positions_y = dy.to(torch.float64)[:, None] + self.taps_y[None]  # [N, h]
         positions_x = dx.to(torch.float64)[:, None] + self.taps_x[None]  # [N, w]
-        weights_y = _spline_weights(positions_y, coefficients.shape[-2]).to(coefficients.dtype)
-        weights_x = _spline_weights(positions_x, coefficients.shape[-1]).to(coefficients.dtype)
+        weights_y = spline_weights(positions_y, coefficients.shape[-2]).to(coefficients.dtype)
+        weights_x = spline_weights(positions_x, coefficients.shape[-1]).to(coefficients.dtype)
         windows = torch.einsum("nih,chw,njw->ncij", weights_y, coefficients, weights_x)
         if self.holes is None:
             return self.sign * self._score(windows)
@@ -370,8 +390,8 @@ class _Surface:
         template, mask = self._operands_in(torch.float64)
         return self.sign * _without_touched(windows, template[None], mask, touched, self.options)
 
-    def _grid(self, ys: torch.Tensor, xs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Scores [len(ys), len(xs)] of every shift (ys[i], xs[j])."""
+    def _grid(self, ys: torch.Tensor, xs: torch.Tensor, step: float, dtype: torch.dtype) -> torch.Tensor:
+        """Scores [len(ys), len(xs)] of every shift (ys[i], xs[j]) of a grid ``step`` apart."""
         if not self.direct:
             dy = ys[:, None].expand(len(ys), len(xs)).reshape(-1)
             dx = xs[None, :].expand(len(ys), len(xs)).reshape(-1)
@@ -379,12 +399,14 @@ class _Surface:
         coefficients = self.coefficients(dtype)
         positions_y = self.taps_y[None] + ys[:, None]  # [ny, h]
         positions_x = self.taps_x[None] + xs[:, None]  # [nx, w]
-        # only the band of coefficients that the grid's splines reach: the same band for every batch
+        # only the band of coefficients that the grid's splines reach: the same band for every batch, of a size
+        # fixed by the grid's reach, so that each shift's products have the same shapes as in refine_peaks
         y0, x0 = math.floor(positions_y.min()) - 1, math.floor(positions_x.min()) - 1
-        y1, x1 = math.floor(positions_y.max()) + 3, math.floor(positions_x.max()) + 3
+        y1 = y0 + band_size(float(self.taps_y[-1] - self.taps_y[0]), step)
+        x1 = x0 + band_size(float(self.taps_x[-1] - self.taps_x[0]), step)
         band = coefficients[:, y0:y1, x0:x1].transpose(0, 1).contiguous()  # [by, C, bx]
-        weights_y = _spline_weights(positions_y - y0, y1 - y0).to(dtype)  # [ny, h, by]
-        weights_x = _spline_weights(positions_x - x0, x1 - x0).to(dtype)  # [nx, w, bx]
+        weights_y = spline_weights(positions_y - y0, y1 - y0).to(dtype)  # [ny, h, by]
+        weights_x = spline_weights(positions_x - x0, x1 - x0).to(dtype)  # [nx, w, bx]
         per_rows = max(1, self.batch // len(xs))
         per_cols = min(len(xs), self.batch)
         blocks = []
@@ -493,13 +515,14 @@ def _best_shift(surface: _Surface, values: torch.Tensor, ys: torch.Tensor, xs: t
     a better shift). Float32 scores within the round-off bound of the best are compared again in float64, so that
     round-off does not pick the shift."""
     flat = values.reshape(-1)
-    centre = _HALF * values.shape[1] + _HALF
+    centre = HALF * values.shape[1] + HALF
     top = float(flat.max())
     if top == -math.inf:
-        return _HALF, _HALF
+        return HALF, HALF
     candidates = (flat == top).nonzero()[:, 0]
     if surface.dtype != torch.float64:
-        bound = _TIE_ROUNDOFF * torch.finfo(surface.dtype).eps * float(flat[torch.isfinite(flat)].abs().max())
+        largest = float(flat[torch.isfinite(flat)].abs().max())
+        bound = tie_roundoff(surface.metric) * torch.finfo(surface.dtype).eps * largest
         candidates = (flat >= top - bound).nonzero()[:, 0]
         if len(candidates) > 1:
             rows, cols = candidates // values.shape[1], candidates % values.shape[1]
@@ -514,13 +537,13 @@ def _climb(surface: _Surface, y: float, x: float, step: float) -> tuple[float, f
     """The best shift of 5 × 5 grids ``step`` apart, starting around (y, x): a grid follows the surface while its
     best shift lies on its edge (along a narrow ridge the integer peak can lie pixels from the optimum, and a
     coarse optimum several fine steps from it)."""
-    for _ in range(_MAX_MOVES):
+    for _ in range(MAX_MOVES):
         values, ys, xs = surface.table(y, x, step, surface.dtype)
         row, col = _best_shift(surface, values, ys, xs)
-        if (row, col) == (_HALF, _HALF):
+        if (row, col) == (HALF, HALF):
             return y, x
         y, x = float(ys[row]), float(xs[col])
-        if 0 < row < 2 * _HALF and 0 < col < 2 * _HALF:
+        if 0 < row < 2 * HALF and 0 < col < 2 * HALF:
             return y, x
     return y, x
 
@@ -530,40 +553,40 @@ def _newton(surface: _Surface, y: float, x: float) -> tuple[float, float]:
     fitted to a 5 × 5 grid 1/32 px apart; a vertex beyond the grid moves the grid along the ridge. A fit whose
     residuals are round-off rather than the surface is made again on float64 scores. Returns (y, x) unchanged
     when no fit has a maximum within the grid."""
-    step = _NEWTON_STEP
+    step = NEWTON_STEP
     here_y, here_x = y, x
-    for _ in range(_MAX_MOVES):
+    for _ in range(MAX_MOVES):
         values, _, _ = surface.table(here_y, here_x, step, surface.dtype)
-        fit = _quadratic_vertex(values)
-        noisy = fit is None or (fit[2] and surface.metric not in _KINKED)
+        fit = quadratic_vertex(values)
+        noisy = fit is None or (fit[2] and surface.metric not in KINKED)
         if surface.dtype != torch.float64 and noisy:
             values, _, _ = surface.table(here_y, here_x, step, torch.float64)
-            fit = _quadratic_vertex(values)
+            fit = quadratic_vertex(values)
         if fit is None:
             break
         vy, vx, _ = fit
-        if abs(vy) <= _HALF and abs(vx) <= _HALF:
+        if abs(vy) <= HALF and abs(vx) <= HALF:
             return here_y + step * vy, here_x + step * vx
-        here_y += step * max(-_HALF, min(_HALF, vy))
-        here_x += step * max(-_HALF, min(_HALF, vx))
+        here_y += step * max(-HALF, min(HALF, vy))
+        here_x += step * max(-HALF, min(HALF, vx))
     return y, x
 
 
 @functools.lru_cache(maxsize=1)
-def _full_fit() -> tuple[torch.Tensor, torch.Tensor]:
+def quadratic_design() -> tuple[torch.Tensor, torch.Tensor]:
     """(design [25, 6] of the quadratic 1, y, x, y², x², yx on the 5 × 5 grid, its pseudo-inverse [6, 25])."""
-    offsets = torch.arange(-_HALF, _HALF + 1, dtype=torch.float64)
+    offsets = torch.arange(-HALF, HALF + 1, dtype=torch.float64)
     y = offsets[:, None].expand(len(offsets), len(offsets)).reshape(-1)
     x = offsets[None, :].expand(len(offsets), len(offsets)).reshape(-1)
     design = torch.stack([torch.ones_like(y), y, x, y * y, x * x, y * x], dim=1)
     return design, torch.linalg.pinv(design)
 
 
-def _quadratic_vertex(table: torch.Tensor) -> tuple[float, float, bool] | None:
+def quadratic_vertex(table: torch.Tensor) -> tuple[float, float, bool] | None:
     """(offset y, offset x, noisy) of the maximum of a full 2-D quadratic fitted by least squares to the finite
     entries of a 5 × 5 table of scores (offsets in grid steps from its centre; noisy: the RMS residual exceeds
-    _FIT_NOISE of the entries' spread); None when the fit has no maximum."""
-    design, inverse = _full_fit()
+    FIT_NOISE of the entries' spread); None when the fit has no maximum."""
+    design, inverse = quadratic_design()
     v = table.reshape(-1)
     finite = torch.isfinite(v)
     if int(finite.sum()) < 9:
@@ -575,7 +598,7 @@ def _quadratic_vertex(table: torch.Tensor) -> tuple[float, float, bool] | None:
         design, v = design[finite], v[finite]
         coefficients = torch.linalg.lstsq(design, v[:, None]).solution[:, 0]
     residual = float((design @ coefficients - v).pow(2).mean().sqrt())
-    noisy = not residual <= _FIT_NOISE * float(-v.min())
+    noisy = not residual <= FIT_NOISE * float(-v.min())
     _, gy, gx, hyy, hxx, hxy = coefficients.tolist()
     # the Hessian [[2 hyy, hxy], [hxy, 2 hxx]] must be negative definite
     det = 4 * hyy * hxx - hxy * hxy

@@ -21,7 +21,8 @@ import torch
 
 from ._checks import check_bool, check_callable, check_factors, check_has_values, check_int, check_threshold
 from ._geometry import pad_amounts
-from ._refine import bank_member, refine_on_data, shifts_per_batch
+from ._refine import bank_member, shifts_per_batch
+from ._refine_many import Peak, refine_peaks
 from ._threads import for_calls
 from ._types import ArrayLike
 from ._validate import Canonical, all_finite, canonicalize, window_origin, with_bank, with_defaults
@@ -516,17 +517,15 @@ def _columns(
         return [found[:, 0], found[:, 1], centre_y, centre_x, score, angles[transforms], scales[transforms]]
     transforms = transforms.tolist()
     angle_of, scale_of = angles.tolist(), scales.tolist()
-    rows = []
-    if progress is not None and len(found):
-        progress(0, len(found))
+    peaks = []
     for i, (b, t, y, x) in enumerate(found.tolist()):
-        r = transforms[i]
-        template, weights = member(b, t * R + r)
-        start = (y * sy + oy, x * sx + ox)
-        cy, cx, score = refine_on_data(canon.images[b], template, weights, start, canon.dilation, higher, call)
-        if progress is not None:
-            progress(i + 1, len(found))
-        rows.append((b, t, cy, cx, score, angle_of[r], scale_of[r]))
+        template, weights = member(b, t * R + transforms[i])
+        peaks.append(Peak(canon.images[b], template, weights, (y * sy + oy, x * sx + ox)))
+    refined = refine_peaks(peaks, canon.dilation, higher, call, progress)
+    rows = [
+        (b, t, cy, cx, score, angle_of[r], scale_of[r])
+        for (b, t, _, _), r, (cy, cx, score) in zip(found.tolist(), transforms, refined, strict=True)
+    ]
     columns = list(zip(*best_first(rows, higher), strict=True)) if rows else [()] * 7
     ints = [torch.tensor(c, dtype=torch.int64) for c in columns[:2]]
     floats = [torch.tensor(c, dtype=torch.float64) for c in columns[2:]]

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import check_bool, check_int, check_threshold
-from ._refine import refine_peak
+from ._refine import bank_member
+from ._refine_many import Peak, refine_peaks
 from ._threads import for_calls
 from ._types import ArrayLike
 from ._validate import canonicalize, window_origin, with_defaults
@@ -225,7 +226,11 @@ def _refined_on_data(
             f"are {expected}; pass the same options (metric, stride, mode...) as to similarity."
         )
     (sy, sx), (oy, ox) = canon.stride, window_origin(canon)
-    refined = [refine_peak(canon, call, b, t, (y * sy + oy, x * sx + ox)) for b, t, y, x in found]
+    peaks = []
+    for b, t, y, x in found:
+        template, weights = bank_member(canon.templates, canon.mask, b, t)
+        peaks.append(Peak(canon.images[b], template, weights, (y * sy + oy, x * sx + ox)))
+    refined = refine_peaks(peaks, canon.dilation, canon.spec.higher_is_better, call)
     cy, cx, values = (torch.tensor(column, dtype=torch.float64) for column in zip(*refined, strict=True))
     return (cy - oy) / sy, (cx - ox) / sx, values
 

@@ -1,0 +1,479 @@
+"""Sub-pixel refinement of many peaks at once (floor L6).
+
+The search is the one :mod:`slidesim._refine` describes (5 × 5 grids of shifts 0.5, 0.125 and 1/32 px apart that
+follow the score surface, then Newton steps on a quadratic fitted to the 1/32 px grid; float32 for narrow inputs
+with float64 wherever round-off could move the answer), run for every peak of a call together. Refined one at a
+time, a peak costs dozens of small tensor operations per grid, whose dispatch, not their arithmetic, took most of
+the 4–6 ms a peak cost. Here each stage scores the grids of all the peaks still searching with a few batched
+matrix products, so a peak costs its arithmetic. Each shift's window is computed with products of the same shapes
+as in the one-peak search, so the two agree.
+
+Peaks whose crops hold NaN or ±inf, circular channels and ``channels="separate"`` go through the one-peak search
+(which scores them through the reference), as do peaks of a template too large for ``memory_limit`` to hold one
+whole grid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import reference
+from ._refine import (
+    CLIMB_STEPS,
+    DRIFT,
+    FIT_NOISE,
+    HALF,
+    KINKED,
+    MAX_MOVES,
+    NEWTON_STEP,
+    band_size,
+    prefilter,
+    quadratic_design,
+    quadratic_vertex,
+    read_crop,
+    refine_on_data,
+    refinement_bytes,
+    spline_weights,
+    tie_roundoff,
+)
+from ._validate import DEFAULT_MEMORY_LIMIT
+from .metrics import resolve_metric
+
+__all__ = ["Peak", "refine_peaks"]
+
+_SIDE = 2 * HALF + 1  # shifts along each side of a grid
+# peaks searched together at most: the batches stay in cache, and a long refinement reports its progress
+MOST_PEAKS = 64
+f64 = torch.float64
+
+
+@dataclass(frozen=True)
+class Peak:
+    """One peak to refine.
+
+    Attributes:
+        image: Its image [C, H, W].
+        template: Its template [C, h, w] (transformed, for banks of rotations and scales).
+        mask: The template's weights [1 or C, h, w], or None.
+        centre: Integer peak (y, x) of the template centre in image pixels.
+    """
+
+    image: torch.Tensor
+    template: torch.Tensor
+    mask: torch.Tensor | None
+    centre: tuple[float, float]
+
+
+def refine_peaks(
+    peaks: Sequence[Peak],
+    dilation: tuple[int, int],
+    higher: bool,
+    options: dict[str, Any],
+    progress: Callable[[int, int], None] | None = None,
+) -> list[tuple[float, float, float]]:
+    """(y, x, score) of every peak, refined as :func:`slidesim._refine.refine_on_data` refines one.
+
+    Args:
+        peaks: The peaks, with their images and templates.
+        dilation: Tap spacing (y, x).
+        higher: Whether higher scores are better.
+        options: Metric options of the call (metric, channels, circular, padding, mode, memory_limit...).
+        progress: Called with (peaks done, peaks) as batches finish.
+
+    Returns:
+        Per peak, in order: the refined centre (y, x) in image pixels and the float64 score of the window
+        resampled there.
+    """
+    results: list[tuple[float, float, float] | None] = [None] * len(peaks)
+    done = 0
+
+    def finished(indices: Sequence[int], found: Sequence[tuple[float, float, float]]) -> None:
+        nonlocal done
+        for i, result in zip(indices, found, strict=True):
+            results[i] = result
+        done += len(indices)
+        if progress is not None:
+            progress(done, len(peaks))
+
+    if progress is not None and peaks:
+        progress(0, len(peaks))
+    one_by_one = options.get("channels", "joint") == "separate" or bool(options.get("circular"))
+    groups: dict[tuple, list[int]] = {}
+    for i, peak in enumerate(peaks):
+        mask_shape = None if peak.mask is None else tuple(peak.mask.shape)
+        groups.setdefault((tuple(peak.template.shape), mask_shape), []).append(i)
+    for members in groups.values():
+        C, h, w = peaks[members[0]].template.shape
+        fixed, per_shift = refinement_bytes(C, (h, w), dilation)
+        limit = DEFAULT_MEMORY_LIMIT if options.get("memory_limit") is None else options["memory_limit"]
+        together = 0 if one_by_one else min(MOST_PEAKS, limit // (fixed + _SIDE * _SIDE * per_shift))
+        if together < 1:
+            for i in members:
+                p = peaks[i]
+                finished([i], [refine_on_data(p.image, p.template, p.mask, p.centre, dilation, higher, options)])
+            continue
+        for start in range(0, len(members), together):
+            chunk = members[start : start + together]
+            finished(chunk, _refine_chunk([peaks[i] for i in chunk], dilation, higher, options))
+    return results  # type: ignore[return-value]
+
+
+def _refine_chunk(
+    peaks: Sequence[Peak], dilation: tuple[int, int], higher: bool, options: dict[str, Any]
+) -> list[tuple[float, float, float]]:
+    """Refined (y, x, score) of peaks of one template shape, together; a peak whose crop holds a hole alone."""
+    h, w = peaks[0].template.shape[-2:]
+    read = [read_crop(p.image, p.centre, (h, w), dilation, options) for p in peaks]
+    whole = [bool(torch.isfinite(crop).all()) for crop, _ in read]
+    out: list[tuple[float, float, float] | None] = [None] * len(peaks)
+    for i, p in enumerate(peaks):
+        if not whole[i]:
+            out[i] = refine_on_data(p.image, p.template, p.mask, p.centre, dilation, higher, options)
+    kept = [i for i in range(len(peaks)) if whole[i]]
+    if kept:
+        crops = torch.stack([read[i][0] for i in kept])
+        surfaces = _Surfaces(
+            crops,
+            torch.stack([peaks[i].template.detach().cpu() for i in kept]),
+            None if peaks[0].mask is None else torch.stack([peaks[i].mask.detach().cpu() for i in kept]),
+            (torch.stack([read[i][1][0] for i in kept]), torch.stack([read[i][1][1] for i in kept])),
+            options,
+            higher,
+        )
+        y = torch.zeros(len(kept), dtype=f64)
+        x = torch.zeros(len(kept), dtype=f64)
+        for step in CLIMB_STEPS:
+            _climb(surfaces, y, x, step)
+        fy, fx = _newton(surfaces, y, x)
+        everyone = torch.arange(len(kept))
+        score = surfaces.at(everyone, fy, fx, f64)
+        lost = ~torch.isfinite(score)  # a vertex whose taps all read holes: the best shift scored
+        if bool(lost.any()):
+            fy[lost], fx[lost] = y[lost], x[lost]
+            score[lost] = surfaces.at(everyone[lost], fy[lost], fx[lost], f64)
+        sign = 1.0 if higher else -1.0
+        for n, i in enumerate(kept):
+            cy, cx = peaks[i].centre
+            out[i] = (cy + float(fy[n]), cx + float(fx[n]), sign * float(score[n]))
+    return out  # type: ignore[return-value]
+
+
+class _Surfaces:
+    """The score surfaces of P peaks of one template shape: each template against its crop resampled at shifts
+    (dy, dx) of its integer peak, negated for minimized metrics (higher is better); a shift more than DRIFT from
+    its peak, or without a score, is −inf.
+
+    Args:
+        crops: [P, C, Hc, Wc], float32 or float64, without holes.
+        templates: [P, C, h, w].
+        masks: [P, 1 or C, h, w], or None.
+        taps: Crop rows [P, h] and columns [P, w] (float64) that each unshifted window samples.
+        options: The call's options (metric, channels).
+        higher: Whether higher scores are better.
+    """
+
+    def __init__(
+        self,
+        crops: torch.Tensor,
+        templates: torch.Tensor,
+        masks: torch.Tensor | None,
+        taps: tuple[torch.Tensor, torch.Tensor],
+        options: dict[str, Any],
+        higher: bool,
+    ) -> None:
+        self.crops, self.templates, self.masks = crops, templates, masks
+        self.taps_y, self.taps_x = taps
+        self.span = (float(self.taps_y[0, -1] - self.taps_y[0, 0]), float(self.taps_x[0, -1] - self.taps_x[0, 0]))
+        self.metric = resolve_metric(options.get("metric", "zncc")).name
+        self.joint = options.get("channels", "joint") == "joint"
+        self.sign = 1.0 if higher else -1.0
+        self.dtype = crops.dtype
+        self._coefficients: dict[torch.dtype, torch.Tensor] = {}
+        self._sides: dict[torch.dtype, dict[str, torch.Tensor]] = {}
+        P = len(crops)
+        # the last grid of each peak: (centre y, centre x, step, float64?) and its table, for the Newton step that
+        # starts on the grid the climb ended on
+        self._last_key = torch.full((P, 4), math.nan, dtype=f64)
+        self._last_table = torch.full((P, _SIDE, _SIDE), -math.inf, dtype=f64)
+
+    def coefficients(self, dtype: torch.dtype) -> torch.Tensor:
+        """The crops' B-spline coefficients [P, C, Hc, Wc] in ``dtype``, prefiltered once per dtype."""
+        if dtype not in self._coefficients:
+            crops = self.crops.to(dtype)
+            Hc, Wc = crops.shape[-2:]
+            self._coefficients[dtype] = prefilter(Hc, dtype) @ crops @ prefilter(Wc, dtype).T
+        return self._coefficients[dtype]
+
+    def table(
+        self, index: torch.Tensor, y: torch.Tensor, x: torch.Tensor, step: float, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(scores [p, 5, 5] float64 of the grids of shifts ±HALF steps around (y[i], x[i]) of peaks ``index``
+        [p], their rows' dy [p, 5], their columns' dx [p, 5])."""
+        offsets = torch.arange(-HALF, HALF + 1, dtype=f64) * step
+        ys, xs = y[:, None] + offsets, x[:, None] + offsets
+        key = torch.stack([y, x, torch.full_like(y, step), torch.full_like(y, float(dtype == f64))], dim=1)
+        known = (self._last_key[index] == key).all(dim=1)
+        values = self._last_table[index].clone()
+        fresh = ~known
+        if bool(fresh.any()):
+            values[fresh] = self._grids(index[fresh], ys[fresh], xs[fresh], step, dtype).to(f64)
+        beyond = (ys.abs() > DRIFT)[:, :, None] | (xs.abs() > DRIFT)[:, None, :]
+        values = torch.where(torch.isfinite(values) & ~beyond, values, -math.inf)
+        self._last_key[index] = key
+        self._last_table[index] = values
+        return values, ys, xs
+
+    def _grids(
+        self, index: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, step: float, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Scores [p, 5, 5] (higher better) of the grids: each peak's band of coefficients resampled by rows of
+        spline weights, then by columns, in two batched matrix products."""
+        p = len(index)
+        C, h, w = self.templates.shape[1:]
+        positions_y = self.taps_y[index][:, None, :] + ys[:, :, None]  # [p, 5, h]
+        positions_x = self.taps_x[index][:, None, :] + xs[:, :, None]  # [p, 5, w]
+        by, bx = band_size(self.span[0], step), band_size(self.span[1], step)
+        band, y0, x0 = self._bands(self.coefficients(dtype)[index], positions_y, positions_x, by, bx)
+        weights_y = spline_weights_in(positions_y - y0[:, None, None], by, dtype)  # [p, 5, h, by]
+        weights_x = spline_weights_in(positions_x - x0[:, None, None], bx, dtype)  # [p, 5, w, bx]
+        rows = torch.matmul(weights_y, band.reshape(p, 1, by, C * bx))  # [p, 5, h, C·bx]: one [h, by] product a row
+        rows = rows.reshape(p, _SIDE, h * C, bx)
+        columns = weights_x.permute(0, 3, 1, 2).reshape(p, 1, bx, _SIDE * w)  # the five columns' weights side by side
+        windows = torch.matmul(rows, columns)  # [p, 5, h·C, 5·w]
+        windows = windows.reshape(p, _SIDE, h, C, _SIDE, w).permute(0, 1, 4, 3, 2, 5)
+        windows = windows.reshape(p, _SIDE * _SIDE, C, h, w)
+        return (self.sign * self._scores(index, windows)).reshape(p, _SIDE, _SIDE)
+
+    def at(self, index: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Scores [q] (float64, higher better, NaN kept) of single shifts (dy[i], dx[i]) of peaks ``index`` [q]."""
+        q = len(index)
+        if q == 0:
+            return torch.zeros(0, dtype=f64)
+        dtype = max(dtype, self.dtype, key=lambda d: torch.finfo(d).bits)
+        C, h, w = self.templates.shape[1:]
+        positions_y = self.taps_y[index] + dy[:, None]  # [q, h]
+        positions_x = self.taps_x[index] + dx[:, None]  # [q, w]
+        by, bx = band_size(self.span[0], 0.0), band_size(self.span[1], 0.0)
+        band, y0, x0 = self._bands(self.coefficients(dtype)[index], positions_y, positions_x, by, bx)
+        weights_y = spline_weights_in(positions_y - y0[:, None], by, dtype)  # [q, h, by]
+        weights_x = spline_weights_in(positions_x - x0[:, None], bx, dtype)  # [q, w, bx]
+        rows = torch.matmul(weights_y, band.reshape(q, by, C * bx))  # [q, h, C·bx]
+        windows = torch.matmul(rows.reshape(q, h * C, bx), weights_x.transpose(1, 2))  # [q, h·C, w]
+        windows = windows.reshape(q, 1, h, C, w).transpose(2, 3)
+        return (self.sign * self._scores(index, windows)).reshape(q).to(f64)
+
+    @staticmethod
+    def _bands(
+        coefficients: torch.Tensor, positions_y: torch.Tensor, positions_x: torch.Tensor, by: int, bx: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the band [p, by, C, bx] of each peak's coefficients [p, C, Hc, Wc] that splines at positions [p, ...,
+        h] and [p, ..., w] read, its first row [p] and first column [p])."""
+        p = len(coefficients)
+        y0 = torch.floor(positions_y.reshape(p, -1).amin(dim=1)).long() - 1
+        x0 = torch.floor(positions_x.reshape(p, -1).amin(dim=1)).long() - 1
+        rows = y0[:, None] + torch.arange(by)  # [p, by]
+        cols = x0[:, None] + torch.arange(bx)  # [p, bx]
+        which = torch.arange(p)[:, None, None]
+        band = coefficients[which, :, rows[:, :, None], cols[:, None, :]]  # [p, by, bx, C]
+        return band.transpose(2, 3).contiguous(), y0.to(f64), x0.to(f64)
+
+    def _side(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The templates' side of the quick formulas in ``dtype``, per peak: weights M [P, 1 or C, h, w] (ones
+        without a mask), T, M·T and M·(T − its weighted mean) [P, C, h, w], each channel's weight [P, 1 or C, 1,
+        1]."""
+        if dtype not in self._sides:
+            templates = self.templates.to(dtype)
+            P, _, h, w = templates.shape
+            weights = torch.ones(P, 1, h, w, dtype=dtype) if self.masks is None else self.masks.to(dtype)
+            total = weights.sum(dim=(-2, -1), keepdim=True)
+            weighted = weights * templates
+            centred = weights * (templates - weighted.sum(dim=(-2, -1), keepdim=True) / total)
+            self._sides[dtype] = {
+                "template": templates,
+                "weights": weights,
+                "weighted": weighted,
+                "centred": centred,
+                "total": total,
+            }
+        return self._sides[dtype]
+
+    def _scores(self, index: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """Scores [p, n] of windows [p, n, C, h, w] (n per peak ``index`` [p]) in their dtype: the metric's formula
+        written for one template, or the reference's textbook formula for the peaks it does not cover (ssd_normed,
+        a channel without weight, a zero energy: the degenerate rules)."""
+        side = {name: value[index][:, None] for name, value in self._side(windows.dtype).items()}
+        scores, covered = _quick_scores(self.metric, self.joint, windows, side)
+        if not bool(covered.all()):
+            scores = scores.clone()
+            scores[~covered] = self._reference(index[~covered], windows[~covered])
+        return scores
+
+    def _reference(self, index: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """Scores [p, n] of windows [p, n, C, h, w] by the reference's formula (:func:`reference.score_windows`)."""
+        p, n, C, h, w = windows.shape
+        templates = self.templates.to(windows.dtype)[index]
+        weights = torch.ones(p, 1, h, w, dtype=windows.dtype) if self.masks is None else self.masks[index]
+        weights = weights.to(windows.dtype)
+        scores = reference.score_windows(
+            self.metric,
+            windows.reshape(p * n, C, 1, 1, h, w),
+            templates[:, None].expand(p, n, C, h, w).reshape(p * n, C, 1, 1, h, w),
+            weights[:, None].expand(p, n, *weights.shape[1:]).reshape(p * n, weights.shape[1], 1, 1, h, w),
+            None,
+            self.joint,
+        )
+        return scores.reshape(p, n, -1).mean(dim=2)  # channels="mean": the mean of the channels' scores
+
+
+def spline_weights_in(positions: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """Cubic B-spline weights [..., k, size] of positions [..., k] (float64), cast to ``dtype``."""
+    return spline_weights(positions, size).to(dtype)
+
+
+def _quick_scores(
+    metric: str, joint: bool, windows: torch.Tensor, side: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores [p, n] of windows [p, n, C, h, w] against each peak's template side (entries [p, 1, ...]) by the
+    metric's formula, whether each peak's scores are covered by it [p])."""
+    p, n = windows.shape[:2]
+    weights, total = side["weights"], side["total"]
+    covered = (total > 0).reshape(p, -1).all(dim=1)
+    dims = (2, 3, 4) if joint else (3, 4)
+    if metric in ("sad", "mad", "l1_similarity"):
+        scores = (weights * (windows - side["template"]).abs()).sum(dim=dims)
+        count = total.expand(p, 1, windows.shape[2], 1, 1).sum(dim=dims)
+        scores = {"sad": scores, "mad": scores / count, "l1_similarity": 1 - scores / count}[metric]
+    elif metric == "ssd":
+        scores = (weights * (windows - side["template"])).pow(2).sum(dim=dims)
+    elif metric in ("ccorr", "ncc"):
+        weighted = weights * windows
+        scores = (weighted * side["weighted"]).sum(dim=dims)
+        if metric == "ncc":
+            energy = side["weighted"].pow(2).sum(dim=dims)
+            scores = scores / (energy * weighted.pow(2).sum(dim=dims)).sqrt()
+    elif metric in ("ccoeff", "zncc"):
+        mean = (weights * windows).sum(dim=(3, 4), keepdim=True) / total
+        centred = weights * (windows - mean)
+        scores = (centred * side["centred"]).sum(dim=dims)
+        if metric == "zncc":
+            energy = side["centred"].pow(2).sum(dim=dims)
+            scores = scores / (energy * centred.pow(2).sum(dim=dims)).sqrt()
+    else:
+        return windows.new_full((p, n), math.nan), torch.zeros(p, dtype=torch.bool)
+    scores = scores.reshape(p, n, -1)
+    if metric in ("ncc", "zncc"):
+        covered &= torch.isfinite(scores).reshape(p, -1).all(dim=1)  # a zero energy: the degenerate rules
+        scores = scores.clamp(-1, 1)  # beyond ±1 only by round-off
+    return scores.mean(dim=2), covered  # channels="mean": the mean of the channels' scores
+
+
+def _best_shifts(
+    surfaces: _Surfaces, index: torch.Tensor, values: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row [p], column [p]) of the best score of each peak's table [p, 5, 5]; the centre wins its ties (a grid
+    moves only to a better shift). Float32 scores within the round-off bound of their grid's best are compared
+    again in float64, so that round-off does not pick the shift."""
+    p = len(index)
+    flat = values.reshape(p, -1)
+    centre = HALF * _SIDE + HALF
+    top = flat.max(dim=1).values
+    if surfaces.dtype == f64:
+        candidates = flat == top[:, None]
+    else:
+        largest = torch.where(torch.isfinite(flat), flat.abs(), 0.0).amax(dim=1)
+        bound = tie_roundoff(surfaces.metric) * torch.finfo(surfaces.dtype).eps * largest
+        candidates = flat >= (top - bound)[:, None]
+        several = candidates.sum(dim=1) > 1
+        if bool(several.any()):
+            peak, shift = (candidates & several[:, None]).nonzero().unbind(dim=1)
+            exact = surfaces.at(index[peak], ys[peak, shift // _SIDE], xs[peak, shift % _SIDE], f64)
+            rescored = torch.full_like(flat, -math.inf)
+            rescored[peak, shift] = torch.where(torch.isfinite(exact), exact, -math.inf)
+            best = (rescored == rescored.amax(dim=1, keepdim=True)) & candidates
+            candidates = torch.where(several[:, None], best, candidates)
+    choice = torch.where(candidates[:, centre], centre, candidates.to(torch.int8).argmax(dim=1))
+    choice = torch.where(top == -math.inf, centre, choice)
+    return choice // _SIDE, choice % _SIDE
+
+
+def _climb(surfaces: _Surfaces, y: torch.Tensor, x: torch.Tensor, step: float) -> None:
+    """Moves every peak's shift (y [P], x [P], in place) to the best of 5 × 5 grids ``step`` apart, each grid
+    following the surface while its best shift lies on its edge."""
+    searching = torch.arange(len(y))
+    for _ in range(MAX_MOVES):
+        if len(searching) == 0:
+            return
+        values, ys, xs = surfaces.table(searching, y[searching], x[searching], step, surfaces.dtype)
+        row, col = _best_shifts(surfaces, searching, values, ys, xs)
+        moved = (row != HALF) | (col != HALF)
+        which = torch.arange(len(searching))
+        y[searching[moved]] = ys[which, row][moved]
+        x[searching[moved]] = xs[which, col][moved]
+        inner = (row > 0) & (row < 2 * HALF) & (col > 0) & (col < 2 * HALF)
+        searching = searching[moved & ~inner]
+
+
+def _newton(surfaces: _Surfaces, y: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Newton steps from shifts (y [P], x [P]): the vertex of a full quadratic fitted to each peak's 5 × 5 grid
+    1/32 px apart; a vertex beyond the grid moves the grid along the ridge. A fit whose residuals are round-off
+    rather than the surface is made again on float64 scores. A peak without a fit that has a maximum within its
+    grid keeps (y, x)."""
+    step = NEWTON_STEP
+    final_y, final_x = y.clone(), x.clone()
+    here_y, here_x = y.clone(), x.clone()
+    searching = torch.arange(len(y))
+    for _ in range(MAX_MOVES):
+        if len(searching) == 0:
+            break
+        values, _, _ = surfaces.table(searching, here_y[searching], here_x[searching], step, surfaces.dtype)
+        vy, vx, noisy, fitted = _vertices(values)
+        if surfaces.dtype != f64:
+            again = ~fitted | (noisy & (surfaces.metric not in KINKED))
+            if bool(again.any()):
+                which = searching[again]
+                wide, _, _ = surfaces.table(which, here_y[which], here_x[which], step, f64)
+                vy[again], vx[again], _, fitted[again] = _vertices(wide)
+        inside = fitted & (vy.abs() <= HALF) & (vx.abs() <= HALF)
+        done = searching[inside]
+        final_y[done] = here_y[done] + step * vy[inside]
+        final_x[done] = here_x[done] + step * vx[inside]
+        moving = fitted & ~inside
+        which = searching[moving]
+        here_y[which] += step * vy[moving].clamp(-HALF, HALF)
+        here_x[which] += step * vx[moving].clamp(-HALF, HALF)
+        searching = which
+    return final_y, final_x
+
+
+def _vertices(tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(offset y [p], offset x [p], noisy [p], fitted [p]) of the maxima of full 2-D quadratics fitted to tables
+    [p, 5, 5] as :func:`slidesim._refine.quadratic_vertex` fits one (fitted: the fit has a maximum)."""
+    p = len(tables)
+    v = tables.reshape(p, -1)
+    vy, vx = torch.zeros(p, dtype=f64), torch.zeros(p, dtype=f64)
+    noisy, fitted = torch.zeros(p, dtype=torch.bool), torch.zeros(p, dtype=torch.bool)
+    complete = torch.isfinite(v).all(dim=1)
+    for i in (~complete).nonzero()[:, 0].tolist():  # tables with shifts beyond the drift: least squares, one by one
+        fit = quadratic_vertex(tables[i])
+        if fit is not None:
+            vy[i], vx[i], noisy[i], fitted[i] = fit[0], fit[1], fit[2], True
+    if not bool(complete.any()):
+        return vy, vx, noisy, fitted
+    design, inverse = quadratic_design()
+    full = v[complete] - v[complete].amax(dim=1, keepdim=True)
+    coefficients = full @ inverse.T  # [k, 6]
+    residual = (coefficients @ design.T - full).pow(2).mean(dim=1).sqrt()
+    _, gy, gx, hyy, hxx, hxy = coefficients.unbind(dim=1)
+    det = 4 * hyy * hxx - hxy * hxy
+    has_maximum = (hyy < 0) & (det > 0)
+    safe = torch.where(has_maximum, det, 1.0)
+    vy[complete] = torch.where(has_maximum, (-2 * hxx * gy + hxy * gx) / safe, 0.0)
+    vx[complete] = torch.where(has_maximum, (hxy * gy - 2 * hyy * gx) / safe, 0.0)
+    noisy[complete] = ~(residual <= FIT_NOISE * -full.amin(dim=1))
+    fitted[complete] = has_maximum
+    return vy, vx, noisy, fitted
