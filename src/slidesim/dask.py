@@ -293,7 +293,8 @@ def match(
             circular, method, memory_limit, channels_last).
 
     Returns:
-        :class:`slidesim.Matches` with numpy fields; ``maps`` is the lazy dask array of best scores [B, T, H', W'].
+        :class:`slidesim.Matches` with numpy fields (centres and boxes in image pixels, as in memory); ``maps`` is
+        the lazy dask array of best scores [B, T, H', W'].
 
     Raises:
         SlidesimTypeError, SlidesimValueError: As the in-memory call would, before anything is computed.
