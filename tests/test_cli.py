@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import io
 import json
 import re
 import subprocess
@@ -61,15 +63,82 @@ def test_match_prints_a_table_json_and_csv(files, capsys) -> None:
     assert "a.png" in out and "b.png" in out
     code, out, _ = _run(["match", files["image"], files["a"], files["b"], "--json"], capsys)
     rows = json.loads(out)
-    assert [r["template"] for r in rows] == [0, 1]
+    assert [r["template"] for r in rows] == ["a.png", "b.png"] and [r["template_index"] for r in rows] == [0, 1]
     assert (round(rows[0]["y"], 2), round(rows[0]["x"], 2)) == (30.0, 38.0)
     assert (round(rows[1]["y"], 2), round(rows[1]["x"], 2)) == (80.0, 108.0)
-    assert set(rows[0]) == {"batch", "template", "y", "x", "score", "angle", "scale"}
+    assert list(rows[0]) == list(cli.COLUMNS)
     code, out, _ = _run(["match", files["image"], files["a"], "--csv", "--top", "2", "--metric", "sad"], capsys)
     lines = out.strip().splitlines()
-    assert lines[0] == "batch,template,y,x,score,angle,scale"
+    assert lines[0] == ",".join(cli.COLUMNS)
     assert len(lines) == 3
-    assert lines[1].split(",")[2:4] == ["30.0", "38.0"] or abs(float(lines[1].split(",")[2]) - 30) < 0.01
+    assert abs(float(lines[1].split(",")[4]) - 30) < 0.01 and abs(float(lines[1].split(",")[5]) - 38) < 0.01
+
+
+def _subprocess_match(*argv) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "slidesim", "match", *(str(a) for a in argv), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_every_output_format_has_the_same_columns_and_full_file_names(files, tmp_path) -> None:
+    """Table, JSON and CSV through a real process: image and template by file name (never cut), the page and the
+    template's position, the centre, the box's top-left corner and size; the table says what the positions are."""
+    image = tmp_path / "a screenshot with a long file name.png"
+    template = tmp_path / "the button we are looking for today.png"
+    image.write_bytes(files["image"].read_bytes())
+    template.write_bytes(files["a"].read_bytes())  # 21 × 17, cut at (20, 30)
+    argv = [image, template, files["b"]]
+    table = _subprocess_match(*argv).splitlines()
+    assert (
+        "y, x = centre" in table[0] and "top, left = top-left corner" in table[0] and "pixels of the image" in table[0]
+    )
+    assert table[1].split() == [
+        "image", "page", "template", "template_index", "y", "x", "top", "left", "height", "width", "score", "angle",
+        "scale",
+    ]  # fmt: skip
+    assert table[2].startswith(f"{image.name} ") and f" {template.name} " in table[2]
+    assert table[2].split()[-9:-3] == ["30.00", "38.00", "20.00", "30.00", "21.00", "17.00"]
+    rows = json.loads(_subprocess_match(*argv, "--json"))
+    assert [list(row) for row in rows] == [table[1].split()] * 2
+    assert [(r["image"], r["page"], r["template"], r["template_index"]) for r in rows] == [
+        (image.name, 0, template.name, 0),
+        (image.name, 0, "b.png", 1),
+    ]
+    assert [round(rows[1][name], 2) for name in ("y", "x", "top", "left", "height", "width")] == [
+        80.0, 108.0, 70.0, 100.0, 21.0, 17.0
+    ]  # fmt: skip
+    lines = _subprocess_match(*argv, "--csv").splitlines()
+    assert lines[0].split(",") == table[1].split()
+    parsed = list(csv.DictReader(io.StringIO("\n".join(lines))))
+    assert [(r["image"], r["template"], r["template_index"]) for r in parsed] == [
+        (image.name, template.name, "0"),
+        (image.name, "b.png", "1"),
+    ]
+    assert [float(parsed[0][name]) for name in ("top", "left", "height", "width")] == pytest.approx(
+        [20, 30, 21, 17], abs=0.01
+    )
+
+
+def test_a_turned_match_gives_the_bounding_box_of_the_turned_template(files, tmp_path) -> None:
+    turned = tmp_path / "turned_tall.png"
+    Image.fromarray(np.ascontiguousarray(np.rot90(files["array"][40:61, 60:75]))).save(turned)  # 21 × 15 turned
+    row = json.loads(_subprocess_match(files["image"], turned, "--rotations", "0:360:90", "--json"))[0]
+    assert row["angle"] == 270.0 and row["template"] == "turned_tall.png"
+    assert [round(row[name], 2) for name in ("y", "x", "top", "left", "height", "width")] == [
+        50.0, 67.0, 40.0, 60.0, 21.0, 15.0
+    ]  # fmt: skip
+
+
+def test_the_help_says_what_the_columns_are() -> None:
+    text = cli.build_parser()._subparsers._group_actions[0].choices["match"].format_help()
+    flat = " ".join(text.split())
+    assert "y, x = centre of the match" in flat and "top, left = top-left corner of its box" in flat
+    assert "image, page, template, template_index, y, x, top, left, height, width, score, angle, scale" in flat
 
 
 def test_rotations_and_pictures(files, capsys, tmp_path) -> None:
@@ -101,7 +170,7 @@ def test_sixteen_bit_and_multi_page_tiff(files, capsys, tmp_path) -> None:
     code, out, _ = _run(["match", stack, template, "--json"], capsys)
     assert code == 0
     rows = json.loads(out)
-    assert [r["batch"] for r in rows] == [0, 1]
+    assert [r["page"] for r in rows] == [0, 1] and {r["image"] for r in rows} == {"stack.tif"}
     assert [(round(r["y"], 2), round(r["x"], 2)) for r in rows] == [(30.0, 38.0), (35.0, 45.0)]
 
 
@@ -123,7 +192,8 @@ def test_a_templates_alpha_is_its_mask_unless_ignored(capsys, tmp_path) -> None:
     code, out, _ = _run(["match", paths["scene"], paths["cut"], "--json", "--ignore-alpha"], capsys)
     ignored = json.loads(out)
     assert abs(ignored[0]["y"] - y) > 10
-    assert _run(["match", paths["scene"], paths["colours"], "--json"], capsys)[1] == out
+    colours = json.loads(_run(["match", paths["scene"], paths["colours"], "--json"], capsys)[1])
+    assert [{**row, "template": "colours.png"} for row in ignored] == colours  # the same but for the file name
     # a template with alpha and one without, of one size, in one call: each keeps its own mask
     code, out, _ = _run(["match", paths["scene"], paths["cut"], paths["colours"], "--json"], capsys)
     rows = json.loads(out)
@@ -274,7 +344,8 @@ def test_templates_of_different_sizes(files, capsys, tmp_path) -> None:
     )
     assert code == 0
     rows = json.loads(out)
-    assert [r["template"] for r in rows] == [0, 1, 2]
+    assert [r["template_index"] for r in rows] == [0, 1, 2]
+    assert [r["template"] for r in rows] == ["a.png", "small.png", "b.png"]
     assert [(round(r["y"], 2), round(r["x"], 2)) for r in rows] == [(30.0, 38.0), (65.0, 27.0), (80.0, 108.0)]
     _png_size(heatmap)
     code, out, _ = _run(["explain", files["image"], files["a"], small], capsys)
@@ -296,8 +367,8 @@ def test_zarr_and_lazy_tiff_give_the_in_memory_matches(files, capsys, tmp_path) 
         code, out, err = _run(["match", source, *argv, *extra], capsys)
         assert code == 0, err
         got = json.loads(out)
-        assert [(r["batch"], r["template"], r["angle"]) for r in got] == [
-            (r["batch"], r["template"], r["angle"]) for r in want
+        assert [(r["page"], r["template_index"], r["angle"]) for r in got] == [
+            (r["page"], r["template_index"], r["angle"]) for r in want
         ]
         np.testing.assert_allclose(
             [[r["y"], r["x"], r["score"]] for r in got], [[r["y"], r["x"], r["score"]] for r in want], atol=1e-6

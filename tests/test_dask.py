@@ -139,7 +139,7 @@ def test_distributed_cluster_gives_the_in_memory_scores(cluster_client) -> None:
 
 def _same_matches(got, want) -> None:
     assert len(got) == len(want)
-    for field in ("batch", "template", "y", "x", "score", "angle", "scale"):
+    for field in ("batch", "template", "y", "x", "score", "angle", "scale", "top", "left", "height", "width"):
         np.testing.assert_allclose(getattr(got, field), getattr(want, field), rtol=1e-6, atol=1e-6, err_msg=field)
 
 

@@ -10,6 +10,7 @@ changes it as well as moving it.
 from __future__ import annotations
 
 import itertools
+import sys
 
 import numpy as np
 import pytest
@@ -126,7 +127,10 @@ def test_results_per_image_and_template_best_first_and_numpy_or_torch() -> None:
     as_torch = slidesim.match(torch.from_numpy(images), torch.from_numpy(bank), k=2)
     assert isinstance(as_torch.y, torch.Tensor)
     np.testing.assert_allclose(as_torch.y.numpy(), found.y)
-    assert len(found.rows()) == 8 and set(found.rows()[0]) == {"batch", "template", "y", "x", "score", "angle", "scale"}
+    assert len(found.rows()) == 8 and found.rows() == found.to_records()
+    assert list(found.to_records()[0]) == [
+        "batch", "template", "y", "x", "top", "left", "height", "width", "score", "angle", "scale"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("metric", ["sad", "ssd", "l1_similarity", "ncc", "ssd_normed"])
@@ -456,3 +460,85 @@ def test_integer_matches_of_a_rotated_bank_carry_the_transform_that_won_there() 
     np.testing.assert_array_equal(found.angle, np.where(better[b, t, y, x], 180.0, 0.0))
     np.testing.assert_array_equal(found.score, found.maps[b, t, y, x].astype(np.float64))
     assert (found.scale == 1).all()
+
+
+def test_matches_carry_the_window_as_top_left_corner_and_size() -> None:
+    """Untransformed templates: top, left is the window's first pixel and height × width its size, whatever the
+    mode, stride and dilation; in mode "valid" it is the peak of the similarity map, as OpenCV users read it."""
+    rng = np.random.default_rng(30)
+    image = rng.random((70, 90)).astype(np.float32)
+    template = image[21:34, 40:49].copy()  # 13 × 9 at (21, 40)
+    for options in ({}, {"mode": "same"}, {"mode": "full", "stride": 3}, {"subpixel": False}):
+        found = slidesim.match(image, template, **options)
+        assert (round(float(found.top[0]), 2), round(float(found.left[0]), 2)) == (21.0, 40.0), options
+        assert (float(found.height[0]), float(found.width[0])) == (13.0, 9.0)
+        assert float(found.top[0]) == pytest.approx(float(found.y[0]) - 6) and found.top.dtype == np.float64
+    top, left = (round(float(v[0])) for v in (found.top, found.left))
+    np.testing.assert_array_equal(image[top : top + 13, left : left + 9], template)
+    peaks = slidesim.find_peaks(slidesim.similarity(image, template), metric="zncc", subpixel=False)
+    assert (int(peaks.y[0]), int(peaks.x[0])) == (top, left)
+    taps = image[10:35:2, 30:47:2].copy()  # dilation 2: 13 × 9 taps over 25 × 17 pixels from (10, 30)
+    found = slidesim.match(image, taps, dilation=2, subpixel=False)
+    assert [float(v[0]) for v in (found.top, found.left, found.height, found.width)] == [10.0, 30.0, 25.0, 17.0]
+
+
+@pytest.mark.parametrize(
+    ("angle", "scale", "height", "width"),
+    [
+        (90, 1.0, 9.0, 13.0),
+        (180, 1.0, 13.0, 9.0),
+        (45, 1.0, 22 / 2**0.5, 22 / 2**0.5),
+        (30, 1.0, 13 * 3**0.5 / 2 + 9 / 2, 13 / 2 + 9 * 3**0.5 / 2),
+        (0, 1.5, 19.5, 13.5),
+    ],
+)
+def test_turned_and_scaled_boxes_are_the_bounding_box_of_the_turned_rectangle(angle, scale, height, width) -> None:
+    rng = np.random.default_rng(31)
+    image = rng.random((60, 70)).astype(np.float32)
+    template = image[10:23, 20:29].copy()  # 13 × 9
+    found = slidesim.match(image, template, rotations=[angle], scales=[scale], k=2, subpixel=False)
+    np.testing.assert_allclose(found.height, height, rtol=1e-12)
+    np.testing.assert_allclose(found.width, width, rtol=1e-12)
+    np.testing.assert_allclose(found.top, found.y - (height - 1) / 2, rtol=1e-12)
+    np.testing.assert_allclose(found.left, found.x - (width - 1) / 2, rtol=1e-12)
+    as_torch = slidesim.match(torch.from_numpy(image), torch.from_numpy(template), rotations=[angle], scales=[scale])
+    assert isinstance(as_torch.height, torch.Tensor) and as_torch.height.dtype == torch.float64
+
+
+def test_repr_is_short_and_never_shows_the_maps() -> None:
+    rng = np.random.default_rng(32)
+    images = rng.random((2, 1, 200, 240)).astype(np.float32)
+    bank = np.stack([images[0, :, 5:16, 7:20], images[1, :, 30:41, 40:53]])
+    found = slidesim.match(images, bank, k=20, subpixel=False)
+    text = repr(found)
+    lines = text.splitlines()
+    assert lines[0] == "Matches: 80 matches of 2 templates in 2 images; maps [2, 2, 190, 228] float32 (not shown)"
+    assert len(lines) <= 10 and len(text) < 1500 and str(found) == text
+    assert "centre" in lines[1] and "top-left" in lines[1]
+    # the best of each (image, template) first: the two exact copies score 1
+    assert [line.split()[:2] for line in lines[3:7]] == [["0", "0"], ["0", "1"], ["1", "0"], ["1", "1"]]
+    assert lines[3].split()[8] == "1.0000" and "75 more" in lines[-1]
+    empty = slidesim.match(torch.from_numpy(images), torch.from_numpy(bank), threshold=2.0)
+    shown = "Matches: 0 matches of 2 templates in 2 images; maps [2, 2, 190, 228] torch.float32 (not shown)"
+    assert repr(empty) == shown
+
+
+def test_to_records_and_to_pandas() -> None:
+    rng = np.random.default_rng(33)
+    image = rng.random((50, 60)).astype(np.float32)
+    found = slidesim.match(image, image[12:25, 30:39].copy(), k=3, rotations=[0, 90])
+    records = found.to_records()
+    assert len(records) == 3 and all(type(r["batch"]) is int and type(r["top"]) is float for r in records)
+    assert records[0]["y"] == float(found.y[0]) and records[2]["width"] == float(found.width[2])
+    pandas = pytest.importorskip("pandas")
+    frame = found.to_pandas()
+    assert isinstance(frame, pandas.DataFrame) and list(frame.columns) == list(records[0]) and len(frame) == 3
+
+
+def test_to_pandas_without_pandas_says_how_to_install_it(monkeypatch) -> None:
+    rng = np.random.default_rng(34)
+    image = rng.random((40, 50)).astype(np.float32)
+    found = slidesim.match(image, image[5:15, 5:15].copy())
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas raises ImportError
+    with pytest.raises(SlidesimValueError, match=r"`Matches.to_pandas` needs pandas.*`pip install pandas`"):
+        found.to_pandas()

@@ -26,14 +26,37 @@ from . import __version__
 from .errors import SlidesimError, SlidesimValueError
 
 METRIC_CHOICES = "sad, mad, l1_similarity, ssd, ssd_normed, ccorr, ncc, ccoeff, zncc (or OpenCV's TM_* names)"
-FIELDS = ("batch", "template", "y", "x", "score", "angle", "scale")
+# the columns of every output format (table, --json, --csv), in this order
+COLUMNS = (
+    "image",
+    "page",
+    "template",
+    "template_index",
+    "y",
+    "x",
+    "top",
+    "left",
+    "height",
+    "width",
+    "score",
+    "angle",
+    "scale",
+)
+POSITIONS = (
+    "pixels of the image (row, column from its top-left pixel): y, x = centre of the match; top, left = top-left "
+    "corner of its box; height, width = the box's size (a turned template's bounding box)"
+)
 FILES = (
     "Files are compared on one scale: integer samples are divided by their dtype's largest value (255 for 8-bit "
     "files, 65535 for 16-bit ones), floating-point TIFF and zarr samples are kept as stored, so a 16-bit image and "
     "an 8-bit template compare in the same units (sad, ssd and ccorr scores are in these units). A template's alpha "
     "channel is its mask (--ignore-alpha turns that off); an image's alpha is dropped."
 )
-MATCH_DESCRIPTION = f"Find templates in an image. {FILES}"
+OUTPUT = (
+    f"Output: a row per match with the columns {', '.join(COLUMNS)} (image and template are file names, page the "
+    f"page of a multi-page TIFF, template_index the template's position on the command line); {POSITIONS}."
+)
+MATCH_DESCRIPTION = f"Find templates in an image. {FILES} {OUTPUT}"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -99,30 +122,55 @@ def _progress(quiet: bool) -> Callable[[int, int], None] | None:
     return update
 
 
-def _table(rows: list[dict], labels: Sequence[str], pages: int) -> str:
-    lines = [f"{'image':>5} {'template':<20} {'y':>9} {'x':>9} {'score':>10} {'angle':>7} {'scale':>6}"]
+def output_rows(rows: list[dict], labels: Sequence[str], image: str) -> list[dict]:
+    """The rows of every output format: matches as :meth:`slidesim.Matches.to_records` gives them (``template`` the
+    position on the command line) -> dicts with the keys of ``COLUMNS``, file names in full."""
+    return [
+        {
+            "image": image,
+            "page": row["batch"],
+            "template": labels[row["template"]],
+            "template_index": row["template"],
+            **{name: row[name] for name in COLUMNS[4:]},
+        }
+        for row in rows
+    ]
+
+
+def _table(rows: list[dict]) -> str:
+    """Rows of ``output_rows`` as aligned text, under a line that says what the positions are."""
+    image_width = max([len("image"), *(len(row["image"]) for row in rows)])
+    template_width = max([len("template"), *(len(row["template"]) for row in rows)])
+    lines = [
+        POSITIONS,
+        f"{'image':<{image_width}} {'page':>4} {'template':<{template_width}} {'template_index':>14} {'y':>9} "
+        f"{'x':>9} {'top':>9} {'left':>9} {'height':>7} {'width':>7} {'score':>10} {'angle':>7} {'scale':>6}",
+    ]
     for row in rows:
         lines.append(
-            f"{row['batch']:>5} {labels[row['template']][:20]:<20} {row['y']:>9.2f} {row['x']:>9.2f} "
-            f"{row['score']:>10.4f} {row['angle']:>7.1f} {row['scale']:>6.2f}"
+            f"{row['image']:<{image_width}} {row['page']:>4} {row['template']:<{template_width}} "
+            f"{row['template_index']:>14} {row['y']:>9.2f} {row['x']:>9.2f} {row['top']:>9.2f} {row['left']:>9.2f} "
+            f"{row['height']:>7.2f} {row['width']:>7.2f} {row['score']:>10.4f} {row['angle']:>7.1f} "
+            f"{row['scale']:>6g}"
         )
     if not rows:
         lines.append("(no match passed the threshold)")
-    if pages > 1:
-        lines.append(f"{pages} images (pages); image = page index")
     return "\n".join(lines)
 
 
-def _emit(rows: list[dict], labels: Sequence[str], pages: int, fmt: str) -> str:
+def _emit(rows: list[dict], labels: Sequence[str], image: str, fmt: str) -> str:
+    """Matches (records, ``template`` the position on the command line) as a table, JSON or CSV, all with the
+    columns of ``COLUMNS``."""
+    table = output_rows(rows, labels, image)
     if fmt == "json":
-        return json.dumps([{name: row[name] for name in FIELDS} for row in rows], indent=2)
+        return json.dumps(table, indent=2)
     if fmt == "csv":
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows({name: row[name] for name in FIELDS} for row in rows)
+        writer.writerows(table)
         return buffer.getvalue().rstrip("\n")
-    return _table(rows, labels, pages)
+    return _table(table)
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -239,9 +287,9 @@ def _run_match(args: argparse.Namespace) -> int:
                 found = match(image, bank, mask=mask, progress=_progress(args.quiet), **options)
                 for position, index in enumerate(indices):
                     maps[index] = found.maps[0, position]
-            rows.extend({**row, "template": indices[row["template"]]} for row in found.rows())
+            rows.extend({**row, "template": indices[row["template"]]} for row in found.to_records())
     rows.sort(key=lambda row: (row["batch"], row["template"]))  # stable: best first within each
-    print(_emit(rows, labels, image.shape[0], "json" if args.json else "csv" if args.csv else "table"))
+    print(_emit(rows, labels, Path(args.image).name, "json" if args.json else "csv" if args.csv else "table"))
     from .draw import draw_heatmap, draw_overlay
 
     if args.heatmap:
@@ -362,8 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     found.add_argument("--rotations", help="angles in degrees, START:STOP:STEP (STOP excluded) or a,b,c")
     found.add_argument("--scales", help="scale factors, START:STOP:STEP (STOP included) or a,b,c")
     output = found.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    output.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    output.add_argument("--json", action="store_true", help="print JSON (the table's columns) instead of a table")
+    output.add_argument("--csv", action="store_true", help="print CSV (the table's columns) instead of a table")
     found.add_argument("--heatmap", help="write the best score map of each template to this PNG")
     found.add_argument("--overlay", help="write the image with the matches drawn as boxes to this PNG")
     found.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -40,7 +40,7 @@ from ._refine import crop_window, refine_on_data, shifts_per_batch
 from ._types import ArrayLike
 from ._validate import Canonical, canonicalize, channels_first, options_of, window_origin, with_defaults
 from .errors import SlidesimValueError
-from .matching import Matches, bank_members, best_first, prepare
+from .matching import Matches, bank_members, best_first, prepare, with_boxes
 from .peaks import local_maxima, ranking_key, suppress_points
 
 __all__ = ["match", "similarity"]
@@ -293,7 +293,8 @@ def match(
             circular, method, memory_limit, channels_last).
 
     Returns:
-        :class:`slidesim.Matches` with numpy fields; ``maps`` is the lazy dask array of best scores [B, T, H', W'].
+        :class:`slidesim.Matches` with numpy fields (centres and boxes in image pixels, as in memory); ``maps`` is
+        the lazy dask array of best scores [B, T, H', W'].
 
     Raises:
         SlidesimTypeError, SlidesimValueError: As the in-memory call would, before anything is computed.
@@ -406,9 +407,10 @@ def match(
             cy, cx, score = _refine(images, values, member, call, (b, t * R + r), (cy, cx), (H, W))
         output.append((b, t, cy, cx, score, float(transform_angles[r]), float(transform_scales[r])))
     columns = list(zip(*best_first(output, higher), strict=True)) if output else [()] * 7
-    fields = [np.asarray(c, dtype=np.int64) for c in columns[:2]] + [
-        np.asarray(c, dtype=np.float64) for c in columns[2:]
+    fields = [torch.tensor(c, dtype=torch.int64) for c in columns[:2]] + [
+        torch.tensor(c, dtype=torch.float64) for c in columns[2:]
     ]
+    fields = [f.numpy() for f in with_boxes(fields, (h, w), canon.dilation)]
     maps = best[:, :, 0]
     return Matches(*fields, maps=maps[0, 0] if shapes.two_d else maps)
 

@@ -39,9 +39,18 @@ _BANK_SHARE = 4  # a chunk of drawn transforms may use memory_limit / _BANK_SHAR
 _MOMENT_TEMPORARIES = 6  # float64 maps alive per template while masked window moments are computed
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Matches:
     """Matches, ordered by image, then template, then best first.
+
+    Every position is in pixels of the image, (row, column) from its top-left pixel at (0, 0). ``y``, ``x`` are
+    the match's centre; ``top``, ``left``, ``height``, ``width`` its box, the bounding box of the template as
+    matched (turned and scaled), whose pixels run from ``top`` to ``top + height − 1``: for an untransformed
+    template (stride and mode as you like) ``image[top:top + height, left:left + width]`` is the window that was
+    scored, as OpenCV's ``minMaxLoc`` gives its top-left corner. A rotated match's turned outline is the h × w
+    template scaled by ``scale`` and turned by ``angle`` about (y, x) (:func:`slidesim.draw.box_corners`).
+    :func:`slidesim.find_peaks` gives score-map positions instead: peak (i, j) of a ``similarity`` map is the
+    window whose top-left corner is (i · stride − pad_top, j · stride − pad_left), pad 0 in mode "valid".
 
     Attributes:
         batch: Image index [N] (int64).
@@ -52,6 +61,11 @@ class Matches:
         score: Score of the match [N] (at the refined position with sub-pixel refinement).
         angle: Rotation of the best transform in degrees, counter-clockwise as displayed [N] (float64).
         scale: Scale factor of the best transform [N] (float64).
+        top: Row of the box's top-left pixel [N] (float64): y − (height − 1) / 2.
+        left: Column of the box's top-left pixel [N] (float64): x − (width − 1) / 2.
+        height: Rows of the box [N] (float64): h for an untransformed template, the turned and scaled
+            rectangle's bounding box otherwise (see :func:`box_sizes`).
+        width: Columns of the box [N] (float64).
         maps: The best score over the bank at every position [B, T, H', W'] (what the peaks were found in), or
             None when not kept.
 
@@ -65,22 +79,136 @@ class Matches:
     score: ArrayLike
     angle: ArrayLike
     scale: ArrayLike
+    top: ArrayLike
+    left: ArrayLike
+    height: ArrayLike
+    width: ArrayLike
     maps: ArrayLike | None = None
 
     def __len__(self) -> int:
         return len(self.batch)
 
-    def rows(self) -> list[dict[str, float | int]]:
-        """One dict per match, with plain Python numbers (for JSON, CSV, tables)."""
-        columns = {name: _as_list(getattr(self, name)) for name in _FIELDS}
+    def to_records(self) -> list[dict[str, float | int]]:
+        """One dict per match, keys as the fields (without ``maps``), plain Python numbers (for JSON, CSV,
+        tables)."""
+        columns = {name: _as_list(getattr(self, name)) for name in RECORD_FIELDS}
         return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
+    def rows(self) -> list[dict[str, float | int]]:
+        """The same as :meth:`to_records` (its earlier name)."""
+        return self.to_records()
 
-_FIELDS = ("batch", "template", "y", "x", "score", "angle", "scale")
+    def to_pandas(self) -> Any:
+        """A pandas DataFrame with a row per match and a column per field of :meth:`to_records`.
+
+        Raises:
+            SlidesimValueError: pandas is not installed.
+        """
+        try:
+            import pandas
+        except ImportError:
+            raise SlidesimValueError(
+                "`Matches.to_pandas` needs pandas, which is not installed; run `pip install pandas`, or use "
+                "`to_records()` (a list of dicts) without it."
+            ) from None
+        return pandas.DataFrame.from_records(self.to_records(), columns=list(RECORD_FIELDS))
+
+    def __repr__(self) -> str:
+        return _summary(self)
+
+
+RECORD_FIELDS = ("batch", "template", "y", "x", "top", "left", "height", "width", "score", "angle", "scale")
+_SHOWN_ROWS = 5  # rows a repr shows
 
 
 def _as_list(values: ArrayLike) -> list:
     return values.tolist() if isinstance(values, np.ndarray) else values.detach().cpu().tolist()
+
+
+def _summary(found: Matches) -> str:
+    """A few lines: how many matches of how many templates in how many images, the maps' shape, and the best
+    match of each (image, template), up to a few rows (never the maps' values)."""
+    records = found.to_records()
+    images, templates = _searched(found, records)
+    head = (
+        f"Matches: {_counted(len(records), 'match', 'matches')} of {_counted(templates, 'template', 'templates')} "
+        f"in {_counted(images, 'image', 'images')}"
+    )
+    if found.maps is not None:
+        head += f"; maps {list(found.maps.shape)} {found.maps.dtype} (not shown)"
+    if not records:
+        return head
+    shown = records if len(records) <= _SHOWN_ROWS else _best_of_each(records)[:_SHOWN_ROWS]
+    lines = [head, "  in image pixels: y, x = centre; top, left = top-left corner of the box; height, width = box"]
+    lines.append(
+        f"  {'batch':>5} {'template':>8} {'y':>9} {'x':>9} {'top':>9} {'left':>9} {'height':>7} {'width':>7} "
+        f"{'score':>10} {'angle':>7} {'scale':>6}"
+    )
+    for r in shown:
+        lines.append(
+            f"  {r['batch']:>5} {r['template']:>8} {r['y']:>9.2f} {r['x']:>9.2f} {r['top']:>9.2f} "
+            f"{r['left']:>9.2f} {r['height']:>7.2f} {r['width']:>7.2f} {r['score']:>10.4f} {r['angle']:>7.1f} "
+            f"{r['scale']:>6.3g}"
+        )
+    if len(shown) < len(records):
+        lines.append(f"  ... {len(records) - len(shown)} more (shown: the best of each image and template first)")
+    return "\n".join(lines)
+
+
+def _searched(found: Matches, records: list[dict]) -> tuple[int, int]:
+    """(images, templates) searched: the maps' [B, T] (a 2-D map is one of each), else those with a match."""
+    if found.maps is not None:
+        return tuple(found.maps.shape[:2]) if found.maps.ndim == 4 else (1, 1)
+    return len({r["batch"] for r in records}), len({r["template"] for r in records})
+
+
+def _counted(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+def _best_of_each(records: list[dict]) -> list[dict]:
+    """The records, the best match of each (image, template) first (records are best first within each)."""
+    seen: set[tuple[int, int]] = set()
+    first, rest = [], []
+    for record in records:
+        key = (record["batch"], record["template"])
+        (rest if key in seen else first).append(record)
+        seen.add(key)
+    return first + rest
+
+
+def box_sizes(
+    angle: torch.Tensor, scale: torch.Tensor, template_size: tuple[int, int], dilation: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(height, width) [N] float64 in image pixels of the axis-aligned bounding box of each match's template.
+
+    An h × w template scaled by s and turned by a spans e_h = s · (|cos a| · h + |sin a| · w) template pixels
+    down and e_w = s · (|sin a| · h + |cos a| · w) across; with dilation d its taps sit d pixels apart, so the box
+    is d · (e − 1) + 1 pixels: exactly h × w for an untransformed template, d · (h − 1) + 1 rows for a dilated one.
+
+    Args:
+        angle: Degrees [N] (float64).
+        scale: Factors [N] (float64).
+        template_size: (h, w) of the untransformed template.
+        dilation: (rows, columns) between taps.
+    """
+    h, w = template_size
+    radians = torch.deg2rad(angle.to(torch.float64))
+    # cos 90° is 6e-17, not 0: without this a turned box would be a hair larger than the template's side
+    cos, sin = (torch.where(v.abs() < 1e-12, 0.0, v.abs()) for v in (torch.cos(radians), torch.sin(radians)))
+    scale = scale.to(torch.float64)
+    extent_h, extent_w = scale * (cos * h + sin * w), scale * (sin * h + cos * w)
+    return dilation[0] * (extent_h - 1) + 1, dilation[1] * (extent_w - 1) + 1
+
+
+def with_boxes(
+    columns: Sequence[torch.Tensor], template_size: tuple[int, int], dilation: tuple[int, int]
+) -> list[torch.Tensor]:
+    """The columns of :class:`Matches` on the CPU, (batch, template, y, x, score, angle, scale), followed by the
+    boxes they give: top, left, height, width [N] float64 (see :func:`box_sizes`)."""
+    y, x, angle, scale = columns[2], columns[3], columns[5], columns[6]
+    height, width = box_sizes(angle, scale, template_size, dilation)
+    return [*columns, y - (height - 1) / 2, x - (width - 1) / 2, height, width]
 
 
 @dataclass(frozen=True)
@@ -289,7 +417,8 @@ def match(
             template.
 
     Returns:
-        :class:`Matches`.
+        :class:`Matches`: centres (y, x) and boxes (top, left, height, width) in image pixels, whatever the
+        mode, stride and padding (:func:`slidesim.find_peaks` gives score-map positions).
 
     Raises:
         SlidesimTypeError: As for similarity; k, min_distance not ints; rotations or scales not sequences of
@@ -333,7 +462,7 @@ def match(
     best, which, canon = best_of_stream(canon, stream, progress)
     higher = canon.spec.higher_is_better
     found = locate_peaks(best, search.k, search.distance(h, w), search.threshold, search.border, higher)
-    columns = _columns(canon, call, found, best, which, stream, subpixel, progress)
+    columns = with_boxes(_columns(canon, call, found, best, which, stream, subpixel, progress), (h, w), canon.dilation)
     if numpy_out:
         return Matches(*(c.numpy() for c in columns), maps=best.cpu().numpy())
     return Matches(*(c.to(canon.images.device) for c in columns), maps=best)

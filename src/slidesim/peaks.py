@@ -37,8 +37,11 @@ class Peaks:
     Attributes:
         batch: Image index of each peak [N] (int64).
         template: Template index [N] (int64).
-        y: Row in score-map pixels [N] (float; fractional with sub-pixel offsets).
-        x: Column in score-map pixels [N].
+        y: Row in score-map pixels [N] (float; fractional with sub-pixel offsets). Row y of a
+            :func:`slidesim.similarity` map scores the window whose top-left pixel is image row
+            y · stride − pad_top: the window's top row itself in mode "valid" with stride 1, as OpenCV's
+            ``matchTemplate`` maps read. (:func:`slidesim.match` gives image-pixel centres and boxes instead.)
+        x: Column in score-map pixels [N]: the window's left column x · stride − pad_left.
         score: Score at the peak [N] (the fitted surface's value with sub-pixel offsets).
 
     All fields are numpy arrays for numpy scores, tensors on the scores' device otherwise.
@@ -146,7 +149,8 @@ def find_peaks(
 
     Returns:
         :class:`Peaks` ordered by image, then template, then best first (equal scores: the earlier position in
-        row-major order).
+        row-major order), in score-map pixels: the top-left corner of the window in mode "valid" with stride 1
+        (see :class:`Peaks`), where :func:`slidesim.match` gives the centre, dilation · (h − 1) / 2 further down.
 
     Raises:
         SlidesimTypeError: Neither ``metric`` nor ``higher_is_better`` given (or no ``metric`` with ``images``);
