@@ -176,3 +176,13 @@ def test_demo_heatmap_is_aligned_with_its_scene(tmp_path) -> None:
         assert _marker_centre(pixels, top + y, x) == pytest.approx((top + y, x), abs=2)
         centre = pixels[top + round(y) - 1 : top + round(y) + 2, round(x) - 1 : round(x) + 2]
         assert np.abs(centre - VIRIDIS_TOP).max(axis=-1).min() < 40  # the best score under the marker
+
+
+def test_heatmap_options_are_checked() -> None:
+    maps, sizes, labels = [np.zeros((4, 4))], [(5, 5)], ["a"]
+    with pytest.raises(TypeError, match="`padding` is not an option of a heatmap"):
+        draw.render_heatmap(np.zeros((1, 8, 8)), maps, [], sizes, labels, "zncc", padding="reflect")
+    with pytest.raises(ValueError, match="`mode`"):
+        draw.render_heatmap(np.zeros((1, 8, 8)), maps, [], sizes, labels, "zncc", mode="middle")
+    with pytest.raises(ValueError, match="one entry per template"):
+        draw.render_heatmap(np.zeros((1, 8, 8)), maps, [], sizes, [], "zncc")

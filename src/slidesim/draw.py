@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import check_option, check_pair
 from ._geometry import pad_amounts
 from .banks import canvas_size
-from .errors import SlidesimValueError
+from .errors import SlidesimTypeError, SlidesimValueError
 from .metrics import resolve_metric
 
 __all__ = [
@@ -147,9 +148,10 @@ def align_map(
     """
     H, W = image_size
     h, w = template_size
+    mode = check_option("mode", mode, ("valid", "same", "full"))
+    (sy, sx), (dy, dx) = check_pair("stride", stride), check_pair("dilation", dilation)
     if rotations is not None or scales is not None:
         h, w = canvas_size(h, w, list(rotations or [0.0]), list(scales or [1.0]))
-    (sy, sx), (dy, dx) = _pair(stride), _pair(dilation)
     rows = _nearest_windows(H, _origin(H, h, mode, dy), sy, score_map.shape[0])
     columns = _nearest_windows(W, _origin(W, w, mode, dx), sx, score_map.shape[1])
     aligned = np.full((H, W), np.nan)
@@ -157,10 +159,6 @@ def align_map(
     values = np.asarray(score_map, dtype=np.float64)[np.ix_(rows[inside_rows], columns[inside_columns])]
     aligned[np.ix_(inside_rows, inside_columns)] = values
     return aligned
-
-
-def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, (int, np.integer)) else (int(value[0]), int(value[1]))
 
 
 def _nearest_windows(size: int, origin: float, stride: int, count: int) -> np.ndarray:
@@ -509,6 +507,17 @@ def _heatmap_blocks(
     geometry: Mapping[str, Any],
 ) -> list[np.ndarray]:
     """Per template, its heatmap's picture (:func:`_heatmap_block`)."""
+    unknown = sorted(set(geometry) - {"mode", "stride", "dilation", "rotations", "scales"})
+    if unknown:
+        raise SlidesimTypeError(
+            f"`{unknown[0]}` is not an option of a heatmap; got {unknown[0]}={geometry[unknown[0]]!r}. Pass only the "
+            "options the maps were scored with that move its windows: mode, stride, dilation, rotations, scales."
+        )
+    if not len(maps) == len(template_sizes) == len(labels):
+        raise SlidesimValueError(
+            f"`maps`, `template_sizes` and `labels` must hold one entry per template; got {len(maps)}, "
+            f"{len(template_sizes)} and {len(labels)}. Pass Matches.maps[b] with every template's size and name."
+        )
     image = _check_image(image)
     H, W = image.shape[-2:]
     higher = resolve_metric(metric).higher_is_better
