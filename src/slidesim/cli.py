@@ -258,11 +258,7 @@ def _scheduler(args: argparse.Namespace):
 def _run_match(args: argparse.Namespace) -> int:
     image, banks, labels, sizes = _load(args)
     lazy = not isinstance(image, np.ndarray)
-    if lazy and (args.heatmap or args.overlay):
-        raise SlidesimValueError(
-            "--heatmap and --overlay draw in-memory images; this image is opened lazily (zarr, a large TIFF, "
-            "--chunk, --workers or --scheduler)"
-        )
+    _check_pictures(args, lazy)
     rotations = parse_range(args.rotations, "rotations", inclusive=False) if args.rotations else None
     scales = parse_range(args.scales, "scales", inclusive=True) if args.scales else None
     options = {
@@ -290,13 +286,50 @@ def _run_match(args: argparse.Namespace) -> int:
             rows.extend({**row, "template": indices[row["template"]]} for row in found.to_records())
     rows.sort(key=lambda row: (row["batch"], row["template"]))  # stable: best first within each
     print(_emit(rows, labels, Path(args.image).name, "json" if args.json else "csv" if args.csv else "table"))
-    from .draw import draw_heatmap, draw_overlay
-
-    if args.heatmap:
-        draw_heatmap(args.heatmap, maps, labels, args.metric)
-    if args.overlay:
-        draw_overlay(args.overlay, image[0], [r for r in rows if r["batch"] == 0], sizes, labels)
+    if not lazy:  # a lazy image has no pictures (refused above)
+        first = [row for row in rows if row["batch"] == 0]
+        _draw_pictures(args, image[0], maps, first, sizes, labels, {"rotations": rotations, "scales": scales})
     return 0
+
+
+PICTURES = ("overlay", "heatmap", "figure")
+"""The picture options of ``slidesim match``."""
+
+
+def _check_pictures(args: argparse.Namespace, lazy: bool) -> None:
+    """Refuse picture options that cannot be honoured before the (possibly long) search runs."""
+    from .draw import picture_format
+
+    asked = [name for name in PICTURES if getattr(args, name)]
+    if lazy and asked:
+        raise SlidesimValueError(
+            "--overlay, --heatmap and --figure draw in-memory images; this image is opened lazily (zarr, a large "
+            "TIFF, --chunk, --workers or --scheduler)"
+        )
+    for name in asked:
+        picture_format(getattr(args, name), f"--{name}")
+
+
+def _draw_pictures(
+    args: argparse.Namespace,
+    image: np.ndarray,
+    maps: list,
+    rows: list[dict],
+    sizes: list,
+    labels: Sequence[str],
+    transforms: dict,
+) -> None:
+    """Write the pictures asked for, of the first image (page) and its matches, on the image's pixel grid."""
+    from .draw import draw_figure, draw_heatmap, draw_overlay
+
+    geometry = {"mode": getattr(args, "mode", None) or "valid", "stride": args.stride, **transforms}
+    if args.overlay:
+        draw_overlay(args.overlay, image, rows, sizes, labels, max_size=args.max_size)
+    scored = (image, maps, rows, sizes, labels, args.metric)
+    if args.heatmap:
+        draw_heatmap(args.heatmap, *scored, max_size=args.max_size, **geometry)
+    if args.figure:
+        draw_figure(args.figure, *scored, max_size=args.max_size, **geometry)
 
 
 def _run_explain(args: argparse.Namespace) -> int:
@@ -363,11 +396,15 @@ def _run_demo(args: argparse.Namespace) -> int:
         seen = "({:.1f}, {:.1f}, {:.0f})".format(row["y"], row["x"], row["angle"])
         print(f"{labels[row['template']]:<20} {true:>22} {seen:>24} {row['score']:>7.3f}")
     print(f"\nmatch: {elapsed:.2f} s for {bank.shape[0]} templates x 36 rotations")
-    from .draw import draw_heatmap, draw_overlay
+    from .draw import draw_figure, draw_heatmap, draw_overlay
 
-    draw_overlay(out / "overlay.png", scene[0], rows, [tuple(bank.shape[-2:])] * len(bank), labels)
-    draw_heatmap(out / "heatmap.png", list(found.maps[0]), labels, "zncc")
-    print(f"pictures: {out / 'overlay.png'}, {out / 'heatmap.png'}")
+    sizes = [tuple(bank.shape[-2:])] * len(bank)
+    scored = (scene[0], list(found.maps[0]), rows, sizes, labels, "zncc")
+    rotations = {"rotations": list(range(0, 360, 10))}  # the maps' windows: the canvas of the turned bank
+    draw_overlay(out / "overlay.png", scene[0], rows, sizes, labels)
+    draw_heatmap(out / "heatmap.png", *scored, **rotations)
+    draw_figure(out / "figure.png", *scored, **rotations)
+    print(f"pictures: {out / 'overlay.png'}, {out / 'heatmap.png'}, {out / 'figure.png'}")
     return 0
 
 
@@ -397,6 +434,17 @@ def _add_problem_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="auto", help="engine: auto, numba, triton, conv, fft, direct, reference")
 
 
+def _picture_side(text: str) -> int:
+    """--max-size: a whole number of pixels, 16 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 16:
+        raise argparse.ArgumentTypeError(f"must be a whole number of pixels, 16 or more; got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="slidesim", description="Slide templates over images and score every position.")
     parser.add_argument("--version", action="version", version=f"slidesim {__version__}")
@@ -412,8 +460,21 @@ def build_parser() -> argparse.ArgumentParser:
     output = found.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON (the table's columns) instead of a table")
     output.add_argument("--csv", action="store_true", help="print CSV (the table's columns) instead of a table")
-    found.add_argument("--heatmap", help="write the best score map of each template to this PNG")
-    found.add_argument("--overlay", help="write the image with the matches drawn as boxes to this PNG")
+    pictures = found.add_argument_group(
+        "pictures (of the first image; PNG, JPEG or TIFF by the file's extension; at the image's own size)"
+    )
+    pictures.add_argument(
+        "--overlay", help="write the image with the matches drawn as (turned) boxes, labelled with name and score"
+    )
+    pictures.add_argument(
+        "--heatmap",
+        help="write each template's best score per template centre, on the image's pixel grid, matches ringed in "
+        "magenta; best scores are bright for every metric",
+    )
+    pictures.add_argument("--figure", help="write the overlay and the heatmaps side by side")
+    pictures.add_argument(
+        "--max-size", type=_picture_side, metavar="N", help="shrink pictures so that their longer side is N pixels"
+    )
     found.add_argument("--quiet", action="store_true", help="no progress bar")
     lazy = found.add_argument_group("large images (through dask; pip install 'slidesim[dask]')")
     lazy.add_argument("--chunk", type=int, help="read the image lazily in chunks of this many pixels a side")
