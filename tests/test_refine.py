@@ -118,3 +118,25 @@ def test_results_do_not_depend_on_the_batch_of_shifts(metric) -> None:
         for batch in (1, 7, 12, 25, 1000)
     }
     assert len(set(results.values())) == 1, results
+
+
+@pytest.mark.parametrize("metric", ["sad", "ssd", "zncc", "ncc", "mad"])
+def test_exact_copies_with_sharp_edges_keep_their_exact_score(metric) -> None:
+    """A screenshot-like uint8 scene (flat panels, one-pixel strokes) holding exact copies of a button: refined,
+    each copy stays at its whole-pixel position with its exact score (sad, mad and ssd 0, zncc and ncc 1). The
+    quadratic's vertex once fell 0.005 px beside the copy, where sad is 43, and a window resampled at a whole
+    position scored 1e-10 instead of 0."""
+    rng = np.random.default_rng(11)
+    scene = np.full((120, 200), 236, dtype=np.uint8)
+    button = np.full((18, 40), 200, dtype=np.uint8)
+    button[[0, -1], :] = 90  # a dark frame
+    button[:, [0, -1]] = 90
+    button[6:12, 8:32] = np.where(rng.random((6, 24)) < 0.4, 20, 200)  # a word of one-pixel strokes
+    corners = [(10, 12), (60, 30), (40, 150)]
+    for y, x in corners:
+        scene[y : y + 18, x : x + 40] = button
+    found = slidesim.match(scene, button, metric=metric, k=3)
+    assert sorted(zip(found.y.tolist(), found.x.tolist(), strict=True)) == sorted(
+        (y + 8.5, x + 19.5) for y, x in corners
+    )
+    assert found.score.tolist() == [1.0 if metric in ("zncc", "ncc") else 0.0] * 3

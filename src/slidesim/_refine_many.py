@@ -32,6 +32,7 @@ from ._refine import (
     MAX_MOVES,
     NEWTON_STEP,
     band_size,
+    coefficient_bands,
     prefilter,
     quadratic_design,
     quadratic_vertex,
@@ -40,6 +41,8 @@ from ._refine import (
     refinement_bytes,
     spline_weights,
     tie_roundoff,
+    windows_at,
+    with_pixels_at_whole_positions,
 )
 from ._validate import DEFAULT_MEMORY_LIMIT
 from .metrics import resolve_metric
@@ -152,10 +155,13 @@ def _refine_chunk(
         fy, fx = _newton(surfaces, y, x)
         everyone = torch.arange(len(kept))
         score = surfaces.at(everyone, fy, fx, f64)
-        lost = ~torch.isfinite(score)  # a vertex whose taps all read holes: the best shift scored
-        if bool(lost.any()):
-            fy[lost], fx[lost] = y[lost], x[lost]
-            score[lost] = surfaces.at(everyone[lost], fy[lost], fx[lost], f64)
+        moved = (fy != y) | (fx != x)
+        scored = surfaces.at(everyone[moved], y[moved], x[moved], f64)
+        # the vertex only where it scores at least as well as the grids' best shift (see refine_on_data)
+        worse = torch.zeros_like(moved)
+        worse[moved] = ~(score[moved] >= scored)
+        fy[worse], fx[worse] = y[worse], x[worse]
+        score[worse] = scored[worse[moved]]
         sign = 1.0 if higher else -1.0
         for n, i in enumerate(kept):
             cy, cx = peaks[i].centre
@@ -238,49 +244,26 @@ class _Surfaces:
         positions_y = self.taps_y[index][:, None, :] + ys[:, :, None]  # [p, 5, h]
         positions_x = self.taps_x[index][:, None, :] + xs[:, :, None]  # [p, 5, w]
         by, bx = band_size(self.span[0], step), band_size(self.span[1], step)
-        band, y0, x0 = self._bands(self.coefficients(dtype)[index], positions_y, positions_x, by, bx)
+        band, y0, x0 = coefficient_bands(self.coefficients(dtype)[index], positions_y, positions_x, (by, bx))
         weights_y = spline_weights_in(positions_y - y0[:, None, None], by, dtype)  # [p, 5, h, by]
         weights_x = spline_weights_in(positions_x - x0[:, None, None], bx, dtype)  # [p, 5, w, bx]
         rows = torch.matmul(weights_y, band.reshape(p, 1, by, C * bx))  # [p, 5, h, C·bx]: one [h, by] product a row
-        rows = rows.reshape(p, _SIDE, h * C, bx)
-        columns = weights_x.permute(0, 3, 1, 2).reshape(p, 1, bx, _SIDE * w)  # the five columns' weights side by side
-        windows = torch.matmul(rows, columns)  # [p, 5, h·C, 5·w]
-        windows = windows.reshape(p, _SIDE, h, C, _SIDE, w).permute(0, 1, 4, 3, 2, 5)
-        windows = windows.reshape(p, _SIDE * _SIDE, C, h, w)
+        rows = rows.reshape(p, _SIDE, 1, h * C, bx).expand(p, _SIDE, _SIDE, h * C, bx)
+        columns = weights_x.transpose(-1, -2)[:, None].expand(p, _SIDE, _SIDE, bx, w)
+        windows = torch.matmul(rows, columns)  # [p, 5, 5, h·C, w]: the one-peak search's products, shift by shift
+        windows = windows.reshape(p, _SIDE * _SIDE, h, C, w).transpose(2, 3)
         return (self.sign * self._scores(index, windows)).reshape(p, _SIDE, _SIDE)
 
     def at(self, index: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Scores [q] (float64, higher better, NaN kept) of single shifts (dy[i], dx[i]) of peaks ``index`` [q]."""
-        q = len(index)
-        if q == 0:
+        if len(index) == 0:
             return torch.zeros(0, dtype=f64)
         dtype = max(dtype, self.dtype, key=lambda d: torch.finfo(d).bits)
-        C, h, w = self.templates.shape[1:]
         positions_y = self.taps_y[index] + dy[:, None]  # [q, h]
         positions_x = self.taps_x[index] + dx[:, None]  # [q, w]
-        by, bx = band_size(self.span[0], 0.0), band_size(self.span[1], 0.0)
-        band, y0, x0 = self._bands(self.coefficients(dtype)[index], positions_y, positions_x, by, bx)
-        weights_y = spline_weights_in(positions_y - y0[:, None], by, dtype)  # [q, h, by]
-        weights_x = spline_weights_in(positions_x - x0[:, None], bx, dtype)  # [q, w, bx]
-        rows = torch.matmul(weights_y, band.reshape(q, by, C * bx))  # [q, h, C·bx]
-        windows = torch.matmul(rows.reshape(q, h * C, bx), weights_x.transpose(1, 2))  # [q, h·C, w]
-        windows = windows.reshape(q, 1, h, C, w).transpose(2, 3)
-        return (self.sign * self._scores(index, windows)).reshape(q).to(f64)
-
-    @staticmethod
-    def _bands(
-        coefficients: torch.Tensor, positions_y: torch.Tensor, positions_x: torch.Tensor, by: int, bx: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(the band [p, by, C, bx] of each peak's coefficients [p, C, Hc, Wc] that splines at positions [p, ...,
-        h] and [p, ..., w] read, its first row [p] and first column [p])."""
-        p = len(coefficients)
-        y0 = torch.floor(positions_y.reshape(p, -1).amin(dim=1)).long() - 1
-        x0 = torch.floor(positions_x.reshape(p, -1).amin(dim=1)).long() - 1
-        rows = y0[:, None] + torch.arange(by)  # [p, by]
-        cols = x0[:, None] + torch.arange(bx)  # [p, bx]
-        which = torch.arange(p)[:, None, None]
-        band = coefficients[which, :, rows[:, :, None], cols[:, None, :]]  # [p, by, bx, C]
-        return band.transpose(2, 3).contiguous(), y0.to(f64), x0.to(f64)
+        windows = windows_at(self.coefficients(dtype)[index], positions_y, positions_x, self.span)
+        windows = with_pixels_at_whole_positions(windows, self.crops[index], positions_y, positions_x)
+        return (self.sign * self._scores(index, windows[:, None])).reshape(-1).to(f64)
 
     def _side(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """The templates' side of the quick formulas in ``dtype``, per peak: weights M [P, 1 or C, h, w] (ones
