@@ -3,7 +3,8 @@ slidesim``).
 
 The front end reads files, calls the public API and prints or draws what it returns; it holds no numerical code.
 Bad input (a missing or unreadable file, a template larger than the image, an unknown metric, a malformed range)
-prints one line on stderr and exits with code 2.
+prints one line on stderr, in the options' names, and exits with code 2. Rotations and scales that cannot fit the
+image are skipped with a warning on stderr; only a search where none fits is an error.
 """
 
 from __future__ import annotations
@@ -262,8 +263,13 @@ def _values(values: Sequence[float]) -> str:
 def _search(args: argparse.Namespace, image_shape, template_size: tuple[int, int], names: list[str]) -> dict:
     """The rotations, scales and k of match for templates of one size: transforms that cannot fit are left out
     with a warning (an error when none fits), and --all asks for every peak above the threshold."""
-    rotations = parse_range(args.rotations, "rotations", inclusive=False) if args.rotations else None
-    scales = parse_range(args.scales, "scales", inclusive=True) if args.scales else None
+    from ._checks import check_factors
+
+    # the API's checks first (finite angles, positive scales), so that only values that could fit are skipped
+    rotations = check_factors(
+        "rotations", parse_range(args.rotations, "rotations", False) if args.rotations else None, False
+    )
+    scales = check_factors("scales", parse_range(args.scales, "scales", True) if args.scales else None, True)
     image_size = tuple(int(n) for n in image_shape[-2:])
     if rotations is not None or scales is not None:
         asked_angles, asked_scales = rotations or [0.0], scales or [1.0]
