@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+import slidesim
 from slidesim import cli
 
 from .conftest import cut_out
@@ -395,3 +396,130 @@ def test_local_cluster_workers_and_a_running_scheduler(files, capsys, tmp_path) 
     np.testing.assert_allclose(
         [[r["y"], r["x"], r["score"]] for r in got], [[r["y"], r["x"], r["score"]] for r in want], atol=1e-6
     )
+
+
+# ------------------------------------------------------------------------------------ options, errors and help
+def _cli(*argv, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m slidesim ...`` in a subprocess, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "slidesim", *map(str, argv)], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_mode_same_takes_a_template_larger_than_the_image(files) -> None:
+    done = _cli("match", files["a"], files["image"], "--json", "--quiet")
+    assert done.returncode == 2 and "--mode same or --mode full" in done.stderr and "mode='" not in done.stderr
+    done = _cli("match", files["a"], files["image"], "--json", "--mode", "same", "--no-subpixel")
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)) == 1
+    done = _cli("explain", files["image"], files["a"], "--mode", "full")
+    assert done.returncode == 0 and "(full," in done.stdout
+
+
+def test_no_subpixel_gives_whole_pixel_positions(files, tmp_path) -> None:
+    shifted = tmp_path / "shifted.png"  # the template resampled half a pixel to the right: a sub-pixel optimum
+    part = files["array"][20:41, 30:48].astype(np.float64)
+    Image.fromarray(np.round((part[:, :-1] + part[:, 1:]) / 2).astype(np.uint8)).save(shifted)
+    refined = json.loads(_cli("match", files["image"], shifted, "--json").stdout)[0]
+    whole = _cli("match", files["image"], shifted, "--json", "--no-subpixel")
+    assert whole.returncode == 0, whole.stderr
+    row = json.loads(whole.stdout)[0]
+    assert row["y"] == int(row["y"]) and row["x"] == int(row["x"])
+    assert refined["x"] != int(refined["x"])
+
+
+def test_all_gives_every_match_above_the_threshold(files) -> None:
+    done = _cli("match", files["image"], files["a"], "--all", "--threshold", "0.75", "--json", "--no-subpixel")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert all(r["score"] >= 0.75 for r in rows)
+    peaks = slidesim.find_peaks(
+        slidesim.similarity(files["array"].astype(np.float32), files["array"][20:41, 30:47].astype(np.float32)),
+        k=10**6, threshold=0.75, metric="zncc", min_distance=8, subpixel=False,
+    )  # fmt: skip
+    assert len(rows) == len(peaks.score) > 5
+    done = _cli("match", files["image"], files["a"], "--all")
+    assert done.returncode == 2 and "--all needs --threshold" in done.stderr
+    done = _cli("match", files["image"], files["a"], "--all", "--threshold", "0.9", "--top", "2")
+    assert done.returncode == 2 and "--all and --top" in done.stderr
+
+
+def test_scales_and_rotations_that_cannot_fit_are_skipped_with_a_warning(files) -> None:
+    done = _cli("match", files["image"], files["a"], "--scales", "0.01,1,100", "--json")
+    assert done.returncode == 0, done.stderr
+    assert "warning: skipped --scales 0.01, 100" in done.stderr
+    row = json.loads(done.stdout)[0]
+    assert (round(row["y"], 2), round(row["x"], 2), row["scale"]) == (30.0, 38.0, 1.0)
+    # the 120 × 160 image holds the 21 × 17 template upright and on its side, not at 45° and scale 5
+    done = _cli("match", files["image"], files["turned"], "--rotations", "0:360:45", "--scales", "1,5", "--json")
+    assert done.returncode == 0, done.stderr
+    assert "warning: skipped --rotations 45, 135, 225, 315" in done.stderr
+    assert json.loads(done.stdout)[0]["angle"] == 270.0
+    done = _cli("match", files["image"], files["a"], "--scales", "0.01,100")
+    assert done.returncode == 2 and "no rotation and scale asked for fits template a.png" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "text"),
+    [
+        (["--top", "0"], "--top must be at least 1, got 0"),
+        (["--min-distance", "0"], "--min-distance must be at least 1, got 0"),
+        (["--stride", "0"], "--stride must be at least 1, got 0"),
+        (["--metric", "nope"], "--metric must be one of"),
+        (["--memory-limit", "1K", "--rotations", "0:360:30"], "raise --memory-limit to at least"),
+        (["--bogus"], "(see slidesim match --help)"),
+    ],
+)
+def test_errors_name_the_command_lines_options(files, argv, text) -> None:
+    done = _cli("match", files["image"], files["a"], *argv)
+    assert done.returncode == 2
+    assert text in done.stderr and "`" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_missing_files_and_directories_are_named_for_what_they_are(files, tmp_path) -> None:
+    done = _cli("match", files["image"], tmp_path / "nope.png")
+    assert "template file" in done.stderr and "does not exist" in done.stderr and "image file" not in done.stderr
+    done = _cli("match", tmp_path, files["a"])
+    assert done.returncode == 2 and "is a directory" in done.stderr and "does not exist" not in done.stderr
+    done = _cli("match", files["image"], tmp_path)
+    assert done.returncode == 2 and f"template {str(tmp_path)!r} is a directory" in done.stderr
+    done = _cli("match")
+    assert "see slidesim match --help" in done.stderr and "slidesim slidesim" not in done.stderr
+    assert "see slidesim --help" in _cli("nope").stderr
+
+
+def test_a_colour_template_on_a_grey_image_is_refused_unless_grey(files, tmp_path) -> None:
+    colour = tmp_path / "colour.png"
+    Image.fromarray(np.repeat(files["array"][20:41, 30:47, None], 3, axis=2)).save(colour)
+    done = _cli("match", files["image"], colour, "--json")
+    assert done.returncode == 2 and "colour (3 channels)" in done.stderr and "--grey" in done.stderr
+    done = _cli("match", files["image"], colour, "--json", "--grey")
+    assert done.returncode == 0, done.stderr
+    assert (round(json.loads(done.stdout)[0]["y"], 2), round(json.loads(done.stdout)[0]["x"], 2)) == (30.0, 38.0)
+
+
+def test_help_has_examples_units_and_directions() -> None:
+    text = " ".join(_cli("match", "--help").stdout.split())
+    for needed in (
+        "examples:",
+        "slidesim match screen.png icon.png --all --threshold 0.9",
+        "y and x are the centre of the matched template, in image pixels",
+        "sad, mad, ssd and ssd_normed are distances, minimized",
+    ):
+        assert needed in text
+    assert "examples:" in _cli("explain", "--help").stdout
+
+
+def test_explain_takes_every_option_of_match(files) -> None:
+    options = ["--top", "3", "--threshold", "0.5", "--min-distance", "4", "--rotations", "0:360:90"]
+    options += ["--scales", "0.9,1.1", "--mode", "same", "--no-subpixel", "--json", "--quiet"]
+    done = _cli("explain", files["image"], files["a"], *options)
+    assert done.returncode == 0, done.stderr
+    assert "against 8 templates" in done.stdout and "(same," in done.stdout  # 4 angles × 2 scales
+    done = _cli("explain", files["image"], files["a"], "--all", "--threshold", "0.5")
+    assert done.returncode == 0 and "against 1 template 21x17" in done.stdout
+    assert "1 templates" not in done.stdout
+    match_options = {a.dest for a in cli.build_parser()._subparsers._group_actions[0].choices["match"]._actions}
+    explain_options = {a.dest for a in cli.build_parser()._subparsers._group_actions[0].choices["explain"]._actions}
+    assert match_options == explain_options

@@ -186,3 +186,29 @@ def test_heatmap_options_are_checked() -> None:
         draw.render_heatmap(np.zeros((1, 8, 8)), maps, [], sizes, labels, "zncc", mode="middle")
     with pytest.raises(ValueError, match="one entry per template"):
         draw.render_heatmap(np.zeros((1, 8, 8)), maps, [], sizes, [], "zncc")
+
+
+def test_heatmaps_take_rotations_and_scales_per_template() -> None:
+    """Where some rotations did not fit one template, each template's map is aligned with its own transforms:
+    the picture of two templates with a list per template is the pictures of each, one below the other."""
+    rng = np.random.default_rng(4)
+    image = rng.random((1, 60, 80))
+    big, small = image[:, 10:30, 12:30].copy(), image[:, 30:38, 40:46].copy()
+    turned = slidesim.match(image[None], big[None], rotations=[0, 30], k=1)
+    plain = slidesim.match(image[None], small[None], k=1)
+    rows = [{**turned.to_records()[0], "template": 0}, {**plain.to_records()[0], "template": 1}]
+    both = draw.render_heatmap(
+        image,
+        [turned.maps[0, 0], plain.maps[0, 0]],
+        rows,
+        [(20, 18), (8, 6)],
+        ["big", "small"],
+        "zncc",
+        rotations=[[0, 30], None],
+    )
+    first = draw.render_heatmap(image, [turned.maps[0, 0]], rows[:1], [(20, 18)], ["big"], "zncc", rotations=[0, 30])
+    second = draw.render_heatmap(image, [plain.maps[0, 0]], [{**rows[1], "template": 0}], [(8, 6)], ["small"], "zncc")
+    assert np.array_equal(both[: first.shape[0]], first)
+    assert np.array_equal(both[-second.shape[0] :], second)
+    with pytest.raises(SlidesimValueError, match="`rotations` given per template"):
+        draw.render_heatmap(image, [plain.maps[0, 0]], rows[1:], [(8, 6)], ["small"], "zncc", rotations=[[0], [30]])

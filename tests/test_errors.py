@@ -86,7 +86,8 @@ def test_eight_and_sixteen_bit_samples_together_are_refused(call) -> None:
     ("option", "value", "kind", "match"),
     [
         ("metric", "nope", ValueError, r"`metric` must be one of sad, mad.*got 'nope'"),
-        ("metric", 3, TypeError, r"`metric` must be a string"),
+        ("metric", 3.0, TypeError, r"`metric` must be a string such as .zncc. or an OpenCV method constant"),
+        ("metric", 7, ValueError, r"`metric` as an integer must be one of OpenCV.s method constants"),
         ("mode", "middle", ValueError, r"`mode` must be one of 'valid', 'same', 'full'; got 'middle'"),
         ("padding", "zeros", ValueError, r"`padding` must be one of 'constant', 'reflect'"),
         ("channels", "rgb", ValueError, r"`channels` must be one of 'joint', 'separate', 'mean'"),
@@ -229,6 +230,49 @@ LAYOUT_MISTAKES = {
         ["mask.transpose(1, 2, 0)"],
     ),
     "grey image, HW1 template": (_RGB[..., 0].copy(), _HWC[..., :1], {"channels_last": True}, ["images[..., None]"]),
+    # laid out right, but with other channel counts: the fix converts one side to the other's count
+    "colour image, grey bank": (
+        _CHW[None],
+        _BANK_FIRST.mean(axis=1, keepdims=True),
+        {},
+        ["images.mean(axis=-3, keepdims=True)"],
+    ),
+    "grey image, colour bank": (
+        _CHW[None].mean(axis=1, keepdims=True),
+        _BANK_FIRST,
+        {},
+        ["templates.mean(axis=-3, keepdims=True)"],
+    ),
+    "grey tensor, colour bank": (
+        torch.from_numpy(_CHW[None].mean(axis=1, keepdims=True)),
+        torch.from_numpy(_BANK_FIRST),
+        {},
+        ["templates.mean(dim=-3, keepdim=True)"],
+    ),
+    "RGBA image, RGB bank": (
+        np.concatenate([_CHW, np.ones_like(_CHW[:1])])[None],
+        _BANK_FIRST,
+        {},
+        ["images[..., :3, :, :]"],
+    ),
+    "RGB image, RGBA bank": (
+        _CHW[None],
+        np.concatenate([_BANK_FIRST, np.ones_like(_BANK_FIRST[:, :1])], axis=1),
+        {},
+        ["templates[..., :3, :, :]"],
+    ),
+    "HWC colour image, HW1 template": (
+        _RGB,
+        _HWC.mean(axis=-1, keepdims=True),
+        {"channels_last": True},
+        ["images.mean(axis=-1, keepdims=True)"],
+    ),
+    "HWC RGBA image, HWC template": (
+        np.concatenate([_RGB, np.ones_like(_RGB[..., :1])], axis=-1),
+        _HWC,
+        {"channels_last": True},
+        ["images[..., :3]"],
+    ),
 }
 
 

@@ -52,7 +52,7 @@ SHARED_BAD = [  # arguments every scoring entry point takes: (argument, bad valu
     ("templates", np.ones((40, 40), np.float32), ValueError),
     ("templates", np.ones((3, 3), np.bool_), TypeError),
     ("metric", "sharpness", ValueError),
-    ("metric", 3, TypeError),
+    ("metric", 3.5, TypeError),
     ("metric", None, TypeError),
     ("stride", 0, ValueError),
     ("stride", -2, ValueError),
@@ -179,18 +179,18 @@ def test_malformed_call(name, call: Call) -> None:
 
 
 CLI_TABLE = [  # (extra arguments, a word the error must hold)
-    (["--top", "0"], "k"),
+    (["--top", "0"], "--top must be at least 1, got 0"),
     (["--top", "many"], "--top"),
-    (["--stride", "0"], "stride"),
+    (["--stride", "0"], "--stride must be at least 1, got 0"),
     (["--stride", "x"], "--stride"),
-    (["--metric", "sharpness"], "metric"),
-    (["--method", "gpu-magic"], "method"),
+    (["--metric", "sharpness"], "--metric"),
+    (["--method", "gpu-magic"], "--method"),
     (["--threshold", "high"], "--threshold"),
-    (["--min-distance", "-1"], "min_distance"),
+    (["--min-distance", "-1"], "--min-distance must be at least 1, got -1"),
     (["--rotations", "a,b"], "--rotations"),
-    (["--scales", "0"], "scales"),
+    (["--scales", "0"], "--scales"),
     (["--scales", "x:y"], "--scales"),
-    (["--mask", "no-such-mask.png"], "mask"),
+    (["--mask", "no-such-mask.png"], "mask file"),
 ]
 
 

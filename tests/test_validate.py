@@ -11,6 +11,7 @@ import torch
 import slidesim
 from slidesim._compiled import _options, _to_operator
 from slidesim._validate import DEFAULT_OPTIONS, canonicalize, options_of, with_bank, with_defaults
+from slidesim.metrics import resolve_metric
 
 CALLS = [
     {},
@@ -43,6 +44,7 @@ def test_the_compiled_operator_encodes_every_option_and_back(call: dict) -> None
     options = with_defaults(call)
     decoded = _options(*_to_operator(options))
     expected = {k: v for k, v in options.items() if k != "mask"}
+    expected["metric"] = resolve_metric(expected["metric"]).name  # names, aliases and OpenCV's constants alike
     expected["stride"] = tuple(np.broadcast_to(expected["stride"], 2).tolist())
     expected["dilation"] = tuple(np.broadcast_to(expected["dilation"], 2).tolist())
     assert decoded == expected

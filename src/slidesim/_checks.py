@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -114,7 +115,9 @@ def to_tensor(name: str, value: object, device: torch.device | None) -> tuple[to
             array = array.astype(np.float32)  # exact; torch's uint16 has few kernels
         elif array.dtype.kind == "u" and array.dtype != np.uint8:
             raise SlidesimTypeError(f"`{name}` must have dtype {DTYPE_LIST}; got numpy dtype {array.dtype}.")
-        tensor = torch.from_numpy(array)
+        with warnings.catch_warnings():  # read-only arrays (Pillow's np.asarray(image)) are only read here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            tensor = torch.from_numpy(array)
         return (tensor.to(device) if device is not None else tensor), True
     raise SlidesimTypeError(
         f"`{name}` must be a torch.Tensor or a numpy.ndarray; got {type(value).__name__}. "

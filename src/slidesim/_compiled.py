@@ -19,6 +19,7 @@ import torch
 from ._checks import check_bool
 from ._eager import run_eager
 from ._validate import DEFAULT_OPTIONS, canonicalize, scores_shape
+from .metrics import resolve_metric
 
 # The operators take the options of similarity, all but the mask, after their tensors: each with its type in the
 # operators' schema, in the order of DEFAULT_OPTIONS.
@@ -46,7 +47,7 @@ def _to_operator(options: dict) -> list:
     circular = options["circular"] or {}
     encoded = {
         **{name: options[name] for name in _OPERATOR_OPTIONS},
-        "metric": str(options["metric"]),
+        "metric": resolve_metric(options["metric"]).name,  # OpenCV's integer constants too
         "stride": _pair(options["stride"]),
         "dilation": _pair(options["dilation"]),
         "mode": str(options["mode"]),

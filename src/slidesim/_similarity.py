@@ -18,7 +18,7 @@ def similarity(
     images: ArrayLike,
     templates: ArrayLike,
     *,
-    metric: Metric | str = "zncc",
+    metric: Metric | str | int = "zncc",
     stride: IntPair = 1,
     dilation: IntPair = 1,
     mode: Mode = "valid",
@@ -41,7 +41,8 @@ def similarity(
         templates: [T, C, h, w] (one bank for all images), [B, T, C, h, w] (a bank per image: image b is scored
             against its own templates only), or [h, w] with a 2-D image.
         metric: "sad", "mad", "l1_similarity", "ssd", "ssd_normed", "ccorr", "ncc", "ccoeff" or "zncc" (see
-            :mod:`slidesim.metrics` for formulas); OpenCV's names ("TM_CCOEFF_NORMED", "sqdiff", ...) are aliases.
+            :mod:`slidesim.metrics` for formulas); OpenCV's names ("TM_CCOEFF_NORMED", "sqdiff", ...) are aliases,
+            and so are its method constants (cv2.TM_SQDIFF = 0 ... cv2.TM_CCOEFF_NORMED = 5).
         stride: Step between scored positions, an int or (y, x).
         dilation: Spacing between template taps, an int or (y, x).
         mode: "valid" (windows inside the image), "same" (an output the size of the image, output (y, x) centred

@@ -197,6 +197,34 @@ def _channels_advice(images: tuple[int, ...], templates: tuple[int, ...], numpy_
     return ""
 
 
+def _channel_count_advice(
+    image_channels: int, template_channels: int, channels_last: bool, numpy_in: tuple[bool, bool]
+) -> str:
+    """How to bring images and templates that are laid out right but hold different channel counts (a grey
+    template on colour images, RGBA against RGB) to one count, as code for the arrays given; empty otherwise."""
+    axis = -1 if channels_last else -3
+
+    def grey(name: str, from_numpy: bool) -> str:
+        call = f"mean(axis={axis}, keepdims=True)" if from_numpy else f"mean(dim={axis}, keepdim=True)"
+        return f"{name}.{call}"
+
+    def first_three(name: str) -> str:
+        return f"{name}[..., :3]" if channels_last else f"{name}[..., :3, :, :]"
+
+    if template_channels == 1 and image_channels > 1:
+        return f" To compare in grey, average the images' channels: {grey('images', numpy_in[0])}."
+    if image_channels == 1 and template_channels > 1:
+        return f" To compare in grey, average the templates' channels: {grey('templates', numpy_in[1])}."
+    if (image_channels, template_channels) == (4, 3):
+        return f" To drop the images' fourth (alpha) channel: {first_three('images')}."
+    if (image_channels, template_channels) == (3, 4):
+        return (
+            f" To drop the templates' fourth (alpha) channel: {first_three('templates')} (pass the alpha as `mask` "
+            "to keep it as weights)."
+        )
+    return ""
+
+
 def _channels_first_advice(images: tuple[int, ...], templates: tuple[int, ...]) -> str:
     """With channels_last=True: how to fix images and templates whose channel counts differ because they are laid
     out channels first ([B, C, H, W] and [T, C, h, w]); empty otherwise."""
@@ -228,7 +256,7 @@ def _canonical_images_templates(
             )
         return images[None, None], templates[None, None, None], True
     if channels_last:
-        return _channels_last_images_templates(images, templates)
+        return _channels_last_images_templates(images, templates, numpy_in)
     if images.ndim != 4:
         advice = _three_d_images_advice(image_shape, numpy_in[0]) if images.ndim == 3 else ""
         raise SlidesimValueError(
@@ -252,7 +280,10 @@ def _canonical_images_templates(
         raise SlidesimValueError(
             f"`templates` must have as many channels as `images` ({images.shape[1]}); got shape "
             f"{template_shape} against images of shape {image_shape}."
-            + _channels_advice(image_shape, template_shape, numpy_in)
+            + (
+                _channels_advice(image_shape, template_shape, numpy_in)
+                or _channel_count_advice(images.shape[1], bank.shape[2], False, numpy_in)
+            )
         )
     return images, bank, False
 
@@ -277,7 +308,7 @@ def _template_rank_advice(images: tuple[int, ...], templates: tuple[int, ...], n
 
 
 def _channels_last_images_templates(
-    images: torch.Tensor, templates: torch.Tensor
+    images: torch.Tensor, templates: torch.Tensor, numpy_in: tuple[bool, bool]
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """(images [B, C, H, W], bank [Bk, T, C, h, w], False) as views of images [H, W, C] or [B, H, W, C] and
     templates [h, w, C], [T, h, w, C] or [B, T, h, w, C]."""
@@ -304,7 +335,10 @@ def _channels_last_images_templates(
         raise SlidesimValueError(
             f"`templates` must have as many channels (the last axis, with channels_last=True) as `images` "
             f"({images.shape[-1]}); got shape {template_shape} against images of shape {image_shape}."
-            + _channels_first_advice(image_shape, template_shape)
+            + (
+                _channels_first_advice(image_shape, template_shape)
+                or _channel_count_advice(images.shape[-1], templates.shape[-1], True, numpy_in)
+            )
         )
     return image_4d, bank, False
 

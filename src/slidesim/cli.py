@@ -3,7 +3,8 @@ slidesim``).
 
 The front end reads files, calls the public API and prints or draws what it returns; it holds no numerical code.
 Bad input (a missing or unreadable file, a template larger than the image, an unknown metric, a malformed range)
-prints one line on stderr and exits with code 2.
+prints one line on stderr, in the options' names, and exits with code 2. Rotations and scales that cannot fit the
+image are skipped with a warning on stderr; only a search where none fits is an error.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import contextlib
 import csv
 import io
 import json
+import math
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -57,13 +60,56 @@ OUTPUT = (
     f"page of a multi-page TIFF, template_index the template's position on the command line); {POSITIONS}."
 )
 MATCH_DESCRIPTION = f"Find templates in an image. {FILES} {OUTPUT}"
+READING = """\
+positions:
+  y and x are the centre of the matched template, in image pixels from the centre of the top-left pixel (0, 0):
+  row y, column x, sub-pixel unless --no-subpixel. angle is in degrees, counter-clockwise as displayed; scale is
+  a factor of the template's size.
+
+scores:
+  sad, mad, ssd and ssd_normed are distances, minimized: lower is better and --threshold keeps scores at or
+  below it. l1_similarity, ccorr, ncc, ccoeff and zncc are maximized: higher is better and --threshold keeps
+  scores at or above it. zncc (the default) and ncc lie in [-1, 1]; 1 is a perfect match.
+"""
+MATCH_EPILOG = f"""{READING}
+examples:
+  slidesim match screen.png button.png                        the best match of one template
+  slidesim match screen.png icon.png --all --threshold 0.9    every match scoring at least 0.9
+  slidesim match scene.png part.png --top 3 --rotations 0:360:5 --scales 0.8:1.25:0.05
+                                                              the 3 best, turned and scaled
+  slidesim match scene.png a.png b.png --metric sad --json    two templates, lowest sum of |differences|, JSON
+  slidesim match photo.png logo.png --grey                    a colour template on a grey photo
+  slidesim match scene.png part.png --mode same --overlay found.png
+                                                              templates may overhang the image's edges
+"""
+EXPLAIN_EPILOG = """examples:
+  slidesim explain scene.png part.png --metric sad            which engine a match would use, and why
+  slidesim explain scene.png part.png --rotations 0:360:5     the same for the turned templates that match scores
+"""
+# API argument names -> the command line's options, for errors raised by the API
+_FLAGS = {
+    "k": "--top",
+    "min_distance": "--min-distance",
+    "threshold": "--threshold",
+    "rotations": "--rotations",
+    "scales": "--scales",
+    "metric": "--metric",
+    "method": "--method",
+    "stride": "--stride",
+    "mode": "--mode",
+    "memory_limit": "--memory-limit",
+    "mask": "--mask",
+    "templates": "the template",
+    "images": "the image",
+}
+_SIZE_SUFFIXES = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit code 2), like every other input error of the command."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"slidesim: error: {message} (see slidesim {self.prog.split()[-1]} --help)\n")
+        self.exit(2, f"slidesim: error: {message} (see {self.prog} --help)\n")
 
 
 def parse_range(text: str, name: str, inclusive: bool) -> list[float]:
@@ -174,7 +220,132 @@ def _emit(rows: list[dict], labels: Sequence[str], image: str, fmt: str) -> str:
 
 
 def _options(args: argparse.Namespace) -> dict:
-    return {"metric": args.metric, "stride": args.stride, "method": args.method}
+    """The options of slidesim.similarity that the command line sets (shared by match and explain)."""
+    return {
+        "metric": args.metric,
+        "stride": args.stride,
+        "method": args.method,
+        "mode": args.mode,
+        "memory_limit": args.memory_limit,
+    }
+
+
+def memory_size(text: str) -> int:
+    """Bytes from "536870912", "512M", "2G" or "64K" (binary units) for --memory-limit."""
+    number, suffix = (text[:-1], text[-1].upper()) if text[-1:].upper() in "KMG" and text[-1:].isalpha() else (text, "")
+    try:
+        value = float(number) * _SIZE_SUFFIXES[suffix]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be bytes such as 536870912, 512M or 2G; got {text!r}") from None
+    return int(value)
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Refuse option values the API would refuse, before any file is read, with the options' own names."""
+    at_least_one = ("top", "min_distance", "stride", "chunk", "workers", "memory_limit")
+    for name in at_least_one:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise SlidesimValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if getattr(args, "all", False):
+        if args.threshold is None:
+            raise SlidesimValueError(
+                "--all needs --threshold: it keeps every match at least that good (e.g. --all --threshold 0.9)"
+            )
+        if args.top is not None:
+            raise SlidesimValueError("--all and --top exclude each other: --all keeps every match above --threshold")
+
+
+def in_cli_terms(message: str) -> str:
+    """An error of the API in the command line's terms: argument names become options (`k` -> --top), and
+    mode='same' advice becomes --mode same."""
+    message = re.sub(r"mode='(\w+)' or '(\w+)'", r"--mode \1 or --mode \2", message)
+    message = re.sub(r"mode='(\w+)'", r"--mode \1", message)
+    message = re.sub(r"\bk=(\S+) needs", r"--top \1 needs", message)
+    message = re.sub(r"in mode '(\w+)'", r"in --mode \1", message)
+    message = message.replace("raise memory_limit", "raise --memory-limit")
+    message = message.replace("`templates` spatial", "the template's")
+    return re.sub(r"`(\w+)`", lambda found: _FLAGS.get(found[1], found[0]), message)
+
+
+def _fitting_transforms(
+    template_size: tuple[int, int],
+    image_size: tuple[int, int],
+    mode: str,
+    rotations: list[float],
+    scales: list[float],
+) -> tuple[list[float], list[float]]:
+    """The rotations and scales of a search that the template and image can take, keeping the most (angle,
+    scale) pairs.
+
+    A scale that shrinks the template below 2 pixels never fits. In mode "valid" the turned and scaled template's
+    canvas must also lie within the image, and one canvas holds every angle: the angles whose largest fitting
+    scale is highest are kept first, as many as leave the most pairs.
+    """
+    from .banks import usable_scales
+
+    room = tuple(image_size) if mode == "valid" else None
+    low = usable_scales(template_size, [0.0], None)[0]
+    scales = [s for s in scales if s >= low]
+    highest = {angle: usable_scales(template_size, [angle], room)[1] for angle in rotations}
+    best: tuple[int, float] = (0, -math.inf)  # (pairs searched, the largest scale allowed)
+    for limit in sorted(set(highest.values()), reverse=True):
+        angles = sum(high >= limit for high in highest.values())
+        pairs = angles * sum(s <= limit for s in scales)
+        if pairs > best[0]:
+            best = (pairs, limit)
+    if best[0] == 0:
+        return [], []
+    limit = best[1]
+    return [a for a in rotations if highest[a] >= limit], [s for s in scales if s <= limit]
+
+
+def _warn(message: str) -> None:
+    print(f"slidesim: warning: {message}", file=sys.stderr)
+
+
+def _values(values: Sequence[float]) -> str:
+    return ", ".join(f"{v:g}" for v in values)
+
+
+def _search(args: argparse.Namespace, image_shape, template_size: tuple[int, int], names: list[str]) -> dict:
+    """The rotations, scales and k of match for templates of one size: transforms that cannot fit are left out
+    with a warning (an error when none fits), and --all asks for every peak above the threshold."""
+    from ._checks import check_factors
+
+    # the API's checks first (finite angles, positive scales), so that only values that could fit are skipped
+    rotations = check_factors(
+        "rotations", parse_range(args.rotations, "rotations", False) if args.rotations else None, False
+    )
+    scales = check_factors("scales", parse_range(args.scales, "scales", True) if args.scales else None, True)
+    image_size = tuple(int(n) for n in image_shape[-2:])
+    if rotations is not None or scales is not None:
+        asked_angles, asked_scales = rotations or [0.0], scales or [1.0]
+        angles, factors = _fitting_transforms(template_size, image_size, args.mode, asked_angles, asked_scales)
+        which = f"template{'s' if len(names) > 1 else ''} {', '.join(names)} ({template_size[0]}x{template_size[1]})"
+        where = f"the {image_size[0]}x{image_size[1]} image in --mode {args.mode}"
+        if not angles:
+            inside = " and its turned, scaled canvas within the image; use smaller scales or --mode same"
+            raise SlidesimValueError(
+                f"no rotation and scale asked for fits {which} on {where}: scales must keep it at 2 pixels or more"
+                + (inside if args.mode == "valid" else "")
+            )
+        skipped_angles = [a for a in asked_angles if a not in angles]
+        skipped_scales = [s for s in asked_scales if s not in factors]
+        if skipped_scales and scales is not None:
+            usable = f"{min(factors):g} to {max(factors):g}" if len(factors) > 1 else f"{factors[0]:g}"
+            _warn(f"skipped --scales {_values(skipped_scales)}: of those asked, {usable} fit {which} on {where}")
+        if skipped_angles and rotations is not None:
+            _warn(f"skipped --rotations {_values(skipped_angles)}, which turn {which} beyond {where}")
+        rotations = angles if rotations is not None else None
+        scales = factors if scales is not None else None
+    k = args.top or 1
+    if getattr(args, "all", False):
+        from .banks import canvas_size
+
+        canvas = canvas_size(*template_size, rotations or [0.0], scales or [1.0])
+        k = (image_size[0] + canvas[0]) * (image_size[1] + canvas[1])  # at least the positions of any score map
+    return {"rotations": rotations, "scales": scales, "k": k}
 
 
 def _lazy(args: argparse.Namespace) -> bool:
@@ -196,9 +367,11 @@ class _Group(NamedTuple):
 def _load(args: argparse.Namespace) -> tuple[object, list[_Group], list[str], list]:
     """(image [B, C, H, W], groups of same-size templates, labels, sizes); the image is a lazy dask array for zarr
     and large TIFF inputs. Every file is on read_image's scale, so bit depths may differ."""
-    from .imageio import match_channels, open_lazy, read_image, read_mask, read_template
+    from .imageio import open_lazy, read_image, read_mask, read_template
 
     image = open_lazy(args.image, getattr(args, "chunk", None)) if _lazy(args) else read_image(args.image)
+    if args.grey:
+        image = _grey(image)
     mask_file = read_mask(args.mask) if args.mask is not None else None
     templates, alphas, labels = [], [], []
     for name in args.templates:
@@ -208,7 +381,9 @@ def _load(args: argparse.Namespace) -> tuple[object, list[_Group], list[str], li
                 f"`--mask` {args.mask!r} is {mask_file.shape[0]}x{mask_file.shape[1]} pixels; template {name!r} is "
                 f"{template.shape[-2]}x{template.shape[-1]}: a mask file needs templates of its size"
             )
-        templates.append(match_channels(image, template, name)[0])
+        template = _grey(template) if args.grey else template
+        _check_channels(image.shape[1], template.shape[1], args.image, name)
+        templates.append(template[0])
         alphas.append(alpha)
         labels.append(Path(name).name)
     groups: dict[tuple[int, int], list[int]] = {}
@@ -219,6 +394,25 @@ def _load(args: argparse.Namespace) -> tuple[object, list[_Group], list[str], li
         for indices in groups.values()
     ]
     return image, banks, labels, [t.shape[-2:] for t in templates]
+
+
+def _grey(picture):
+    """Images [B, C, H, W] (numpy or dask) as grey [B, 1, H, W]: the mean of their channels, as the API's advice
+    for a grey template on colour images does."""
+    return picture if picture.shape[1] == 1 else picture.mean(axis=1, keepdims=True, dtype=np.float32)
+
+
+def _check_channels(image_channels: int, template_channels: int, image: str, template: str) -> None:
+    """Refuse a grey template on a colour image or the reverse, as the API does, with the option that converts."""
+    if image_channels == template_channels:
+        return
+    kind = {1: "grey", 3: "colour"}
+    raise SlidesimValueError(
+        f"template file {template!r} is {kind.get(template_channels, template_channels)} ({template_channels} "
+        f"channel{'s' if template_channels != 1 else ''}) and image file {image!r} is "
+        f"{kind.get(image_channels, image_channels)} ({image_channels}): pass --grey to compare both in grey "
+        "(the mean of their channels), or save them with the same colours"
+    )
 
 
 def _group_mask(alphas: list[np.ndarray | None], mask_file: np.ndarray | None) -> np.ndarray | None:
@@ -259,28 +453,28 @@ def _run_match(args: argparse.Namespace) -> int:
     image, banks, labels, sizes = _load(args)
     lazy = not isinstance(image, np.ndarray)
     _check_pictures(args, lazy)
-    rotations = parse_range(args.rotations, "rotations", inclusive=False) if args.rotations else None
-    scales = parse_range(args.scales, "scales", inclusive=True) if args.scales else None
     options = {
         **_options(args),
-        "k": args.top,
         "threshold": args.threshold,
         "min_distance": args.min_distance,
-        "rotations": rotations,
-        "scales": scales,
+        "subpixel": not args.no_subpixel,
     }
     rows, maps = [], [None] * len(labels)
+    transforms: list[dict] = [{}] * len(labels)  # the rotations and scales that each template's map was scored with
     with _scheduler(args) if lazy else contextlib.nullcontext():
         for indices, bank, mask in banks:  # templates of one size share a call (and the image side of it)
+            search = _search(args, image.shape, bank.shape[-2:], [labels[i] for i in indices])
+            for index in indices:
+                transforms[index] = {"rotations": search["rotations"], "scales": search["scales"]}
             if lazy:
                 from .dask import match as lazy_match
 
                 progress = not args.quiet and sys.stderr.isatty()
-                found = lazy_match(image, bank, mask=mask, progress=progress, **options)
+                found = lazy_match(image, bank, mask=mask, progress=progress, **options, **search)
             else:
                 from .matching import match
 
-                found = match(image, bank, mask=mask, progress=_progress(args.quiet), **options)
+                found = match(image, bank, mask=mask, progress=_progress(args.quiet), **options, **search)
                 for position, index in enumerate(indices):
                     maps[index] = found.maps[0, position]
             rows.extend({**row, "template": indices[row["template"]]} for row in found.to_records())
@@ -288,7 +482,7 @@ def _run_match(args: argparse.Namespace) -> int:
     print(_emit(rows, labels, Path(args.image).name, "json" if args.json else "csv" if args.csv else "table"))
     if not lazy:  # a lazy image has no pictures (refused above)
         first = [row for row in rows if row["batch"] == 0]
-        _draw_pictures(args, image[0], maps, first, sizes, labels, {"rotations": rotations, "scales": scales})
+        _draw_pictures(args, image[0], maps, first, sizes, labels, transforms)
     return 0
 
 
@@ -317,12 +511,18 @@ def _draw_pictures(
     rows: list[dict],
     sizes: list,
     labels: Sequence[str],
-    transforms: dict,
+    transforms: list[dict],
 ) -> None:
-    """Write the pictures asked for, of the first image (page) and its matches, on the image's pixel grid."""
+    """Write the pictures asked for, of the first image (page) and its matches, on the image's pixel grid;
+    ``transforms`` holds the rotations and scales of each template's map (they differ where some did not fit)."""
     from .draw import draw_figure, draw_heatmap, draw_overlay
 
-    geometry = {"mode": getattr(args, "mode", None) or "valid", "stride": args.stride, **transforms}
+    geometry = {
+        "mode": args.mode,
+        "stride": args.stride,
+        "rotations": [t["rotations"] for t in transforms],
+        "scales": [t["scales"] for t in transforms],
+    }
     if args.overlay:
         draw_overlay(args.overlay, image, rows, sizes, labels, max_size=args.max_size)
     scored = (image, maps, rows, sizes, labels, args.metric)
@@ -337,14 +537,41 @@ def _run_explain(args: argparse.Namespace) -> int:
 
     image, banks, labels, _ = _load(args)
     options = _options(args)
+    full_shape = image.shape
     if not isinstance(image, np.ndarray):  # a lazy image: every chunk is one in-memory call
         image = np.asarray(image.rechunk({1: -1}).blocks[0, 0, 0, 0].compute())
         print(f"the image is read lazily; each chunk is one call, planned as this first chunk {image.shape}:")
     for indices, bank, mask in banks:
         if len(banks) > 1:
             print(f"templates {', '.join(labels[i] for i in indices)}:")
+        search = _search(args, full_shape, bank.shape[-2:], [labels[i] for i in indices])
+        if search["rotations"] is not None or search["scales"] is not None:
+            bank, mask = _drawn_bank(bank, mask, search["rotations"] or [0.0], search["scales"] or [1.0])
         print(explain(image, bank, mask=mask, **options))
     return 0
+
+
+_EXPLAINED_BANK_BYTES = 64 * 2**20  # explain draws at most this much of a turned and scaled bank to plan it
+
+
+def _drawn_bank(bank: np.ndarray, mask, angles: list[float], scales: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The turned and scaled templates that match scores, [N, C, Hc, Wc] with their weights: the whole bank, or
+    (when it is large) its first transforms, as match streams a large bank a chunk at a time."""
+    import torch
+
+    from .banks import TransformStream
+
+    templates = torch.from_numpy(bank)[None]  # [1, T, C, h, w]
+    weights = None
+    if mask is not None:
+        weights = torch.from_numpy(np.asarray(mask, np.float32))
+        weights = weights[None, None, None] if weights.ndim == 2 else weights[None]  # [1, T|1, 1, h, w]
+    stream = TransformStream(templates, weights, angles, scales)
+    members = max(1, min(stream.members, _EXPLAINED_BANK_BYTES // max(1, stream.member_bytes())))
+    if members < stream.members:
+        print(f"planned for the first {members} of the {stream.members} turned and scaled templates (one chunk)")
+    pictures, drawn = stream.draw(0, members)
+    return pictures[0].numpy(), drawn[0].numpy()
 
 
 def demo_scene(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[tuple[float, float, float]]]:
@@ -430,8 +657,27 @@ def _add_problem_arguments(parser: argparse.ArgumentParser) -> None:
         help="match the colour values of templates' transparent pixels too (by default a template's alpha is its "
         "mask: weight alpha / full alpha, so transparent pixels do not count and partly transparent ones in part)",
     )
+    parser.add_argument(
+        "--grey",
+        action="store_true",
+        help="compare in grey: the image and the templates become the mean of their channels (needed for a colour "
+        "template on a grey image, or the reverse)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("valid", "same", "full"),
+        default="valid",
+        help="valid: the template lies inside the image (default); same: a score at every pixel, the template may "
+        "overhang the edges; full: every overlap. same and full pad the image with zeros and accept templates "
+        "larger than the image",
+    )
     parser.add_argument("--stride", type=int, default=1, help="step between scored positions (default 1)")
     parser.add_argument("--method", default="auto", help="engine: auto, numba, triton, conv, fft, direct, reference")
+    parser.add_argument(
+        "--memory-limit",
+        type=memory_size,
+        help="bytes of temporaries a call may use, such as 512M (the default) or 2G",
+    )
 
 
 def _picture_side(text: str) -> int:
@@ -450,13 +696,64 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"slidesim {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    found = commands.add_parser("match", help="find templates in an image", description=MATCH_DESCRIPTION)
+    found = commands.add_parser(
+        "match",
+        help="find templates in an image",
+        description=MATCH_DESCRIPTION,
+        epilog=MATCH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_match_arguments(found)
+    found.set_defaults(run=_run_match)
+
+    plan = commands.add_parser(
+        "explain",
+        help="print the planner's choice for a problem",
+        description=f"Print the planner's choice for the call that match would make: every option of match is "
+        f"accepted (those that only shape match's output, such as --json or --overlay, change nothing here). {FILES}",
+        epilog=EXPLAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_match_arguments(plan)
+    plan.set_defaults(run=_run_explain)
+
+    demo = commands.add_parser("demo", help="find templates in a built-in scene, print them and draw pictures")
+    demo.add_argument("--out", default="slidesim-demo", help="folder for the pictures (default slidesim-demo)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.set_defaults(run=_run_demo)
+    return parser
+
+
+def _add_match_arguments(found: argparse.ArgumentParser) -> None:
+    """The arguments of match (explain takes the same, to plan the call match would make)."""
     _add_problem_arguments(found)
-    found.add_argument("--top", type=int, default=1, help="matches per template (default 1)")
-    found.add_argument("--threshold", type=float, help="keep matches at least this good")
-    found.add_argument("--min-distance", type=int, help="pixels between matches (default: half the template)")
-    found.add_argument("--rotations", help="angles in degrees, START:STOP:STEP (STOP excluded) or a,b,c")
-    found.add_argument("--scales", help="scale factors, START:STOP:STEP (STOP included) or a,b,c")
+    found.add_argument("--top", type=int, help="matches per template, best first (default 1)")
+    found.add_argument(
+        "--threshold",
+        type=float,
+        help="keep matches at least this good: scores >= it, or <= it for the distances sad, mad, ssd, ssd_normed",
+    )
+    found.add_argument(
+        "--all", action="store_true", help="every match that passes --threshold (needs --threshold; not with --top)"
+    )
+    found.add_argument(
+        "--min-distance", type=int, help="pixels between two matches (default: half the template's smaller side)"
+    )
+    found.add_argument(
+        "--rotations",
+        help="angles in degrees, START:STOP:STEP (STOP excluded) or a,b,c; angles that turn the template beyond "
+        "the image (--mode valid) are skipped with a warning",
+    )
+    found.add_argument(
+        "--scales",
+        help="scale factors, START:STOP:STEP (STOP included) or a,b,c; scales that do not fit (below 2 pixels, or "
+        "beyond the image in --mode valid) are skipped with a warning",
+    )
+    found.add_argument(
+        "--no-subpixel",
+        action="store_true",
+        help="report the best whole-pixel positions, without refining them on the image data (faster for many matches)",
+    )
     output = found.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON (the table's columns) instead of a table")
     output.add_argument("--csv", action="store_true", help="print CSV (the table's columns) instead of a table")
@@ -481,29 +778,21 @@ def build_parser() -> argparse.ArgumentParser:
     cluster = lazy.add_mutually_exclusive_group()
     cluster.add_argument("--workers", type=int, help="start a local dask cluster with this many worker processes")
     cluster.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://10.0.0.5:8786")
-    found.set_defaults(run=_run_match)
-
-    plan = commands.add_parser(
-        "explain", help="print the planner's choice for a problem", description=f"Print the planner's choice. {FILES}"
-    )
-    _add_problem_arguments(plan)
-    plan.set_defaults(run=_run_explain)
-
-    demo = commands.add_parser("demo", help="find templates in a built-in scene, print them and draw pictures")
-    demo.add_argument("--out", default="slidesim-demo", help="folder for the pictures (default slidesim-demo)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bar")
-    demo.set_defaults(run=_run_demo)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``slidesim`` command. Returns the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # pointed to the command's own help, which lists its options
+        extra = " ".join(unknown)
+        parser.exit(2, f"slidesim: error: unrecognized arguments: {extra} (see slidesim {args.command} --help)\n")
     try:
+        if args.command in ("match", "explain"):
+            _check_arguments(args)
         return int(args.run(args))
     except (SlidesimError, OSError) as error:
-        print(f"slidesim: error: {error}", file=sys.stderr)
+        print(f"slidesim: error: {in_cli_terms(str(error))}", file=sys.stderr)
         return 2
 
 

@@ -260,7 +260,7 @@ def match(
     images: object,
     templates: ArrayLike,
     *,
-    metric: str = "zncc",
+    metric: str | int = "zncc",
     k: int = 1,
     min_distance: int | None = None,
     threshold: float | None = None,

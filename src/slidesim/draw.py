@@ -486,7 +486,8 @@ def render_heatmap(
         labels: A name per template index.
         metric: The metric that scored the maps.
         max_size: Longest side of each map's picture in pixels; None draws at the image's own size.
-        **geometry: mode, stride, dilation, rotations and scales the maps were scored with (:func:`align_map`).
+        **geometry: mode, stride, dilation, rotations and scales the maps were scored with (:func:`align_map`);
+            rotations and scales may also be a list with one sequence (or None) per template.
 
     Returns:
         RGB pixels uint8: per template a block of the picture's rows, the map's picture (image pixel (y, x) at
@@ -523,10 +524,27 @@ def _heatmap_blocks(
     higher = resolve_metric(metric).higher_is_better
     blocks = []
     for t, score_map in enumerate(maps):
-        aligned = align_map(np.asarray(score_map), (H, W), tuple(template_sizes[t]), **geometry)
+        options = {name: _of_template(name, value, t, len(maps)) for name, value in geometry.items()}
+        aligned = align_map(np.asarray(score_map), (H, W), tuple(template_sizes[t]), **options)
         peaks = [row for row in rows if int(row["template"]) == t]
         blocks.append(_heatmap_block(aligned, peaks, labels[t], metric, higher, max_size))
     return blocks
+
+
+def _of_template(name: str, value: Any, t: int, templates: int) -> Any:
+    """Template t's value of a heatmap option: rotations and scales may be given per template (a list holding a
+    sequence or None for each), as the command line gives them where some transforms did not fit every template."""
+    if name not in ("rotations", "scales") or value is None or len(value) == 0:
+        return value
+    per_template = all(v is None or isinstance(v, (list, tuple, np.ndarray)) for v in value)
+    if not per_template:
+        return value
+    if len(value) != templates:
+        raise SlidesimValueError(
+            f"`{name}` given per template must hold one entry per template; got {len(value)} for {templates} "
+            "templates. Pass one sequence (or None) per template, or one sequence for all."
+        )
+    return value[t]
 
 
 def _heatmap_block(

@@ -86,7 +86,7 @@ def read_template(path: str | Path, *, alpha: bool = True) -> tuple[np.ndarray, 
     Raises:
         SlidesimValueError: The file is missing, unreadable, has several pages, or is fully transparent.
     """
-    pages = _read_pages(path)
+    pages = _read_pages(path, "template")
     if len(pages) != 1:
         raise SlidesimValueError(f"template {str(path)!r} has {len(pages)} pages; expected one")
     page = pages[0]
@@ -104,10 +104,13 @@ def read_template(path: str | Path, *, alpha: bool = True) -> tuple[np.ndarray, 
     return template, weights
 
 
-def _read_pages(path: str | Path) -> list[_Page]:
+def _read_pages(path: str | Path, role: str = "image") -> list[_Page]:
+    """The pictures of a file; ``role`` ("image", "template", "mask") names the file in errors."""
     path = Path(path)
+    if path.is_dir():
+        raise SlidesimValueError(f"{role} {str(path)!r} is a directory; the {role} must be a file (PNG, JPEG or TIFF)")
     if not path.is_file():
-        raise SlidesimValueError(f"image file {str(path)!r} does not exist")
+        raise SlidesimValueError(f"{role} file {str(path)!r} does not exist")
     pages = _read_tiff(path) if path.suffix.lower() in _TIFF else [_read_pillow(path)]
     shapes = {page.colour.shape for page in pages}
     if len(shapes) != 1:
@@ -192,7 +195,7 @@ def _tiff_page(page, path: Path) -> _Page:
 
 def read_mask(path: str | Path) -> np.ndarray:
     """A mask file as float32 [h, w]: 1 where the pixel is not zero (any channel), 0 elsewhere."""
-    image = read_image(path)
+    image = np.stack([_to_unit_range(page.colour, page.full_scale) for page in _read_pages(path, "mask")])
     if image.shape[0] != 1:
         raise SlidesimValueError(f"mask {str(path)!r} has {image.shape[0]} pages; expected one")
     return (image[0] != 0).any(axis=0).astype(np.float32)
@@ -257,7 +260,7 @@ def open_lazy(path: str | Path, chunk: int | None = None):
         raise SlidesimValueError("opening images lazily needs dask: pip install 'slidesim[dask]'") from error
     path = Path(path)
     if not path.exists():
-        raise SlidesimValueError(f"image {str(path)!r} does not exist")
+        raise SlidesimValueError(f"image file {str(path)!r} does not exist")
     if not _is_zarr(path) and path.suffix.lower() not in _TIFF:  # PNG, JPEG: read whole, then cut into chunks
         return da.from_array(read_image(path), chunks=(1, -1, chunk or _CHUNK, chunk or _CHUNK))
     try:

@@ -380,7 +380,7 @@ def match(
     images: ArrayLike,
     templates: ArrayLike,
     *,
-    metric: str = "zncc",
+    metric: str | int = "zncc",
     k: int = 1,
     min_distance: int | None = None,
     threshold: float | None = None,

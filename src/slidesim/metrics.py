@@ -36,6 +36,7 @@ signed shortest way round, ((d + p/2) mod p) − p/2.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -101,6 +102,16 @@ PRODUCT_METRICS: tuple[str, ...] = tuple(m for m, s in METRICS.items() if s.redu
 NORMALIZED_METRICS: tuple[str, ...] = tuple(m for m, s in METRICS.items() if s.normalized)
 """Metrics that divide by window statistics: ssd_normed, ncc, zncc."""
 
+# OpenCV's method constants in the order of their values: cv2.TM_SQDIFF == 0 ... cv2.TM_CCOEFF_NORMED == 5
+_OPENCV_METHODS: tuple[str, ...] = (
+    "TM_SQDIFF",
+    "TM_SQDIFF_NORMED",
+    "TM_CCORR",
+    "TM_CCORR_NORMED",
+    "TM_CCOEFF",
+    "TM_CCOEFF_NORMED",
+)
+
 _ALIASES: dict[str, str] = {
     "sqdiff": "ssd",
     "sqdiff_normed": "ssd_normed",
@@ -110,26 +121,37 @@ _ALIASES: dict[str, str] = {
 
 
 def resolve_metric(metric: object) -> MetricSpec:
-    """Return the spec of a metric given by name or OpenCV alias.
+    """Return the spec of a metric given by name, OpenCV alias or OpenCV method constant.
 
-    Names are case-insensitive and OpenCV's method names are accepted with or without the ``tm_`` prefix.
+    Names are case-insensitive and OpenCV's method names are accepted with or without the ``tm_`` prefix. OpenCV's
+    integer constants (``cv2.TM_SQDIFF`` = 0 ... ``cv2.TM_CCOEFF_NORMED`` = 5) name the metric with OpenCV's
+    numbers, so code written for ``cv2.matchTemplate`` can pass its method as it is.
 
     Args:
-        metric: A metric name such as ``"zncc"``, ``"TM_CCOEFF_NORMED"`` or ``"sqdiff"``.
+        metric: A metric name such as ``"zncc"``, ``"TM_CCOEFF_NORMED"`` or ``"sqdiff"``, or an OpenCV method
+            constant such as ``cv2.TM_CCOEFF_NORMED`` (5).
 
     Returns:
         The metric's :class:`MetricSpec`.
 
     Raises:
-        SlidesimTypeError: If ``metric`` is not a string.
-        SlidesimValueError: If the name is unknown; the message lists the valid names.
+        SlidesimTypeError: If ``metric`` is neither a string nor an integer (bool included).
+        SlidesimValueError: If the name is unknown, or the integer is not one of OpenCV's six method constants;
+            the message lists the valid values.
 
     Examples:
         >>> resolve_metric("TM_CCOEFF_NORMED").name
         'zncc'
+        >>> resolve_metric(5).name  # cv2.TM_CCOEFF_NORMED
+        'zncc'
     """
+    if isinstance(metric, numbers.Integral) and not isinstance(metric, bool):
+        return _from_opencv_constant(int(metric))
     if not isinstance(metric, str):
-        raise SlidesimTypeError(f"`metric` must be a string such as 'zncc'; got {type(metric).__name__}.")
+        raise SlidesimTypeError(
+            f"`metric` must be a string such as 'zncc' or an OpenCV method constant such as cv2.TM_CCOEFF_NORMED; "
+            f"got {type(metric).__name__}."
+        )
     key = metric.strip().lower()
     if key.startswith("tm_"):
         key = key[3:]
@@ -142,6 +164,18 @@ def resolve_metric(metric: object) -> MetricSpec:
         )
         raise SlidesimValueError(f"`metric` must be one of {valid} (case-insensitive, optional 'tm_'); got {metric!r}.")
     return METRICS[key]
+
+
+def _from_opencv_constant(number: int) -> MetricSpec:
+    """The metric of OpenCV's method constant ``number`` (0 to 5), through the ``opencv`` column of METRICS."""
+    if not 0 <= number < len(_OPENCV_METHODS):
+        listed = ", ".join(f"{value} (cv2.{name})" for value, name in enumerate(_OPENCV_METHODS))
+        raise SlidesimValueError(
+            f"`metric` as an integer must be one of OpenCV's method constants {listed}; got {number}. "
+            "Pass a metric name such as 'zncc' otherwise."
+        )
+    name = _OPENCV_METHODS[number]
+    return next(spec for spec in METRICS.values() if spec.opencv == name)
 
 
 def _safe_ratio(num: torch.Tensor, den_sq: torch.Tensor, degenerate: torch.Tensor) -> torch.Tensor:

@@ -121,7 +121,7 @@ def find_peaks(
     exclude_border: int = 0,
     subpixel: bool = True,
     higher_is_better: bool | None = None,
-    metric: str | None = None,
+    metric: str | int | None = None,
     images: ArrayLike | None = None,
     templates: ArrayLike | None = None,
     **options: Any,

@@ -56,9 +56,10 @@ class Plan:
 
     def __repr__(self) -> str:
         p = self.problem
+        templates = f"{p.n_templates} template" + ("s" if p.n_templates != 1 else "")
         lines = [
             f"slidesim plan: {p.metric} of {p.batch}x{p.channels}x{p.height}x{p.width} images against "
-            f"{p.n_templates} templates {p.template_height}x{p.template_width} ({p.mode}, stride {p.stride}, "
+            f"{templates} {p.template_height}x{p.template_width} ({p.mode}, stride {p.stride}, "
             f"dilation {p.dilation}, mask {p.mask_kind}, channels {p.channels_mode}, {p.compute_dtype} on {p.device})",
             f"method={self.method!r} -> {self.engine}" + (" (measured)" if self.measured else " (estimated)"),
             f"  {'engine':<10} {'time':>12} {'temporaries':>12}  note",
