@@ -91,7 +91,7 @@ def outcome(fn):
     except Exception as error:  # the test reads the class and message
         return {"error": type(error).__name__, "slidesim": isinstance(error, slidesim.SlidesimError),
                 "message": str(error)}
-    return {"error": None, "matches": [[float(v) for v in row.values()] for row in found.rows()]}
+    return {"error": None, "matches": [{k: float(v) for k, v in row.items()} for row in found.rows()]}
 """
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import slidesim
-from slidesim import _refine
+from slidesim import _refine, _refine_many
 
 skimage_data = pytest.importorskip("skimage.data")
 ndimage = pytest.importorskip("scipy.ndimage")
@@ -36,34 +36,24 @@ _SHIFTS = [(0.3, -0.4), (-0.45, 0.15), (0.1, 0.35), (-0.2, -0.25)]
 
 
 def _refine_at(image: np.ndarray, template: np.ndarray, centre, metric: str, **options):
-    return _refine.refine_on_data(
-        torch.from_numpy(image)[None],
-        torch.from_numpy(template)[None],
-        None,
-        centre,
-        (1, 1),
-        slidesim.metrics.resolve_metric(metric).higher_is_better,
-        {**_OPTIONS, "metric": metric, **options},
-    )
+    """The refined (y, x, score) of one peak, as match and find_peaks refine it."""
+    peak = _refine_many.Peak(torch.from_numpy(image)[None], torch.from_numpy(template)[None], None, centre)
+    higher = slidesim.metrics.resolve_metric(metric).higher_is_better
+    return _refine_many.refine_peaks([peak], (1, 1), higher, {**_OPTIONS, "metric": metric, **options})[0]
 
 
 class _Counter:
-    """Windows scored by refinement, per dtype: the searches' quick formulas and the reference's."""
+    """Windows scored by refinement, per dtype."""
 
     def __init__(self, monkeypatch) -> None:
         self.windows: dict[torch.dtype, int] = {}
-        for name in ("_quick_score", "_score"):
-            original = getattr(_refine._Surface, name)
-            monkeypatch.setattr(_refine._Surface, name, self._wrap(original, name == "_quick_score"))
+        original = _refine_many._Surfaces._scores
 
-    def _wrap(self, original, quick: bool):
-        def counted(surface, windows):
-            result = original(surface, windows)
-            if result is not None or not quick:
-                self.windows[windows.dtype] = self.windows.get(windows.dtype, 0) + len(windows)
-            return result
+        def counted(surfaces, index, windows):
+            self.windows[windows.dtype] = self.windows.get(windows.dtype, 0) + windows.shape[0] * windows.shape[1]
+            return original(surfaces, index, windows)
 
-        return counted
+        monkeypatch.setattr(_refine_many._Surfaces, "_scores", counted)
 
 
 @pytest.mark.parametrize("metric", ["zncc", "ssd", "sad"])
@@ -107,17 +97,22 @@ def test_float32_refinement_agrees_with_float64(metric) -> None:
 
 @pytest.mark.parametrize("metric", ["zncc", "sad"])
 def test_results_do_not_depend_on_the_batch_of_shifts(metric) -> None:
-    """memory_limit sets how many shifts are scored at once (1, 7, a grid row and more, or all 25): the refined
-    position and score are the same to the last bit."""
+    """memory_limit sets how many shifts are scored at once (a whole grid, or more): the refined position and score
+    are the same to the last bit. Below a grid, the search of one shift at a time through the reference's formulas
+    agrees to round-off."""
     photo, scene = _scene((0.3, -0.4))
     template = photo[200:232, 240:272].astype(np.float32)
     scene = scene.astype(np.float32)
     fixed, per_shift = _refine.refinement_bytes(1, (32, 32), (1, 1))
     results = {
         batch: _refine_at(scene, template, (215.5, 255.5), metric, memory_limit=fixed + batch * per_shift)
-        for batch in (1, 7, 12, 25, 1000)
+        for batch in (25, 30, 60, 1000)
     }
     assert len(set(results.values())) == 1, results
+    for batch in (1, 7, 24):
+        alone = _refine_at(scene, template, (215.5, 255.5), metric, memory_limit=fixed + batch * per_shift)
+        np.testing.assert_allclose(alone[:2], results[25][:2], atol=1e-3, rtol=0)
+        np.testing.assert_allclose(alone[2], results[25][2], rtol=1e-4)
 
 
 @pytest.mark.parametrize("metric", ["sad", "ssd", "zncc", "ncc", "mad"])

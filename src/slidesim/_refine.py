@@ -68,6 +68,8 @@ _NORMALIZED_TIES = frozenset({"zncc", "ncc", "ccorr"})
 def tie_roundoff(metric: str) -> int:
     """Units of float32 round-off within which ``metric``'s scores of one grid are compared again in float64."""
     return TIE_ROUNDOFF_NORMALIZED if metric in _NORMALIZED_TIES else TIE_ROUNDOFF
+
+
 # A Newton grid whose quadratic fit leaves an RMS residual above this share of the grid's spread of scores is
 # scored again in float64: at 1/32 px the surface is quadratic to about 1 %, so more is round-off.
 FIT_NOISE = 0.02
@@ -196,44 +198,70 @@ def crop_of(image: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int], p
     return pad_image(inner, pads, padding, value)
 
 
-def band_size(span: float, step: float) -> int:
-    """Coefficient rows (or columns) that the splines of a grid of shifts ``step`` apart read, for taps spanning
-    ``span`` pixels: the positions reach span + 2·HALF·step, and each spline reads 1 before and 2 after its
-    sample."""
-    return math.floor(span + 2 * HALF * step) + 5
+def spline_taps(first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the first of the four coefficients that a cubic B-spline sample at each position [...] reads (long), their
+    weights [..., 4] float64). Samples one or more pixels apart share the fraction, hence the weights."""
+    base = torch.floor(first)
+    f = first - base
+    f2, f3 = f * f, f * f * f
+    weights = torch.stack([(1 - f) ** 3, 3 * f3 - 6 * f2 + 4, -3 * f3 + 3 * f2 + 3 * f + 1, f3], dim=-1) / 6
+    return base.long() - 1, weights
 
 
-def coefficient_bands(
-    coefficients: torch.Tensor, positions_y: torch.Tensor, positions_x: torch.Tensor, size: tuple[int, int]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(the band [N, by, C, bx] of each item's coefficients [N, C, Hc, Wc] from one before its first sample row
-    and column, of ``size`` (by, bx), for samples at positions [N, ..., h] and [N, ..., w]; its first row [N]
-    and first column [N], float64)."""
-    N = len(coefficients)
-    (by, bx) = size
-    y0 = torch.floor(positions_y.reshape(N, -1).amin(dim=1)).long() - 1
-    x0 = torch.floor(positions_x.reshape(N, -1).amin(dim=1)).long() - 1
-    rows = (y0[:, None] + torch.arange(by))[:, :, None]  # [N, by, 1]
-    cols = (x0[:, None] + torch.arange(bx))[:, None, :]  # [N, 1, bx]
-    band = coefficients[torch.arange(N)[:, None, None], :, rows, cols]  # [N, by, bx, C]
-    return band.transpose(2, 3).contiguous(), y0.to(torch.float64), x0.to(torch.float64)
-
-
-def windows_at(
-    coefficients: torch.Tensor, positions_y: torch.Tensor, positions_x: torch.Tensor, span: tuple[float, float]
+def resample(
+    coefficients: torch.Tensor,
+    first_y: torch.Tensor,
+    first_x: torch.Tensor,
+    size: tuple[int, int],
+    dilation: tuple[int, int],
+    reach: tuple[int, int],
 ) -> torch.Tensor:
-    """Windows [N, C, h, w] resampled from coefficients [N, C, Hc, Wc] (in their dtype) at sample rows [N, h] and
-    columns [N, w] (float64) whose taps span ``span`` pixels: each window from its band of coefficients by a
-    product with its rows' spline weights, then one with its columns'."""
-    N, C = coefficients.shape[:2]
-    h, w = positions_y.shape[1], positions_x.shape[1]
-    by, bx = band_size(span[0], 0.0), band_size(span[1], 0.0)
-    band, y0, x0 = coefficient_bands(coefficients, positions_y, positions_x, (by, bx))
-    weights_y = spline_weights(positions_y - y0[:, None], by).to(coefficients.dtype)  # [N, h, by]
-    weights_x = spline_weights(positions_x - x0[:, None], bx).to(coefficients.dtype)  # [N, w, bx]
-    rows = torch.matmul(weights_y, band.reshape(N, by, C * bx))  # [N, h, C·bx]
-    windows = torch.matmul(rows.reshape(N, h * C, bx), weights_x.transpose(1, 2))  # [N, h·C, w]
-    return windows.reshape(N, h, C, w).transpose(1, 2)
+    """Windows [p, ny, nx, C, h, w] resampled from each item's coefficients [p, C, Hc, Wc] (in their dtype): for
+    every row shift i and column shift j, the h × w samples ``dilation`` apart whose first lies at (first_y[p, i],
+    first_x[p, j]) (float64 [p, ny] and [p, nx]).
+
+    The samples of one shift share their spline weights, so a shift is a 4-tap filter of the coefficients, in
+    rows and then in columns: each is one small product (the band's rows or columns unfolded against the shifts'
+    taps), about 4 multiply-adds per sample and axis where products with dense weight matrices took one per band
+    pixel (85 for an 80-pixel-wide template). ``reach`` (y, x) bounds how many pixels the shifts' first taps may
+    lie beyond the first one's (0 for single shifts); it sets the products' shapes, so that a shift's arithmetic
+    does not depend on which shifts and items are resampled with it.
+    """
+    p, C = coefficients.shape[:2]
+    (h, w), (dy, dx) = size, dilation
+    ny, nx = first_y.shape[1], first_x.shape[1]
+    dtype = coefficients.dtype
+    kernel_y, y0 = _shift_kernels(first_y, reach[0], dtype)  # [p, ny, Ly], [p]
+    kernel_x, x0 = _shift_kernels(first_x, reach[1], dtype)  # [p, nx, Lx], [p]
+    Ly, Lx = kernel_y.shape[-1], kernel_x.shape[-1]
+    by, bx = (h - 1) * dy + Ly, (w - 1) * dx + Lx
+    rows = (y0[:, None] + torch.arange(by))[:, :, None]  # [p, by, 1]
+    cols = (x0[:, None] + torch.arange(bx))[:, None, :]  # [p, 1, bx]
+    band = coefficients[torch.arange(p)[:, None, None], :, rows, cols]  # [p, by, bx, C]
+    # the shifts' taps as the short side of each product: [p, ny, L] @ [p, L, everything else]
+    taps = torch.stack([band[:, t : t + (h - 1) * dy + 1 : dy] for t in range(Ly)], dim=1)  # [p, Ly, h, bx, C]
+    filtered = torch.matmul(kernel_y, taps.reshape(p, Ly, h * bx * C)).reshape(p, ny, h, bx, C)
+    taps = torch.stack([filtered[:, :, :, t : t + (w - 1) * dx + 1 : dx] for t in range(Lx)], dim=1)
+    windows = torch.matmul(kernel_x, taps.reshape(p, Lx, ny * h * w * C))  # [p, nx, ny·h·w·C]
+    return windows.reshape(p, nx, ny, h, w, C).permute(0, 2, 1, 5, 3, 4)
+
+
+def _shift_kernels(first: torch.Tensor, reach: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per item and shift, the spline weights of its first sample placed at its first coefficient's offset from
+    the item's earliest one [p, n, reach + 4] in ``dtype``; that earliest coefficient [p] long)."""
+    base, weights = spline_taps(first)  # [p, n], [p, n, 4]
+    start = base.amin(dim=1)
+    offset = base - start[:, None]
+    if int(offset.max()) > reach:
+        raise AssertionError(f"shifts reach {int(offset.max())} pixels, beyond the {reach} provided for")
+    kernels = torch.zeros(*base.shape, reach + 4, dtype=dtype)
+    kernels.scatter_(2, offset[..., None] + torch.arange(4), weights.to(dtype))
+    return kernels, start
+
+
+def grid_reach(step: float) -> int:
+    """Pixels by which the first taps of a grid's shifts, ``step`` apart over 2·HALF steps, may differ."""
+    return math.floor(2 * HALF * step) + 1
 
 
 def with_pixels_at_whole_positions(
@@ -331,7 +359,7 @@ def refine_on_data(
     crop, holes = fill_holes(crop)
     if holes is not None:
         batch = shifts_per_batch(limit, template.shape[0], (h, w), dilation, holes=True)
-    surface = _Surface(crop, holes, template.detach().cpu(), mask, taps, options, higher, batch)
+    surface = _Surface(crop, holes, template.detach().cpu(), mask, taps, dilation, options, higher, batch)
     y, x = 0.0, 0.0
     for step in CLIMB_STEPS:
         y, x = _climb(surface, y, x, step)
@@ -360,6 +388,7 @@ class _Surface:
         template: The template [C, h, w].
         mask: Its weights [1 or C, h, w], or None.
         taps: Crop rows [h] and columns [w] (float64) that the unshifted window samples.
+        dilation: Their spacing (y, x).
         options: The call's options (metric, channels, circular).
         higher: Whether higher scores are better.
         batch: Shifts scored at once at most.
@@ -372,12 +401,14 @@ class _Surface:
         template: torch.Tensor,
         mask: torch.Tensor | None,
         taps: tuple[torch.Tensor, torch.Tensor],
+        dilation: tuple[int, int],
         options: dict[str, Any],
         higher: bool,
         batch: int,
     ) -> None:
         self.crop, self.holes, self.template, self.mask = crop, holes, template, mask
         self.taps_y, self.taps_x = taps
+        self.dilation = dilation
         self.sign, self.batch = (1.0 if higher else -1.0), batch
         self.options = {key: options[key] for key in ("metric", "channels", "circular") if key in options}
         self.metric = resolve_metric(self.options.get("metric", "zncc")).name
@@ -436,9 +467,9 @@ class _Surface:
         positions_y = dy.to(torch.float64)[:, None] + self.taps_y[None]  # [N, h]
         positions_x = dx.to(torch.float64)[:, None] + self.taps_x[None]  # [N, w]
         if self.holes is None:
-            span = (float(self.taps_y[-1] - self.taps_y[0]), float(self.taps_x[-1] - self.taps_x[0]))
             many = coefficients[None].expand(len(dy), *coefficients.shape)
-            windows = windows_at(many, positions_y, positions_x, span)
+            size = (len(self.taps_y), len(self.taps_x))
+            windows = resample(many, positions_y[:, :1], positions_x[:, :1], size, self.dilation, (0, 0))[:, 0, 0]
             windows = with_pixels_at_whole_positions(windows, self.crop[None], positions_y, positions_x)
             return self.sign * self._score(windows)
         weights_y = spline_weights(positions_y, coefficients.shape[-2]).to(coefficients.dtype)
@@ -452,101 +483,15 @@ class _Surface:
 
     def _grid(self, ys: torch.Tensor, xs: torch.Tensor, step: float, dtype: torch.dtype) -> torch.Tensor:
         """Scores [len(ys), len(xs)] of every shift (ys[i], xs[j]) of a grid ``step`` apart."""
-        if not self.direct:
-            dy = ys[:, None].expand(len(ys), len(xs)).reshape(-1)
-            dx = xs[None, :].expand(len(ys), len(xs)).reshape(-1)
-            return self.pairs(dy, dx, dtype).reshape(len(ys), len(xs))
-        coefficients = self.coefficients(dtype)
-        positions_y = self.taps_y[None] + ys[:, None]  # [ny, h]
-        positions_x = self.taps_x[None] + xs[:, None]  # [nx, w]
-        # only the band of coefficients that the grid's splines reach: the same band for every batch, of a size
-        # fixed by the grid's reach, so that each shift's products have the same shapes as in refine_peaks
-        y0, x0 = math.floor(positions_y.min()) - 1, math.floor(positions_x.min()) - 1
-        y1 = y0 + band_size(float(self.taps_y[-1] - self.taps_y[0]), step)
-        x1 = x0 + band_size(float(self.taps_x[-1] - self.taps_x[0]), step)
-        band = coefficients[:, y0:y1, x0:x1].transpose(0, 1).contiguous()  # [by, C, bx]
-        weights_y = spline_weights(positions_y - y0, y1 - y0).to(dtype)  # [ny, h, by]
-        weights_x = spline_weights(positions_x - x0, x1 - x0).to(dtype)  # [nx, w, bx]
-        per_rows = max(1, self.batch // len(xs))
-        per_cols = min(len(xs), self.batch)
-        blocks = []
-        for i in range(0, len(ys), per_rows):
-            row = [
-                self._block(weights_y[i : i + per_rows], band, weights_x[j : j + per_cols])
-                for j in range(0, len(xs), per_cols)
-            ]
-            blocks.append(torch.cat(row, dim=1))
-        return torch.cat(blocks)
-
-    def _block(self, weights_y: torch.Tensor, band: torch.Tensor, weights_x: torch.Tensor) -> torch.Tensor:
-        """Scores [ny, nx] of the windows resampled with row weights [ny, h, by] and column weights [nx, w, bx]
-        from the band of coefficients [by, C, bx]: two batched matrix products for the whole block. Each shift
-        gets products of the same shapes whatever the block, so that its round-off, and the result, do not
-        depend on how many shifts memory_limit lets through at once."""
-        (ny, h, by), (nx, w, bx), C = weights_y.shape, weights_x.shape, band.shape[1]
-        rows = torch.matmul(weights_y, band.reshape(by, C * bx)[None])  # [ny, h, C·bx]: one [h, by] product a row
-        rows = rows.reshape(ny, 1, h * C, bx).expand(ny, nx, h * C, bx)
-        windows = torch.matmul(rows, weights_x.transpose(1, 2)[None].expand(ny, nx, bx, w))  # [ny, nx, h·C, w]
-        windows = windows.reshape(ny, nx, h, C, w).transpose(2, 3).reshape(ny * nx, C, h, w)
-        scores = self._quick_score(windows)
-        if scores is None:  # a metric without a quick formula, or a degenerate window: the textbook formula
-            scores = self._score(windows)
-        return (self.sign * scores).reshape(ny, nx)
+        dy = ys[:, None].expand(len(ys), len(xs)).reshape(-1)
+        dx = xs[None, :].expand(len(ys), len(xs)).reshape(-1)
+        return self.pairs(dy, dx, dtype).reshape(len(ys), len(xs))
 
     def _operands_in(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
         if dtype not in self._operands:
             mask = None if self.mask is None else self.mask.detach().cpu().to(dtype)
             self._operands[dtype] = (self.template.to(dtype), mask)
         return self._operands[dtype]
-
-    def _template_side(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """The template's side of the quick formulas in ``dtype``: weights M [1 or C, h, w] (ones without a mask),
-        M·T and M·(T − its weighted mean) [C, h, w], and the weight of each channel [1 or C, 1, 1]."""
-        if dtype not in self._sides:
-            template, mask = self._operands_in(dtype)
-            weights = torch.ones(1, *template.shape[-2:], dtype=dtype) if mask is None else mask
-            total = weights.sum(dim=(-2, -1), keepdim=True)
-            weighted = weights * template
-            centred = weights * (template - weighted.sum(dim=(-2, -1), keepdim=True) / total)
-            self._sides[dtype] = {"weights": weights, "weighted": weighted, "centred": centred, "total": total}
-        return self._sides[dtype]
-
-    def _quick_score(self, windows: torch.Tensor) -> torch.Tensor | None:
-        """Scores [N] of windows [N, C, h, w] in their dtype by the metric's formula written for one template
-        (its side computed once: a few operations per grid, where the reference's general formula takes dozens),
-        or None where it does not apply: ssd_normed, a channel without weight, and a zero energy (a flat window
-        or template), whose rules the reference holds."""
-        side = self._template_side(windows.dtype)
-        weights, template = side["weights"], self._operands_in(windows.dtype)[0]
-        if not bool((side["total"] > 0).all()):
-            return None
-        dims = (1, 2, 3) if self.joint else (2, 3)
-        if self.metric in ("sad", "mad", "l1_similarity"):
-            scores = (weights * (windows - template).abs()).sum(dim=dims)
-            count = side["total"].expand(windows.shape[1], 1, 1).sum(dim=tuple(d - 1 for d in dims))
-            scores = {"sad": scores, "mad": scores / count, "l1_similarity": 1 - scores / count}[self.metric]
-        elif self.metric == "ssd":
-            scores = (weights * (windows - template)).pow(2).sum(dim=dims)
-        elif self.metric in ("ccorr", "ncc"):
-            weighted = weights * windows
-            scores = (weighted * side["weighted"]).sum(dim=dims)
-            if self.metric == "ncc":
-                energy = side["weighted"].pow(2).sum(dim=tuple(d - 1 for d in dims))
-                scores = scores / (energy * weighted.pow(2).sum(dim=dims)).sqrt()
-        elif self.metric in ("ccoeff", "zncc"):
-            mean = (weights * windows).sum(dim=(2, 3), keepdim=True) / side["total"]
-            centred = weights * (windows - mean)
-            scores = (centred * side["centred"]).sum(dim=dims)
-            if self.metric == "zncc":
-                energy = side["centred"].pow(2).sum(dim=tuple(d - 1 for d in dims))
-                scores = scores / (energy * centred.pow(2).sum(dim=dims)).sqrt()
-        else:
-            return None
-        if self.metric in ("ncc", "zncc"):
-            if not bool(torch.isfinite(scores).all()):
-                return None  # a zero energy: the reference's rules for degenerate windows
-            scores = scores.clamp(-1, 1)  # beyond ±1 only by round-off
-        return scores.reshape(len(windows), -1).mean(dim=1)  # channels="mean": the mean of the channels' scores
 
     def _score(self, windows: torch.Tensor) -> torch.Tensor:
         """Scores [N] of resampled windows [N, C, h, w], in their dtype (float64 through the reference)."""

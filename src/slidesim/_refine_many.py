@@ -31,17 +31,15 @@ from ._refine import (
     KINKED,
     MAX_MOVES,
     NEWTON_STEP,
-    band_size,
-    coefficient_bands,
+    grid_reach,
     prefilter,
     quadratic_design,
     quadratic_vertex,
     read_crop,
     refine_on_data,
     refinement_bytes,
-    spline_weights,
+    resample,
     tie_roundoff,
-    windows_at,
     with_pixels_at_whole_positions,
 )
 from ._validate import DEFAULT_MEMORY_LIMIT
@@ -114,22 +112,24 @@ def refine_peaks(
         C, h, w = peaks[members[0]].template.shape
         fixed, per_shift = refinement_bytes(C, (h, w), dilation)
         limit = DEFAULT_MEMORY_LIMIT if options.get("memory_limit") is None else options["memory_limit"]
-        together = 0 if one_by_one else min(MOST_PEAKS, limit // (fixed + _SIDE * _SIDE * per_shift))
-        if together < 1:
+        if one_by_one or limit < fixed + _SIDE * _SIDE * per_shift:  # not a whole grid at once: a shift at a time
             for i in members:
                 p = peaks[i]
                 finished([i], [refine_on_data(p.image, p.template, p.mask, p.centre, dilation, higher, options)])
             continue
+        together = max(1, min(MOST_PEAKS, limit // (fixed + _SIDE * _SIDE * per_shift)))
         for start in range(0, len(members), together):
             chunk = members[start : start + together]
-            finished(chunk, _refine_chunk([peaks[i] for i in chunk], dilation, higher, options))
+            shifts = (limit - len(chunk) * fixed) // per_shift  # at once, beside the chunk's crops
+            finished(chunk, _refine_chunk([peaks[i] for i in chunk], dilation, higher, options, shifts))
     return results  # type: ignore[return-value]
 
 
 def _refine_chunk(
-    peaks: Sequence[Peak], dilation: tuple[int, int], higher: bool, options: dict[str, Any]
+    peaks: Sequence[Peak], dilation: tuple[int, int], higher: bool, options: dict[str, Any], shifts: int
 ) -> list[tuple[float, float, float]]:
-    """Refined (y, x, score) of peaks of one template shape, together; a peak whose crop holds a hole alone."""
+    """Refined (y, x, score) of peaks of one template shape, together, resampling at most ``shifts`` shifts at once
+    (at least a whole grid); a peak whose crop holds a hole alone."""
     h, w = peaks[0].template.shape[-2:]
     read = [read_crop(p.image, p.centre, (h, w), dilation, options) for p in peaks]
     whole = [bool(torch.isfinite(crop).all()) for crop, _ in read]
@@ -145,8 +145,10 @@ def _refine_chunk(
             torch.stack([peaks[i].template.detach().cpu() for i in kept]),
             None if peaks[0].mask is None else torch.stack([peaks[i].mask.detach().cpu() for i in kept]),
             (torch.stack([read[i][1][0] for i in kept]), torch.stack([read[i][1][1] for i in kept])),
+            dilation,
             options,
             higher,
+            shifts,
         )
         y = torch.zeros(len(kept), dtype=f64)
         x = torch.zeros(len(kept), dtype=f64)
@@ -179,8 +181,10 @@ class _Surfaces:
         templates: [P, C, h, w].
         masks: [P, 1 or C, h, w], or None.
         taps: Crop rows [P, h] and columns [P, w] (float64) that each unshifted window samples.
+        dilation: Their spacing (y, x).
         options: The call's options (metric, channels).
         higher: Whether higher scores are better.
+        shifts: Shifts resampled at once at most (at least a whole grid).
     """
 
     def __init__(
@@ -189,12 +193,14 @@ class _Surfaces:
         templates: torch.Tensor,
         masks: torch.Tensor | None,
         taps: tuple[torch.Tensor, torch.Tensor],
+        dilation: tuple[int, int],
         options: dict[str, Any],
         higher: bool,
+        shifts: int,
     ) -> None:
         self.crops, self.templates, self.masks = crops, templates, masks
         self.taps_y, self.taps_x = taps
-        self.span = (float(self.taps_y[0, -1] - self.taps_y[0, 0]), float(self.taps_x[0, -1] - self.taps_x[0, 0]))
+        self.dilation, self.shifts = dilation, max(_SIDE * _SIDE, shifts)
         self.metric = resolve_metric(options.get("metric", "zncc")).name
         self.joint = options.get("channels", "joint") == "joint"
         self.sign = 1.0 if higher else -1.0
@@ -237,33 +243,39 @@ class _Surfaces:
     def _grids(
         self, index: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, step: float, dtype: torch.dtype
     ) -> torch.Tensor:
-        """Scores [p, 5, 5] (higher better) of the grids: each peak's band of coefficients resampled by rows of
-        spline weights, then by columns, in two batched matrix products."""
+        """Scores [p, 5, 5] (higher better) of the grids, of as many peaks at once as ``shifts`` allows (a shift's
+        arithmetic does not depend on the other peaks resampled with it)."""
         p = len(index)
         C, h, w = self.templates.shape[1:]
-        positions_y = self.taps_y[index][:, None, :] + ys[:, :, None]  # [p, 5, h]
-        positions_x = self.taps_x[index][:, None, :] + xs[:, :, None]  # [p, 5, w]
-        by, bx = band_size(self.span[0], step), band_size(self.span[1], step)
-        band, y0, x0 = coefficient_bands(self.coefficients(dtype)[index], positions_y, positions_x, (by, bx))
-        weights_y = spline_weights_in(positions_y - y0[:, None, None], by, dtype)  # [p, 5, h, by]
-        weights_x = spline_weights_in(positions_x - x0[:, None, None], bx, dtype)  # [p, 5, w, bx]
-        rows = torch.matmul(weights_y, band.reshape(p, 1, by, C * bx))  # [p, 5, h, C·bx]: one [h, by] product a row
-        rows = rows.reshape(p, _SIDE, 1, h * C, bx).expand(p, _SIDE, _SIDE, h * C, bx)
-        columns = weights_x.transpose(-1, -2)[:, None].expand(p, _SIDE, _SIDE, bx, w)
-        windows = torch.matmul(rows, columns)  # [p, 5, 5, h·C, w]: the one-peak search's products, shift by shift
-        windows = windows.reshape(p, _SIDE * _SIDE, h, C, w).transpose(2, 3)
-        return (self.sign * self._scores(index, windows)).reshape(p, _SIDE, _SIDE)
+        first_y = self.taps_y[index, :1] + ys  # [p, 5]: where each row shift's first tap lies
+        first_x = self.taps_x[index, :1] + xs  # [p, 5]
+        reach = (grid_reach(step), grid_reach(step))
+        coefficients = self.coefficients(dtype)
+        peaks_at_once = max(1, self.shifts // (_SIDE * _SIDE))
+        scores = torch.empty(p, _SIDE, _SIDE, dtype=dtype)
+        for a in range(0, p, peaks_at_once):
+            some = slice(a, a + peaks_at_once)
+            windows = resample(coefficients[index[some]], first_y[some], first_x[some], (h, w), self.dilation, reach)
+            found = self._scores(index[some], windows.reshape(-1, _SIDE * _SIDE, C, h, w))
+            scores[some] = (self.sign * found).reshape(-1, _SIDE, _SIDE)
+        return scores
 
     def at(self, index: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Scores [q] (float64, higher better, NaN kept) of single shifts (dy[i], dx[i]) of peaks ``index`` [q]."""
-        if len(index) == 0:
-            return torch.zeros(0, dtype=f64)
         dtype = max(dtype, self.dtype, key=lambda d: torch.finfo(d).bits)
-        positions_y = self.taps_y[index] + dy[:, None]  # [q, h]
-        positions_x = self.taps_x[index] + dx[:, None]  # [q, w]
-        windows = windows_at(self.coefficients(dtype)[index], positions_y, positions_x, self.span)
-        windows = with_pixels_at_whole_positions(windows, self.crops[index], positions_y, positions_x)
-        return (self.sign * self._scores(index, windows[:, None])).reshape(-1).to(f64)
+        h, w = self.templates.shape[-2:]
+        coefficients = self.coefficients(dtype)
+        scores = [torch.zeros(0, dtype=f64)]
+        for a in range(0, len(index), self.shifts):
+            some = index[a : a + self.shifts]
+            positions_y = self.taps_y[some] + dy[a : a + self.shifts, None]  # [q, h]
+            positions_x = self.taps_x[some] + dx[a : a + self.shifts, None]  # [q, w]
+            windows = resample(
+                coefficients[some], positions_y[:, :1], positions_x[:, :1], (h, w), self.dilation, (0, 0)
+            )[:, 0, 0]
+            windows = with_pixels_at_whole_positions(windows, self.crops[some], positions_y, positions_x)
+            scores.append((self.sign * self._scores(some, windows[:, None])).reshape(-1).to(f64))
+        return torch.cat(scores)
 
     def _side(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """The templates' side of the quick formulas in ``dtype``, per peak: weights M [P, 1 or C, h, w] (ones
@@ -290,7 +302,7 @@ class _Surfaces:
         written for one template, or the reference's textbook formula for the peaks it does not cover (ssd_normed,
         a channel without weight, a zero energy: the degenerate rules)."""
         side = {name: value[index][:, None] for name, value in self._side(windows.dtype).items()}
-        scores, covered = _quick_scores(self.metric, self.joint, windows, side)
+        scores, covered = _quick_scores(self.metric, self.joint, windows, side, self.masks is not None)
         if not bool(covered.all()):
             scores = scores.clone()
             scores[~covered] = self._reference(index[~covered], windows[~covered])
@@ -313,21 +325,18 @@ class _Surfaces:
         return scores.reshape(p, n, -1).mean(dim=2)  # channels="mean": the mean of the channels' scores
 
 
-def spline_weights_in(positions: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
-    """Cubic B-spline weights [..., k, size] of positions [..., k] (float64), cast to ``dtype``."""
-    return spline_weights(positions, size).to(dtype)
-
-
 def _quick_scores(
-    metric: str, joint: bool, windows: torch.Tensor, side: dict[str, torch.Tensor]
+    metric: str, joint: bool, windows: torch.Tensor, side: dict[str, torch.Tensor], masked: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores [p, n] of windows [p, n, C, h, w] against each peak's template side (entries [p, 1, ...]) by the
-    metric's formula, whether each peak's scores are covered by it [p])."""
+    metric's formula, whether each peak's scores are covered by it [p]); ``masked``: the templates have weights."""
     p, n = windows.shape[:2]
     weights, total = side["weights"], side["total"]
     covered = (total > 0).reshape(p, -1).all(dim=1)
     dims = (2, 3, 4) if joint else (3, 4)
-    if metric in ("sad", "mad", "l1_similarity"):
+    if not masked and metric in _UNMASKED:
+        scores = _unmasked_scores(metric, joint, windows, side).reshape(p, n, -1)
+    elif metric in ("sad", "mad", "l1_similarity"):
         scores = (weights * (windows - side["template"]).abs()).sum(dim=dims)
         count = total.expand(p, 1, windows.shape[2], 1, 1).sum(dim=dims)
         scores = {"sad": scores, "mad": scores / count, "l1_similarity": 1 - scores / count}[metric]
@@ -353,6 +362,43 @@ def _quick_scores(
         covered &= torch.isfinite(scores).reshape(p, -1).all(dim=1)  # a zero energy: the degenerate rules
         scores = scores.clamp(-1, 1)  # beyond ±1 only by round-off
     return scores.mean(dim=2), covered  # channels="mean": the mean of the channels' scores
+
+
+_UNMASKED = frozenset({"sad", "mad", "l1_similarity", "ssd", "ccorr", "ncc", "ccoeff", "zncc"})
+
+
+def _unmasked_scores(metric: str, joint: bool, windows: torch.Tensor, side: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Scores [p, n] (channels "joint") or [p, n, C] ("mean", per channel) of windows [p, n, C, h, w] against
+    templates without weights: the formulas of :func:`_quick_scores` without the products by ones, their sums of
+    products as batched products (half the passes over the windows)."""
+    p, n, C, h, w = windows.shape
+    flat = windows.reshape(p, n, C, h * w)
+    template = side["template"].reshape(p, C, h * w)
+
+    def joined(per_channel: torch.Tensor) -> torch.Tensor:  # [p, n, C] or [p, 1, C]
+        return per_channel.sum(dim=2) if joint else per_channel
+
+    if metric in ("sad", "mad", "l1_similarity", "ssd"):
+        difference = flat - template[:, None]
+        if metric == "ssd":
+            return joined(_dot(difference, difference))
+        scores = joined(difference.abs_().sum(dim=-1))
+        count = h * w * (C if joint else 1)
+        return {"sad": scores, "mad": scores / count, "l1_similarity": 1 - scores / count}[metric]
+    if metric in ("ccoeff", "zncc"):
+        flat = flat - flat.mean(dim=-1, keepdim=True)
+        template = side["centred"].reshape(p, C, h * w)
+    cross = joined(_dot(flat, template[:, None]))
+    if metric in ("ccorr", "ccoeff"):
+        return cross
+    energy = joined(_dot(template, template)[:, None])
+    return cross / (energy * joined(_dot(flat, flat))).sqrt()
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Σ a·b over the last axis. Products of batches (einsum) were faster but reduce in an order that depends on
+    how many peaks share the batch; a sum along the last axis reduces each row alike."""
+    return (a * b).sum(dim=-1)
 
 
 def _best_shifts(
