@@ -10,9 +10,16 @@ around the best shift give the position.
 
 Resampling uses cubic B-splines on prefiltered coefficients, which interpolate (they pass through the pixels) and
 come much closer to a band-limited shift than cubic convolution: on photographs shifted by a fraction of a pixel,
-cubic convolution alone left errors near 0.05 px. The crop is prefiltered once per peak; a grid of shifts is a
-separable product (rows of spline weights, the coefficients, columns of spline weights), so a whole grid costs two
-matrix products over the band of coefficients it reads, and its windows are scored at once.
+cubic convolution alone left errors near 0.05 px. The crop is prefiltered once per peak. The samples of one shift
+share their spline weights, so a shifted window is a 4-tap filter of the coefficients in rows and then in columns
+(:func:`resample`). The vertex of the quadratic is returned only where it scores at least as well as the best
+shift of the grids, and a window whose samples all lie on pixels is read from the pixels, so that an exact copy of
+the template keeps its exact score.
+
+Two searches share these pieces: :mod:`slidesim._refine_many` refines every peak of a call together with the
+metrics' formulas (what match and find_peaks use), and :func:`refine_on_data` here refines one peak a shift at a
+time through the reference's formulas: beside holes, for circular channels and channels="separate", and where
+``memory_limit`` cannot hold a whole grid of shifts at once.
 
 Precision: the search runs in the compute dtype (float32 for float32, uint8 and other narrow inputs; float64 for
 float64 ones). Float64 takes over only where round-off could move the answer: shifts whose float32 scores lie
@@ -22,11 +29,10 @@ returned is the float64 score at the refined position. Holes (NaN or ±inf pixel
 prefilter, and a resampled tap that reads one leaves the window's mask; beside holes, and for circular channels,
 every shift is scored in float64 by the reference.
 
-Memory: peaks are refined one after the other, so nothing grows with their number. One peak holds its crop, the
-crop's coefficients and the two prefilter matrices, and then scores a batch of shifts at a time: as many as
-``memory_limit`` holds beside those (the whole grid of a typical template, so that the numbers are those of one
-batch), or the call is refused with the bytes one shift needs (:func:`shifts_per_batch`). The byte counts are
-those of float64, which bounds the float32 path too.
+Memory: a peak holds its crop, the crop's coefficients and the two prefilter matrices, and then scores a batch of
+shifts at a time: as many as ``memory_limit`` holds beside those, or the call is refused with the bytes one shift
+needs (:func:`shifts_per_batch`); peaks refined together share the budget. The byte counts are those of float64,
+which bounds the float32 path too.
 """
 
 from __future__ import annotations

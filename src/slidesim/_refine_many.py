@@ -3,14 +3,14 @@
 The search is the one :mod:`slidesim._refine` describes (5 × 5 grids of shifts 0.5, 0.125 and 1/32 px apart that
 follow the score surface, then Newton steps on a quadratic fitted to the 1/32 px grid; float32 for narrow inputs
 with float64 wherever round-off could move the answer), run for every peak of a call together. Refined one at a
-time, a peak costs dozens of small tensor operations per grid, whose dispatch, not their arithmetic, took most of
+time, a peak cost dozens of small tensor operations per grid, whose dispatch, not their arithmetic, took most of
 the 4–6 ms a peak cost. Here each stage scores the grids of all the peaks still searching with a few batched
-matrix products, so a peak costs its arithmetic. Each shift's window is computed with products of the same shapes
-as in the one-peak search, so the two agree.
+operations, so a peak costs its arithmetic. Every reduction runs along one axis of fixed length, so a peak's
+answer does not depend on the peaks that share its batch.
 
-Peaks whose crops hold NaN or ±inf, circular channels and ``channels="separate"`` go through the one-peak search
-(which scores them through the reference), as do peaks of a template too large for ``memory_limit`` to hold one
-whole grid.
+Peaks whose crops hold NaN or ±inf, circular channels, ``channels="separate"`` and a ``memory_limit`` that cannot
+hold a whole grid of shifts at once go through the one-peak search of :func:`slidesim._refine.refine_on_data`,
+which scores through the reference's formulas and agrees to round-off.
 """
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ import torch
 
 from . import _dask_tiles as tiles
 from ._checks import check_bool
-from ._refine import crop_window, refine_on_data, shifts_per_batch
+from ._refine import crop_window, shifts_per_batch
+from ._refine_many import Peak, refine_peaks
 from ._types import ArrayLike
 from ._validate import Canonical, canonicalize, channels_first, options_of, window_origin, with_defaults
 from .errors import SlidesimValueError
@@ -398,14 +399,23 @@ def match(
     (sy, sx), (oy, ox) = canon.stride, window_origin(canon)
     H, W = images.shape[-2:]
     member = bank_members(values, stream)
-    output = []
+    output, members = [], []
     for b, t, y, x, key, r in kept.tolist():
         b, t, y, x, r = int(b), int(t), int(y), int(x), int(r)
         cy, cx = y * sy + oy, x * sx + ox
         score = float(key if higher else -key)  # the best map's value: kept keys are never thresholded away
-        if subpixel:
-            cy, cx, score = _refine(images, values, member, call, (b, t * R + r), (cy, cx), (H, W))
         output.append((b, t, cy, cx, score, float(transform_angles[r]), float(transform_scales[r])))
+        members.append((b, t * R + r))
+    if subpixel and output:
+        pieces = [
+            _piece(images, values, member, index, (cy, cx), (H, W))
+            for index, (_, _, cy, cx, *_) in zip(members, output, strict=True)
+        ]
+        refined = refine_peaks([peak for peak, _ in pieces], values.dilation, higher, call)
+        output = [
+            (b, t, cy + r0, cx + c0, score, angle, scale)
+            for (b, t, *_, angle, scale), (cy, cx, score), (_, (r0, c0)) in zip(output, refined, pieces, strict=True)
+        ]
     columns = list(zip(*best_first(output, higher), strict=True)) if output else [()] * 7
     fields = [torch.tensor(c, dtype=torch.int64) for c in columns[:2]] + [
         torch.tensor(c, dtype=torch.float64) for c in columns[2:]
@@ -437,9 +447,10 @@ def _compute(tasks: list, progress: bool) -> list:
     return client.gather(futures)
 
 
-def _refine(images, values: Canonical, member, call, index, centre, size):
-    """Sub-pixel (y, x, score) of one match, from the few image pixels that refinement reads; member(b, j) gives
-    member j of image b's bank (see :func:`slidesim.matching.bank_members`)."""
+def _piece(images, values: Canonical, member, index, centre, size) -> tuple[Peak, tuple[int, int]]:
+    """One match to refine, on the few image pixels that refinement reads (the peak's centre moved into them), and
+    the piece's top-left pixel in the image; member(b, j) gives member j of image b's bank (see
+    :func:`slidesim.matching.bank_members`)."""
     b, j = index
     template, weights = member(b, j)
     (r0, r1), (c0, c1) = _crop_region(centre, tuple(template.shape[-2:]), values.dilation, size)
@@ -447,8 +458,4 @@ def _refine(images, values: Canonical, member, call, index, centre, size):
     if window.dtype == np.uint16:
         window = window.astype(np.float32)  # as the core converts numpy uint16
     piece = torch.from_numpy(window).to(values.out_dtype)  # the compute dtype, as the core converts images
-    higher = values.spec.higher_is_better
-    y, x, score = refine_on_data(
-        piece, template, weights, (centre[0] - r0, centre[1] - c0), values.dilation, higher, call
-    )
-    return y + r0, x + c0, score
+    return Peak(piece, template, weights, (centre[0] - r0, centre[1] - c0)), (r0, c0)
