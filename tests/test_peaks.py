@@ -436,3 +436,33 @@ def test_suppression_of_scattered_points_equals_the_greedy_definition(seed) -> N
         ys, xs = torch.from_numpy(points[:, 0]), torch.from_numpy(points[:, 1])
         got = suppress_points(torch.from_numpy(group), ys, xs, k, d).numpy()
         np.testing.assert_array_equal(got, want, err_msg=f"{k=} {d=}")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_few_peaks_from_the_best_scores_equal_those_of_the_whole_maps(seed, monkeypatch) -> None:
+    """k up to 16 is looked for among each map's best scores first (their number growing while ties or close peaks
+    leave the answer open): the same peaks as the window maxima of whole maps, on smooth maps with many peaks of
+    close scores, quantized maps (ties), maps with plateaus on top, a flat map (a flat template's zncc) and a map
+    that nothing passes, with and without thresholds."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(seed)
+    smooth = ndimage.gaussian_filter(rng.random((3, 180, 240)), (0, 3, 3)).astype(np.float32)
+    maps = np.stack([smooth[0], np.round(smooth[1] * 40) / 40, smooth[2], np.zeros((180, 240), np.float32)])
+    maps[2, 50:60, 70:90] = maps[2].max()  # a plateau on top
+    maps = maps[None]  # [1, 4, 180, 240]
+    for k, min_distance, threshold in [
+        (1, 1, None),
+        (2, 5, None),
+        (5, 16, None),
+        (16, 3, None),
+        (16, 8, 0.5),
+        (5, 16, 2.0),
+        (1, 4, 0.52),
+    ]:
+        options = {"k": k, "min_distance": min_distance, "threshold": threshold, "subpixel": False, "metric": "zncc"}
+        fast = slidesim.find_peaks(maps, **options)
+        with monkeypatch.context() as patched:
+            patched.setattr(slidesim.peaks, "_FEW_PEAKS", 0)
+            whole = slidesim.find_peaks(maps, **options)
+        for field in ("batch", "template", "y", "x"):
+            np.testing.assert_array_equal(getattr(fast, field), getattr(whole, field), err_msg=f"{field} {options}")
