@@ -103,3 +103,22 @@ def test_progress_counts_batches() -> None:
     peaks = _peaks(torch.float32, count=3)
     refine_peaks(peaks, (1, 1), True, _options("zncc"), progress=lambda d, t: calls.append((d, t)))
     assert calls == [(0, 3), (3, 3)]
+
+
+@pytest.mark.parametrize("metric", ["zncc", "ncc", "ccoeff"])
+def test_flat_templates_keep_their_integer_peak_without_a_search(metric, monkeypatch) -> None:
+    """A flat template (zero for ncc) scores 0 at every shift: its peak stays where it was found, scored exactly,
+    and no grid is scored for it (each once went through the reference's formulas, grid after grid)."""
+    peaks = _peaks(torch.float32, count=3)
+    level = 0.0 if metric == "ncc" else 0.3
+    peaks[1] = Peak(peaks[1].image, torch.full_like(peaks[1].template, level), None, peaks[1].centre)
+    grids = []
+    original = _refine_many._Surfaces._grids
+    monkeypatch.setattr(
+        _refine_many._Surfaces,
+        "_grids",
+        lambda self, index, *a: grids.append(index.tolist()) or original(self, index, *a),
+    )
+    got = refine_peaks(peaks, (1, 1), True, _options(metric))
+    assert got[1] == (*peaks[1].centre, 0.0)
+    assert grids and all(1 not in index for index in grids)

@@ -221,10 +221,12 @@ def resample(
     size: tuple[int, int],
     dilation: tuple[int, int],
     reach: tuple[int, int],
+    which: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Windows [p, ny, nx, C, h, w] resampled from each item's coefficients [p, C, Hc, Wc] (in their dtype): for
-    every row shift i and column shift j, the h × w samples ``dilation`` apart whose first lies at (first_y[p, i],
-    first_x[p, j]) (float64 [p, ny] and [p, nx]).
+    """Windows [p, ny, nx, C, h, w] resampled from each item's coefficients (in their dtype): for every row shift i
+    and column shift j, the h × w samples ``dilation`` apart whose first lies at (first_y[p, i], first_x[p, j])
+    (float64 [p, ny] and [p, nx]). The coefficients are [p, C, Hc, Wc], or [P, C, Hc, Wc] with the crop of each
+    item in ``which`` [p] (only the band each item reads is gathered).
 
     The samples of one shift share their spline weights, so a shift is a 4-tap filter of the coefficients, in
     rows and then in columns: each is one small product (the band's rows or columns unfolded against the shifts'
@@ -233,7 +235,7 @@ def resample(
     lie beyond the first one's (0 for single shifts); it sets the products' shapes, so that a shift's arithmetic
     does not depend on which shifts and items are resampled with it.
     """
-    p, C = coefficients.shape[:2]
+    p, C = len(first_y), coefficients.shape[1]
     (h, w), (dy, dx) = size, dilation
     ny, nx = first_y.shape[1], first_x.shape[1]
     dtype = coefficients.dtype
@@ -243,7 +245,8 @@ def resample(
     by, bx = (h - 1) * dy + Ly, (w - 1) * dx + Lx
     rows = (y0[:, None] + torch.arange(by))[:, :, None]  # [p, by, 1]
     cols = (x0[:, None] + torch.arange(bx))[:, None, :]  # [p, 1, bx]
-    band = coefficients[torch.arange(p)[:, None, None], :, rows, cols]  # [p, by, bx, C]
+    crop = torch.arange(p) if which is None else which
+    band = coefficients[crop[:, None, None], :, rows, cols]  # [p, by, bx, C]
     # the shifts' taps as the short side of each product: [p, ny, L] @ [p, L, everything else]
     taps = torch.stack([band[:, t : t + (h - 1) * dy + 1 : dy] for t in range(Ly)], dim=1)  # [p, Ly, h, bx, C]
     filtered = torch.matmul(kernel_y, taps.reshape(p, Ly, h * bx * C)).reshape(p, ny, h, bx, C)

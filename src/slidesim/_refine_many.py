@@ -152,9 +152,10 @@ def _refine_chunk(
         )
         y = torch.zeros(len(kept), dtype=f64)
         x = torch.zeros(len(kept), dtype=f64)
+        searching = (~surfaces.constant()).nonzero().squeeze(1)  # a constant surface keeps the integer peak
         for step in CLIMB_STEPS:
-            _climb(surfaces, y, x, step)
-        fy, fx = _newton(surfaces, y, x)
+            _climb(surfaces, y, x, step, searching)
+        fy, fx = _newton(surfaces, y, x, searching)
         everyone = torch.arange(len(kept))
         score = surfaces.at(everyone, fy, fx, f64)
         moved = (fy != y) | (fx != x)
@@ -255,7 +256,7 @@ class _Surfaces:
         scores = torch.empty(p, _SIDE, _SIDE, dtype=dtype)
         for a in range(0, p, peaks_at_once):
             some = slice(a, a + peaks_at_once)
-            windows = resample(coefficients[index[some]], first_y[some], first_x[some], (h, w), self.dilation, reach)
+            windows = resample(coefficients, first_y[some], first_x[some], (h, w), self.dilation, reach, index[some])
             found = self._scores(index[some], windows.reshape(-1, _SIDE * _SIDE, C, h, w))
             scores[some] = (self.sign * found).reshape(-1, _SIDE, _SIDE)
         return scores
@@ -271,11 +272,19 @@ class _Surfaces:
             positions_y = self.taps_y[some] + dy[a : a + self.shifts, None]  # [q, h]
             positions_x = self.taps_x[some] + dx[a : a + self.shifts, None]  # [q, w]
             windows = resample(
-                coefficients[some], positions_y[:, :1], positions_x[:, :1], (h, w), self.dilation, (0, 0)
+                coefficients, positions_y[:, :1], positions_x[:, :1], (h, w), self.dilation, (0, 0), some
             )[:, 0, 0]
             windows = with_pixels_at_whole_positions(windows, self.crops[some], positions_y, positions_x)
             scores.append((self.sign * self._scores(some, windows[:, None])).reshape(-1).to(f64))
         return torch.cat(scores)
+
+    def constant(self) -> torch.Tensor:
+        """Which peaks [P] score the same at every shift: a template whose (centred) weighted values are all 0 has
+        a score of 0 everywhere in zncc, ncc, ccoeff and ccorr (the degenerate rules; the crops hold no holes)."""
+        name = {"zncc": "centred", "ccoeff": "centred", "ncc": "weighted", "ccorr": "weighted"}.get(self.metric)
+        if name is None:
+            return torch.zeros(len(self.crops), dtype=torch.bool)
+        return (self._side(f64)[name] == 0).reshape(len(self.crops), -1).all(dim=1)
 
     def _side(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """The templates' side of the quick formulas in ``dtype``, per peak: weights M [P, 1 or C, h, w] (ones
@@ -301,7 +310,11 @@ class _Surfaces:
         """Scores [p, n] of windows [p, n, C, h, w] (n per peak ``index`` [p]) in their dtype: the metric's formula
         written for one template, or the reference's textbook formula for the peaks it does not cover (ssd_normed,
         a channel without weight, a zero energy: the degenerate rules)."""
-        side = {name: value[index][:, None] for name, value in self._side(windows.dtype).items()}
+        full = self._side(windows.dtype)
+        # only the entries the formula reads, gathered for these peaks (a copy of a template per window otherwise)
+        names = _SIDE_READ.get(self.metric, ()) if self.masks is None else full.keys()
+        side = {name: full[name][index][:, None] for name in names}
+        side["total"] = full["total"][index][:, None]
         scores, covered = _quick_scores(self.metric, self.joint, windows, side, self.masks is not None)
         if not bool(covered.all()):
             scores = scores.clone()
@@ -331,7 +344,7 @@ def _quick_scores(
     """(scores [p, n] of windows [p, n, C, h, w] against each peak's template side (entries [p, 1, ...]) by the
     metric's formula, whether each peak's scores are covered by it [p]); ``masked``: the templates have weights."""
     p, n = windows.shape[:2]
-    weights, total = side["weights"], side["total"]
+    weights, total = side.get("weights"), side["total"]
     covered = (total > 0).reshape(p, -1).all(dim=1)
     dims = (2, 3, 4) if joint else (3, 4)
     if not masked and metric in _UNMASKED:
@@ -365,15 +378,21 @@ def _quick_scores(
 
 
 _UNMASKED = frozenset({"sad", "mad", "l1_similarity", "ssd", "ccorr", "ncc", "ccoeff", "zncc"})
+# the entries of the templates' side that each metric's formula without a mask reads (besides the weights' total)
+_SIDE_READ = {
+    **dict.fromkeys(("sad", "mad", "l1_similarity", "ssd", "ccorr", "ncc"), ("template",)),
+    **dict.fromkeys(("ccoeff", "zncc"), ("centred",)),
+}
 
 
 def _unmasked_scores(metric: str, joint: bool, windows: torch.Tensor, side: dict[str, torch.Tensor]) -> torch.Tensor:
     """Scores [p, n] (channels "joint") or [p, n, C] ("mean", per channel) of windows [p, n, C, h, w] against
     templates without weights: the formulas of :func:`_quick_scores` without the products by ones, their sums of
-    products as batched products (half the passes over the windows)."""
+    products along one axis (half the passes over the windows)."""
     p, n, C, h, w = windows.shape
     flat = windows.reshape(p, n, C, h * w)
-    template = side["template"].reshape(p, C, h * w)
+    centred = metric in ("ccoeff", "zncc")
+    template = side["centred" if centred else "template"].reshape(p, C, h * w)
 
     def joined(per_channel: torch.Tensor) -> torch.Tensor:  # [p, n, C] or [p, 1, C]
         return per_channel.sum(dim=2) if joint else per_channel
@@ -385,9 +404,8 @@ def _unmasked_scores(metric: str, joint: bool, windows: torch.Tensor, side: dict
         scores = joined(difference.abs_().sum(dim=-1))
         count = h * w * (C if joint else 1)
         return {"sad": scores, "mad": scores / count, "l1_similarity": 1 - scores / count}[metric]
-    if metric in ("ccoeff", "zncc"):
+    if centred:
         flat = flat - flat.mean(dim=-1, keepdim=True)
-        template = side["centred"].reshape(p, C, h * w)
     cross = joined(_dot(flat, template[:, None]))
     if metric in ("ccorr", "ccoeff"):
         return cross
@@ -430,10 +448,9 @@ def _best_shifts(
     return choice // _SIDE, choice % _SIDE
 
 
-def _climb(surfaces: _Surfaces, y: torch.Tensor, x: torch.Tensor, step: float) -> None:
-    """Moves every peak's shift (y [P], x [P], in place) to the best of 5 × 5 grids ``step`` apart, each grid
-    following the surface while its best shift lies on its edge."""
-    searching = torch.arange(len(y))
+def _climb(surfaces: _Surfaces, y: torch.Tensor, x: torch.Tensor, step: float, searching: torch.Tensor) -> None:
+    """Moves the shifts (y [P], x [P], in place) of the peaks ``searching`` to the best of 5 × 5 grids ``step``
+    apart, each grid following the surface while its best shift lies on its edge."""
     for _ in range(MAX_MOVES):
         if len(searching) == 0:
             return
@@ -447,15 +464,16 @@ def _climb(surfaces: _Surfaces, y: torch.Tensor, x: torch.Tensor, step: float) -
         searching = searching[moved & ~inner]
 
 
-def _newton(surfaces: _Surfaces, y: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _newton(
+    surfaces: _Surfaces, y: torch.Tensor, x: torch.Tensor, searching: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Newton steps from shifts (y [P], x [P]): the vertex of a full quadratic fitted to each peak's 5 × 5 grid
     1/32 px apart; a vertex beyond the grid moves the grid along the ridge. A fit whose residuals are round-off
     rather than the surface is made again on float64 scores. A peak without a fit that has a maximum within its
-    grid keeps (y, x)."""
+    grid, or not among ``searching``, keeps (y, x)."""
     step = NEWTON_STEP
     final_y, final_x = y.clone(), x.clone()
     here_y, here_x = y.clone(), x.clone()
-    searching = torch.arange(len(y))
     for _ in range(MAX_MOVES):
         if len(searching) == 0:
             break
