@@ -577,12 +577,19 @@ def best_of_bank(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(best score [B, T, H', W'], index of the best transform [B, T, H', W'] int64) over the streamed bank, in
     which template t under transform r sits at index t·R + r. Ties keep the first transform; NaN never wins."""
-    best, which = _worst_maps(canon, T, R)
     higher = canon.spec.higher_is_better
     total = canon.templates.shape[1]
+    best = which = None
     with torch.no_grad():
         for t0, t1, scores in select_engine(canon).stream(canon, _chunk(canon)):
-            _fold_scores(scores, t0, t1, R, best, which, higher)
+            if R == 1 and t1 - t0 == total:  # one chunk of untransformed templates: its maps are the best ones
+                worst = -torch.inf if higher else torch.inf
+                best = scores.nan_to_num_(nan=worst, posinf=torch.inf, neginf=-torch.inf)  # NaN never wins
+                which = torch.zeros((), dtype=torch.int64, device=best.device).expand(best.shape)
+            else:
+                if best is None:
+                    best, which = _worst_maps(canon, T, R)
+                _fold_scores(scores, t0, t1, R, best, which, higher)
             if progress is not None:
                 progress(t1, total)
     return best, which

@@ -304,22 +304,29 @@ def _first_of_the_best(
     A score s above the M-th best v of its map is a local maximum exactly when no score within its window beats
     it, and any that does is above v too: the M best decide, pairwise. Every candidate above v is among them, so
     their greedy suppression, in order, gives the first peaks of the map exactly, as long as k of them survive;
-    otherwise (plateaus, many peaks of nearly equal scores) M grows eightfold, up to _MOST_BEST. A selection and
+    otherwise (plateaus, many peaks of nearly equal scores) M grows eightfold, up to _MOST_BEST. Flat maps have
+    their peaks at known places (:func:`_first_of_flat`). A selection and
     a sort of the M best per map, where the window maxima of the whole map take O(log radius) passes over it and
     a sort of all its local maxima (8 maps of 2001² with k = 1 took 3.9 s, as long as their matching). With k = 1
     the peak is the first best score in row-major order, even on a plateau.
     """
     G, H, W = work.shape
-    key = torch.where((work >= lo) & (work <= hi), work if higher else -work, -torch.inf).reshape(G, H * W)
+    scores = work.reshape(G, H * W)
+    low, high = scores.aminmax(dim=1)  # NaN reaches both
+    if bool(((low >= lo) & (high <= hi)).all()):  # every score passes (no threshold, nothing missing): one pass
+        key = scores if higher else scores.neg()
+        passing = torch.full((G,), H * W)
+        flat = low == high
+    else:
+        key = torch.where((scores >= lo) & (scores <= hi), scores if higher else -scores, -torch.inf)
+        passing = (key > -torch.inf).sum(dim=1)
+        flat = (key.amin(dim=1) == key.amax(dim=1)) & (passing > 0)  # every score equal, and a peak
     if k == 1:  # the best score is a local maximum, and the first of equal ones in row-major order is the peak
         best, index = key.max(dim=1)  # the first of the maximal values
         group = (best > -torch.inf).nonzero().squeeze(1)
         return group, index[group] // W, index[group] % W
-    flat = (key.amin(dim=1) == key.amax(dim=1)) & (key[:, 0] > -torch.inf)  # every score equal, and a peak
-    if bool(flat.any()):
-        return _first_of_flat_or_best(work, flat, radius, higher, k, min_distance, (lo, hi))
+    flat_peaks = _first_of_flat(flat, H, W, k, min_distance)
     M = min(H * W, _BEST_FIRST[0] + _BEST_FIRST[1] * k)
-    passing = (key > -torch.inf).sum(dim=1)
     while True:
         values, index = key.topk(M, dim=1)  # [G, M]
         whole = passing <= M  # every passing score of the map is among the M: all of them count
@@ -333,50 +340,37 @@ def _first_of_the_best(
                 for g, chunk in _chunks(G, max(1, _PAIRS_AT_ONCE // (M * M)))
             ]
         )
-        candidate = (values > floor) & ~beaten
+        candidate = (values > floor) & ~beaten & ~flat[:, None]
         ranked = torch.argsort(torch.where(candidate, values, -torch.inf), dim=1, descending=True, stable=True)
         taken = torch.arange(M)[None, :] < candidate.sum(dim=1, keepdim=True)  # the candidates, best first
         group = torch.arange(G)[:, None].expand(G, M)[taken]
         cy, cx = y.gather(1, ranked)[taken], x.gather(1, ranked)[taken]
         kept = suppress_points(group, cy, cx, k, min_distance)
-        if bool(((torch.bincount(group[kept], minlength=G) >= k) | whole).all()):
-            return group[kept], cy[kept], cx[kept]
+        if bool(((torch.bincount(group[kept], minlength=G) >= k) | whole | flat).all()):
+            group, cy, cx = (torch.cat([a[kept], b]) for a, b in zip((group, cy, cx), flat_peaks, strict=True))
+            order = torch.argsort(group, stable=True)  # by map, best first within each (flat maps: row-major)
+            return group[order], cy[order], cx[order]
         M = min(8 * M, H * W)
         if M > _MOST_BEST:
             return None  # the window maxima of the whole map cost less
 
 
-def _first_of_flat_or_best(
-    work: torch.Tensor,
-    flat: torch.Tensor,
-    radius: int,
-    higher: bool,
-    k: int,
-    min_distance: int,
-    passing: tuple[float, float],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """:func:`_first_of_the_best` where some maps [G] are ``flat`` (one score everywhere: a flat template's zncc):
-    their peaks are the greedy survivors of the positions in row-major order, all among the first rows that hold
-    k of them (a later position never suppresses an earlier one); the other maps as usual."""
-    H, W = work.shape[1:]
-    found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    others = (~flat).nonzero().squeeze(1)
-    if len(others):
-        rest = _first_of_the_best(work[others], *passing, radius, higher, k, min_distance)
-        if rest is None:
-            return None
-        found.append((others[rest[0]], rest[1], rest[2]))
+def _first_of_flat(
+    flat: torch.Tensor, H: int, W: int, k: int, min_distance: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first k peaks (map index, row, column) of the ``flat`` maps [G] of H × W (one score everywhere: a flat
+    template's zncc): the greedy survivors of their positions in row-major order, all among the first rows that
+    hold k of them (a later position never suppresses an earlier one)."""
+    maps = flat.nonzero().squeeze(1)
+    if not len(maps):
+        return maps, maps, maps
     per_row = -(-W // min_distance)  # survivors in a row of a flat map
     rows = min(H, min_distance * (-(-k // per_row) + 1))
     y, x = torch.meshgrid(torch.arange(rows), torch.arange(W), indexing="ij")
     y, x = y.reshape(-1), x.reshape(-1)
-    for g in flat.nonzero().squeeze(1).tolist():
-        group = torch.full_like(y, g)
-        kept = suppress_points(group, y, x, k, min_distance)
-        found.append((group[kept], y[kept], x[kept]))
-    group, y, x = (torch.cat(column) for column in zip(*found, strict=True))
-    order = torch.argsort(group, stable=True)  # by map; best first (row-major on a flat one) within each
-    return group[order], y[order], x[order]
+    kept = suppress_points(torch.zeros_like(y), y, x, k, min_distance)  # the same on every flat map
+    y, x = y[kept], x[kept]
+    return maps.repeat_interleave(len(y)), y.repeat(len(maps)), x.repeat(len(maps))
 
 
 def _chunks(total: int, size: int) -> list[tuple[int, int]]:
