@@ -178,9 +178,12 @@ class CorrelationScorer:
         With ``in_place`` (no autograd) ncc and zncc are raw · s_window · s_template with s = 1/√energy (or
         1/√variance) and s = 0 for degenerate windows and templates, written over ``raw``: the window factor is
         computed once per call, so each template costs two passes over its map instead of a dozen float64
-        temporaries. Otherwise (and for ssd_normed) the differentiable float64 formulas of
-        :mod:`slidesim.metrics` run.
+        temporaries; ssd_normed of finite images likewise, ssd · s_window · s_template with s = 1/√energy.
+        Otherwise the differentiable float64 formulas of :mod:`slidesim.metrics` run.
         """
+        if in_place and self.spec.name == "ssd_normed" and self.stats.finite:  # else NaN and inf take their rules
+            self._finish_ssd_normed_in_place(raw, t0, t1)
+            return raw
         if in_place and self.spec.name != "ssd_normed":
             self._finish_in_place(raw, t0, t1)
             return raw
@@ -234,6 +237,27 @@ class CorrelationScorer:
                 ("zncc_scale",), lambda: stats.zncc_factors(mask, weights, dtype)
             )
         return template_scale, template_degenerate, window_scale, uncertain
+
+    def _finish_ssd_normed_in_place(self, raw: torch.Tensor, t0: int, t1: int) -> None:
+        """ssd_normed written over the ssd ``raw`` [B, t, H', W']: ssd / √(E_template · E_window), capped at 1;
+        where an energy is zero, 0 for a zero ssd and 1 otherwise (NaN stays NaN), as
+        :func:`slidesim.metrics.finish_ssd_normed` has it. The window factor is computed once per mask."""
+        bank64 = self.bank[:, t0:t1].to(torch.float64)
+        weights = self._mask(t0, t1) ** 2
+        energy_t = (weights.to(torch.float64) * bank64 * bank64).sum(dim=(-3, -2, -1))  # [Bk, t]
+        template_scale, template_zero = inverse_root(energy_t, None)
+        window_scale, window_zero, _ = self.stats.per_mask(
+            ("ncc_scale",), lambda: self.stats.ncc_factors(weights, raw.dtype)
+        )
+        positive_at_zero = (raw > 0) & window_zero if bool(window_zero.any()) else None
+        fallback = None
+        if bool(template_zero.any()):
+            fallback = torch.where(raw.isnan(), raw, (raw > 0).to(raw.dtype))
+        raw.mul_(template_scale[..., None, None].to(window_scale.dtype)).mul_(window_scale).clamp_(0.0, 1.0)
+        if positive_at_zero is not None:
+            raw.masked_fill_(positive_at_zero, 1.0)
+        if fallback is not None:
+            raw.copy_(torch.where(template_zero[..., None, None], fallback, raw))
 
     def _finish_in_place(self, raw: torch.Tensor, t0: int, t1: int) -> None:
         stats = self.stats
