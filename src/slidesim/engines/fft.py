@@ -93,7 +93,8 @@ class FFTEngine(ReductionEngine):
                 found["masked_statistics_updates"] = found.get("masked_statistics_updates", 0.0) + (
                     counts.window_updates(problem)
                 )
-            found["finished_outputs"] = found.get("finished_outputs", 0.0) + counts.outputs(problem)
+            if problem.metric == "ssd":  # ssd_normed's one finish pass is counted with its statistics
+                found["finished_outputs"] = found.get("finished_outputs", 0.0) + counts.outputs(problem)
         (Hf, Wf), tiles = transform_plan(problem, memory_limit)
         nlogn = Hf * Wf * math.log2(Hf * Wf)
         kernels = problem.n_templates * problem.channels * (problem.batch if problem.per_image_bank else 1)
