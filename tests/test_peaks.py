@@ -441,9 +441,9 @@ def test_suppression_of_scattered_points_equals_the_greedy_definition(seed) -> N
 @pytest.mark.parametrize("seed", range(4))
 def test_few_peaks_from_the_best_scores_equal_those_of_the_whole_maps(seed, monkeypatch) -> None:
     """k up to 16 is looked for among each map's best scores first (their number growing while ties or close peaks
-    leave the answer open): the same peaks as the window maxima of whole maps, on smooth maps with many peaks of
-    close scores, quantized maps (ties), maps with plateaus on top, a flat map (a flat template's zncc) and a map
-    that nothing passes, with and without thresholds."""
+    leave the answer open, compared pairwise and then searched in their rows): the same peaks as the window maxima
+    of whole maps, on smooth maps with many peaks of close scores, quantized maps (ties), maps with plateaus on
+    top, a flat map (a flat template's zncc) and a map that nothing passes, with and without thresholds."""
     ndimage = pytest.importorskip("scipy.ndimage")
     rng = np.random.default_rng(seed)
     smooth = ndimage.gaussian_filter(rng.random((3, 180, 240)), (0, 3, 3)).astype(np.float32)
@@ -462,7 +462,12 @@ def test_few_peaks_from_the_best_scores_equal_those_of_the_whole_maps(seed, monk
         options = {"k": k, "min_distance": min_distance, "threshold": threshold, "subpixel": False, "metric": "zncc"}
         fast = slidesim.find_peaks(maps, **options)
         with monkeypatch.context() as patched:
+            patched.setattr(slidesim.peaks, "_BEST_FIRST", (4, 1))  # a few best scores first,
+            patched.setattr(slidesim.peaks, "_MOST_BEST", 300)  # then past 300 their rows are searched
+            by_rows = slidesim.find_peaks(maps, **options)
+        with monkeypatch.context() as patched:
             patched.setattr(slidesim.peaks, "_FEW_PEAKS", 0)
             whole = slidesim.find_peaks(maps, **options)
         for field in ("batch", "template", "y", "x"):
             np.testing.assert_array_equal(getattr(fast, field), getattr(whole, field), err_msg=f"{field} {options}")
+            np.testing.assert_array_equal(getattr(by_rows, field), getattr(whole, field), err_msg=f"{field} {options}")

@@ -351,8 +351,55 @@ def _first_of_the_best(
             order = torch.argsort(group, stable=True)  # by map, best first within each (flat maps: row-major)
             return group[order], cy[order], cx[order]
         M = min(8 * M, H * W)
-        if M > _MOST_BEST:
-            return None  # the window maxima of the whole map cost less
+        if M > _MOST_BEST:  # too many to compare pairwise: the rows that hold them are searched instead
+            found = [
+                _first_by_rows(work, key, g, M, radius, higher, k, min_distance, (lo, hi))
+                for g in range(G)
+                if not bool(flat[g])
+            ]
+            if any(one is None for one in found):
+                return None  # most of a map: the window maxima of the whole map cost less
+            group, cy, cx = (torch.cat(column) for column in zip(*found, flat_peaks, strict=True))
+            order = torch.argsort(group, stable=True)
+            return group[order], cy[order], cx[order]
+
+
+def _first_by_rows(
+    work: torch.Tensor,
+    key: torch.Tensor,
+    g: int,
+    M: int,
+    radius: int,
+    higher: bool,
+    k: int,
+    min_distance: int,
+    passing: tuple[float, float],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """:func:`_first_of_the_best` for map g of ``work`` [G, H, W] (ranking key [G, H·W]) from its M best scores
+    and more, M growing eightfold: the scores above the M-th best v form a threshold's passing set, whose local
+    maxima :func:`_candidates_in_rows` finds in their rows alone (no score at or below v can beat them). None once
+    the rows are too many, or M a quarter of the map."""
+    H, W = work.shape[1:]
+    lo, hi = passing
+    while M * 4 <= H * W:
+        v = key[g].topk(M).values[-1]
+        above = (key[g] > v).nonzero().squeeze(1)
+        if higher:
+            lo = float(torch.nextafter(v, torch.tensor(torch.inf, dtype=v.dtype)))
+        else:
+            hi = float(torch.nextafter(-v, torch.tensor(-torch.inf, dtype=v.dtype)))
+        zero = torch.zeros_like(above)
+        found = _candidates_in_rows(work[g : g + 1], zero, above // W, above % W, lo, hi, radius, higher)
+        if found is None:
+            return None
+        _, y, x, value = found
+        order = torch.argsort(value if higher else -value, descending=True, stable=True)  # ties: row-major
+        y, x = y[order], x[order]
+        kept = suppress_points(torch.zeros_like(y), y, x, k, min_distance)
+        if int(kept.sum()) >= k or int((key[g] > -torch.inf).sum()) <= M:
+            return torch.full((int(kept.sum()),), g, dtype=torch.int64), y[kept], x[kept]
+        M *= 8
+    return None
 
 
 def _first_of_flat(
