@@ -346,20 +346,21 @@ def _first_of_the_best(
         group = torch.arange(G)[:, None].expand(G, M)[taken]
         cy, cx = y.gather(1, ranked)[taken], x.gather(1, ranked)[taken]
         kept = suppress_points(group, cy, cx, k, min_distance)
-        if bool(((torch.bincount(group[kept], minlength=G) >= k) | whole | flat).all()):
+        settled = (torch.bincount(group[kept], minlength=G) >= k) | whole | flat
+        if bool(settled.all()):
             group, cy, cx = (torch.cat([a[kept], b]) for a, b in zip((group, cy, cx), flat_peaks, strict=True))
             order = torch.argsort(group, stable=True)  # by map, best first within each (flat maps: row-major)
             return group[order], cy[order], cx[order]
         M = min(8 * M, H * W)
         if M > _MOST_BEST:  # too many to compare pairwise: the rows that hold them are searched instead
-            found = [
-                _first_by_rows(work, key, g, M, radius, higher, k, min_distance, (lo, hi))
-                for g in range(G)
-                if not bool(flat[g])
-            ]
-            if any(one is None for one in found):
-                return None  # most of a map: the window maxima of the whole map cost less
-            group, cy, cx = (torch.cat(column) for column in zip(*found, flat_peaks, strict=True))
+            done = settled[group] & kept  # the maps settled here keep these peaks
+            found = [(group[done], cy[done], cx[done]), flat_peaks]
+            for g in (~settled).nonzero().squeeze(1).tolist():
+                one = _first_by_rows(work, key, g, M, radius, higher, k, min_distance, (lo, hi))
+                if one is None:
+                    return None  # most of a map: the window maxima of the whole map cost less
+                found.append(one)
+            group, cy, cx = (torch.cat(column) for column in zip(*found, strict=True))
             order = torch.argsort(group, stable=True)
             return group[order], cy[order], cx[order]
 

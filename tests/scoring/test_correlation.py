@@ -28,9 +28,9 @@ def test_the_float64_transform_runs_once_where_rescoring_would_need_it(monkeypat
     dtypes: list[torch.dtype] = []
     correlate = fft.FFTPrimitives.correlate
 
-    def spy(self, image, kernel, support=None):
+    def spy(self, image, kernel, support=None, out_dtype=None):
         dtypes.append(image.dtype)
-        return correlate(self, image, kernel, support)
+        return correlate(self, image, kernel, support, out_dtype)
 
     monkeypatch.setattr(fft.FFTPrimitives, "correlate", spy)
     monkeypatch.setattr(rescoring.Rescorer, "_float64_cross", lambda *a: pytest.fail("a second transform ran"))
@@ -47,7 +47,9 @@ def test_textured_images_keep_the_float32_transform(monkeypatch) -> None:
     dtypes: list[torch.dtype] = []
     correlate = fft.FFTPrimitives.correlate
     monkeypatch.setattr(
-        fft.FFTPrimitives, "correlate", lambda self, i, k, s=None: dtypes.append(i.dtype) or correlate(self, i, k, s)
+        fft.FFTPrimitives,
+        "correlate",
+        lambda self, i, k, s=None, out_dtype=None: dtypes.append(i.dtype) or correlate(self, i, k, s, out_dtype),
     )
     rng = np.random.default_rng(4)
     image = rng.random((120, 150)).astype(np.float32)

@@ -21,14 +21,21 @@ from .base import ReductionEngine, correlation_ineligible_reason, large_template
 class ConvPrimitives(AreaSumReductions):
     """Correlations by torch conv2d."""
 
-    def correlate(self, image: torch.Tensor, kernel: torch.Tensor, support: torch.Tensor | None = None) -> torch.Tensor:
+    def correlate(
+        self,
+        image: torch.Tensor,
+        kernel: torch.Tensor,
+        support: torch.Tensor | None = None,
+        out_dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
         """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W'].
 
         ``support`` is not needed: this engine runs finite images only, where the kernel's zero weights already
         leave those taps out.
         """
         del support
-        return conv_correlate(image, kernel, self.geom, self.unfold_bytes)
+        result = conv_correlate(image, kernel, self.geom, self.unfold_bytes)
+        return result if out_dtype is None else result.to(out_dtype)
 
 
 class ConvEngine(ReductionEngine):

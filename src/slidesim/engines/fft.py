@@ -30,14 +30,20 @@ class FFTPrimitives(AreaSumReductions):
     global_cross_error = True  # round-off spreads over every output: ε·‖I‖₂·‖K‖₂, not per window
     squares_by_correlation = True  # ssd from energies and a float64 cross term: its cost does not grow with h·w
 
-    def correlate(self, image: torch.Tensor, kernel: torch.Tensor, support: torch.Tensor | None = None) -> torch.Tensor:
+    def correlate(
+        self,
+        image: torch.Tensor,
+        kernel: torch.Tensor,
+        support: torch.Tensor | None = None,
+        out_dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
         """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W'].
 
         ``support`` is not needed: this engine runs finite images only, where the kernel's zero weights already
         leave those taps out.
         """
         del support
-        return fft_correlate(image, kernel, self.geom, self.chunk_bytes, spectra=self.spectra)
+        return fft_correlate(image, kernel, self.geom, self.chunk_bytes, spectra=self.spectra, out_dtype=out_dtype)
 
 
 SQUARED_DISTANCES = ("ssd", "ssd_normed")  # through energies and a float64 cross term

@@ -54,7 +54,13 @@ class NumbaCorrelation(AreaSumReductions):
     """The correlation metrics: the cross term in the numba product tiles, window statistics from the fast
     engines' O(H·W) sums (:class:`slidesim.kernels.area_sums.AreaSumReductions`)."""
 
-    def correlate(self, image: torch.Tensor, kernel: torch.Tensor, support: torch.Tensor | None = None) -> torch.Tensor:
+    def correlate(
+        self,
+        image: torch.Tensor,
+        kernel: torch.Tensor,
+        support: torch.Tensor | None = None,
+        out_dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
         """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W'].
 
         ``support`` is not needed: images reach this engine finite (NaN holes filled, ±inf refused), where the
@@ -63,8 +69,10 @@ class NumbaCorrelation(AreaSumReductions):
         """
         del support
         if torch.is_grad_enabled() and (image.requires_grad or kernel.requires_grad):
-            return conv_correlate(image, kernel, self.geom, self.unfold_bytes)
-        return numba_ops.correlate(image, kernel, self.geom)
+            result = conv_correlate(image, kernel, self.geom, self.unfold_bytes)
+        else:
+            result = numba_ops.correlate(image, kernel, self.geom)
+        return result if out_dtype is None else result.to(out_dtype)
 
 
 class NumbaEngine(ReductionEngine):

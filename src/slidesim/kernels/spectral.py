@@ -32,8 +32,10 @@ def fft_correlate(
     chunk_bytes: int,
     tile: tuple[int, int] | None = None,
     spectra: dict | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] (Bk ∈ {1, B}) -> [B, T, H', W'].
+    """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] (Bk ∈ {1, B}) -> [B, T, H', W'] in
+    ``out_dtype`` (None: the image's), the transforms in the image's dtype: tiles are narrowed as they are written.
 
     One transform of the whole image when its spectrum (about twice the image) fits ``chunk_bytes`` and is not
     large; otherwise overlap-save tiles (see :func:`choose_tile`), whose temporaries do not grow with the image.
@@ -50,9 +52,10 @@ def fft_correlate(
         kernel = spread
     if tile is None:
         tile = choose_tile(image.shape, kernel.shape[-2:], T, image.element_size(), chunk_bytes, geom.stride)
+    out_dtype = image.dtype if out_dtype is None else out_dtype
     if tile is None:
-        return _whole(image, kernel, geom, chunk_bytes, spectra)
-    return _tiled(image, kernel, geom, chunk_bytes, tile)
+        return _whole(image, kernel, geom, chunk_bytes, spectra).to(out_dtype)
+    return _tiled(image, kernel, geom, chunk_bytes, tile, out_dtype)
 
 
 _STRIPS_FROM = 8 * 2**20  # bytes of one plane's spectrum from which strips of rows beat one whole transform
@@ -185,7 +188,12 @@ def tile_steps(tile: tuple[int, int], span: tuple[int, int], stride: tuple[int, 
 
 
 def _tiled(
-    image: torch.Tensor, kernel: torch.Tensor, geom: Geometry, chunk_bytes: int, tile: tuple[int, int]
+    image: torch.Tensor,
+    kernel: torch.Tensor,
+    geom: Geometry,
+    chunk_bytes: int,
+    tile: tuple[int, int],
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Overlap-save: each tile of ``tile`` pixels yields the outputs whose windows lie inside it; tiles advance
     by the tile size minus the template span (rounded down to the stride), so together they cover every output."""
@@ -197,7 +205,7 @@ def _tiled(
     step_h, step_w = tile_steps(tile, (span_h, span_w), geom.stride)
     if step_h + span_h - 1 > th or step_w + span_w - 1 > tw:
         raise ValueError(f"tile {tile} is smaller than the template span ({span_h}, {span_w}) plus the stride")
-    out = image.new_empty(B, T, geom.out_height, geom.out_width)
+    out = image.new_empty(B, T, geom.out_height, geom.out_width, dtype=out_dtype or image.dtype)
     C = image.shape[1]
     chunk = max(1, template_chunk(tile, B, Bk, T, image.element_size(), chunk_bytes) // (C + 1))
     for t0 in range(0, T, chunk):

@@ -274,7 +274,13 @@ class TapReductions:
         """The reductions to use while a bank streams through in chunks (engines that cache per image override)."""
         return self
 
-    def correlate(self, image: torch.Tensor, kernel: torch.Tensor, support: torch.Tensor | None = None) -> torch.Tensor:
+    def correlate(
+        self,
+        image: torch.Tensor,
+        kernel: torch.Tensor,
+        support: torch.Tensor | None = None,
+        out_dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
         """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W'].
 
         ``support`` (bool [Bm, Tm, Cm, h, w], None: every tap) says which taps are in each template's window. It
@@ -282,8 +288,10 @@ class TapReductions:
         """
         kernel = kernel.to(image.dtype)
         if image.requires_grad or kernel.requires_grad:
-            return _Correlate.apply(image, kernel, support, self.geom, self.block)
-        return _correlate_forward(image, kernel, support, self.geom, self.block)
+            result = _Correlate.apply(image, kernel, support, self.geom, self.block)
+        else:
+            result = _correlate_forward(image, kernel, support, self.geom, self.block)
+        return result if out_dtype is None else result.to(out_dtype)
 
     def distance(
         self,

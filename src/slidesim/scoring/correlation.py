@@ -93,11 +93,11 @@ class CorrelationScorer:
         if name in ("ccorr", "ncc"):
             image = stats.image if dtype == stats.image.dtype else stats.plane(("float64",), stats.image.double)
             kernel = bank * weights if stats.masked else bank
-            return self.prims.correlate(image, kernel.to(dtype), support).to(stats.image.dtype)
+            return self.prims.correlate(image, kernel.to(dtype), support, out_dtype=stats.image.dtype)
         if name == "ssd_normed":  # unmasked: no weights, so the distance kernels take their unweighted path
             return self.prims.distance(stats.image, bank, weights if stats.masked else None, 2, None)
         kernel, _ = centred_kernel(bank.to(torch.float64), mask.to(torch.float64))
-        return self._centred_correlate(kernel.to(dtype), support).to(stats.image.dtype)
+        return self._centred_correlate(kernel.to(dtype), support, stats.image.dtype).to(stats.image.dtype)
 
     def _squared_distance(self, t0: int, t1: int) -> torch.Tensor:
         """Σ_c Σ W (I − T)² of templates t0:t1 through a float64 correlation (see the module docstring) ->
@@ -150,15 +150,18 @@ class CorrelationScorer:
         B, _, H, W = window_scale.shape
         return self.rescorer.prefers_transform(count, B * (t1 - t0) * H * W, upfront=True)
 
-    def _centred_correlate(self, kernel: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
+    def _centred_correlate(
+        self, kernel: torch.Tensor, support: torch.Tensor | None, out_dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         """correlate(image − shift, kernel) in the kernel's dtype, centring a few channels at a time so no full
-        copy of the image exists."""
+        copy of the image exists; in ``out_dtype`` where one call takes every channel (partial sums of channel
+        groups add up in the kernel's dtype)."""
         stats = self.stats
         C, dtype = stats.image.shape[1], kernel.dtype
         per_channel = stats.image[:, :1].numel() * kernel.element_size()
         group = max(1, CENTRING_BYTES // max(1, per_channel))
         if group >= C:
-            return self.prims.correlate(stats.centred_plane(0, C, dtype), kernel, support)
+            return self.prims.correlate(stats.centred_plane(0, C, dtype), kernel, support, out_dtype=out_dtype)
         total = None
         for c0 in range(0, C, group):
             centred = stats.centred_plane(c0, c0 + group, dtype)

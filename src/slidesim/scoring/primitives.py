@@ -39,9 +39,17 @@ class Primitives(Protocol):
         """The reductions to use while a bank streams through in chunks (may cache per image)."""
         ...
 
-    def correlate(self, image: torch.Tensor, kernel: torch.Tensor, support: torch.Tensor | None = None) -> torch.Tensor:
-        """Σ_c Σ_taps kernel · image -> [B, T, H', W']; ``support`` (bool, None: every tap) says which taps are in
-        each template's window, which matters where the image holds NaN or inf."""
+    def correlate(
+        self,
+        image: torch.Tensor,
+        kernel: torch.Tensor,
+        support: torch.Tensor | None = None,
+        out_dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """Σ_c Σ_taps kernel · image -> [B, T, H', W'] in ``out_dtype`` (None: the kernel's); ``support`` (bool,
+        None: every tap) says which taps are in each template's window, which matters where the image holds NaN or
+        inf. An engine that computes in a wider dtype writes its result narrowed as it goes where it can (the FFT
+        engine's tiles), instead of a second pass over a wide copy."""
         ...
 
     def distance(
