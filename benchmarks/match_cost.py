@@ -12,14 +12,13 @@ with and without sub-pixel refinement. The target: `match` with refinement at mo
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from real_images import THREADS, machine
+from real_images import THREADS, machine, write
 
 import slidesim
 
@@ -95,16 +94,6 @@ def section(times: dict[str, float], rounds: int) -> str:
     )
 
 
-def write(report: Path, text: str) -> None:
-    """Replace this benchmark's section of ``report`` (between its markers), or append it."""
-    old = report.read_text() if report.exists() else ""
-    if START in old and END in old:
-        new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: text, old, flags=re.S)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    report.write_text(new)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
@@ -115,7 +104,7 @@ def main() -> None:
     text = section(race(calls(image, bank), args.rounds), args.rounds)
     print(text)
     if args.write:
-        write(REPORT, text)
+        write(REPORT, text, (START, END))
 
 
 if __name__ == "__main__":

@@ -671,11 +671,13 @@ def section(rows: list[Row], loaded: bool, budget: Budget) -> str:
     return "\n".join(parts)
 
 
-def write(report: Path, text: str) -> None:
-    """Replace the Real images section of ``report`` (between its markers), or append it."""
+def write(report: Path, text: str, markers: tuple[str, str] = (START, END)) -> None:
+    """Replace a section of ``report`` between its ``markers`` (the Real images section by default), or append
+    it."""
     old = report.read_text() if report.exists() else ""
-    if START in old and END in old:
-        new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: text, old, flags=re.S)
+    start, end = markers
+    if start in old and end in old:
+        new = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: text, old, flags=re.S)
     else:
         new = old.rstrip("\n") + "\n\n" + text + "\n"
     report.write_text(new)

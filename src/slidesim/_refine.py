@@ -117,6 +117,13 @@ def prefilter(n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     return _kept_inverse_sampling(n, dtype) if n <= _KEPT_PREFILTER else _inverse_sampling(n).to(dtype)
 
 
+def spline_coefficients(crops: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The cubic B-spline coefficients [..., Hc, Wc] in ``dtype`` of crops [..., Hc, Wc]: the prefilter of their
+    columns and of their rows."""
+    Hc, Wc = crops.shape[-2:]
+    return prefilter(Hc, dtype) @ crops.to(dtype) @ prefilter(Wc, dtype).T
+
+
 def refinement_bytes(
     channels: int, template_shape: tuple[int, int], dilation: tuple[int, int], holes: bool = False
 ) -> tuple[int, int]:
@@ -435,9 +442,7 @@ class _Surface:
     def coefficients(self, dtype: torch.dtype) -> torch.Tensor:
         """The crop's B-spline coefficients [C, Hc, Wc] in ``dtype``, prefiltered once per dtype."""
         if dtype not in self._coefficients:
-            crop = self.crop.to(dtype)
-            Hc, Wc = crop.shape[-2:]
-            self._coefficients[dtype] = prefilter(Hc, dtype) @ crop @ prefilter(Wc, dtype).T
+            self._coefficients[dtype] = spline_coefficients(self.crop, dtype)
         return self._coefficients[dtype]
 
     def table(

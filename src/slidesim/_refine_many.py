@@ -32,13 +32,13 @@ from ._refine import (
     MAX_MOVES,
     NEWTON_STEP,
     grid_reach,
-    prefilter,
     quadratic_design,
     quadratic_vertex,
     read_crop,
     refine_on_data,
     refinement_bytes,
     resample,
+    spline_coefficients,
     tie_roundoff,
     with_pixels_at_whole_positions,
 )
@@ -217,9 +217,7 @@ class _Surfaces:
     def coefficients(self, dtype: torch.dtype) -> torch.Tensor:
         """The crops' B-spline coefficients [P, C, Hc, Wc] in ``dtype``, prefiltered once per dtype."""
         if dtype not in self._coefficients:
-            crops = self.crops.to(dtype)
-            Hc, Wc = crops.shape[-2:]
-            self._coefficients[dtype] = prefilter(Hc, dtype) @ crops @ prefilter(Wc, dtype).T
+            self._coefficients[dtype] = spline_coefficients(self.crops, dtype)
         return self._coefficients[dtype]
 
     def table(
