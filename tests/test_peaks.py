@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import slidesim
+from slidesim.peaks import top_scores
 
 from .conftest import python_calls
 
@@ -471,3 +472,21 @@ def test_few_peaks_from_the_best_scores_equal_those_of_the_whole_maps(seed, monk
         for field in ("batch", "template", "y", "x"):
             np.testing.assert_array_equal(getattr(fast, field), getattr(whole, field), err_msg=f"{field} {options}")
             np.testing.assert_array_equal(getattr(by_rows, field), getattr(whole, field), err_msg=f"{field} {options}")
+
+
+def test_the_best_scores_of_large_maps_are_those_of_a_full_selection() -> None:
+    """The M best scores of large maps come from a strided sample's estimate, a comparison and a selection among
+    the values above it: the same values as topk, the same positions where they are distinct, also for a flat
+    map and one with a plateau on top (where the sample's estimate fails and the map is selected whole)."""
+    rng = np.random.default_rng(8)
+    key = torch.from_numpy(rng.random((4, 300_000)).astype(np.float32))
+    key[1] = 0.25  # flat
+    key[2, :50_000] = 2.0  # a plateau above everything
+    key[3, rng.random(300_000) < 0.5] = -torch.inf
+    for M in (64, 300):
+        values, index = top_scores(key, M)
+        full = key.topk(M, dim=1)
+        assert torch.equal(values, full.values)
+        assert torch.equal(key.gather(1, index), values)
+        for g in (0, 3):
+            assert set(index[g].tolist()) == set(full.indices[g].tolist())
