@@ -481,9 +481,11 @@ class _Surface:
         positions_y = dy.to(torch.float64)[:, None] + self.taps_y[None]  # [N, h]
         positions_x = dx.to(torch.float64)[:, None] + self.taps_x[None]  # [N, w]
         if self.holes is None:
-            many = coefficients[None].expand(len(dy), *coefficients.shape)
             size = (len(self.taps_y), len(self.taps_x))
-            windows = resample(many, positions_y[:, :1], positions_x[:, :1], size, self.dilation, (0, 0))[:, 0, 0]
+            same_crop = torch.zeros(len(dy), dtype=torch.long)
+            windows = resample(
+                coefficients[None], positions_y[:, :1], positions_x[:, :1], size, self.dilation, (0, 0), same_crop
+            )[:, 0, 0]
             windows = with_pixels_at_whole_positions(windows, self.crop[None], positions_y, positions_x)
             return self.sign * self._score(windows)
         weights_y = spline_weights(positions_y, coefficients.shape[-2]).to(coefficients.dtype)

@@ -184,16 +184,14 @@ class CorrelationScorer:
         temporaries; ssd_normed of finite images likewise, ssd · s_window · s_template with s = 1/√energy.
         Otherwise the differentiable float64 formulas of :mod:`slidesim.metrics` run.
         """
-        if in_place and self.spec.name == "ssd_normed":
-            # NaN and inf take the rules of the differentiable formula, and so does a bank that needs a gradient
-            # (the energies carry it where ssd's float64 correlation does not)
-            differentiable = torch.is_grad_enabled() and (self.bank.requires_grad or self.stats.image.requires_grad)
-            if self.stats.finite and not differentiable:
-                self._finish_ssd_normed_in_place(raw, t0, t1)
-                return raw
-            return raw.copy_(self._finish_differentiable(raw, t0, t1))
         if in_place and self.spec.name != "ssd_normed":
             self._finish_in_place(raw, t0, t1)
+            return raw
+        # ssd_normed keeps the differentiable formula for NaN and inf (its rules) and for a bank that needs a
+        # gradient (the energies carry it where ssd's float64 correlation does not)
+        differentiable = torch.is_grad_enabled() and (self.bank.requires_grad or self.stats.image.requires_grad)
+        if in_place and self.stats.finite and not differentiable:
+            self._finish_ssd_normed_in_place(raw, t0, t1)
             return raw
         scores = self._finish_differentiable(raw, t0, t1)
         return raw.copy_(scores) if in_place else scores
