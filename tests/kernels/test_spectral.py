@@ -89,3 +89,20 @@ def test_gradients_through_the_products_formed_in_place(channels: int, templates
     kernel = torch.rand(1, templates, channels, 5, 4, dtype=torch.float64, requires_grad=True)
     geom = Geometry((1, 1), (1, 1), 19, 18, (5, 4))
     assert torch.autograd.gradcheck(lambda i, k: fft_correlate(i, k, geom, 2**20, tile=tile), (image, kernel))
+
+
+@pytest.mark.parametrize("tile", [None, (16, 20)], ids=["whole", "tiles"])
+def test_a_shift_centres_and_widens_each_piece_as_it_is_read(tile) -> None:
+    """With a per-channel shift the transforms run in the kernel's dtype on the centred image."""
+    rng = np.random.default_rng(11)
+    image = torch.from_numpy(rng.integers(0, 256, (2, 3, 37, 41)).astype(np.float32))
+    kernel = torch.from_numpy(rng.standard_normal((1, 2, 3, 5, 4)))  # float64
+    shift = torch.tensor([[100.0, 30.0, 250.0], [7.0, 0.0, 128.0]], dtype=torch.float32)[..., None, None]
+    geom = Geometry((1, 1), (1, 1), 33, 38, (5, 4))
+    got = fft_correlate(image, kernel, geom, chunk_bytes=2**20, tile=tile, shift=shift)
+    expected = conv2d_bank(image.double() - shift.double(), kernel, (1, 1), (1, 1))
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-9)
+    narrowed = fft_correlate(image, kernel, geom, chunk_bytes=2**20, tile=tile, shift=shift, out_dtype=torch.float32)
+    assert narrowed.dtype == torch.float32
+    torch.testing.assert_close(narrowed, expected.float())

@@ -22,17 +22,24 @@ def _sparse_noise_screen(rng: np.random.Generator) -> np.ndarray:
     return image.astype(np.uint8)
 
 
+def _spy_on_transforms(monkeypatch) -> list[torch.dtype]:
+    """The dtype of each cross-term transform of the FFT engine, in order: the image's, or the kernel's where the
+    image is centred and widened as it is read."""
+    dtypes: list[torch.dtype] = []
+    correlate = fft.fft_correlate
+
+    def spy(image, kernel, *args, shift=None, **kwargs):
+        dtypes.append(image.dtype if shift is None else kernel.dtype)
+        return correlate(image, kernel, *args, shift=shift, **kwargs)
+
+    monkeypatch.setattr(fft, "fft_correlate", spy)
+    return dtypes
+
+
 def test_the_float64_transform_runs_once_where_rescoring_would_need_it(monkeypatch) -> None:
     """Where a float32 cross term would leave so many near-flat windows to the exact rescoring that it would run
     a float64 transform anyway, the FFT engine correlates in float64 from the start: one transform, not two."""
-    dtypes: list[torch.dtype] = []
-    correlate = fft.FFTPrimitives.correlate
-
-    def spy(self, image, kernel, support=None, out_dtype=None):
-        dtypes.append(image.dtype)
-        return correlate(self, image, kernel, support, out_dtype)
-
-    monkeypatch.setattr(fft.FFTPrimitives, "correlate", spy)
+    dtypes = _spy_on_transforms(monkeypatch)
     monkeypatch.setattr(rescoring.Rescorer, "_float64_cross", lambda *a: pytest.fail("a second transform ran"))
     image = _sparse_noise_screen(np.random.default_rng(2))
     template = image[95:119, 40:80].copy()
@@ -42,15 +49,25 @@ def test_the_float64_transform_runs_once_where_rescoring_would_need_it(monkeypat
     assert dtypes == [torch.float64]
 
 
+def test_colour_is_correlated_in_one_transform_without_a_centred_copy(monkeypatch) -> None:
+    """Three channels of a large uint8 image (above the size from which centred copies are made a channel at a
+    time) go through one float64 correlation, centred as the transforms read them: one inverse transform per
+    tile for all channels, not one per channel."""
+    dtypes = _spy_on_transforms(monkeypatch)
+    rng = np.random.default_rng(3)
+    planes = np.stack([_sparse_noise_screen(rng) for _ in range(3)])
+    image = np.tile(planes, (1, 3, 3))[None]  # [1, 3, 720, 960]: 5.3 MB a channel in float64
+    template = image[:, :, 95:119, 40:80].copy()
+    scores = slidesim.similarity(image, template, metric="zncc", method="fft")
+    assert dtypes == [torch.float64]
+    corner = image[:, :, :200, :300].astype(np.float64)  # the float64 oracle on the whole image would take GBs
+    expected = slidesim.reference.similarity(corner, template.astype(np.float64), metric="zncc")
+    np.testing.assert_allclose(scores[..., : expected.shape[-2], : expected.shape[-1]], expected, rtol=1e-6, atol=1e-6)
+
+
 def test_textured_images_keep_the_float32_transform(monkeypatch) -> None:
     """Photograph-like data leave few windows to rescore: the cross term stays in float32."""
-    dtypes: list[torch.dtype] = []
-    correlate = fft.FFTPrimitives.correlate
-    monkeypatch.setattr(
-        fft.FFTPrimitives,
-        "correlate",
-        lambda self, i, k, s=None, out_dtype=None: dtypes.append(i.dtype) or correlate(self, i, k, s, out_dtype),
-    )
+    dtypes = _spy_on_transforms(monkeypatch)
     rng = np.random.default_rng(4)
     image = rng.random((120, 150)).astype(np.float32)
     slidesim.similarity(image, image[10:30, 20:44], metric="zncc", method="fft")

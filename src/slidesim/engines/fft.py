@@ -45,6 +45,19 @@ class FFTPrimitives(AreaSumReductions):
         del support
         return fft_correlate(image, kernel, self.geom, self.chunk_bytes, spectra=self.spectra, out_dtype=out_dtype)
 
+    def correlate_centred(
+        self,
+        image: torch.Tensor,
+        shift: torch.Tensor,
+        kernel: torch.Tensor,
+        out_dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """Σ_c Σ_taps kernel · (image − shift_c), shift [B, C, 1, 1], transformed in the kernel's dtype: each tile
+        is centred and widened as it is read, and every channel shares the tile's one inverse transform."""
+        return fft_correlate(
+            image, kernel, self.geom, self.chunk_bytes, spectra=self.spectra, out_dtype=out_dtype, shift=shift
+        )
+
 
 SQUARED_DISTANCES = ("ssd", "ssd_normed")  # through energies and a float64 cross term
 

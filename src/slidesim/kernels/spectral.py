@@ -33,9 +33,15 @@ def fft_correlate(
     tile: tuple[int, int] | None = None,
     spectra: dict | None = None,
     out_dtype: torch.dtype | None = None,
+    shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] (Bk ∈ {1, B}) -> [B, T, H', W'] in
-    ``out_dtype`` (None: the image's), the transforms in the image's dtype: tiles are narrowed as they are written.
+    ``out_dtype`` (None: the transforms'), the transforms in the image's dtype: tiles are narrowed as they are
+    written.
+
+    With ``shift`` [B, C, 1, 1], Σ_c Σ_taps kernel · (image − shift_c) with the transforms in the kernel's dtype:
+    each tile is widened and centred as it is read, so no centred (or float64) copy of the whole image is made and
+    every channel still shares one inverse transform.
 
     One transform of the whole image when its spectrum (about twice the image) fits ``chunk_bytes`` and is not
     large; otherwise overlap-save tiles (see :func:`choose_tile`), whose temporaries do not grow with the image.
@@ -43,7 +49,8 @@ def fft_correlate(
     calls on the same image tensor (a bank streamed in chunks): it holds the image too, so the tensor cannot be
     freed and its identity reused while the entry exists.
     """
-    kernel = kernel.to(image.dtype)
+    reader = _Reader(image, shift, kernel.dtype)
+    kernel = kernel.to(reader.dtype)
     (dy, dx) = geom.dilation
     Bk, T, C, h, w = kernel.shape
     if dy > 1 or dx > 1:  # spread the taps: a dilated kernel is an ordinary kernel with zeros between taps
@@ -51,11 +58,33 @@ def fft_correlate(
         spread[..., ::dy, ::dx] = kernel
         kernel = spread
     if tile is None:
-        tile = choose_tile(image.shape, kernel.shape[-2:], T, image.element_size(), chunk_bytes, geom.stride)
-    out_dtype = image.dtype if out_dtype is None else out_dtype
+        item = torch.empty((), dtype=reader.dtype).element_size()
+        tile = choose_tile(image.shape, kernel.shape[-2:], T, item, chunk_bytes, geom.stride)
+    out_dtype = reader.dtype if out_dtype is None else out_dtype
     if tile is None:
-        return _whole(image, kernel, geom, chunk_bytes, spectra).to(out_dtype)
-    return _tiled(image, kernel, geom, chunk_bytes, tile, out_dtype)
+        return _whole(reader, kernel, geom, chunk_bytes, spectra).to(out_dtype)
+    return _tiled(reader, kernel, geom, chunk_bytes, tile, out_dtype)
+
+
+class _Reader:
+    """Pieces of the image as the transforms read them: as they are, or widened to ``dtype`` and centred by
+    ``shift`` [B, C, 1, 1] (one temporary per piece, the size of the piece)."""
+
+    def __init__(self, image: torch.Tensor, shift: torch.Tensor | None, dtype: torch.dtype) -> None:
+        self.image, self.given_shift = image, shift
+        self.shape = image.shape
+        self.dtype = image.dtype if shift is None else dtype
+        self.shift = None if shift is None else shift.to(self.dtype)
+        self.item = torch.empty((), dtype=self.dtype).element_size()
+
+    def key(self) -> tuple:
+        """Identifies the pieces' source for a spectrum kept between calls (the caller's tensors: the entry
+        holds them, so their ids are not reused while it exists)."""
+        return (id(self.image), None if self.shift is None else (id(self.given_shift), self.dtype))
+
+    def piece(self, rows: slice = slice(None), cols: slice = slice(None)) -> torch.Tensor:
+        piece = self.image[..., rows, cols]
+        return piece if self.shift is None else piece.to(self.dtype) - self.shift
 
 
 _STRIPS_FROM = 8 * 2**20  # bytes of one plane's spectrum from which strips of rows beat one whole transform
@@ -118,25 +147,25 @@ def tile_count(tile: tuple[int, int], padded: tuple[int, int], span: tuple[int, 
 
 
 def _whole(
-    image: torch.Tensor, kernel: torch.Tensor, geom: Geometry, chunk_bytes: int, spectra: dict | None
+    reader: _Reader, kernel: torch.Tensor, geom: Geometry, chunk_bytes: int, spectra: dict | None
 ) -> torch.Tensor:
     """One transform of the whole image, shared by every template; templates in chunks of ``chunk_bytes``."""
     (sy, sx) = geom.stride
-    B, _, Hp, Wp = image.shape
+    B, _, Hp, Wp = reader.shape
     Bk, T = kernel.shape[:2]
     size = (next_fast_length(Hp), next_fast_length(Wp))
-    key = (id(image), size)
+    key = (reader.key(), size)
     if spectra is not None and key in spectra:
         image_spectrum = spectra[key][1]
     else:
-        image_spectrum = torch.fft.rfft2(image, s=size)  # [B, C, Hf, Wf // 2 + 1], once for the whole bank
-        if spectra is not None and not image.requires_grad:
-            spectra[key] = (image, image_spectrum)
+        image_spectrum = torch.fft.rfft2(reader.piece(), s=size)  # [B, C, Hf, Wf // 2 + 1], once for the bank
+        if spectra is not None and not reader.image.requires_grad:
+            spectra[key] = ((reader.image, reader.given_shift), image_spectrum)
     # the product convolves with the turned kernel: correlation output (y, x) lands at (y + span − 1, x + span − 1)
     top, left = kernel.shape[-2] - 1, kernel.shape[-1] - 1
     rows = slice(top, top + (geom.out_height - 1) * sy + 1, sy)
     cols = slice(left, left + (geom.out_width - 1) * sx + 1, sx)
-    chunk = template_chunk(size, B, Bk, T, image.element_size(), chunk_bytes)
+    chunk = template_chunk(size, B, Bk, T, reader.item, chunk_bytes)
     out = None
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
@@ -188,7 +217,7 @@ def tile_steps(tile: tuple[int, int], span: tuple[int, int], stride: tuple[int, 
 
 
 def _tiled(
-    image: torch.Tensor,
+    reader: _Reader,
     kernel: torch.Tensor,
     geom: Geometry,
     chunk_bytes: int,
@@ -198,16 +227,15 @@ def _tiled(
     """Overlap-save: each tile of ``tile`` pixels yields the outputs whose windows lie inside it; tiles advance
     by the tile size minus the template span (rounded down to the stride), so together they cover every output."""
     (sy, sx) = geom.stride
-    B = image.shape[0]
+    B, C = reader.shape[:2]
     Bk, T, _, span_h, span_w = kernel.shape
     th, tw = tile
     need_h, need_w = (geom.out_height - 1) * sy + 1, (geom.out_width - 1) * sx + 1  # stride-1 positions spanned
     step_h, step_w = tile_steps(tile, (span_h, span_w), geom.stride)
     if step_h + span_h - 1 > th or step_w + span_w - 1 > tw:
         raise ValueError(f"tile {tile} is smaller than the template span ({span_h}, {span_w}) plus the stride")
-    out = image.new_empty(B, T, geom.out_height, geom.out_width, dtype=out_dtype or image.dtype)
-    C = image.shape[1]
-    chunk = max(1, template_chunk(tile, B, Bk, T, image.element_size(), chunk_bytes) // (C + 1))
+    out = reader.image.new_empty(B, T, geom.out_height, geom.out_width, dtype=out_dtype or reader.dtype)
+    chunk = max(1, template_chunk(tile, B, Bk, T, reader.item, chunk_bytes) // (C + 1))
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
         kernels = _kernel_spectrum(kernel[:, t0:t1], tile)  # [Bk, t, C, th, tw // 2 + 1], once for every tile
@@ -215,7 +243,7 @@ def _tiled(
             rows = min(step_h, need_h - y0)
             for x0 in range(0, need_w, step_w):
                 cols = min(step_w, need_w - x0)
-                piece = image[..., y0 : y0 + rows + span_h - 1, x0 : x0 + cols + span_w - 1]
+                piece = reader.piece(slice(y0, y0 + rows + span_h - 1), slice(x0, x0 + cols + span_w - 1))
                 spectrum = torch.fft.rfft2(piece, s=tile)
                 product = _accumulate(spectrum, lambda c, kernels=kernels: kernels[:, :, c], C, fresh="image")
                 full = torch.fft.irfft2(product, s=tile)

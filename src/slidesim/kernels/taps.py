@@ -293,6 +293,18 @@ class TapReductions:
             result = _correlate_forward(image, kernel, support, self.geom, self.block)
         return result if out_dtype is None else result.to(out_dtype)
 
+    def correlate_centred(
+        self,
+        image: torch.Tensor,
+        shift: torch.Tensor,
+        kernel: torch.Tensor,
+        out_dtype: torch.dtype | None = None,
+    ) -> torch.Tensor | None:
+        """None: tap loops read each pixel once per tap, so the caller's centred copy costs less than centring as
+        they read."""
+        del image, shift, kernel, out_dtype
+        return None
+
     def distance(
         self,
         image: torch.Tensor,

@@ -109,10 +109,8 @@ class CorrelationScorer:
         shift = stats.shift.detach().to(f64)[:, None]  # [B, 1, C, 1, 1]
         centred = bank - shift  # [B, t, C, h, w]: each image's templates centred by its shift
         kernel = weights * centred
-        C = stats.image.shape[1]
-        image = stats.centred_plane(0, C, f64)
         support = weights > 0 if stats.masked else None
-        cross = self.prims.correlate(image, kernel, support)  # [B, t, H', W']
+        cross = self._centred_correlate(kernel, support)  # [B, t, H', W'] float64
         energy_t = (kernel * centred).sum(dim=(-3, -2, -1))  # [B, t]
         energy_w, energy_error = stats.per_mask(("centred energy",), lambda: stats.centred_energy(weights))
         norm = stats.once(("image_norm", True), lambda: self.rescorer.image_norm(True))
@@ -157,6 +155,10 @@ class CorrelationScorer:
         copy of the image exists; in ``out_dtype`` where one call takes every channel (partial sums of channel
         groups add up in the kernel's dtype)."""
         stats = self.stats
+        if stats.finite or support is None:  # taps outside the support read no NaN: centre as the engine reads
+            fused = self.prims.correlate_centred(stats.image, stats.shift, kernel, out_dtype)
+            if fused is not None:
+                return fused
         C, dtype = stats.image.shape[1], kernel.dtype
         per_channel = stats.image[:, :1].numel() * kernel.element_size()
         group = max(1, CENTRING_BYTES // max(1, per_channel))

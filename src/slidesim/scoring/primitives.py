@@ -52,6 +52,19 @@ class Primitives(Protocol):
         engine's tiles), instead of a second pass over a wide copy."""
         ...
 
+    def correlate_centred(
+        self,
+        image: torch.Tensor,
+        shift: torch.Tensor,
+        kernel: torch.Tensor,
+        out_dtype: torch.dtype | None = None,
+    ) -> torch.Tensor | None:
+        """Σ_c Σ_taps kernel · (image − shift_c) of a finite image, shift [B, C, 1, 1], computed in the kernel's
+        dtype -> [B, T, H', W'] in ``out_dtype`` (None: the kernel's), centring and widening the image as it is
+        read; None where the engine has no such path (the caller then centres copies of a few channels at a
+        time)."""
+        ...
+
     def distance(
         self,
         image: torch.Tensor,
