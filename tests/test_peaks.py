@@ -440,17 +440,24 @@ def test_suppression_of_scattered_points_equals_the_greedy_definition(seed) -> N
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_few_peaks_from_the_best_scores_equal_those_of_the_whole_maps(seed, monkeypatch) -> None:
-    """k up to 16 is looked for among each map's best scores first (their number growing while ties or close peaks
-    leave the answer open, compared pairwise and then searched in their rows): the same peaks as the window maxima
-    of whole maps, on smooth maps with many peaks of close scores, quantized maps (ties), maps with plateaus on
-    top, a flat map (a flat template's zncc) and a map that nothing passes, with and without thresholds."""
+@pytest.mark.parametrize("higher", [True, False])
+def test_few_peaks_from_the_best_scores_equal_those_of_the_whole_maps(seed, higher, monkeypatch) -> None:
+    """k up to 16 is looked for among the best of blocks of min_distance² positions, then among each map's best
+    scores (their number growing while ties or close peaks leave the answer open, compared pairwise and then
+    searched in their rows): the same peaks as the window maxima of whole maps, on smooth maps with many peaks of
+    close scores, quantized maps (ties), maps with plateaus on top, a flat map (a flat template's zncc), a map
+    that nothing passes and one with NaN and infinities, with and without thresholds, for maxima and minima."""
     ndimage = pytest.importorskip("scipy.ndimage")
     rng = np.random.default_rng(seed)
-    smooth = ndimage.gaussian_filter(rng.random((3, 180, 240)), (0, 3, 3)).astype(np.float32)
-    maps = np.stack([smooth[0], np.round(smooth[1] * 40) / 40, smooth[2], np.zeros((180, 240), np.float32)])
+    smooth = ndimage.gaussian_filter(rng.random((3, 181, 243)), (0, 3, 3)).astype(np.float32)
+    holes = smooth[0].copy()
+    holes[rng.random(holes.shape) < 0.01] = np.nan
+    holes[rng.random(holes.shape) < 0.001] = np.inf
+    holes[rng.random(holes.shape) < 0.001] = -np.inf
+    maps = np.stack([smooth[0], np.round(smooth[1] * 40) / 40, smooth[2], np.zeros((181, 243), np.float32), holes])
     maps[2, 50:60, 70:90] = maps[2].max()  # a plateau on top
-    maps = maps[None]  # [1, 4, 180, 240]
+    maps = maps[None] if higher else -maps[None]  # [1, 5, 181, 243]
+    sign = 1 if higher else -1
     for k, min_distance, threshold in [
         (1, 1, None),
         (2, 5, None),
@@ -459,19 +466,27 @@ def test_few_peaks_from_the_best_scores_equal_those_of_the_whole_maps(seed, monk
         (16, 8, 0.5),
         (5, 16, 2.0),
         (1, 4, 0.52),
+        (10, 12, None),
+        (7, 6, 0.51),
     ]:
-        options = {"k": k, "min_distance": min_distance, "threshold": threshold, "subpixel": False, "metric": "zncc"}
+        threshold = None if threshold is None else sign * threshold
+        metric = "zncc" if higher else "ssd"
+        options = {"k": k, "min_distance": min_distance, "threshold": threshold, "subpixel": False, "metric": metric}
         fast = slidesim.find_peaks(maps, **options)
         with monkeypatch.context() as patched:
             patched.setattr(slidesim.peaks, "_BEST_FIRST", (4, 1))  # a few best scores first,
             patched.setattr(slidesim.peaks, "_MOST_BEST", 300)  # then past 300 their rows are searched
             by_rows = slidesim.find_peaks(maps, **options)
         with monkeypatch.context() as patched:
+            patched.setattr(slidesim.peaks, "_BLOCKS_FIRST", (1, 1))  # a few blocks first, growing fourfold,
+            patched.setattr(slidesim.peaks, "_BLOCK_WINDOWS", 1e-3)  # up to all of them (small maps gave up)
+            by_blocks = slidesim.find_peaks(maps, **options)
+        with monkeypatch.context() as patched:
             patched.setattr(slidesim.peaks, "_FEW_PEAKS", 0)
             whole = slidesim.find_peaks(maps, **options)
         for field in ("batch", "template", "y", "x"):
-            np.testing.assert_array_equal(getattr(fast, field), getattr(whole, field), err_msg=f"{field} {options}")
-            np.testing.assert_array_equal(getattr(by_rows, field), getattr(whole, field), err_msg=f"{field} {options}")
+            for name, got in (("fast", fast), ("by rows", by_rows), ("by blocks", by_blocks)):
+                np.testing.assert_array_equal(getattr(got, field), getattr(whole, field), f"{name} {field} {options}")
 
 
 def test_the_best_scores_of_large_maps_are_those_of_a_full_selection() -> None:

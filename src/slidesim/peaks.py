@@ -275,7 +275,7 @@ def locate_peaks(
     work = core.to(_exact_dtype(core.dtype))  # a view for float32 and float64 maps
     lo, hi = _passing_range(work.dtype, threshold, higher)
     if k <= _FEW_PEAKS:
-        found = _first_of_the_best(work, lo, hi, radius, higher, k, min_distance)
+        found = _first_of_few(work, lo, hi, radius, higher, k, min_distance)
         if found is not None:
             group, y, x = found
             return torch.stack([group // T, group % T, y + border, x + border], dim=1)
@@ -293,6 +293,27 @@ _FEW_PEAKS = 16  # k up to which the peaks are looked for among each map's best 
 _BEST_FIRST = (256, 64)  # scores per map looked at first: 256 + 64 per peak asked for
 _MOST_BEST = 4096  # ... growing eightfold while the peaks are not settled, up to this many
 _PAIRS_AT_ONCE = 2**22  # pairs of best scores compared at once (a few tens of MB)
+
+
+def _first_of_few(
+    work: torch.Tensor, lo: float, hi: float, radius: int, higher: bool, k: int, min_distance: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """:func:`locate_peaks`'s first k (at most _FEW_PEAKS) peaks of maps work [G, H, W] -> (map index, row,
+    column) [N], best first per map, or None where the window maxima of the whole maps cost less: from the
+    blocks' bests (:func:`_first_of_blocks`) when min_distance makes blocks worth it, then from the best scores
+    (:func:`_first_of_the_best`) for the maps still open."""
+    if k == 1 or min_distance < _BLOCKS_FROM or radius + 1 != min_distance:
+        return _first_of_the_best(work, lo, hi, radius, higher, k, min_distance)
+    group, y, x, still_open = _first_of_blocks(work, lo, hi, higher, k, min_distance)
+    if not bool(still_open.any()):
+        return group, y, x
+    maps = still_open.nonzero().squeeze(1)
+    rest = _first_of_the_best(work[maps], lo, hi, radius, higher, k, min_distance)
+    if rest is None:
+        return None
+    group, y, x = torch.cat([group, maps[rest[0]]]), torch.cat([y, rest[1]]), torch.cat([x, rest[2]])
+    order = torch.argsort(group, stable=True)  # by map, best first within each
+    return group[order], y[order], x[order]
 
 
 def _first_of_the_best(
@@ -363,6 +384,143 @@ def _first_of_the_best(
             group, cy, cx = (torch.cat(column) for column in zip(*found, strict=True))
             order = torch.argsort(group, stable=True)
             return group[order], cy[order], cx[order]
+
+
+_BLOCKS_FROM = 4  # min_distance from which few peaks are looked for among the best of blocks first
+_BLOCKS_FIRST = (16, 8)  # blocks per map looked at first: 16 + 8 per peak asked for, growing fourfold
+_BLOCK_WINDOWS = 4  # ... while their peaks' windows together are at most a 1/_BLOCK_WINDOWS share of the maps
+
+
+def _first_of_blocks(
+    work: torch.Tensor, lo: float, hi: float, higher: bool, k: int, min_distance: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`locate_peaks`'s first k peaks of maps work [G, H, W] (passing [lo, hi]; window radius
+    min_distance − 1) from the best score of each block of min_distance² positions -> (map index, row, column)
+    [N], best first per map, and the maps left open (bool [G]: ties within a block, too many blocks), whose
+    peaks are not among them.
+
+    Every position of a block lies within the window of every other, so a peak is the best of its block: one
+    reduction over the maps (where :func:`_first_of_the_best` selects the M best scores, and on smooth maps M
+    grows, as a broad peak's slopes hold most of them) and a selection among the blocks' bests give every
+    candidate above the L-th best block; their windows, gathered alone, decide which are peaks. As in
+    :func:`_first_of_the_best`, their greedy suppression in order gives the first peaks exactly when k of them
+    survive. Flat maps have their peaks at known places (:func:`_first_of_flat`).
+    """
+    G, H, W = work.shape
+    side = min_distance
+    best = _block_best(work, side, lo, hi, higher)  # [G, Hb, Wb], larger is better, -inf where nothing passes
+    Wb = best.shape[2]
+    blocks = best.shape[1] * Wb
+    per_map = best.reshape(G, blocks)
+    L = min(blocks, _BLOCKS_FIRST[0] + _BLOCKS_FIRST[1] * k)
+    inside, reach = torch.arange(side), torch.arange(-(side - 1), side)  # a block's offsets, a window's
+    growing = torch.ones(G, dtype=torch.bool)  # maps still searched here
+    handed = torch.zeros(G, dtype=torch.bool)  # maps left to the other searches
+    found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    while bool(growing.any()):
+        if G * L * (2 * side - 1) ** 2 > work.numel() // _BLOCK_WINDOWS:
+            handed |= growing  # too many windows to gather: the other searches cost less
+            break
+        maps = growing.nonzero().squeeze(1)
+        values, index = per_map[maps].topk(L, dim=1)  # [g, L]
+        whole = blocks == L
+        floor = torch.full_like(values[:, -1:], -torch.inf) if whole else values[:, -1:]
+        top, left = index // Wb * side, index % Wb * side
+        at = maps[:, None, None, None]
+        block = _key_at(
+            work, at, top[..., None, None] + inside[:, None], left[..., None, None] + inside, lo, hi, higher
+        )
+        block = block.reshape(len(maps), L, side * side)  # row-major within each block
+        first = block.argmax(dim=2)  # the first best position in row-major order
+        y, x = top + first // side, left + first % side
+        above = values > floor  # every candidate above the floor is the best of one of these blocks
+        # which of tied positions survives depends on the others (within a block, or blocks tied at the top)
+        tied = (((block == values[..., None]).sum(dim=2) > 1) & above).any(dim=1) | (values[:, 0] == floor[:, 0])
+        if bool(tied.any()):
+            flat = torch.zeros(G, dtype=torch.bool)
+            flat[maps[tied]] = _flat_maps(work, maps[tied], lo, hi)
+            found.append(_first_of_flat(flat, H, W, k, min_distance))
+            handed[maps[tied]] = ~flat[maps[tied]]
+            growing[maps[tied]] = False
+        window = _key_at(work, at, y[..., None, None] + reach[:, None], x[..., None, None] + reach, lo, hi, higher)
+        candidate = above & ~(window > values[..., None, None]).flatten(2).any(dim=2) & ~tied[:, None]
+        group = maps[:, None].expand(-1, L)[candidate]
+        cy, cx, value = y[candidate], x[candidate], values[candidate]
+        order = torch.argsort(cy * W + cx, stable=True)  # row-major, then best first, then by map
+        order = order[torch.argsort(value[order], descending=True, stable=True)]
+        order = order[torch.argsort(group[order], stable=True)]
+        group, cy, cx = group[order], cy[order], cx[order]
+        kept = suppress_points(group, cy, cx, k, min_distance)
+        settled = (torch.bincount(group[kept], minlength=G) >= k) | (whole & growing)
+        done = settled[group] & kept
+        found.append((group[done], cy[done], cx[done]))
+        growing &= ~settled
+        L = min(blocks, 4 * L)
+    if not found:
+        return (torch.zeros(0, dtype=torch.int64),) * 3 + (handed,)
+    group, cy, cx = (torch.cat(column) for column in zip(*found, strict=True))
+    order = torch.argsort(group, stable=True)  # by map, best first within each (flat maps: row-major)
+    return group[order], cy[order], cx[order], handed
+
+
+def _flat_maps(work: torch.Tensor, maps: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Which of the maps [n] of work [G, H, W] hold one passing score everywhere -> bool [n]."""
+    flat = torch.zeros(len(maps), dtype=torch.bool)
+    for i, g in enumerate(maps.tolist()):
+        low, high = work[g].min(), work[g].max()
+        flat[i] = bool((low == high) & (low >= lo) & (high <= hi))
+    return flat
+
+
+def _block_best(work: torch.Tensor, side: int, lo: float, hi: float, higher: bool) -> torch.Tensor:
+    """The best ranking key (:func:`ranking_key`) of each side × side block of maps work [G, H, W] (the last
+    blocks of a row or column may be smaller) -> [G, ⌈H / side⌉, ⌈W / side⌉], −inf where nothing passes.
+
+    One reduction of the maps, towards the better end: a block's best score passes unless it lies beyond the
+    threshold's side (then nothing in the block does). Where a best is NaN or beyond the other end of [lo, hi]
+    (±inf), the key is formed first."""
+    if higher:
+        best = _blocks_reduced(work, side, True)
+        if bool((best <= hi).all()):  # NaN fails
+            return best.masked_fill_(best < lo, -torch.inf)
+    else:
+        least = _blocks_reduced(work, side, False)
+        if bool((least >= lo).all()):
+            return least.masked_fill_(least > hi, torch.inf).neg_()
+    key = torch.where((work >= lo) & (work <= hi), work if higher else -work, -torch.inf)
+    return _blocks_reduced(key, side, True)
+
+
+def _blocks_reduced(work: torch.Tensor, side: int, largest: bool) -> torch.Tensor:
+    """The largest (or least) value of each side × side block of work [G, H, W] -> [G, ⌈H / side⌉, ⌈W / side⌉];
+    NaN propagates. Rows first (a reduction along a middle axis of a view), then the columns of the result."""
+    G, H, W = work.shape
+    reduce = torch.amax if largest else torch.amin
+    full = H // side * side
+    rows = reduce(work[:, :full].reshape(G, H // side, side, W), dim=2)
+    if full < H:
+        rows = torch.cat([rows, reduce(work[:, full:], dim=1, keepdim=True)], dim=1)
+    columns = -(-W // side) * side
+    padded = F.pad(rows, (0, columns - W), value=-torch.inf if largest else torch.inf)
+    return reduce(padded.reshape(G, rows.shape[1], -1, side), dim=3)
+
+
+def _key_at(
+    work: torch.Tensor,
+    maps: torch.Tensor,
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lo: float,
+    hi: float,
+    higher: bool,
+) -> torch.Tensor:
+    """The ranking key of maps work [G, H, W] at the positions (maps, y, x) (broadcast together, any shape),
+    −inf outside the maps and where the score does not pass [lo, hi]."""
+    H, W = work.shape[1:]
+    inside = (y >= 0) & (y < H) & (x >= 0) & (x < W)
+    score = work[maps, y.clamp(0, H - 1), x.clamp(0, W - 1)]
+    passing = inside & (score >= lo) & (score <= hi)
+    return torch.where(passing, score if higher else -score, -torch.inf)
 
 
 _SAMPLED_FROM = 8  # sampled selection of the M best scores when a map holds at least this many times 64·M
