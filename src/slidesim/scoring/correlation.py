@@ -151,9 +151,10 @@ class CorrelationScorer:
     def _centred_correlate(
         self, kernel: torch.Tensor, support: torch.Tensor | None, out_dtype: torch.dtype | None = None
     ) -> torch.Tensor:
-        """correlate(image − shift, kernel) in the kernel's dtype, centring a few channels at a time so no full
-        copy of the image exists; in ``out_dtype`` where one call takes every channel (partial sums of channel
-        groups add up in the kernel's dtype)."""
+        """correlate(image − shift, kernel) in the kernel's dtype: centred as the engine reads the image where it
+        can (the FFT engine's tiles: no copy, every channel in one call), else centring a few channels at a time
+        so no full copy of the image exists; in ``out_dtype`` where one call takes every channel (partial sums of
+        channel groups add up in the kernel's dtype)."""
         stats = self.stats
         if stats.finite or support is None:  # taps outside the support read no NaN: centre as the engine reads
             fused = self.prims.correlate_centred(stats.image, stats.shift, kernel, out_dtype)
