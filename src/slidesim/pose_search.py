@@ -328,7 +328,11 @@ def _coarsest(
 ) -> list[Candidate]:
     """The best ``beam`` positions of each image and template at the coarsest level, each with its best pose."""
     templates, mask = _bank_args(pyramid.templates[levels], pyramid.masks[levels])
-    coarse = canonicalize(pyramid.images[levels], templates, **options_of(canon, mask=mask))
+    # in float64: a float32 cross term leaves the low-contrast windows of a photograph to an exact rescoring
+    # that costs more than the whole float64 search, and a coarse level only ranks candidates
+    images = pyramid.images[levels]
+    images = images.to(torch.float64) if canon.spec.family == "correlation" else images
+    coarse = canonicalize(images, templates, **options_of(canon, mask=mask))
     angles, scales = _grid_at(space, levels)
     stream = TransformStream(coarse.templates, coarse.mask, angles, scales)
     best, which, head = exhaustive(coarse, stream, progress)
@@ -497,9 +501,10 @@ def pyramid_search(
     h, w = canon.templates.shape[-2:]
     for level in range(levels - 1, -1, -1):
         found = _descend(canon, pyramid, space, level, found)
-        # candidates that climbed to the same place keep the best one
+        # candidates that climbed to the same place keep the best one; the scores of a finer level rank the
+        # candidates better than the coarser ones did, so the beam halves at each level down to 2k
         apart = max(1, min(min(h, w) // 2 ** (level + 2), min_distance))
-        found = select(found, beam, apart, None, higher)
+        found = select(found, max(2 * k, beam >> (levels - level)), apart, None, higher)
     return select(found, k, min_distance, threshold, higher)
 
 
