@@ -40,6 +40,7 @@ __all__ = ["SEARCHES", "PoseSpace", "Pyramid", "check_search", "finish", "plan_p
 SEARCHES = ("auto", "pyramid", "exhaustive")
 COARSEST_SIDE = 12  # pixels: the template's smaller side at the coarsest level stays at least this
 REACH = 3  # pixels searched either side of a candidate's doubled position at each finer level
+CLIMB_MOVES = 4  # searches per candidate and level while its best lands on the edge of the one before
 _FIT_STEPS = (1.0, 0.25)  # sub-step refinement: parabolas through poses this many grid steps apart, in turn
 _FIT_MOVES = 3  # parabola fits per axis and step while the best pose is an outer one
 _AUTO_GAIN = 2.0  # search="auto" takes the pyramid when its estimated cost is this many times lower
@@ -424,29 +425,46 @@ def _descend(
     canon: Canonical, pyramid: Pyramid, space: PoseSpace, level: int, found: list[Candidate]
 ) -> list[Candidate]:
     """The candidates of level + 1 re-searched at ``level``: position doubled, ±REACH, poses of the grid at
-    ``level`` within one step of the level above."""
+    ``level`` within one step of the level above; a candidate whose best lands on the edge of what was searched
+    (position, angle or scale) is searched again around it, up to CLIMB_MOVES times (angle, scale and position
+    err together at a coarse level, and a pose one step off can sit a few pixels off)."""
+    moved = []
+    for c in found:
+        centre, scored = replace(c, y=2 * c.y + 0.5, x=2 * c.x + 0.5), None
+        for _ in range(CLIMB_MOVES):
+            better, settled = _climb(canon, pyramid, space, level, centre)
+            if better is None:  # no window fits around it: the last one scored stands
+                break
+            centre = scored = better
+            if settled:
+                break
+        if scored is not None:
+            moved.append(scored)
+    return moved
+
+
+def _climb(
+    canon: Canonical, pyramid: Pyramid, space: PoseSpace, level: int, c: Candidate
+) -> tuple[Candidate | None, bool]:
+    """(the best pose and centre around ``c`` at ``level``, whether it lies inside what was searched)."""
     higher = canon.spec.higher_is_better
     a_step, s_step = _steps(space, level)
     a_radius, s_radius = _steps(space, level + 1)
-    moved = []
-    for c in found:
-        up = replace(c, y=2 * c.y + 0.5, x=2 * c.x + 0.5)
-        angles = near(space.angles, c.angle, a_radius, a_step, angles=True)
-        logs = near([math.log(s) for s in space.scales], math.log(c.scale), s_radius, s_step, angles=False)
-        local = local_scores(
-            canon,
-            pyramid.images[level],
-            pyramid.templates[level],
-            pyramid.masks[level],
-            up,
-            angles,
-            [math.exp(v) for v in logs],
-            REACH,
-        )
-        better = None if local is None else _best(local, up, higher)
-        if better is not None:
-            moved.append(better)
-    return moved
+    angles = near(space.angles, c.angle, a_radius, a_step, angles=True)
+    logs = near([math.log(s) for s in space.scales], math.log(c.scale), s_radius, s_step, angles=False)
+    scales = [math.exp(v) for v in logs]
+    local = local_scores(
+        canon, pyramid.images[level], pyramid.templates[level], pyramid.masks[level], c, angles, scales, REACH
+    )
+    better = None if local is None else _best(local, c, higher)
+    if better is None:
+        return None, True
+    on_edge = (
+        max(abs(better.y - c.y), abs(better.x - c.x)) >= REACH
+        or (len(angles) > 1 and better.angle in (angles[0], angles[-1]))
+        or (len(scales) > 1 and better.scale in (scales[0], scales[-1]))
+    )
+    return better, not on_edge
 
 
 def _ranked(found: list[Candidate], higher: bool) -> list[Candidate]:
