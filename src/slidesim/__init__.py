@@ -15,6 +15,7 @@ from .errors import EngineUnavailableError, SlidesimError, SlidesimTypeError, Sl
 __version__ = "0.1.0"
 
 _LAZY: dict[str, tuple[str, str | None]] = {
+    "Interval": ("_interval", "Interval"),
     "METRICS": ("metrics", "METRICS"),
     "Matches": ("matching", "Matches"),
     "Peaks": ("peaks", "Peaks"),
@@ -22,6 +23,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "explain": ("planner", "explain"),
     "find_peaks": ("peaks", "find_peaks"),
     "get_num_threads": ("_threads", "get_num_threads"),
+    "interval": ("_interval", "interval"),
     "match": ("matching", "match"),
     "plan": ("planner", "plan"),
     "reference": ("reference", None),
@@ -34,6 +36,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 __all__ = [
     "METRICS",
     "EngineUnavailableError",
+    "Interval",
     "Matches",
     "Peaks",
     "Plan",
@@ -43,6 +46,7 @@ __all__ = [
     "explain",
     "find_peaks",
     "get_num_threads",
+    "interval",
     "match",
     "plan",
     "reference",
@@ -54,6 +58,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from . import reference
+    from ._interval import Interval, interval
     from ._similarity import similarity
     from ._threads import get_num_threads, set_num_threads, thread_limit
     from .color import rgb_to_hsv

@@ -474,7 +474,10 @@ def _run_match(args: argparse.Namespace) -> int:
             else:
                 from .matching import match
 
-                found = match(image, bank, mask=mask, progress=_progress(args.quiet), **options, **search)
+                # the heat maps are drawn from the maps, which only the exhaustive search keeps
+                found = match(
+                    image, bank, mask=mask, progress=_progress(args.quiet), search="exhaustive", **options, **search
+                )
                 for position, index in enumerate(indices):
                     maps[index] = found.maps[0, position]
             rows.extend({**row, "template": indices[row["template"]]} for row in found.to_records())
@@ -613,7 +616,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         f"copies; the last one turned) on a {scene.shape[2]}x{scene.shape[3]} RGB scene; zncc, rotations every 10°\n"
     )
     start = time.perf_counter()
-    found = match(scene, bank, rotations=range(0, 360, 10), progress=_progress(args.quiet))
+    found = match(scene, bank, rotations=range(0, 360, 10), progress=_progress(args.quiet), search="exhaustive")
     elapsed = time.perf_counter() - start
     rows = found.rows()
     print(f"{'template':<20} {'true (y, x, angle)':>22} {'found (y, x, angle)':>24} {'score':>7}")

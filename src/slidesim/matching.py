@@ -21,6 +21,7 @@ import torch
 
 from ._checks import check_bool, check_callable, check_factors, check_has_values, check_int, check_threshold
 from ._geometry import pad_amounts
+from ._interval import Interval, check_range
 from ._refine import bank_member, shifts_per_batch
 from ._refine_many import Peak, refine_peaks
 from ._threads import for_calls
@@ -31,6 +32,7 @@ from .engines.base import Engine
 from .errors import SlidesimValueError
 from .peaks import locate_peaks
 from .planner import select_engine
+from .pose_search import candidates_of, check_search, finish, plan_pyramid, pose_space, pyramid_search
 
 __all__ = ["Matches", "match"]
 
@@ -384,12 +386,15 @@ def match(
     k: int = 1,
     min_distance: int | None = None,
     threshold: float | None = None,
-    rotations: Sequence[float] | None = None,
-    scales: Sequence[float] | None = None,
+    rotations: Sequence[float] | Interval | None = None,
+    scales: Sequence[float] | Interval | None = None,
     subpixel: bool = True,
     exclude_border: int = 0,
     progress: Callable[[int, int], None] | None = None,
     channels_last: bool = False,
+    search: str = "auto",
+    levels: int | None = None,
+    beam: int | None = None,
     **options: Any,
 ) -> Matches:
     """Find the k best matches of every template in every image, with their angle and scale.
@@ -402,9 +407,13 @@ def match(
         min_distance: Matches closer than this (Chebyshev, in score-map pixels) keep only the better one.
             Default: half the template's smaller side.
         threshold: Keep matches at least this good (scores >= threshold, or <= for the minimized metrics).
-        rotations: Angles in degrees, counter-clockwise as displayed (y down), for example ``range(0, 360, 5)``.
-        scales: Scale factors, for example ``[0.8, 0.9, 1.0, 1.1, 1.25]``.
-        subpixel: Refine positions on the image data to a fraction of a pixel.
+        rotations: Angles in degrees, counter-clockwise as displayed (y down), for example ``range(0, 360, 5)``
+            (exactly those), or a continuous range ``slidesim.interval(0, 360)``, sampled on a step that turns the
+            template's farthest pixel by about one pixel and refined below it (with ``subpixel``).
+        scales: Scale factors, for example ``[0.8, 0.9, 1.0, 1.1, 1.25]``, or ``slidesim.interval(0.8, 1.25)``
+            (log-spaced on the same rule, refined below the step).
+        subpixel: Refine positions on the image data to a fraction of a pixel (and the angles and scales of
+            ranges below their grid step).
         exclude_border: Ignore matches within this many score-map pixels of the map's edges.
         progress: Called as progress(done, total) after each chunk of the bank (templates done of all), then,
             with sub-pixel refinement, from progress(0, matches) again after each refined match: each phase
@@ -412,18 +421,33 @@ def match(
             large k).
         channels_last: Images [H, W, C] or [B, H, W, C] and templates [h, w, C] or [T, h, w, C] (masks with
             their channels last too), as for :func:`slidesim.similarity`; ``maps`` stay [B, T, H', W'].
+        search: "exhaustive" scores every pose of the grid at every position: the exact best of the grid.
+            "pyramid" searches coarse to fine (:mod:`slidesim.pose_search`): every pose at every position of a
+            copy halved ``levels`` times, then the ``beam`` best positions of each image and template re-searched
+            around their pose at each finer level; its scores are exact at the poses it returns, but it can miss
+            a pose that only the exhaustive search finds, and it gives no ``maps``. It searches mode "valid",
+            stride and dilation 1, finite images, no circular channels, no ``exclude_border`` and no gradients;
+            templates under 24 pixels a side take no level (the exhaustive search runs). "auto" (default) takes
+            the pyramid where it can run and is estimated several times cheaper (many poses, a large template).
+        levels: Halvings of the pyramid; default: as many as keep the template's smaller side at 12 pixels or
+            more and its turned and scaled canvas within the image.
+        beam: Positions per image and template carried down from the coarsest level; default max(8, 2k).
         **options: stride, dilation, mode, padding, pad_value, mask, channels ("joint" or "mean"), circular,
             method, memory_limit: as for :func:`slidesim.similarity`. A mask is rotated and scaled with its
             template.
 
     Returns:
         :class:`Matches`: centres (y, x) and boxes (top, left, height, width) in image pixels, whatever the
-        mode, stride and padding (:func:`slidesim.find_peaks` gives score-map positions).
+        mode, stride and padding (:func:`slidesim.find_peaks` gives score-map positions); ``maps`` is None after
+        a pyramid search.
 
     Raises:
         SlidesimTypeError: As for similarity; k, min_distance not ints; rotations or scales not sequences of
-            real numbers; subpixel not a bool.
-        SlidesimValueError: As for similarity; empty or non-finite rotations, non-positive scales,
+            real numbers (or an interval); subpixel not a bool; search not a string, levels or beam not ints.
+        SlidesimValueError: As for similarity; empty or non-finite rotations, non-positive scales (or a scale
+            interval that starts at 0 or below), search not one of "auto", "pyramid", "exhaustive", levels below
+            0 or beyond what the template and image allow, beam below 1, search="pyramid" for a call it cannot
+            search (named);
             channels="separate"; scales that shrink the template below 2 pixels or (mode "valid") grow its canvas
             beyond the images, with the usable range; one transform and its score maps over ``memory_limit``, or
             (with subpixel) the refinement of one match over it, before anything is scored.
@@ -447,7 +471,19 @@ def match(
         (270.0, 25.0, 34.0)
     """
     options = {**options, "channels_last": channels_last}
-    search = prepare(metric, k, min_distance, threshold, rotations, scales, exclude_border, options)
+    how, levels, beam = check_search(search, levels, beam)
+    angle_range = check_range("rotations", rotations, False) if isinstance(rotations, Interval) else None
+    scale_range = check_range("scales", scales, True) if isinstance(scales, Interval) else None
+    search = prepare(
+        metric,
+        k,
+        min_distance,
+        threshold,
+        None if angle_range else rotations,
+        None if scale_range else scales,
+        exclude_border,
+        options,
+    )
     subpixel = check_bool("subpixel", subpixel)
     check_callable("progress", progress)
     call = search.call
@@ -455,16 +491,37 @@ def match(
     check_has_values(images=images, templates=templates)
     h, w = canon.templates.shape[-2:]
     numpy_out = canon.numpy_out
+    space = pose_space((h, w), search.angles, search.scales, angle_range, scale_range)
+    if angle_range or scale_range:  # the ranges become the grid their step gives for this template
+        search = dataclasses.replace(
+            search,
+            angles=space.angles if angle_range or search.angles else None,
+            scales=space.scales if scale_range or search.scales else None,
+        )
     stream = search.stream(canon) if search.transformed else None
     if subpixel:  # refused before the maps are scored when one match's refinement cannot fit memory_limit
         canvas = stream.canvas if stream is not None else (h, w)
         shifts_per_batch(canon.memory_limit, canon.templates.shape[2], canvas, canon.dilation)
-    best, which, canon = best_of_stream(canon, stream, progress)
-    higher = canon.spec.higher_is_better
-    found = locate_peaks(best, search.k, search.distance(h, w), search.threshold, search.border, higher)
-    columns = with_boxes(_columns(canon, call, found, best, which, stream, subpixel, progress), (h, w), canon.dilation)
+    beam = max(8, 2 * search.k) if beam is None else beam
+    levels, _ = plan_pyramid(how, levels, canon, space, search.border, beam)
+    if levels:
+        found = pyramid_search(
+            canon, space, levels, beam, search.k, search.threshold, search.distance(h, w), best_of_stream, progress
+        )
+        columns = with_boxes(finish(canon, found, space, subpixel, call, progress), (h, w), canon.dilation)
+        best = None
+    else:
+        searched = canon
+        best, which, canon = best_of_stream(canon, stream, progress)
+        higher = canon.spec.higher_is_better
+        found = locate_peaks(best, search.k, search.distance(h, w), search.threshold, search.border, higher)
+        ranges = angle_range is not None or scale_range is not None
+        columns = _columns(canon, call, found, best, which, stream, subpixel and not ranges, progress)
+        if subpixel and ranges:  # angles and scales of a range are refined below the grid step too
+            columns = finish(searched, candidates_of(columns), space, True, call, progress)
+        columns = with_boxes(columns, (h, w), canon.dilation)
     if numpy_out:
-        return Matches(*(c.numpy() for c in columns), maps=best.cpu().numpy())
+        return Matches(*(c.numpy() for c in columns), maps=None if best is None else best.cpu().numpy())
     return Matches(*(c.to(canon.images.device) for c in columns), maps=best)
 
 

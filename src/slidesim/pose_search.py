@@ -1,0 +1,631 @@
+"""Coarse-to-fine search over position × angle × scale (floor L6), reached by ``match(..., search=...)``.
+
+Image and template are halved ``levels`` times by 2 × 2 area averaging. At the coarsest level every position is
+scored under every pose of a grid that the template's size there needs (a turn or a change of scale that moves the
+template's farthest pixel by about one pixel), by the same streaming search that :func:`slidesim.match` runs at
+full resolution (passed in as ``exhaustive``). The best ``beam`` positions of each image and template, each with
+its best pose and at least a quarter of the template apart, are carried down: at each finer level a candidate's
+position is doubled and re-searched ±3 pixels around it, under the poses of the finer grid within one coarser
+step of its pose, by scoring a crop of the image against a small bank of templates drawn by
+:class:`slidesim.banks.TransformStream`. At full resolution the scores are those of the metric at whole-pixel
+positions, as the exhaustive search computes them. For ranges given as :func:`slidesim.interval`, the angle and
+scale are then refined below the grid step (parabolas through the scores at neighbouring poses), and the position
+to a fraction of a pixel by :func:`slidesim._refine_many.refine_peaks`.
+
+Guarantee: the exhaustive search returns the best pose of the grid at every position; the pyramid returns poses
+scored exactly, but it can miss a pose whose coarse version does not rank among the beam at the coarsest level.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ._interval import Interval, angle_step, interval_values, is_full_circle, scale_step
+from ._refine_many import Peak, refine_peaks
+from ._similarity import similarity
+from ._validate import Canonical, canonicalize, options_of, window_origin
+from .banks import TransformStream, canvas_size, usable_scales
+from .errors import SlidesimTypeError, SlidesimValueError
+from .peaks import locate_peaks
+
+__all__ = ["SEARCHES", "PoseSpace", "Pyramid", "check_search", "finish", "plan_pyramid", "pyramid_search"]
+
+SEARCHES = ("auto", "pyramid", "exhaustive")
+COARSEST_SIDE = 12  # pixels: the template's smaller side at the coarsest level stays at least this
+REACH = 3  # pixels searched either side of a candidate's doubled position at each finer level
+CLIMB_MOVES = 4  # searches per candidate and level while its best lands on the edge of the one before
+_FIT_STEPS = (1.0, 0.25)  # sub-step refinement: parabolas through poses this many grid steps apart, in turn
+_FIT_MOVES = 3  # parabola fits per axis and step while the best pose is an outer one
+_AUTO_GAIN = 2.0  # search="auto" takes the pyramid when its estimated cost is this many times lower
+
+
+@dataclass(frozen=True)
+class PoseSpace:
+    """The poses searched: the finest grid of angles and scales, and the ranges they sample (if any).
+
+    Attributes:
+        angles: Degrees, the finest grid (the values given, or the grid of a range).
+        scales: Factors, the finest grid.
+        angle_range: The rotation range the grid samples (refined below the grid), or None.
+        scale_range: The scale range, or None.
+        angle_spacing: Degrees between grid angles at full resolution (coarser levels double it).
+        scale_spacing: log(scale) between grid scales at full resolution.
+    """
+
+    angles: list[float]
+    scales: list[float]
+    angle_range: Interval | None
+    scale_range: Interval | None
+    angle_spacing: float
+    scale_spacing: float
+
+    @property
+    def poses(self) -> int:
+        return len(self.angles) * len(self.scales)
+
+
+def pose_space(
+    template_size: tuple[int, int],
+    angles: Sequence[float] | None,
+    scales: Sequence[float] | None,
+    angle_range: Interval | None,
+    scale_range: Interval | None,
+) -> PoseSpace:
+    """The grid of poses for an h × w template: the given values, or a range sampled so that the farthest pixel
+    moves by at most about one pixel from one pose to the next (at the largest scale)."""
+    h, w = template_size
+    largest = scale_range.stop if scale_range is not None else max(scales or [1.0])
+    a_step, s_step = angle_step(h, w, largest), scale_step(h, w, largest)
+    if scale_range is not None:
+        scales = interval_values(scale_range, s_step, rotations=False)
+        s_step = math.log(scale_range.stop / scale_range.start) / max(1, len(scales) - 1)
+    if angle_range is not None:
+        angles = interval_values(angle_range, a_step, rotations=True)
+        a_step = (360.0 if is_full_circle(angle_range) else angle_range.span) / max(
+            1, len(angles) - (0 if is_full_circle(angle_range) else 1)
+        )
+    return PoseSpace(
+        angles=list(angles) if angles is not None else [0.0],
+        scales=list(scales) if scales is not None else [1.0],
+        angle_range=angle_range,
+        scale_range=scale_range,
+        angle_spacing=a_step,
+        scale_spacing=s_step,
+    )
+
+
+def check_search(search: object, levels: object, beam: object) -> tuple[str, int | None, int | None]:
+    """The checked ``search``, ``levels`` and ``beam`` of :func:`slidesim.match`.
+
+    Raises:
+        SlidesimTypeError: ``search`` not a string, ``levels`` or ``beam`` not an int (or None).
+        SlidesimValueError: ``search`` not one of :data:`SEARCHES`; ``levels`` below 0; ``beam`` below 1.
+    """
+    if not isinstance(search, str):
+        raise SlidesimTypeError(f"`search` must be one of {', '.join(map(repr, SEARCHES))}; got {search!r}.")
+    if search.lower() not in SEARCHES:
+        raise SlidesimValueError(f"`search` must be one of {', '.join(map(repr, SEARCHES))}; got {search!r}.")
+    checked = []
+    for name, value, low in (("levels", levels, 0), ("beam", beam, 1)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise SlidesimTypeError(f"`{name}` must be an int or None (chosen for you); got {value!r}.")
+        if value is not None and value < low:
+            raise SlidesimValueError(f"`{name}` must be at least {low} or None (chosen for you); got {value}.")
+        checked.append(value)
+    return search.lower(), checked[0], checked[1]
+
+
+def _unsupported(canon: Canonical, border: int) -> str | None:
+    """Why the pyramid cannot search this call (None when it can)."""
+    reasons = (
+        (canon.mode != "valid", f"mode {canon.mode!r} (the pyramid searches mode 'valid')"),
+        (canon.stride != (1, 1), f"stride {canon.stride}"),
+        (canon.dilation != (1, 1), f"dilation {canon.dilation}"),
+        (canon.periods is not None, "circular channels"),
+        (canon.problem.nonfinite != "none", "NaN or infinite image pixels"),
+        (canon.problem.requires_grad, "inputs that require gradients"),
+        (border > 0, "exclude_border"),
+    )
+    return next((why for bad, why in reasons if bad), None)
+
+
+def _largest_levels(canon: Canonical, space: PoseSpace) -> int:
+    """The most levels at which the template's smaller side stays >= COARSEST_SIDE and every pose of the coarsest
+    grid still fits the coarsest image."""
+    h, w = canon.templates.shape[-2:]
+    H, W = canon.images.shape[-2:]
+    levels = 0
+    while True:
+        f = 2 ** (levels + 1)
+        hl, wl, Hl, Wl = h // f, w // f, H // f, W // f
+        if min(hl, wl) < COARSEST_SIDE:
+            return levels
+        angles = thinned(space.angles, space.angle_spacing * f, circular=True)
+        scales = [math.exp(v) for v in thinned([math.log(s) for s in space.scales], space.scale_spacing * f)]
+        Hc, Wc = canvas_size(hl, wl, angles, scales)
+        low, _ = usable_scales((hl, wl), angles, None)
+        if Hc > Hl or Wc > Wl or min(scales) < low:
+            return levels
+        levels += 1
+
+
+def plan_pyramid(
+    search: str, levels: int | None, canon: Canonical, space: PoseSpace, border: int, beam: int
+) -> tuple[int, str]:
+    """(levels of the pyramid, why) for a call; 0 levels means the exhaustive search.
+
+    Raises:
+        SlidesimValueError: ``search="pyramid"`` for a call the pyramid cannot search (the reason is named), or
+            more ``levels`` than the template and image allow.
+    """
+    if search == "exhaustive":
+        return 0, "search='exhaustive'"
+    why = _unsupported(canon, border)
+    if why is not None:
+        if search == "pyramid":
+            raise SlidesimValueError(
+                f"`search` 'pyramid' cannot search {why}; use search='exhaustive' (or 'auto', which takes it)."
+            )
+        return 0, f"the pyramid cannot search {why}"
+    most = _largest_levels(canon, space)
+    if levels is not None and levels > most:
+        h, w = canon.templates.shape[-2:]
+        raise SlidesimValueError(
+            f"`levels` must be at most {most} for {h}x{w} templates on these images (the coarsest template keeps "
+            f"{COARSEST_SIDE} pixels a side and fits the image); got {levels}. Use levels={most} or None."
+        )
+    chosen = most if levels is None else levels
+    if chosen == 0:
+        return 0, f"the template is too small for a pyramid (under {2 * COARSEST_SIDE} pixels a side)"
+    if search == "pyramid" or levels is not None:
+        return chosen, "search='pyramid'"
+    exhaustive_cost, pyramid_cost = _costs(canon, space, chosen, beam)
+    if exhaustive_cost > _AUTO_GAIN * pyramid_cost:
+        return chosen, "the pyramid is estimated cheaper"
+    return 0, "the exhaustive search is estimated cheaper"
+
+
+def _costs(canon: Canonical, space: PoseSpace, levels: int, beam: int) -> tuple[float, float]:
+    """Rough costs (window-pose scorings, with a template-sized local search counted per tap) of the exhaustive
+    search and of the pyramid: enough to tell which is far cheaper, not a timing."""
+    B, T = canon.images.shape[0], canon.templates.shape[1]
+    H, W = canon.images.shape[-2:]
+    h, w = canon.templates.shape[-2:]
+    f = 2**levels
+    coarse_poses = len(thinned(space.angles, space.angle_spacing * f, circular=True)) * len(
+        thinned([math.log(s) for s in space.scales], space.scale_spacing * f)
+    )
+    fft = math.log2(max(2, H * W))  # an FFT correlation costs about log(HW) per position
+    exhaustive = B * T * space.poses * H * W * fft
+    local = (2 * REACH + 1) ** 2 * min(25, space.poses) * h * w * 4 / 3  # 1 + 1/4 + 1/16 ... of full resolution
+    pyramid = B * T * (coarse_poses * H * W / f**2 * fft + beam * local)
+    return exhaustive, pyramid
+
+
+def thinned(values: Sequence[float], step: float, circular: bool = False) -> list[float]:
+    """The sorted ``values`` thinned to steps of at most ``step`` (the farthest value within ``step`` of the last
+    one kept comes next; a wider gap of the values' own is kept as it is), with both ends (for ``circular``
+    angles in degrees, the last only where the gap round the circle needs it). Every value is then within
+    ``step`` / 2 of a kept one where the values are no sparser than ``step``."""
+    ordered = sorted(values)
+    reach = step * (1 + 1e-6)
+    kept = [ordered[0]]
+    for previous, value in itertools.pairwise(ordered):
+        if value - kept[-1] > reach and previous != kept[-1]:
+            kept.append(previous)
+        if value - kept[-1] > reach:
+            kept.append(value)
+    wrap = ordered[0] + 360.0 - kept[-1] > reach if circular else True
+    if ordered[-1] != kept[-1] and wrap:
+        kept.append(ordered[-1])
+    return kept
+
+
+def _turn(a: float, b: float) -> float:
+    """Signed smallest turn from angle b to angle a, degrees in (−180, 180]."""
+    d = math.fmod(a - b, 360.0)
+    return d - 360.0 if d > 180 else d + 360.0 if d <= -180 else d
+
+
+def near(values: Sequence[float], centre: float, radius: float, step: float, angles: bool) -> list[float]:
+    """The ``values`` within ``radius`` of ``centre`` (round the circle for ``angles``), and on each side at least
+    the nearest value (the grid of the level above may have kept every value of a sparse sequence), no two closer
+    than ``step`` walking outwards from the one nearest the centre; never empty."""
+    offsets = sorted(((_turn(v, centre) if angles else v - centre), v) for v in values)
+    middle = min(range(len(offsets)), key=lambda i: abs(offsets[i][0]))
+    d0, v0 = offsets[middle]
+    kept = [(d0, v0)]
+    for side in (offsets[middle + 1 :], offsets[:middle][::-1]):
+        last = d0
+        for i, (d, v) in enumerate(side):
+            if abs(d - d0) > radius * (1 + 1e-6) and i > 0:
+                break
+            if abs(d - last) >= step * (1 - 1e-6) and (d, v) not in kept:
+                kept.append((d, v))
+                last = d
+    return [v for _, v in sorted(kept)]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A pose of template t in image b: centre (y, x) in pixels of its level, angle, scale, score there."""
+
+    b: int
+    t: int
+    y: float
+    x: float
+    angle: float
+    scale: float
+    score: float
+
+
+@dataclass(frozen=True)
+class Pyramid:
+    """Images [B, C, H, W], bank [Bk, T, C, h, w] and mask [Bm, Tm, Cm, h, w] (or None) of each level, level 0
+    the validated call's own."""
+
+    images: list[torch.Tensor]
+    templates: list[torch.Tensor]
+    masks: list[torch.Tensor | None]
+
+
+def _halved(planes: torch.Tensor) -> torch.Tensor:
+    """2 × 2 area averages of [..., H, W] (an odd last row or column is dropped)."""
+    lead = planes.shape[:-2]
+    flat = planes.reshape(-1, 1, *planes.shape[-2:])
+    pooled = F.avg_pool2d(flat, 2)
+    return pooled.reshape(*lead, *pooled.shape[-2:])
+
+
+def build_pyramid(canon: Canonical, levels: int) -> Pyramid:
+    """The validated call's images, templates and mask, halved ``levels`` times."""
+    images, templates, masks = [canon.images], [canon.templates], [canon.mask]
+    for _ in range(levels):
+        images.append(_halved(images[-1]))
+        templates.append(_halved(templates[-1]))
+        masks.append(None if masks[-1] is None else _halved(masks[-1]))
+    return Pyramid(images, templates, masks)
+
+
+def _steps(space: PoseSpace, level: int) -> tuple[float, float]:
+    """(degrees, log scale) between the poses searched at ``level`` (level 0: every pose of the grid)."""
+    if level == 0:
+        return 0.0, 0.0
+    return space.angle_spacing * 2**level, space.scale_spacing * 2**level
+
+
+def _grid_at(space: PoseSpace, level: int) -> tuple[list[float], list[float]]:
+    """The angles and scales searched everywhere at the coarsest ``level``."""
+    a_step, s_step = _steps(space, level)
+    angles = thinned(space.angles, a_step, circular=True)
+    scales = [math.exp(v) for v in thinned([math.log(s) for s in space.scales], s_step)]
+    return angles, scales
+
+
+def _bank_args(templates: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A canonical bank and mask as similarity and canonicalize take them (no leading 1 for one bank)."""
+    templates = templates[0] if templates.shape[0] == 1 else templates
+    if mask is not None and mask.shape[0] == 1:
+        mask = mask[0]
+    return templates, mask
+
+
+def _coarsest(
+    canon: Canonical,
+    pyramid: Pyramid,
+    space: PoseSpace,
+    levels: int,
+    beam: int,
+    distance: int,
+    exhaustive: Callable,
+    progress: Callable[[int, int], None] | None,
+) -> list[Candidate]:
+    """The best ``beam`` positions of each image and template at the coarsest level, each with its best pose."""
+    templates, mask = _bank_args(pyramid.templates[levels], pyramid.masks[levels])
+    # in float64: a float32 cross term leaves the low-contrast windows of a photograph to an exact rescoring
+    # that costs more than the whole float64 search, and a coarse level only ranks candidates
+    images = pyramid.images[levels]
+    images = images.to(torch.float64) if canon.spec.family == "correlation" else images
+    coarse = canonicalize(images, templates, **options_of(canon, mask=mask))
+    angles, scales = _grid_at(space, levels)
+    stream = TransformStream(coarse.templates, coarse.mask, angles, scales)
+    best, which, head = exhaustive(coarse, stream, progress)
+    h, w = coarse.templates.shape[-2:]
+    apart = max(1, min(min(h, w) // 4, math.ceil(distance / 2**levels)))
+    found = locate_peaks(best, beam, apart, None, 0, head.spec.higher_is_better)
+    oy, ox = window_origin(head)
+    b, t, y, x = found.to(best.device).T
+    poses = which[b, t, y, x].cpu()
+    scores = best[b, t, y, x].cpu().to(torch.float64)
+    return [
+        Candidate(int(bi), int(ti), yi + oy, xi + ox, float(stream.angles[r]), float(stream.scales[r]), float(s))
+        for (bi, ti, yi, xi), r, s in zip(found.tolist(), poses.tolist(), scores.tolist(), strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class LocalScores:
+    """Scores of poses [R] at whole-pixel centres around a candidate: scores [R, ny, nx] (float64, CPU, worst
+    where not a number), the centre (y0, x0) of [.., 0, 0], the poses' angles and scales [R]."""
+
+    scores: torch.Tensor
+    y0: float
+    x0: float
+    angles: torch.Tensor
+    scales: torch.Tensor
+
+
+def local_scores(
+    canon: Canonical,
+    image: torch.Tensor,
+    templates: torch.Tensor,
+    mask: torch.Tensor | None,
+    c: Candidate,
+    angles: Sequence[float],
+    scales: Sequence[float],
+    reach: int,
+) -> LocalScores | None:
+    """The metric of template ``c.t`` of bank ``templates`` [Bk, T, C, h, w] (mask [Bm, Tm, Cm, h, w] or None)
+    under every (scale, angle) at the whole-pixel centres within ``reach`` of (c.y, c.x) in ``image`` [B, C, H, W]
+    (positions whose window leaves the image are not scored); None when no window fits.
+
+    The windows are scored by :func:`slidesim.similarity` with the call's options on a crop of the image: the same
+    numbers as the full search gives at those positions (pixels outside a drawn template weigh nothing, whatever
+    the canvas).
+    """
+    bank = templates[c.b if templates.shape[0] > 1 else 0, c.t][None, None]
+    weights = None if mask is None else mask[c.b if mask.shape[0] > 1 else 0, c.t if mask.shape[1] > 1 else 0]
+    stream = TransformStream(bank, None if weights is None else weights[None, None], angles, scales)
+    Hc, Wc = stream.canvas
+    H, W = image.shape[-2:]
+    top, left = round(c.y - (Hc - 1) / 2), round(c.x - (Wc - 1) / 2)
+    r0, r1 = max(0, top - reach), min(H, top + reach + Hc)
+    c0, c1 = max(0, left - reach), min(W, left + reach + Wc)
+    if r1 - r0 < Hc or c1 - c0 < Wc:
+        return None
+    pictures, drawn = stream.draw(0, stream.members)
+    if not bool(torch.isfinite(pictures).all()):
+        pictures = torch.where(drawn > 0, pictures, 0.0)
+    crop = image[c.b : c.b + 1, :, r0:r1, c0:c1]
+    options = options_of(canon, mask=drawn[0])
+    scores = similarity(crop, pictures[0], **options)[0].to(torch.float64).cpu()
+    worst = -math.inf if canon.spec.higher_is_better else math.inf
+    scores = scores.nan_to_num(nan=worst)
+    return LocalScores(scores, r0 + (Hc - 1) / 2, c0 + (Wc - 1) / 2, stream.angles, stream.scales)
+
+
+def _best(local: LocalScores, c: Candidate, higher: bool) -> Candidate | None:
+    """The candidate moved to the best pose and centre of ``local``."""
+    flat = local.scores.reshape(-1)
+    i = int(torch.argmax(flat) if higher else torch.argmin(flat))
+    score = float(flat[i])
+    if math.isinf(score):
+        return None
+    ny, nx = local.scores.shape[-2:]
+    r, rest = divmod(i, ny * nx)
+    iy, ix = divmod(rest, nx)
+    return replace(
+        c,
+        y=local.y0 + iy,
+        x=local.x0 + ix,
+        angle=float(local.angles[r]),
+        scale=float(local.scales[r]),
+        score=score,
+    )
+
+
+def _descend(
+    canon: Canonical, pyramid: Pyramid, space: PoseSpace, level: int, found: list[Candidate]
+) -> list[Candidate]:
+    """The candidates of level + 1 re-searched at ``level``: position doubled, ±REACH, poses of the grid at
+    ``level`` within one step of the level above; a candidate whose best lands on the edge of what was searched
+    (position, angle or scale) is searched again around it, up to CLIMB_MOVES times (angle, scale and position
+    err together at a coarse level, and a pose one step off can sit a few pixels off)."""
+    moved = []
+    for c in found:
+        centre, scored = replace(c, y=2 * c.y + 0.5, x=2 * c.x + 0.5), None
+        for _ in range(CLIMB_MOVES):
+            better, settled = _climb(canon, pyramid, space, level, centre)
+            if better is None:  # no window fits around it: the last one scored stands
+                break
+            centre = scored = better
+            if settled:
+                break
+        if scored is not None:
+            moved.append(scored)
+    return moved
+
+
+def _climb(
+    canon: Canonical, pyramid: Pyramid, space: PoseSpace, level: int, c: Candidate
+) -> tuple[Candidate | None, bool]:
+    """(the best pose and centre around ``c`` at ``level``, whether it lies inside what was searched)."""
+    higher = canon.spec.higher_is_better
+    a_step, s_step = _steps(space, level)
+    a_radius, s_radius = _steps(space, level + 1)
+    angles = near(space.angles, c.angle, a_radius, a_step, angles=True)
+    logs = near([math.log(s) for s in space.scales], math.log(c.scale), s_radius, s_step, angles=False)
+    scales = [math.exp(v) for v in logs]
+    local = local_scores(
+        canon, pyramid.images[level], pyramid.templates[level], pyramid.masks[level], c, angles, scales, REACH
+    )
+    better = None if local is None else _best(local, c, higher)
+    if better is None:
+        return None, True
+    on_edge = (
+        max(abs(better.y - c.y), abs(better.x - c.x)) >= REACH
+        or (len(angles) > 1 and better.angle in (angles[0], angles[-1]))
+        or (len(scales) > 1 and better.scale in (scales[0], scales[-1]))
+    )
+    return better, not on_edge
+
+
+def _ranked(found: list[Candidate], higher: bool) -> list[Candidate]:
+    """Grouped by image and template, best first within each (a score that is not a number last)."""
+    return sorted(found, key=lambda c: (c.b, c.t, c.score != c.score, -c.score if higher else c.score))
+
+
+def select(
+    found: list[Candidate], k: int, min_distance: float, threshold: float | None, higher: bool
+) -> list[Candidate]:
+    """The k best candidates of each image and template that pass ``threshold``, greedily keeping only the better
+    of two closer than ``min_distance`` (Chebyshev, pixels)."""
+    kept: list[Candidate] = []
+    for c in _ranked(found, higher):
+        if threshold is not None and not (c.score >= threshold if higher else c.score <= threshold):
+            continue
+        same = [o for o in kept if (o.b, o.t) == (c.b, c.t)]
+        if len(same) >= k:
+            continue
+        if any(max(abs(o.y - c.y), abs(o.x - c.x)) < min_distance for o in same):
+            continue
+        kept.append(c)
+    return kept
+
+
+def pyramid_search(
+    canon: Canonical,
+    space: PoseSpace,
+    levels: int,
+    beam: int,
+    k: int,
+    threshold: float | None,
+    min_distance: int,
+    exhaustive: Callable,
+    progress: Callable[[int, int], None] | None,
+) -> list[Candidate]:
+    """The k best matches of each image and template (whole-pixel centres, grid poses, exact scores), searched
+    coarse to fine over ``levels`` halvings.
+
+    Args:
+        canon: The validated call on the untransformed templates (mode "valid", stride and dilation 1).
+        space: The poses.
+        levels: Halvings (>= 1).
+        beam: Positions per image and template carried down from the coarsest level.
+        k, threshold, min_distance: As for :func:`slidesim.match`.
+        exhaustive: ``best_of_stream(canon, stream, progress) -> (best, which, canon of the bank)``.
+        progress: Reported by the coarsest level's search.
+    """
+    higher = canon.spec.higher_is_better
+    pyramid = build_pyramid(canon, levels)
+    found = _coarsest(canon, pyramid, space, levels, beam, min_distance, exhaustive, progress)
+    h, w = canon.templates.shape[-2:]
+    for level in range(levels - 1, -1, -1):
+        found = _descend(canon, pyramid, space, level, found)
+        # candidates that climbed to the same place keep the best one; the scores of a finer level rank the
+        # candidates better than the coarser ones did, so the beam halves at each level down to 2k
+        apart = max(1, min(min(h, w) // 2 ** (level + 2), min_distance))
+        found = select(found, max(2 * k, beam >> (levels - level)), apart, None, higher)
+    return select(found, k, min_distance, threshold, higher)
+
+
+def _fitted(values: Sequence[float], scores: Sequence[float], higher: bool) -> float:
+    """The best of three poses ``values`` (evenly spaced) or, when the middle one is best, the vertex of the
+    parabola through their ``scores``."""
+    s = [v if higher else -v for v in scores]
+    best = max(range(3), key=lambda i: s[i])
+    if best != 1 or not all(math.isfinite(v) for v in s):
+        return values[best]
+    curve = s[0] - 2 * s[1] + s[2]
+    if curve >= 0:
+        return values[1]
+    offset = 0.5 * (s[0] - s[2]) / curve  # in steps, within ±0.5 when the middle is best
+    return values[1] + offset * (values[2] - values[1])
+
+
+def _refined_pose(canon: Canonical, c: Candidate, space: PoseSpace) -> Candidate:
+    """``c`` with its angle and scale refined below the grid step within their ranges: parabolas through the best
+    scores within one pixel at three poses 1, then 1/4 of the step apart (moving on while an outer pose scores
+    best), angle and scale in turn; the centre is the best whole-pixel one of the last poses tried."""
+    for fraction in _FIT_STEPS:
+        for axis in ("angle", "scale"):
+            if (space.angle_range if axis == "angle" else space.scale_range) is None:
+                continue
+            for _ in range(_FIT_MOVES):
+                c, settled = _fit_axis(canon, c, space, axis, fraction)
+                if settled:
+                    break
+    return c
+
+
+def _fit_axis(canon: Canonical, c: Candidate, space: PoseSpace, axis: str, fraction: float) -> tuple[Candidate, bool]:
+    """(``c`` moved along one axis of pose by a parabola through three poses ``fraction`` of the grid step apart,
+    whether the middle one scored best)."""
+    higher = canon.spec.higher_is_better
+    if axis == "angle":
+        step = space.angle_spacing * fraction
+        values = [c.angle - step, c.angle, c.angle + step]
+        angles, scales = values, [c.scale]
+    else:
+        step = space.scale_spacing * fraction
+        values = [c.scale * math.exp(-step), c.scale, c.scale * math.exp(step)]
+        angles, scales = [c.angle], values
+    local = local_scores(canon, canon.images, canon.templates, canon.mask, c, angles, scales, 1)
+    if local is None:
+        return c, True
+    profile = local.scores.reshape(3, -1)
+    profile = (profile.max(dim=1) if higher else profile.min(dim=1)).values.tolist()
+    rng = space.angle_range if axis == "angle" else space.scale_range
+    value = _clamped(_fitted(values, profile, higher), rng, axis == "angle")
+    moved = _best(local, c, higher)
+    best = max(range(3), key=lambda i: profile[i] if higher else -profile[i])
+    return replace(c if moved is None else moved, **{axis: value}), best == 1 or value in (rng.start, rng.stop)
+
+
+def _clamped(value: float, rng: Interval, angle: bool) -> float:
+    """``value`` within the range (a full circle of angles wraps into [start, start + 360))."""
+    if angle and is_full_circle(rng):
+        return rng.start + math.fmod(math.fmod(value - rng.start, 360.0) + 360.0, 360.0)
+    return min(max(value, rng.start), rng.stop)
+
+
+def finish(
+    canon: Canonical,
+    found: list[Candidate],
+    space: PoseSpace,
+    subpixel: bool,
+    call: dict[str, Any],
+    progress: Callable[[int, int], None] | None,
+) -> list[torch.Tensor]:
+    """The columns of :class:`slidesim.Matches` (batch, template, y, x, score, angle, scale) [N] on the CPU for
+    matches at whole-pixel centres and grid poses with exact scores, best first per image and template.
+
+    With ``subpixel``, poses from ranges are refined below the grid step and every centre to a fraction of a
+    pixel on the template drawn at the refined pose (:func:`slidesim._refine_many.refine_peaks`); the score is
+    then the one at the refined pose.
+    """
+    higher = canon.spec.higher_is_better
+    if subpixel and found:
+        if space.angle_range is not None or space.scale_range is not None:
+            found = [_refined_pose(canon, c, space) for c in found]
+        peaks = []
+        for c in found:
+            bank = canon.templates[c.b if canon.templates.shape[0] > 1 else 0, c.t][None, None]
+            mask = canon.mask
+            weights = None if mask is None else mask[c.b if mask.shape[0] > 1 else 0, c.t if mask.shape[1] > 1 else 0]
+            stream = TransformStream(bank, None if weights is None else weights[None, None], [c.angle], [c.scale])
+            picture, drawn = stream.draw(0, 1)
+            if not bool(torch.isfinite(picture).all()):
+                picture = torch.where(drawn > 0, picture, 0.0)
+            peaks.append(Peak(canon.images[c.b], picture[0, 0], drawn[0, 0], (c.y, c.x)))
+        refined = refine_peaks(peaks, canon.dilation, higher, call, progress)
+        found = _ranked([replace(c, y=y, x=x, score=s) for c, (y, x, s) in zip(found, refined, strict=True)], higher)
+    else:
+        found = _ranked(found, higher)
+    ints = [torch.tensor([getattr(c, n) for c in found], dtype=torch.int64) for n in ("b", "t")]
+    floats = [torch.tensor([getattr(c, n) for c in found], dtype=torch.float64) for n in ("y", "x", "score")]
+    poses = [torch.tensor([getattr(c, n) for c in found], dtype=torch.float64) for n in ("angle", "scale")]
+    return [*ints, *floats, *poses]
+
+
+def candidates_of(columns: Sequence[torch.Tensor]) -> list[Candidate]:
+    """Matches given as columns (batch, template, y, x, score, angle, scale) [N] -> candidates."""
+    rows = zip(*(c.tolist() for c in columns[:7]), strict=True)
+    return [Candidate(int(b), int(t), y, x, a, s, score) for b, t, y, x, score, a, s in rows]
