@@ -206,6 +206,8 @@ def test_auto_takes_the_pyramid_for_many_poses_and_the_exhaustive_search_otherwi
     scene, template, _ = _trial("camera", 64, 10.0, 1.0, crop=256, seed=11)
     assert slidesim.match(scene, template, rotations=slidesim.interval(0, 360)).maps is None
     assert slidesim.match(scene, template).maps is not None  # one pose: exhaustive
+    assert slidesim.match(scene, template, rotations=range(0, 360, 5)).maps is not None  # a sequence keeps its meaning
+    assert slidesim.match(scene, template, rotations=range(0, 360, 5), search="pyramid").maps is None
     assert slidesim.match(scene, template, rotations=range(0, 360, 5), mode="same").maps is not None
 
 

@@ -58,7 +58,7 @@ def interval(start: float, stop: float) -> Interval:
         >>> import slidesim
         >>> slidesim.interval(0, 360)
         interval(0, 360)
-        >>> slidesim.interval(0.8, 1.25).span
+        >>> round(slidesim.interval(0.8, 1.25).span, 6)
         0.45
     """
     values = []

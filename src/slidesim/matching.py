@@ -428,7 +428,8 @@ def match(
             a pose that only the exhaustive search finds, and it gives no ``maps``. It searches mode "valid",
             stride and dilation 1, finite images, no circular channels, no ``exclude_border`` and no gradients;
             templates under 24 pixels a side take no level (the exhaustive search runs). "auto" (default) takes
-            the pyramid where it can run and is estimated several times cheaper (many poses, a large template).
+            the pyramid for ranges (:func:`slidesim.interval`) where it can run and is estimated several times
+            cheaper (many poses, a large template); sequences of poses it searches exhaustively, as before.
         levels: Halvings of the pyramid; default: as many as keep the template's smaller side at 12 pixels or
             more and its turned and scaled canvas within the image.
         beam: Positions per image and template carried down from the coarsest level; default max(8, 2k).

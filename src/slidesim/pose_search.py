@@ -167,6 +167,9 @@ def plan_pyramid(
     """
     if search == "exhaustive":
         return 0, "search='exhaustive'"
+    if search == "auto" and space.angle_range is None and space.scale_range is None:
+        # a sequence of poses keeps its meaning: the exact best of those poses everywhere, and the maps
+        return 0, "a sequence of poses is searched exhaustively (search='pyramid' searches it coarse to fine)"
     why = _unsupported(canon, border)
     if why is not None:
         if search == "pyramid":
