@@ -211,7 +211,7 @@ def test_candidates_gathered_from_the_chunks_fit_memory_limit(monkeypatch) -> No
     sent = []
     candidates = sdask._candidates
     monkeypatch.setattr(
-        sdask, "_candidates", lambda block, **kw: (sent.append(kw["limit"]), candidates(block, **kw))[1]
+        sdask, "_candidates", lambda *maps, **kw: (sent.append(kw["limit"]), candidates(*maps, **kw))[1]
     )
     limit = 2**19
     with dask.config.set(scheduler="synchronous"):  # the recording runs here, even with a cluster's client about

@@ -144,6 +144,7 @@ class Tiling:
     """How a padded [B, C, Hp, Wp] dask array is cut: core chunks, and the outputs whose windows start in each."""
 
     overlapped: Any  # the dask array: every chunk with the template's halo below and to the right
+    padded: Any  # the dask array padded for the mode, without the halo
     batch_starts: list[int]
     row_starts: list[int]
     col_starts: list[int]
@@ -166,6 +167,7 @@ def tile(images, canon: Canonical) -> Tiling:
     depth = {0: 0, 1: 0, 2: (0, halo_h), 3: (0, halo_w)}
     return Tiling(
         overlapped=da.overlap.overlap(images, depth=depth, boundary="none"),
+        padded=images,
         batch_starts=starts(images.chunks[0]),
         row_starts=starts(images.chunks[2]),
         col_starts=starts(images.chunks[3]),
@@ -257,12 +259,24 @@ def best_block(
     out = np.zeros((block.shape[0], n_templates, 2, ny, nx), dtype=out_dtype)
     if ny == 0 or nx == 0:
         return out
-    b0 = tiling.batch_starts[location[0]]
-    bank = templates[b0 : b0 + block.shape[0]] if templates.shape[0] > 1 else templates[0]
-    weights = mask
-    if mask is not None:
-        weights = mask[b0 : b0 + block.shape[0]] if mask.shape[0] > 1 else mask[0]
+    bank, weights = bank_of(templates, mask, tiling.batch_starts[location[0]], block.shape[0])
     piece = core_windows(block, location, tiling, geometry)
+    best, which = best_maps(piece, bank, weights, angles, scales, options)
+    out[:, :, 0] = best.numpy()
+    out[:, :, 1] = which.numpy()
+    return out
+
+
+def best_maps(
+    piece: np.ndarray,
+    bank: torch.Tensor,
+    weights: torch.Tensor | None,
+    angles: list[float] | None,
+    scales: list[float] | None,
+    options: dict[str, Any],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(best score [b, T, ny, nx], index of its transform [b, T, ny, nx]) of every valid window of a piece of the
+    padded images over the (rotated, scaled) bank, folded as :func:`slidesim.match` folds it in memory."""
     canon = canonicalize(piece, bank, **{**options, "mask": weights})
     stream = None
     if angles is not None or scales is not None:
@@ -270,6 +284,12 @@ def best_block(
         check_working_set(canon, angles, scales)
         stream = TransformStream(canon.templates, canon.mask, angles, scales)
     best, which, _ = best_of_stream(canon, stream, None)
-    out[:, :, 0] = best.numpy()
-    out[:, :, 1] = which.numpy()
-    return out
+    return best, which
+
+
+def bank_of(templates: torch.Tensor, mask: torch.Tensor | None, b0: int, count: int):
+    """The canonical bank [T, C, h, w] (or [count, T, C, h, w] per image) and mask of images b0 .. b0 + count."""
+    bank = templates[b0 : b0 + count] if templates.shape[0] > 1 else templates[0]
+    if mask is not None:
+        mask = mask[b0 : b0 + count] if mask.shape[0] > 1 else mask[0]
+    return bank, mask

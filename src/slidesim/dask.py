@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import sys
 from typing import Any
 
@@ -42,7 +41,7 @@ from ._types import ArrayLike
 from ._validate import Canonical, canonicalize, channels_first, options_of, window_origin, with_defaults
 from .errors import SlidesimValueError
 from .matching import Matches, bank_members, best_first, prepare, with_boxes
-from .peaks import local_maxima, ranking_key, suppress_points
+from .peaks import core_candidates, ranking_key, suppress_points
 
 __all__ = ["match", "similarity"]
 
@@ -145,12 +144,34 @@ _CANDIDATES_PER_CHUNK = 16  # peak candidates each chunk sends per (image, templ
 _CANDIDATE_BYTES = 320
 
 
-def _candidates(
-    block: np.ndarray,
+def _chunk_candidates(
+    piece: np.ndarray,
     *,
-    y0: int,
-    x0: int,
     b0: int,
+    first: tuple[int, int],
+    core: tuple[int, int, int, int],
+    templates: torch.Tensor,
+    mask: torch.Tensor | None,
+    angles: list[float] | None,
+    scales: list[float] | None,
+    options: dict[str, Any],
+    **candidates: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_candidates` of one chunk, scored here: ``piece`` [b, C, ...] of the padded images holds the windows
+    of the map rows and columns ``first`` onwards that the chunk's core (``core``, in those coordinates) and the
+    windows of its positions reach, so the maps of neighbouring chunks are never gathered."""
+    bank, weights = tiles.bank_of(templates, mask, b0, piece.shape[0])
+    best, which = tiles.best_maps(np.ascontiguousarray(piece), bank, weights, angles, scales, options)
+    return _candidates(best, which, b0=b0, first=first, core=core, **candidates)
+
+
+def _candidates(
+    best: torch.Tensor,
+    which: torch.Tensor,
+    *,
+    b0: int,
+    first: tuple[int, int],
+    core: tuple[int, int, int, int],
     radius: tuple[int, int],
     limit: int,
     out_size: tuple[int, int],
@@ -161,10 +182,11 @@ def _candidates(
     """Peak candidates of one chunk of the best maps, as :func:`slidesim.peaks.locate_peaks` defines them.
 
     Args:
-        block: [b, T, 2, ny + 2·radius[0], nx + 2·radius[1]]: best scores and transform indices, with a halo of
-            ``radius`` (rows, columns; −inf outside the maps) so that every core position sees its whole
-            neighbourhood.
-        y0, x0, b0: Map position of the core's first row and column, and the block's first image.
+        best, which: [b, T, Hb, Wb]: best scores and transform indices of map rows first[0] onwards and columns
+            first[1] onwards, reaching ``radius`` (rows, columns) beyond the core wherever the maps do, so that
+            every core position sees its whole neighbourhood.
+        b0: The block's first image.
+        core: The core's rows y0:y1 and columns x0:x1 in the block.
 
     Returns:
         (rows [N, 6] float64 of (image, template, y, x, key, transform) for the ``limit`` best candidates of each
@@ -172,29 +194,47 @@ def _candidates(
         [b, T]: the key of the best candidate left out, −inf when none was.)
     """
     H, W = out_size
-    ry, rx = radius
-    best = torch.from_numpy(np.ascontiguousarray(block[:, :, 0]))
     b, T, Hb, Wb = best.shape
     key = ranking_key(best, threshold, 0, higher)  # the border lies in map coordinates: below
-    rows = torch.arange(Hb)[:, None] + y0 - ry
-    cols = torch.arange(Wb)[None, :] + x0 - rx
-    inside = (rows >= border) & (rows < H - border) & (cols >= border) & (cols < W - border)
-    key = torch.where(inside, key, -torch.inf)
-    peak = local_maxima(key.reshape(b * T, 1, Hb, Wb), radius).reshape(b, T, Hb, Wb)
-    image, template, ys, xs = peak[:, :, ry : Hb - ry, rx : Wb - rx].nonzero(as_tuple=True)
-    ys, xs = ys + ry, xs + rx  # in the block
-    values = key[image, template, ys, xs].to(torch.float64).numpy()
-    group = (image * T + template).numpy()
-    gy, gx = ys.numpy() - ry + y0, xs.numpy() - rx + x0
-    order = np.lexsort((gy * W + gx, -values, group))  # by map, best first, then the earlier position
-    rank = np.arange(len(order)) - np.searchsorted(group[order], group[order])
-    following = np.full(b * T, -np.inf)
-    held = order[rank == limit]
-    following[group[held]] = values[held]
-    sent = order[rank < limit]
-    which = torch.from_numpy(np.ascontiguousarray(block[:, :, 1]))[image, template, ys, xs].to(torch.float64)
-    found = np.stack([image.numpy() + b0, template.numpy(), gy, gx, values, which.numpy()], axis=1)
-    return found[sent].astype(np.float64), following.reshape(b, T)
+    if border:
+        key[..., : max(0, border - first[0]), :] = -torch.inf
+        key[..., max(0, H - border - first[0]) :, :] = -torch.inf
+        key[..., : max(0, border - first[1])] = -torch.inf
+        key[..., max(0, W - border - first[1]) :] = -torch.inf
+    # by map, best first, then the earlier position (row-major in the block is row-major in the map)
+    group, ys, xs, values, following = core_candidates(key.reshape(b * T, Hb, Wb), radius, core, limit)
+    image, template = group // T, group % T
+    transform = which[image, template, ys, xs].to(torch.float64)
+    gy, gx = (ys + first[0]).to(torch.float64), (xs + first[1]).to(torch.float64)
+    columns = [(image + b0).to(torch.float64), template.to(torch.float64), gy, gx, values.to(torch.float64), transform]
+    return torch.stack(columns, dim=1).numpy(), following.to(torch.float64).numpy().reshape(b, T)
+
+
+def _chunk_pieces(
+    tiling: tiles.Tiling, canon: Canonical, radius: tuple[int, int], out_size: tuple[int, int]
+) -> list[tuple[Any, int, tuple[tuple[int, int], tuple[int, int]], tuple[int, int]]]:
+    """Per chunk with outputs: (the piece of the padded images whose windows are the chunk's core outputs and
+    ``radius`` more on every side within the maps, its first image, ((first map row, first map column) of the
+    piece's windows, (the core's first row, column) among them), (core rows, core columns))."""
+    (sy, sx), (span_h, span_w) = canon.stride, tiles.window_span(canon)["span"]
+    ry, rx = radius
+    H, W = out_size
+    pieces = []
+    for ib, b0 in enumerate(tiling.batch_starts):
+        nb = tiling.batch_chunks[ib]
+        for iy, row_start in enumerate(tiling.row_starts):
+            for ix, col_start in enumerate(tiling.col_starts):
+                ny, nx = tiling.out_rows[iy], tiling.out_cols[ix]
+                if ny == 0 or nx == 0:
+                    continue
+                a, c = -(-row_start // sy), -(-col_start // sx)  # the core's first output row and column
+                e0, e1 = max(0, a - ry), min(H, a + ny + ry)
+                f0, f1 = max(0, c - rx), min(W, c + nx + rx)
+                rows = slice(e0 * sy, (e1 - 1) * sy + span_h)
+                cols = slice(f0 * sx, (f1 - 1) * sx + span_w)
+                piece = tiling.padded[b0 : b0 + nb, :, rows, cols]
+                pieces.append((piece, b0, ((e0, f0), (a - e0, c - f0)), (ny, nx)))
+    return pieces
 
 
 def _survivors(candidates: np.ndarray, k: int, min_distance: int, T: int, width: int, groups: int):
@@ -328,7 +368,14 @@ def match(
     tiling = tiles.tile(images, canon)
     chunks = (tiling.batch_chunks, (T,), (2,), tiling.out_rows, tiling.out_cols)
     dtype = tiles.out_dtype(canon)
-    best = da.map_blocks(
+    scoring = {
+        "templates": values.templates,
+        "mask": values.mask,
+        "angles": None if stream is None else stream.angle_list,
+        "scales": None if stream is None else stream.scale_list,
+        "options": options_of(canon, mode="valid", mask=None),  # the chunks arrive padded
+    }
+    best = da.map_blocks(  # the maps, computed only if the caller reads them
         tiles.best_block,
         tiling.overlapped,
         dtype=dtype,
@@ -338,27 +385,16 @@ def match(
         out_dtype=dtype,
         tiling=tiling,
         geometry=tiles.window_span(canon),
-        templates=values.templates,
-        mask=values.mask,
-        angles=None if stream is None else stream.angle_list,
-        scales=None if stream is None else stream.scale_list,
-        options=options_of(canon, mode="valid", mask=None),  # the chunks arrive padded
+        **scoring,
     )
     higher = canon.spec.higher_is_better
     out_size = (problem.out_height, problem.out_width)
     if subpixel:  # refused before anything is computed when one match's refinement cannot fit memory_limit
         shifts_per_batch(canon.memory_limit, problem.channels, tuple(canon.templates.shape[-2:]), canon.dilation)
-    # a neighbourhood wider than the maps sees no more of them (and dask's halo may not be deeper than the array)
+    # a neighbourhood wider than the maps sees no more of them
     radius = (min(max(1, distance - 1), out_size[0]), min(max(1, distance - 1), out_size[1]))
-    best = best.rechunk({3: tiles.at_least(best.chunks[3], radius[0]), 4: tiles.at_least(best.chunks[4], radius[1])})
-    haloed = da.overlap.overlap(best, depth={0: 0, 1: 0, 2: 0, 3: radius[0], 4: radius[1]}, boundary=-np.inf)
-    row_starts, col_starts = tiles.starts(best.chunks[3]), tiles.starts(best.chunks[4])
-    batch_starts = tiles.starts(best.chunks[0])
-    blocks = haloed.to_delayed()
-    where = list(itertools.product(range(len(batch_starts)), range(len(row_starts)), range(len(col_starts))))
-    sizes = np.asarray(
-        [(best.chunks[0][ib], best.chunks[3][iy] * best.chunks[4][ix]) for ib, iy, ix in where], dtype=np.int64
-    )
+    pieces = _chunk_pieces(tiling, canon, radius, out_size)
+    sizes = np.asarray([(piece.shape[0], ny * nx) for piece, _, _, (ny, nx) in pieces], dtype=np.int64)
     limit, wanted = 0, k + _CANDIDATES_PER_CHUNK
     while True:
         # the candidates merged below stay within memory_limit: fewer per chunk when that is all it holds
@@ -367,24 +403,25 @@ def match(
             raise _too_many_candidates(k, wanted, sizes, T, canon.memory_limit)
         limit = allowed
         tasks = [
-            delayed(_candidates)(
-                blocks[ib, 0, 0, iy, ix],
-                y0=row_starts[iy],
-                x0=col_starts[ix],
-                b0=batch_starts[ib],
+            delayed(_chunk_candidates)(
+                piece,
+                b0=b0,
+                first=first,
+                core=(core[0], core[0] + ny, core[1], core[1] + nx),
                 radius=radius,
                 limit=limit,
                 out_size=out_size,
                 higher=higher,
                 threshold=threshold,
                 border=border,
+                **scoring,
             )
-            for ib, iy, ix in where
+            for piece, b0, (first, core), (ny, nx) in pieces
         ]
         parts = _compute(tasks, progress)
         left_out = np.full((problem.batch, T), -np.inf)  # the best candidate any chunk held back
-        for (_, following), (ib, _, _) in zip(parts, where, strict=True):
-            span = slice(batch_starts[ib], batch_starts[ib] + following.shape[0])
+        for (_, following), (_, b0, _, _) in zip(parts, pieces, strict=True):
+            span = slice(b0, b0 + following.shape[0])
             left_out[span] = np.maximum(left_out[span], following)
         candidates = np.concatenate([found for found, _ in parts])
         del parts

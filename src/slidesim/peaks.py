@@ -11,6 +11,7 @@ wrong pixel; from the score map alone otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -409,49 +410,30 @@ def _first_of_blocks(
     G, H, W = work.shape
     side = min_distance
     best = _block_best(work, side, lo, hi, higher)  # [G, Hb, Wb], larger is better, -inf where nothing passes
-    Wb = best.shape[2]
-    blocks = best.shape[1] * Wb
-    per_map = best.reshape(G, blocks)
+    blocks = best.shape[1] * best.shape[2]
     L = min(blocks, _BLOCKS_FIRST[0] + _BLOCKS_FIRST[1] * k)
-    inside, reach = torch.arange(side), torch.arange(-(side - 1), side)  # a block's offsets, a window's
     growing = torch.ones(G, dtype=torch.bool)  # maps still searched here
     handed = torch.zeros(G, dtype=torch.bool)  # maps left to the other searches
     found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def read(at: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return _key_at(work, at, y, x, lo, hi, higher)
+
     while bool(growing.any()):
         if G * L * (2 * side - 1) ** 2 > work.numel() // _BLOCK_WINDOWS:
             handed |= growing  # too many windows to gather: the other searches cost less
             break
         maps = growing.nonzero().squeeze(1)
-        values, index = per_map[maps].topk(L, dim=1)  # [g, L]
-        whole = blocks == L
-        floor = torch.full_like(values[:, -1:], -torch.inf) if whole else values[:, -1:]
-        top, left = index // Wb * side, index % Wb * side
-        at = maps[:, None, None, None]
-        block = _key_at(
-            work, at, top[..., None, None] + inside[:, None], left[..., None, None] + inside, lo, hi, higher
-        )
-        block = block.reshape(len(maps), L, side * side)  # row-major within each block
-        first = block.argmax(dim=2)  # the first best position in row-major order
-        y, x = top + first // side, left + first % side
-        above = values > floor  # every candidate above the floor is the best of one of these blocks
-        # which of tied positions survives depends on the others (within a block, or blocks tied at the top)
-        tied = (((block == values[..., None]).sum(dim=2) > 1) & above).any(dim=1) | (values[:, 0] == floor[:, 0])
-        if bool(tied.any()):
+        top = top_blocks(best, maps, L, (side, side), (0, 0), read, read)
+        if bool(top.tied.any()):
             flat = torch.zeros(G, dtype=torch.bool)
-            flat[maps[tied]] = _flat_maps(work, maps[tied], lo, hi)
+            flat[maps[top.tied]] = _flat_maps(work, maps[top.tied], lo, hi)
             found.append(_first_of_flat(flat, H, W, k, min_distance))
-            handed[maps[tied]] = ~flat[maps[tied]]
-            growing[maps[tied]] = False
-        window = _key_at(work, at, y[..., None, None] + reach[:, None], x[..., None, None] + reach, lo, hi, higher)
-        candidate = above & ~(window > values[..., None, None]).flatten(2).any(dim=2) & ~tied[:, None]
-        group = maps[:, None].expand(-1, L)[candidate]
-        cy, cx, value = y[candidate], x[candidate], values[candidate]
-        order = torch.argsort(cy * W + cx, stable=True)  # row-major, then best first, then by map
-        order = order[torch.argsort(value[order], descending=True, stable=True)]
-        order = order[torch.argsort(group[order], stable=True)]
-        group, cy, cx = group[order], cy[order], cx[order]
+            handed[maps[top.tied]] = ~flat[maps[top.tied]]
+            growing[maps[top.tied]] = False
+        group, cy, cx, _ = top.candidates(maps, W)
         kept = suppress_points(group, cy, cx, k, min_distance)
-        settled = (torch.bincount(group[kept], minlength=G) >= k) | (whole & growing)
+        settled = (torch.bincount(group[kept], minlength=G) >= k) | (top.whole & growing)
         done = settled[group] & kept
         found.append((group[done], cy[done], cx[done]))
         growing &= ~settled
@@ -461,6 +443,173 @@ def _first_of_blocks(
     group, cy, cx = (torch.cat(column) for column in zip(*found, strict=True))
     order = torch.argsort(group, stable=True)  # by map, best first within each (flat maps: row-major)
     return group[order], cy[order], cx[order], handed
+
+
+@dataclass(frozen=True)
+class TopBlocks:
+    """The L best blocks of some maps, each block's first best position, and which of those are peaks.
+
+    Attributes:
+        values: The blocks' bests [g, L], best first.
+        y, x: Their first best positions in row-major order [g, L].
+        candidate: Which are candidates (the best of their window) above the L-th best block [g, L]: with no tie,
+            every candidate of the map above that floor is among them.
+        tied: Maps [g] where positions tie within a block (which of them is a candidate depends on the others)
+            or the L best blocks tie at the top; their candidates are not given.
+        whole: Whether the L blocks are all of them (the floor is then −inf).
+    """
+
+    values: torch.Tensor
+    y: torch.Tensor
+    x: torch.Tensor
+    candidate: torch.Tensor
+    tied: torch.Tensor
+    whole: bool
+
+    def candidates(
+        self, maps: torch.Tensor, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(map index, row, column, key) [N] of the candidates, by map, best first, ties in row-major order
+        (``maps`` [g]: the index of each row; ``width``: the row length positions are ordered by)."""
+        group = maps[:, None].expand(-1, self.values.shape[1])[self.candidate]
+        y, x, value = self.y[self.candidate], self.x[self.candidate], self.values[self.candidate]
+        order = torch.argsort(y * width + x, stable=True)  # row-major, then best first, then by map
+        order = order[torch.argsort(value[order], descending=True, stable=True)]
+        order = order[torch.argsort(group[order], stable=True)]
+        return group[order], y[order], x[order], value[order]
+
+
+def top_blocks(
+    best: torch.Tensor,
+    maps: torch.Tensor,
+    L: int,
+    sides: tuple[int, int],
+    origin: tuple[int, int],
+    read_core: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    read: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> TopBlocks:
+    """The L best of the blocks of maps ``maps`` [g] and their candidates.
+
+    Args:
+        best: The best key of each block [G, Hb, Wb] (−inf where nothing passes); block (i, j) covers rows
+            origin[0] + i·sides[0] onwards and columns origin[1] + j·sides[1] onwards.
+        maps: Which maps to look at [g].
+        L: Blocks per map.
+        sides: The blocks' side (rows, columns): the window radius plus one along each, so that a block lies
+            within the window of each of its positions and a candidate is the best of its block.
+        origin: The first block's top-left position.
+        read_core: The ranking key at positions (maps, rows, columns) broadcast together, −inf outside the
+            blocks' area (a block's positions beyond it never count).
+        read: The same, with every position a window may reach (−inf outside the maps).
+    """
+    (sy, sx), Wb = sides, best.shape[2]
+    values, index = best.reshape(best.shape[0], -1)[maps].topk(L, dim=1)  # [g, L]
+    whole = best.shape[1] * Wb == L
+    floor = torch.full_like(values[:, -1:], -torch.inf) if whole else values[:, -1:]
+    top, left = origin[0] + index // Wb * sy, origin[1] + index % Wb * sx
+    at = maps[:, None, None, None]
+    rows, cols = torch.arange(sy), torch.arange(sx)
+    block = read_core(at, top[..., None, None] + rows[:, None], left[..., None, None] + cols).reshape(len(maps), L, -1)
+    first = block.argmax(dim=2)  # the first best position in row-major order
+    y, x = top + first // sx, left + first % sx
+    above = values > floor  # every candidate above the floor is the best of one of these blocks
+    tied = (((block == values[..., None]).sum(dim=2) > 1) & above).any(dim=1) | (values[:, 0] == floor[:, 0])
+    reach_y, reach_x = torch.arange(-(sy - 1), sy), torch.arange(-(sx - 1), sx)
+    window = read(at, y[..., None, None] + reach_y[:, None], x[..., None, None] + reach_x)
+    beaten = (window > values[..., None, None]).flatten(2).any(dim=2)
+    return TopBlocks(values, y, x, above & ~beaten & ~tied[:, None], tied, whole)
+
+
+def core_candidates(
+    key: torch.Tensor, radius: tuple[int, int], core: tuple[int, int, int, int], count: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``count`` best candidates of each map's core: positions that are the best of their window (key > −inf).
+
+    Args:
+        key: Ranking keys [G, Hb, Wb] (:func:`ranking_key`; −inf where no peak may be), with the neighbours that the
+            windows of the core reach (−inf beyond the maps).
+        radius: The window's half-sides (rows, columns).
+        core: Rows y0:y1 and columns x0:x1 whose candidates are wanted.
+        count: Candidates per map.
+
+    Returns:
+        (map index, row, column, key) [N] by map, best first, ties in row-major order; and the key of each map's
+        best candidate left out [G] (−inf where none was).
+
+    From the best of blocks of (radius + 1)² positions (:func:`top_blocks`), growing fourfold; maps with ties
+    within a block, or too many blocks, take the window maxima of the whole core.
+    """
+    G = key.shape[0]
+    y0, y1, x0, x1 = core
+    sides = (radius[0] + 1, radius[1] + 1)
+    best = _blocks_reduced(key[:, y0:y1, x0:x1], sides, True)
+    blocks = best.shape[1] * best.shape[2]
+
+    def read(at: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return _key_at(key, at, y, x, -torch.inf, torch.inf, True)
+
+    def read_core(at: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        inside = (y >= y0) & (y < y1) & (x >= x0) & (x < x1)
+        return torch.where(inside, read(at, y, x), -torch.inf)
+
+    found: list[tuple[torch.Tensor, ...]] = []
+    following = torch.full((G,), -torch.inf, dtype=key.dtype)
+    open_maps = torch.ones(G, dtype=torch.bool)
+    dense = torch.zeros(G, dtype=torch.bool)
+    L = min(blocks, count + 1 + _BLOCKS_FIRST[0])
+    while bool(open_maps.any()):
+        if G * L * (2 * sides[0] - 1) * (2 * sides[1] - 1) > key.numel() // _BLOCK_WINDOWS:
+            dense |= open_maps
+            break
+        maps = open_maps.nonzero().squeeze(1)
+        top = top_blocks(best, maps, L, sides, (y0, x0), read_core, read)
+        dense[maps[top.tied]] = True
+        group, y, x, value = top.candidates(maps, key.shape[2])
+        rank = torch.arange(len(group)) - torch.searchsorted(group, group)
+        have = torch.bincount(group, minlength=G)
+        settled = torch.zeros(G, dtype=torch.bool)
+        settled[maps] = ~top.tied & (top.whole | (have[maps] > count))
+        take = settled[group]
+        sent = take & (rank < count)
+        found.append((group[sent], y[sent], x[sent], value[sent]))
+        after = take & (rank == count)
+        following[group[after]] = value[after]
+        open_maps &= ~settled & ~dense
+        L = min(blocks, 4 * L)
+    if bool(dense.any()):
+        found.append(_dense_core_candidates(key, dense.nonzero().squeeze(1), radius, core, count, following))
+    group, y, x, value = (
+        (torch.cat(column) for column in zip(*found, strict=True)) if found else (key.new_zeros(0),) * 4
+    )
+    order = torch.argsort(group, stable=True)  # by map; within each already best first
+    return group[order].long(), y[order].long(), x[order].long(), value[order], following
+
+
+def _dense_core_candidates(
+    key: torch.Tensor,
+    maps: torch.Tensor,
+    radius: tuple[int, int],
+    core: tuple[int, int, int, int],
+    count: int,
+    following: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`core_candidates` of maps ``maps`` by the window maxima of their whole blocks (writes ``following``)."""
+    y0, y1, x0, x1 = core
+    chosen = key[maps]
+    peak = local_maxima(chosen[:, None], radius)[:, 0, y0:y1, x0:x1]
+    which, y, x = peak.nonzero(as_tuple=True)
+    y, x = y + y0, x + x0
+    value = chosen[which, y, x]
+    group = maps[which]
+    order = torch.argsort(y * key.shape[2] + x, stable=True)
+    order = order[torch.argsort(value[order], descending=True, stable=True)]
+    order = order[torch.argsort(group[order], stable=True)]
+    group, y, x, value = group[order], y[order], x[order], value[order]
+    rank = torch.arange(len(group)) - torch.searchsorted(group, group)
+    after = rank == count
+    following[group[after]] = value[after]
+    keep = rank < count
+    return group[keep], y[keep], x[keep], value[keep]
 
 
 def _flat_maps(work: torch.Tensor, maps: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -491,18 +640,20 @@ def _block_best(work: torch.Tensor, side: int, lo: float, hi: float, higher: boo
     return _blocks_reduced(key, side, True)
 
 
-def _blocks_reduced(work: torch.Tensor, side: int, largest: bool) -> torch.Tensor:
-    """The largest (or least) value of each side × side block of work [G, H, W] -> [G, ⌈H / side⌉, ⌈W / side⌉];
-    NaN propagates. Rows first (a reduction along a middle axis of a view), then the columns of the result."""
+def _blocks_reduced(work: torch.Tensor, sides: int | tuple[int, int], largest: bool) -> torch.Tensor:
+    """The largest (or least) value of each block of sides (rows, columns; one int: square) of work [G, H, W] ->
+    [G, ⌈H / rows⌉, ⌈W / columns⌉]; NaN propagates. Rows first (a reduction along a middle axis of a view), then
+    the columns of the result."""
+    sy, sx = (sides, sides) if isinstance(sides, int) else sides
     G, H, W = work.shape
     reduce = torch.amax if largest else torch.amin
-    full = H // side * side
-    rows = reduce(work[:, :full].reshape(G, H // side, side, W), dim=2)
+    full = H // sy * sy
+    rows = reduce(work[:, :full].reshape(G, H // sy, sy, W), dim=2)
     if full < H:
         rows = torch.cat([rows, reduce(work[:, full:], dim=1, keepdim=True)], dim=1)
-    columns = -(-W // side) * side
+    columns = -(-W // sx) * sx
     padded = F.pad(rows, (0, columns - W), value=-torch.inf if largest else torch.inf)
-    return reduce(padded.reshape(G, rows.shape[1], -1, side), dim=3)
+    return reduce(padded.reshape(G, rows.shape[1], -1, sx), dim=3)
 
 
 def _key_at(
