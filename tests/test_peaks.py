@@ -505,3 +505,34 @@ def test_the_best_scores_of_large_maps_are_those_of_a_full_selection() -> None:
         assert torch.equal(key.gather(1, index), values)
         for g in (0, 3):
             assert set(index[g].tolist()) == set(full.indices[g].tolist())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_core_candidates_from_blocks_equal_the_window_maxima_of_the_core(seed, monkeypatch) -> None:
+    """The best candidates of a chunk's core (with the halo its windows reach, and −inf beyond the maps) and the
+    best one left out come from the best of blocks as from the window maxima of the whole block: smooth maps,
+    quantized ones (ties), a flat one and one where nothing passes, square and unequal radii, few and many."""
+    from slidesim import peaks
+
+    ndimage = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(seed)
+    smooth = ndimage.gaussian_filter(rng.random((3, 90, 101)), (0, 2, 2)).astype(np.float32)
+    key = np.stack([smooth[0], np.round(smooth[1] * 30) / 30, np.full((90, 101), 0.5, np.float32), smooth[2]])
+    key[3] = -np.inf
+    key[0, :4] = -np.inf  # beyond the maps above this chunk
+    key = torch.from_numpy(key)
+    for radius, core, count in [
+        ((4, 4), (4, 80, 6, 95), 3),
+        ((2, 5), (2, 88, 5, 96), 40),
+        ((7, 3), (0, 90, 0, 101), 1),
+    ]:
+        want = peaks._dense_core_candidates(
+            key, torch.arange(4), radius, core, count, want_next := torch.full((4,), -torch.inf)
+        )
+        with monkeypatch.context() as patched:
+            patched.setattr(peaks, "_BLOCK_WINDOWS", 1e-3)  # blocks however many,
+            patched.setattr(peaks, "_BLOCKS_FIRST", (0, 0))  # from count + 1 of them, growing fourfold
+            got = peaks.core_candidates(key, radius, core, count)
+        for a, b in zip(got[:4], want, strict=True):
+            assert torch.equal(a.to(b.dtype), b), f"{radius=} {core=} {count=}"
+        assert torch.equal(got[4], want_next)
