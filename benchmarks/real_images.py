@@ -606,17 +606,21 @@ def summary(rows: list[Row], loaded: bool) -> list[str]:
     return lines
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def machine() -> str:
     """CPU model, cores, versions, slidesim's commit and the date."""
     import cv2
     import skimage
 
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model()
     try:
         import corrmatch
 
