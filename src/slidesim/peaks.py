@@ -303,6 +303,10 @@ def _first_of_few(
     column) [N], best first per map, or None where the window maxima of the whole maps cost less: from the
     blocks' bests (:func:`_first_of_blocks`) when min_distance makes blocks worth it, then from the best scores
     (:func:`_first_of_the_best`) for the maps still open."""
+    if k == 1:
+        found = _first_best(work, lo, hi, higher)
+        if found is not None:
+            return found
     if k == 1 or min_distance < _BLOCKS_FROM or radius + 1 != min_distance:
         return _first_of_the_best(work, lo, hi, radius, higher, k, min_distance)
     group, y, x, still_open = _first_of_blocks(work, lo, hi, higher, k, min_distance)
@@ -315,6 +319,25 @@ def _first_of_few(
     group, y, x = torch.cat([group, maps[rest[0]]]), torch.cat([y, rest[1]]), torch.cat([x, rest[2]])
     order = torch.argsort(group, stable=True)  # by map, best first within each
     return group[order], y[order], x[order]
+
+
+def _first_best(
+    work: torch.Tensor, lo: float, hi: float, higher: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The one peak (k = 1) of each map of work [G, H, W]: its first best score in row-major order -> (map index,
+    row, column) [N], maps where nothing passes left out; None where a map holds NaN or a score beyond the far end
+    of [lo, hi] (±inf), which the ranking key must take out first.
+
+    The best score of each row (one reduction, the cheapest pass over the maps), then the first row that holds
+    the map's best, then its first column there. The best score passes the threshold or nothing does."""
+    rows = work.amax(dim=2) if higher else work.amin(dim=2)  # [G, H], NaN propagates
+    best = rows.amax(dim=1) if higher else rows.amin(dim=1)
+    if not bool((best <= hi).all() if higher else (best >= lo).all()):  # NaN fails too
+        return None
+    group = ((best >= lo) if higher else (best <= hi)).nonzero().squeeze(1)
+    y = (rows[group] == best[group, None]).to(torch.int8).argmax(dim=1)  # the first row holding the best
+    x = (work[group, y] == best[group, None]).to(torch.int8).argmax(dim=1)
+    return group, y, x
 
 
 def _first_of_the_best(
@@ -334,7 +357,7 @@ def _first_of_the_best(
     """
     G, H, W = work.shape
     scores = work.reshape(G, H * W)
-    low, high = scores.aminmax(dim=1)  # NaN reaches both
+    low, high = scores.amin(dim=1), scores.amax(dim=1)  # NaN reaches both (two reductions beat one aminmax)
     if bool(((low >= lo) & (high <= hi)).all()):  # every score passes (no threshold, nothing missing): one pass
         key = scores if higher else scores.neg()
         passing = torch.full((G,), H * W)
