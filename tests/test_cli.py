@@ -371,9 +371,10 @@ def test_zarr_and_lazy_tiff_give_the_in_memory_matches(files, capsys, tmp_path) 
         assert [(r["page"], r["template_index"], r["angle"]) for r in got] == [
             (r["page"], r["template_index"], r["angle"]) for r in want
         ]
-        np.testing.assert_allclose(
-            [[r["y"], r["x"], r["score"]] for r in got], [[r["y"], r["x"], r["score"]] for r in want], atol=1e-6
-        )
+        # sub-pixel positions are vertices of fits to float32 scores: the crop's memory layout (the whole image
+        # or a lazy piece) may change the products' round-off, which moves a vertex by about 1e-5 px
+        np.testing.assert_allclose([[r["y"], r["x"]] for r in got], [[r["y"], r["x"]] for r in want], atol=1e-4)
+        np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want], atol=1e-6)
     code, out, _ = _run(["explain", store, files["a"]], capsys)
     assert code == 0 and "each chunk is one call" in out and "(1, 1, 50, 60)" in out
     code, _, err = _run(["match", store, files["a"], "--heatmap", tmp_path / "h.png"], capsys)
