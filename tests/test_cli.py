@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import io
 import json
+import math
 import re
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 import slidesim
-from slidesim import cli
+from slidesim import cli, draw
 
 from .conftest import cut_out
 
@@ -242,7 +243,9 @@ def test_demo_writes_pictures(tmp_path, capsys) -> None:
         (["match", "{corrupt}", "{a}"], "cannot read"),
         (["match", "{a}", "{image}"], "template"),
         (["match", "{image}", "{a}", "--metric", "nope"], "metric"),
-        (["match", "{image}", "{a}", "--rotations", "0:360"], "--rotations"),
+        (["match", "{image}", "{a}", "--rotations", "0:360:5:1"], "--rotations"),
+        (["match", "{image}", "{a}", "--rotations", "360:0"], "--rotations"),
+        (["match", "{image}", "{a}", "--scales", "0:1.2"], "--scales"),
         (["match", "{image}", "{a}", "--scales", "1.2:0.8:0.1"], "--scales"),
     ],
 )
@@ -524,3 +527,137 @@ def test_explain_takes_every_option_of_match(files) -> None:
     match_options = {a.dest for a in cli.build_parser()._subparsers._group_actions[0].choices["match"]._actions}
     explain_options = {a.dest for a in cli.build_parser()._subparsers._group_actions[0].choices["explain"]._actions}
     assert match_options == explain_options
+
+
+# a part at any angle and scale: --rotations START:STOP and --scales START:STOP are continuous ranges
+
+POSE = (31.0, 1.12)  # the angle and scale at which the scene holds the part
+
+
+@pytest.fixture(scope="module")
+def posed(tmp_path_factory) -> dict:
+    """A 200 × 200 crop of the camera photograph turned by 31° and scaled by 1.12 about the centre of a 48 × 48
+    part cut from the unturned crop (PNG files), and that centre (y, x)."""
+    skimage_data = pytest.importorskip("skimage.data")
+    cv2 = pytest.importorskip("cv2")
+    folder = tmp_path_factory.mktemp("posed")
+    photo = cv2.GaussianBlur(skimage_data.camera()[60:260, 150:350].astype(np.float32), (0, 0), 0.7)
+    top, left, size = 70, 80, 48
+    centre = (top + (size - 1) / 2, left + (size - 1) / 2)
+    turn = cv2.getRotationMatrix2D((centre[1], centre[0]), *POSE)
+    scene = cv2.warpAffine(photo, turn, (200, 200), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+    paths = {"scene": folder / "scene.png", "part": folder / "part.png", "centre": centre}
+    Image.fromarray(np.clip(np.round(scene), 0, 255).astype(np.uint8)).save(paths["scene"])
+    Image.fromarray(np.round(photo[top : top + size, left : left + size]).astype(np.uint8)).save(paths["part"])
+    return paths
+
+
+def _turn(a: float, b: float) -> float:
+    return abs((a - b + 180) % 360 - 180)
+
+
+def test_two_numbers_are_a_continuous_range() -> None:
+    assert cli.parse_range("0:360", "rotations", False) == slidesim.interval(0, 360)
+    assert cli.parse_range("0.8:1.25", "scales", True) == slidesim.interval(0.8, 1.25)
+    assert cli.parse_range("0:360:90", "rotations", False) == [0.0, 90.0, 180.0, 270.0]  # three keep a grid
+
+
+def test_ranges_find_a_part_at_any_angle_and_scale_and_draw_its_turned_outline(posed, tmp_path) -> None:
+    overlay = tmp_path / "found.png"
+    argv = [posed["scene"], posed["part"], "--rotations", "0:360", "--scales", "0.8:1.25", "--json"]
+    row = json.loads(_subprocess_match(*argv, "--overlay", overlay))[0]
+    cy, cx = posed["centre"]
+    assert abs(row["y"] - cy) < 0.5 and abs(row["x"] - cx) < 0.5
+    assert _turn(row["angle"], POSE[0]) < 0.5 and abs(row["scale"] / POSE[1] - 1) < 0.01
+    assert row["score"] > 0.98
+    assert row["height"] == pytest.approx(48 * POSE[1] * (math.cos(math.radians(31)) + math.sin(math.radians(31))) - 1,
+                                          abs=1)  # fmt: skip
+    # the overlay's outline is the part's square turned by the angle and scaled by the scale, about the centre
+    with Image.open(overlay) as picture:
+        pixels = np.asarray(picture.convert("RGB")).astype(int)
+    red = np.abs(pixels - [0xE6, 0x19, 0x4B]).max(axis=-1) < 40  # the first template's colour
+    corners = draw.box_corners(row["y"], row["x"], 48, 48, row["angle"], row["scale"])  # (x, y)
+    ys, xs = np.nonzero(red[:, :])
+    points = np.stack([xs, ys], axis=1).astype(float)
+    near_edge = np.zeros(len(points), bool)
+    for a, b in zip(corners, np.roll(corners, -1, axis=0), strict=True):
+        along = np.clip(((points - a) @ (b - a)) / ((b - a) @ (b - a)), 0, 1)
+        near_edge |= np.linalg.norm(points - (a + along[:, None] * (b - a)), axis=1) < 2.5
+    inside_box = (np.abs(points[:, 1] - row["y"]) < row["height"] / 2 + 3) & (
+        np.abs(points[:, 0] - row["x"]) < row["width"] / 2 + 3
+    )
+    outline = points[inside_box & ~near_edge]
+    centre_mark = np.abs(outline - [row["x"], row["y"]]).max(axis=1) < 6
+    assert len(outline[~centre_mark]) < 0.05 * inside_box.sum()  # the red inside the box is its turned outline
+    for corner in corners:  # and the outline reaches every turned corner
+        assert (np.linalg.norm(points - corner, axis=1) < 3).any()
+
+
+def test_the_pyramid_scores_at_least_the_exhaustive_search_on_a_narrow_range(posed) -> None:
+    argv = [posed["scene"], posed["part"], "--rotations", "26:36", "--scales", "1.05:1.2", "--json"]
+    pyramid = json.loads(_subprocess_match(*argv, "--search", "pyramid", "--beam", "4"))[0]
+    exhaustive = json.loads(_subprocess_match(*argv, "--search", "exhaustive"))[0]
+    assert pyramid["score"] >= exhaustive["score"] - 1e-4
+    assert _turn(pyramid["angle"], exhaustive["angle"]) < 0.5
+    assert abs(pyramid["y"] - exhaustive["y"]) < 0.5 and abs(pyramid["x"] - exhaustive["x"]) < 0.5
+
+
+def test_a_heatmap_keeps_the_exhaustive_search_and_the_pyramid_refuses_it(posed, tmp_path) -> None:
+    heatmap = tmp_path / "heat.png"
+    argv = ["match", posed["scene"], posed["part"], "--rotations", "26:36", "--scales", "1.05:1.2"]
+    done = _cli(*argv, "--heatmap", heatmap)
+    assert done.returncode == 0, done.stderr
+    assert _png_size(heatmap)[0] > 100
+    for extra in (["--search", "pyramid"], ["--levels", "1"]):
+        done = _cli(*argv, "--figure", tmp_path / "figure.png", *extra)
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+        assert "--figure draw the score maps of the exhaustive search" in done.stderr and "`" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "text"),
+    [
+        (["--search", "pyramid", "--levels", "9"], "--levels must be at most"),
+        (["--search", "pyramid", "--mode", "same"], "--search 'pyramid' cannot search mode 'same'"),
+        (["--search", "pyramid", "--all", "--threshold", "0.9"], "--all keeps every match above --threshold"),
+        (["--search", "exhaustive", "--beam", "3"], "--search exhaustive takes neither"),
+        (["--beam", "0"], "--beam must be at least 1"),
+        (["--search", "nope"], "invalid choice: 'nope'"),
+    ],
+)
+def test_pose_search_errors_name_the_options(posed, argv, text) -> None:
+    done = _cli("match", posed["scene"], posed["part"], "--rotations", "0:360", *argv)
+    assert done.returncode == 2
+    assert text in done.stderr and "`" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_a_scale_range_beyond_the_image_is_narrowed_with_a_warning(posed) -> None:
+    done = _cli("match", posed["scene"], posed["part"], "--scales", "1:9", "--search", "exhaustive", "--json")
+    assert done.returncode == 0, done.stderr
+    assert "warning: narrowed --scales 1:9 to 1:" in done.stderr
+    done = _cli("match", posed["scene"], posed["part"], "--scales", "5:9")
+    assert done.returncode == 2 and "no scale asked for fits template part.png" in done.stderr
+
+
+def test_the_help_shows_ranges_and_the_search() -> None:
+    text = " ".join(_cli("match", "--help").stdout.split())
+    assert "slidesim match scene.png part.png --rotations 0:360 --scales 0.8:1.25 --overlay found.png" in text
+    assert "--search {auto,pyramid,exhaustive}" in text and "--levels N" in text and "--beam N" in text
+
+
+def test_explain_says_which_pose_search_match_would_run(posed) -> None:
+    done = _cli("explain", posed["scene"], posed["part"], "--rotations", "0:360", "--scales", "0.8:1.25")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("search: pyramid: ") and "coarsest template 12x12" in lines[0]
+    assert lines[1] == "  why: the pyramid is estimated cheaper" and lines[2].startswith("  cost: roughly ")
+    assert "slidesim plan: zncc" in done.stdout
+    done = _cli("explain", posed["scene"], posed["part"], "--rotations", "0:360:10")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("search: exhaustive: 36 poses (36 angles x 1 scale)")
+    assert "why: a sequence of poses is searched exhaustively (--search pyramid searches it coarse to fine)" in (
+        done.stdout
+    )
+    done = _cli("explain", posed["scene"], posed["part"], "--rotations", "0:360", "--heatmap", "h.png")
+    assert done.returncode == 0 and "why: --search exhaustive" in done.stdout  # a heat map keeps the maps

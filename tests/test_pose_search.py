@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import slidesim
-from slidesim import pose_search
+from slidesim import planner, pose_search
 from slidesim.errors import SlidesimTypeError, SlidesimValueError
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -273,3 +273,47 @@ def test_exhaustive_search_over_an_interval_refines_the_angle_below_its_step() -
     assert found.maps is not None
     assert _turn(found.angle[0], 33.3) <= 0.1
     assert abs(found.y[0] - cy) <= 0.1 and abs(found.x[0] - cx) <= 0.1
+
+
+# explain: what a match search will do, why, and roughly at what cost
+
+
+def _texture(side: int = 200) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    return np.kron(rng.random((side // 8, side // 8)), np.ones((8, 8))).astype(np.float32)
+
+
+def test_explain_says_the_pyramid_its_levels_coarsest_grid_beam_why_and_cost() -> None:
+    image = _texture()
+    text = slidesim.explain(image, image[40:104, 60:124].copy(), rotations=slidesim.interval(0, 360))
+    lines = text.splitlines()
+    assert lines[0].startswith("search: pyramid: 2 levels, coarsest template 16x16, ")
+    assert " angles x 1 scale at the coarsest level, beam 8 (the full-resolution grid: " in lines[0]
+    assert lines[1] == "  why: the pyramid is estimated cheaper"
+    assert lines[2].startswith("  cost: roughly ") and "of the exhaustive search's" in lines[2]
+    assert "slidesim plan: zncc" in text  # the planner's table follows, for the transformed bank
+    text = slidesim.explain(
+        image, image[40:104, 60:124].copy(), rotations=slidesim.interval(0, 90), search="pyramid", levels=1, beam=5
+    )
+    assert text.startswith("search: pyramid: 1 level, coarsest template 32x32, ") and "beam 5" in text
+    assert "why: search='pyramid'" in text
+
+
+def test_explain_says_when_and_why_the_search_is_exhaustive() -> None:
+    image = _texture()
+    text = slidesim.explain(image, image[40:104, 60:124].copy(), rotations=range(0, 360, 10), scales=[0.9, 1.1])
+    assert text.startswith("search: exhaustive: 72 poses (36 angles x 2 scales) at every position\n")
+    assert "why: a sequence of poses is searched exhaustively" in text and "x 72 poses x 1 template" in text
+    text = slidesim.explain(image, image[40:60, 60:80].copy(), rotations=slidesim.interval(0, 360))
+    assert "search: exhaustive: " in text
+    assert "why: the template is too small for a pyramid (under 24 pixels a side)" in text
+    text = slidesim.explain(image, image[40:104, 60:124].copy(), rotations=slidesim.interval(0, 360), mode="same")
+    assert "why: the pyramid cannot search mode 'same'" in text
+
+
+def test_explain_without_match_options_is_the_planners_and_refuses_what_match_refuses() -> None:
+    image = _texture()
+    template = image[40:104, 60:124].copy()
+    assert slidesim.explain(image, template, metric="sad") == planner.explain(image, template, metric="sad")
+    with pytest.raises(SlidesimValueError, match="`levels` must be at most"):
+        slidesim.explain(image, template, rotations=slidesim.interval(0, 360), search="pyramid", levels=9)

@@ -20,7 +20,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Matches": ("matching", "Matches"),
     "Peaks": ("peaks", "Peaks"),
     "Plan": ("planner", "Plan"),
-    "explain": ("planner", "explain"),
+    "explain": ("matching", "explain"),
     "find_peaks": ("peaks", "find_peaks"),
     "get_num_threads": ("_threads", "get_num_threads"),
     "interval": ("_interval", "interval"),
@@ -62,10 +62,10 @@ if TYPE_CHECKING:
     from ._similarity import similarity
     from ._threads import get_num_threads, set_num_threads, thread_limit
     from .color import rgb_to_hsv
-    from .matching import Matches, match
+    from .matching import Matches, explain, match
     from .metrics import METRICS
     from .peaks import Peaks, find_peaks
-    from .planner import Plan, explain, plan
+    from .planner import Plan, plan
 
 
 def __getattr__(name: str) -> Any:

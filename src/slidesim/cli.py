@@ -3,8 +3,10 @@ slidesim``).
 
 The front end reads files, calls the public API and prints or draws what it returns; it holds no numerical code.
 Bad input (a missing or unreadable file, a template larger than the image, an unknown metric, a malformed range)
-prints one line on stderr, in the options' names, and exits with code 2. Rotations and scales that cannot fit the
-image are skipped with a warning on stderr; only a search where none fits is an error.
+prints one line on stderr, in the options' names, and exits with code 2. Listed rotations and scales that cannot fit
+the image are skipped (a scale range narrowed) with a warning on stderr; only a search where none fits is an error.
+``--rotations START:STOP`` and ``--scales START:STOP`` are ``slidesim.interval`` ranges, searched as match's
+``search`` (``--search``, default auto) chooses; a heat map or figure keeps the exhaustive search, whose maps it draws.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import __version__
+from ._interval import Interval, interval
 from .errors import SlidesimError, SlidesimValueError
 
 METRIC_CHOICES = "sad, mad, l1_similarity, ssd, ssd_normed, ccorr, ncc, ccoeff, zncc (or OpenCV's TM_* names)"
@@ -75,8 +78,11 @@ MATCH_EPILOG = f"""{READING}
 examples:
   slidesim match screen.png button.png                        the best match of one template
   slidesim match screen.png icon.png --all --threshold 0.9    every match scoring at least 0.9
+  slidesim match scene.png part.png --rotations 0:360 --scales 0.8:1.25 --overlay found.png
+                                                              a part at any angle and scale (coarse to fine),
+                                                              its turned and scaled outline drawn
   slidesim match scene.png part.png --top 3 --rotations 0:360:5 --scales 0.8:1.25:0.05
-                                                              the 3 best, turned and scaled
+                                                              the 3 best over exactly these angles and scales
   slidesim match scene.png a.png b.png --metric sad --json    two templates, lowest sum of |differences|, JSON
   slidesim match photo.png logo.png --grey                    a colour template on a grey photo
   slidesim match scene.png part.png --mode same --overlay found.png
@@ -85,6 +91,9 @@ examples:
 EXPLAIN_EPILOG = """examples:
   slidesim explain scene.png part.png --metric sad            which engine a match would use, and why
   slidesim explain scene.png part.png --rotations 0:360:5     the same for the turned templates that match scores
+  slidesim explain scene.png part.png --rotations 0:360 --scales 0.8:1.25
+                                                              the pose search match would run (pyramid or
+                                                              exhaustive), why, and its rough cost
 """
 # API argument names -> the command line's options, for errors raised by the API
 _FLAGS = {
@@ -98,6 +107,9 @@ _FLAGS = {
     "stride": "--stride",
     "mode": "--mode",
     "memory_limit": "--memory-limit",
+    "search": "--search",
+    "levels": "--levels",
+    "beam": "--beam",
     "mask": "--mask",
     "templates": "the template",
     "images": "the image",
@@ -112,15 +124,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"slidesim: error: {message} (see {self.prog} --help)\n")
 
 
-def parse_range(text: str, name: str, inclusive: bool) -> list[float]:
-    """Values from "START:STOP:STEP", "a,b,c" or one number.
+def parse_range(text: str, name: str, inclusive: bool) -> list[float] | Interval:
+    """Values from "START:STOP:STEP", "a,b,c" or one number, or the continuous range "START:STOP".
 
-    Ranges include STOP when ``inclusive`` (scales: 0.8:1.25:0.05 ends at 1.25) and exclude it otherwise
-    (rotations: 0:360:5 ends at 355, as Python's range).
+    Ranges of three numbers are grids: they include STOP when ``inclusive`` (scales: 0.8:1.25:0.05 ends at 1.25)
+    and exclude it otherwise (rotations: 0:360:5 ends at 355, as Python's range). Two numbers are
+    ``slidesim.interval(START, STOP)``: every value between, on a step the search chooses from the template's size.
     """
     try:
         if ":" in text:
             parts = [float(p) for p in text.split(":")]
+            if len(parts) == 2:
+                return _range_of(parts[0], parts[1], text, name)
             if len(parts) != 3:
                 raise ValueError
             start, stop, step = parts
@@ -138,8 +153,21 @@ def parse_range(text: str, name: str, inclusive: bool) -> list[float]:
         if isinstance(error, SlidesimError):
             raise
         raise SlidesimValueError(
-            f"`--{name}` must be START:STOP:STEP, a comma-separated list or one number; got {text!r}"
+            f"`--{name}` must be START:STOP (a continuous range), START:STOP:STEP, a comma-separated list or one "
+            f"number; got {text!r}"
         ) from None
+
+
+def _range_of(start: float, stop: float, text: str, name: str) -> Interval:
+    """``slidesim.interval(start, stop)`` for "START:STOP", refused in the option's terms."""
+    if not (math.isfinite(start) and math.isfinite(stop)) or stop <= start:
+        raise SlidesimValueError(
+            f"`--{name}` START:STOP needs finite numbers with STOP above START; got {text!r}"
+            + (" (a scale range must also start above 0)" if name == "scales" else "")
+        )
+    if name == "scales" and start <= 0:
+        raise SlidesimValueError(f"`--{name}` START:STOP needs START above 0 (scale factors); got {text!r}")
+    return interval(start, stop)
 
 
 def _progress(quiet: bool) -> Callable[[int, int], None] | None:
@@ -240,9 +268,43 @@ def memory_size(text: str) -> int:
     return int(value)
 
 
+def pose_options(args: argparse.Namespace) -> dict:
+    """The ``search``, ``levels`` and ``beam`` of match for the options: a heat map or figure is drawn from the score
+    maps, which only the exhaustive search keeps, so asking for one makes --search auto exhaustive."""
+    search = args.search
+    if search == "auto" and (args.heatmap or args.figure):
+        search = "exhaustive"
+    return {"search": search, "levels": args.levels, "beam": args.beam}
+
+
+def _check_search(args: argparse.Namespace) -> None:
+    """Refuse a pose search that cannot give what the other options ask for, before any file is read."""
+    maps = [f"--{name}" for name in ("heatmap", "figure") if getattr(args, name)]
+    pyramid = args.search == "pyramid" or (args.levels is not None and args.search == "auto")
+    asked = "--search pyramid" if args.search == "pyramid" else "--levels"
+    if args.search == "exhaustive" and (args.levels is not None or args.beam is not None):
+        raise SlidesimValueError("--levels and --beam shape the pyramid search; --search exhaustive takes neither")
+    if pyramid and maps:
+        raise SlidesimValueError(
+            f"{' and '.join(maps)} draw the score maps of the exhaustive search, which {asked} does not keep: drop "
+            f"{asked} (a heat map makes --search auto exhaustive) or drop {' and '.join(maps)}"
+        )
+    if pyramid and getattr(args, "all", False):
+        raise SlidesimValueError(
+            f"--all keeps every match above --threshold, which the exhaustive search finds; {asked} carries only "
+            "the best few positions down its pyramid: drop it, or use --top N"
+        )
+    lazy = getattr(args, "chunk", None) or getattr(args, "workers", None) or getattr(args, "scheduler", None)
+    if lazy and pyramid:
+        raise SlidesimValueError(
+            f"{asked} searches images in memory; a lazy image (--chunk, --workers or --scheduler) is searched "
+            "exhaustively, chunk by chunk"
+        )
+
+
 def _check_arguments(args: argparse.Namespace) -> None:
     """Refuse option values the API would refuse, before any file is read, with the options' own names."""
-    at_least_one = ("top", "min_distance", "stride", "chunk", "workers", "memory_limit")
+    at_least_one = ("top", "min_distance", "stride", "chunk", "workers", "memory_limit", "beam")
     for name in at_least_one:
         value = getattr(args, name, None)
         if value is not None and value < 1:
@@ -254,6 +316,9 @@ def _check_arguments(args: argparse.Namespace) -> None:
             )
         if args.top is not None:
             raise SlidesimValueError("--all and --top exclude each other: --all keeps every match above --threshold")
+    if args.levels is not None and args.levels < 0:
+        raise SlidesimValueError(f"--levels must be at least 0, got {args.levels}")
+    _check_search(args)
 
 
 def in_cli_terms(message: str) -> str:
@@ -264,6 +329,8 @@ def in_cli_terms(message: str) -> str:
     message = re.sub(r"\bk=(\S+) needs", r"--top \1 needs", message)
     message = re.sub(r"in mode '(\w+)'", r"in --mode \1", message)
     message = message.replace("raise memory_limit", "raise --memory-limit")
+    message = re.sub(r"search='(\w+)'", r"--search \1", message)
+    message = re.sub(r"levels=(\w+) or None", r"--levels \1 or leave --levels out", message)
     message = message.replace("`templates` spatial", "the template's")
     return re.sub(r"`(\w+)`", lambda found: _FLAGS.get(found[1], found[0]), message)
 
@@ -314,12 +381,17 @@ def _search(args: argparse.Namespace, image_shape, template_size: tuple[int, int
     from ._checks import check_factors
 
     # the API's checks first (finite angles, positive scales), so that only values that could fit are skipped
-    rotations = check_factors(
-        "rotations", parse_range(args.rotations, "rotations", False) if args.rotations else None, False
-    )
-    scales = check_factors("scales", parse_range(args.scales, "scales", True) if args.scales else None, True)
+    rotations = parse_range(args.rotations, "rotations", False) if args.rotations else None
+    scales = parse_range(args.scales, "scales", True) if args.scales else None
+    if not isinstance(rotations, Interval):
+        rotations = check_factors("rotations", rotations, False)
+    if not isinstance(scales, Interval):
+        scales = check_factors("scales", scales, True)
     image_size = tuple(int(n) for n in image_shape[-2:])
-    if rotations is not None or scales is not None:
+    ranged = isinstance(rotations, Interval) or isinstance(scales, Interval)
+    if ranged:
+        rotations, scales = _fitting_ranges(args, template_size, image_size, rotations, scales, names)
+    elif rotations is not None or scales is not None:
         asked_angles, asked_scales = rotations or [0.0], scales or [1.0]
         angles, factors = _fitting_transforms(template_size, image_size, args.mode, asked_angles, asked_scales)
         which = f"template{'s' if len(names) > 1 else ''} {', '.join(names)} ({template_size[0]}x{template_size[1]})"
@@ -343,9 +415,78 @@ def _search(args: argparse.Namespace, image_shape, template_size: tuple[int, int
     if getattr(args, "all", False):
         from .banks import canvas_size
 
-        canvas = canvas_size(*template_size, rotations or [0.0], scales or [1.0])
+        angles, factors = searched_grid(template_size, rotations, scales)
+        canvas = canvas_size(*template_size, angles, factors)
         k = (image_size[0] + canvas[0]) * (image_size[1] + canvas[1])  # at least the positions of any score map
     return {"rotations": rotations, "scales": scales, "k": k}
+
+
+def searched_grid(
+    template_size: tuple[int, int], rotations: list[float] | Interval | None, scales: list[float] | Interval | None
+) -> tuple[list[float], list[float]]:
+    """The angles and scales that match scores for templates of ``template_size``: the values given, or the grid
+    that a range (``slidesim.interval``) is sampled on for this template size (its canvas and heat maps)."""
+    from .pose_search import pose_space
+
+    space = pose_space(
+        template_size,
+        None if isinstance(rotations, Interval) else rotations,
+        None if isinstance(scales, Interval) else scales,
+        rotations if isinstance(rotations, Interval) else None,
+        scales if isinstance(scales, Interval) else None,
+    )
+    return space.angles, space.scales
+
+
+def _fitting_ranges(
+    args: argparse.Namespace,
+    template_size: tuple[int, int],
+    image_size: tuple[int, int],
+    rotations: list[float] | Interval | None,
+    scales: list[float] | Interval | None,
+    names: list[str],
+) -> tuple[list[float] | Interval | None, list[float] | Interval | None]:
+    """Rotations and scales of which one at least is a range, kept to the scales that the template and image can
+    take at every angle: a scale range is narrowed, listed scales are skipped (both with a warning); a range of
+    angles is searched whole, so no fitting scale is an error."""
+    from .banks import usable_scales
+
+    angles, _ = searched_grid(template_size, rotations, None)
+    room = tuple(image_size) if args.mode == "valid" else None
+    low, high = usable_scales(template_size, angles, room)
+    which = f"template{'s' if len(names) > 1 else ''} {', '.join(names)} ({template_size[0]}x{template_size[1]})"
+    where = f"the {image_size[0]}x{image_size[1]} image in --mode {args.mode}"
+    turns = " at every angle of --rotations" if isinstance(rotations, Interval) else ""
+    asked = scales if scales is not None else [1.0]
+    if isinstance(asked, Interval):
+        start, stop = max(asked.start, low), min(asked.stop, high)
+        fits = stop > start
+    else:
+        kept_values = [s for s in asked if low <= s <= high]
+        fits = bool(kept_values)
+    if not fits:
+        inside = " and its turned, scaled canvas within the image; use smaller scales or --mode same"
+        raise SlidesimValueError(
+            f"no scale asked for fits {which} on {where}{turns}: scales must keep it at 2 pixels or more"
+            + (inside if args.mode == "valid" else "")
+        )
+    usable = f"{_shown_scale(low)} to {_shown_scale(high)}" if high < math.inf else f"{_shown_scale(low)} up"
+    if isinstance(asked, Interval):
+        if (start, stop) == (asked.start, asked.stop):
+            return rotations, scales
+        _warn(
+            f"narrowed --scales {asked.start:g}:{asked.stop:g} to {start:.4g}:{stop:.4g}: of those asked, {usable} "
+            f"fit {which} on {where}{turns}"
+        )
+        return rotations, interval(start, stop)
+    skipped = [s for s in asked if s not in kept_values]
+    if skipped and scales is not None:
+        _warn(f"skipped --scales {_values(skipped)}: of those asked, {usable} fit {which} on {where}{turns}")
+    return rotations, (kept_values if scales is not None else None)
+
+
+def _shown_scale(value: float) -> str:
+    return "any" if math.isinf(value) else f"{value:.4g}"
 
 
 def _lazy(args: argparse.Namespace) -> bool:
@@ -459,27 +600,31 @@ def _run_match(args: argparse.Namespace) -> int:
         "min_distance": args.min_distance,
         "subpixel": not args.no_subpixel,
     }
+    pose = pose_options(args)
     rows, maps = [], [None] * len(labels)
     transforms: list[dict] = [{}] * len(labels)  # the rotations and scales that each template's map was scored with
     with _scheduler(args) if lazy else contextlib.nullcontext():
         for indices, bank, mask in banks:  # templates of one size share a call (and the image side of it)
             search = _search(args, image.shape, bank.shape[-2:], [labels[i] for i in indices])
-            for index in indices:
-                transforms[index] = {"rotations": search["rotations"], "scales": search["scales"]}
+            angles, factors = searched_grid(bank.shape[-2:], search["rotations"], search["scales"])
+            for index in indices:  # the grids that the maps were scored on (a range's for this template size)
+                transforms[index] = {
+                    "rotations": None if search["rotations"] is None else angles,
+                    "scales": None if search["scales"] is None else factors,
+                }
             if lazy:
                 from .dask import match as lazy_match
+
+                _check_lazy_search(args, search)
 
                 progress = not args.quiet and sys.stderr.isatty()
                 found = lazy_match(image, bank, mask=mask, progress=progress, **options, **search)
             else:
                 from .matching import match
 
-                # the heat maps are drawn from the maps, which only the exhaustive search keeps
-                found = match(
-                    image, bank, mask=mask, progress=_progress(args.quiet), search="exhaustive", **options, **search
-                )
+                found = match(image, bank, mask=mask, progress=_progress(args.quiet), **pose, **options, **search)
                 for position, index in enumerate(indices):
-                    maps[index] = found.maps[0, position]
+                    maps[index] = None if found.maps is None else found.maps[0, position]
             rows.extend({**row, "template": indices[row["template"]]} for row in found.to_records())
     rows.sort(key=lambda row: (row["batch"], row["template"]))  # stable: best first within each
     print(_emit(rows, labels, Path(args.image).name, "json" if args.json else "csv" if args.csv else "table"))
@@ -487,6 +632,21 @@ def _run_match(args: argparse.Namespace) -> int:
         first = [row for row in rows if row["batch"] == 0]
         _draw_pictures(args, image[0], maps, first, sizes, labels, transforms)
     return 0
+
+
+def _check_lazy_search(args: argparse.Namespace, search: dict) -> None:
+    """Refuse what a lazy image's chunk-by-chunk exhaustive search cannot do: ranges and the pyramid."""
+    ranges = [f"--{name}" for name in ("rotations", "scales") if isinstance(search[name], Interval)]
+    if ranges:
+        raise SlidesimValueError(
+            f"{' and '.join(ranges)} START:STOP (a continuous range) is searched in memory; this image is opened "
+            "lazily (zarr, a large TIFF, --chunk, --workers or --scheduler): give START:STOP:STEP or a list instead"
+        )
+    if args.search == "pyramid" or args.levels is not None:
+        raise SlidesimValueError(
+            "--search pyramid and --levels search images in memory; this image is opened lazily (zarr, a large "
+            "TIFF, --chunk, --workers or --scheduler) and searched exhaustively, chunk by chunk"
+        )
 
 
 PICTURES = ("overlay", "heatmap", "figure")
@@ -536,20 +696,30 @@ def _draw_pictures(
 
 
 def _run_explain(args: argparse.Namespace) -> int:
+    from .matching import describe
     from .planner import explain
 
     image, banks, labels, _ = _load(args)
     options = _options(args)
     full_shape = image.shape
-    if not isinstance(image, np.ndarray):  # a lazy image: every chunk is one in-memory call
+    lazy = not isinstance(image, np.ndarray)
+    if lazy:  # a lazy image: every chunk is one in-memory call
         image = np.asarray(image.rechunk({1: -1}).blocks[0, 0, 0, 0].compute())
         print(f"the image is read lazily; each chunk is one call, planned as this first chunk {image.shape}:")
     for indices, bank, mask in banks:
         if len(banks) > 1:
             print(f"templates {', '.join(labels[i] for i in indices)}:")
         search = _search(args, full_shape, bank.shape[-2:], [labels[i] for i in indices])
+        if lazy:
+            _check_lazy_search(args, search)
+        elif search["rotations"] is not None or search["scales"] is not None or args.search != "auto":
+            # what match's pose search would do: pyramid or exhaustive, why, and roughly at what cost
+            pose = {**pose_options(args), "threshold": args.threshold, "min_distance": args.min_distance}
+            lines, _ = describe(image, bank, mask=mask, **options, **pose, **search)
+            print("\n".join(in_cli_terms(line) for line in lines))
         if search["rotations"] is not None or search["scales"] is not None:
-            bank, mask = _drawn_bank(bank, mask, search["rotations"] or [0.0], search["scales"] or [1.0])
+            angles, factors = searched_grid(bank.shape[-2:], search["rotations"], search["scales"])
+            bank, mask = _drawn_bank(bank, mask, angles, factors)
         print(explain(image, bank, mask=mask, **options))
     return 0
 
@@ -744,13 +914,38 @@ def _add_match_arguments(found: argparse.ArgumentParser) -> None:
     )
     found.add_argument(
         "--rotations",
-        help="angles in degrees, START:STOP:STEP (STOP excluded) or a,b,c; angles that turn the template beyond "
-        "the image (--mode valid) are skipped with a warning",
+        help="angles in degrees: START:STOP, every angle between (0:360 the whole circle; the search picks the "
+        "step from the template's size and refines the angle below it), or exactly the angles START:STOP:STEP "
+        "(STOP excluded) or a,b,c; listed angles that turn the template beyond the image (--mode valid) are skipped "
+        "with a warning",
     )
     found.add_argument(
         "--scales",
-        help="scale factors, START:STOP:STEP (STOP included) or a,b,c; scales that do not fit (below 2 pixels, or "
-        "beyond the image in --mode valid) are skipped with a warning",
+        help="scale factors: START:STOP, every scale between (e.g. 0.8:1.25), or exactly START:STOP:STEP (STOP "
+        "included) or a,b,c; scales that do not fit (below 2 pixels, or beyond the image in --mode valid) are "
+        "skipped, or a range narrowed, with a warning",
+    )
+    found.add_argument(
+        "--search",
+        choices=("auto", "pyramid", "exhaustive"),
+        default="auto",
+        help="exhaustive: every pose of the grid at every position (the exact best of the grid); pyramid: coarse to "
+        "fine, much faster for ranges, exact scores at the poses found but it may miss one; auto (default): the "
+        "pyramid for START:STOP ranges where it is estimated cheaper, else exhaustive (and always exhaustive with "
+        "--heatmap or --figure, which draw its score maps)",
+    )
+    found.add_argument(
+        "--levels",
+        type=int,
+        metavar="N",
+        help="halvings of the pyramid (implies --search pyramid; default: as many as keep the template's smaller "
+        "side at 12 pixels or more)",
+    )
+    found.add_argument(
+        "--beam",
+        type=int,
+        metavar="N",
+        help="positions per template carried down the pyramid from its coarsest level (default max(8, 2 x --top))",
     )
     found.add_argument(
         "--no-subpixel",

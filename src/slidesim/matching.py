@@ -31,10 +31,20 @@ from .banks import TransformStream, canvas_size, drawing_bytes, member_bytes, us
 from .engines.base import Engine
 from .errors import SlidesimValueError
 from .peaks import locate_peaks
-from .planner import select_engine
-from .pose_search import candidates_of, check_search, finish, plan_pyramid, pose_space, pyramid_search
+from .planner import Plan, make_plan, select_engine
+from .planner import explain as planner_explain
+from .pose_search import (
+    PoseSpace,
+    candidates_of,
+    check_search,
+    describe_search,
+    finish,
+    plan_pyramid,
+    pose_space,
+    pyramid_search,
+)
 
-__all__ = ["Matches", "match"]
+__all__ = ["Matches", "explain", "match"]
 
 _MAP_SHARE = 4  # a chunk's score maps may use memory_limit / _MAP_SHARE bytes
 _BANK_SHARE = 4  # a chunk of drawn transforms may use memory_limit / _BANK_SHARE bytes
@@ -471,40 +481,23 @@ def match(
         >>> float(found.angle[0]), round(float(found.y[0]), 2), round(float(found.x[0]), 2)
         (270.0, 25.0, 34.0)
     """
-    options = {**options, "channels_last": channels_last}
-    how, levels, beam = check_search(search, levels, beam)
-    angle_range = check_range("rotations", rotations, False) if isinstance(rotations, Interval) else None
-    scale_range = check_range("scales", scales, True) if isinstance(scales, Interval) else None
-    search = prepare(
-        metric,
-        k,
-        min_distance,
-        threshold,
-        None if angle_range else rotations,
-        None if scale_range else scales,
-        exclude_border,
-        options,
-    )
     subpixel = check_bool("subpixel", subpixel)
     check_callable("progress", progress)
+    options = {**options, "channels_last": channels_last}
+    planned = plan_search(
+        images, templates, metric, k, min_distance, threshold, rotations, scales, exclude_border, search, levels,
+        beam, options,
+    )  # fmt: skip
+    search, canon, space, stream, levels, beam = (
+        planned.search, planned.canon, planned.space, planned.stream, planned.levels, planned.beam
+    )  # fmt: skip
+    angle_range, scale_range = space.angle_range, space.scale_range
     call = search.call
-    canon = canonicalize(images, templates, **call)
-    check_has_values(images=images, templates=templates)
     h, w = canon.templates.shape[-2:]
     numpy_out = canon.numpy_out
-    space = pose_space((h, w), search.angles, search.scales, angle_range, scale_range)
-    if angle_range or scale_range:  # the ranges become the grid their step gives for this template
-        search = dataclasses.replace(
-            search,
-            angles=space.angles if angle_range or search.angles else None,
-            scales=space.scales if scale_range or search.scales else None,
-        )
-    stream = search.stream(canon) if search.transformed else None
     if subpixel:  # refused before the maps are scored when one match's refinement cannot fit memory_limit
         canvas = stream.canvas if stream is not None else (h, w)
         shifts_per_batch(canon.memory_limit, canon.templates.shape[2], canvas, canon.dilation)
-    beam = max(8, 2 * search.k) if beam is None else beam
-    levels, _ = plan_pyramid(how, levels, canon, space, search.border, beam)
     if levels:
         found = pyramid_search(
             canon, space, levels, beam, search.k, search.threshold, search.distance(h, w), best_of_stream, progress
@@ -524,6 +517,148 @@ def match(
     if numpy_out:
         return Matches(*(c.numpy() for c in columns), maps=None if best is None else best.cpu().numpy())
     return Matches(*(c.to(canon.images.device) for c in columns), maps=best)
+
+
+@dataclass(frozen=True)
+class PlannedSearch:
+    """A :func:`match` call checked and planned, before anything is scored.
+
+    Attributes:
+        search: The checked options (ranges replaced by the grid their step gives for this template).
+        canon: The validated call on the untransformed templates.
+        space: The poses searched (:class:`slidesim.pose_search.PoseSpace`).
+        stream: The transformed bank, drawn on demand, or None when no pose is searched.
+        levels: The pyramid's levels (0: the exhaustive search).
+        why: Why that search (:func:`slidesim.pose_search.plan_pyramid`).
+        beam: Positions per image and template carried down the pyramid.
+    """
+
+    search: MatchSearch
+    canon: Canonical
+    space: PoseSpace
+    stream: TransformStream | None
+    levels: int
+    why: str
+    beam: int
+
+
+def plan_search(
+    images: ArrayLike,
+    templates: ArrayLike,
+    metric: object,
+    k: object,
+    min_distance: object,
+    threshold: object,
+    rotations: object,
+    scales: object,
+    exclude_border: object,
+    search: object,
+    levels: object,
+    beam: object,
+    options: dict[str, Any],
+) -> PlannedSearch:
+    """Check the arguments of :func:`match` (see there) and choose its search: the exhaustive one or the pyramid,
+    with its levels and beam."""
+    how, levels, beam = check_search(search, levels, beam)
+    angle_range = check_range("rotations", rotations, False) if isinstance(rotations, Interval) else None
+    scale_range = check_range("scales", scales, True) if isinstance(scales, Interval) else None
+    checked = prepare(
+        metric,
+        k,
+        min_distance,
+        threshold,
+        None if angle_range else rotations,
+        None if scale_range else scales,
+        exclude_border,
+        options,
+    )
+    canon = canonicalize(images, templates, **checked.call)
+    check_has_values(images=images, templates=templates)
+    h, w = canon.templates.shape[-2:]
+    space = pose_space((h, w), checked.angles, checked.scales, angle_range, scale_range)
+    if angle_range or scale_range:  # the ranges become the grid their step gives for this template
+        checked = dataclasses.replace(
+            checked,
+            angles=space.angles if angle_range or checked.angles else None,
+            scales=space.scales if scale_range or checked.scales else None,
+        )
+    stream = checked.stream(canon) if checked.transformed else None
+    beam = max(8, 2 * checked.k) if beam is None else beam
+    levels, why = plan_pyramid(how, levels, canon, space, checked.border, beam)
+    return PlannedSearch(checked, canon, space, stream, levels, why, beam)
+
+
+def describe(
+    images: ArrayLike,
+    templates: ArrayLike,
+    *,
+    metric: str | int = "zncc",
+    k: int = 1,
+    min_distance: int | None = None,
+    threshold: float | None = None,
+    rotations: Sequence[float] | Interval | None = None,
+    scales: Sequence[float] | Interval | None = None,
+    exclude_border: int = 0,
+    channels_last: bool = False,
+    search: str = "auto",
+    levels: int | None = None,
+    beam: int | None = None,
+    **options: Any,
+) -> tuple[list[str], Plan]:
+    """(lines saying which search :func:`match` would run, why, and roughly at what cost; the planner's plan for
+    the similarity call of its whole transformed bank at full resolution), for :func:`explain` and the command
+    line. The arguments are :func:`match`'s."""
+    planned = plan_search(
+        images, templates, metric, k, min_distance, threshold, rotations, scales, exclude_border, search, levels,
+        beam, {**options, "channels_last": channels_last},
+    )  # fmt: skip
+    canon, stream = planned.canon, planned.stream
+    head, members = (canon, canon.templates.shape[1]) if stream is None else (
+        with_bank(canon, *stream.draw(0, 1)), stream.members
+    )  # fmt: skip
+    problem = head.problem
+    kind = "per_template" if members > 1 and problem.mask_kind != "none" else problem.mask_kind
+    whole = dataclasses.replace(head, problem=dataclasses.replace(problem, n_templates=members, mask_kind=kind))
+    bank_plan = make_plan(whole)
+    seconds = next(c.seconds for c in bank_plan.candidates if c.engine == bank_plan.engine)
+    lines = describe_search(canon, planned.space, planned.levels, planned.beam, planned.why, seconds / members)
+    return lines, bank_plan
+
+
+def explain(images: ArrayLike, templates: ArrayLike, **options: Any) -> str:
+    """What a call would do: the planner's engine choice for :func:`slidesim.similarity` (every engine with its
+    estimated time and memory, or why it cannot run), and, given any option of :func:`match` (``rotations``,
+    ``scales``, ``search``, ``levels``, ``beam``, ``k``, ...), the pose search match would run: pyramid (its
+    levels, coarsest template, coarsest pose grid and beam) or exhaustive (its poses), why, and a rough cost.
+
+    Args:
+        images: As for :func:`slidesim.similarity`.
+        templates: As for :func:`slidesim.similarity`.
+        **options: The keyword options of :func:`slidesim.similarity`, or of :func:`match`.
+
+    Returns:
+        The text. With match's options, the plan shown is that of the similarity call of the whole transformed
+        bank at full resolution (the exhaustive search's; the pyramid scores far fewer windows).
+
+    Raises:
+        As :func:`slidesim.similarity`, or :func:`match` when its options are given (before anything is scored).
+
+    Examples:
+        >>> import numpy as np, slidesim
+        >>> image = np.random.default_rng(0).random((200, 200), dtype=np.float32)
+        >>> text = slidesim.explain(image, image[40:104, 60:124], rotations=slidesim.interval(0, 360))
+        >>> text.splitlines()[0].split(":")[:2]
+        ['search', ' pyramid']
+    """
+    if not set(options) & _MATCH_ONLY:
+        return planner_explain(images, templates, **options)
+    lines, bank_plan = describe(images, templates, **options)
+    return "\n".join([*lines, repr(bank_plan)])
+
+
+_MATCH_ONLY = {"k", "min_distance", "threshold", "rotations", "scales", "exclude_border", "search", "levels", "beam"}
+"""Options that :func:`match` takes and :func:`slidesim.similarity` does not: given one, ``explain`` describes the
+match."""
 
 
 def best_of_stream(

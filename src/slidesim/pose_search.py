@@ -632,3 +632,61 @@ def candidates_of(columns: Sequence[torch.Tensor]) -> list[Candidate]:
     """Matches given as columns (batch, template, y, x, score, angle, scale) [N] -> candidates."""
     rows = zip(*(c.tolist() for c in columns[:7]), strict=True)
     return [Candidate(int(b), int(t), y, x, a, s, score) for b, t, y, x, score, a, s in rows]
+
+
+def describe_search(
+    canon: Canonical, space: PoseSpace, levels: int, beam: int, why: str, seconds_per_pose: float
+) -> list[str]:
+    """What a match search will do, as lines for ``explain``: the search chosen (the pyramid's levels, its
+    coarsest template, its coarsest pose grid and beam, or the exhaustive search's poses), why (``plan_pyramid``'s
+    reason), and a rough cost.
+
+    Args:
+        canon: The validated call on the untransformed templates.
+        space: Its poses (:func:`pose_space`).
+        levels: The pyramid's levels from :func:`plan_pyramid` (0: the exhaustive search).
+        beam: Positions per image and template carried down the pyramid.
+        why: :func:`plan_pyramid`'s reason.
+        seconds_per_pose: The planner's estimate of one similarity call of one transformed template on every
+            image (NaN when the engine has no estimate).
+
+    The exhaustive cost is that estimate times the poses (times the templates); the pyramid's is that scaled by
+    the share of window-pose scorings it makes (:func:`_costs`), a rough guide, not a timing.
+    """
+    T = canon.templates.shape[1]
+    exhaustive_seconds = seconds_per_pose * space.poses * T
+    grid = _grid_text(space.angles, space.scales)
+    if levels == 0:
+        return [
+            f"search: exhaustive: {space.poses} pose{'s' if space.poses != 1 else ''} ({grid}) at every position",
+            f"  why: {why}",
+            f"  cost: roughly {_seconds(exhaustive_seconds)} (one similarity call of a turned template, "
+            f"{_seconds(seconds_per_pose)}, x {space.poses} poses x {T} template{'s' if T != 1 else ''})",
+        ]
+    h, w = (side // 2**levels for side in canon.templates.shape[-2:])
+    angles, scales = _grid_at(space, levels)
+    exhaustive_cost, pyramid_cost = _costs(canon, space, levels, beam)
+    share = pyramid_cost / exhaustive_cost
+    return [
+        f"search: pyramid: {levels} level{'s' if levels != 1 else ''}, coarsest template {h}x{w}, "
+        f"{_grid_text(angles, scales)} at the coarsest level, beam {beam} "
+        f"(the full-resolution grid: {grid})",
+        f"  why: {why}",
+        f"  cost: roughly {_seconds(exhaustive_seconds * share)}, about 1/{max(1.0, 1 / share):.0f} of the "
+        f"exhaustive search's {_seconds(exhaustive_seconds)} ({space.poses} poses x one similarity call of "
+        f"{_seconds(seconds_per_pose)})",
+    ]
+
+
+def _seconds(value: float) -> str:
+    """A rough time: '12 ms', '3.4 s', or 'unknown' without an estimate."""
+    if not math.isfinite(value):
+        return "unknown"
+    return f"{value * 1e3:.3g} ms" if value < 1 else f"{value:.3g} s"
+
+
+def _grid_text(angles: Sequence[float], scales: Sequence[float]) -> str:
+    """'A angles x S scales', singular where one."""
+    return " x ".join(
+        f"{len(v)} {name}{'s' if len(v) != 1 else ''}" for v, name in ((angles, "angle"), (scales, "scale"))
+    )
