@@ -338,8 +338,11 @@ def _coarsest(
     images = images.to(torch.float64) if canon.spec.family == "correlation" else images
     coarse = canonicalize(images, templates, **options_of(canon, mask=mask))
     angles, scales = _grid_at(space, levels)
-    stream = TransformStream(coarse.templates, coarse.mask, angles, scales)
-    best, which, head = exhaustive(coarse, stream, progress)
+    if coarse.mask is None and len(angles) > 1:
+        best, which, head, stream = _disk_search(coarse, angles, scales, exhaustive, progress)
+    else:
+        stream = TransformStream(coarse.templates, coarse.mask, angles, scales)
+        best, which, head = exhaustive(coarse, stream, progress)
     h, w = coarse.templates.shape[-2:]
     apart = max(1, min(min(h, w) // 4, math.ceil(distance / 2**levels)))
     found = locate_peaks(best, beam, apart, None, 0, head.spec.higher_is_better)
@@ -351,6 +354,81 @@ def _coarsest(
         Candidate(int(bi), int(ti), yi + oy, xi + ox, float(stream.angles[r]), float(stream.scales[r]), float(s))
         for (bi, ti, yi, xi), r, s in zip(found.tolist(), poses.tolist(), scores.tolist(), strict=True)
     ]
+
+
+class DiskStream(TransformStream):
+    """Templates under every angle at one scale, each seen through the disk inscribed in the scaled template: one
+    mask, the same object for every member, so that the window statistics of a streamed bank are computed once
+    and each extra angle costs about one cross-correlation (the turned footprints differ at every angle, and
+    each would need its own statistics).
+
+    Args:
+        templates: [Bk, T, C, h, w] (canonical bank, float, no mask of its own).
+        angles: Degrees.
+        scale: The factor.
+        side: The canvas's side (at least the disk's diameter; the same parity at every scale of one search).
+    """
+
+    def __init__(self, templates: torch.Tensor, angles: Sequence[float], scale: float, side: int) -> None:
+        super().__init__(templates, None, angles, [scale])
+        self.canvas = (side, side)
+        h, w = templates.shape[-2:]
+        offsets = torch.arange(side, dtype=torch.float64) - (side - 1) / 2
+        radius = disk_radius(h, w, scale)
+        inside = offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius * radius * (1 + 1e-9)
+        self.disk = inside.to(templates.dtype)[None, None, None].contiguous()  # [1, 1, 1, side, side]
+
+    def draw(self, j0: int, j1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Members j0..j1 -> (templates [Bk, j1 − j0, C, side, side] zero outside the disk, the disk
+        [1, 1, 1, side, side])."""
+        pictures, _ = super().draw(j0, j1)
+        return pictures * self.disk, self.disk
+
+
+def disk_radius(h: int, w: int, scale: float) -> float:
+    """Radius of the disk inscribed in an h × w template's pixel centres at ``scale``: inside its footprint at
+    every angle."""
+    return scale * (min(h, w) - 1) / 2
+
+
+def _disk_search(
+    coarse: Canonical,
+    angles: Sequence[float],
+    scales: Sequence[float],
+    exhaustive: Callable,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[torch.Tensor, torch.Tensor, Canonical, TransformStream]:
+    """(best [B, T, H', W'], its pose r = scale index · angles + angle index [B, T, H', W'], the call of one
+    bank, the whole grid's stream (for the poses r)) of every angle and scale on the templates' inscribed disks:
+    one streamed search per scale, on one canvas (the largest scale's disk), so that the maps line up."""
+    h, w = coarse.templates.shape[-2:]
+    side = 2 * math.floor(disk_radius(h, w, max(scales)) + 1e-9) + 1
+    best = which = head = None
+    higher = coarse.spec.higher_is_better
+    total = len(angles) * len(scales)
+    for i, scale in enumerate(scales):
+        done = i * len(angles)
+        report = None if progress is None else (lambda d, _n, done=done: progress(done + d, total))
+        stream = DiskStream(coarse.templates, angles, scale, side)
+        scores, poses, head = exhaustive(coarse, stream, report)
+        poses = poses + done
+        if best is None:
+            best, which = scores, poses
+            continue
+        better = scores > best if higher else scores < best
+        best = torch.where(better, scores, best)
+        which = torch.where(better, poses, which)
+    # the finer levels score the turned footprint, which reaches farther than the disk: centres where it leaves
+    # the image are not candidates
+    stream = TransformStream(coarse.templates, None, angles, scales)
+    worst = -math.inf if higher else math.inf
+    for axis, (full, size) in enumerate(zip(stream.canvas, coarse.images.shape[-2:], strict=True), start=2):
+        # map position i is centred at i + (side − 1) / 2; the footprint fits from there ± (full − 1) / 2
+        first = math.ceil((full - side) / 2)
+        last = math.floor(size - (full + side) / 2) + 1  # one past the last such position
+        best.narrow(axis, 0, max(0, min(first, best.shape[axis]))).fill_(worst)
+        best.narrow(axis, max(0, last), max(0, best.shape[axis] - last)).fill_(worst)
+    return best, which, head, stream
 
 
 @dataclass(frozen=True)
