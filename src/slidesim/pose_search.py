@@ -11,10 +11,10 @@ of the template apart, are carried down: at each finer level a candidate's posit
 ±3 pixels around it, under the poses of the finer grid within one coarser step of its pose (turned footprints,
 exact scores), by scoring a crop of the image against a small bank of templates drawn by
 :class:`slidesim.banks.TransformStream`; the candidates of a level are scored together, their crops stacked in
-one :func:`slidesim.similarity` call with a bank per crop. At full resolution the scores are those of the metric at whole-pixel
-positions, as the exhaustive search computes them. For ranges given as :func:`slidesim.interval`, the angle and
-scale are then refined below the grid step (parabolas through the scores at neighbouring poses), and the position
-to a fraction of a pixel by :func:`slidesim._refine_many.refine_peaks`.
+one :func:`slidesim.similarity` call with a bank per crop. At full resolution the scores are those of the metric
+at whole-pixel positions, as the exhaustive search computes them. For ranges given as :func:`slidesim.interval`,
+the angle and scale are then refined below the grid step (parabolas through the scores at neighbouring poses),
+and the position to a fraction of a pixel by :func:`slidesim._refine_many.refine_peaks`.
 
 Guarantee: the exhaustive search returns the best pose of the grid at every position; the pyramid returns poses
 scored exactly, but it can miss a pose whose coarse version does not rank among the beam at the coarsest level.
@@ -344,8 +344,10 @@ def _coarsest(
     coarse = canonicalize(images, templates, **options_of(canon, mask=mask))
     angles, scales = _grid_at(space, levels)
     disk = disk_canvas(*coarse.templates.shape[-2:], max(scales))
-    if coarse.mask is None and len(angles) >= _DISK_ANGLES and all(
-        n <= size for n, size in zip(disk, coarse.images.shape[-2:], strict=True)
+    if (
+        coarse.mask is None
+        and len(angles) >= _DISK_ANGLES
+        and all(n <= size for n, size in zip(disk, coarse.images.shape[-2:], strict=True))
     ):
         best, which, head, stream = _disk_search(coarse, angles, scales, exhaustive, progress)
     else:
@@ -378,9 +380,7 @@ class DiskStream(TransformStream):
             template's centres), one for every scale of a search.
     """
 
-    def __init__(
-        self, templates: torch.Tensor, angles: Sequence[float], scale: float, canvas: tuple[int, int]
-    ) -> None:
+    def __init__(self, templates: torch.Tensor, angles: Sequence[float], scale: float, canvas: tuple[int, int]) -> None:
         super().__init__(templates, None, angles, [scale])
         self.canvas = canvas
         h, w = templates.shape[-2:]
