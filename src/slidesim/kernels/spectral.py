@@ -84,7 +84,9 @@ class _Reader:
 
     def piece(self, rows: slice = slice(None), cols: slice = slice(None)) -> torch.Tensor:
         piece = self.image[..., rows, cols]
-        return piece if self.shift is None else piece.to(self.dtype) - self.shift
+        if self.shift is None:
+            return piece
+        return torch.sub(piece, self.shift)  # widened to the shift's dtype as it is subtracted: one pass
 
 
 _STRIPS_FROM = 8 * 2**20  # bytes of one plane's spectrum from which strips of rows beat one whole transform
