@@ -511,7 +511,8 @@ def test_the_best_scores_of_large_maps_are_those_of_a_full_selection() -> None:
 def test_core_candidates_from_blocks_equal_the_window_maxima_of_the_core(seed, monkeypatch) -> None:
     """The best candidates of a chunk's core (with the halo its windows reach, and −inf beyond the maps) and the
     best one left out come from the best of blocks as from the window maxima of the whole block: smooth maps,
-    quantized ones (ties), a flat one and one where nothing passes, square and unequal radii, few and many."""
+    quantized ones (ties), a flat one and one where nothing passes, square and unequal radii, few and many,
+    thresholds and borders, maxima and minima."""
     from slidesim import peaks
 
     ndimage = pytest.importorskip("scipy.ndimage")
@@ -520,19 +521,29 @@ def test_core_candidates_from_blocks_equal_the_window_maxima_of_the_core(seed, m
     key = np.stack([smooth[0], np.round(smooth[1] * 30) / 30, np.full((90, 101), 0.5, np.float32), smooth[2]])
     key[3] = -np.inf
     key[0, :4] = -np.inf  # beyond the maps above this chunk
-    key = torch.from_numpy(key)
-    for radius, core, count in [
-        ((4, 4), (4, 80, 6, 95), 3),
-        ((2, 5), (2, 88, 5, 96), 40),
-        ((7, 3), (0, 90, 0, 101), 1),
+    maps = torch.from_numpy(key)
+    everywhere = (0, 90, 0, 101)
+    for radius, core, count, threshold, allowed, higher in [
+        ((4, 4), (4, 80, 6, 95), 3, None, everywhere, True),
+        ((2, 5), (2, 88, 5, 96), 40, 0.5, (3, 85, 0, 101), True),
+        ((7, 3), everywhere, 1, None, (10, 80, 10, 90), False),
+        ((3, 3), (4, 80, 6, 95), 5, -0.52, everywhere, False),
     ]:
-        want = peaks._dense_core_candidates(
-            key, torch.arange(4), radius, core, count, want_next := torch.full((4,), -torch.inf)
-        )
+        scores = maps if higher else -maps
+        passing = (scores >= threshold) if threshold is not None and higher else torch.isfinite(scores)
+        if threshold is not None and not higher:
+            passing = scores <= threshold
+        rows, cols = torch.arange(90)[:, None], torch.arange(101)[None, :]
+        inside = (rows >= allowed[0]) & (rows < allowed[1]) & (cols >= allowed[2]) & (cols < allowed[3])
+        key = torch.where(passing & inside, scores if higher else -scores, -torch.inf)
+        y0, y1 = max(core[0], allowed[0]), min(core[1], allowed[1])
+        x0, x1 = max(core[2], allowed[2]), min(core[3], allowed[3])
+        want_next = torch.full((4,), -torch.inf)
+        want = peaks._dense_core_candidates(key, torch.arange(4), radius, (y0, y1, x0, x1), count, want_next)
         with monkeypatch.context() as patched:
             patched.setattr(peaks, "_BLOCK_WINDOWS", 1e-3)  # blocks however many,
             patched.setattr(peaks, "_BLOCKS_FIRST", (0, 0))  # from count + 1 of them, growing fourfold
-            got = peaks.core_candidates(key, radius, core, count)
+            got = peaks.core_candidates(scores, threshold, higher, allowed, radius, core, count)
         for a, b in zip(got[:4], want, strict=True):
             assert torch.equal(a.to(b.dtype), b), f"{radius=} {core=} {count=}"
         assert torch.equal(got[4], want_next)

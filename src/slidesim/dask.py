@@ -41,7 +41,7 @@ from ._types import ArrayLike
 from ._validate import Canonical, canonicalize, channels_first, options_of, window_origin, with_defaults
 from .errors import SlidesimValueError
 from .matching import Matches, bank_members, best_first, prepare, with_boxes
-from .peaks import core_candidates, ranking_key, suppress_points
+from .peaks import core_candidates, suppress_points
 
 __all__ = ["match", "similarity"]
 
@@ -195,14 +195,12 @@ def _candidates(
     """
     H, W = out_size
     b, T, Hb, Wb = best.shape
-    key = ranking_key(best, threshold, 0, higher)  # the border lies in map coordinates: below
-    if border:
-        key[..., : max(0, border - first[0]), :] = -torch.inf
-        key[..., max(0, H - border - first[0]) :, :] = -torch.inf
-        key[..., : max(0, border - first[1])] = -torch.inf
-        key[..., max(0, W - border - first[1]) :] = -torch.inf
+    # where a peak may be, in the block: inside the border, which lies in map coordinates
+    allowed = (border - first[0], H - border - first[0], border - first[1], W - border - first[1])
     # by map, best first, then the earlier position (row-major in the block is row-major in the map)
-    group, ys, xs, values, following = core_candidates(key.reshape(b * T, Hb, Wb), radius, core, limit)
+    group, ys, xs, values, following = core_candidates(
+        best.reshape(b * T, Hb, Wb), threshold, higher, allowed, radius, core, limit
+    )
     image, template = group // T, group % T
     transform = which[image, template, ys, xs].to(torch.float64)
     gy, gx = (ys + first[0]).to(torch.float64), (xs + first[1]).to(torch.float64)

@@ -544,54 +544,70 @@ def top_blocks(
 
 
 def core_candidates(
-    key: torch.Tensor, radius: tuple[int, int], core: tuple[int, int, int, int], count: int
+    maps: torch.Tensor,
+    threshold: float | None,
+    higher: bool,
+    allowed: tuple[int, int, int, int],
+    radius: tuple[int, int],
+    core: tuple[int, int, int, int],
+    count: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The ``count`` best candidates of each map's core: positions that are the best of their window (key > −inf).
+    """The ``count`` best candidates of each map's core: positions that may be peaks (:func:`ranking_key`) and are
+    the best of their window.
 
     Args:
-        key: Ranking keys [G, Hb, Wb] (:func:`ranking_key`; −inf where no peak may be), with the neighbours that the
-            windows of the core reach (−inf beyond the maps).
+        maps: Scores [G, Hb, Wb], with the neighbours that the windows of the core reach.
+        threshold, higher: As for :func:`locate_peaks`.
+        allowed: Rows y0:y1 and columns x0:x1 where a peak may be (outside the border); the others count as −inf.
         radius: The window's half-sides (rows, columns).
         core: Rows y0:y1 and columns x0:x1 whose candidates are wanted.
         count: Candidates per map.
 
     Returns:
-        (map index, row, column, key) [N] by map, best first, ties in row-major order; and the key of each map's
-        best candidate left out [G] (−inf where none was).
+        (map index, row, column, ranking key) [N] by map, best first, ties in row-major order; and the key of each
+        map's best candidate left out [G] (−inf where none was).
 
-    From the best of blocks of (radius + 1)² positions (:func:`top_blocks`), growing fourfold; maps with ties
-    within a block, or too many blocks, take the window maxima of the whole core.
+    From the best of blocks of (radius + 1)² positions (:func:`top_blocks`, one reduction of the maps where every
+    score passes), growing fourfold; maps with ties within a block, or too many blocks, take the window maxima of
+    the whole core.
     """
-    G = key.shape[0]
-    y0, y1, x0, x1 = core
+    work = maps.to(_exact_dtype(maps.dtype))
+    lo, hi = _passing_range(work.dtype, threshold, higher)
+    G = work.shape[0]
+    y0, y1 = max(core[0], allowed[0]), min(core[1], allowed[1])
+    x0, x1 = max(core[2], allowed[2]), min(core[3], allowed[3])
+    following = torch.full((G,), -torch.inf, dtype=work.dtype)
+    if y0 >= y1 or x0 >= x1:  # the border covers the core
+        empty = torch.zeros(0, dtype=torch.int64)
+        return empty, empty, empty, work.new_zeros(0), following
     sides = (radius[0] + 1, radius[1] + 1)
-    best = _blocks_reduced(key[:, y0:y1, x0:x1], sides, True)
+    best = _block_best(work[:, y0:y1, x0:x1], sides, lo, hi, higher)
     blocks = best.shape[1] * best.shape[2]
 
     def read(at: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return _key_at(key, at, y, x, -torch.inf, torch.inf, True)
+        inside = (y >= allowed[0]) & (y < allowed[1]) & (x >= allowed[2]) & (x < allowed[3])
+        return torch.where(inside, _key_at(work, at, y, x, lo, hi, higher), -torch.inf)
 
     def read_core(at: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         inside = (y >= y0) & (y < y1) & (x >= x0) & (x < x1)
         return torch.where(inside, read(at, y, x), -torch.inf)
 
     found: list[tuple[torch.Tensor, ...]] = []
-    following = torch.full((G,), -torch.inf, dtype=key.dtype)
     open_maps = torch.ones(G, dtype=torch.bool)
     dense = torch.zeros(G, dtype=torch.bool)
     L = min(blocks, count + 1 + _BLOCKS_FIRST[0])
     while bool(open_maps.any()):
-        if G * L * (2 * sides[0] - 1) * (2 * sides[1] - 1) > key.numel() // _BLOCK_WINDOWS:
+        if G * L * (2 * sides[0] - 1) * (2 * sides[1] - 1) > work.numel() // _BLOCK_WINDOWS:
             dense |= open_maps
             break
-        maps = open_maps.nonzero().squeeze(1)
-        top = top_blocks(best, maps, L, sides, (y0, x0), read_core, read)
-        dense[maps[top.tied]] = True
-        group, y, x, value = top.candidates(maps, key.shape[2])
+        chosen = open_maps.nonzero().squeeze(1)
+        top = top_blocks(best, chosen, L, sides, (y0, x0), read_core, read)
+        dense[chosen[top.tied]] = True
+        group, y, x, value = top.candidates(chosen, work.shape[2])
         rank = torch.arange(len(group)) - torch.searchsorted(group, group)
         have = torch.bincount(group, minlength=G)
         settled = torch.zeros(G, dtype=torch.bool)
-        settled[maps] = ~top.tied & (top.whole | (have[maps] > count))
+        settled[chosen] = ~top.tied & (top.whole | (have[chosen] > count))
         take = settled[group]
         sent = take & (rank < count)
         found.append((group[sent], y[sent], x[sent], value[sent]))
@@ -600,12 +616,18 @@ def core_candidates(
         open_maps &= ~settled & ~dense
         L = min(blocks, 4 * L)
     if bool(dense.any()):
-        found.append(_dense_core_candidates(key, dense.nonzero().squeeze(1), radius, core, count, following))
-    group, y, x, value = (
-        (torch.cat(column) for column in zip(*found, strict=True)) if found else (key.new_zeros(0),) * 4
-    )
+        chosen = dense.nonzero().squeeze(1)
+        rows = torch.arange(work.shape[1])[:, None]
+        cols = torch.arange(work.shape[2])[None, :]
+        inside = (rows >= allowed[0]) & (rows < allowed[1]) & (cols >= allowed[2]) & (cols < allowed[3])
+        key = _key_at(work, chosen[:, None, None], rows, cols, lo, hi, higher).masked_fill_(~inside, -torch.inf)
+        found.append(_dense_core_candidates(key, chosen, radius, (y0, y1, x0, x1), count, following))
+    if not found:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return empty, empty, empty, work.new_zeros(0), following
+    group, y, x, value = (torch.cat(column) for column in zip(*found, strict=True))
     order = torch.argsort(group, stable=True)  # by map; within each already best first
-    return group[order].long(), y[order].long(), x[order].long(), value[order], following
+    return group[order], y[order], x[order], value[order], following
 
 
 def _dense_core_candidates(
@@ -616,13 +638,13 @@ def _dense_core_candidates(
     count: int,
     following: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`core_candidates` of maps ``maps`` by the window maxima of their whole blocks (writes ``following``)."""
+    """:func:`core_candidates` of maps ``maps`` [n] from their ranking keys [n, Hb, Wb] by the window maxima of the
+    whole block (writes ``following``)."""
     y0, y1, x0, x1 = core
-    chosen = key[maps]
-    peak = local_maxima(chosen[:, None], radius)[:, 0, y0:y1, x0:x1]
+    peak = local_maxima(key[:, None], radius)[:, 0, y0:y1, x0:x1]
     which, y, x = peak.nonzero(as_tuple=True)
     y, x = y + y0, x + x0
-    value = chosen[which, y, x]
+    value = key[which, y, x]
     group = maps[which]
     order = torch.argsort(y * key.shape[2] + x, stable=True)
     order = order[torch.argsort(value[order], descending=True, stable=True)]
@@ -644,7 +666,7 @@ def _flat_maps(work: torch.Tensor, maps: torch.Tensor, lo: float, hi: float) -> 
     return flat
 
 
-def _block_best(work: torch.Tensor, side: int, lo: float, hi: float, higher: bool) -> torch.Tensor:
+def _block_best(work: torch.Tensor, side: int | tuple[int, int], lo: float, hi: float, higher: bool) -> torch.Tensor:
     """The best ranking key (:func:`ranking_key`) of each side × side block of maps work [G, H, W] (the last
     blocks of a row or column may be smaller) -> [G, ⌈H / side⌉, ⌈W / side⌉], −inf where nothing passes.
 
