@@ -77,6 +77,21 @@ def test_answers_do_not_depend_on_the_peaks_that_share_a_batch(monkeypatch) -> N
     assert refine_peaks(peaks[::-1], (1, 1), True, options) == together[::-1]
 
 
+def test_a_memory_limit_below_a_whole_grid_scores_it_a_few_rows_at_a_time(monkeypatch) -> None:
+    """Large templates whose 5 × 5 grid of shifts does not fit memory_limit are still searched together, a row or
+    two of each grid at a time (not one shift at a time through the reference's formulas): the answers of whole
+    grids, within the round-off of differently shaped products."""
+    peaks = _peaks(torch.float32, count=3)
+    options = _options("zncc")
+    whole = refine_peaks(peaks, (1, 1), True, options)
+    fixed, per_shift = _refine.refinement_bytes(1, (24, 20), (1, 1))
+    monkeypatch.setattr(_refine_many, "refine_on_data", lambda *a: pytest.fail("a shift at a time"))
+    for rows in (1, 2):
+        limited = {**options, "memory_limit": fixed + rows * 5 * per_shift}
+        got = refine_peaks(peaks, (1, 1), True, limited)
+        np.testing.assert_allclose(got, whole, rtol=1e-6, atol=1e-6)
+
+
 def test_peaks_beside_holes_and_of_other_shapes_are_refined_too() -> None:
     """A crop holding NaN goes through the one-peak search; templates of two shapes form two batches; results
     come back in the peaks' order."""

@@ -19,7 +19,7 @@ the template keeps its exact score.
 Two searches share these pieces: :mod:`slidesim._refine_many` refines every peak of a call together with the
 metrics' formulas (what match and find_peaks use), and :func:`refine_on_data` here refines one peak a shift at a
 time through the reference's formulas: beside holes, for circular channels and channels="separate", and where
-``memory_limit`` cannot hold a whole grid of shifts at once.
+``memory_limit`` cannot hold a row of a grid of shifts at once.
 
 Precision: the search runs in the compute dtype (float32 for float32, uint8 and other narrow inputs; float64 for
 float64 ones). Float64 takes over only where round-off could move the answer: shifts whose float32 scores lie

@@ -9,7 +9,7 @@ operations, so a peak costs its arithmetic. Every reduction runs along one axis 
 answer does not depend on the peaks that share its batch.
 
 Peaks whose crops hold NaN or ±inf, circular channels, ``channels="separate"`` and a ``memory_limit`` that cannot
-hold a whole grid of shifts at once go through the one-peak search of :func:`slidesim._refine.refine_on_data`,
+hold a row of a grid of shifts at once go through the one-peak search of :func:`slidesim._refine.refine_on_data`,
 which scores through the reference's formulas and agrees to round-off.
 """
 
@@ -112,12 +112,12 @@ def refine_peaks(
         C, h, w = peaks[members[0]].template.shape
         fixed, per_shift = refinement_bytes(C, (h, w), dilation)
         limit = DEFAULT_MEMORY_LIMIT if options.get("memory_limit") is None else options["memory_limit"]
-        if one_by_one or limit < fixed + _SIDE * _SIDE * per_shift:  # not a whole grid at once: a shift at a time
+        if one_by_one or limit < fixed + _SIDE * per_shift:  # not a row of a grid at once: a shift at a time
             for i in members:
                 p = peaks[i]
                 finished([i], [refine_on_data(p.image, p.template, p.mask, p.centre, dilation, higher, options)])
             continue
-        together = max(1, min(MOST_PEAKS, limit // (fixed + _SIDE * _SIDE * per_shift)))
+        together = max(1, min(MOST_PEAKS, limit // (fixed + _SIDE * _SIDE * per_shift)))  # whole grids, or one peak
         for start in range(0, len(members), together):
             chunk = members[start : start + together]
             shifts = (limit - len(chunk) * fixed) // per_shift  # at once, beside the chunk's crops
@@ -129,7 +129,7 @@ def _refine_chunk(
     peaks: Sequence[Peak], dilation: tuple[int, int], higher: bool, options: dict[str, Any], shifts: int
 ) -> list[tuple[float, float, float]]:
     """Refined (y, x, score) of peaks of one template shape, together, resampling at most ``shifts`` shifts at once
-    (at least a whole grid); a peak whose crop holds a hole alone."""
+    (at least a row of a grid); a peak whose crop holds a hole alone."""
     h, w = peaks[0].template.shape[-2:]
     read = [read_crop(p.image, p.centre, (h, w), dilation, options) for p in peaks]
     whole = [bool(torch.isfinite(crop).all()) for crop, _ in read]
@@ -185,7 +185,8 @@ class _Surfaces:
         dilation: Their spacing (y, x).
         options: The call's options (metric, channels).
         higher: Whether higher scores are better.
-        shifts: Shifts resampled at once at most (at least a whole grid).
+        shifts: Shifts resampled at once at most (at least a row of a grid: large templates score their grids a few
+            rows at a time).
     """
 
     def __init__(
@@ -201,7 +202,7 @@ class _Surfaces:
     ) -> None:
         self.crops, self.templates, self.masks = crops, templates, masks
         self.taps_y, self.taps_x = taps
-        self.dilation, self.shifts = dilation, max(_SIDE * _SIDE, shifts)
+        self.dilation, self.shifts = dilation, max(_SIDE, shifts)
         self.metric = resolve_metric(options.get("metric", "zncc")).name
         self.joint = options.get("channels", "joint") == "joint"
         self.sign = 1.0 if higher else -1.0
@@ -251,12 +252,17 @@ class _Surfaces:
         reach = (grid_reach(step), grid_reach(step))
         coefficients = self.coefficients(dtype)
         peaks_at_once = max(1, self.shifts // (_SIDE * _SIDE))
+        rows_at_once = min(_SIDE, self.shifts // _SIDE)  # a few rows of a grid when it does not fit whole
         scores = torch.empty(p, _SIDE, _SIDE, dtype=dtype)
         for a in range(0, p, peaks_at_once):
             some = slice(a, a + peaks_at_once)
-            windows = resample(coefficients, first_y[some], first_x[some], (h, w), self.dilation, reach, index[some])
-            found = self._scores(index[some], windows.reshape(-1, _SIDE * _SIDE, C, h, w))
-            scores[some] = (self.sign * found).reshape(-1, _SIDE, _SIDE)
+            for r in range(0, _SIDE, rows_at_once):
+                rows = slice(r, r + rows_at_once)
+                windows = resample(
+                    coefficients, first_y[some, rows], first_x[some], (h, w), self.dilation, reach, index[some]
+                )
+                found = self._scores(index[some], windows.reshape(len(windows), -1, C, h, w))
+                scores[some, rows] = (self.sign * found).reshape(len(windows), -1, _SIDE)
         return scores
 
     def at(self, index: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
