@@ -57,11 +57,18 @@ def scene(path: Path, size: int, chunk: int) -> tuple[object, np.ndarray]:
 def run(workers: int, image, templates: np.ndarray, memory: str, chunk: int) -> tuple[float, list[int], object, float]:
     """(seconds of slidesim.dask.match, each worker's peak resident bytes, the matches, seconds of one chunk's
     in-memory match run inside a worker process)."""
+    import dask
     import distributed
 
     import slidesim.dask
 
+    # distributed's nannies give workers MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's adaptive mmap
+    # threshold: every large temporary is then a fresh page-aligned mapping, and FFTs between two of them run
+    # about twice as slow (page faults, and 4 KiB aliasing of input and output); see the README's Dask section
+    spawn_environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
+    spawn_environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     with (
+        dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_environ}),
         distributed.LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
@@ -165,7 +172,8 @@ def main() -> None:
         f"dask {dask.__version__}, distributed {distributed.__version__}, zarr {zarr.__version__}).\n\n"
         f"A {args.size}×{args.size} uint8 zarr image on disk in {args.chunk}² chunks, 8 templates of 32×32 (zncc, "
         f"k = 1, sub-pixel refinement), `slidesim.dask.match` on a LocalCluster of worker processes with one "
-        f"thread each and a {args.memory} memory limit. The in-memory cost per worker is one chunk's in-memory "
+        f"thread each and a {args.memory} memory limit, started without distributed's MALLOC_TRIM_THRESHOLD_ "
+        f"(see the README's Dask section). The in-memory cost per worker is one chunk's in-memory "
         f"`slidesim.match` (one thread: {one_chunk:.2f} s) times the {chunks} chunks, divided by the workers; the "
         "target is at most 1.5 times it, with each worker's peak resident memory under 1 GiB:\n\n"
         "| workers | time | in-memory cost per worker | ratio | peak resident memory per worker | result |\n"
