@@ -58,8 +58,7 @@ def fft_correlate(
         spread[..., ::dy, ::dx] = kernel
         kernel = spread
     if tile is None:
-        item = torch.empty((), dtype=reader.dtype).element_size()
-        tile = choose_tile(image.shape, kernel.shape[-2:], T, item, chunk_bytes, geom.stride)
+        tile = choose_tile(image.shape, kernel.shape[-2:], T, reader.item, chunk_bytes, geom.stride)
     out_dtype = reader.dtype if out_dtype is None else out_dtype
     if tile is None:
         return _whole(reader, kernel, geom, chunk_bytes, spectra).to(out_dtype)
@@ -75,7 +74,7 @@ class _Reader:
         self.shape = image.shape
         self.dtype = image.dtype if shift is None else dtype
         self.shift = None if shift is None else shift.to(self.dtype)
-        self.item = torch.empty((), dtype=self.dtype).element_size()
+        self.item = self.dtype.itemsize
 
     def key(self) -> tuple:
         """Identifies the pieces' source for a spectrum kept between calls (the caller's tensors: the entry

@@ -190,6 +190,9 @@ class Rescorer:
     def _float64_cross(self, t0: int, t1: int) -> torch.Tensor:
         """The cross term of templates t0:t1 by a float64 FFT -> [B, t1 − t0, H', W'] float64."""
         stats = self.stats
+        if self.spec.name == "zncc" and stats.finite:  # centred and widened tile by tile as the transform reads it
+            image, shift = stats.image.detach(), stats.shift.detach()
+            return fft_correlate(image, self.kernels64(t0, t1), stats.prims.geom, _RESCORE_BYTES, shift=shift)
         if self.spec.name == "zncc":
             image = torch.cat([stats.centred64(c).detach() for c in range(stats.image.shape[1])], dim=1)
         else:
