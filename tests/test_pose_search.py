@@ -108,6 +108,44 @@ def test_pyramid_finds_the_pose_of_the_exhaustive_search_over_the_same_grid(name
     assert float(pyramid.angle[0]) in grid
 
 
+def test_a_small_pose_near_the_edge_is_found_where_the_largest_would_not_fit() -> None:
+    # at scale 0.75 the part fits 60 px from the edge, where a 1.4 × turned footprint (127 px) cannot: each scale is
+    # searched wherever its own footprint fits
+    photo = _photo("camera")
+    size, angle, scale = 64, 97.0, 0.75
+    region = photo[100:300, 150:350]
+    y, x = 30, 110
+    centre = (y + (size - 1) / 2, x + (size - 1) / 2)
+    scene = np.ascontiguousarray(_scene(region, centre, angle, scale))
+    template = region[y : y + size, x : x + size].copy()
+    found = slidesim.match(
+        scene, template, rotations=slidesim.interval(0, 360), scales=slidesim.interval(0.7, 1.4), search="pyramid"
+    )
+    assert abs(found.y[0] - centre[0]) <= 0.5 and abs(found.x[0] - centre[1]) <= 0.5
+    assert _turn(found.angle[0], angle) <= 0.5 and abs(found.scale[0] / scale - 1) <= 0.01
+
+
+def _coarse_maps(entries, shape=(12, 12)):
+    """best [1, 1, H, W] and which [1, 1, H, W] with score s and pose r at each (y, x, s, r) of ``entries``."""
+    best = torch.full((1, 1, *shape), -math.inf, dtype=torch.float64)  # no pose fits there
+    which = torch.zeros((1, 1, *shape), dtype=torch.int64)
+    for y, x, score, pose in entries:
+        best[0, 0, y, x], which[0, 0, y, x] = score, pose
+    return best, which
+
+
+def test_coarse_peaks_near_each_other_are_kept_when_their_poses_differ() -> None:
+    stream = slidesim.banks.TransformStream(torch.ones(1, 1, 1, 9, 9), None, [0.0, 10.0, 20.0, 90.0, 180.0], [1.0])
+    steps = (10.0, 0.05)
+    # a wrong pose (0°) outscores the right one (180°) two positions away; a third peak near both turns by only
+    # one step from the first, a fourth of yet another pose finds the place full
+    best, which = _coarse_maps([(5, 5, 0.9, 0), (6, 7, 0.8, 4), (4, 4, 0.7, 1), (5, 7, 0.6, 3), (0, 11, 0.5, 2)])
+    peaks = pose_search._diverse_peaks(best, which, stream, 8, 3, True, steps)
+    assert [(c.y, c.x, c.angle) for c in peaks] == [(5, 5, 0.0), (6, 7, 180.0), (0, 11, 20.0)]
+    # the beam bounds them
+    assert len(pose_search._diverse_peaks(best, which, stream, 2, 3, True, steps)) == 2
+
+
 @pytest.mark.parametrize("metric", sorted(slidesim.METRICS))
 def test_every_metric_scores_the_pose_exactly(metric) -> None:
     scene, template, (cy, cx) = _trial("camera", 40, 60.0, 1.0, crop=160, seed=7)

@@ -2,19 +2,21 @@
 
 Image and template are halved ``levels`` times by 2 × 2 area averaging. At the coarsest level every position is
 scored under every pose of a grid that the template's size there needs (a turn or a change of scale that moves the
-template's farthest pixel by about one pixel), by the same streaming search that :func:`slidesim.match` runs at
-full resolution (passed in as ``exhaustive``). Without a mask and for 8 angles or more, each pose is seen there
-through the disk inscribed in the (scaled) template, the same at every angle: one mask per scale, whose window
-statistics are computed once, so that each angle costs one cross-correlation (each turned footprint would need
-its own). The best ``beam`` positions of each image and template, each with its best pose and at least a quarter
-of the template apart, are carried down: at each finer level a candidate's position is doubled and re-searched
-±3 pixels around it, under the poses of the finer grid within one coarser step of its pose (turned footprints,
-exact scores), by scoring a crop of the image against a small bank of templates drawn by
-:class:`slidesim.banks.TransformStream`; the candidates of a level are scored together, their crops stacked in
-one :func:`slidesim.similarity` call with a bank per crop. At full resolution the scores are those of the metric
-at whole-pixel positions, as the exhaustive search computes them. For ranges given as :func:`slidesim.interval`,
-the angle and scale are then refined below the grid step (parabolas through the scores at neighbouring poses),
-and the position to a fraction of a pixel by :func:`slidesim._refine_many.refine_peaks`.
+template's farthest pixel by about one pixel), by the same streaming search that :func:`slidesim.match` runs at full
+resolution (passed in as ``exhaustive``). Without a mask and for 8 angles or more, each pose is seen there through
+the disk inscribed in the (scaled) template, the same at every angle: one mask per scale, whose window statistics
+are computed once, so that each angle costs one cross-correlation (each turned footprint would need its own). Each
+scale is searched wherever its own footprint fits the image (the image is padded with weightless zeros where the
+largest scale's canvas needs more room). The best ``beam`` candidates of each image and template are carried down:
+peaks of the best pose within each band of neighbouring scales, at least a quarter of the template apart unless
+their poses differ by several steps (at most two poses per place). At each finer level a candidate's position is
+doubled and re-searched ±3 pixels around it, under the poses of the finer grid within one coarser step of its pose
+(turned footprints, exact scores), by scoring a crop of the image against a small bank of templates drawn by
+:class:`slidesim.banks.TransformStream`; the candidates of a level are scored together, their crops stacked in one
+:func:`slidesim.similarity` call with a bank per crop. At full resolution the scores are those of the metric at
+whole-pixel positions, as the exhaustive search computes them. For ranges given as :func:`slidesim.interval`, the
+angle and scale are then refined below the grid step (parabolas through the scores at neighbouring poses), and the
+position to a fraction of a pixel by :func:`slidesim._refine_many.refine_peaks`.
 
 Guarantee: the exhaustive search returns the best pose of the grid at every position; the pyramid returns poses
 scored exactly, but it can miss a pose whose coarse version does not rank among the beam at the coarsest level.
@@ -49,6 +51,10 @@ _FIT_STEPS = (1.0, 0.25)  # sub-step refinement: parabolas through poses this ma
 _FIT_MOVES = 3  # parabola fits per axis and step while the best pose is an outer one
 _DISK_ANGLES = 8  # the coarsest level scores this many angles or more through the template's inscribed disk
 _AUTO_GAIN = 2.0  # search="auto" takes the pyramid when its estimated cost is this many times lower
+_PEAK_POOL = 8  # the coarsest level's local maxima considered per beam candidate
+_DISTINCT_STEPS = 3  # coarsest-grid steps of angle (or of log scale) that make two poses distinct candidates
+_SCALES_PER_BAND = 4  # the coarsest level keeps the best of each band of this many neighbouring scales
+_POSES_PER_PLACE = 2  # candidates of distinct poses kept within one suppression neighbourhood
 
 
 @dataclass(frozen=True)
@@ -341,29 +347,129 @@ def _coarsest(
     # that costs more than the whole float64 search, and a coarse level only ranks candidates
     images = pyramid.images[levels]
     images = images.to(torch.float64) if canon.spec.family == "correlation" else images
-    coarse = canonicalize(images, templates, **options_of(canon, mask=mask))
     angles, scales = _grid_at(space, levels)
-    disk = disk_canvas(*coarse.templates.shape[-2:], max(scales))
-    if (
-        coarse.mask is None
-        and len(angles) >= _DISK_ANGLES
-        and all(n <= size for n, size in zip(disk, coarse.images.shape[-2:], strict=True))
-    ):
-        best, which, head, stream = _disk_search(coarse, angles, scales, exhaustive, progress)
-    else:
-        stream = TransformStream(coarse.templates, coarse.mask, angles, scales)
-        best, which, head = exhaustive(coarse, stream, progress)
-    h, w = coarse.templates.shape[-2:]
+    h, w = templates.shape[-2:]
+    disk = mask is None and len(angles) >= _DISK_ANGLES
+    canvas = disk_canvas(h, w, max(scales)) if disk else canvas_size(h, w, angles, scales)
+    # A pose is searched wherever its own footprint fits the image, which for the smaller scales reaches nearer
+    # the edges than the common canvas does: the image is padded with weightless zeros by the difference, and
+    # each scale's positions whose footprint leaves the image are set to the worst score.
+    smallest = canvas_size(h, w, angles, [min(scales)])
+    pads = [max(0, math.ceil((side - full) / 2)) for side, full in zip(canvas, smallest, strict=True)]
+    if any(n > size + 2 * pad for n, size, pad in zip(canvas, images.shape[-2:], pads, strict=True)):
+        disk, canvas = False, canvas_size(h, w, angles, scales)  # the disk's canvas cannot fit: turned footprints
+        pads = [0, 0]
+    padded = F.pad(images, (pads[1], pads[1], pads[0], pads[0])) if any(pads) else images
+    coarse = canonicalize(padded, templates, **options_of(canon, mask=mask))
+    best, which, head = _per_scale_search(coarse, angles, scales, canvas, disk, pads, exhaustive, progress)
+    stream = TransformStream(coarse.templates, coarse.mask, angles, scales)  # the poses r = scale · angles + angle
     apart = max(1, min(min(h, w) // 4, math.ceil(distance / 2**levels)))
-    found = locate_peaks(best, beam, apart, None, 0, head.spec.higher_is_better)
     oy, ox = window_origin(head)
-    b, t, y, x = found.to(best.device).T
-    poses = which[b, t, y, x].cpu()
-    scores = best[b, t, y, x].cpu().to(torch.float64)
-    return [
-        Candidate(int(bi), int(ti), yi + oy, xi + ox, float(stream.angles[r]), float(stream.scales[r]), float(s))
-        for (bi, ti, yi, xi), r, s in zip(found.tolist(), poses.tolist(), scores.tolist(), strict=True)
-    ]
+    oy, ox = oy - pads[0], ox - pads[1]
+    peaks = _diverse_peaks(best, which, stream, beam, apart, head.spec.higher_is_better, _steps(space, levels))
+    return [replace(c, y=c.y + oy, x=c.x + ox) for c in peaks]
+
+
+def _scale_bands(count: int) -> int:
+    """How many bands of neighbouring scales keep maps of their own at the coarsest level (see _per_scale_search)."""
+    return max(1, math.ceil(count / _SCALES_PER_BAND))
+
+
+def _diverse_peaks(
+    best: torch.Tensor,
+    which: torch.Tensor,
+    stream: TransformStream,
+    beam: int,
+    apart: int,
+    higher: bool,
+    steps: tuple[float, float],
+) -> list[Candidate]:
+    """The ``beam`` best peaks of each image and template on the coarsest level's maps, centres in map positions.
+
+    Peaks closer than ``apart`` suppress each other only when their poses are close too (within
+    ``_DISTINCT_STEPS`` grid ``steps`` of angle and of log scale), and at most ``_POSES_PER_PLACE`` share a
+    neighbourhood. At a coarse level a wrong pose can outscore the right one a pixel or two away (a symmetric
+    texture turned by 180°, a rounder part of the scene), and the finer levels only search near the pose they are
+    given: a suppression by position alone would drop the right pose for good."""
+    templates = stream.n_templates
+    # 3 × 3 local maxima of each band's map (best first per map b, band · T + t), then best first per (b, t)
+    local = locate_peaks(best, beam * _PEAK_POOL, 1, None, 0, higher)
+    b, g, y, x = local.to(best.device).T
+    poses = which[b, g, y, x].cpu().tolist()
+    scores = best[b, g, y, x].cpu().to(torch.float64).tolist()
+    local[:, 1] %= templates
+    order = sorted(range(len(scores)), key=lambda i: (*local[i, :2].tolist(), -scores[i] if higher else scores[i]))
+    a_far, s_far = (_DISTINCT_STEPS * step * (1 - 1e-6) for step in steps)
+    kept: list[Candidate] = []
+    per_group: dict[tuple[int, int], int] = {}
+    for i in order:
+        (bi, ti, yi, xi), r, s = local[i].tolist(), poses[i], scores[i]
+        group = (bi, ti)
+        if not math.isfinite(s) or per_group.get(group, 0) >= beam:
+            continue
+        c = Candidate(bi, ti, float(yi), float(xi), float(stream.angles[r]), float(stream.scales[r]), s)
+        near = [o for o in kept if (o.b, o.t) == group and max(abs(o.y - c.y), abs(o.x - c.x)) < apart]
+        same_pose = any(abs(_turn(o.angle, c.angle)) < a_far and abs(math.log(o.scale / c.scale)) < s_far for o in near)
+        if same_pose or len(near) >= _POSES_PER_PLACE:
+            continue
+        kept.append(c)
+        per_group[group] = per_group.get(group, 0) + 1
+    return kept
+
+
+def _per_scale_search(
+    coarse: Canonical,
+    angles: Sequence[float],
+    scales: Sequence[float],
+    canvas: tuple[int, int],
+    disk: bool,
+    pads: Sequence[int],
+    exhaustive: Callable,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[torch.Tensor, torch.Tensor, Canonical]:
+    """(best [B, N·T, H', W'], its pose r = scale index · angles + angle index [B, N·T, H', W'], the call of one
+    bank) of every angle and scale: one streamed search per scale on one ``canvas``, so that the maps line up,
+    through the templates' inscribed disks (``disk``) or their turned footprints. The best is taken within each of
+    N bands of neighbouring scales (:func:`_scale_bands`; band n's maps at n·T + t): at a coarse level the
+    scale is the pose's least certain part, and a position's best over every scale would hide the right one.
+
+    ``coarse`` holds the image padded by ``pads`` (rows, columns) on each side; positions where a scale's footprint
+    (under any of the angles) leaves the unpadded image keep the worst score for that scale."""
+    head = None
+    bands = _scale_bands(len(scales))
+    best: list[torch.Tensor | None] = [None] * bands
+    which: list[torch.Tensor | None] = [None] * bands
+    higher = coarse.spec.higher_is_better
+    worst = -math.inf if higher else math.inf
+    h, w = coarse.templates.shape[-2:]
+    sizes = [n - 2 * pad for n, pad in zip(coarse.images.shape[-2:], pads, strict=True)]
+    total = len(angles) * len(scales)
+    for i, scale in enumerate(scales):
+        band = i * bands // len(scales)
+        done = i * len(angles)
+        report = None if progress is None else (lambda d, _n, done=done: progress(done + d, total))
+        if disk:
+            stream = DiskStream(coarse.templates, angles, scale, canvas)
+        else:
+            stream = TransformStream(coarse.templates, coarse.mask, angles, [scale])
+            stream.canvas = canvas  # drawn about the canvas centre: a larger canvas only adds weightless pixels
+        scores, poses, head = exhaustive(coarse, stream, report)
+        footprint = canvas_size(h, w, angles, [scale])
+        for axis, (full, side, size, pad) in enumerate(zip(footprint, canvas, sizes, pads, strict=True), start=2):
+            # map position i is centred at i + (side − 1) / 2 − pad in the image; the footprint fits from there
+            # ± (full − 1) / 2
+            first = math.ceil((full - side) / 2 + pad)
+            last = math.floor(size + pad - (full + side) / 2) + 1  # one past the last such position
+            scores.narrow(axis, 0, max(0, min(first, scores.shape[axis]))).fill_(worst)
+            scores.narrow(axis, max(0, last), max(0, scores.shape[axis] - last)).fill_(worst)
+        poses = poses + done
+        if best[band] is None:
+            best[band], which[band] = scores, poses
+            continue
+        better = scores > best[band] if higher else scores < best[band]
+        best[band] = torch.where(better, scores, best[band])
+        which[band] = torch.where(better, poses, which[band])
+    return torch.cat(best, dim=1), torch.cat(which, dim=1), head
 
 
 class DiskStream(TransformStream):
@@ -413,46 +519,6 @@ def disk_canvas(h: int, w: int, scale: float) -> tuple[int, int]:
     radius = disk_radius(h, w, scale)
     rows, cols = (n + 1 + 2 * math.ceil(radius - n / 2 - 1e-9) for n in (h, w))
     return rows, cols
-
-
-def _disk_search(
-    coarse: Canonical,
-    angles: Sequence[float],
-    scales: Sequence[float],
-    exhaustive: Callable,
-    progress: Callable[[int, int], None] | None,
-) -> tuple[torch.Tensor, torch.Tensor, Canonical, TransformStream]:
-    """(best [B, T, H', W'], its pose r = scale index · angles + angle index [B, T, H', W'], the call of one
-    bank, the whole grid's stream (for the poses r)) of every angle and scale on the templates' inscribed disks:
-    one streamed search per scale, on one canvas (the largest scale's disk), so that the maps line up."""
-    canvas = disk_canvas(*coarse.templates.shape[-2:], max(scales))
-    best = which = head = None
-    higher = coarse.spec.higher_is_better
-    total = len(angles) * len(scales)
-    for i, scale in enumerate(scales):
-        done = i * len(angles)
-        report = None if progress is None else (lambda d, _n, done=done: progress(done + d, total))
-        stream = DiskStream(coarse.templates, angles, scale, canvas)
-        scores, poses, head = exhaustive(coarse, stream, report)
-        poses = poses + done
-        if best is None:
-            best, which = scores, poses
-            continue
-        better = scores > best if higher else scores < best
-        best = torch.where(better, scores, best)
-        which = torch.where(better, poses, which)
-    # the finer levels score the turned footprint, which reaches farther than the disk: centres where it leaves
-    # the image are not candidates
-    stream = TransformStream(coarse.templates, None, angles, scales)
-    worst = -math.inf if higher else math.inf
-    shapes = zip(stream.canvas, canvas, coarse.images.shape[-2:], strict=True)
-    for axis, (full, side, size) in enumerate(shapes, start=2):
-        # map position i is centred at i + (side − 1) / 2; the footprint fits from there ± (full − 1) / 2
-        first = math.ceil((full - side) / 2)
-        last = math.floor(size - (full + side) / 2) + 1  # one past the last such position
-        best.narrow(axis, 0, max(0, min(first, best.shape[axis]))).fill_(worst)
-        best.narrow(axis, max(0, last), max(0, best.shape[axis] - last)).fill_(worst)
-    return best, which, head, stream
 
 
 @dataclass(frozen=True)
