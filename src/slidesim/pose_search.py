@@ -6,7 +6,7 @@ template's farthest pixel by about one pixel), by the same streaming search that
 resolution (passed in as ``exhaustive``). Without a mask and for 8 angles or more, each pose is seen there through
 the disk inscribed in the (scaled) template, the same at every angle: one mask per scale, whose window statistics
 are computed once, so that each angle costs one cross-correlation (each turned footprint would need its own). Each
-scale is searched wherever its own footprint fits the image (the image is padded with weightless zeros where the
+scale is searched wherever its own footprint fits the image (the image is padded with weightless reflections where the
 largest scale's canvas needs more room). The best ``beam`` candidates of each image and template are carried down:
 peaks of the best pose within each band of neighbouring scales, at least a quarter of the template apart unless
 their poses differ by several steps (at most two poses per place). At each finer level a candidate's position is
@@ -352,14 +352,14 @@ def _coarsest(
     disk = mask is None and len(angles) >= _DISK_ANGLES
     canvas = disk_canvas(h, w, max(scales)) if disk else canvas_size(h, w, angles, scales)
     # A pose is searched wherever its own footprint fits the image, which for the smaller scales reaches nearer
-    # the edges than the common canvas does: the image is padded with weightless zeros by the difference, and
+    # the edges than the common canvas does: the image is padded with weightless reflections by the difference, and
     # each scale's positions whose footprint leaves the image are set to the worst score.
     smallest = canvas_size(h, w, angles, [min(scales)])
     pads = [max(0, math.ceil((side - full) / 2)) for side, full in zip(canvas, smallest, strict=True)]
     if any(n > size + 2 * pad for n, size, pad in zip(canvas, images.shape[-2:], pads, strict=True)):
         disk, canvas = False, canvas_size(h, w, angles, scales)  # the disk's canvas cannot fit: turned footprints
         pads = [0, 0]
-    padded = F.pad(images, (pads[1], pads[1], pads[0], pads[0])) if any(pads) else images
+    padded = _padded(images, pads)
     coarse = canonicalize(padded, templates, **options_of(canon, mask=mask))
     best, which, head = _per_scale_search(coarse, angles, scales, canvas, disk, pads, exhaustive, progress)
     stream = TransformStream(coarse.templates, coarse.mask, angles, scales)  # the poses r = scale · angles + angle
@@ -368,6 +368,16 @@ def _coarsest(
     oy, ox = oy - pads[0], ox - pads[1]
     peaks = _diverse_peaks(best, which, stream, beam, apart, head.spec.higher_is_better, _steps(space, levels))
     return [replace(c, y=c.y + oy, x=c.x + ox) for c in peaks]
+
+
+def _padded(images: torch.Tensor, pads: Sequence[int]) -> torch.Tensor:
+    """[B, C, H, W] padded by ``pads`` (rows, columns) on each side with their reflection: the padding only ever
+    lies under weightless pixels of a valid pose, and a reflected texture, unlike a flat band, leaves no windows
+    of low variance for the exact rescoring."""
+    if not any(pads):
+        return images
+    mode = "reflect" if all(p < n for p, n in zip(pads, images.shape[-2:], strict=True)) else "replicate"
+    return F.pad(images, (pads[1], pads[1], pads[0], pads[0]), mode=mode)
 
 
 def _scale_bands(count: int) -> int:
