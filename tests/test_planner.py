@@ -156,3 +156,77 @@ def test_cuda_problems_rank_by_the_gpu_table() -> None:
         assert runnable[0] in expected, candidates
         numba = next(c for c in candidates if c.engine == "numba")
         assert numba.excluded is not None and ("CPU" in numba.excluded or metric == "zncc")
+
+
+def _dark_gradient_scene() -> torch.Tensor:
+    """A uint8 screenshot-like scene: a flat light background, a block of texture, and a dark panel with a faint
+    gradient, whose windows vary little against the image (the windows exact rescoring exists for)."""
+    gen = torch.Generator().manual_seed(0)
+    image = torch.full((1, 1, 160, 200), 236, dtype=torch.uint8)
+    image[..., 20:60, 20:180] = torch.randint(0, 256, (40, 160), generator=gen).to(torch.uint8)
+    image[..., 70:160, :] = (torch.arange(90) // 12 + 10).to(torch.uint8)[:, None]
+    return image
+
+
+def test_plan_counts_the_exact_rescoring_these_data_need() -> None:
+    from slidesim.scoring import rescoring
+
+    image = _dark_gradient_scene()
+    template = image[..., 30:46, 30:46].clone()
+    flagged = []
+    original = rescoring.Rescorer.rescore
+
+    def counting(self, scores, t0, marked, factors):
+        flagged.append(int(marked.expand(scores.shape).sum()))
+        return original(self, scores, t0, marked, factors)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rescoring.Rescorer, "rescore", counting)
+        slidesim.similarity(image, template, metric="zncc", method="numba")
+    found = slidesim.plan(image, template, metric="zncc")
+    numba = next(c for c in found.candidates if c.engine == "numba")
+    shapes_only = next(c for c in slidesim_plan.make_plan(_canon_of(image, template)).candidates if c.engine == "numba")
+    assert sum(flagged) > 1000  # the scene does need it
+    windows = int(numba.precision.split()[0])
+    assert sum(flagged) <= windows <= 1.5 * sum(flagged)  # an upper bound, and a close one
+    assert numba.seconds > shapes_only.seconds
+    assert found.engine == slidesim_plan.make_plan(_canon_of(image, template)).engine  # auto's choice, reported
+    assert "rescored exactly" in slidesim.explain(image, template, metric="zncc")
+
+
+@pytest.mark.parametrize("rows", [(0, 100), (0, 160)])
+def test_precision_estimate_prices_rescored_windows_or_a_float64_transform(rows) -> None:
+    from slidesim import cost
+
+    image = _dark_gradient_scene()[..., rows[0] : rows[1], :]
+    canon = _canon_of(image, _dark_gradient_scene()[..., 30:46, 30:46].clone())
+    work = cost.precision_estimate("numba", canon)
+    p = canon.problem
+    taps, outputs = 16 * 16, p.out_height * p.out_width
+    counts, fft = cost.features("fft", p), cost.constants_for(p)["fft"]
+    transforms = sum(fft[n] * counts[n] for n in ("image_transform_nlogn", "kernel_transform_nlogn"))
+    assert work.rescored_windows > 0 and not work.cross_in_float64
+    if rows == (0, 100):  # few windows: gathered and scored one by one
+        assert work.rescored_windows * taps <= outputs * 40
+        assert work.seconds == pytest.approx(work.rescored_windows * taps * cost.RESCORED_TAP_SECONDS)
+    else:  # so many that a float64 FFT of the cross term replaces the gathering
+        assert work.rescored_windows * taps > outputs * 40
+        assert work.seconds > 2 * transforms
+
+
+def _canon_of(image, template, **options):
+    return canonicalize(image, template, **{**DEFAULT_OPTIONS, "metric": "zncc", **options})
+
+
+def test_plan_of_textured_data_or_other_metrics_adds_nothing() -> None:
+    gen = torch.Generator().manual_seed(1)
+    image = torch.rand(1, 1, 120, 150, generator=gen)
+    template = image[..., 5:21, 5:21].clone()
+    for metric in ("zncc", "sad", "ccorr"):
+        found = slidesim.plan(image, template, metric=metric)
+        shapes_only = slidesim_plan.make_plan(_canon_of(image, template, metric=metric))
+        assert found.engine == shapes_only.engine
+        assert [(c.engine, c.seconds) for c in found.candidates] == [
+            (c.engine, c.seconds) for c in shapes_only.candidates
+        ]
+        assert all(c.precision == "" for c in found.candidates)

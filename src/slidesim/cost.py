@@ -11,11 +11,22 @@ checks how often the engine it ranks first is the fastest.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+import torch
 
 from . import engines
 from ._cost_constants import CONSTANTS
 from ._cost_constants_cuda import CONSTANTS as CUDA_CONSTANTS
-from ._validate import DEFAULT_MEMORY_LIMIT, Problem
+from ._validate import DEFAULT_MEMORY_LIMIT, Canonical, Problem, padded_images
+from .scoring.driver import precision_work
+from .scoring.rescoring import TRANSFORM_COST
+
+# Gathering one window tap and scoring it by the reference's float64 formula: 20–50 ns on 2 cores (measured on a
+# 1080p screenshot with a 16² template, see slidesim.scoring.rescoring).
+RESCORED_TAP_SECONDS = 3e-8
+_TRANSFORM_WORK = ("image_transform_nlogn", "kernel_transform_nlogn", "spectrum_products")
+"""The work counts of a cross term's transforms: a float64 cross term doubles them (half the vector lanes)."""
 
 
 def features(engine: str, problem: Problem, memory_limit: int = DEFAULT_MEMORY_LIMIT) -> dict[str, float]:
@@ -35,6 +46,53 @@ def estimate_seconds(engine: str, problem: Problem, memory_limit: int = DEFAULT_
         return math.nan
     counts = features(engine, problem, memory_limit)
     return sum(constants.get(name, 0.0) * count for name, count in counts.items())
+
+
+@dataclass(frozen=True)
+class PrecisionWork:
+    """What exact numerics add to an engine's work on one call's data (ncc and zncc; nothing for the others).
+
+    Attributes:
+        cross_in_float64: The cross term runs in float64 from the start (so many windows would need the exact
+            rescoring that a float64 transform costs less).
+        rescored_windows: About how many windows the exact rescoring scores one by one otherwise.
+        seconds: The estimated time this adds to the engine's estimate.
+    """
+
+    cross_in_float64: bool
+    rescored_windows: int
+    seconds: float
+
+    def __str__(self) -> str:
+        if self.cross_in_float64:
+            return "float64 cross term"
+        return f"{self.rescored_windows} windows rescored exactly" if self.rescored_windows else ""
+
+
+def precision_estimate(engine: str, canon: Canonical) -> PrecisionWork:
+    """The data-dependent work of exact numerics for ``engine`` on a validated call, which the shapes alone do not
+    tell (see :meth:`slidesim.scoring.correlation.CorrelationScorer.precision_work`): it computes the call's window
+    statistics, a pass over the images. Called by :func:`slidesim.plan` and :func:`slidesim.explain`, which have
+    the data; ``method="auto"`` ranks by the shapes alone."""
+    problem = canon.problem
+    if problem.metric not in ("ncc", "zncc") or problem.requires_grad or problem.compute_dtype == "float64":
+        return PrecisionWork(False, 0, 0.0)
+    if constants_for(problem).get(engine) is None:
+        return PrecisionWork(False, 0, math.nan)
+    image = padded_images(canon)
+    with torch.no_grad():
+        cross_in_float64, rescored = precision_work(engines.load(engine).primitives(canon, image), canon, image)
+    # the float64 cross term is an FFT correlation whatever the engine: priced as the FFT engine's transforms
+    fft_constants = constants_for(problem).get("fft", {})
+    counts = features("fft", problem, canon.memory_limit)
+    transforms = sum(fft_constants.get(name, 0.0) * counts.get(name, 0.0) for name in _TRANSFORM_WORK)
+    if cross_in_float64:  # in place of the compute dtype's: twice the work
+        return PrecisionWork(True, 0, transforms)
+    taps = problem.channels * problem.template_height * problem.template_width
+    outputs = problem.batch * problem.n_templates * problem.out_height * problem.out_width
+    if rescored * taps > outputs * problem.channels * TRANSFORM_COST:  # a float64 transform of the cross term
+        return PrecisionWork(False, rescored, 2 * transforms)  # (see Rescorer.rescore), then few windows
+    return PrecisionWork(False, rescored, rescored * taps * RESCORED_TAP_SECONDS)
 
 
 def estimate_bytes(engine: str, problem: Problem, memory_limit: int) -> int:

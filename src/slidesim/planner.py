@@ -12,13 +12,13 @@ from __future__ import annotations
 import functools
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import engines
 from ._threads import for_calls
 from ._validate import Canonical, Problem, canonicalize, with_defaults
-from .cost import estimate_bytes, estimate_seconds
+from .cost import estimate_bytes, estimate_seconds, precision_estimate
 from .engines.base import Engine
 from .errors import EngineUnavailableError, SlidesimValueError
 
@@ -36,12 +36,16 @@ class Candidate:
         seconds: Estimated (or, with measure=True, measured) wall time.
         bytes: Estimated peak temporary memory beyond the output.
         excluded: Why the engine cannot run this problem, or None.
+        precision: See below.
     """
 
     engine: str
     seconds: float
     bytes: int
     excluded: str | None = None
+    precision: str = ""
+    """What exact numerics add on the planned call's data (a float64 cross term, windows rescored exactly),
+    included in ``seconds``; empty when nothing, or when planned from shapes alone."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ class Plan:
                 note = "chosen" + (
                     f" although {c.excluded}: no engine fits, its blocks shrink to the limit" if c.excluded else ""
                 )
+            if c.precision:
+                note = f"{note}; {c.precision}" if note else c.precision
             time_text = "—" if c.excluded and c.seconds != c.seconds else f"{c.seconds * 1e3:10.2f} ms"
             lines.append(f"  {c.engine:<10} {time_text:>12} {c.bytes / 2**20:9.1f} MiB  {note}")
         return "\n".join(lines)
@@ -173,7 +179,23 @@ def plan(images: Any, templates: Any, *, measure: bool = False, **options: Any) 
         'numba'
     """
     canon = canonicalize(images, templates, **with_defaults(options))
-    return make_plan(canon, measure=measure)
+    found = make_plan(canon, measure=measure)
+    return found if found.measured else _with_precision(found, canon)
+
+
+def _with_precision(found: Plan, canon: Canonical) -> Plan:
+    """The plan with each runnable engine's estimate including what exact numerics cost on these data
+    (:func:`slidesim.cost.precision_estimate`: ncc and zncc, whose float64 cross term or exact rescoring of
+    near-flat windows the shapes cannot tell). The chosen engine stays the one ``method="auto"`` runs, which
+    ranks by the shapes alone."""
+    candidates = []
+    for c in found.candidates:
+        if c.excluded is None and c.seconds == c.seconds:
+            work = precision_estimate(c.engine, canon)
+            if work.seconds > 0:
+                c = replace(c, seconds=c.seconds + work.seconds, precision=str(work))
+        candidates.append(c)
+    return replace(found, candidates=tuple(candidates))
 
 
 def explain(images: Any, templates: Any, **options: Any) -> str:

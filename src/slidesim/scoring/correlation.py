@@ -129,6 +129,23 @@ class CorrelationScorer:
             distance[tuple(index.unbind(dim=1))] = exact
         return distance
 
+    def precision_work(self, t0: int, t1: int) -> tuple[bool, int]:
+        """The work of templates t0:t1 that exact numerics add on these data, which shapes alone cannot tell:
+        (whether the ncc / zncc cross term runs in float64 from the start, about how many windows its round-off
+        leaves to the exact rescoring otherwise, uncertain variances included). Computes the window statistics.
+        Other metrics: (False, 0)."""
+        if self.spec.name not in ("ncc", "zncc") or self.stats.image.dtype == torch.float64:
+            return False, 0
+        with torch.no_grad():
+            if self._cross_in_float64(t0, t1):
+                return True, 0
+            template_scale, _, window_scale, uncertain = self._factors(t0, t1, self.stats.image.dtype)
+            self.rescorer.cross_dtype = self.stats.image.dtype
+            count = self.rescorer.unreliable_count(t0, t1, template_scale, window_scale)
+            if uncertain is not None:
+                count += int(uncertain.sum()) * (t1 - t0 if uncertain.shape[1] == 1 else 1)
+        return False, count
+
     def _cross_in_float64(self, t0: int, t1: int) -> bool:
         """Whether templates t0:t1 should be correlated in float64 from the start: a compute-dtype cross term of
         an engine whose round-off spreads over every output would leave so many windows to the exact rescoring

@@ -63,6 +63,20 @@ def score_channels(prims: Primitives, canon: Canonical, image: torch.Tensor) -> 
     return _marked(scores, holes, mask, prims, separate)
 
 
+def precision_work(prims: Primitives, canon: Canonical, image: torch.Tensor) -> tuple[bool, int]:
+    """The data-dependent work of a call's exact numerics (see :meth:`CorrelationScorer.precision_work`) for the
+    whole bank of a "joint" call on its padded images: (float64 cross terms from the start, windows left to the
+    exact rescoring). Costs the window statistics (one pass over the images); other calls give (False, 0)."""
+    if canon.channels_mode != "joint" or canon.spec.name not in ("ncc", "zncc"):
+        return False, 0
+    image, finite, _ = _filled(prims, canon, image, border(canon))
+    T = canon.templates.shape[1]
+    scorer = CorrelationScorer(
+        prims, canon.spec, image, canon.templates, canon.mask, finite, border(canon), integral=integer_valued(canon)
+    )
+    return scorer.precision_work(0, T)
+
+
 class BankSource(Protocol):
     """A bank drawn on demand (a rotated and scaled bank, say), so that only one chunk of it exists at a time.
 

@@ -23,7 +23,7 @@ from .templates import centred_kernel
 _NORM_CHUNK_BYTES = 2**20  # float64 rows per step of image_norm: a fresh large temporary costs page faults
 SCORE_TOLERANCE = 5e-4  # ncc / zncc scores that round-off could move further are recomputed exactly
 _RESCORE_BYTES = 64 * 2**20  # temporaries of the exact rescoring of gathered windows, at a time
-_TRANSFORM_COST = 40  # gathered taps per output that a second, float64 correlation of a whole chunk is worth
+TRANSFORM_COST = 40  # gathered taps per output that a second, float64 correlation of a whole chunk is worth
 # A float64 transform in place of a float32 one costs about 10–20 ns more per output; gathering and scoring a flagged
 # window by the reference formula 20–50 ns per tap (measured on a 1080p screenshot, 16² template, 2 cores).
 _UPFRONT_TRANSFORM_COST = 1
@@ -169,7 +169,7 @@ class Rescorer:
         term of a chunk with ``outputs`` scores: a second one after the compute dtype's, or (``upfront``) one in
         its place."""
         taps = self.bank.shape[-3] * self.bank.shape[-2] * self.bank.shape[-1]
-        cost = _UPFRONT_TRANSFORM_COST if upfront else _TRANSFORM_COST
+        cost = _UPFRONT_TRANSFORM_COST if upfront else TRANSFORM_COST
         return flagged * taps > outputs * self.stats.image.shape[1] * cost
 
     def unreliable_count(self, t0: int, t1: int, template_scale: torch.Tensor, window_scale: torch.Tensor) -> int:
