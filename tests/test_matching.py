@@ -542,3 +542,41 @@ def test_to_pandas_without_pandas_says_how_to_install_it(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas raises ImportError
     with pytest.raises(SlidesimValueError, match=r"`Matches.to_pandas` needs pandas.*`pip install pandas`"):
         found.to_pandas()
+
+
+def test_footprint_order_puts_angles_with_one_footprint_together() -> None:
+    from slidesim.matching import footprint_order
+
+    angles = [0.0, 5.0, 90.0, 95.0, 180.0, 185.0, 270.0, 275.0]
+    assert footprint_order(angles, 9, 9) == [0.0, 90.0, 180.0, 270.0, 5.0, 95.0, 185.0, 275.0]
+    assert footprint_order(angles, 9, 12) == [0.0, 180.0, 5.0, 185.0, 90.0, 270.0, 95.0, 275.0]
+    assert footprint_order([-90.0, 450.0, 30.0], 5, 5) == [-90.0, 450.0, 30.0]
+
+
+@pytest.mark.parametrize("memory_limit", [None, 2**20])  # one chunk, or a bank streamed a member or two at a time
+def test_turned_footprints_share_their_window_statistics(memory_limit) -> None:
+    from slidesim.scoring import statistics
+
+    rng = np.random.default_rng(3)
+    image = rng.random((90, 100)).astype(np.float32)
+    template = image[30:51, 40:61].copy()
+    rotations = [0, 37, 90, 127, 180, 217, 270, 307]  # two footprints of a square, four angles each
+    computed = []
+    original = statistics.WindowStatistics._window_moments
+
+    def counting(self, mask, weights):
+        computed.append(mask.shape[1])
+        return original(self, mask, weights)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(statistics.WindowStatistics, "_window_moments", counting)
+        options = {"rotations": rotations, "search": "exhaustive", "subpixel": False, "memory_limit": memory_limit}
+        shared = slidesim.match(image, template, **options)
+        assert sum(computed) == 2 and len(computed) == (1 if memory_limit is None else 2)
+        computed.clear()
+        patch.setattr(statistics.WindowStatistics, "_seen_footprint", lambda self, mask, weights: None)
+        patch.setattr(statistics, "_same_footprint", lambda mask, weights, i, j: False)
+        each = slidesim.match(image, template, **options)
+        assert sum(computed) == len(rotations)
+    np.testing.assert_allclose(shared.maps, each.maps, rtol=1e-6, atol=1e-6)
+    assert (shared.angle[0], shared.y[0], shared.x[0]) == (each.angle[0], each.y[0], each.x[0]) == (0.0, 40.0, 50.0)

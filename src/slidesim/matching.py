@@ -254,7 +254,17 @@ class MatchSearch:
         """The transformed bank of a validated call, drawn on demand, once its scales and rotations are checked
         against the template, the image and (with ``working_set``) ``memory_limit`` (:func:`check_transforms`)."""
         check_transforms(self, canon, working_set)
-        return TransformStream(canon.templates, canon.mask, self.angles or [0.0], self.scales or [1.0])
+        angles = footprint_order(self.angles or [0.0], *canon.templates.shape[-2:])
+        return TransformStream(canon.templates, canon.mask, angles, self.scales or [1.0])
+
+
+def footprint_order(angles: Sequence[float], h: int, w: int) -> list[float]:
+    """The angles with those that turn an h × w footprint alike next to each other (θ, θ + 90°, θ + 180°,
+    θ + 270° for a square, θ and θ + 180° otherwise), each group in the order given, so that a streamed bank
+    computes the window statistics of each footprint once (see WindowStatistics.window_moments)."""
+    period = 90.0 if h == w else 180.0
+    order = sorted(range(len(angles)), key=lambda i: (round(float(angles[i]) % period, 9) % period, i))
+    return [float(angles[i]) for i in order]
 
 
 def _room(canon: Canonical) -> tuple[int, int] | None:

@@ -32,7 +32,13 @@ Value = TypeVar("Value")
 _NOT_YET = object()  # no mask given yet (None means "no mask")
 _EXACT_TOTAL = 2.0**52  # largest Σ over a plane of squared integers that float64 sums keep exact
 _EXACT_WINDOW = 2.0**47  # largest C · n · reach² for which a window's Σ (I − m)² errs by less than 1/16
+_KEPT_FOOTPRINTS = 4  # per-template masks whose window statistics are kept for equal masks that follow
 INTEGER_FLATNESS = 0.25  # exact integer sums: a window is flat where Σ (I − m)² is below this (else ≥ 1/2)
+
+
+def _same_footprint(mask: torch.Tensor, weights: torch.Tensor, i: int, j: int) -> bool:
+    """Whether templates i and j of per-template masks and weights [Bm, Tm, Cm, h, w] have equal ones."""
+    return torch.equal(mask[:, i], mask[:, j]) and torch.equal(weights[:, i], weights[:, j])
 
 
 class WindowStatistics:
@@ -79,6 +85,7 @@ class WindowStatistics:
         self._values: dict[tuple, object] = {}
         self._planes: dict[tuple, torch.Tensor] | None = {} if keep_planes else None
         self._given: object = _NOT_YET
+        self._footprints: list[tuple] = []  # (mask, weights, moments) of the last few per-template masks
         self.use_mask(mask)
 
     def use_mask(self, mask: torch.Tensor | None) -> None:
@@ -315,7 +322,48 @@ class WindowStatistics:
         self, mask: torch.Tensor, weights: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Joint weighted variance Σ_c Σ W (I − m_c)² (float64), flatness of every window -> [B, Tm, H', W'], and
-        the windows that are not flat but whose variance is within its rounding bound (or None)."""
+        the windows that are not flat but whose variance is within its rounding bound (or None).
+
+        Per-template masks equal to one already seen (in this chunk, or among the last few of a streamed bank)
+        share its statistics: a square template turned by θ, θ + 90°, θ + 180° and θ + 270° has one footprint,
+        a rectangle by θ and θ + 180°, and a bank streamed in that order pays for each footprint once."""
+        if not self.masked or (torch.is_grad_enabled() and (mask.requires_grad or self.image.requires_grad)):
+            return self._window_moments(mask, weights)
+        found: list[tuple | None] = [self._seen_footprint(mask[:, j], weights[:, j]) for j in range(mask.shape[1])]
+        distinct: list[int] = []  # the first of each footprint not seen before
+        same_as: dict[int, int] = {}  # a later template of this chunk -> the first with its footprint
+        for j in (j for j, known in enumerate(found) if known is None):
+            first = next((d for d in distinct if _same_footprint(mask, weights, d, j)), None)
+            if first is None:
+                distinct.append(j)
+            else:
+                same_as[j] = first
+        if distinct:
+            index = torch.tensor(distinct, device=mask.device)
+            fresh = self._window_moments(mask.index_select(1, index), weights.index_select(1, index))
+            for n, j in enumerate(distinct):
+                found[j] = tuple(None if v is None else v[:, n : n + 1] for v in fresh)
+                self._footprints = [(mask[:, j], weights[:, j], found[j]), *self._footprints][:_KEPT_FOOTPRINTS]
+        for j, first in same_as.items():
+            found[j] = found[first]
+        variance = torch.cat([f[0] for f in found], dim=1)
+        flat = torch.cat([f[1] for f in found], dim=1)
+        if all(f[2] is None for f in found):
+            return variance, flat, None
+        uncertain = torch.cat([f[2] if f[2] is not None else torch.zeros_like(f[1]) for f in found], dim=1)
+        return variance, flat, uncertain
+
+    def _seen_footprint(self, mask: torch.Tensor, weights: torch.Tensor) -> tuple | None:
+        """The statistics of a kept mask equal to ``mask`` [Bm, Cm, h, w] with equal ``weights``, or None."""
+        for kept_mask, kept_weights, moments in self._footprints:
+            if torch.equal(kept_mask, mask) and torch.equal(kept_weights, weights):
+                return moments
+        return None
+
+    def _window_moments(
+        self, mask: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`window_moments` of every mask, each computed."""
         m64, w64 = mask.to(torch.float64), weights.to(torch.float64)
         variance, tolerance = None, 0.0
         for c in range(self.image.shape[1]):
