@@ -145,7 +145,7 @@ def _largest_levels(canon: Canonical, space: PoseSpace) -> int:
     """The most levels at which the template's smaller side stays >= COARSEST_SIDE and every pose of the coarsest
     grid still fits the coarsest image."""
     h, w = canon.templates.shape[-2:]
-    H, W = canon.images.shape[-2:]
+    H, W = canon.image_shape[-2:]
     levels = 0
     while True:
         f = 2 ** (levels + 1)
@@ -203,8 +203,8 @@ def plan_pyramid(
 def _costs(canon: Canonical, space: PoseSpace, levels: int, beam: int) -> tuple[float, float]:
     """Rough costs (window-pose scorings, with a template-sized local search counted per tap) of the exhaustive
     search and of the pyramid: enough to tell which is far cheaper, not a timing."""
-    B, T = canon.images.shape[0], canon.templates.shape[1]
-    H, W = canon.images.shape[-2:]
+    B, T = canon.image_shape[0], canon.templates.shape[1]
+    H, W = canon.image_shape[-2:]
     h, w = canon.templates.shape[-2:]
     f = 2**levels
     coarse_poses = len(thinned(space.angles, space.angle_spacing * f, circular=True)) * len(
@@ -347,7 +347,7 @@ def _coarsest(
     if (
         coarse.mask is None
         and len(angles) >= _DISK_ANGLES
-        and all(n <= size for n, size in zip(disk, coarse.images.shape[-2:], strict=True))
+        and all(n <= size for n, size in zip(disk, coarse.image_shape[-2:], strict=True))
     ):
         best, which, head, stream = _disk_search(coarse, angles, scales, exhaustive, progress)
     else:
@@ -445,7 +445,7 @@ def _disk_search(
     # the image are not candidates
     stream = TransformStream(coarse.templates, None, angles, scales)
     worst = -math.inf if higher else math.inf
-    shapes = zip(stream.canvas, canvas, coarse.images.shape[-2:], strict=True)
+    shapes = zip(stream.canvas, canvas, coarse.image_shape[-2:], strict=True)
     for axis, (full, side, size) in enumerate(shapes, start=2):
         # map position i is centred at i + (side − 1) / 2; the footprint fits from there ± (full − 1) / 2
         first = math.ceil((full - side) / 2)
