@@ -60,15 +60,19 @@ def _weights_and_periods(
     return _as_numpy(weights.to(dtype)), period_array
 
 
-def _phase_planes(image: np.ndarray, stride: tuple[int, int], dtype: np.dtype) -> tuple[np.ndarray, int, int, int]:
+def _phase_planes(
+    image: np.ndarray, stride: tuple[int, int], dtype: np.dtype | None = None
+) -> tuple[np.ndarray, int, int, int]:
     """(planes, length, Hq, Wq): the images split by row and column residue modulo the stride into sy·sx phase
-    planes of Hq × Wq per channel in ``dtype`` (8- and 16-bit integer images are widened in this copy),
+    planes of Hq × Wq per channel in ``dtype`` (default: the image's; 8- and 16-bit integer images are widened in
+    this copy),
     flattened (image b at b·length), and padded at the end for the last tile's reads. Template tap (c, i, j) at
     output (y, x) then reads plane element (y + oy, x + ox)."""
     sy, sx = stride
     B, C, Hp, Wp = image.shape
     Hq, Wq = -(-Hp // sy), -(-Wp // sx)
     length = C * sy * sx * Hq * Wq
+    dtype = image.dtype if dtype is None else dtype
     # a bound on how far a band's last tile reads past its last output (its width, at most 6 vectors)
     padding = _kernels().TILE_ALIGN * _kernels().VECTOR_BYTES // np.dtype(dtype).itemsize
     planes = np.zeros(B * length + padding, dtype=dtype)
