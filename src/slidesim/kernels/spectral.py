@@ -89,7 +89,12 @@ class _Reader:
         piece = self.image[..., rows, cols]
         if self.shift is None:
             return piece if piece.dtype == self.dtype else piece.to(self.dtype)
-        return torch.sub(piece, self.shift)  # widened to the shift's dtype as it is subtracted: one pass
+        if piece.dtype == self.dtype:
+            return torch.sub(piece, self.shift)
+        # Widened, then centred in place: two vectorized passes over the piece run faster than one subtraction
+        # of mixed dtypes (whose loop converts element by element), and give the same values (the widening is
+        # exact, the subtraction is the one of the wide dtype either way).
+        return piece.to(self.dtype).sub_(self.shift)
 
 
 _STRIPS_FROM = 8 * 2**20  # bytes of one plane's spectrum from which strips of rows beat one whole transform

@@ -122,8 +122,9 @@ class WindowStatistics:
 
     def centred(self, c0: int, c1: int, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Channels c0:c1 of the image minus their shift, in ``dtype`` (default: the compute dtype)."""
-        if dtype is None or dtype == self.dtype:
-            return self.image[:, c0:c1] - self.shift[:, c0:c1]  # a narrow image widens as it is subtracted
+        if self.image.dtype == self.dtype and (dtype is None or dtype == self.dtype):
+            return self.image[:, c0:c1] - self.shift[:, c0:c1]
+        dtype = self.dtype if dtype is None else dtype  # narrow images: widened, then centred in place
         return self.image[:, c0:c1].to(dtype).sub_(self.shift[:, c0:c1].to(dtype))
 
     def exact_sums(self) -> bool:
