@@ -10,7 +10,7 @@ import torch
 
 import slidesim
 from slidesim._compiled import _options, _to_operator
-from slidesim._validate import DEFAULT_OPTIONS, canonicalize, options_of, with_bank, with_defaults
+from slidesim._validate import DEFAULT_OPTIONS, canonicalize, options_of, padded_images, with_bank, with_defaults
 from slidesim.metrics import resolve_metric
 
 CALLS = [
@@ -196,3 +196,60 @@ def test_channels_last_must_be_a_bool(value: object) -> None:
     with pytest.raises(slidesim.SlidesimTypeError, match=message):
         slidesim.find_peaks(np.zeros((7, 7)), metric="zncc", images=image, templates=template, channels_last=value)
     assert slidesim.similarity(image, template, channels_last=np.bool_(True)).shape == (7, 7)
+
+
+_NARROW = [np.uint8, np.int8, np.uint16, np.int16]
+
+
+def _integers(rng: np.random.Generator, dtype: type, shape: tuple[int, ...]) -> np.ndarray:
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", _NARROW)
+@pytest.mark.parametrize("source", ["numpy", "torch"])
+def test_small_integer_images_stay_narrow_until_a_reader_needs_floats(dtype: type, source: str) -> None:
+    """8- and 16-bit images are stored in their own dtype; ``images`` converts them on first use, once."""
+    rng = np.random.default_rng(21)
+    image = _integers(rng, dtype, (1, 1, 20, 24))
+    given = image if source == "numpy" else torch.from_numpy(image)
+    canon = canonicalize(given, given[:, :, 2:7, 3:9], **with_defaults({}))
+    assert canon.image_source.dtype == torch.from_numpy(image).dtype and canon.narrow
+    assert canon.converted is None  # nothing has converted them yet
+    assert canon.image_shape == (1, 1, 20, 24) and canon.converted is None
+    floats = canon.images
+    assert floats.dtype == torch.float32 and torch.equal(floats, torch.from_numpy(image.astype(np.float32)))
+    assert canon.images is floats  # kept for the call
+    assert canon.problem.input_dtype == np.dtype(dtype).name
+
+
+def test_narrow_channels_last_images_are_contiguous_channels_first() -> None:
+    rng = np.random.default_rng(22)
+    image = rng.integers(0, 256, (2, 30, 31, 3), dtype=np.uint8)
+    canon = canonicalize(image, image[0, 4:12, 6:13][None].copy(), **with_defaults({"channels_last": True}))
+    assert canon.image_source.dtype == torch.uint8 and canon.image_source.is_contiguous()
+    assert torch.equal(canon.image_source, torch.from_numpy(_first(image)))
+
+
+def test_circular_channels_and_wide_images_are_stored_in_the_compute_dtype() -> None:
+    rng = np.random.default_rng(23)
+    image = rng.integers(0, 256, (1, 2, 12, 14), dtype=np.uint8)
+    circular = canonicalize(image, image[:, :, :4, :5], **with_defaults({"circular": {0: 180.0}, "metric": "sad"}))
+    assert circular.image_source.dtype == torch.float32 and not circular.narrow
+    wide = canonicalize(image.astype(np.int32), image[:, :, :4, :5], **with_defaults({}))
+    assert wide.image_source.dtype == torch.float64 and wide.images is wide.image_source
+
+
+@pytest.mark.parametrize("mode", ["valid", "same"])
+def test_padded_images_come_narrow_only_to_readers_that_widen_and_only_unpadded(mode: str) -> None:
+    rng = np.random.default_rng(24)
+    image = rng.integers(0, 256, (1, 1, 16, 18), dtype=np.uint8)
+    canon = canonicalize(image, image[:, :, :5, :6], **with_defaults({"mode": mode, "padding": "reflect"}))
+    narrow = padded_images(canon, narrow=True)
+    wide = padded_images(canon)
+    assert wide.dtype == torch.float32
+    if mode == "valid":
+        assert narrow is canon.image_source
+    else:  # padding makes a float copy either way, and does not keep the conversion
+        assert narrow.dtype == torch.float32 and torch.equal(narrow, wide)
+        assert canon.converted is None

@@ -94,8 +94,14 @@ def check_factors(name: str, values: object, positive: bool) -> list[float] | No
     return numbers_
 
 
-def to_tensor(name: str, value: object, device: torch.device | None) -> tuple[torch.Tensor, bool]:
-    """A torch tensor or numpy array as (tensor on ``device`` when given, whether it came from numpy)."""
+def to_tensor(
+    name: str, value: object, device: torch.device | None, keep_uint16: bool = False
+) -> tuple[torch.Tensor, bool]:
+    """A torch tensor or numpy array as (tensor on ``device`` when given, whether it came from numpy).
+
+    numpy uint16 becomes float32 (torch's uint16 has few kernels) unless ``keep_uint16`` and the tensor stays on
+    the CPU: images keep it, as :func:`slidesim._validate.canonicalize` stores 16-bit images narrow.
+    """
     if isinstance(value, torch.Tensor):
         return value, False
     if isinstance(value, np.ndarray):
@@ -111,9 +117,10 @@ def to_tensor(name: str, value: object, device: torch.device | None) -> tuple[to
         array = np.ascontiguousarray(value)
         if not array.dtype.isnative:
             array = array.astype(array.dtype.newbyteorder("="))
-        if array.dtype == np.uint16:
+        kept = keep_uint16 and (device is None or device.type == "cpu")
+        if array.dtype == np.uint16 and not kept:
             array = array.astype(np.float32)  # exact; torch's uint16 has few kernels
-        elif array.dtype.kind == "u" and array.dtype != np.uint8:
+        elif array.dtype.kind == "u" and array.dtype not in (np.uint8, np.uint16):
             raise SlidesimTypeError(f"`{name}` must have dtype {DTYPE_LIST}; got numpy dtype {array.dtype}.")
         with warnings.catch_warnings():  # read-only arrays (Pillow's np.asarray(image)) are only read here
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")

@@ -7,6 +7,10 @@ option by hand), and the conversion of scores back to the caller's array type (:
 
 Canonical layout:
     images     [B, C, H, W]        compute dtype (float32, or float64 for float64 / 32-bit integer input)
+    image_source [B, C, H, W]      the same images as stored: 8- and 16-bit integer images (uint8, int8, uint16,
+                                   int16) stay in their own dtype (narrow, a quarter or half of float32), and
+                                   ``images`` is their conversion, made on first use and kept; other images are in
+                                   the compute dtype and ``images`` is ``image_source``
     templates  [Bk, T, C, h, w]    Bk = 1 (one bank for every image) or B (a bank per image)
     mask       [Bm, Tm, Cm, h, w]  or None; Bm ∈ {1, Bk}, Tm ∈ {1, T}, Cm ∈ {1, C}; non-negative weights
 
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -61,6 +65,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 NonFinite = Literal["none", "nan", "inf"]
 
 _WIDE_DTYPES = {torch.float64, torch.int32, torch.int64}
+NARROW_DTYPES = (torch.uint8, torch.int8, torch.uint16, torch.int16)
+"""Image dtypes kept as they are in :attr:`Canonical.image_source` (converted to the compute dtype only where read)."""
 
 
 @dataclass(frozen=True)
@@ -104,9 +110,14 @@ class Problem:
 
 @dataclass
 class Canonical:
-    """Validated tensors and options for one call (see the module docstring for layouts)."""
+    """Validated tensors and options for one call (see the module docstring for layouts).
 
-    images: torch.Tensor
+    Attributes:
+        image_source: Images [B, C, H, W] as stored: 8- and 16-bit integers narrow (:data:`NARROW_DTYPES`), any
+            other dtype already converted to the compute dtype (``out_dtype``).
+    """
+
+    image_source: torch.Tensor
     templates: torch.Tensor
     mask: torch.Tensor | None
     spec: MetricSpec
@@ -126,6 +137,27 @@ class Canonical:
     channels_last: bool = False
     unbatched: bool = False
     """Channels last, one [H, W, C] image and one [h, w, C] template: scores without batch and template axes."""
+    converted: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    """The conversion of narrow images to the compute dtype, once something asked for :attr:`images`."""
+
+    @property
+    def narrow(self) -> bool:
+        """Whether the images are stored narrow (8- or 16-bit integers), not in the compute dtype."""
+        return self.image_source.dtype != self.out_dtype
+
+    @property
+    def images(self) -> torch.Tensor:
+        """Images [B, C, H, W] in the compute dtype: narrow ones converted on first use and kept for the call."""
+        if not self.narrow:
+            return self.image_source
+        if self.converted is None:
+            self.converted = self.image_source.to(self.out_dtype)
+        return self.converted
+
+    @property
+    def image_shape(self) -> torch.Size:
+        """[B, C, H, W] of the images, without converting narrow ones."""
+        return self.image_source.shape
 
 
 _CHANNEL_COUNTS = (1, 3, 4)  # grey, RGB, RGBA: a last axis of this length looks like colour channels
@@ -487,11 +519,11 @@ def canonicalize(
                 )
             device = value.device
     check_sample_depths(images, templates)  # before numpy uint16 becomes float32 and its depth is lost
-    image_t, numpy_out = to_tensor("images", images, device)
+    image_t, numpy_out = to_tensor("images", images, device, keep_uint16=True)
     template_t, template_numpy = to_tensor("templates", templates, device)
     check_dtype("images", image_t)
     check_dtype("templates", template_t)
-    # the images' own dtype: numpy uint16 arrives as float32, whose values are still 16-bit integers
+    # the images' own dtype (numpy uint16 images stay uint16 on the CPU; elsewhere they arrive as float32)
     input_dtype = sample_dtype(images) or str(image_t.dtype).replace("torch.", "")
     wide = image_t.dtype in _WIDE_DTYPES or template_t.dtype in _WIDE_DTYPES
     compute_dtype = torch.float64 if wide else torch.float32
@@ -524,9 +556,9 @@ def canonicalize(
     out_w = reach_w // stride_p[1] + 1
 
     # Channels-last views become contiguous in the copy to the compute dtype (one copy at most): every engine then
-    # reads the memory layout, and so gives the numbers, of the channels-first call.
+    # reads the memory layout, and so gives the numbers, of the channels-first call. 8- and 16-bit integer images
+    # stay narrow (their copy, if any, in their own dtype): converted only where and when a reader needs floats.
     layout = torch.contiguous_format if last else torch.preserve_format
-    images_c = image_4d.to(compute_dtype, memory_format=layout)
     bank_c = bank.to(compute_dtype, memory_format=layout)
     mask_c = _canonical_mask(mask, bank_c, bank_c.device, compute_dtype, last)
     if mask_c is not None and last:
@@ -543,7 +575,11 @@ def canonicalize(
         # through a product with that zero. (A per-image mask comes only with a per-image bank: no shape grows.)
         bank_c = torch.where(mask_c > 0, bank_c, 0.0)
     periods = _canonical_circular(circular, spec, C)
-    images_c, bank_c = _within_period(images_c, periods), _within_period(bank_c, periods)
+    if keep_narrow(image_4d, periods):
+        images_c = image_4d.contiguous() if last else image_4d
+    else:
+        images_c = _within_period(image_4d.to(compute_dtype, memory_format=layout), periods)
+    bank_c = _within_period(bank_c, periods)
     kind = "none" if mask_c is None else ("per_template" if mask_c.shape[1] > 1 else "shared")
     finite = all_finite(images_c)
     problem = Problem(
@@ -572,7 +608,7 @@ def canonicalize(
         nonfinite="none" if finite else ("inf" if bool(torch.isinf(images_c).any()) else "nan"),
     )
     return Canonical(
-        images=images_c,
+        image_source=images_c,
         templates=bank_c,
         mask=mask_c,
         spec=spec,
@@ -592,6 +628,15 @@ def canonicalize(
         channels_last=last,
         unbatched=last and image_t.ndim == 3 and template_t.ndim == 3,
     )
+
+
+def keep_narrow(images: torch.Tensor, periods: tuple[float | None, ...] | None) -> bool:
+    """Whether images [B, C, H, W] stay in their own dtype in :attr:`Canonical.image_source`: 8- and 16-bit
+    integers, unless circular channels need them reduced within their period (a float operation), and uint16 on
+    the CPU only (torch has few uint16 kernels elsewhere)."""
+    if images.dtype not in NARROW_DTYPES or periods is not None:
+        return False
+    return images.dtype != torch.uint16 or images.device.type == "cpu"
 
 
 def _within_period(values: torch.Tensor, periods: tuple[float | None, ...] | None) -> torch.Tensor:
@@ -674,6 +719,7 @@ def with_bank(canon: Canonical, templates: torch.Tensor, mask: torch.Tensor | No
     templates = templates[0] if templates.shape[0] == 1 else templates  # one bank for every image: [T, C, h, w]
     if mask is not None and mask.shape[0] == 1:
         mask = mask[0]
+    # the float images, as every rebuilt call has had them (a narrow source would change its numerical path)
     return canonicalize(canon.images, templates, **options_of(canon, mask=mask))
 
 
@@ -713,7 +759,7 @@ def geometry(canon: Canonical) -> Geometry:
 def border(canon: Canonical) -> Border:
     """Where the images of a validated call lie in their padded planes, and the constant padding's value."""
     h, w = canon.templates.shape[-2:]
-    H, W = canon.images.shape[-2:]
+    H, W = canon.image_shape[-2:]
     top, bottom = pad_amounts(canon.mode, H, h, canon.dilation[0])
     left, right = pad_amounts(canon.mode, W, w, canon.dilation[1])
     # circular channels reduce the pad value per channel: their paddings are left to the tap-by-tap sums
@@ -737,10 +783,21 @@ def integer_valued(canon: Canonical) -> bool:
     return edge.value is None or not edge.padded or float(edge.value).is_integer()
 
 
-def padded_images(canon: Canonical) -> torch.Tensor:
-    """The canonical images padded for the call's mode ([B, C, Hp, Wp], compute dtype)."""
+def padded_images(canon: Canonical, narrow: bool = False) -> torch.Tensor:
+    """The canonical images padded for the call's mode ([B, C, Hp, Wp], compute dtype).
+
+    With ``narrow`` (a reader that converts as it reads) narrow images that need no padding come as they are
+    stored, in their 8- or 16-bit integer dtype. Narrow images that are padded are converted for the padded copy
+    only: the conversion is not kept.
+    """
     edge = border(canon)
-    padded = pad_image(canon.images, (edge.top, edge.bottom, edge.left, edge.right), canon.padding, canon.pad_value)
+    if canon.narrow and not edge.padded and narrow:
+        return canon.image_source
+    if canon.narrow and edge.padded and canon.converted is None:
+        source = canon.image_source.to(canon.out_dtype)  # dropped once padded: the padded copy is what is read
+    else:
+        source = canon.images
+    padded = pad_image(source, (edge.top, edge.bottom, edge.left, edge.right), canon.padding, canon.pad_value)
     if canon.periods is not None and canon.padding == "constant" and edge.padded:
         padded = _within_period(padded, canon.periods)  # the pad value, like the pixels, within the period
     return padded
@@ -750,6 +807,6 @@ def window_origin(canon: Canonical) -> tuple[float, float]:
     """Image position (y, x) of the template centre at score-map position (0, 0); it moves by the stride."""
     h, w = canon.templates.shape[-2:]
     (dy, dx) = canon.dilation
-    top, _ = pad_amounts(canon.mode, canon.images.shape[-2], h, dy)
-    left, _ = pad_amounts(canon.mode, canon.images.shape[-1], w, dx)
+    top, _ = pad_amounts(canon.mode, canon.image_shape[-2], h, dy)
+    left, _ = pad_amounts(canon.mode, canon.image_shape[-1], w, dx)
     return dy * (h - 1) / 2 - top, dx * (w - 1) / 2 - left

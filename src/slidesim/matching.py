@@ -324,18 +324,18 @@ def _working_set(canon: Canonical, canvas: tuple[int, int], smallest: float) -> 
     bank_shape = tuple(canon.templates.shape)
     mask = canon.mask
     planes = (1, 1) if mask is None else (mask.shape[0], mask.shape[2])
-    item = canon.images.element_size()
+    item = canon.out_dtype.itemsize
     draw = drawing_bytes(bank_shape, planes, canvas, smallest) + member_bytes(bank_shape, planes, canvas, item)
     out_h, out_w = _out_size(canon, canvas)
     per_pixel = item + (8 * _MOMENT_TEMPORARIES if canon.spec.family == "correlation" else 0)  # as _chunk counts
-    return draw, canon.images.shape[0] * out_h * out_w * per_pixel
+    return draw, canon.image_shape[0] * out_h * out_w * per_pixel
 
 
 def _out_size(canon: Canonical, canvas: tuple[int, int]) -> tuple[int, int]:
     """The score map's size for templates the size of ``canvas``."""
     sizes = []
     for axis, side in enumerate(canvas):
-        length, dilation, stride = canon.images.shape[2 + axis], canon.dilation[axis], canon.stride[axis]
+        length, dilation, stride = canon.image_shape[2 + axis], canon.dilation[axis], canon.stride[axis]
         span = dilation * (side - 1) + 1
         sizes.append(max(0, (length + sum(pad_amounts(canon.mode, length, side, dilation)) - span) // stride + 1))
     return sizes[0], sizes[1]
@@ -526,7 +526,7 @@ def match(
         columns = with_boxes(columns, (h, w), canon.dilation)
     if numpy_out:
         return Matches(*(c.numpy() for c in columns), maps=None if best is None else best.cpu().numpy())
-    return Matches(*(c.to(canon.images.device) for c in columns), maps=best)
+    return Matches(*(c.to(canon.image_source.device) for c in columns), maps=best)
 
 
 @dataclass(frozen=True)
@@ -736,12 +736,12 @@ def _worst_maps(canon: Canonical, T: int, R: int) -> tuple[torch.Tensor, torch.T
     """(best scores [B, T, H', W'] at the worst value, best transforms [B, T, H', W'] at 0) for R transforms per
     template. With one transform its index stays 0: a read-only view of one zero, not a map of int64."""
     problem = canon.problem
-    shape = (canon.images.shape[0], T, problem.out_height, problem.out_width)
+    shape = (canon.image_shape[0], T, problem.out_height, problem.out_width)
     worst = -torch.inf if canon.spec.higher_is_better else torch.inf
-    best = torch.full(shape, worst, dtype=canon.images.dtype, device=canon.images.device)
+    best = torch.full(shape, worst, dtype=canon.out_dtype, device=canon.image_source.device)
     if R == 1:
-        return best, torch.zeros((), dtype=torch.int64, device=canon.images.device).expand(shape)
-    return best, torch.zeros(shape, dtype=torch.int64, device=canon.images.device)
+        return best, torch.zeros((), dtype=torch.int64, device=canon.image_source.device).expand(shape)
+    return best, torch.zeros(shape, dtype=torch.int64, device=canon.image_source.device)
 
 
 def _fold_scores(
@@ -766,11 +766,11 @@ def _chunk(canon: Canonical, members: int | None = None, per_template_masks: boo
     window moments of masks that differ per template (a rotated template's mask does), fit a share of
     memory_limit."""
     problem = canon.problem
-    per_pixel = canon.images.element_size()
+    per_pixel = canon.out_dtype.itemsize
     per_template_masks = per_template_masks or (canon.mask is not None and canon.mask.shape[1] > 1)
     if canon.spec.family == "correlation" and per_template_masks:
         per_pixel += 8 * _MOMENT_TEMPORARIES
-    per_template = canon.images.shape[0] * problem.out_height * problem.out_width * per_pixel
+    per_template = canon.image_shape[0] * problem.out_height * problem.out_width * per_pixel
     members = canon.templates.shape[1] if members is None else members
     return int(max(1, min(members, canon.memory_limit // _MAP_SHARE // max(1, per_template))))
 

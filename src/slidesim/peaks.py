@@ -224,7 +224,7 @@ def _refined_on_data(
     """Peaks (b, t, y, x) refined on the data, back in score-map coordinates: (y, x, score)."""
     call = with_defaults({**options, "metric": metric})
     canon = canonicalize(images, templates, **call)
-    expected = (canon.images.shape[0], canon.templates.shape[1], canon.problem.out_height, canon.problem.out_width)
+    expected = (canon.image_shape[0], canon.templates.shape[1], canon.problem.out_height, canon.problem.out_width)
     if tuple(maps.shape) != expected:
         raise SlidesimValueError(
             f"`scores` of shape {tuple(maps.shape)} did not come from these images and templates, whose scores "

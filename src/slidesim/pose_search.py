@@ -151,7 +151,7 @@ def _largest_levels(canon: Canonical, space: PoseSpace) -> int:
     """The most levels at which the template's smaller side stays >= COARSEST_SIDE and every pose of the coarsest
     grid still fits the coarsest image."""
     h, w = canon.templates.shape[-2:]
-    H, W = canon.images.shape[-2:]
+    H, W = canon.image_shape[-2:]
     levels = 0
     while True:
         f = 2 ** (levels + 1)
@@ -209,8 +209,8 @@ def plan_pyramid(
 def _costs(canon: Canonical, space: PoseSpace, levels: int, beam: int) -> tuple[float, float]:
     """Rough costs (window-pose scorings, with a template-sized local search counted per tap) of the exhaustive
     search and of the pyramid: enough to tell which is far cheaper, not a timing."""
-    B, T = canon.images.shape[0], canon.templates.shape[1]
-    H, W = canon.images.shape[-2:]
+    B, T = canon.image_shape[0], canon.templates.shape[1]
+    H, W = canon.image_shape[-2:]
     h, w = canon.templates.shape[-2:]
     f = 2**levels
     coarse_poses = len(thinned(space.angles, space.angle_spacing * f, circular=True)) * len(

@@ -101,7 +101,7 @@ def score_windows(
 
 def compute(canon: Canonical) -> torch.Tensor:
     """Scores of a validated problem in float64: [B, T, H', W'], or [B, T, C, H', W'] for channels="separate"."""
-    images = canon.images.to(torch.float64)
+    images = canon.image_source.to(torch.float64)  # narrow images convert exactly, without a float32 step
     bank = canon.templates.to(torch.float64)
     _, T, _C, h, w = bank.shape
     H, W = images.shape[-2:]

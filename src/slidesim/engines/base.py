@@ -78,7 +78,14 @@ class Engine(ABC):
 
 
 class ReductionEngine(Engine):
-    """An engine that supplies sliding reductions; the shared scoring code does the rest."""
+    """An engine that supplies sliding reductions; the shared scoring code does the rest.
+
+    Attributes:
+        reads_narrow: Whether the engine's reductions read 8- and 16-bit integer images as they are stored
+            (converting a tile or plane at a time), so that a call without padding makes no float copy of them.
+    """
+
+    reads_narrow: ClassVar[bool] = False
 
     @abstractmethod
     def primitives(self, canon: Canonical, image: torch.Tensor) -> Primitives:
@@ -86,7 +93,7 @@ class ReductionEngine(Engine):
 
     def run(self, canon: Canonical) -> torch.Tensor:
         """Scores of a validated call: [B, T, H', W'] (or [B, T, C, H', W'] for channels="separate")."""
-        image = padded_images(canon)
+        image = padded_images(canon, narrow=self.reads_narrow)
         return score_channels(self.primitives(canon, image), canon, image)
 
     def stream(self, canon: Canonical, chunk: int, source: BankSource | None = None) -> Chunks:
@@ -94,7 +101,7 @@ class ReductionEngine(Engine):
         if canon.channels_mode != "joint":
             yield from whole_calls(self, canon, chunk, source)
             return
-        image = padded_images(canon)
+        image = padded_images(canon, narrow=self.reads_narrow)
         yield from score_stream(self.primitives(canon, image), canon, image, chunk, source)
 
 

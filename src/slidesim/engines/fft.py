@@ -85,6 +85,7 @@ class FFTEngine(ReductionEngine):
     """Correlations by FFT, window statistics by area sums: correlation metrics of images without ±inf."""
 
     name = "fft"
+    reads_narrow = True  # the transforms' tile reader and the statistics' passes widen as they read
 
     def ineligible_reason(self, problem: Problem) -> str | None:
         """Correlation metrics, ssd and ssd_normed on images without ±inf."""
@@ -136,7 +137,7 @@ class FFTEngine(ReductionEngine):
 
     def primitives(self, canon: Canonical, image: torch.Tensor) -> FFTPrimitives:
         """FFT correlations whose spectra fit a quarter of ``memory_limit``."""
-        block = block_elements(canon.memory_limit, image.element_size())
+        block = block_elements(canon.memory_limit, canon.out_dtype.itemsize)
         return FFTPrimitives(geometry(canon), block, chunk_bytes=canon.memory_limit // 4)
 
 

@@ -36,10 +36,13 @@ class NumbaPrimitives(TapReductions):
         power: int,
         periods: tuple[float | None, ...] | None,
     ) -> torch.Tensor:
-        """Σ_c Σ_taps w · |image − template|^power -> [B, T, H', W'] (weights [Bm, Tm, Cm, h, w] or None)."""
-        templates = templates.to(image.dtype)
-        weights = weights.detach().to(image.dtype) if weights is not None else None
+        """Σ_c Σ_taps w · |image − template|^power -> [B, T, H', W'] (weights [Bm, Tm, Cm, h, w] or None) in the
+        templates' dtype; 8- and 16-bit integer images are widened as the kernels copy them into their planes."""
+        dtype = image.dtype if image.is_floating_point() else templates.dtype
+        templates = templates.to(dtype)
+        weights = weights.detach().to(dtype) if weights is not None else None
         if torch.is_grad_enabled() and (image.requires_grad or templates.requires_grad):
+            image = image.to(dtype)  # the operator's backward works in one float dtype
             geom = self.geom
             period_list = [p or 0.0 for p in periods] if periods is not None and any(periods) else []
             return torch.ops.slidesim.numba_distance(
@@ -69,6 +72,7 @@ class NumbaCorrelation(AreaSumReductions):
         """
         del support
         if torch.is_grad_enabled() and (image.requires_grad or kernel.requires_grad):
+            image = image if image.is_floating_point() else image.to(kernel.dtype)
             result = conv_correlate(image, kernel, self.geom, self.unfold_bytes)
         else:
             result = numba_ops.correlate(image, kernel, self.geom)
@@ -79,6 +83,7 @@ class NumbaEngine(ReductionEngine):
     """Fused numba kernels on the CPU: distance metrics, and correlation metrics of images without ±inf."""
 
     name = "numba"
+    reads_narrow = True  # the tiles' phase planes are the widened copy; the statistics widen as they read
 
     def unavailable_reason(self) -> str | None:
         """None when numba can be imported, else how to get it."""
@@ -121,7 +126,7 @@ class NumbaEngine(ReductionEngine):
 
     def primitives(self, canon: Canonical, image: torch.Tensor) -> NumbaPrimitives | NumbaCorrelation:
         """Distance tiles, or product tiles with area-sum statistics for the correlation metrics."""
-        block = block_elements(canon.memory_limit, image.element_size())
+        block = block_elements(canon.memory_limit, canon.out_dtype.itemsize)
         if canon.spec.name in PRODUCT_METRICS:
             return NumbaCorrelation(geometry(canon), block, chunk_bytes=canon.memory_limit // 4)
         return NumbaPrimitives(geometry(canon), block)

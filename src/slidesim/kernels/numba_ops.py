@@ -60,17 +60,22 @@ def _weights_and_periods(
     return _as_numpy(weights.to(dtype)), period_array
 
 
-def _phase_planes(image: np.ndarray, stride: tuple[int, int]) -> tuple[np.ndarray, int, int, int]:
+def _phase_planes(
+    image: np.ndarray, stride: tuple[int, int], dtype: np.dtype | None = None
+) -> tuple[np.ndarray, int, int, int]:
     """(planes, length, Hq, Wq): the images split by row and column residue modulo the stride into sy·sx phase
-    planes of Hq × Wq per channel, flattened (image b at b·length), and padded at the end for the last tile's
-    reads. Template tap (c, i, j) at output (y, x) then reads plane element (y + oy, x + ox)."""
+    planes of Hq × Wq per channel in ``dtype`` (default: the image's; 8- and 16-bit integer images are widened in
+    this copy),
+    flattened (image b at b·length), and padded at the end for the last tile's reads. Template tap (c, i, j) at
+    output (y, x) then reads plane element (y + oy, x + ox)."""
     sy, sx = stride
     B, C, Hp, Wp = image.shape
     Hq, Wq = -(-Hp // sy), -(-Wp // sx)
     length = C * sy * sx * Hq * Wq
+    dtype = image.dtype if dtype is None else dtype
     # a bound on how far a band's last tile reads past its last output (its width, at most 6 vectors)
-    padding = _kernels().TILE_ALIGN * _kernels().VECTOR_BYTES // image.itemsize
-    planes = np.zeros(B * length + padding, dtype=image.dtype)
+    padding = _kernels().TILE_ALIGN * _kernels().VECTOR_BYTES // np.dtype(dtype).itemsize
+    planes = np.zeros(B * length + padding, dtype=dtype)
     if sy == sx == 1:
         planes[: B * length] = image.reshape(-1)
     else:  # a strided copy per phase; rows and columns past a phase's end stay zero
@@ -120,9 +125,9 @@ def _tile_weights(
 def _differences_finite(image: np.ndarray, templates: np.ndarray) -> bool:
     """Whether every difference I − T is finite: no NaN or inf on either side and no overflow between them."""
     with np.errstate(over="ignore", invalid="ignore"):  # max and min propagate NaN; no temporary the image's size
-        largest = max(image.max(initial=0), -image.min(initial=0)) + max(
-            templates.max(initial=0), -templates.min(initial=0)
-        )
+        largest = max(templates.max(initial=0), -templates.min(initial=0))
+        if image.dtype.kind == "f":  # 8- and 16-bit integer images are finite and far from overflowing
+            largest = largest + max(image.max(initial=0), -image.min(initial=0))
     return bool(np.isfinite(largest))
 
 
@@ -139,12 +144,13 @@ def _tap_offsets(C: int, h: int, w: int, sy: int, sx: int, dy: int, dx: int, Hq:
 
 def distance(image, templates, weights, power, periods, geom: Geometry) -> torch.Tensor:
     """Σ_c Σ_taps w · |wrap(image − template)|^power -> [B, T, H', W'], without autograd: image [B, C, Hp, Wp],
-    templates [Bk, T, C, h, w] and weights [Bm, Tm, Cm, h, w] (or None) in the image dtype, periods per channel
-    (None for linear channels) or None."""
+    templates [Bk, T, C, h, w] and weights [Bm, Tm, Cm, h, w] (or None) in one float dtype, periods per channel
+    (None for linear channels) or None. The image is in that dtype too, or 8- and 16-bit integers (as a call
+    stores them), widened in the tiles' copy of the image."""
     kernels = _kernels()
     image_np, templates_np = _as_numpy(image), _as_numpy(templates)
     B, T = image.shape[0], templates.shape[1]
-    out = np.empty((B, T, geom.out_height, geom.out_width), dtype=image_np.dtype)
+    out = np.empty((B, T, geom.out_height, geom.out_width), dtype=templates_np.dtype)
     tiles, keep, scale = False, None, None
     if not any(p is not None for p in periods or ()):  # circular channels: the general kernel wraps differences
         weights_np = _as_numpy(weights.to(templates.dtype)) if weights is not None else None
@@ -154,6 +160,7 @@ def distance(image, templates, weights, power, periods, geom: Geometry) -> torch
     else:
         (sy, sx), (dy, dx) = geom.stride, geom.dilation
         weights_np, periods_np = _weights_and_periods(weights, periods, templates)
+        image_np = image_np.astype(templates_np.dtype, copy=False)  # the general kernel reads one float dtype
         kernels.distance_general(image_np, templates_np, weights_np, periods_np, power, sy, sx, dy, dx, out)
     return torch.from_numpy(out)
 
@@ -162,7 +169,7 @@ def _run_tiles(image, templates, keep, scale, power, geom, out) -> None:
     """out [B, T, H', W'] ← Σ w·|I − T|^p by the register tiles, over the kept taps (all when keep is None)."""
     (sy, sx), (dy, dx) = geom.stride, geom.dilation
     Bk, T, C, h, w = templates.shape
-    planes, length, Hq, Wq = _phase_planes(image, geom.stride)
+    planes, length, Hq, Wq = _phase_planes(image, geom.stride, templates.dtype)
     offsets = _tap_offsets(C, h, w, sy, sx, dy, dx, Hq, Wq)
     per_tap = templates.reshape(Bk, T, C * h * w)
     if keep is not None:
@@ -177,14 +184,15 @@ def _run_tiles(image, templates, keep, scale, power, geom, out) -> None:
 
 def correlate(image: torch.Tensor, kernel: torch.Tensor, geom: Geometry) -> torch.Tensor:
     """Σ_c Σ_taps kernel · image by the product tiles: image [B, C, Hp, Wp] (finite), kernel [Bk, T, C, h, w]
-    -> [B, T, H', W'] in the image dtype. Taps where every kernel is 0 add nothing to a finite image and are
-    dropped (a mask's zeros)."""
+    -> [B, T, H', W'] in the image dtype (the kernel's for 8- and 16-bit integer images, which are widened in the
+    tiles' copy of the image). Taps where every kernel is 0 add nothing to a finite image and are dropped (a
+    mask's zeros)."""
     image_np = _as_numpy(image)
-    kernel_np = _as_numpy(kernel.to(image.dtype))
+    kernel_np = _as_numpy(kernel.to(image.dtype if image.is_floating_point() else kernel.dtype))
     (sy, sx), (dy, dx) = geom.stride, geom.dilation
     Bk, T, C, h, w = kernel_np.shape
-    out = np.empty((image_np.shape[0], T, geom.out_height, geom.out_width), dtype=image_np.dtype)
-    planes, length, Hq, Wq = _phase_planes(image_np, geom.stride)
+    out = np.empty((image_np.shape[0], T, geom.out_height, geom.out_width), dtype=kernel_np.dtype)
+    planes, length, Hq, Wq = _phase_planes(image_np, geom.stride, kernel_np.dtype)
     offsets = _tap_offsets(C, h, w, sy, sx, dy, dx, Hq, Wq)
     per_tap = kernel_np.reshape(Bk, T, C * h * w)
     keep = (per_tap != 0).any(axis=(0, 1))

@@ -39,6 +39,8 @@ def fft_correlate(
     ``out_dtype`` (None: the transforms'), the transforms in the image's dtype: tiles are narrowed as they are
     written.
 
+    Integer images (8- and 16-bit) are transformed in the kernel's dtype, each tile widened as it is read.
+
     With ``shift`` [B, C, 1, 1], Σ_c Σ_taps kernel · (image − shift_c) with the transforms in the kernel's dtype:
     each tile is widened and centred as it is read, so no centred (or float64) copy of the whole image is made and
     every channel still shares one inverse transform.
@@ -67,25 +69,32 @@ def fft_correlate(
 
 class _Reader:
     """Pieces of the image as the transforms read them: as they are, or widened to ``dtype`` and centred by
-    ``shift`` [B, C, 1, 1] (one temporary per piece, the size of the piece)."""
+    ``shift`` [B, C, 1, 1] (one temporary per piece, the size of the piece). Integer images (8- and 16-bit, as a
+    call stores them) are always widened to ``dtype`` as they are read: the pieces hold exactly the values of the
+    converted image's, and no converted copy of the whole image is made."""
 
     def __init__(self, image: torch.Tensor, shift: torch.Tensor | None, dtype: torch.dtype) -> None:
         self.image, self.given_shift = image, shift
         self.shape = image.shape
-        self.dtype = image.dtype if shift is None else dtype
+        self.dtype = image.dtype if shift is None and image.is_floating_point() else dtype
         self.shift = None if shift is None else shift.to(self.dtype)
         self.item = self.dtype.itemsize
 
     def key(self) -> tuple:
         """Identifies the pieces' source for a spectrum kept between calls (the caller's tensors: the entry
         holds them, so their ids are not reused while it exists)."""
-        return (id(self.image), None if self.shift is None else (id(self.given_shift), self.dtype))
+        return (id(self.image), None if self.shift is None else id(self.given_shift), self.dtype)
 
     def piece(self, rows: slice = slice(None), cols: slice = slice(None)) -> torch.Tensor:
         piece = self.image[..., rows, cols]
         if self.shift is None:
-            return piece
-        return torch.sub(piece, self.shift)  # widened to the shift's dtype as it is subtracted: one pass
+            return piece if piece.dtype == self.dtype else piece.to(self.dtype)
+        if piece.dtype == self.dtype:
+            return torch.sub(piece, self.shift)
+        # Widened, then centred in place: two vectorized passes over the piece run faster than one subtraction
+        # of mixed dtypes (whose loop converts element by element), and give the same values (the widening is
+        # exact, the subtraction is the one of the wide dtype either way).
+        return piece.to(self.dtype).sub_(self.shift)
 
 
 _STRIPS_FROM = 8 * 2**20  # bytes of one plane's spectrum from which strips of rows beat one whole transform

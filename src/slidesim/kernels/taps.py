@@ -284,8 +284,11 @@ class TapReductions:
         """Σ_c Σ_taps kernel · image. image [B, C, Hp, Wp], kernel [Bk, T, C, h, w] -> [B, T, H', W'].
 
         ``support`` (bool [Bm, Tm, Cm, h, w], None: every tap) says which taps are in each template's window. It
-        matters only on images with NaN or inf: a tap outside the window adds nothing there, even a NaN.
+        matters only on images with NaN or inf: a tap outside the window adds nothing there, even a NaN. Integer
+        images (8- and 16-bit, as a call stores them) are widened to the kernel's dtype first.
         """
+        if not image.is_floating_point():
+            image = image.to(kernel.dtype)
         kernel = kernel.to(image.dtype)
         if image.requires_grad or kernel.requires_grad:
             result = _Correlate.apply(image, kernel, support, self.geom, self.block)
@@ -335,6 +338,8 @@ class TapReductions:
         """True where all values of plane [B, 1, Hp, Wp] under a window's support [Bm, Tm, 1, h, w] (None: every
         tap) are equal, or the support is empty -> [B, Tm, r1 - r0, W'] bool for output rows r0:r1 (default all)."""
         plane = plane.detach()
+        if not plane.is_floating_point():  # 8- and 16-bit integers: exact in float32, where min and max all run
+            plane = plane.to(torch.float32)
         geom = self.geom
         r0, r1 = rows if rows is not None else (0, geom.out_height)
         if support is None:

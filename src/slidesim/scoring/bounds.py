@@ -33,7 +33,10 @@ def inverse_root(
 
 
 def finite_extremes(data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(min, max) of the finite values of a float tensor (0, 0 when there are none)."""
+    """(min, max) of the finite values of a float tensor (0, 0 when there are none), or of an integer one."""
+    if data.dtype == torch.uint16:  # torch has no min or max for it; numpy reads the same memory (CPU only)
+        values = data.numpy()
+        return torch.tensor(int(values.min())), torch.tensor(int(values.max()))
     low, high = torch.aminmax(data)
     if bool(torch.isfinite(low)) and bool(torch.isfinite(high)):
         return low, high

@@ -41,8 +41,9 @@ class CorrelationScorer:
     Args:
         prims: The engine's sliding reductions.
         spec: A metric of the correlation family (every product metric, and ssd_normed).
-        image: Padded images [B, C, Hp, Wp].
-        bank: Templates [Bk, T, C, h, w].
+        image: Padded images [B, C, Hp, Wp]: in the compute dtype, or 8- and 16-bit integers as stored (narrow,
+            for engines that widen as they read).
+        bank: Templates [Bk, T, C, h, w] in the compute dtype.
         mask: Weights [Bm, Tm, Cm, h, w], or None.
         finite: Whether every image pixel is finite.
         edge: Where the images lie in their padded planes (default: no padding).
@@ -65,7 +66,8 @@ class CorrelationScorer:
         self.prims, self.spec, self.bank = prims, spec, bank
         self.by_correlation = spec.name in ("ssd", "ssd_normed") and prims.squares_by_correlation
         centre = spec.name in ("ccoeff", "zncc") or self.by_correlation
-        self.stats = WindowStatistics(prims, image, mask, centre, finite, edge, keep_planes, integral)
+        dtype = image.dtype if image.is_floating_point() else bank.dtype  # narrow images: the bank's compute dtype
+        self.stats = WindowStatistics(prims, image, mask, centre, finite, edge, keep_planes, integral, dtype)
         self.rescorer = Rescorer(self.stats, spec, bank)
 
     def load(self, bank: torch.Tensor, mask: torch.Tensor | None) -> None:
@@ -83,21 +85,23 @@ class CorrelationScorer:
         ccorr and ncc: Σ W I T; ssd and ssd_normed: Σ W (I − T)²; ccoeff and zncc: ccoeff.
         """
         if self.by_correlation:
-            return self._squared_distance(t0, t1).to(self.stats.image.dtype)
+            return self._squared_distance(t0, t1).to(self.stats.dtype)
         stats = self.stats
         bank, mask = self.bank[:, t0:t1], self._mask(t0, t1)
         name, weights = self.spec.name, mask * mask
         support = mask > 0 if stats.masked else None  # a zero weight takes its tap out of the window, NaN and all
-        dtype = torch.float64 if self._cross_in_float64(t0, t1) else stats.image.dtype
+        dtype = torch.float64 if self._cross_in_float64(t0, t1) else stats.dtype
         self.rescorer.cross_dtype = dtype
         if name in ("ccorr", "ncc"):
-            image = stats.image if dtype == stats.image.dtype else stats.plane(("float64",), stats.image.double)
+            # narrow images are widened by the engine as it reads them, to the kernel's dtype: no float64 copy
+            narrow = not stats.image.is_floating_point()
+            image = stats.image if dtype == stats.dtype or narrow else stats.plane(("float64",), stats.image.double)
             kernel = bank * weights if stats.masked else bank
-            return self.prims.correlate(image, kernel.to(dtype), support, out_dtype=stats.image.dtype)
+            return self.prims.correlate(image, kernel.to(dtype), support, out_dtype=stats.dtype)
         if name == "ssd_normed":  # unmasked: no weights, so the distance kernels take their unweighted path
             return self.prims.distance(stats.image, bank, weights if stats.masked else None, 2, None)
         kernel, _ = centred_kernel(bank.to(torch.float64), mask.to(torch.float64))
-        return self._centred_correlate(kernel.to(dtype), support, stats.image.dtype).to(stats.image.dtype)
+        return self._centred_correlate(kernel.to(dtype), support, stats.dtype).to(stats.dtype)
 
     def _squared_distance(self, t0: int, t1: int) -> torch.Tensor:
         """Σ_c Σ W (I − T)² of templates t0:t1 through a float64 correlation (see the module docstring) ->
@@ -122,7 +126,7 @@ class CorrelationScorer:
         distance = cross.mul_(-2).add_(energy_w).add_(energy_t[..., None, None]).clamp_min_(0.0)
         if float(error.max()) == 0 and energy_error == 0:
             return distance
-        tolerance = 1e-9 if stats.image.dtype == f64 else torch.finfo(stats.image.dtype).eps
+        tolerance = 1e-9 if stats.dtype == f64 else torch.finfo(stats.dtype).eps
         doubtful = distance <= ((error + energy_error) / tolerance)[..., None, None]
         if bool(doubtful.any()):
             index, exact = self.rescorer.exact_scores(t0, doubtful, grad=False, metric="ssd")
@@ -155,12 +159,12 @@ class CorrelationScorer:
             self.spec.name not in ("ncc", "zncc")
             or not self.prims.global_cross_error
             or not stats.shared  # per-template window factors would be computed twice
-            or stats.image.dtype == torch.float64
+            or stats.dtype == torch.float64
             or (torch.is_grad_enabled() and (stats.image.requires_grad or self.bank.requires_grad))
         ):
             return False
-        template_scale, _, window_scale, _ = self._factors(t0, t1, stats.image.dtype)
-        self.rescorer.cross_dtype = stats.image.dtype
+        template_scale, _, window_scale, _ = self._factors(t0, t1, stats.dtype)
+        self.rescorer.cross_dtype = stats.dtype
         count = self.rescorer.unreliable_count(t0, t1, template_scale, window_scale)
         B, _, H, W = window_scale.shape
         return self.rescorer.prefers_transform(count, B * (t1 - t0) * H * W, upfront=True)

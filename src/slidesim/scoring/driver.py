@@ -164,7 +164,8 @@ class _BankScorer:
     Args:
         prims: The engine's sliding reductions.
         spec: The metric.
-        image: Padded images [B, C, Hp, Wp] (NaN holes already filled for engines that spread them).
+        image: Padded images [B, C, Hp, Wp] (NaN holes already filled for engines that spread them), or 8- and
+            16-bit integer images as stored, for engines that widen them as they read.
         bank: Templates [Bk, T, C, h, w].
         mask: Weights [Bm, Tm, Cm, h, w] or None.
         periods: Per-channel periods of circular channels, or None.
@@ -192,6 +193,7 @@ class _BankScorer:
         integral: bool = False,
     ) -> None:
         self.prims, self.spec, self.image = prims, spec, image
+        self.dtype = image.dtype if image.is_floating_point() else bank.dtype  # narrow images: the compute dtype
         self.periods, self.memory_limit, self.finite = periods, memory_limit, finite
         # ssd through a correlation where the engine transforms (its tap-by-tap cost grows with the template)
         self.tap_by_tap = spec.family == "distance" and not (spec.name == "ssd" and prims.squares_by_correlation)
@@ -216,7 +218,7 @@ class _BankScorer:
         if mask is None:
             self.n: float | torch.Tensor = float(C * h * w)
         else:
-            self.n = mask_sums(mask, C, h, w, self.image).to(self.image.dtype)[..., None, None]
+            self.n = mask_sums(mask, C, h, w, self.image).to(self.dtype)[..., None, None]
 
     def __call__(self, t0: int, t1: int) -> torch.Tensor:
         """Scores of templates t0:t1 -> [B, t1 − t0, H', W'] in the compute dtype."""

@@ -30,16 +30,19 @@ from ..kernels.boxes import box_sums
 _COUNT_BYTES = 64 * 2**20  # float32 hole counts of masked windows, at a time
 
 
-def finite_channel_mean(image: torch.Tensor) -> torch.Tensor:
-    """Per (image, channel) mean of the finite pixels, [B, C, 1, 1], detached: the centring shift, and the value
-    that fills holes.
+def finite_channel_mean(image: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Per (image, channel) mean of the finite pixels, [B, C, 1, 1] in ``dtype`` (default: the image's), detached:
+    the centring shift, and the value that fills holes.
 
-    One channel at a time, so that the temporaries stay one plane large.
+    One channel at a time, so that the temporaries stay one plane large. Integer images (8- and 16-bit, as a
+    call stores them) are summed as their conversion to ``dtype`` would be, one plane at a time: the same shift,
+    to the last bit, as from converted images.
     """
     data = image.detach()
+    dtype = data.dtype if dtype is None else dtype
     means = torch.zeros(data.shape[0], data.shape[1], 1, 1, dtype=torch.float64, device=data.device)
     for c in range(data.shape[1]):
-        plane = data[:, c]
+        plane = data[:, c] if data.is_floating_point() else data[:, c].to(dtype)
         total = plane.sum(dim=(-1, -2))  # any shift near the mean centres well enough: the compute dtype will do
         if bool(torch.isfinite(total).all()):  # a finite sum means finite pixels
             means[:, c, 0, 0] = total.to(torch.float64) / (plane.shape[-1] * plane.shape[-2])
@@ -47,7 +50,7 @@ def finite_channel_mean(image: torch.Tensor) -> torch.Tensor:
         finite = torch.isfinite(plane)
         total = torch.where(finite, plane, 0).sum(dim=(-1, -2), dtype=torch.float64)
         means[:, c, 0, 0] = total / finite.sum(dim=(-1, -2)).clamp_min(1)
-    return means.to(image.dtype)
+    return means.to(dtype)
 
 
 def fill_holes(image: torch.Tensor, border: Border) -> tuple[torch.Tensor, torch.Tensor]:

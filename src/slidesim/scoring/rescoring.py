@@ -40,7 +40,7 @@ class Rescorer:
 
     def __init__(self, stats: WindowStatistics, spec: MetricSpec, bank: torch.Tensor) -> None:
         self.stats, self.spec, self.bank = stats, spec, bank
-        self.cross_dtype = stats.image.dtype  # the dtype the current chunk's cross term was computed in
+        self.cross_dtype = stats.dtype  # the dtype the current chunk's cross term was computed in
 
     def kernels64(self, t0: int, t1: int) -> torch.Tensor:
         """The cross term's kernels of templates t0:t1 in float64 [Bk, t, C, h, w]."""

@@ -52,13 +52,16 @@ class WindowStatistics:
 
     Args:
         prims: The engine's sliding reductions.
-        image: Padded images [B, C, Hp, Wp] in the compute dtype.
+        image: Padded images [B, C, Hp, Wp] in the compute dtype, or 8- and 16-bit integer images as the call
+            stores them (narrow, for engines whose reductions widen as they read: every plane derived here is in
+            the compute dtype or float64, exactly as from the converted images).
         mask: Weights [Bm, Tm, Cm, h, w], or None (every tap, weight 1).
         centre: Whether the cross term correlates the centred image (ccoeff, zncc).
         finite: Whether every image pixel is finite.
         edge: Where the images lie in their padded planes (default: no padding).
         keep_planes: Keep derived image planes for later chunks of a streamed bank.
         integral: Whether every pixel of the padded images is an integer of at most 16 bits.
+        dtype: The compute dtype (default: the image's, which must then be a float dtype).
     """
 
     def __init__(
@@ -71,15 +74,17 @@ class WindowStatistics:
         edge: Border | None = None,
         keep_planes: bool = False,
         integral: bool = False,
+        dtype: torch.dtype | None = None,
     ) -> None:
         self.prims, self.image, self.finite, self.integral = prims, image, finite, integral
+        self.dtype = image.dtype if dtype is None else dtype
         self.edge = edge if edge is not None else Border()
         h, w = prims.geom.template_size
         self.masked = mask is not None
-        self._ones = torch.ones(1, 1, 1, h, w, dtype=image.dtype, device=image.device)
+        self._ones = torch.ones(1, 1, 1, h, w, dtype=self.dtype, device=image.device)
         # Centring keeps the float32 cross term and the float64 window sums free of cancellation; integer images
         # are centred by an integer, so that the centred pixels and every sum of them stay integers.
-        self.shift = finite_channel_mean(self.edge.inner(image)) if centre else None
+        self.shift = finite_channel_mean(self.edge.inner(image), self.dtype) if centre else None
         if self.shift is not None and integral:
             self.shift = self.shift.round()
         self._values: dict[tuple, object] = {}
@@ -124,8 +129,9 @@ class WindowStatistics:
 
     def centred(self, c0: int, c1: int, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Channels c0:c1 of the image minus their shift, in ``dtype`` (default: the compute dtype)."""
-        if dtype is None or dtype == self.image.dtype:
+        if self.image.dtype == self.dtype and (dtype is None or dtype == self.dtype):
             return self.image[:, c0:c1] - self.shift[:, c0:c1]
+        dtype = self.dtype if dtype is None else dtype  # narrow images: widened, then centred in place
         return self.image[:, c0:c1].to(dtype).sub_(self.shift[:, c0:c1].to(dtype))
 
     def exact_sums(self) -> bool:
@@ -177,7 +183,7 @@ class WindowStatistics:
 
         def offset() -> torch.Tensor | None:
             # the value as the padded plane holds it (rounded to the compute dtype)
-            value = torch.tensor(self.edge.value, dtype=self.image.dtype, device=self.image.device)
+            value = torch.tensor(self.edge.value, dtype=self.dtype, device=self.image.device)
             offset = value.to(torch.float64) - self.shift[:, c : c + 1].to(torch.float64)
             return offset if bool((offset.abs() > self.inner_reach(c)).any()) else None
 
@@ -256,7 +262,9 @@ class WindowStatistics:
         if not bool(candidates.any()):
             return None
         geom = self.prims.geom
-        magnitude = self.image.detach().abs().amax(dim=1, keepdim=True)
+        data = self.image.detach()
+        data = data if data.is_floating_point() else data.to(self.dtype)  # torch has no abs for uint16
+        magnitude = data.abs().amax(dim=1, keepdim=True)
         span = tuple(d * (k - 1) + 1 for d, k in zip(geom.dilation, geom.template_size, strict=True))
         largest = (
             torch.nn.functional.max_pool2d(magnitude.to(torch.float64), span, stride=geom.stride, dilation=1)
