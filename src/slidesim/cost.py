@@ -11,6 +11,7 @@ checks how often the engine it ranks first is the fastest.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -70,29 +71,45 @@ class PrecisionWork:
 
 
 def precision_estimate(engine: str, canon: Canonical) -> PrecisionWork:
-    """The data-dependent work of exact numerics for ``engine`` on a validated call, which the shapes alone do not
-    tell (see :meth:`slidesim.scoring.correlation.CorrelationScorer.precision_work`): it computes the call's window
-    statistics, a pass over the images. Called by :func:`slidesim.plan` and :func:`slidesim.explain`, which have
-    the data; ``method="auto"`` ranks by the shapes alone."""
+    """:func:`precision_estimates` of one engine."""
+    return precision_estimates(canon, [engine])[engine]
+
+
+def precision_estimates(canon: Canonical, names: Sequence[str]) -> dict[str, PrecisionWork]:
+    """The data-dependent work of exact numerics for each engine of ``names`` on a validated call, which the
+    shapes alone do not tell (see :meth:`slidesim.scoring.correlation.CorrelationScorer.precision_work`). It
+    computes the call's window statistics, a pass over the images, once for the engines whose cross terms err
+    alike (a transform's round-off spreads over every output, a tap loop's stays in its window). Called by
+    :func:`slidesim.plan` and :func:`slidesim.explain`, which have the data; ``method="auto"`` ranks by the shapes
+    alone."""
     problem = canon.problem
     if problem.metric not in ("ncc", "zncc") or problem.requires_grad or problem.compute_dtype == "float64":
-        return PrecisionWork(False, 0, 0.0)
-    if constants_for(problem).get(engine) is None:
-        return PrecisionWork(False, 0, math.nan)
+        return {name: PrecisionWork(False, 0, 0.0) for name in names}
     image = padded_images(canon)
-    with torch.no_grad():
-        cross_in_float64, rescored = precision_work(engines.load(engine).primitives(canon, image), canon, image)
     # the float64 cross term is an FFT correlation whatever the engine: priced as the FFT engine's transforms
     fft_constants = constants_for(problem).get("fft", {})
     counts = features("fft", problem, canon.memory_limit)
     transforms = sum(fft_constants.get(name, 0.0) * counts.get(name, 0.0) for name in _TRANSFORM_WORK)
-    if cross_in_float64:  # in place of the compute dtype's: twice the work
-        return PrecisionWork(True, 0, transforms)
     taps = problem.channels * problem.template_height * problem.template_width
     outputs = problem.batch * problem.n_templates * problem.out_height * problem.out_width
-    if rescored * taps > outputs * problem.channels * TRANSFORM_COST:  # a float64 transform of the cross term
-        return PrecisionWork(False, rescored, 2 * transforms)  # (see Rescorer.rescore), then few windows
-    return PrecisionWork(False, rescored, rescored * taps * RESCORED_TAP_SECONDS)
+    probed: dict[bool, tuple[bool, int]] = {}
+    found = {}
+    for name in names:
+        if constants_for(problem).get(name) is None:
+            found[name] = PrecisionWork(False, 0, math.nan)
+            continue
+        prims = engines.load(name).primitives(canon, image)
+        if prims.global_cross_error not in probed:
+            with torch.no_grad():
+                probed[prims.global_cross_error] = precision_work(prims, canon, image)
+        cross_in_float64, rescored = probed[prims.global_cross_error]
+        if cross_in_float64:  # in place of the compute dtype's: twice the work
+            found[name] = PrecisionWork(True, 0, transforms)
+        elif rescored * taps > outputs * problem.channels * TRANSFORM_COST:  # a float64 transform of the cross
+            found[name] = PrecisionWork(False, rescored, 2 * transforms)  # term (Rescorer.rescore), then few windows
+        else:
+            found[name] = PrecisionWork(False, rescored, rescored * taps * RESCORED_TAP_SECONDS)
+    return found
 
 
 def estimate_bytes(engine: str, problem: Problem, memory_limit: int) -> int:

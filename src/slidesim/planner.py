@@ -18,7 +18,7 @@ from typing import Any
 from . import engines
 from ._threads import for_calls
 from ._validate import Canonical, Problem, canonicalize, with_defaults
-from .cost import estimate_bytes, estimate_seconds, precision_estimate
+from .cost import estimate_bytes, estimate_seconds, precision_estimates
 from .engines.base import Engine
 from .errors import EngineUnavailableError, SlidesimValueError
 
@@ -36,7 +36,8 @@ class Candidate:
         seconds: Estimated (or, with measure=True, measured) wall time.
         bytes: Estimated peak temporary memory beyond the output.
         excluded: Why the engine cannot run this problem, or None.
-        precision: See below.
+        precision: What exact numerics add on the planned call's data, included in ``seconds`` (empty when
+            nothing, or when planned from shapes alone).
     """
 
     engine: str
@@ -44,8 +45,6 @@ class Candidate:
     bytes: int
     excluded: str | None = None
     precision: str = ""
-    """What exact numerics add on the planned call's data (a float64 cross term, windows rescored exactly),
-    included in ``seconds``; empty when nothing, or when planned from shapes alone."""
 
 
 @dataclass(frozen=True)
@@ -185,15 +184,16 @@ def plan(images: Any, templates: Any, *, measure: bool = False, **options: Any) 
 
 def _with_precision(found: Plan, canon: Canonical) -> Plan:
     """The plan with each runnable engine's estimate including what exact numerics cost on these data
-    (:func:`slidesim.cost.precision_estimate`: ncc and zncc, whose float64 cross term or exact rescoring of
+    (:func:`slidesim.cost.precision_estimates`: ncc and zncc, whose float64 cross term or exact rescoring of
     near-flat windows the shapes cannot tell). The chosen engine stays the one ``method="auto"`` runs, which
     ranks by the shapes alone."""
+    runnable = [c.engine for c in found.candidates if c.excluded is None and c.seconds == c.seconds]
+    works = precision_estimates(canon, runnable)
     candidates = []
     for c in found.candidates:
-        if c.excluded is None and c.seconds == c.seconds:
-            work = precision_estimate(c.engine, canon)
-            if work.seconds > 0:
-                c = replace(c, seconds=c.seconds + work.seconds, precision=str(work))
+        work = works.get(c.engine)
+        if work is not None and work.seconds > 0:
+            c = replace(c, seconds=c.seconds + work.seconds, precision=str(work))
         candidates.append(c)
     return replace(found, candidates=tuple(candidates))
 
