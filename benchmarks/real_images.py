@@ -21,8 +21,11 @@ Cases:
 Every slidesim case also reports the planner's estimate for the engine it picks (``slidesim.plan``) against the time
 measured; the project's target is an estimate within 1.5× of the measured time.
 
-Time: the tools of a case run in interleaved rounds (A, B, C, A, B, C, ...) after one warm-up call each, and each
-keeps its best round, so a slow spell of the shared machine hits all of them alike. A tool whose calls have used up
+Time: the tools of a case run in interleaved rounds after one warm-up call each, and each keeps its best round, so
+a slow spell of the shared machine hits all of them alike. Every other round runs in reverse order (A, B, C, then C, B,
+A), so no tool always runs right after the same one: a call that leaves the caches cold and returns its
+memory to the system (scikit-image's FFTs of the whole image) slows whichever call comes next by up to 2× on the
+small pictures, through cache misses and page faults. A tool whose calls have used up
 the per-case budget stops early (its best round so far stands; a warm-up call over the budget is the one timing).
 With --load one other CPU-bound process (a numpy
 matrix-product loop on one thread) runs beside the benchmark; it is paused while each case runs idle and resumed
@@ -98,8 +101,9 @@ def race(tools: dict[str, Callable[[], object]], budget: Budget) -> tuple[dict[s
         spent[name] = time.perf_counter() - start
         if spent[name] > budget.seconds:
             best[name] = spent[name] * 1e3
-    for _ in range(budget.rounds):
-        for name, call in tools.items():
+    for round_ in range(budget.rounds):
+        for name in list(tools)[:: -1 if round_ % 2 else 1]:  # forward, then backward: see the module docstring
+            call = tools[name]
             if spent[name] > budget.seconds and best[name] < float("inf"):
                 continue
             start = time.perf_counter()

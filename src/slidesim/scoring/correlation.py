@@ -69,12 +69,14 @@ class CorrelationScorer:
         dtype = image.dtype if image.is_floating_point() else bank.dtype  # narrow images: the bank's compute dtype
         self.stats = WindowStatistics(prims, image, mask, centre, finite, edge, keep_planes, integral, dtype)
         self.rescorer = Rescorer(self.stats, spec, bank)
+        self._last_factors: tuple[tuple, tuple] | None = None  # _factors of the last chunk asked for
 
     def load(self, bank: torch.Tensor, mask: torch.Tensor | None) -> None:
         """Score another chunk of a streamed bank from now on: templates [Bk, t, C, h, w], weights
         [Bm, t or 1, Cm, h, w] or None (as at construction). The image side is kept."""
         self.bank = self.rescorer.bank = bank
         self.stats.use_mask(mask)
+        self._last_factors = None
 
     def _mask(self, t0: int, t1: int) -> torch.Tensor:
         return self.stats.mask if self.stats.shared else self.stats.mask[:, t0:t1]
@@ -100,7 +102,10 @@ class CorrelationScorer:
             return self.prims.correlate(image, kernel.to(dtype), support, out_dtype=stats.dtype)
         if name == "ssd_normed":  # unmasked: no weights, so the distance kernels take their unweighted path
             return self.prims.distance(stats.image, bank, weights if stats.masked else None, 2, None)
-        kernel, _ = centred_kernel(bank.to(torch.float64), mask.to(torch.float64))
+        if name == "zncc" and not (torch.is_grad_enabled() and (bank.requires_grad or mask.requires_grad)):
+            kernel = self.rescorer.kernels64(t0, t1)  # the same float64 kernels, kept for the round-off estimate
+        else:
+            kernel, _ = centred_kernel(bank.to(torch.float64), mask.to(torch.float64))
         return self._centred_correlate(kernel.to(dtype), support, stats.dtype).to(stats.dtype)
 
     def _squared_distance(self, t0: int, t1: int) -> torch.Tensor:
@@ -249,7 +254,17 @@ class CorrelationScorer:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(template factors [Bk, t] float64, degenerate templates [Bk, t], window factors [B, Tm, H', W'] in
         ``dtype`` where it holds them, windows too close to degenerate to trust or None) of ncc or zncc: s = 1/√
-        energy (or variance), 0 for degenerate ones. The window factors are computed once per mask."""
+        energy (or variance), 0 for degenerate ones, without autograd. The window factors are computed once per
+        mask; the last chunk's factors are kept (asked for before the cross term and again to finish it)."""
+        if self._last_factors is not None and self._last_factors[0] == (t0, t1, dtype):
+            return self._last_factors[1]
+        found = self._compute_factors(t0, t1, dtype)
+        self._last_factors = ((t0, t1, dtype), found)
+        return found
+
+    def _compute_factors(
+        self, t0: int, t1: int, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         stats = self.stats
         bank64 = self.bank[:, t0:t1].to(torch.float64)
         mask = self._mask(t0, t1)

@@ -39,15 +39,32 @@ class Rescorer:
     """
 
     def __init__(self, stats: WindowStatistics, spec: MetricSpec, bank: torch.Tensor) -> None:
-        self.stats, self.spec, self.bank = stats, spec, bank
+        self.stats, self.spec = stats, spec
+        self.bank = bank
         self.cross_dtype = stats.dtype  # the dtype the current chunk's cross term was computed in
 
+    @property
+    def bank(self) -> torch.Tensor:
+        """Templates [Bk, T, C, h, w]; setting another bank (the next chunk of a stream) forgets its kernels."""
+        return self._bank
+
+    @bank.setter
+    def bank(self, bank: torch.Tensor) -> None:
+        self._bank = bank
+        self._kernels: tuple[tuple[int, int], torch.Tensor] | None = None
+
     def kernels64(self, t0: int, t1: int) -> torch.Tensor:
-        """The cross term's kernels of templates t0:t1 in float64 [Bk, t, C, h, w]."""
+        """The cross term's kernels of templates t0:t1 in float64 [Bk, t, C, h, w], detached. The last chunk's are
+        kept: the cross term, its round-off estimate and the rescoring all ask for them (on small images these
+        template-sized passes cost as much as the transforms)."""
+        if self._kernels is not None and self._kernels[0] == (t0, t1):
+            return self._kernels[1]
         bank64 = self.bank[:, t0:t1].detach().to(torch.float64)
         mask = self.stats.mask if self.stats.shared else self.stats.mask[:, t0:t1]
         m64 = mask.detach().to(torch.float64)
-        return centred_kernel(bank64, m64)[0] if self.spec.name == "zncc" else bank64 * m64 * m64
+        kernels = centred_kernel(bank64, m64)[0] if self.spec.name == "zncc" else bank64 * m64 * m64
+        self._kernels = ((t0, t1), kernels)
+        return kernels
 
     def cross_error(self, t0: int, t1: int) -> torch.Tensor:
         """Round-off of the cross term of templates t0:t1, estimated -> [Bk, t1 − t0] float64.
