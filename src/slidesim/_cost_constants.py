@@ -3,6 +3,8 @@
 """
 
 PROVENANCE = (
+    "fft fitted by benchmarks/fit_cost.py --engines fft --cases 200 on 2026-12-07: x86_64, 2 threads, Python "
+    "3.11.7, torch 2.13.0+cpu, numba 0.68.1, slidesim 0.1.0; direct, numba, conv, reference kept from a table "
     "numba fitted by benchmarks/fit_cost.py on 2026-12-07: x86_64, 2 threads, Python 3.11.7, torch "
     "2.13.0+cpu, numba 0.68.1, slidesim 0.1.0; direct, conv, fft, reference kept from a table conv, "
     "direct fitted by benchmarks/fit_cost.py on 2026-12-07: x86_64, 2 threads, Python 3.11.7, torch "
@@ -21,7 +23,7 @@ PROVENANCE = (
 )
 
 # median |log(predicted / measured)| of each engine's fit:
-# direct 0.12, numba 0.30, conv 0.08, fft 0.18, reference 0.71
+# direct 0.12, numba 0.30, conv 0.08, fft 0.22, reference 0.71
 CONSTANTS: dict[str, dict[str, float]] = {
     "direct": {
         "calls": 0.0004383,
@@ -51,14 +53,16 @@ CONSTANTS: dict[str, dict[str, float]] = {
         "statistics_pixels": 6.733e-09,
     },
     "fft": {
-        "calls": 0.0003824,
-        "finished_outputs": 3.03e-09,
-        "image_transform_nlogn": 3.526e-11,
-        "kernel_transform_nlogn": 9.792e-11,
-        "masked_statistics_nlogn": 7.639e-10,
-        "masked_statistics_updates": 1.13e-09,
-        "spectrum_products": 1.4e-09,
-        "statistics_pixels": 4.162e-09,
+        "calls": 0,
+        "centred_pixels": 1.127e-09,
+        "finished_outputs": 3.063e-09,
+        "image_transform_nlogn": 4.13e-11,
+        "kernel_transform_nlogn": 1.272e-10,
+        "masked_statistics_nlogn": 2.426e-10,
+        "masked_statistics_updates": 1.135e-09,
+        "spectrum_products": 2.8e-09,
+        "statistics_pixels": 4.008e-09,
+        "transform_calls": 0.0001261,
     },
     "reference": {
         "calls": 0.003068,

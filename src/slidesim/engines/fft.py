@@ -60,6 +60,7 @@ class FFTPrimitives(AreaSumReductions):
 
 
 SQUARED_DISTANCES = ("ssd", "ssd_normed")  # through energies and a float64 cross term
+CENTRED = ("ccoeff", "zncc", "ssd", "ssd_normed")  # cross terms of the image less its channel means
 
 
 def transform_bytes(problem: Problem) -> int:
@@ -100,12 +101,18 @@ class FFTEngine(ReductionEngine):
         return None
 
     def features(self, problem: Problem, memory_limit: int) -> dict[str, float]:
-        """Image and kernel transforms, spectrum products, the area-sum statistics and the finish."""
+        """Image and kernel transforms, spectrum products, the area-sum statistics and the finish.
+
+        Besides the arithmetic (n log n of each transform, the spectrum products), each transform and each tile
+        costs a fixed overhead (torch's dispatch and planning, slicing the tile out and its outputs back), which
+        dominates on small pictures and makes many small tiles cost more than their arithmetic. The kernels'
+        transforms are pruned (their rows transform only the h rows that hold taps).
+        """
         found = {**counts.call_counts(problem), **counts.area_sum_statistics(problem)}
         wide = counts.width_factor(problem)
+        Hp, Wp = counts.padded_size(problem)
         if problem.metric in SQUARED_DISTANCES:  # float64 transforms, and the window energies
             wide = 2.0
-            Hp, Wp = counts.padded_size(problem)
             if problem.mask_kind == "none":
                 energies = float(problem.batch * problem.channels * Hp * Wp)
                 found["statistics_pixels"] = found.get("statistics_pixels", 0.0) + energies
@@ -115,14 +122,22 @@ class FFTEngine(ReductionEngine):
                 )
             if problem.metric == "ssd":  # ssd_normed's one finish pass is counted with its statistics
                 found["finished_outputs"] = found.get("finished_outputs", 0.0) + counts.outputs(problem)
+        if problem.metric in CENTRED:  # the images' channel means (a pass over the image) centre the cross term
+            found["centred_pixels"] = float(problem.batch * problem.channels * Hp * Wp)
         (Hf, Wf), tiles = transform_plan(problem, memory_limit)
         nlogn = Hf * Wf * math.log2(Hf * Wf)
         kernels = problem.n_templates * problem.channels * (problem.batch if problem.per_image_bank else 1)
         image_transforms = tiles * problem.batch * (problem.channels + problem.n_templates)
         found["image_transform_nlogn"] = image_transforms * nlogn * wide
-        found["kernel_transform_nlogn"] = kernels * nlogn * wide
+        rows, columns = problem.template_height * Wf * math.log2(Wf), (Wf // 2 + 1) * Hf * math.log2(Hf)
+        found["kernel_transform_nlogn"] = kernels * (rows + columns) * wide
         spectra = tiles * problem.batch * problem.n_templates * problem.channels * Hf * (Wf // 2 + 1)
         found["spectrum_products"] = spectra * wide
+        bank_batch = problem.batch if problem.per_image_bank else 1
+        item = transform_bytes(problem)
+        chunk = template_chunk((Hf, Wf), problem.batch, bank_batch, problem.n_templates, item, memory_limit // 4)
+        chunks = -(-problem.n_templates // chunk)
+        found["transform_calls"] = float(chunks * (1 + 2 * tiles))  # kernels, then per tile forward and inverse
         return found
 
     def temporary_bytes(self, problem: Problem, memory_limit: int) -> int:
