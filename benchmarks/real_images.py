@@ -21,16 +21,16 @@ Cases:
 Every slidesim case also reports the planner's estimate for the engine it picks (``slidesim.plan``) against the time
 measured; the project's target is an estimate within 1.5× of the measured time.
 
-Time: the tools of a case run in interleaved rounds after one warm-up call each, and each keeps its best round, so
-a slow spell of the shared machine hits all of them alike. Every other round runs in reverse order (A, B, C, then C, B,
-A), so no tool always runs right after the same one: a call that leaves the caches cold and returns its
-memory to the system (scikit-image's FFTs of the whole image) slows whichever call comes next by up to 2× on the
-small pictures, through cache misses and page faults. A tool whose calls have used up
-the per-case budget stops early (its best round so far stands; a warm-up call over the budget is the one timing).
-With --load one other CPU-bound process (a numpy
-matrix-product loop on one thread) runs beside the benchmark; it is paused while each case runs idle and resumed
-while the same case runs again loaded, so the two runs of a case follow each other, and it is killed at the
-end, on Ctrl-C and if this process dies.
+Time: the tools of a case run in interleaved rounds after one warm-up call each, and each keeps its best round, so a
+slow spell of the shared machine hits all of them alike. Every other round runs in reverse order (A, B, C, then C,
+B, A), so no tool always runs right after the same one: a call that leaves the caches cold and returns its memory to
+the system (scikit-image's FFTs of the whole image) slows whichever call comes next by up to 2× on the small
+pictures, through cache misses and page faults. A tool whose calls have used up the per-case budget stops early (its
+best round so far stands; a warm-up call over the budget is the one timing); quick cases run more rounds, as many as
+take about a second (up to 40), so that the noise of the shared machine does not decide the best of a few
+millisecond calls. With --load one other CPU-bound process (a numpy matrix-product loop on one thread) runs beside
+the benchmark; it is paused while each case runs idle and resumed while the same case runs again loaded, so the two
+runs of a case follow each other, and it is killed at the end, on Ctrl-C and if this process dies.
 """
 
 from __future__ import annotations
@@ -77,12 +77,22 @@ NORMALIZED = ("ssd_normed", "ncc", "zncc")  # scores in [-1, 1] or [0, 1]: compa
 # ----------------------------------------------------------------------------------------------------- timing
 
 
+MAX_ROUNDS = 40
+
+
 @dataclass
 class Budget:
     """How long each tool of a case may be timed."""
 
-    rounds: int  # best of this many interleaved rounds (after the warm-up call)
+    rounds: int  # best of at least this many interleaved rounds (after the warm-up call)
     seconds: float  # a tool stops early once its calls of one case have taken this long
+    case_seconds: float = 0.0  # more rounds for quick cases: as many as fit this time, up to MAX_ROUNDS
+
+    def rounds_for(self, warm_up_seconds: float) -> int:
+        """Rounds for a case whose warm-up calls took ``warm_up_seconds`` together: the fixed count, or more for
+        quick cases, whose best of a few millisecond calls the shared machine's noise would otherwise decide."""
+        extra = int(self.case_seconds / max(warm_up_seconds, 1e-6))
+        return max(self.rounds, min(MAX_ROUNDS, extra))
 
 
 def race(tools: dict[str, Callable[[], object]], budget: Budget) -> tuple[dict[str, float], dict[str, object]]:
@@ -101,7 +111,7 @@ def race(tools: dict[str, Callable[[], object]], budget: Budget) -> tuple[dict[s
         spent[name] = time.perf_counter() - start
         if spent[name] > budget.seconds:
             best[name] = spent[name] * 1e3
-    for round_ in range(budget.rounds):
+    for round_ in range(budget.rounds_for(sum(spent.values()))):
         for name in list(tools)[:: -1 if round_ % 2 else 1]:  # forward, then backward: see the module docstring
             call = tools[name]
             if spent[name] > budget.seconds and best[name] < float("inf"):
@@ -647,17 +657,18 @@ def machine() -> str:
 DESCRIPTION = """\
 `python benchmarks/real_images.py` (`--load`: the same cases beside one other CPU-bound process) times slidesim on
 uint8 pictures that people match templates in, side by side with OpenCV, scikit-image and corrmatch in one process,
-interleaved, best of {rounds} rounds: a rendered 1920×1080 desktop screenshot (windows, text, repeated buttons and
-icons, flat areas), the skimage.data photographs camera, astronaut, coffee, coins, brick and text, and a
-scanned-looking page (benchmarks/scenes.py), in grey and 3-channel colour, with templates cut at fixed seeds (8² to
-128², and 24×80). Scores: the six metrics of cv2.matchTemplate against it (zncc also against
-skimage.feature.match_template); sad and l1_similarity against the fastest OpenCV method on the same inputs, for
-context only. match: `threshold={threshold}, k={k}` against matchTemplate + np.argwhere + greedy suppression within
-half the template's side, and against corrmatch's top-k search (grey; with its default 6-level pyramid, and with 2
-levels, which misses fewer matches); k=1 against minMaxLoc and corrmatch's best match; "found" compares the
-instances (top-left corners within 1 pixel). Ratios above 1 mean slidesim is faster. "Estimate" is the planner's
-time for the engine it picks (`slidesim.plan`, as `slidesim.explain` prints it); the target is within 1.5× of the
-measured time (✗ marks the rows outside)."""
+interleaved (every other round in reverse order, so no tool always follows the same one), best of {rounds} rounds or
+more for quick cases (as many as take about {case_seconds:g} s, up to {max_rounds}): a rendered 1920×1080 desktop
+screenshot (windows, text, repeated buttons and icons, flat areas), the skimage.data photographs camera, astronaut,
+coffee, coins, brick and text, and a scanned-looking page (benchmarks/scenes.py), in grey and 3-channel colour, with
+templates cut at fixed seeds (8² to 128², and 24×80). Scores: the six metrics of cv2.matchTemplate against it (zncc
+also against skimage.feature.match_template); sad and l1_similarity against the fastest OpenCV method on the same
+inputs, for context only. match: `threshold={threshold}, k={k}` against matchTemplate + np.argwhere + greedy
+suppression within half the template's side, and against corrmatch's top-k search (grey; with its default 6-level
+pyramid, and with 2 levels, which misses fewer matches); k=1 against minMaxLoc and corrmatch's best match; "found"
+compares the instances (top-left corners within 1 pixel). Ratios above 1 mean slidesim is faster. "Estimate" is the
+planner's time for the engine it picks (`slidesim.plan`, as `slidesim.explain` prints it); the target is within 1.5×
+of the measured time (✗ marks the rows outside)."""
 
 
 def section(rows: list[Row], loaded: bool, budget: Budget) -> str:
@@ -665,7 +676,9 @@ def section(rows: list[Row], loaded: bool, budget: Budget) -> str:
         START,
         "## Real images",
         "",
-        DESCRIPTION.format(rounds=budget.rounds, threshold=THRESHOLD, k=K),
+        DESCRIPTION.format(
+            rounds=budget.rounds, case_seconds=budget.case_seconds, max_rounds=MAX_ROUNDS, threshold=THRESHOLD, k=K
+        ),
         "",
         f"Measured on {machine()}"
         + (", loaded: one numpy matrix-product loop on one thread beside it" if loaded else "")
@@ -703,7 +716,7 @@ def main() -> None:
 
     torch.set_num_threads(THREADS)
     cv2.setNumThreads(THREADS)
-    budget = Budget(rounds=2, seconds=0.3) if args.quick else Budget(rounds=5, seconds=1.5)
+    budget = Budget(rounds=2, seconds=0.3) if args.quick else Budget(rounds=5, seconds=1.5, case_seconds=1.0)
     suite = cases(args.quick)
     if args.cases:
         suite = [case for case in suite if re.search(args.cases, case.name)]
