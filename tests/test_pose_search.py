@@ -146,6 +146,19 @@ def test_coarse_peaks_near_each_other_are_kept_when_their_poses_differ() -> None
     assert len(pose_search._diverse_peaks(best, which, stream, 2, 3, True, steps)) == 2
 
 
+def test_every_band_of_scales_keeps_candidates_of_its_own() -> None:
+    # two bands of scales; the small one's map is full of chance peaks that all outscore the large one's only peak
+    stream = slidesim.banks.TransformStream(torch.ones(1, 1, 1, 9, 9), None, [0.0], [0.7, 0.75, 1.3, 1.4])
+    steps = (10.0, 0.05)
+    small, small_poses = _coarse_maps([(2 * i, 2 * j, 0.9 - 0.01 * (3 * i + j), 0) for i in range(3) for j in range(3)])
+    large, large_poses = _coarse_maps([(7, 7, 0.5, 3)])
+    best, which = torch.cat([small, large], dim=1), torch.cat([small_poses, large_poses], dim=1)
+    peaks = pose_search._diverse_peaks(best, which, stream, 4, 1, True, steps)
+    assert len(peaks) == 4
+    assert (7.0, 7.0, 1.4) in [(c.y, c.x, c.scale) for c in peaks]
+    assert [c.score for c in peaks] == sorted((c.score for c in peaks), reverse=True)  # best first
+
+
 @pytest.mark.parametrize("metric", sorted(slidesim.METRICS))
 def test_every_metric_scores_the_pose_exactly(metric) -> None:
     scene, template, (cy, cx) = _trial("camera", 40, 60.0, 1.0, crop=160, seed=7)

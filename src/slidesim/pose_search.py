@@ -402,29 +402,43 @@ def _diverse_peaks(
     texture turned by 180°, a rounder part of the scene), and the finer levels only search near the pose they are
     given: a suppression by position alone would drop the right pose for good."""
     templates = stream.n_templates
+    bands = best.shape[1] // templates
     # 3 × 3 local maxima of each band's map (best first per map b, band · T + t), then best first per (b, t)
     local = locate_peaks(best, beam * _PEAK_POOL, 1, None, 0, higher)
     b, g, y, x = local.to(best.device).T
     poses = which[b, g, y, x].cpu().tolist()
     scores = best[b, g, y, x].cpu().to(torch.float64).tolist()
+    band_of = (local[:, 1] // templates).tolist()
     local[:, 1] %= templates
     order = sorted(range(len(scores)), key=lambda i: (*local[i, :2].tolist(), -scores[i] if higher else scores[i]))
     a_far, s_far = (_DISTINCT_STEPS * step * (1 - 1e-6) for step in steps)
     kept: list[Candidate] = []
     per_group: dict[tuple[int, int], int] = {}
-    for i in order:
-        (bi, ti, yi, xi), r, s = local[i].tolist(), poses[i], scores[i]
-        group = (bi, ti)
-        if not math.isfinite(s) or per_group.get(group, 0) >= beam:
-            continue
-        c = Candidate(bi, ti, float(yi), float(xi), float(stream.angles[r]), float(stream.scales[r]), s)
-        near = [o for o in kept if (o.b, o.t) == group and max(abs(o.y - c.y), abs(o.x - c.x)) < apart]
-        same_pose = any(abs(_turn(o.angle, c.angle)) < a_far and abs(math.log(o.scale / c.scale)) < s_far for o in near)
-        if same_pose or len(near) >= _POSES_PER_PLACE:
-            continue
-        kept.append(c)
-        per_group[group] = per_group.get(group, 0) + 1
-    return kept
+    per_band: dict[tuple[int, int, int], int] = {}
+    taken: set[int] = set()
+    # A template shrunk to a few coarse pixels correlates well with more of the scene, so the smaller scales' bands
+    # would fill the beam by score alone: each band first keeps its best max(1, beam // bands), then the best of
+    # the rest fill the beam.
+    quota = max(1, beam // bands)
+    for share in (quota, beam):
+        for i in order:
+            (bi, ti, yi, xi), r, s = local[i].tolist(), poses[i], scores[i]
+            group, band = (bi, ti), (bi, ti, band_of[i])
+            if i in taken or not math.isfinite(s) or per_group.get(group, 0) >= beam:
+                continue
+            if per_band.get(band, 0) >= share:
+                continue
+            c = Candidate(bi, ti, float(yi), float(xi), float(stream.angles[r]), float(stream.scales[r]), s)
+            near = [o for o in kept if (o.b, o.t) == group and max(abs(o.y - c.y), abs(o.x - c.x)) < apart]
+            if len(near) >= _POSES_PER_PLACE or any(
+                abs(_turn(o.angle, c.angle)) < a_far and abs(math.log(o.scale / c.scale)) < s_far for o in near
+            ):
+                continue
+            kept.append(c)
+            taken.add(i)
+            per_group[group] = per_group.get(group, 0) + 1
+            per_band[band] = per_band.get(band, 0) + 1
+    return sorted(kept, key=lambda c: (c.b, c.t, -c.score if higher else c.score))
 
 
 def _per_scale_search(
