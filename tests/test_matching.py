@@ -574,7 +574,7 @@ def test_turned_footprints_share_their_window_statistics(memory_limit) -> None:
         shared = slidesim.match(image, template, **options)
         assert sum(computed) == 2 and len(computed) == (1 if memory_limit is None else 2)
         computed.clear()
-        patch.setattr(statistics.WindowStatistics, "_seen_footprint", lambda self, mask, weights: None)
+        patch.setattr(statistics.WindowStatistics, "_seen_footprint", lambda self, mask, weights, key: None)
         patch.setattr(statistics, "_same_footprint", lambda mask, weights, i, j: False)
         each = slidesim.match(image, template, **options)
         assert sum(computed) == len(rotations)

@@ -140,17 +140,24 @@ def _blur_sigma(scale: float) -> float:
 
 
 def _sample(plane: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of plane [N, C, h, w] at source coordinates rows, cols [Hc, Wc] (pixels)."""
-    h, w = plane.shape[-2:]
+    """Bilinear samples of plane [N, C, h, w] at source coordinates rows, cols [A, Hc, Wc] (pixels) -> [N, A, C,
+    Hc, Wc]."""
+    N, C, h, w = plane.shape
+    A, Hc, Wc = rows.shape
     gy = rows * (2 / (h - 1)) - 1 if h > 1 else torch.zeros_like(rows)
     gx = cols * (2 / (w - 1)) - 1 if w > 1 else torch.zeros_like(cols)
-    grid = torch.stack([gx, gy], dim=-1)[None].expand(plane.shape[0], -1, -1, -1)
-    return F.grid_sample(plane, grid.to(plane.dtype), mode="bilinear", padding_mode="border", align_corners=True)
+    # every (plane, angle) pair is one sample of the sampler's batch: planes repeated per angle, grids per plane
+    grid = torch.stack([gx, gy], dim=-1)[None].expand(N, -1, -1, -1, -1).reshape(N * A, Hc, Wc, 2)
+    source = plane[:, None].expand(-1, A, -1, -1, -1).reshape(N * A, C, h, w)
+    drawn = F.grid_sample(source, grid.to(plane.dtype), mode="bilinear", padding_mode="border", align_corners=True)
+    return drawn.reshape(N, A, C, Hc, Wc)
 
 
 def member_bytes(bank_shape: Sequence[int], mask_planes: tuple[int, int], canvas: tuple[int, int], item: int) -> int:
     """Bytes that one more transform adds to a drawn range while it is drawn, converted and scored: its float64
-    picture and weights, their stacked copies, the bank's dtype (``item`` bytes) and the checks of the weights.
+    picture and weights, their stacked copies, the bank's dtype (``item`` bytes), the checks of the weights, and
+    its share of the sampler's inputs (a run of angles is drawn in one call: source coordinates, sampling grids
+    and a copy of the template per angle).
 
     Args:
         bank_shape: [Bk, T, C, h, w] of the canonical bank.
@@ -158,18 +165,20 @@ def member_bytes(bank_shape: Sequence[int], mask_planes: tuple[int, int], canvas
         canvas: (Hc, Wc).
         item: Bytes per element of the bank's dtype.
     """
-    Bk, _, C = bank_shape[:3]
+    Bk, _, C, h, w = bank_shape
     Bm, Cm = mask_planes
-    return (Bk * C + Bm * Cm) * canvas[0] * canvas[1] * (2 * _F64 + 2 * item + 2)
+    planes = Bk * C + Bm * Cm
+    grids = canvas[0] * canvas[1] * _F64 * (5 + 2 * max(Bk, Bm))  # rows, cols, inside, x, y; a grid per plane
+    return planes * canvas[0] * canvas[1] * (2 * _F64 + 2 * item + 2) + grids + planes * h * w * _F64
 
 
 def drawing_bytes(
     bank_shape: Sequence[int], mask_planes: tuple[int, int], canvas: tuple[int, int], smallest: float
 ) -> int:
-    """Temporaries while one transform is drawn: the canvas' source coordinates and sampling grid, and the
-    low-pass of a template before the ``smallest`` scale (arguments as for :func:`member_bytes`)."""
+    """Temporaries while a bank is drawn besides its members' own (:func:`member_bytes`): the canvas' offsets and
+    the low-pass of a template before the ``smallest`` scale (arguments as for :func:`member_bytes`)."""
     Bk, _, C, h, w = bank_shape
-    grids = canvas[0] * canvas[1] * _F64 * 6  # rows, cols, inside, and the (x, y) grid of the sampler
+    grids = (canvas[0] + canvas[1]) * _F64 * 2
     if smallest >= 1:
         return grids
     radius = _blur_radius(_blur_sigma(smallest))
@@ -215,7 +224,7 @@ class TransformStream:
         return member_bytes(self.source.shape, self.mask_planes, self.canvas, self.source.element_size())
 
     def drawing_bytes(self) -> int:
-        """Temporaries while one transform is drawn (see :func:`drawing_bytes`)."""
+        """Temporaries while the bank is drawn (see :func:`drawing_bytes`)."""
         return drawing_bytes(self.source.shape, self.mask_planes, self.canvas, min(self.scale_list))
 
     def draw(self, j0: int, j1: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,36 +236,47 @@ class TransformStream:
                 that no canvas pixel falls on it).
         """
         pictures, masks = [], []
-        for j in range(j0, j1):
-            picture, weight = self._member(*divmod(j, self.transforms))
+        j = j0
+        while j < j1:
+            # a run of members of one template at one scale differs only in angle: one sampler call draws it
+            t, r = divmod(j, self.transforms)
+            scale_index, first = divmod(r, len(self.angle_list))
+            last = min(len(self.angle_list), first + j1 - j)
+            picture, weight = self._members(t, scale_index, first, last)
             pictures.append(picture)
             masks.append(weight)
+            j += last - first
         dtype = self.source.dtype
-        return torch.stack(pictures, dim=1).to(dtype).contiguous(), torch.stack(masks, dim=1).to(dtype).contiguous()
+        return torch.cat(pictures, dim=1).to(dtype).contiguous(), torch.cat(masks, dim=1).to(dtype).contiguous()
 
-    def _member(self, t: int, r: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Template t under transform r: (picture [Bk, C, Hc, Wc], weights [Bm, Cm, Hc, Wc]) in float64."""
-        scale_index, angle_index = divmod(r, len(self.angle_list))
-        scale, angle = self.scale_list[scale_index], self.angle_list[angle_index]
+    def _members(self, t: int, scale_index: int, a0: int, a1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Template t at scale ``scale_index`` under angles a0..a1: (pictures [Bk, A, C, Hc, Wc], weights
+        [Bm, A, Cm, Hc, Wc]) in float64, A = a1 − a0."""
+        scale = self.scale_list[scale_index]
+        angles = self.angle_list[a0:a1]
         h, w = self.source.shape[-2:]
         Hc, Wc = self.canvas
         dtype, device = torch.float64, self.source.device
         v = torch.arange(Hc, dtype=dtype, device=device)[:, None] - (Hc - 1) / 2  # canvas offsets from the centre
         u = torch.arange(Wc, dtype=dtype, device=device)[None, :] - (Wc - 1) / 2
-        c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+        radians = [math.radians(a) for a in angles]
+        c = torch.tensor([math.cos(x) for x in radians], dtype=dtype, device=device)[:, None, None]
+        s = torch.tensor([math.sin(x) for x in radians], dtype=dtype, device=device)[:, None, None]
         # displayed counter-clockwise with y down: template offset (dy, dx) lands at canvas offset
-        # (c·dy − s·dx, s·dy + c·dx) · scale; invert that map for each canvas pixel
+        # (c·dy − s·dx, s·dy + c·dx) · scale; invert that map for each canvas pixel -> [A, Hc, Wc]
         rows = (c * v + s * u) / scale + (h - 1) / 2
         cols = (-s * v + c * u) / scale + (w - 1) / 2
         inside = (rows >= -_INSIDE) & (rows <= h - 1 + _INSIDE) & (cols >= -_INSIDE) & (cols <= w - 1 + _INSIDE)
-        inside = inside.to(dtype)
+        inside = inside.to(dtype)[None, :, None]  # [1, A, 1, Hc, Wc]
         picture = _sample(self._source(t, scale), rows, cols) * inside
         if self.user_mask is None:
-            weight = inside[None, None]
+            weight = inside
         else:
             Tm = self.user_mask.shape[1]
             weight = _sample(self.user_mask[:, t if Tm > 1 else 0].to(dtype), rows, cols) * inside
-        if bool((weight.sum(dim=(-1, -2, -3)) <= 0).any()):
+        empty = (weight.sum(dim=(-1, -2, -3)) <= 0).any(dim=0)  # [A]
+        if bool(empty.any()):
+            angle = angles[int(empty.nonzero()[0])]
             what = f"{h}x{w} template {t}" + ("" if self.user_mask is None else " under its `mask`")
             raise SlidesimValueError(
                 f"`scales` and `rotations` must leave every template some weight; the {what} keeps none on the "

@@ -32,6 +32,7 @@ Value = TypeVar("Value")
 _NOT_YET = object()  # no mask given yet (None means "no mask")
 _EXACT_TOTAL = 2.0**52  # largest Σ over a plane of squared integers that float64 sums keep exact
 _EXACT_WINDOW = 2.0**47  # largest C · n · reach² for which a window's Σ (I − m)² errs by less than 1/16
+_FINGERPRINT_TAPS = 251  # taps of a per-template mask that key it (see _fingerprints)
 _KEPT_FOOTPRINTS = 4  # per-template masks whose window statistics are kept for equal masks that follow
 INTEGER_FLATNESS = 0.25  # exact integer sums: a window is flat where Σ (I − m)² is below this (else ≥ 1/2)
 
@@ -39,6 +40,16 @@ INTEGER_FLATNESS = 0.25  # exact integer sums: a window is flat where Σ (I − 
 def _same_footprint(mask: torch.Tensor, weights: torch.Tensor, i: int, j: int) -> bool:
     """Whether templates i and j of per-template masks and weights [Bm, Tm, Cm, h, w] have equal ones."""
     return torch.equal(mask[:, i], mask[:, j]) and torch.equal(weights[:, i], weights[:, j])
+
+
+def _fingerprints(mask: torch.Tensor, weights: torch.Tensor) -> list[tuple[float, ...]]:
+    """A key per template of per-template masks and weights [Bm, Tm, Cm, h, w]: their values at a few hundred
+    spread taps. Equal footprints have equal keys, so only templates with equal keys need comparing in full (a
+    gather, where sums over the planes would allocate and page in a float64 copy of the bank's masks)."""
+    planes = torch.stack([mask, weights]).transpose(1, 2).flatten(3)  # [2, Tm, Bm, Cm·h·w]
+    taps = torch.linspace(0, planes.shape[-1] - 1, min(planes.shape[-1], _FINGERPRINT_TAPS), device=mask.device)
+    keys = planes.index_select(-1, taps.round().long()).flatten(2).transpose(0, 1).flatten(1)  # [Tm, ...]
+    return [tuple(row) for row in keys.tolist()]
 
 
 class WindowStatistics:
@@ -337,11 +348,15 @@ class WindowStatistics:
         a rectangle by θ and θ + 180°, and a bank streamed in that order pays for each footprint once."""
         if not self.masked or (torch.is_grad_enabled() and (mask.requires_grad or self.image.requires_grad)):
             return self._window_moments(mask, weights)
-        found: list[tuple | None] = [self._seen_footprint(mask[:, j], weights[:, j]) for j in range(mask.shape[1])]
+        keys = _fingerprints(mask, weights)
+        found: list[tuple | None] = [self._seen_footprint(mask[:, j], weights[:, j], keys[j]) for j in range(len(keys))]
         distinct: list[int] = []  # the first of each footprint not seen before
         same_as: dict[int, int] = {}  # a later template of this chunk -> the first with its footprint
         for j in (j for j, known in enumerate(found) if known is None):
-            first = next((d for d in distinct if _same_footprint(mask, weights, d, j)), None)
+            first = next(
+                (d for d in distinct if keys[d] == keys[j] and _same_footprint(mask, weights, d, j)),
+                None,
+            )
             if first is None:
                 distinct.append(j)
             else:
@@ -351,7 +366,8 @@ class WindowStatistics:
             fresh = self._window_moments(mask.index_select(1, index), weights.index_select(1, index))
             for n, j in enumerate(distinct):
                 found[j] = tuple(None if v is None else v[:, n : n + 1] for v in fresh)
-                self._footprints = [(mask[:, j], weights[:, j], found[j]), *self._footprints][:_KEPT_FOOTPRINTS]
+                kept = (keys[j], mask[:, j], weights[:, j], found[j])
+                self._footprints = [kept, *self._footprints][:_KEPT_FOOTPRINTS]
         for j, first in same_as.items():
             found[j] = found[first]
         variance = torch.cat([f[0] for f in found], dim=1)
@@ -361,10 +377,11 @@ class WindowStatistics:
         uncertain = torch.cat([f[2] if f[2] is not None else torch.zeros_like(f[1]) for f in found], dim=1)
         return variance, flat, uncertain
 
-    def _seen_footprint(self, mask: torch.Tensor, weights: torch.Tensor) -> tuple | None:
-        """The statistics of a kept mask equal to ``mask`` [Bm, Cm, h, w] with equal ``weights``, or None."""
-        for kept_mask, kept_weights, moments in self._footprints:
-            if torch.equal(kept_mask, mask) and torch.equal(kept_weights, weights):
+    def _seen_footprint(self, mask: torch.Tensor, weights: torch.Tensor, key: tuple[float, ...]) -> tuple | None:
+        """The statistics of a kept mask equal to ``mask`` [Bm, Cm, h, w] with equal ``weights`` (whose
+        :func:`_fingerprints` key is ``key``), or None."""
+        for kept_key, kept_mask, kept_weights, moments in self._footprints:
+            if kept_key == key and torch.equal(kept_mask, mask) and torch.equal(kept_weights, weights):
                 return moments
         return None
 
