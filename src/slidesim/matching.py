@@ -37,6 +37,7 @@ from .pose_search import (
     PoseSpace,
     candidates_of,
     check_search,
+    default_beam,
     describe_search,
     finish,
     plan_pyramid,
@@ -452,7 +453,8 @@ def match(
             cheaper (many poses, a large template); sequences of poses it searches exhaustively, as before.
         levels: Halvings of the pyramid; default: as many as keep the template's smaller side at 12 pixels or
             more and its turned and scaled canvas within the image.
-        beam: Positions per image and template carried down from the coarsest level; default max(8, 2k).
+        beam: Positions per image and template carried down from the coarsest level; default max(8, 2k), twice
+            that when more than one scale is searched.
         **options: stride, dilation, mode, padding, pad_value, mask, channels ("joint" or "mean"), circular,
             method, memory_limit: as for :func:`slidesim.similarity`. A mask is rotated and scaled with its
             template.
@@ -593,7 +595,7 @@ def plan_search(
             scales=space.scales if scale_range or checked.scales else None,
         )
     stream = checked.stream(canon) if checked.transformed else None
-    beam = max(8, 2 * checked.k) if beam is None else beam
+    beam = default_beam(checked.k, space) if beam is None else beam
     levels, why = plan_pyramid(how, levels, canon, space, checked.border, beam)
     return PlannedSearch(checked, canon, space, stream, levels, why, beam)
 
