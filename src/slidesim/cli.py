@@ -945,7 +945,10 @@ def _add_match_arguments(found: argparse.ArgumentParser) -> None:
         "--beam",
         type=int,
         metavar="N",
-        help="positions per template carried down the pyramid from its coarsest level (default max(8, 2 x --top), twice that with --scales)",
+        help=(
+            "positions per template carried down the pyramid from its coarsest level (default max(8, 2 x --top), "
+            "twice that with --scales)"
+        ),
     )
     found.add_argument(
         "--no-subpixel",

@@ -41,7 +41,16 @@ from .banks import TransformStream, canvas_size, usable_scales
 from .errors import SlidesimTypeError, SlidesimValueError
 from .peaks import locate_peaks
 
-__all__ = ["SEARCHES", "PoseSpace", "Pyramid", "check_search", "default_beam", "finish", "plan_pyramid", "pyramid_search"]
+__all__ = [
+    "SEARCHES",
+    "PoseSpace",
+    "Pyramid",
+    "check_search",
+    "default_beam",
+    "finish",
+    "plan_pyramid",
+    "pyramid_search",
+]
 
 SEARCHES = ("auto", "pyramid", "exhaustive")
 COARSEST_SIDE = 12  # pixels: the template's smaller side at the coarsest level stays at least this

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .._threads import numba_threads
-from .boxes import box_sums
+from .boxes import box_sums, channel_box_sums
 from .conv import UNFOLD_BUDGET, conv_correlate
 from .spectral import fft_correlate
 from .taps import TapReductions
@@ -128,9 +128,7 @@ class AreaSumReductions(TapReductions):
             if not exact_zeros:
                 return fft_correlate(plane, weights, self.geom, self.chunk_bytes, spectra=self.spectra)
             return conv_correlate(plane, weights, self.geom, self.unfold_bytes)
-        total = plane.sum(dim=1, keepdim=True) if plane.shape[1] > 1 else plane
-        geom = self.geom
-        return box_sums(total, geom.template_size, geom, (geom.out_height, geom.out_width))
+        return channel_box_sums(plane, self.geom)
 
     def window_flat(
         self, plane: torch.Tensor, support: torch.Tensor | None, rows: tuple[int, int] | None = None

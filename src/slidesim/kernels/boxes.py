@@ -64,3 +64,10 @@ def box_sums(plane: torch.Tensor, taps: tuple[int, int], geom: Geometry, count: 
     columns_first = plane.transpose(-1, -2).contiguous()
     rows = _box_last_axis(columns_first, taps[0], dy, sy, count[0]).transpose(-1, -2).contiguous()
     return _box_last_axis(rows, taps[1], dx, sx, count[1])
+
+
+def channel_box_sums(plane: torch.Tensor, geom: Geometry) -> torch.Tensor:
+    """Σ over each window of ``geom``'s template size of plane [B, C', Hp, Wp], channels summed -> [B, 1, H', W']
+    in float64 (:func:`box_sums` of the channels' total)."""
+    total = plane.sum(dim=1, keepdim=True) if plane.shape[1] > 1 else plane
+    return box_sums(total, geom.template_size, geom, (geom.out_height, geom.out_width))
