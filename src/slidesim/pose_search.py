@@ -7,8 +7,9 @@ resolution (passed in as ``exhaustive``). Without a mask and for 8 angles or mor
 the disk inscribed in the (scaled) template, the same at every angle: one mask per scale, whose window statistics
 are computed once, so that each angle costs one cross-correlation (each turned footprint would need its own). Each
 scale is searched wherever its own footprint fits the image (the image is padded with weightless reflections where the
-largest scale's canvas needs more room). The best ``beam`` candidates of each image and template are carried down:
-peaks of the best pose within each band of neighbouring scales, at least a quarter of the template apart unless
+largest scale's canvas needs more room). The best ``beam`` candidates of each image and template are carried down
+(:func:`default_beam`): peaks of the best pose within each band of neighbouring scales, each band keeping its share
+of the beam before the best of the rest fill it, at least a quarter of the template apart unless
 their poses differ by several steps (at most two poses per place). At each finer level a candidate's position is
 doubled and re-searched ±3 pixels around it, under the poses of the finer grid within one coarser step of its pose
 (turned footprints, exact scores), by scoring a crop of the image against a small bank of templates drawn by
