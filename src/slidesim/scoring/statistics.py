@@ -45,10 +45,11 @@ def _same_footprint(mask: torch.Tensor, weights: torch.Tensor, i: int, j: int) -
 def _fingerprints(mask: torch.Tensor, weights: torch.Tensor) -> list[tuple[float, ...]]:
     """A key per template of per-template masks and weights [Bm, Tm, Cm, h, w]: their values at a few hundred
     spread taps. Equal footprints have equal keys, so only templates with equal keys need comparing in full (a
-    gather, where sums over the planes would allocate and page in a float64 copy of the bank's masks)."""
-    planes = torch.stack([mask, weights]).transpose(1, 2).flatten(3)  # [2, Tm, Bm, Cm·h·w]
-    taps = torch.linspace(0, planes.shape[-1] - 1, min(planes.shape[-1], _FINGERPRINT_TAPS), device=mask.device)
-    keys = planes.index_select(-1, taps.round().long()).flatten(2).transpose(0, 1).flatten(1)  # [Tm, ...]
+    gather of a few taps, where sums over the planes would allocate and page in a copy of the bank's masks)."""
+    per_template = [planes.transpose(0, 1).reshape(planes.shape[1], -1) for planes in (mask, weights)]  # views
+    size = per_template[0].shape[-1]
+    taps = torch.linspace(0, size - 1, min(size, _FINGERPRINT_TAPS), device=mask.device).round().long()
+    keys = torch.cat([planes.index_select(-1, taps) for planes in per_template], dim=-1)  # [Tm, 2 · taps]
     return [tuple(row) for row in keys.tolist()]
 
 
