@@ -35,6 +35,7 @@ from typing import TypeVar
 
 import torch
 
+from ._heap import keep_freed_memory
 from .errors import SlidesimTypeError, SlidesimValueError
 
 ENV_VARIABLE = "SLIDESIM_NUM_THREADS"
@@ -314,6 +315,7 @@ def for_calls(function: _Function) -> _Function:
 
     @functools.wraps(function)
     def scoped(*args, **kwargs):
+        keep_freed_memory()  # once per process: temporaries reuse the pages the last call freed (slidesim._heap)
         with call_scope():
             return function(*args, **kwargs)
 
