@@ -254,10 +254,11 @@ def resample(
     cols = (x0[:, None] + torch.arange(bx))[:, None, :]  # [p, 1, bx]
     crop = torch.arange(p) if which is None else which
     band = coefficients[crop[:, None, None], :, rows, cols]  # [p, by, bx, C]
-    # the shifts' taps as the short side of each product: [p, ny, L] @ [p, L, everything else]
-    taps = torch.stack([band[:, t : t + (h - 1) * dy + 1 : dy] for t in range(Ly)], dim=1)  # [p, Ly, h, bx, C]
+    # the shifts' taps as the short side of each product: [p, ny, L] @ [p, L, everything else]; tap t of window
+    # row j is band row j·dy + t, so the taps are the band's windows of L rows, dy apart (one view, one copy)
+    taps = band.unfold(1, Ly, dy).permute(0, 4, 1, 2, 3)  # [p, h, bx, C, Ly] -> [p, Ly, h, bx, C]
     filtered = torch.matmul(kernel_y, taps.reshape(p, Ly, h * bx * C)).reshape(p, ny, h, bx, C)
-    taps = torch.stack([filtered[:, :, :, t : t + (w - 1) * dx + 1 : dx] for t in range(Lx)], dim=1)
+    taps = filtered.unfold(3, Lx, dx).permute(0, 5, 1, 2, 3, 4)  # [p, ny, h, w, C, Lx] -> [p, Lx, ny, h, w, C]
     windows = torch.matmul(kernel_x, taps.reshape(p, Lx, ny * h * w * C))  # [p, nx, ny·h·w·C]
     return windows.reshape(p, nx, ny, h, w, C).permute(0, 2, 1, 5, 3, 4)
 

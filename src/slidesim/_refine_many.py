@@ -157,9 +157,12 @@ def _refine_chunk(
             _climb(surfaces, y, x, step, searching)
         fy, fx = _newton(surfaces, y, x, searching)
         everyone = torch.arange(len(kept))
-        score = surfaces.at(everyone, fy, fx, f64)
         moved = (fy != y) | (fx != x)
-        scored = surfaces.at(everyone[moved], y[moved], x[moved], f64)
+        # the vertices and, where they moved, the grids' best shifts: one resampling for both
+        both = surfaces.at(
+            torch.cat([everyone, everyone[moved]]), torch.cat([fy, y[moved]]), torch.cat([fx, x[moved]]), f64
+        )
+        score, scored = both[: len(kept)], both[len(kept) :]
         # the vertex only where it scores at least as well as the grids' best shift (see refine_on_data)
         worse = torch.zeros_like(moved)
         worse[moved] = ~(score[moved] >= scored)
