@@ -106,3 +106,30 @@ def test_a_shift_centres_and_widens_each_piece_as_it_is_read(tile) -> None:
     narrowed = fft_correlate(image, kernel, geom, chunk_bytes=2**20, tile=tile, shift=shift, out_dtype=torch.float32)
     assert narrowed.dtype == torch.float32
     torch.testing.assert_close(narrowed, expected.float())
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_kept_tile_spectra_serve_the_later_chunks_of_a_bank(monkeypatch, channels: int) -> None:
+    """A bank scored chunk by chunk on one image (a rotation search) transforms the image's tiles once: the
+    later chunks reuse the kept spectra, and every chunk's scores equal conv2d's."""
+    generator = torch.Generator().manual_seed(3)
+    image = torch.rand(2, channels, 70, 90, generator=generator)
+    chunks = [torch.rand(1, 3, channels, 7, 9, generator=generator) for _ in range(3)]
+    geom = Geometry((1, 1), (1, 1), 64, 82, (7, 9))
+    forward = []
+    real_rfft2 = torch.fft.rfft2
+    monkeypatch.setattr(torch.fft, "rfft2", lambda *a, **k: forward.append(a[0].shape) or real_rfft2(*a, **k))
+    spectra: dict = {}
+    for kernel in chunks:
+        got = fft_correlate(image, kernel, geom, chunk_bytes=2**22, tile=(32, 32), spectra=spectra)
+        torch.testing.assert_close(got, conv2d_bank(image, kernel, (1, 1), (1, 1)), **tolerance(torch.float32, 10.0))
+    tiles = -(-64 // 26) * -(-82 // 24)  # tiles advance by the tile less the span: 26 rows, 24 columns
+    assert len(forward) == tiles  # the first chunk's; the others read the kept spectra
+    # without room for every tile's spectrum, nothing is kept: every chunk (and every few templates within one,
+    # as the small budget splits them) transforms the tiles again
+    forward.clear()
+    spectra = {}
+    for kernel in chunks:
+        fft_correlate(image, kernel, geom, chunk_bytes=2**12, tile=(32, 32), spectra=spectra)
+    assert len(forward) >= 3 * tiles
+    assert not spectra

@@ -18,7 +18,14 @@ import torch
 
 from .._validate import Canonical, Problem, geometry
 from ..kernels.area_sums import AreaSumReductions
-from ..kernels.spectral import choose_tile, fft_correlate, next_fast_length, template_chunk, tile_count
+from ..kernels.spectral import (
+    choose_tile,
+    fft_correlate,
+    next_fast_length,
+    template_chunk,
+    tile_count,
+    tile_spectra_bytes,
+)
 from ..kernels.taps import block_elements
 from . import counts
 from .base import ReductionEngine, correlation_ineligible_reason
@@ -141,10 +148,14 @@ class FFTEngine(ReductionEngine):
         return found
 
     def temporary_bytes(self, problem: Problem, memory_limit: int) -> int:
-        """The area sums' temporaries, the image spectrum and one chunk of templates' spectra and maps."""
+        """The area sums' temporaries, the image spectrum (every tile's, when they are kept for the later chunks
+        of a bank) and one chunk of templates' spectra and maps."""
         item = transform_bytes(problem)
-        (Hf, Wf), _ = transform_plan(problem, memory_limit)  # the whole image, or overlap-save tiles
+        (Hf, Wf), tiles = transform_plan(problem, memory_limit)  # the whole image, or overlap-save tiles
         spectrum = problem.batch * problem.channels * Hf * (Wf // 2 + 1) * 2 * item
+        shape = (problem.batch, problem.channels)
+        if tiles > 1 and tile_spectra_bytes(shape, (Hf, Wf), tiles, item) <= memory_limit // 4:
+            spectrum = tile_spectra_bytes(shape, (Hf, Wf), tiles, item)
         bank_batch = problem.batch if problem.per_image_bank else 1
         chunk = template_chunk((Hf, Wf), problem.batch, bank_batch, problem.n_templates, item, memory_limit // 4)
         per_template = (bank_batch + problem.batch) * Hf * (Wf // 2 + 1) * 2 * item + problem.batch * Hf * Wf * item

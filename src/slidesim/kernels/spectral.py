@@ -47,9 +47,10 @@ def fft_correlate(
 
     One transform of the whole image when its spectrum (about twice the image) fits ``chunk_bytes`` and is not
     large; otherwise overlap-save tiles (see :func:`choose_tile`), whose temporaries do not grow with the image.
-    ``tile`` forces a transform size for the tiles. ``spectra``, when given, keeps whole-image spectra for later
-    calls on the same image tensor (a bank streamed in chunks): it holds the image too, so the tensor cannot be
-    freed and its identity reused while the entry exists.
+    ``tile`` forces a transform size for the tiles. ``spectra``, when given, keeps the image's spectra for later
+    calls on the same image tensor (a bank streamed in chunks): the whole image's, or every tile's when together
+    they fit ``chunk_bytes`` (see :func:`tile_spectra_bytes`). An entry holds the image too, so the tensor cannot
+    be freed and its identity reused while it exists.
     """
     reader = _Reader(image, shift, kernel.dtype)
     kernel = kernel.to(reader.dtype)
@@ -64,7 +65,7 @@ def fft_correlate(
     out_dtype = reader.dtype if out_dtype is None else out_dtype
     if tile is None:
         return _whole(reader, kernel, geom, chunk_bytes, spectra).to(out_dtype)
-    return _tiled(reader, kernel, geom, chunk_bytes, tile, out_dtype)
+    return _tiled(reader, kernel, geom, chunk_bytes, tile, out_dtype, spectra)
 
 
 class _Reader:
@@ -194,13 +195,20 @@ def _product(image_spectrum: torch.Tensor, kernel: torch.Tensor, size: tuple[int
     return _accumulate(image_spectrum, lambda c: _kernel_spectrum(kernel[:, :, c], size), kernel.shape[2])
 
 
-def _accumulate(image_spectrum: torch.Tensor, kernel_spectrum, channels: int, fresh: str = "kernel") -> torch.Tensor:
+def _accumulate(
+    image_spectrum: torch.Tensor,
+    kernel_spectrum,
+    channels: int,
+    fresh: str = "kernel",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Σ_c image_spectrum[:, None, c] · kernel_spectrum(c).
 
     ``fresh`` names the operand that is a new tensor the product may overwrite: "kernel" (each kernel spectrum,
-    in whatever memory layout its transforms left) or "image" (a tile's spectrum, when it has one channel and
-    the product one template). Overwriting it saves a spectrum-sized allocation and runs at the speed of an
-    in-place product.
+    in whatever memory layout its transforms left), "image" (a tile's spectrum, when it has one channel and
+    the product one template) or "neither". Overwriting it saves a spectrum-sized allocation and runs at the
+    speed of an in-place product. With "neither", ``out`` (of the product's shape) receives the product when
+    given.
     """
     B = image_spectrum.shape[0]
     product = None
@@ -210,6 +218,8 @@ def _accumulate(image_spectrum: torch.Tensor, kernel_spectrum, channels: int, fr
             product = spectrum.mul_(image_spectrum[:, None, c])
         elif product is None and fresh == "image" and channels == 1 and spectrum.shape[1] == 1:
             product = image_spectrum.mul_(spectrum)  # [B, 1, ...]: the channel axis becomes the template axis
+        elif product is None and out is not None:
+            product = torch.mul(image_spectrum[:, None, c], spectrum, out=out)
         elif product is None:
             product = image_spectrum[:, None, c] * spectrum
         else:
@@ -226,6 +236,13 @@ def tile_steps(tile: tuple[int, int], span: tuple[int, int], stride: tuple[int, 
     )
 
 
+def tile_spectra_bytes(shape: tuple[int, ...], tile: tuple[int, int], tiles: int, item: int) -> int:
+    """Bytes of the spectra of every overlap-save tile of images ``shape`` [B, C, Hp, Wp] (``item`` bytes per real
+    value): what keeping them for the later chunks of a streamed bank holds."""
+    B, C = shape[:2]
+    return tiles * B * C * tile[0] * (tile[1] // 2 + 1) * 2 * item
+
+
 def _tiled(
     reader: _Reader,
     kernel: torch.Tensor,
@@ -233,9 +250,15 @@ def _tiled(
     chunk_bytes: int,
     tile: tuple[int, int],
     out_dtype: torch.dtype | None = None,
+    spectra: dict | None = None,
 ) -> torch.Tensor:
     """Overlap-save: each tile of ``tile`` pixels yields the outputs whose windows lie inside it; tiles advance
-    by the tile size minus the template span (rounded down to the stride), so together they cover every output."""
+    by the tile size minus the template span (rounded down to the stride), so together they cover every output.
+
+    The tiles' spectra are computed once per call, or once per image when ``spectra`` keeps them for the later
+    chunks of a streamed bank (a rotation search scores one turned template after another on the same image:
+    each chunk transformed every tile again, as many forward transforms as inverse ones); they are kept only
+    when all of them fit ``chunk_bytes``, which is what the tiles save on large images otherwise."""
     (sy, sx) = geom.stride
     B, C = reader.shape[:2]
     Bk, T, _, span_h, span_w = kernel.shape
@@ -245,17 +268,32 @@ def _tiled(
     if step_h + span_h - 1 > th or step_w + span_w - 1 > tw:
         raise ValueError(f"tile {tile} is smaller than the template span ({span_h}, {span_w}) plus the stride")
     out = reader.image.new_empty(B, T, geom.out_height, geom.out_width, dtype=out_dtype or reader.dtype)
+    tiles = -(-need_h // step_h) * -(-need_w // step_w)
+    kept = None
+    if spectra is not None and tile_spectra_bytes(reader.shape, tile, tiles, reader.item) <= chunk_bytes:
+        kept = spectra.setdefault((reader.key(), "tiles", tile), ((reader.image, reader.given_shift), {}))[1]
     chunk = max(1, template_chunk(tile, B, Bk, T, reader.item, chunk_bytes) // (C + 1))
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
-        kernels = _kernel_spectrum(kernel[:, t0:t1], tile)  # [Bk, t, C, th, tw // 2 + 1], once for every tile
+        # [Bk, t, C, th, tw // 2 + 1], once for every tile; laid out in order, as the products read it once per tile
+        kernels = _kernel_spectrum(kernel[:, t0:t1], tile).contiguous()
+        products = None if kept is None else kernels.new_empty(B, t1 - t0, *kernels.shape[-2:])  # reused by tiles
         for y0 in range(0, need_h, step_h):
             rows = min(step_h, need_h - y0)
             for x0 in range(0, need_w, step_w):
                 cols = min(step_w, need_w - x0)
-                piece = reader.piece(slice(y0, y0 + rows + span_h - 1), slice(x0, x0 + cols + span_w - 1))
-                spectrum = torch.fft.rfft2(piece, s=tile)
-                product = _accumulate(spectrum, lambda c, kernels=kernels: kernels[:, :, c], C, fresh="image")
+                if kept is not None and (y0, x0) in kept:
+                    spectrum = kept[(y0, x0)]
+                else:
+                    piece = reader.piece(slice(y0, y0 + rows + span_h - 1), slice(x0, x0 + cols + span_w - 1))
+                    spectrum = torch.fft.rfft2(piece, s=tile)
+                    if kept is not None:
+                        kept[(y0, x0)] = spectrum
+                # a kept spectrum is read by every chunk, the kernels' by every tile: then neither is overwritten
+                fresh = "neither" if kept is not None else "image"
+                product = _accumulate(
+                    spectrum, lambda c, kernels=kernels: kernels[:, :, c], C, fresh=fresh, out=products
+                )
                 full = torch.fft.irfft2(product, s=tile)
                 out[:, t0:t1, y0 // sy : (y0 + rows - 1) // sy + 1, x0 // sx : (x0 + cols - 1) // sx + 1] = full[
                     ..., span_h - 1 : span_h - 1 + rows : sy, span_w - 1 : span_w - 1 + cols : sx
