@@ -561,22 +561,31 @@ def test_turned_footprints_share_their_window_statistics(memory_limit) -> None:
     image = rng.random((90, 100)).astype(np.float32)
     template = image[30:51, 40:61].copy()
     rotations = [0, 37, 90, 127, 180, 217, 270, 307]  # two footprints of a square, four angles each
-    computed = []
+    computed, roots = [], []
     original = statistics.WindowStatistics._window_moments
+    original_root = statistics.inverse_root
 
     def counting(self, mask, weights):
         computed.append(mask.shape[1])
         return original(self, mask, weights)
 
+    def counting_roots(values, degenerate, dtype=torch.float64):
+        roots.append(values.shape[1])
+        return original_root(values, degenerate, dtype)
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(statistics.WindowStatistics, "_window_moments", counting)
+        patch.setattr(statistics, "inverse_root", counting_roots)
         options = {"rotations": rotations, "search": "exhaustive", "subpixel": False, "memory_limit": memory_limit}
         shared = slidesim.match(image, template, **options)
         assert sum(computed) == 2 and len(computed) == (1 if memory_limit is None else 2)
+        assert roots == [1, 1]  # the zncc factors too: once per footprint
         computed.clear()
+        roots.clear()
         patch.setattr(statistics.WindowStatistics, "_seen_footprint", lambda self, mask, weights, key: None)
         patch.setattr(statistics, "_same_footprint", lambda mask, weights, i, j: False)
         each = slidesim.match(image, template, **options)
         assert sum(computed) == len(rotations)
+        assert sum(roots) == len(rotations)
     np.testing.assert_allclose(shared.maps, each.maps, rtol=1e-6, atol=1e-6)
     assert (shared.angle[0], shared.y[0], shared.x[0]) == (each.angle[0], each.y[0], each.x[0]) == (0.0, 40.0, 50.0)

@@ -42,6 +42,16 @@ def _same_footprint(mask: torch.Tensor, weights: torch.Tensor, i: int, j: int) -
     return torch.equal(mask[:, i], mask[:, j]) and torch.equal(weights[:, i], weights[:, j])
 
 
+def _joined(found: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-template triples (values [B, 1, H', W'], a bool map, a bool map or None) joined along the template
+    axis; the last is None when it is None for every template."""
+    values = torch.cat([f[0] for f in found], dim=1)
+    flags = torch.cat([f[1] for f in found], dim=1)
+    if all(f[2] is None for f in found):
+        return values, flags, None
+    return values, flags, torch.cat([f[2] if f[2] is not None else torch.zeros_like(f[1]) for f in found], dim=1)
+
+
 def _fingerprints(mask: torch.Tensor, weights: torch.Tensor) -> list[tuple[float, ...]]:
     """A key per template of per-template masks and weights [Bm, Tm, Cm, h, w]: their values at a few hundred
     spread taps. Equal footprints have equal keys, so only templates with equal keys need comparing in full (a
@@ -102,7 +112,8 @@ class WindowStatistics:
         self._values: dict[tuple, object] = {}
         self._planes: dict[tuple, torch.Tensor] | None = {} if keep_planes else None
         self._given: object = _NOT_YET
-        self._footprints: list[tuple] = []  # (mask, weights, moments) of the last few per-template masks
+        # (key, mask, weights, (moments, values derived from them)) of the last few per-template masks
+        self._footprints: list[tuple] = []
         self.use_mask(mask)
 
     def use_mask(self, mask: torch.Tensor | None) -> None:
@@ -244,8 +255,7 @@ class WindowStatistics:
                 factors = self.prims.window_factors(self.image, self.shift, tolerance, dtype)
                 if factors is not None:  # no window is within the rounding bound of zero variance
                     return factors, None, None
-        variance, flat, uncertain = self.window_moments(mask, weights)
-        return (*inverse_root(variance, flat, dtype), uncertain)
+        return self.inverse_root_variance(mask, weights, dtype)
 
     def ncc_factors(
         self, weights: torch.Tensor, dtype: torch.dtype
@@ -349,6 +359,28 @@ class WindowStatistics:
         a rectangle by θ and θ + 180°, and a bank streamed in that order pays for each footprint once."""
         if not self.masked or (torch.is_grad_enabled() and (mask.requires_grad or self.image.requires_grad)):
             return self._window_moments(mask, weights)
+        return _joined([moments for moments, _ in self._footprint_moments(mask, weights)])
+
+    def inverse_root_variance(
+        self, mask: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(1/√window variance in ``dtype``, 0 for degenerate windows; the degenerate windows; the windows whose
+        variance is too close to zero to trust, or None) -> [B, Tm, H', W'] each: :func:`inverse_root` of
+        :meth:`window_moments`, computed once per footprint as the moments are (a rotation search's turned
+        templates share a footprint four at a time)."""
+        if not self.masked or (torch.is_grad_enabled() and (mask.requires_grad or self.image.requires_grad)):
+            variance, flat, uncertain = self._window_moments(mask, weights)
+            return (*inverse_root(variance, flat, dtype), uncertain)
+        found = []
+        for (variance, flat, uncertain), derived in self._footprint_moments(mask, weights):
+            if dtype not in derived:  # inverse_root overwrites its input: the kept variance stays as it is
+                derived[dtype] = (*inverse_root(variance.clone(), flat, dtype), uncertain)
+            found.append(derived[dtype])
+        return _joined(found)
+
+    def _footprint_moments(self, mask: torch.Tensor, weights: torch.Tensor) -> list[tuple[tuple, dict]]:
+        """Per template of masks [Bm, Tm, Cm, h, w]: its footprint's :meth:`_window_moments` (each [B, 1, H', W']
+        or None) and a dict of values derived from them, both shared by every template with that footprint."""
         keys = _fingerprints(mask, weights)
         found: list[tuple | None] = [self._seen_footprint(mask[:, j], weights[:, j], keys[j]) for j in range(len(keys))]
         distinct: list[int] = []  # the first of each footprint not seen before
@@ -366,24 +398,19 @@ class WindowStatistics:
             index = torch.tensor(distinct, device=mask.device)
             fresh = self._window_moments(mask.index_select(1, index), weights.index_select(1, index))
             for n, j in enumerate(distinct):
-                found[j] = tuple(None if v is None else v[:, n : n + 1] for v in fresh)
+                found[j] = (tuple(None if v is None else v[:, n : n + 1] for v in fresh), {})
                 kept = (keys[j], mask[:, j], weights[:, j], found[j])
                 self._footprints = [kept, *self._footprints][:_KEPT_FOOTPRINTS]
         for j, first in same_as.items():
             found[j] = found[first]
-        variance = torch.cat([f[0] for f in found], dim=1)
-        flat = torch.cat([f[1] for f in found], dim=1)
-        if all(f[2] is None for f in found):
-            return variance, flat, None
-        uncertain = torch.cat([f[2] if f[2] is not None else torch.zeros_like(f[1]) for f in found], dim=1)
-        return variance, flat, uncertain
+        return found  # type: ignore[return-value]
 
     def _seen_footprint(self, mask: torch.Tensor, weights: torch.Tensor, key: tuple[float, ...]) -> tuple | None:
-        """The statistics of a kept mask equal to ``mask`` [Bm, Cm, h, w] with equal ``weights`` (whose
-        :func:`_fingerprints` key is ``key``), or None."""
-        for kept_key, kept_mask, kept_weights, moments in self._footprints:
+        """(The statistics, the values derived from them) of a kept mask equal to ``mask`` [Bm, Cm, h, w] with
+        equal ``weights`` (whose :func:`_fingerprints` key is ``key``), or None."""
+        for kept_key, kept_mask, kept_weights, kept in self._footprints:
             if kept_key == key and torch.equal(kept_mask, mask) and torch.equal(kept_weights, weights):
-                return moments
+                return kept
         return None
 
     def _window_moments(
