@@ -125,6 +125,12 @@ def test_kept_tile_spectra_serve_the_later_chunks_of_a_bank(monkeypatch, channel
         torch.testing.assert_close(got, conv2d_bank(image, kernel, (1, 1), (1, 1)), **tolerance(torch.float32, 10.0))
     tiles = -(-64 // 26) * -(-82 // 24)  # tiles advance by the tile less the span: 26 rows, 24 columns
     assert len(forward) == tiles  # the first chunk's; the others read the kept spectra
+    # another span places the tiles elsewhere: its spectra are not the kept ones
+    smaller = torch.rand(1, 2, channels, 5, 5, generator=generator)
+    narrow = Geometry((1, 1), (1, 1), 66, 86, (5, 5))
+    got = fft_correlate(image, smaller, narrow, chunk_bytes=2**22, tile=(32, 32), spectra=spectra)
+    torch.testing.assert_close(got, conv2d_bank(image, smaller, (1, 1), (1, 1)), **tolerance(torch.float32, 10.0))
+    assert len(forward) > tiles
     # without room for every tile's spectrum, nothing is kept: every chunk (and every few templates within one,
     # as the small budget splits them) transforms the tiles again
     forward.clear()

@@ -271,7 +271,9 @@ def _tiled(
     tiles = -(-need_h // step_h) * -(-need_w // step_w)
     kept = None
     if spectra is not None and tile_spectra_bytes(reader.shape, tile, tiles, reader.item) <= chunk_bytes:
-        kept = spectra.setdefault((reader.key(), "tiles", tile), ((reader.image, reader.given_shift), {}))[1]
+        # the tiles' places and extents follow from the span and the stride as well as the tile size
+        key = (reader.key(), "tiles", tile, (span_h, span_w), geom.stride)
+        kept = spectra.setdefault(key, ((reader.image, reader.given_shift), {}))[1]
     chunk = max(1, template_chunk(tile, B, Bk, T, reader.item, chunk_bytes) // (C + 1))
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
