@@ -537,7 +537,8 @@ def run(suite: list[ScoreCase | MatchCase], budget: Budget, hog: Hog | None) -> 
             with hog.running():
                 loaded, _ = race(tools, budget)
             # what the one core the load leaves is worth: slidesim idle on one thread
-            single, _ = race({key: _one_thread(tool) for key, tool in tools.items() if key in ours(tools)}, budget)
+            mine = {key: _one_thread(tool) for key, tool in tools.items() if key.startswith("slidesim")}
+            single, _ = race(mine, budget)
         for row in case.rows(times, results):
             if loaded:
                 row.loaded = {"ours": loaded[row.keys[0]], "peer": loaded[row.keys[1]], "one": single[row.keys[0]]}
@@ -546,12 +547,9 @@ def run(suite: list[ScoreCase | MatchCase], budget: Budget, hog: Hog | None) -> 
     return rows
 
 
-def ours(tools: dict[str, Callable[[], object]]) -> list[str]:
-    """The keys of a case's slidesim calls."""
-    return [key for key in tools if key.startswith("slidesim")]
-
-
 def _one_thread(tool: Callable[[], object]) -> Callable[[], object]:
+    """``tool`` run under slidesim.thread_limit(1)."""
+
     def limited() -> object:
         with slidesim.thread_limit(1):
             return tool()

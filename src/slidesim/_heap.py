@@ -18,7 +18,6 @@ when any of glibc's own ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 import threading

@@ -153,9 +153,9 @@ class FFTEngine(ReductionEngine):
         item = transform_bytes(problem)
         (Hf, Wf), tiles = transform_plan(problem, memory_limit)  # the whole image, or overlap-save tiles
         spectrum = problem.batch * problem.channels * Hf * (Wf // 2 + 1) * 2 * item
-        shape = (problem.batch, problem.channels)
-        if tiles > 1 and tile_spectra_bytes(shape, (Hf, Wf), tiles, item) <= memory_limit // 4:
-            spectrum = tile_spectra_bytes(shape, (Hf, Wf), tiles, item)
+        kept = tile_spectra_bytes((problem.batch, problem.channels), (Hf, Wf), tiles, item)
+        if tiles > 1 and kept <= memory_limit // 4:  # as the tiles' reader keeps them (see fft_correlate)
+            spectrum = kept
         bank_batch = problem.batch if problem.per_image_bank else 1
         chunk = template_chunk((Hf, Wf), problem.batch, bank_batch, problem.n_templates, item, memory_limit // 4)
         per_template = (bank_batch + problem.batch) * Hf * (Wf // 2 + 1) * 2 * item + problem.batch * Hf * Wf * item

@@ -357,7 +357,7 @@ class WindowStatistics:
         Per-template masks equal to one already seen (in this chunk, or among the last few of a streamed bank)
         share its statistics: a square template turned by θ, θ + 90°, θ + 180° and θ + 270° has one footprint,
         a rectangle by θ and θ + 180°, and a bank streamed in that order pays for each footprint once."""
-        if not self.masked or (torch.is_grad_enabled() and (mask.requires_grad or self.image.requires_grad)):
+        if not self._shares_footprints(mask):
             return self._window_moments(mask, weights)
         return _joined([moments for moments, _ in self._footprint_moments(mask, weights)])
 
@@ -368,7 +368,7 @@ class WindowStatistics:
         variance is too close to zero to trust, or None) -> [B, Tm, H', W'] each: :func:`inverse_root` of
         :meth:`window_moments`, computed once per footprint as the moments are (a rotation search's turned
         templates share a footprint four at a time)."""
-        if not self.masked or (torch.is_grad_enabled() and (mask.requires_grad or self.image.requires_grad)):
+        if not self._shares_footprints(mask):
             variance, flat, uncertain = self._window_moments(mask, weights)
             return (*inverse_root(variance, flat, dtype), uncertain)
         found = []
@@ -377,6 +377,10 @@ class WindowStatistics:
                 derived[dtype] = (*inverse_root(variance.clone(), flat, dtype), uncertain)
             found.append(derived[dtype])
         return _joined(found)
+
+    def _shares_footprints(self, mask: torch.Tensor) -> bool:
+        """Whether equal per-template masks share their statistics: masked, and no gradient to carry through."""
+        return self.masked and not (torch.is_grad_enabled() and (mask.requires_grad or self.image.requires_grad))
 
     def _footprint_moments(self, mask: torch.Tensor, weights: torch.Tensor) -> list[tuple[tuple, dict]]:
         """Per template of masks [Bm, Tm, Cm, h, w]: its footprint's :meth:`_window_moments` (each [B, 1, H', W']
