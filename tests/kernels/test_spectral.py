@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import slidesim
 from slidesim._geometry import Geometry
-from slidesim.kernels.spectral import choose_tile, fft_correlate
+from slidesim.kernels.spectral import choose_tile, fft_correlate, next_fast_length
 
 from ..conftest import conv2d_bank, correlation_case, tolerance
 
@@ -139,3 +139,28 @@ def test_kept_tile_spectra_serve_the_later_chunks_of_a_bank(monkeypatch, channel
         fft_correlate(image, kernel, geom, chunk_bytes=2**12, tile=(32, 32), spectra=spectra)
     assert len(forward) >= 3 * tiles
     assert not spectra
+
+
+def _largest_prime_factor(n: int) -> int:
+    factor, largest = 2, 1
+    while n > 1:
+        while n % factor == 0:
+            n, largest = n // factor, factor
+        factor += 1
+    return largest
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 17, 100, 172, 175, 303, 315, 448, 850, 1080, 1100, 1920, 2032, 4001])
+def test_transform_lengths_are_smooth_and_avoid_odd_real_axes(n: int) -> None:
+    for last_axis in (False, True):
+        m = next_fast_length(n, last_axis=last_axis)
+        assert n <= m <= 1 << max(0, (n - 1).bit_length())
+        assert _largest_prime_factor(m) <= 7
+        if last_axis and n > 2:
+            assert m % 2 == 0, "an odd real-transform length runs about 3 times slower per point"
+
+
+def test_transform_lengths_pad_odd_lengths_to_multiples_of_four() -> None:
+    assert next_fast_length(175, last_axis=True) % 4 == 0  # 7-smooth but odd
+    assert next_fast_length(315) % 2 == 0
+    assert next_fast_length(1080, last_axis=True) == 1080  # already fast: no padding

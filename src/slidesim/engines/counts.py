@@ -66,7 +66,7 @@ def area_sum_statistics(problem: Problem) -> dict[str, float]:
     if problem.mask_kind == "none":
         counts["statistics_pixels"] = float(problem.batch * problem.channels * Hp * Wp)
     elif problem.metric == "zncc":  # two or three float64 FFT correlations per channel (see window_sum there)
-        Hf, Wf = next_fast_length(Hp), next_fast_length(Wp)
+        Hf, Wf = next_fast_length(Hp), next_fast_length(Wp, last_axis=True)
         masks = problem.n_templates if problem.mask_kind == "per_template" else 1
         counts["masked_statistics_nlogn"] = (
             3 * problem.batch * problem.channels * (1 + masks) * Hf * Wf * math.log2(Hf * Wf)

@@ -85,7 +85,7 @@ def transform_plan(problem: Problem, memory_limit: int) -> tuple[tuple[int, int]
     shape = (problem.batch, problem.channels, Hp, Wp)
     tile = choose_tile(shape, span, problem.n_templates, item, memory_limit // 4, problem.stride)
     if tile is None:
-        return (next_fast_length(Hp), next_fast_length(Wp)), 1
+        return (next_fast_length(Hp), next_fast_length(Wp, last_axis=True)), 1
     return tile, tile_count(tile, (Hp, Wp), span, problem.stride)
 
 
