@@ -139,6 +139,8 @@ class Canonical:
     """Channels last, one [H, W, C] image and one [h, w, C] template: scores without batch and template axes."""
     converted: torch.Tensor | None = field(default=None, repr=False, compare=False)
     """The conversion of narrow images to the compute dtype, once something asked for :attr:`images`."""
+    whole_pixels: bool | None = field(default=None, repr=False, compare=False)
+    """Whether every pixel is an integer of at most 16 bits, once :func:`integer_valued` has looked."""
 
     @property
     def narrow(self) -> bool:
@@ -768,19 +770,43 @@ def border(canon: Canonical) -> Border:
 
 
 _SMALL_INTEGER_DTYPES = ("uint8", "int8", "uint16", "int16")
+_SMALL_INTEGER_LIMIT = 65535  # the largest magnitude of an 8- or 16-bit pixel
+_WHOLE_CHECK_ELEMENTS = 2**20  # pixels per step of the integer test of float images (bounds its temporaries)
 
 
 def integer_valued(canon: Canonical) -> bool:
     """Whether every pixel of the padded images is an integer of at most 16 bits: the input was such an integer
-    array, and constant padding (where there is any) pads with an integer.
+    array, or a float array holding only such integers (a float copy of an 8- or 16-bit picture), and constant
+    padding (where there is any) pads with an integer.
 
     Sums of such pixels and of their squares are exact in float64 up to 2^53, which lets the scoring code decide
     flat windows from the sums alone and keep the whole cross term exact (:mod:`slidesim.scoring.statistics`).
+    Float images are looked at once per call; a fractional pixel in the first row settles most of them at once.
     """
-    if canon.problem.input_dtype not in _SMALL_INTEGER_DTYPES:
-        return False
     edge = border(canon)
-    return edge.value is None or not edge.padded or float(edge.value).is_integer()
+    if edge.value is not None and edge.padded and not float(edge.value).is_integer():
+        return False
+    if canon.problem.input_dtype in _SMALL_INTEGER_DTYPES:
+        return True
+    if canon.whole_pixels is None:
+        canon.whole_pixels = _whole_pixels(canon.image_source)
+    return canon.whole_pixels
+
+
+def _whole_pixels(images: torch.Tensor) -> bool:
+    """Whether every value of float images [B, C, H, W] is an integer within ±65535 (NaN and ±inf are not)."""
+    if not images.is_floating_point() or images.numel() == 0:
+        return False
+    data = images.detach()
+    if not _whole(data[..., :1, :]):
+        return False
+    flat = data.reshape(-1)
+    return all(_whole(flat[i : i + _WHOLE_CHECK_ELEMENTS]) for i in range(0, flat.numel(), _WHOLE_CHECK_ELEMENTS))
+
+
+def _whole(values: torch.Tensor) -> bool:
+    """Whether every value is an integer within ±65535."""
+    return bool(values.abs().amax() <= _SMALL_INTEGER_LIMIT) and bool(torch.equal(values, values.round()))
 
 
 def padded_images(canon: Canonical, narrow: bool = False) -> torch.Tensor:

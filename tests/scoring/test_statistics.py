@@ -182,3 +182,73 @@ def test_integer_images_decide_flat_windows_from_their_sums(
                                      7, 6, stride)  # fmt: skip
             assert flat.any() and not flat.all()
             assert (scores.transpose(1, 0, 2, 3)[:, flat.numpy()] == 0).all()  # flat windows score exactly 0
+
+
+def _long_squares(image: np.ndarray, shift: float, h: int, w: int, centred: bool) -> np.ndarray:
+    """Window sums in extended precision, tap by tap: errors relative to each window's own terms only."""
+    v = image.astype(np.longdouble) - np.longdouble(shift)
+    Ho, Wo = image.shape[0] - h + 1, image.shape[1] - w + 1
+    first = np.zeros((Ho, Wo), np.longdouble)
+    second = np.zeros((Ho, Wo), np.longdouble)
+    for i in range(h):
+        for j in range(w):
+            tap = v[i : i + Ho, j : j + Wo]
+            first += tap
+            second += tap * tap
+    return second - first * first / (h * w) if centred else second
+
+
+@pytest.mark.parametrize("centred", [False, True])
+@pytest.mark.parametrize(("shape", "template"), [((90, 70), (5, 7)), ((40, 300), (3, 50)), ((120, 64), (31, 2))])
+def test_running_sums_stay_within_their_rounding_bound(shape, template, centred: bool) -> None:
+    """Bright rows and columns beside faint windows: the running column sums and the row prefix carry the bright
+    pixels' rounding into the faint windows, which the bound must cover; the plane's total must not enter it."""
+    pytest.importorskip("numba")
+    if np.finfo(np.longdouble).eps >= np.finfo(np.float64).eps:
+        pytest.skip("no extended precision to measure float64 rounding against")
+    from slidesim.kernels.numba_windows import window_squares
+    from slidesim.scoring.bounds import running_sums_rounding_bound, variance_rounding_bound
+
+    (H, W), (h, w) = shape, template
+    rng = np.random.default_rng(H + W + h)
+    image = rng.random((H, W)) * 1e-3  # faint, fractional
+    image[: H // 3] = rng.random((H // 3, W)) * 1e3  # bright rows above
+    image[:, : W // 4] += rng.random((H, W // 4)) * 1e3  # and bright columns to the left
+    shift = 0.25
+    out = np.full((1, H - h + 1, W - w + 1), np.nan)
+    window_squares(image[None], np.array([shift]), h, w, 1, 1, centred, 16, 0.0, out, np.zeros((0, 0, 0)))
+    error = np.abs(out[0] - _long_squares(image, shift, h, w, centred).astype(np.float64)).max()
+    reach = float(np.abs(image - shift).max())
+    bound = running_sums_rounding_bound(reach, shape, template, centred)
+    assert error <= bound
+    assert bound < variance_rounding_bound(reach, shape, torch.ones(1, 1, 1, h, w, dtype=torch.float64)) / 10
+
+
+@pytest.mark.parametrize("metric", ["ssd", "ssd_normed"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fractional_photographs_rescore_only_near_matches(metric: str, dtype, monkeypatch) -> None:
+    """A photograph divided by 255 (scikit-image's float convention): the energies' rounding bound is the running
+    sums' own, so only windows within it of an exact match are scored again (a bound of the plane's total flagged
+    every window: seconds per call), and the scores still agree with the reference."""
+    pytest.importorskip("numba")
+    from slidesim.scoring.rescoring import Rescorer
+
+    rng = np.random.default_rng(7)
+    image = np.zeros((96, 128))
+    image[:, 40:] = rng.random((96, 88))
+    image = (np.round(image * 255) / 255).astype(dtype)
+    template = image[30:46, 60:84].copy()
+    flagged = []
+    exact_scores = Rescorer.exact_scores
+
+    def counting(self, t0, mask, grad, metric=None):
+        flagged.append(int(mask.sum()))
+        return exact_scores(self, t0, mask, grad, metric)
+
+    monkeypatch.setattr(Rescorer, "exact_scores", counting)
+    scores = slidesim.similarity(image, template, metric=metric, method="fft")
+    expected = slidesim.similarity(image, template, metric=metric, method="reference")
+    torch_dtype = torch.float32 if dtype == np.float32 else torch.float64
+    np.testing.assert_allclose(scores, expected, **tolerance(torch_dtype, float(np.abs(expected).max())))
+    assert scores[30, 60] == 0.0  # the exact match
+    assert sum(flagged) <= 10, f"{sum(flagged)} of {scores.size} windows rescored"

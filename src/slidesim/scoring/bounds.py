@@ -67,3 +67,29 @@ def variance_rounding_bound(reach: float, size: tuple[int, int], mask: torch.Ten
     weight = float(mask.max()) if mask.numel() else 0.0
     scale = max(weight, weight * weight)
     return 8 * torch.finfo(torch.float64).eps * length * scale * size[0] * size[1] * 5 * reach * reach
+
+
+def running_sums_rounding_bound(
+    reach: float, size: tuple[int, int], template: tuple[int, int], deviations: bool
+) -> float:
+    """An upper bound on the rounding error of the fused window pass (:mod:`slidesim.kernels.numba_windows`):
+    Σ (I − s)² over every unmasked h × w window of an Hp × Wp plane minus its shift whose finite pixels lie within
+    ``reach`` of the shift, or with ``deviations`` that sum minus (Σ (I − s))² / (h·w).
+
+    The pass keeps per-column sums of the window's rows, moved down one row at a time (a chain of at most
+    h + Hp updates of size M² = reach², each rounded to ε times h·M² or less), and reads each window from a prefix
+    sum of those columns along its row: of the prefix's rounding only the w additions inside the window stay in
+    the difference (each within ε of a partial sum of at most Wp·h·M²), the rest cancel. So the window's error is
+    at most ε·M²·w·((h + Hp)(h + 3) + (Wp + 1)·h), independent of the image's total, where a summed-area table
+    errs by ε times the whole plane's Σ|terms| (:func:`variance_rounding_bound`): on a 512² plane with a 24×80
+    window about 10⁴ times less. The sum of values errs alike with M in place of M², and its square divided by
+    h·w adds 2M times that error and ε·h·w·M². A factor 2 covers second-order terms.
+    """
+    (Hp, Wp), (h, w) = size, template
+    eps = torch.finfo(torch.float64).eps
+    chain = h + Hp  # a column's first h rows, then at most Hp moves down (a stride of h or more starts afresh)
+    squares = eps * reach * reach * w * (chain * (h + 3) + (Wp + 1) * h)
+    if not deviations:
+        return 2 * squares
+    values = eps * reach * w * (chain * (h + 2) + (Wp + 1) * h)
+    return 2 * (squares + 2 * reach * values + 2 * eps * h * w * reach * reach)
