@@ -10,7 +10,15 @@ import torch
 
 import slidesim
 from slidesim._compiled import _options, _to_operator
-from slidesim._validate import DEFAULT_OPTIONS, canonicalize, options_of, padded_images, with_bank, with_defaults
+from slidesim._validate import (
+    DEFAULT_OPTIONS,
+    canonicalize,
+    integer_valued,
+    options_of,
+    padded_images,
+    with_bank,
+    with_defaults,
+)
 from slidesim.metrics import resolve_metric
 
 CALLS = [
@@ -253,3 +261,27 @@ def test_padded_images_come_narrow_only_to_readers_that_widen_and_only_unpadded(
     else:  # padding makes a float copy either way, and does not keep the conversion
         assert narrow.dtype == torch.float32 and torch.equal(narrow, wide)
         assert canon.converted is None
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (np.arange(64, dtype=np.float32).reshape(8, 8), True),  # a float copy of an 8-bit picture
+        (np.arange(64, dtype=np.float64).reshape(8, 8) * 1000, True),  # 16-bit magnitudes
+        (np.arange(64, dtype=np.float32).reshape(8, 8) / 255, False),  # fractions in the first row
+        (np.vstack([np.zeros((7, 8)), np.full((1, 8), 0.5)]), False),  # ... or only in the last
+        (np.full((8, 8), 70000.0), False),  # integers beyond 16 bits: their sums may not be exact
+        (np.where(np.eye(8) > 0, np.nan, 3.0), False),  # NaN is no integer
+    ],
+)
+def test_float_images_of_integers_count_as_integer_valued(values: np.ndarray, expected: bool) -> None:
+    canon = canonicalize(values, values[:3, :3].copy(), **{**DEFAULT_OPTIONS, "metric": "ssd"})
+    assert integer_valued(canon) is expected
+    assert canon.whole_pixels is expected  # looked at once, kept for the call
+
+
+def test_integer_padding_of_integer_images_stays_integer_valued() -> None:
+    image = np.arange(64, dtype=np.float32).reshape(8, 8)
+    options = {**DEFAULT_OPTIONS, "metric": "ssd", "mode": "same", "padding": "constant"}
+    assert integer_valued(canonicalize(image, image[:3, :3].copy(), **{**options, "pad_value": 2.0}))
+    assert not integer_valued(canonicalize(image, image[:3, :3].copy(), **{**options, "pad_value": 0.5}))

@@ -226,17 +226,19 @@ def test_running_sums_stay_within_their_rounding_bound(shape, template, centred:
 
 @pytest.mark.parametrize("metric", ["ssd", "ssd_normed"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fractional_photographs_rescore_only_near_matches(metric: str, dtype, monkeypatch) -> None:
-    """A photograph divided by 255 (scikit-image's float convention): the energies' rounding bound is the running
-    sums' own, so only windows within it of an exact match are scored again (a bound of the plane's total flagged
-    every window: seconds per call), and the scores still agree with the reference."""
+@pytest.mark.parametrize("divisor", [255.0, 1.0])
+def test_float_photographs_rescore_only_near_matches(metric: str, dtype, divisor: float, monkeypatch) -> None:
+    """A picture divided by 255 (scikit-image's float convention) or converted to float as it is: the energies'
+    rounding bound is the running sums' own (integers: none), so only windows within it of an exact match are
+    scored again (a bound of the plane's total flagged every window: seconds per call), and the scores still
+    agree with the reference."""
     pytest.importorskip("numba")
     from slidesim.scoring.rescoring import Rescorer
 
     rng = np.random.default_rng(7)
     image = np.zeros((96, 128))
     image[:, 40:] = rng.random((96, 88))
-    image = (np.round(image * 255) / 255).astype(dtype)
+    image = (np.round(image * 255) / divisor).astype(dtype)
     template = image[30:46, 60:84].copy()
     flagged = []
     exact_scores = Rescorer.exact_scores

@@ -6,8 +6,10 @@ by adding the rows that enter and subtracting the rows that leave, and reads eac
 of those column sums. The image is read about twice and nothing but the output is written, where the equivalent
 torch code writes several float64 planes (summed-area tables, squares, differences).
 
-Running sums err by at most (Hp + Wp)·ε·Σ|terms|, like a summed-area table; the scoring code's rounding bound for
-the flat-window test covers both.
+The running sums' rounding stays within the window: a column sum's chain of updates and the w prefix additions
+inside the window, each within ε of a partial sum of at most the band's size (see
+:func:`slidesim.scoring.bounds.running_sums_rounding_bound`), where a summed-area table errs by ε times the whole
+plane's total.
 """
 
 from __future__ import annotations
