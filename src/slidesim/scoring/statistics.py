@@ -28,6 +28,12 @@ from .bounds import finite_extremes, inverse_root, reach, running_sums_rounding_
 from .holes import finite_channel_mean
 from .primitives import Primitives
 
+# A window's variance or energy from the fused pass is trusted when its rounding bound (a tight one: see
+# running_sums_rounding_bound) is at most this fraction of it; its score then moves by at most half that, within
+# the rescoring's score tolerance. Closer ones go through the exact tests, like those within a summed-area table's
+# bound, which is loose enough by itself.
+TRUSTED_FRACTION = 5e-4
+
 Value = TypeVar("Value")
 _NOT_YET = object()  # no mask given yet (None means "no mask")
 _EXACT_TOTAL = 2.0**52  # largest Σ over a plane of squared integers that float64 sums keep exact
@@ -248,7 +254,7 @@ class WindowStatistics:
                 return factors, None, None
         if fused and self.padding_offset(0) is None:
             reach_ = self.channel_reach(0)
-            tolerance = self._running_sums_bound(0, deviations=True)  # only the fused pass reads it
+            tolerance = self._running_sums_bound(0, deviations=True) / TRUSTED_FRACTION  # only the fused pass reads it
             info = torch.finfo(dtype)
             # the factors must be normal numbers of dtype: 1/√tolerance and 1/√(largest variance) bound them
             largest = mask.shape[-2] * mask.shape[-1] * reach_ * reach_
@@ -281,7 +287,8 @@ class WindowStatistics:
         largest_pixel = max(abs(float(low)), abs(float(high)))
         if self.energies_fused:  # running sums: an error bound of the window's size, not the plane's total
             size = self.image.shape[-2:]
-            one = running_sums_rounding_bound(largest_pixel, size, self.prims.geom.template_size, deviations=False)
+            bound = running_sums_rounding_bound(largest_pixel, size, self.prims.geom.template_size, deviations=False)
+            one = bound / TRUSTED_FRACTION
         else:
             one = variance_rounding_bound(largest_pixel, self.image.shape[-2:], weights.to(torch.float64))
         bound = self.image.shape[1] * one
