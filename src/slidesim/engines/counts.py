@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from .._validate import Problem
-from ..kernels.area_sums import fused_statistics_available
+from ..kernels.area_sums import FFT_EXACT_TAPS, fused_statistics_available
 from ..kernels.conv import unfold_budget
 from ..kernels.spectral import next_fast_length
 from ..kernels.taps import block_elements
@@ -71,10 +71,21 @@ def area_sum_statistics(problem: Problem) -> dict[str, float]:
         counts["masked_statistics_nlogn"] = (
             3 * problem.batch * problem.channels * (1 + masks) * Hf * Wf * math.log2(Hf * Wf)
         )
-    else:  # energies through float64 conv2d, whose zeros are exact
-        counts["masked_statistics_updates"] = window_updates(problem)
+    else:
+        counts.update(masked_energies(problem))
     counts["finished_outputs"] = outputs(problem)
     return counts
+
+
+def masked_energies(problem: Problem) -> dict[str, float]:
+    """The masked window energies Σ W I², whose zeros must be exact: one float64 FFT window sum per mask for
+    templates of more than FFT_EXACT_TAPS taps, float64 conv2d for smaller ones (see AreaSumReductions.window_sum)."""
+    if problem.template_height * problem.template_width <= FFT_EXACT_TAPS:
+        return {"masked_statistics_updates": window_updates(problem)}
+    Hp, Wp = padded_size(problem)
+    Hf, Wf = next_fast_length(Hp), next_fast_length(Wp, last_axis=True)
+    masks = problem.n_templates if problem.mask_kind == "per_template" else 1
+    return {"masked_statistics_nlogn": problem.batch * (1 + masks) * Hf * Wf * math.log2(Hf * Wf)}
 
 
 def item_size(problem: Problem) -> int:

@@ -124,9 +124,8 @@ class FFTEngine(ReductionEngine):
                 energies = float(problem.batch * problem.channels * Hp * Wp)
                 found["statistics_pixels"] = found.get("statistics_pixels", 0.0) + energies
             else:
-                found["masked_statistics_updates"] = found.get("masked_statistics_updates", 0.0) + (
-                    counts.window_updates(problem)
-                )
+                for name, value in counts.masked_energies(problem).items():
+                    found[name] = found.get(name, 0.0) + value
             if problem.metric == "ssd":  # ssd_normed's one finish pass is counted with its statistics
                 found["finished_outputs"] = found.get("finished_outputs", 0.0) + counts.outputs(problem)
         if problem.metric in CENTRED:  # the images' channel means (a pass over the image) centre the cross term

@@ -439,11 +439,16 @@ class WindowStatistics:
         """:meth:`window_moments` of every mask, each computed."""
         m64, w64 = mask.to(torch.float64), weights.to(torch.float64)
         variance, tolerance = None, 0.0
+        # Integer pixels under 0/1 weights: every masked sum is an exact integer (exact-zero window sums of integers
+        # are exact), so n·Σ I² − (Σ I)², a sum of squared pairwise differences, is 0 exactly for flat windows.
+        whole = self.masked and self.integral and self.binary
+        spread = None  # Σ_c n·Σ I_c² − (Σ I_c)² per window, exact, where ``whole``
         for c in range(self.image.shape[1]):
             cm = min(c, m64.shape[2] - 1)
             m_c, w_c = m64[:, :, cm : cm + 1], w64[:, :, cm : cm + 1]
             tolerance += variance_rounding_bound(self.inner_reach(c), self.image.shape[-2:], m_c)
             offset = self.padding_offset(c)
+            whole = whole and offset is None
             if not self.masked and offset is None:  # one fused pass when the engine has it
                 var_c = self.prims.window_squares(self.image[:, c : c + 1], self.shift[:, c : c + 1], True)
                 if var_c is not None:
@@ -451,10 +456,16 @@ class WindowStatistics:
                     continue
             plane = self.centred64(c) if offset is None else self.image_part64(c)
             box = None if not self.masked else m_c  # unmasked windows: plain box sums
-            # the exact flat test decides degenerate windows, so masked sums need not be exactly zero
-            first = self.prims.window_sum(plane, box, exact_zeros=False)
+            # the exact flat test decides degenerate windows, so masked sums need not be exactly zero, unless they
+            # decide flatness themselves
+            first = self.prims.window_sum(plane, box, exact_zeros=whole)
             squares = self.plane(("squares64", offset is None, c), lambda plane=plane: plane * plane)
-            second = self.prims.window_sum(squares, None if not self.masked else w_c, exact_zeros=False)
+            second = self.prims.window_sum(squares, None if not self.masked else w_c, exact_zeros=whole)
+            if whole:  # exact while n·Σ I² < 2^53: (Σ I)² is at most that
+                n = m_c.sum(dim=(-1, -2, -3))[..., None, None]
+                whole = float((n * second).max()) < 2.0**53
+                part = n * second - first * first
+                spread = part if spread is None else spread + part
             weighted = None if self.binary else self.prims.window_sum(plane, w_c, exact_zeros=False)
             if offset is not None:  # the padding's share of each window, from its weight there
                 on_box = self.padding_weight(box)
@@ -466,12 +477,17 @@ class WindowStatistics:
                 far = variance_rounding_bound(float(offset.abs().max()), self.image.shape[-2:], m_c)
                 tolerance = tolerance + torch.where(on_box > 0, far, 0.0)
             mean = first / m_c.sum(dim=(-1, -2, -3))[..., None, None].clamp_min(tiny())
-            if self.binary:
+            if whole:
+                var_c = part / n.clamp_min(1)  # rounded once, from the exact spread
+            elif self.binary:
                 var_c = second - mean * first
             else:
                 var_c = second - 2 * mean * weighted + mean * mean * w_c.sum(dim=(-1, -2, -3))[..., None, None]
             variance = var_c if variance is None else variance + var_c
-        flat, uncertain = self._flat_windows(variance.detach(), tolerance, m64)
+        if whole and spread is not None:
+            flat, uncertain = spread.detach() == 0, None
+        else:
+            flat, uncertain = self._flat_windows(variance.detach(), tolerance, m64)
         return (variance.clamp_min(0) if variance.requires_grad else variance.clamp_min_(0)), flat, uncertain
 
     def _flat_windows(

@@ -1,0 +1,98 @@
+"""Masked window sums with exact zeros through a float64 FFT (slidesim.kernels.area_sums): the guarantees of tap
+sums (exact zeros, accuracy relative to each window) at the cost of a transform, and what the masked statistics
+build on them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import slidesim
+from slidesim._geometry import Geometry
+from slidesim.kernels import area_sums
+from slidesim.kernels.area_sums import FFT_EXACT_TAPS, AreaSumReductions
+from slidesim.kernels.conv import conv_correlate
+
+
+def _geometry(image_shape: tuple[int, int], size: tuple[int, int]) -> Geometry:
+    (H, W), (h, w) = image_shape, size
+    return Geometry((1, 1), (1, 1), H - h + 1, W - w + 1, size)
+
+
+def _disk(side: int) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    centre = (side - 1) / 2
+    return (((yy - centre) ** 2 + (xx - centre) ** 2) <= (side / 2) ** 2).to(torch.float64)
+
+
+def _dark_picture(fractional: bool) -> torch.Tensor:
+    """A photograph-like plane: a black band (zeros), a faint band and a bright textured one."""
+    rng = np.random.default_rng(5)
+    image = np.zeros((70, 90))
+    image[:, 30:50] = rng.integers(0, 3, (70, 20))  # faint: values 0-2
+    image[:, 50:] = rng.integers(0, 256, (70, 40))
+    if fractional:
+        image = image / 255
+    return torch.from_numpy(image)[None, None]
+
+
+@pytest.mark.parametrize("fractional", [False, True])
+def test_exact_zero_sums_match_tap_sums(fractional: bool, monkeypatch) -> None:
+    image = _dark_picture(fractional)
+    squares = image * image
+    weights = _disk(12)[None, None, None]
+    assert weights.shape[-1] * weights.shape[-2] > FFT_EXACT_TAPS
+    geom = _geometry((70, 90), (12, 12))
+    transformed = []
+    fft_correlate = area_sums.fft_correlate
+
+    def counting(*args, **kwargs):
+        transformed.append(True)
+        return fft_correlate(*args, **kwargs)
+
+    monkeypatch.setattr(area_sums, "fft_correlate", counting)
+    sums = AreaSumReductions(geom, 2**20).window_sum(squares, weights, exact_zeros=True)
+    taps = conv_correlate(squares, weights, geom)
+    assert transformed  # the transform ran, not conv2d
+    zero = taps == 0
+    assert zero.any() and (sums[zero] == 0).all()  # the black band's windows: exactly zero
+    if fractional:
+        torch.testing.assert_close(sums, taps, rtol=1e-9, atol=0)  # relative to each window, faint ones too
+    else:
+        assert torch.equal(sums, taps)  # integers: rounded to the exact sums
+
+
+@pytest.mark.parametrize("metric", ["ncc", "ssd", "ssd_normed", "zncc"])
+@pytest.mark.parametrize("fractional", [False, True])
+def test_masked_metrics_on_dark_pictures_agree_with_the_reference(metric: str, fractional: bool) -> None:
+    image = _dark_picture(fractional)[0, 0].numpy()
+    template = image[20:36, 44:60].copy()  # half faint, half bright
+    mask = _disk(16).numpy()
+    scores = slidesim.similarity(image, template, metric=metric, mask=mask, method="fft")
+    expected = slidesim.similarity(image, template, metric=metric, mask=mask, method="reference")
+    np.testing.assert_array_equal(np.isnan(scores), np.isnan(expected))
+    finite = ~np.isnan(expected)
+    scale = max(1.0, float(np.abs(expected[finite]).max()))
+    np.testing.assert_allclose(scores[finite], expected[finite], rtol=1e-9, atol=1e-9 * scale)
+
+
+def test_masked_zncc_of_integer_pictures_decides_flatness_from_exact_sums(monkeypatch) -> None:
+    """uint8 pixels under 0/1 weights: n·Σ I² − (Σ I)² is an exact integer, zero exactly for flat windows, so the
+    tap-by-tap flat test (a min and max per tap and window) does not run."""
+    from slidesim.kernels.taps import TapReductions
+
+    def no_tap_loop(*args, **kwargs):
+        raise AssertionError("the tap-by-tap flat test ran")
+
+    monkeypatch.setattr(TapReductions, "window_flat", no_tap_loop)
+    image = _dark_picture(False)[0, 0].numpy().astype(np.uint8)
+    template = image[20:36, 44:60].copy()
+    mask = _disk(16).numpy()
+    scores = slidesim.similarity(image, template, metric="zncc", mask=mask, method="fft")
+    monkeypatch.undo()
+    expected = slidesim.similarity(image, template, metric="zncc", mask=mask, method="reference")
+    np.testing.assert_array_equal(np.isnan(scores), np.isnan(expected))
+    finite = ~np.isnan(expected)
+    assert (expected == 0).any()  # the black band's windows are flat: zncc scores them 0
+    np.testing.assert_allclose(scores[finite], expected[finite], rtol=2e-4, atol=2e-4)
