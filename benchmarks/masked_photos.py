@@ -1,0 +1,108 @@
+"""Masked templates on real pictures: a disk-shaped mask (the part of a square template that is the object) over
+uint8 photographs and the screenshot, against cv2.matchTemplate with the same mask.
+
+Each case cuts a template of 40² or 64² at a fixed seed from a grey picture (the 1920×1080 screenshot, the camera
+and astronaut photographs), masks it with the inscribed disk (0/1 weights) and scores ccorr, ncc, ssd, ssd_normed
+and zncc, side by side with OpenCV's masked call (mask as uint8 0/255) in one process, best of interleaved rounds
+(see real_images.py), 2 threads.
+
+    python benchmarks/masked_photos.py            # print the table
+    python benchmarks/masked_photos.py --write    # and replace its section of BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Callable
+
+import numpy as np
+import scenes
+import torch
+from real_images import CV2_METHODS, REPORT, THREADS, Budget, machine, race, write
+
+import slidesim
+
+START, END = "<!-- masked-photos:start -->", "<!-- masked-photos:end -->"
+METRICS = ("ccorr", "ncc", "ssd", "ssd_normed", "zncc")
+SIZES = ((40, 40), (64, 64))
+
+
+def disk(side: int) -> np.ndarray:
+    """The disk inscribed in a side × side square, 0/1 float32."""
+    yy, xx = np.mgrid[:side, :side]
+    centre = (side - 1) / 2
+    return (((yy - centre) ** 2 + (xx - centre) ** 2) <= (side / 2) ** 2).astype(np.float32)
+
+
+def cv2_call(image: np.ndarray, template: np.ndarray, mask: np.ndarray, metric: str) -> Callable[[], object]:
+    import cv2
+
+    method, mask8 = getattr(cv2, CV2_METHODS[metric]), (mask * 255).astype(np.uint8)
+    return lambda: cv2.matchTemplate(image, template, method, mask=mask8)
+
+
+def run(budget: Budget) -> list[tuple[str, str, str, float, float]]:
+    """(case, metric, engine, slidesim ms, cv2 ms) of every case, printed as they come."""
+    rows = []
+    pictures = [s for s in scenes.scenes() if s.name in ("screenshot", "camera", "astronaut")]
+    for seed, scene in enumerate(pictures):
+        for template in scenes.cut_templates(scene.grey, seed=seed, sizes=SIZES):
+            name = f"{scene.name} {scene.grey.shape[1]}×{scene.grey.shape[0]}, {template.label} disk"
+            image, cut, mask = scene.grey, template.cut(scene.grey).copy(), disk(template.height)
+            tools = {}
+            for metric in METRICS:
+                tools[f"slidesim {metric}"] = lambda m=metric, i=image, t=cut, w=mask: slidesim.similarity(
+                    i, t, metric=m, mask=w
+                )
+                tools[f"cv2 {metric}"] = cv2_call(image, cut, mask, metric)
+            times, _ = race(tools, budget)
+            for metric in METRICS:
+                engine = slidesim.plan(image, cut, metric=metric, mask=mask).engine
+                ours, theirs = times[f"slidesim {metric}"], times[f"cv2 {metric}"]
+                rows.append((name, metric, engine, ours, theirs))
+                print(f"{name:<40} {metric:<11} {engine:<6} {ours:9.2f} ms  cv2 {theirs:8.2f} ms", flush=True)
+    return rows
+
+
+def section(rows: list[tuple[str, str, str, float, float]]) -> str:
+    ratios = [cv / ours for *_, ours, cv in rows]
+    worst = min(rows, key=lambda row: row[4] / row[3])
+    lines = [
+        START,
+        "## Masked templates on real pictures",
+        "",
+        "`python benchmarks/masked_photos.py`: templates of 40² and 64² cut at fixed seeds from the grey screenshot "
+        "and the camera and astronaut photographs (uint8), masked by their inscribed disk (0/1), scored by slidesim "
+        "(`method='auto'`) and by cv2.matchTemplate with the same mask, side by side, best of interleaved rounds; "
+        "ratios above 1 mean slidesim is faster.",
+        "",
+        f"Measured on {machine()}.",
+        "",
+        f"- cv2 / slidesim: median {statistics.median(ratios):.2f}, worst {min(ratios):.2f} ({worst[0]}, {worst[1]})",
+        "",
+        "| case | metric | engine | slidesim ms | cv2 ms | cv2 / slidesim |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, metric, engine, ours, theirs in rows:
+        lines.append(f"| {name} | {metric} | {engine} | {ours:.2f} | {theirs:.2f} | {theirs / ours:.2f} |")
+    return "\n".join([*lines, END])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="replace the section of BENCHMARKS.md")
+    parser.add_argument("--rounds", type=int, default=5, help="least interleaved rounds per case")
+    args = parser.parse_args()
+    import cv2
+
+    torch.set_num_threads(THREADS)
+    cv2.setNumThreads(THREADS)
+    text = section(run(Budget(rounds=args.rounds, seconds=3.0, case_seconds=1.0)))
+    print(text)
+    if args.write:
+        write(REPORT, text, (START, END))
+
+
+if __name__ == "__main__":
+    main()
