@@ -806,7 +806,10 @@ def _whole_pixels(images: torch.Tensor) -> bool:
 
 def _whole(values: torch.Tensor) -> bool:
     """Whether every value is an integer within ±65535."""
-    return bool(values.abs().amax() <= _SMALL_INTEGER_LIMIT) and bool(torch.equal(values, values.round()))
+    if not torch.equal(values, values.round()):  # first: a fractional image fails here, in two operations
+        return False
+    low, high = torch.aminmax(values)
+    return float(low) >= -_SMALL_INTEGER_LIMIT and float(high) <= _SMALL_INTEGER_LIMIT
 
 
 def padded_images(canon: Canonical, narrow: bool = False) -> torch.Tensor:

@@ -37,6 +37,20 @@ _MAX_FINISH_BYTES = 8 * 2**20
 Chunks = Iterator[tuple[int, int, torch.Tensor]]
 
 
+def _tap_by_tap(spec: MetricSpec, prims: Primitives) -> bool:
+    """Whether the distance reductions score this metric tap by tap; otherwise the correlation scorer does (ssd
+    through a correlation where the engine transforms: its tap-by-tap cost grows with the template)."""
+    return spec.family == "distance" and not (spec.name == "ssd" and prims.squares_by_correlation)
+
+
+def _integral(canon: Canonical, prims: Primitives) -> bool:
+    """:func:`integer_valued` where the scores use it: the correlation scorer's window statistics and exact
+    rounding, which ccorr has neither of (a float image costs a look at its pixels)."""
+    if _tap_by_tap(canon.spec, prims) or canon.spec.name == "ccorr":
+        return False
+    return integer_valued(canon)
+
+
 def score_channels(prims: Primitives, canon: Canonical, image: torch.Tensor) -> torch.Tensor:
     """Scores of a validated call on its padded images: [B, T, H', W'] ("joint", "mean") or [B, T, C, H', W']
     ("separate")."""
@@ -46,7 +60,7 @@ def score_channels(prims: Primitives, canon: Canonical, image: torch.Tensor) -> 
     if canon.channels_mode == "joint":
         scores = _BankScorer(
             prims, canon.spec, image, canon.templates, mask, periods, canon.memory_limit, finite, edge,
-            integral=integer_valued(canon),
+            integral=_integral(canon, prims),
         )  # fmt: skip
         return _marked(scores(0, T), holes, mask, prims, separate=False)
     per_channel = []
@@ -55,7 +69,7 @@ def score_channels(prims: Primitives, canon: Canonical, image: torch.Tensor) -> 
         channel_periods = (periods[c],) if periods is not None else None
         scores = _BankScorer(
             prims, canon.spec, image[:, c : c + 1], canon.templates[:, :, c : c + 1], channel_mask,
-            channel_periods, canon.memory_limit, finite, edge, integral=integer_valued(canon),
+            channel_periods, canon.memory_limit, finite, edge, integral=_integral(canon, prims),
         )  # fmt: skip
         per_channel.append(scores(0, T))
     separate = canon.channels_mode == "separate"
@@ -72,7 +86,7 @@ def precision_work(prims: Primitives, canon: Canonical, image: torch.Tensor) -> 
     image, finite, _ = _filled(prims, canon, image, border(canon))
     T = canon.templates.shape[1]
     scorer = CorrelationScorer(
-        prims, canon.spec, image, canon.templates, canon.mask, finite, border(canon), integral=integer_valued(canon)
+        prims, canon.spec, image, canon.templates, canon.mask, finite, border(canon), integral=_integral(canon, prims)
     )
     return scorer.precision_work(0, T)
 
@@ -112,7 +126,7 @@ def score_stream(
         T = canon.templates.shape[1]
         scores = _BankScorer(
             prims, canon.spec, image, canon.templates, canon.mask, canon.periods, canon.memory_limit, finite,
-            edge, streaming=True, integral=integer_valued(canon),
+            edge, streaming=True, integral=_integral(canon, prims),
         )  # fmt: skip
         for t0 in range(0, T, chunk):
             t1 = min(T, t0 + chunk)
@@ -125,7 +139,7 @@ def score_stream(
         if scores is None:  # the image side, once, with the first chunk's templates
             scores = _BankScorer(
                 prims, canon.spec, image, bank, mask, canon.periods, canon.memory_limit, finite, edge,
-                streaming=True, integral=integer_valued(canon),
+                streaming=True, integral=_integral(canon, prims),
             )  # fmt: skip
         else:
             scores.load(bank, mask)
@@ -195,8 +209,7 @@ class _BankScorer:
         self.prims, self.spec, self.image = prims, spec, image
         self.dtype = image.dtype if image.is_floating_point() else bank.dtype  # narrow images: the compute dtype
         self.periods, self.memory_limit, self.finite = periods, memory_limit, finite
-        # ssd through a correlation where the engine transforms (its tap-by-tap cost grows with the template)
-        self.tap_by_tap = spec.family == "distance" and not (spec.name == "ssd" and prims.squares_by_correlation)
+        self.tap_by_tap = _tap_by_tap(spec, prims)
         if self.tap_by_tap:
             self.load(bank, mask)
         else:
