@@ -14,14 +14,12 @@ real_images.py), 2 threads.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from collections.abc import Callable
 
 import numpy as np
 import scenes
-import torch
-from real_images import CV2_METHODS, REPORT, THREADS, Budget, machine, race, write
+from real_images import CV2_METHODS, Budget, machine, race, section_script
 
 import slidesim
 
@@ -97,19 +95,7 @@ def section(rows: list[tuple[str, str, str, float, float]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="replace the section of BENCHMARKS.md")
-    parser.add_argument("--rounds", type=int, default=5, help="least interleaved rounds per case")
-    args = parser.parse_args()
-    import cv2
-
-    torch.set_num_threads(THREADS)
-    cv2.setNumThreads(THREADS)
-    rows = run(Budget(rounds=args.rounds, seconds=3.0, case_seconds=1.0))
-    text = section(rows)
-    print(text)
-    if args.write:
-        write(REPORT, text, (START, END))
+    section_script(__doc__.splitlines()[0], run, section, (START, END))
 
 
 if __name__ == "__main__":

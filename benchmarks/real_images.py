@@ -727,6 +727,23 @@ def write(report: Path, text: str, markers: tuple[str, str] = (START, END)) -> N
     report.write_text(new)
 
 
+def section_script(description: str, run: Callable[[Budget], list], section: Callable[[list], str], markers) -> None:
+    """The command line of a script that times its cases side by side and prints (``--write``: also writes) one
+    section of BENCHMARKS.md between ``markers``: ``run`` times the cases, ``section`` renders their rows."""
+    import cv2
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--write", action="store_true", help="replace the section of BENCHMARKS.md")
+    parser.add_argument("--rounds", type=int, default=5, help="least interleaved rounds per case")
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    cv2.setNumThreads(THREADS)
+    text = section(run(Budget(rounds=args.rounds, seconds=3.0, case_seconds=1.0)))
+    print(text)
+    if args.write:
+        write(REPORT, text, markers)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer templates and rounds (about 2 minutes)")
