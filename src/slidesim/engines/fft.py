@@ -67,10 +67,10 @@ class FFTPrimitives(AreaSumReductions):
 
 
 SQUARED_DISTANCES = ("ssd", "ssd_normed")  # through energies and a float64 cross term
-# A float64 transform costs this many float32 ones of the same size: 1.1 to 2.0 measured with torch's CPU FFT on
-# 2 cores (512² 1.1, 448×176 1.3, 384² 1.7, 1080×1920 1.9, 600×400 2.0); 2 over-estimated every FFT ssd and
-# ssd_normed call of the real-image suite by 1.5 to 1.6 times.
-FLOAT64_TRANSFORM_COST = 1.5
+# A float64 transform costs this many float32 ones of the same size on the CPU: 1.1 to 2.0 measured with torch's
+# FFT on 2 cores (512² 1.1, 448×176 1.3, 384² 1.7, 1080×1920 1.9, 600×400 2.0); 2 over-estimated every FFT ssd and
+# ssd_normed call of the real-image suite by 1.5 to 1.6 times. GPUs keep 2 (their table was fitted with it).
+FLOAT64_TRANSFORM_COST = {"cpu": 1.5, "cuda": 2.0}
 CENTRED = ("ccoeff", "zncc", "ssd", "ssd_normed")  # cross terms of the image less its channel means
 
 
@@ -123,7 +123,7 @@ class FFTEngine(ReductionEngine):
         wide = counts.width_factor(problem)
         Hp, Wp = counts.padded_size(problem)
         if problem.metric in SQUARED_DISTANCES:  # float64 transforms, and the window energies
-            wide = FLOAT64_TRANSFORM_COST
+            wide = FLOAT64_TRANSFORM_COST["cpu" if problem.device == "cpu" else "cuda"]
             if problem.mask_kind == "none":
                 energies = float(problem.batch * problem.channels * Hp * Wp)
                 found["statistics_pixels"] = found.get("statistics_pixels", 0.0) + energies
