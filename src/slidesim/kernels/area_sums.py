@@ -156,7 +156,11 @@ class AreaSumReductions(TapReductions):
         size = next_fast_length(Hp) * next_fast_length(Wp, last_axis=True)
         eps = torch.finfo(torch.float64).eps
         error = (
-            8 * eps * math.log2(max(2, size)) * float(plane64.norm()) * float(weights64.flatten(1).norm(dim=1).max())
+            8
+            * eps
+            * math.log2(max(2, size))
+            * float(plane64.flatten(1).norm(dim=1).max())
+            * float(weights64.flatten(2).norm(dim=2).max())
         )
         integers = bool(torch.equal(plane64, plane64.round())) and bool(torch.equal(weights64, weights64.round()))
         if integers and float(plane64.abs().amax()) * float(weights64.abs().sum(dim=(-3, -2, -1)).max()) < 2.0**53:
