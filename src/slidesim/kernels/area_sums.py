@@ -34,7 +34,9 @@ _NO_OUT = np.zeros((1, 1, 1))  # the values' array when the kernel writes factor
 # float64 conv2d costs a multiply-add per tap and output (a 40×40 disk on 512²: 1.4 s, the FFT 10 ms).
 FFT_EXACT_TAPS = 64
 _EXACT_SUMS_BYTES = 32 * 2**20  # gathered float64 windows at a time when doubtful windows are summed tap by tap
-_TRUSTED_FRACTION = 5e-4  # an FFT window sum is kept where its rounding bound is at most this fraction of it
+# An FFT window sum is kept where its rounding bound is at most this fraction of it: tap sums are accurate relative
+# to themselves, and float64 scores are held to 1e-9 of the reference.
+_KEPT_FRACTION = 1e-10
 
 
 def fused_statistics_available() -> bool:
@@ -148,7 +150,7 @@ class AreaSumReductions(TapReductions):
 
         The transform errs by at most e = 8·ε·log2(n)·‖plane‖₂·‖weights‖₂ anywhere. Integer planes and weights
         (window sums below 2^53) with e < 1/4: each sum is rounded to its integer, exactly (with a larger e, conv2d
-        sums them). Otherwise the windows whose |sum| is within e / 5e-4 are summed again tap by tap (the dark
+        sums them). Otherwise the windows whose |sum| is within e / 1e-10 are summed again tap by tap (the dark
         windows of a photograph: few).
         """
         plane64, weights64 = plane.to(torch.float64), weights.to(torch.float64)
@@ -169,7 +171,7 @@ class AreaSumReductions(TapReductions):
             sums = fft_correlate(plane64, weights64, self.geom, self.chunk_bytes, spectra=self.spectra)
             return sums.round_()
         sums = fft_correlate(plane64, weights64, self.geom, self.chunk_bytes, spectra=self.spectra)
-        doubtful = sums.abs() <= error / _TRUSTED_FRACTION
+        doubtful = sums.abs() <= error / _KEPT_FRACTION
         if bool(doubtful.any()):
             index = doubtful.nonzero()
             sums[tuple(index.unbind(dim=1))] = self._tap_sums(plane64, weights64, index)
