@@ -11,7 +11,7 @@ import math
 from .._validate import Problem
 from ..kernels.area_sums import FFT_EXACT_TAPS, fused_statistics_available
 from ..kernels.conv import unfold_budget
-from ..kernels.spectral import next_fast_length
+from ..kernels.spectral import transform_size
 from ..kernels.taps import block_elements
 from ..metrics import METRICS
 from ..scoring.correlation import CENTRING_BYTES
@@ -66,11 +66,7 @@ def area_sum_statistics(problem: Problem) -> dict[str, float]:
     if problem.mask_kind == "none":
         counts["statistics_pixels"] = float(problem.batch * problem.channels * Hp * Wp)
     elif problem.metric == "zncc":  # two or three float64 FFT correlations per channel (see window_sum there)
-        Hf, Wf = next_fast_length(Hp), next_fast_length(Wp, last_axis=True)
-        masks = problem.n_templates if problem.mask_kind == "per_template" else 1
-        counts["masked_statistics_nlogn"] = (
-            3 * problem.batch * problem.channels * (1 + masks) * Hf * Wf * math.log2(Hf * Wf)
-        )
+        counts["masked_statistics_nlogn"] = 3 * problem.channels * _masked_sums_nlogn(problem)
     else:
         counts.update(masked_energies(problem))
     counts["finished_outputs"] = outputs(problem)
@@ -82,10 +78,15 @@ def masked_energies(problem: Problem) -> dict[str, float]:
     templates of more than FFT_EXACT_TAPS taps, float64 conv2d for smaller ones (see AreaSumReductions.window_sum)."""
     if problem.template_height * problem.template_width <= FFT_EXACT_TAPS:
         return {"masked_statistics_updates": window_updates(problem)}
-    Hp, Wp = padded_size(problem)
-    Hf, Wf = next_fast_length(Hp), next_fast_length(Wp, last_axis=True)
+    return {"masked_statistics_nlogn": _masked_sums_nlogn(problem)}
+
+
+def _masked_sums_nlogn(problem: Problem) -> float:
+    """n·log n of one float64 FFT window sum of a plane under every mask: the plane's transform and each mask's
+    forward and inverse."""
+    Hf, Wf = transform_size(*padded_size(problem))
     masks = problem.n_templates if problem.mask_kind == "per_template" else 1
-    return {"masked_statistics_nlogn": problem.batch * (1 + masks) * Hf * Wf * math.log2(Hf * Wf)}
+    return problem.batch * (1 + masks) * Hf * Wf * math.log2(Hf * Wf)
 
 
 def item_size(problem: Problem) -> int:

@@ -21,10 +21,10 @@ from ..kernels.area_sums import AreaSumReductions
 from ..kernels.spectral import (
     choose_tile,
     fft_correlate,
-    next_fast_length,
     template_chunk,
     tile_count,
     tile_spectra_bytes,
+    transform_size,
 )
 from ..kernels.taps import block_elements
 from . import counts
@@ -89,7 +89,7 @@ def transform_plan(problem: Problem, memory_limit: int) -> tuple[tuple[int, int]
     shape = (problem.batch, problem.channels, Hp, Wp)
     tile = choose_tile(shape, span, problem.n_templates, item, memory_limit // 4, problem.stride)
     if tile is None:
-        return (next_fast_length(Hp), next_fast_length(Wp, last_axis=True)), 1
+        return transform_size(Hp, Wp), 1
     return tile, tile_count(tile, (Hp, Wp), span, problem.stride)
 
 

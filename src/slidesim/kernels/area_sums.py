@@ -25,8 +25,8 @@ import torch
 from .._threads import numba_threads
 from .boxes import box_sums, channel_box_sums
 from .conv import UNFOLD_BUDGET, conv_correlate
-from .spectral import fft_correlate, next_fast_length
-from .taps import TapReductions
+from .spectral import fft_correlate, transform_size
+from .taps import TapReductions, gather_windows
 
 _NO_FACTORS = np.zeros((0, 0, 0))  # tells the fused kernel to write values, not factors
 _NO_OUT = np.zeros((1, 1, 1))  # the values' array when the kernel writes factors
@@ -154,23 +154,24 @@ class AreaSumReductions(TapReductions):
         windows of a photograph: few).
         """
         plane64, weights64 = plane.to(torch.float64), weights.to(torch.float64)
-        Hp, Wp = plane.shape[-2:]
-        size = next_fast_length(Hp) * next_fast_length(Wp, last_axis=True)
+        Hf, Wf = transform_size(*plane.shape[-2:])
         eps = torch.finfo(torch.float64).eps
         error = (
             8
             * eps
-            * math.log2(max(2, size))
+            * math.log2(max(2, Hf * Wf))
             * float(plane64.flatten(1).norm(dim=1).max())
             * float(weights64.flatten(2).norm(dim=2).max())
         )
         integers = bool(torch.equal(plane64, plane64.round())) and bool(torch.equal(weights64, weights64.round()))
-        if integers and float(plane64.abs().amax()) * float(weights64.abs().sum(dim=(-3, -2, -1)).max()) < 2.0**53:
-            if error >= 0.25:  # too bright or too large to round a transform to the exact integers
-                return conv_correlate(plane, weights, self.geom, self.unfold_bytes)
-            sums = fft_correlate(plane64, weights64, self.geom, self.chunk_bytes, spectra=self.spectra)
-            return sums.round_()
+        integers = (
+            integers and float(plane64.abs().amax()) * float(weights64.abs().sum(dim=(-3, -2, -1)).max()) < 2.0**53
+        )
+        if integers and error >= 0.25:  # too bright or too large to round a transform to the exact integers
+            return conv_correlate(plane, weights, self.geom, self.unfold_bytes)
         sums = fft_correlate(plane64, weights64, self.geom, self.chunk_bytes, spectra=self.spectra)
+        if integers:
+            return sums.round_()
         doubtful = sums.abs() <= error / _KEPT_FRACTION
         if bool(doubtful.any()):
             index = doubtful.nonzero()
@@ -179,17 +180,11 @@ class AreaSumReductions(TapReductions):
 
     def _tap_sums(self, plane: torch.Tensor, weights: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Σ weights · plane of the windows at index [n, 4] (b, t, y, x), tap by tap in float64 -> [n]."""
-        (sy, sx), (dy, dx) = self.geom.stride, self.geom.dilation
-        C, h, w = weights.shape[-3:]
-        rows = torch.arange(h, device=index.device) * dy
-        cols = torch.arange(w, device=index.device) * dx
-        channels = torch.arange(C, device=index.device)[None, :, None, None]
-        step = max(1, _EXACT_SUMS_BYTES // (2 * C * h * w * 8))
+        step = max(1, _EXACT_SUMS_BYTES // (2 * weights[0, 0].numel() * 8))
         parts = []
         for start in range(0, len(index), step):
             b, t, y, x = index[start : start + step].unbind(dim=1)
-            windows = plane[b[:, None, None, None], channels, (y[:, None] * sy + rows)[:, None, :, None],
-                            (x[:, None] * sx + cols)[:, None, None, :]]  # fmt: skip
+            windows = gather_windows(plane, b, y, x, self.geom)
             taps = weights[b if weights.shape[0] > 1 else torch.zeros_like(b), t if weights.shape[1] > 1 else 0]
             parts.append((windows * taps).sum(dim=(-3, -2, -1)))
         return torch.cat(parts)

@@ -44,6 +44,11 @@ def next_fast_length(n: int, last_axis: bool = False) -> int:
     return best
 
 
+def transform_size(height: int, width: int) -> tuple[int, int]:
+    """The transform size of a height × width plane: rows and the real transform's axis, each of least cost."""
+    return next_fast_length(height), next_fast_length(width, last_axis=True)
+
+
 def _smooth_numbers(low: int, high: int) -> list[int]:
     """The 7-smooth integers in [low, high], ascending."""
     found = []
@@ -167,7 +172,7 @@ def choose_tile(
     512² channels (below 3 MiB per plane).
     """
     B, C, Hp, Wp = image_shape
-    Hf, Wf = next_fast_length(Hp), next_fast_length(Wp, last_axis=True)
+    Hf, Wf = transform_size(Hp, Wp)
     plane = Hf * (Wf // 2 + 1) * 2 * item
     if B * C * plane <= budget:
         if plane < _TILES_FROM:
@@ -203,7 +208,7 @@ def _whole(
     (sy, sx) = geom.stride
     B, _, Hp, Wp = reader.shape
     Bk, T = kernel.shape[:2]
-    size = (next_fast_length(Hp), next_fast_length(Wp, last_axis=True))
+    size = transform_size(Hp, Wp)
     key = (reader.key(), size)
     if spectra is not None and key in spectra:
         image_spectrum = spectra[key][1]

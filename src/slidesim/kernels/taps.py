@@ -49,6 +49,23 @@ def _tap(plane: torch.Tensor, i: int, j: int, r0: int, r1: int, geom: Geometry) 
     return plane[..., y0 : y0 + (r1 - r0 - 1) * sy + 1 : sy, x0 : x0 + (geom.out_width - 1) * sx + 1 : sx]
 
 
+def gather_windows(
+    plane: torch.Tensor, b: torch.Tensor, y: torch.Tensor, x: torch.Tensor, geom: Geometry
+) -> torch.Tensor:
+    """The windows of outputs (b, y, x) (index tensors [n]) of plane [B, C, Hp, Wp] -> [n, C, h, w]."""
+    (sy, sx), (dy, dx) = geom.stride, geom.dilation
+    h, w = geom.template_size
+    rows = torch.arange(h, device=b.device) * dy
+    cols = torch.arange(w, device=b.device) * dx
+    channels = torch.arange(plane.shape[1], device=b.device)[None, :, None, None]
+    return plane[
+        b[:, None, None, None],
+        channels,
+        (y[:, None] * sy + rows)[:, None, :, None],
+        (x[:, None] * sx + cols)[:, None, None, :],
+    ]
+
+
 def _active_taps(values: torch.Tensor) -> list[tuple[int, int, int]]:
     """Taps (c, i, j) of a [Bk, T, C, h, w] tensor that are non-zero for some template (one host sync)."""
     active = (values != 0).flatten(0, 1).any(dim=0).cpu()

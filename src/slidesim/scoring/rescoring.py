@@ -14,6 +14,7 @@ import math
 import torch
 
 from ..kernels.spectral import fft_correlate
+from ..kernels.taps import gather_windows
 from ..metrics import MetricSpec
 from ..reference import score_windows
 from .bounds import finite_extremes, inverse_root
@@ -231,22 +232,14 @@ class Rescorer:
         ``metric`` (default: the call's))."""
         stats = self.stats
         index = flagged.nonzero()
-        (sy, sx), (dy, dx) = stats.prims.geom.stride, stats.prims.geom.dilation
         C, h, w = self.bank.shape[-3:]
-        rows = torch.arange(h, device=index.device) * dy
-        cols = torch.arange(w, device=index.device) * dx
         per_window = C * h * w * 8 * 8  # the gathered window and the formula's temporaries, float64
         step = max(1, _RESCORE_BYTES // per_window)
         image = stats.image if grad else stats.image.detach()
         parts = []
         for start in range(0, len(index), step):
             b, tt, y, x = index[start : start + step].unbind(dim=1)
-            windows = image[
-                b[:, None, None, None],
-                torch.arange(C, device=b.device)[None, :, None, None],
-                (y[:, None] * sy + rows)[:, None, :, None],
-                (x[:, None] * sx + cols)[:, None, None, :],
-            ].to(torch.float64)
+            windows = gather_windows(image, b, y, x, stats.prims.geom).to(torch.float64)
             bk = b if self.bank.shape[0] > 1 else torch.zeros_like(b)
             templates = self.bank[bk, t0 + tt].to(torch.float64)
             bm = b if stats.mask.shape[0] > 1 else torch.zeros_like(b)

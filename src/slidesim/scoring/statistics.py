@@ -254,7 +254,7 @@ class WindowStatistics:
                 return factors, None, None
         if fused and self.padding_offset(0) is None:
             reach_ = self.channel_reach(0)
-            tolerance = self._running_sums_bound(0, deviations=True) / TRUSTED_FRACTION  # only the fused pass reads it
+            tolerance = self._running_sums_bound(reach_, deviations=True) / TRUSTED_FRACTION  # only the fused pass
             info = torch.finfo(dtype)
             # the factors must be normal numbers of dtype: 1/√tolerance and 1/√(largest variance) bound them
             largest = mask.shape[-2] * mask.shape[-1] * reach_ * reach_
@@ -286,9 +286,7 @@ class WindowStatistics:
         low, high = finite_extremes(self.image.detach())
         largest_pixel = max(abs(float(low)), abs(float(high)))
         if self.energies_fused:  # running sums: an error bound of the window's size, not the plane's total
-            size = self.image.shape[-2:]
-            bound = running_sums_rounding_bound(largest_pixel, size, self.prims.geom.template_size, deviations=False)
-            one = bound / TRUSTED_FRACTION
+            one = self._running_sums_bound(largest_pixel, deviations=False) / TRUSTED_FRACTION
         else:
             one = variance_rounding_bound(largest_pixel, self.image.shape[-2:], weights.to(torch.float64))
         bound = self.image.shape[1] * one
@@ -324,16 +322,15 @@ class WindowStatistics:
                 part = self.prims.window_sum(squares, w_c if self.masked else None, exact_zeros=True)
             energy = part if energy is None else energy + part
             if not exact and fused:  # running sums: an error bound of the window's size, not the plane's total
-                error += self._running_sums_bound(c, deviations=False)
+                error += self._running_sums_bound(self.channel_reach(c), deviations=False)
             elif not exact:
                 error += variance_rounding_bound(self.channel_reach(c), self.image.shape[-2:], w_c)
         return energy, error
 
-    def _running_sums_bound(self, c: int, deviations: bool) -> float:
-        """Rounding bound of channel c's fused window pass (see :func:`running_sums_rounding_bound`)."""
-        geom = self.prims.geom
-        shape = self.image.shape[-2:]
-        return running_sums_rounding_bound(self.channel_reach(c), shape, geom.template_size, deviations)
+    def _running_sums_bound(self, reach_: float, deviations: bool) -> float:
+        """Rounding bound of the fused window pass over pixels within ``reach_`` of the shift (see
+        :func:`running_sums_rounding_bound`)."""
+        return running_sums_rounding_bound(reach_, self.image.shape[-2:], self.prims.geom.template_size, deviations)
 
     def window_energy(self, weights: torch.Tensor) -> torch.Tensor:
         """Σ W I² per window in float64 -> [B, Tm, H', W'], one channel at a time to bound memory."""
