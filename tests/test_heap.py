@@ -85,7 +85,7 @@ def test_a_public_call_sets_the_limits(monkeypatch):
 
 _FAULTS = textwrap.dedent(
     """
-    import resource, sys
+    import resource, statistics
     import numpy as np
     import slidesim
     rng = np.random.default_rng(0)
@@ -93,18 +93,22 @@ _FAULTS = textwrap.dedent(
     template = image[100:132, 200:232].copy()
     for _ in range(3):
         slidesim.similarity(image, template, metric="zncc", method="fft")
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
+    faults = []
+    for _ in range(9):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         slidesim.similarity(image, template, metric="zncc", method="fft")
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(statistics.median(faults))
     """
 )
 
 
 @pytest.mark.skipif(_heap._glibc() is None, reason="glibc's malloc only")
 def test_repeated_calls_reuse_the_freed_pages():
-    """A zncc call on 512² allocates about 9 MiB of temporaries: fresh pages would fault about 2,000 times a call
-    (about 1,000 to 2,300 measured with the limits left alone); reused ones do not fault."""
+    """A zncc call on 512² allocates about 9 MiB of temporaries. With the limits left alone the median of nine calls
+    measured 250 to 1,000 faults in ten of eleven processes; with them set, 0 in eight of eight. The median is the
+    measure because an occasional call faults a few hundred times either way (the interpreter returning an arena of
+    its own, a pool thread's first large block), which a mean of a few calls turned into a flaky threshold."""
     found = subprocess.run(
         [sys.executable, "-c", _FAULTS],
         capture_output=True,
@@ -113,4 +117,4 @@ def test_repeated_calls_reuse_the_freed_pages():
         env={k: v for k, v in os.environ.items() if k not in (_heap.ENV_VARIABLE, *_heap._USER_SETTINGS)},
     )
     faults = float(found.stdout.strip())
-    assert faults < 100, f"{faults} page faults per call"
+    assert faults < 100, f"a median of {faults} page faults per call"
