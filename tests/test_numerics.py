@@ -380,3 +380,26 @@ def test_auto_leaves_large_normalized_templates_to_fft() -> None:
     image = np.zeros((200, 200), np.float32)
     assert slidesim.plan(image, np.ones((64, 64), np.float32), metric="zncc").engine != "conv"
     assert "conv2d's round-off" in slidesim.explain(image, np.ones((64, 64), np.float32), metric="ncc")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("masked", [False, True])
+def test_numba_ssd_normed_energies_of_faint_windows_beside_bright_ones(dtype, masked) -> None:
+    """ssd_normed on the numba engine takes its window energies from running sums (or masked FFT sums), whose
+    round-off scales with the bright part of the plane: faint windows, black ones and an exact match must still
+    agree with the reference (degenerate rules included)."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(11)
+    image = np.zeros((40, 48))
+    image[:, 24:] = rng.random((40, 24)) * 1e4  # bright right half
+    image[10:30, 4:20] = rng.random((20, 16)) * 1e-3  # faint patch on the black left half
+    image = torch.from_numpy(image).to(dtype)[None, None]
+    bank = torch.stack([image[0, :, 12:21, 6:15], image[0, :, 5:14, 30:39], torch.zeros(1, 9, 9, dtype=dtype)])
+    mask = torch.ones(9, 9, dtype=dtype) if masked else None
+    if masked:
+        mask[0, :4] = 0.0
+    got = slidesim.similarity(image, bank, metric="ssd_normed", mask=mask, method="numba")
+    want = slidesim.reference.similarity(image, bank, metric="ssd_normed", mask=mask)
+    torch.testing.assert_close(got, want.to(dtype), **tolerance(dtype))
+    assert got[0, 0, 12, 6] == 0.0 and got[0, 1, 5, 30] == 0.0  # the exact matches
+    assert got[0, 2, 0, 0] == 0.0 and got[0, 0, 0, 0] == 1.0  # black on black; a faint template on a black window

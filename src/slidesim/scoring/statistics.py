@@ -296,7 +296,7 @@ class WindowStatistics:
         # a window of zeros has no nonzero pixel: count them (0/1 sums are exact integers); a max-pool over the
         # window ran h·w comparisons per output (0.45 s for a 24×80 template on 512², float64)
         nonzero = (self.image.detach() != 0).any(dim=1, keepdim=True).to(torch.float64)
-        largest = self.prims.window_sum(nonzero, None)
+        largest = self.prims.window_sum(nonzero, None, exact_zeros=False)  # counts of 0/1: box sums are exact
         uncertain = candidates & (largest > 0.5)  # all-zero windows are exactly degenerate
         return uncertain if bool(uncertain.any()) else None
 
