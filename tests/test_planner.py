@@ -199,7 +199,7 @@ def test_plan_counts_the_exact_rescoring_these_data_need() -> None:
 @pytest.mark.parametrize("many", [False, True])
 def test_precision_estimate_prices_rescored_windows_or_a_float64_transform(many) -> None:
     from slidesim import cost
-    from slidesim.scoring.rescoring import TRANSFORM_COST
+    from slidesim.scoring.rescoring import rescoring_costs
 
     scene = _dark_gradient_scene()
     image = scene.clone() if many else scene[..., :86, :].clone()
@@ -211,12 +211,13 @@ def test_precision_estimate_prices_rescored_windows_or_a_float64_transform(many)
     taps, outputs = 16 * 16, p.out_height * p.out_width
     counts, fft = cost.features("fft", p), cost.constants_for(p)["fft"]
     transforms = sum(fft[n] * counts[n] for n in ("image_transform_nlogn", "kernel_transform_nlogn"))
+    costs = rescoring_costs(True, image)
     assert work.rescored_windows > 0 and not work.cross_in_float64
-    if not many:  # few windows: gathered and scored one by one
-        assert work.rescored_windows * taps <= outputs * TRANSFORM_COST
-        assert work.seconds == pytest.approx(work.rescored_windows * taps * cost.RESCORED_TAP_SECONDS)
-    else:  # so many that a float64 FFT of the cross term replaces the gathering
-        assert work.rescored_windows * taps > outputs * TRANSFORM_COST
+    if not many:  # few windows: scored one by one
+        assert work.rescored_windows * taps <= outputs * costs.transform
+        assert work.seconds == pytest.approx(work.rescored_windows * taps * costs.tap_seconds)
+    else:  # so many that a float64 FFT of the cross term replaces the rescoring
+        assert work.rescored_windows * taps > outputs * costs.transform
         assert work.seconds > 2 * transforms
 
 

@@ -21,11 +21,8 @@ from ._cost_constants import CONSTANTS
 from ._cost_constants_cuda import CONSTANTS as CUDA_CONSTANTS
 from ._validate import DEFAULT_MEMORY_LIMIT, Canonical, Problem, padded_images
 from .scoring.driver import precision_work
-from .scoring.rescoring import TRANSFORM_COST
+from .scoring.rescoring import rescoring_costs
 
-# Gathering one window tap and scoring it by the reference's float64 formula: 20–50 ns on 2 cores (measured on a
-# 1080p screenshot with a 16² template, see slidesim.scoring.rescoring).
-RESCORED_TAP_SECONDS = 3e-8
 _TRANSFORM_WORK = ("image_transform_nlogn", "kernel_transform_nlogn", "spectrum_products")
 """The work counts of a cross term's transforms: a float64 cross term doubles them (half the vector lanes)."""
 
@@ -93,6 +90,7 @@ def precision_estimates(canon: Canonical, names: Sequence[str]) -> dict[str, Pre
     taps = problem.channels * problem.template_height * problem.template_width
     outputs = problem.batch * problem.n_templates * problem.out_height * problem.out_width
     probed: dict[bool, tuple[bool, int]] = {}
+    costs = rescoring_costs(problem.finite, image)
     found = {}
     for name in names:
         if constants_for(problem).get(name) is None:
@@ -105,10 +103,10 @@ def precision_estimates(canon: Canonical, names: Sequence[str]) -> dict[str, Pre
         cross_in_float64, rescored = probed[prims.global_cross_error]
         if cross_in_float64:  # in place of the compute dtype's: twice the work
             found[name] = PrecisionWork(True, 0, transforms)
-        elif rescored * taps > outputs * problem.channels * TRANSFORM_COST:  # a float64 transform of the cross
+        elif rescored * taps > outputs * problem.channels * costs.transform:  # a float64 transform of the cross
             found[name] = PrecisionWork(False, rescored, 2 * transforms)  # term (Rescorer.rescore), then few windows
         else:
-            found[name] = PrecisionWork(False, rescored, rescored * taps * RESCORED_TAP_SECONDS)
+            found[name] = PrecisionWork(False, rescored, rescored * taps * costs.tap_seconds)
     return found
 
 

@@ -10,9 +10,13 @@ term when so many that gathering would cost more.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from .._threads import numba_threads
+from ..kernels.area_sums import fused_statistics_available
 from ..kernels.spectral import fft_correlate
 from ..kernels.taps import gather_windows
 from ..metrics import MetricSpec
@@ -24,14 +28,47 @@ from .templates import centred_kernel
 _NORM_CHUNK_BYTES = 2**20  # float64 rows per step of image_norm: a fresh large temporary costs page faults
 SCORE_TOLERANCE = 5e-4  # ncc / zncc scores that round-off could move further are recomputed exactly
 _RESCORE_BYTES = 64 * 2**20  # temporaries of the exact rescoring of gathered windows, at a time
-TRANSFORM_COST = 1  # gathered taps per output that a second, float64 correlation of a whole chunk is worth
-# A float64 transform in place of a float32 one costs about 10–20 ns more per output; gathering and scoring a flagged
-# window by the reference formula 20–50 ns per tap (measured on a 1080p screenshot, 16² template, 2 cores). A second,
-# float64 correlation of the chunk after the compute dtype's costs about as much per output as a gathered tap: on
-# the real-image suite's ncc and zncc calls with the numba engine, 1 against the 40 of before took a 16² zncc on the
-# 1080p screenshot from 500 to 47 ms (its colour version 1351 to 109 ms), a 24×80 one on the astronaut photograph
-# from 111 to 14 ms, and left every other call within noise; 0.1 to 1 measured alike.
-_UPFRONT_TRANSFORM_COST = 1
+
+
+@dataclass(frozen=True)
+class RescoringCosts:
+    """What the exact rescoring costs against a float64 transform of a chunk's cross term.
+
+    Attributes:
+        transform: Rescored taps per output that a second, float64 correlation (after the compute dtype's) is
+            worth.
+        upfront: Rescored taps per output that a float64 cross term in place of the compute dtype's is worth.
+        tap_seconds: Seconds per rescored tap.
+    """
+
+    transform: float
+    upfront: float
+    tap_seconds: float
+
+
+# Windows gathered into float64 tensors and scored by the reference's formula (autograd, NaN images, other devices):
+# 20-50 ns a tap, about what a float64 transform costs per output (1080p screenshot, 16² template, 2 cores: a 16²
+# zncc from 500 to 47 ms with 1 against 40, and every other call of the real-image suite within noise).
+GATHERED = RescoringCosts(transform=1.0, upfront=1.0, tap_seconds=3e-8)
+# Windows scored in place by the numba kernel: 1.7-3.3 ns a tap (a 1080p screenshot's 127770 windows of 16² in
+# 56 ms, 610 of 38×98 in 7.5 ms). Measured on the real-image suite's ncc and zncc calls, 2 cores: a float64 cross
+# term in place of the float32 one paid off from 1.0-1.5 rescored taps per output (screenshot zncc 64²: 1.12, float32
+# and rescoring 25 against 36 ms; astronaut ncc 64²: 1.42, even; camera zncc 16²: 1.52, float64 3.5 against 4.0 ms),
+# a second float64 transform after the numba engine's from 7-15 (astronaut ncc 24²: 14.7, rescoring 7.2 against
+# 8.0 ms; zncc 24²: 12.1, the transform 7.2 against 9.6 ms; screenshot zncc 16²: 6.4, rescoring 42 against 57 ms).
+IN_PLACE = RescoringCosts(transform=8.0, upfront=1.3, tap_seconds=2.5e-9)
+_KERNEL_DTYPES = (torch.float32, torch.float64, torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32)
+
+
+def scores_in_place(finite: bool, image: torch.Tensor) -> bool:
+    """Whether the numba kernel can score windows straight from ``image``: finite, on the CPU, in a dtype it reads,
+    numba installed."""
+    return finite and image.device.type == "cpu" and image.dtype in _KERNEL_DTYPES and fused_statistics_available()
+
+
+def rescoring_costs(finite: bool, image: torch.Tensor) -> RescoringCosts:
+    """The costs of rescoring windows of ``image`` (see :func:`scores_in_place`)."""
+    return IN_PLACE if scores_in_place(finite, image) else GATHERED
 
 
 class Rescorer:
@@ -191,8 +228,8 @@ class Rescorer:
         term of a chunk with ``outputs`` scores: a second one after the compute dtype's, or (``upfront``) one in
         its place."""
         taps = self.bank.shape[-3] * self.bank.shape[-2] * self.bank.shape[-1]
-        cost = _UPFRONT_TRANSFORM_COST if upfront else TRANSFORM_COST
-        return flagged * taps > outputs * self.stats.image.shape[1] * cost
+        costs = rescoring_costs(self.stats.finite, self.stats.image)
+        return flagged * taps > outputs * self.stats.image.shape[1] * (costs.upfront if upfront else costs.transform)
 
     def unreliable_count(self, t0: int, t1: int, template_scale: torch.Tensor, window_scale: torch.Tensor) -> int:
         """About how many windows of templates t0:t1 :meth:`unreliable` would flag for their cross term's
@@ -208,6 +245,22 @@ class Rescorer:
             if error > 0:  # a NaN factor (a window holding NaN) never counts
                 count += int((window_scale[:, j] > SCORE_TOLERANCE / error).sum())
         return count * (len(per_template) if masks == 1 else 1)
+
+    def _scores_in_place(self, t0: int, index: torch.Tensor, metric: str) -> torch.Tensor:
+        """Scores [n] float64 of the windows at index [n, 4] by :func:`slidesim.kernels.numba_rescore.window_scores`."""
+        from ..kernels.numba_rescore import METRIC_CODES, window_scores
+
+        stats = self.stats
+        geom = stats.prims.geom
+        image = stats.image.detach().contiguous().numpy()
+        bank = self.bank.detach().to(torch.float64).contiguous().numpy()
+        mask = stats.mask.detach().to(torch.float64).contiguous().numpy()
+        out = np.empty(len(index))
+        numba_threads()
+        window_scores(
+            image, bank, mask, index.contiguous().numpy(), t0, *geom.stride, *geom.dilation, METRIC_CODES[metric], out
+        )
+        return torch.from_numpy(out)
 
     def _float64_cross(self, t0: int, t1: int) -> torch.Tensor:
         """The cross term of templates t0:t1 by a float64 FFT -> [B, t1 − t0, H', W'] float64."""
@@ -229,9 +282,14 @@ class Rescorer:
         self, t0: int, flagged: torch.Tensor, grad: bool, metric: str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(index [n, 4] of the flagged (b, t, y, x), their scores [n] by the reference's float64 formula of
-        ``metric`` (default: the call's))."""
+        ``metric`` (default: the call's)).
+
+        Without a gradient, finite CPU images are scored by the numba kernel straight from the image (about 1 ns
+        a tap); otherwise the windows are gathered and scored by :func:`slidesim.reference.score_windows`."""
         stats = self.stats
         index = flagged.nonzero()
+        if not grad and scores_in_place(stats.finite, stats.image):
+            return index, self._scores_in_place(t0, index, metric or self.spec.name)
         C, h, w = self.bank.shape[-3:]
         per_window = C * h * w * 8 * 8  # the gathered window and the formula's temporaries, float64
         step = max(1, _RESCORE_BYTES // per_window)
