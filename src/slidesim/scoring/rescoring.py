@@ -60,6 +60,25 @@ IN_PLACE = RescoringCosts(transform=8.0, upfront=1.3, tap_seconds=2.5e-9)
 _KERNEL_DTYPES = (torch.float32, torch.float64, torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32)
 
 
+def _largest_finite(values: torch.Tensor) -> float:
+    """The largest value of a float tensor, NaN left out (0 when there is none), without a temporary."""
+    if values.numel() == 0:
+        return 0.0
+    if values.device.type == "cpu":
+        found = np.fmax.reduce(values.detach().reshape(-1).numpy())  # fmax skips NaN
+    else:
+        found = float(torch.nan_to_num(values, nan=0.0).max())
+    return 0.0 if math.isnan(found) else max(0.0, float(found))
+
+
+def _above(window_scale: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """window_scale [B, Tm, H', W'] > thresholds [Bk, t] (float64) -> bool [max(B, Bk), t, H', W'], in one pass in the
+    scale's own dtype: each threshold is lowered by 1e-6 of itself before it is narrowed, so a window the float64
+    product w · (tolerance / threshold) would flag is flagged (a few more at the boundary are scored exactly too)."""
+    lowered = (thresholds * (1.0 - 1e-6)).to(window_scale.dtype)
+    return window_scale > lowered[..., None, None]
+
+
 def scores_in_place(finite: bool, image: torch.Tensor) -> bool:
     """Whether the numba kernel can score windows straight from ``image``: finite, on the CPU, in a dtype it reads,
     numba installed."""
@@ -171,11 +190,11 @@ class Rescorer:
         itself is within its rounding bound without being exactly flat."""
         per_template = self.cross_error(t0, t1).detach() * template_scale  # [Bk, t]
         # windows that hold NaN have a NaN factor and score NaN whatever happens: they must not hide the others
-        widest = float(torch.nan_to_num(window_scale, nan=0.0).max()) if window_scale.numel() else 0.0
+        widest = _largest_finite(window_scale)
         largest = float(per_template.max()) * widest if per_template.numel() else 0.0
         flagged = None
         if largest > SCORE_TOLERANCE:
-            flagged = window_scale.to(torch.float64) * per_template[..., None, None] > SCORE_TOLERANCE
+            flagged = _above(window_scale, SCORE_TOLERANCE / per_template)
         if uncertain is not None:
             flagged = uncertain if flagged is None else flagged | uncertain
         return flagged if flagged is not None and bool(flagged.any()) else None
@@ -214,7 +233,7 @@ class Rescorer:
             better = (cross * template_scale[..., None, None] * window_scale.to(torch.float64)).clamp_(-1.0, 1.0)
             scores.copy_(torch.where(flagged, better.to(scores.dtype), scores))
             error = self.fft_error(t0, t0 + t, torch.finfo(torch.float64).eps)
-            flagged = window_scale.to(torch.float64) * (error * template_scale)[..., None, None] > SCORE_TOLERANCE
+            flagged = _above(window_scale, SCORE_TOLERANCE / (error * template_scale))
             if uncertain is not None:
                 flagged = flagged | uncertain
             flagged = flagged.expand(B, t, H, W)
