@@ -115,16 +115,23 @@ class AreaSumReductions(TapReductions):
         return torch.from_numpy(plane_energies(image, shifts))
 
     def window_factors(
-        self, plane: torch.Tensor, shift: torch.Tensor, tolerance: float, dtype: torch.dtype, exact: bool = False
+        self,
+        plane: torch.Tensor,
+        shift: torch.Tensor,
+        tolerance: float,
+        dtype: torch.dtype,
+        exact: bool = False,
+        deviations: bool = True,
     ) -> torch.Tensor | None:
         """1/√(window variance × n) of plane − shift ([B, 1, Hp, Wp], [B, 1, 1, 1]) for every unmasked window,
         [B, 1, H', W'] in ``dtype``, in one numba pass; None where the fused pass cannot run or where some window's
         variance is within ``tolerance`` (it may be flat: the caller then runs the exact test). With ``exact`` (the
-        sums are exact, so windows within ``tolerance`` are flat) those windows get the factor 0 instead."""
+        sums are exact, so windows within ``tolerance`` are flat) those windows get the factor 0 instead. Without
+        ``deviations``, of the energy Σ (I − s)² (ncc's window factor, with s = 0)."""
         if not self._fused(plane):
             return None
         factors = torch.empty(plane.shape[0], 1, self.geom.out_height, self.geom.out_width, dtype=dtype)
-        low = self._run_fused(plane, shift, True, tolerance, _NO_OUT, factors[:, 0].numpy())
+        low = self._run_fused(plane, shift, deviations, tolerance, _NO_OUT, factors[:, 0].numpy())
         return factors if low == 0 or exact else None
 
     def window_sum(self, plane: torch.Tensor, weights: torch.Tensor | None, exact_zeros: bool = True) -> torch.Tensor:

@@ -392,10 +392,16 @@ class TapReductions:
         return None
 
     def window_factors(
-        self, plane: torch.Tensor, shift: torch.Tensor, tolerance: float, dtype: torch.dtype, exact: bool = False
+        self,
+        plane: torch.Tensor,
+        shift: torch.Tensor,
+        tolerance: float,
+        dtype: torch.dtype,
+        exact: bool = False,
+        deviations: bool = True,
     ) -> torch.Tensor | None:
         """A fused 1/√(variance × n) per unmasked window, or None: see :meth:`window_squares`."""
-        del plane, shift, tolerance, dtype, exact
+        del plane, shift, tolerance, dtype, exact, deviations
         return None
 
     def plane_energy(self, plane: torch.Tensor, shift: torch.Tensor) -> torch.Tensor | None:

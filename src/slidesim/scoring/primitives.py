@@ -95,11 +95,18 @@ class Primitives(Protocol):
         ...
 
     def window_factors(
-        self, plane: torch.Tensor, shift: torch.Tensor, tolerance: float, dtype: torch.dtype, exact: bool = False
+        self,
+        plane: torch.Tensor,
+        shift: torch.Tensor,
+        tolerance: float,
+        dtype: torch.dtype,
+        exact: bool = False,
+        deviations: bool = True,
     ) -> torch.Tensor | None:
         """1/√(n · variance) of every unmasked window in one fused pass -> [B, 1, H', W'] in ``dtype``; None where
         there is no fused pass or some window's n · variance is within ``tolerance`` (it may be flat). With
-        ``exact`` (sums known to be exact) windows within ``tolerance`` are flat and get the factor 0."""
+        ``exact`` (sums known to be exact) windows within ``tolerance`` are flat and get the factor 0. Without
+        ``deviations``, of the energy Σ (I − s)² instead of n · variance."""
         ...
 
     def plane_energy(self, plane: torch.Tensor, shift: torch.Tensor) -> torch.Tensor | None:
