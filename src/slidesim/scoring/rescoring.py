@@ -2,9 +2,10 @@
 
 The error of an ncc or zncc score is the cross term's error times the template's and the window's factors, so
 only windows whose variation is tiny against the image's (near-flat windows at another level than the image mean,
-such as a black area with faint ringing) can be affected. Those windows are scored again exactly: gathered and
-scored one by one by the reference's float64 formula when few, or by a float64 FFT of the whole chunk's cross
-term when so many that gathering would cost more.
+such as a black area with faint ringing) can be affected. Those windows are scored again exactly, one by one by
+the reference's float64 formulas when few (read in place by a numba kernel for finite CPU images; gathered and
+scored by :func:`slidesim.reference.score_windows` otherwise), or by a float64 FFT of the whole chunk's cross term
+when so many that scoring them one by one would cost more (see :class:`RescoringCosts`).
 """
 
 from __future__ import annotations
