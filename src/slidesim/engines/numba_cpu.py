@@ -158,5 +158,10 @@ ENGINE = NumbaEngine()
 
 
 def _area_sum_energies(problem: Problem) -> bool:
-    """Whether a distance metric's window energies come from area sums (ssd_normed of finite images)."""
-    return counts.normalized(problem) and problem.metric not in PRODUCT_METRICS and problem.finite
+    """Whether a distance metric's window energies come from area sums: ssd_normed of finite images, unmasked or
+    of integer pixels. Masked energies of fractional pixels stay with the tap loops, whose sums of non-negative
+    terms are trusted as they are: the area sums' FFT would leave every dark window to a slower sum of its own
+    (astronaut 512² / 255 with a 16² disk: 40 against 12 ms)."""
+    if not (counts.normalized(problem) and problem.metric not in PRODUCT_METRICS and problem.finite):
+        return False
+    return problem.mask_kind == "none" or "float" not in problem.input_dtype
