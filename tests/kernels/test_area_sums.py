@@ -38,7 +38,14 @@ def _dark_picture(fractional: bool) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("fractional", [False, True])
-def test_exact_zero_sums_match_tap_sums(fractional: bool, monkeypatch) -> None:
+@pytest.mark.parametrize("in_place", [True, False])
+def test_exact_zero_sums_match_tap_sums(fractional: bool, in_place: bool, monkeypatch) -> None:
+    """The sums agree with conv2d's, whether the dark windows are summed again in place (numba) or gathered (the
+    path of other devices, or without numba); the rounding bound returned covers every window."""
+    if in_place:
+        pytest.importorskip("numba")
+    else:
+        monkeypatch.setattr(area_sums, "fused_statistics_available", lambda: False)
     image = _dark_picture(fractional)
     squares = image * image
     weights = _disk(12)[None, None, None]
@@ -52,9 +59,11 @@ def test_exact_zero_sums_match_tap_sums(fractional: bool, monkeypatch) -> None:
         return fft_correlate(*args, **kwargs)
 
     monkeypatch.setattr(area_sums, "fft_correlate", counting)
-    sums = AreaSumReductions(geom, 2**20).window_sum(squares, weights, exact_zeros=True)
+    sums, bound = AreaSumReductions(geom, 2**20).window_sum_bounded(squares, weights)
     taps = conv_correlate(squares, weights, geom)
     assert transformed  # the transform ran, not conv2d
+    assert float((sums - taps).abs().max()) <= bound
+    assert (bound == 0) == (not fractional)  # integers are exact
     zero = taps == 0
     assert zero.any() and (sums[zero] == 0).all()  # the black band's windows: exactly zero
     if fractional:

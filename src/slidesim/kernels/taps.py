@@ -66,6 +66,18 @@ def gather_windows(
     ]
 
 
+def tap_sums_rounding_bound(plane: torch.Tensor, weights: torch.Tensor) -> float:
+    """A bound on the rounding error of float64 tap-by-tap window sums Σ weights · plane (conv2d, tap loops): n
+    products and additions each within ε of a partial sum of at most max|plane| · Σ|weights|, n = taps per window,
+    twice over for slack. plane [B, C', Hp, Wp], weights [Bm, Tm, C', h, w]."""
+    if plane.numel() == 0 or weights.numel() == 0:
+        return 0.0
+    taps = weights.shape[-3] * weights.shape[-2] * weights.shape[-1]
+    largest = float(plane.detach().abs().amax())
+    spread = float(weights.detach().abs().sum(dim=(-3, -2, -1)).amax())
+    return 2 * taps * torch.finfo(torch.float64).eps * largest * spread
+
+
 def _active_taps(values: torch.Tensor) -> list[tuple[int, int, int]]:
     """Taps (c, i, j) of a [Bk, T, C, h, w] tensor that are non-zero for some template (one host sync)."""
     active = (values != 0).flatten(0, 1).any(dim=0).cpu()
@@ -355,6 +367,11 @@ class TapReductions:
             weights = torch.ones(1, 1, plane.shape[1], *self.geom.template_size, dtype=plane.dtype, device=plane.device)
             return self.correlate(plane, weights)
         return self.correlate(plane, weights, weights != 0)  # a zero weight takes its tap out of the window
+
+    def window_sum_bounded(self, plane: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(Σ weights · plane over each window, tap by tap -> [B, Tm, H', W']; a bound on any window's rounding
+        error). plane [B, C', Hp, Wp], weights [Bm, Tm, C', h, w]."""
+        return self.window_sum(plane, weights), tap_sums_rounding_bound(plane, weights)
 
     def window_flat(
         self, plane: torch.Tensor, support: torch.Tensor | None, rows: tuple[int, int] | None = None

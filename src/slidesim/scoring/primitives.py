@@ -81,6 +81,11 @@ class Primitives(Protocol):
         zeros sums to exactly zero when ``exact_zeros``."""
         ...
 
+    def window_sum_bounded(self, plane: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(:meth:`window_sum` of plane [B, C', Hp, Wp] under weights [Bm, Tm, C', h, w] with exact zeros; a bound
+        on any window's rounding error)."""
+        ...
+
     def window_flat(
         self, plane: torch.Tensor, support: torch.Tensor | None, rows: tuple[int, int] | None = None
     ) -> torch.Tensor:

@@ -312,8 +312,8 @@ class WindowStatistics:
         """(Σ_c Σ W (I_c − s_c)² per window in float64 -> [B, Tm, H', W'], a bound on its rounding error: 0 where
         the sums are exact) for weights [Bm, Tm, Cm, h, w] float64.
 
-        Masked sums run tap by tap (conv2d), whose zeros and integer sums are exact; unmasked ones in the fused
-        pass or from summed-area tables.
+        Masked sums come from the engine's exact-zero window sums (conv2d or a float64 FFT) with their own rounding
+        bound; unmasked ones from the fused pass or from summed-area tables.
         """
         energy, error = None, 0.0
         binary = bool(((weights == 0) | (weights == 1)).all())
@@ -325,14 +325,23 @@ class WindowStatistics:
             if not self.masked:
                 part = self.prims.window_squares(self.image[:, c : c + 1], self.shift[:, c : c + 1], False)
             fused = part is not None
-            if part is None:
+            bound = None
+            if part is None and self.masked:  # the sums' own bound: the transform's, not a summed-area table's
                 squares = self.plane(("squares64", True, c), lambda c=c: self.centred64(c) ** 2)
-                part = self.prims.window_sum(squares, w_c if self.masked else None, exact_zeros=True)
+                part, bound = self.prims.window_sum_bounded(squares, w_c)
+            elif part is None:
+                squares = self.plane(("squares64", True, c), lambda c=c: self.centred64(c) ** 2)
+                part = self.prims.window_sum(squares, None, exact_zeros=True)
             energy = part if energy is None else energy + part
+            reach_ = self.channel_reach(c)
             if not exact and fused:  # running sums: an error bound of the window's size, not the plane's total
-                error += self._running_sums_bound(self.channel_reach(c), deviations=False)
+                error += self._running_sums_bound(reach_, deviations=False)
+            elif not exact and bound is not None:  # and the addition of the channel's energy to the others'
+                error += bound + torch.finfo(torch.float64).eps * reach_ * reach_ * float(
+                    w_c.abs().sum(dim=(-3, -2, -1)).amax()
+                )
             elif not exact:
-                error += variance_rounding_bound(self.channel_reach(c), self.image.shape[-2:], w_c)
+                error += variance_rounding_bound(reach_, self.image.shape[-2:], w_c)
         return energy, error
 
     def _running_sums_bound(self, reach_: float, deviations: bool) -> float:
