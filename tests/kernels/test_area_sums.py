@@ -105,3 +105,32 @@ def test_masked_zncc_of_integer_pictures_decides_flatness_from_exact_sums(monkey
     finite = ~np.isnan(expected)
     assert (expected == 0).any()  # the black band's windows are flat: zncc scores them 0
     np.testing.assert_allclose(scores[finite], expected[finite], rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize(
+    ("size", "stride", "dilation"), [((5, 7), (1, 1), (1, 1)), ((9, 9), (2, 3), (1, 1)), ((4, 6), (1, 2), (2, 1)),
+                                     ((12, 12), (1, 1), (1, 1))]
+)  # fmt: skip
+def test_masked_flatness_by_neighbour_counts_matches_the_direct_loop(size, stride, dilation) -> None:
+    """Connected supports count differing neighbour pairs (exact window sums, FFT above 64 taps) and agree with
+    the direct min/max loop, NaN and flat regions included; a support in two pieces takes the loop."""
+    from slidesim.kernels.taps import TapReductions
+
+    rng = np.random.default_rng(0)
+    (h, w), (sy, sx), (dy, dx) = size, stride, dilation
+    H, W = 40, 50
+    plane = torch.from_numpy(rng.integers(0, 3, (2, 1, H, W))).double()
+    plane[:, :, :20, :25] = 1.0  # a flat region
+    plane[1, 0, 30, 30] = float("nan")
+    yy, xx = np.mgrid[:h, :w]
+    disk = (yy - (h - 1) / 2) ** 2 / (h / 2) ** 2 + (xx - (w - 1) / 2) ** 2 / (w / 2) ** 2 <= 1
+    pieces = np.zeros_like(disk)
+    pieces[0, 0] = pieces[-1, -1] = True
+    out = ((H - dy * (h - 1) - 1) // sy + 1, (W - dx * (w - 1) - 1) // sx + 1)
+    geom = Geometry((sy, sx), (dy, dx), *out, (h, w))
+    for masks in ([disk, np.ones_like(disk)], [pieces]):
+        support = torch.from_numpy(np.stack(masks))[None, :, None]
+        got = AreaSumReductions(geom, 2**20).window_flat(plane, support, (3, out[0] - 1))
+        want = TapReductions(geom, 2**20).window_flat(plane, support, (3, out[0] - 1))
+        assert torch.equal(got, want)
+        assert got.any() and not got.all()
