@@ -58,6 +58,7 @@ GATHERED = RescoringCosts(transform=1.0, upfront=1.0, tap_seconds=3e-8)
 # a second float64 transform after the numba engine's from 7-15 (astronaut ncc 24²: 14.7, rescoring 7.2 against
 # 8.0 ms; zncc 24²: 12.1, the transform 7.2 against 9.6 ms; screenshot zncc 16²: 6.4, rescoring 42 against 57 ms).
 IN_PLACE = RescoringCosts(transform=8.0, upfront=1.3, tap_seconds=2.5e-9)
+_IN_PLACE_METRICS = ("ssd", "ssd_normed", "ccorr", "ncc", "ccoeff", "zncc")  # those the numba kernel scores
 _KERNEL_DTYPES = (torch.float32, torch.float64, torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32)
 
 
@@ -308,8 +309,9 @@ class Rescorer:
         a tap); otherwise the windows are gathered and scored by :func:`slidesim.reference.score_windows`."""
         stats = self.stats
         index = flagged.nonzero()
-        if not grad and scores_in_place(stats.finite, stats.image):
-            return index, self._scores_in_place(t0, index, metric or self.spec.name)
+        metric = metric or self.spec.name
+        if not grad and metric in _IN_PLACE_METRICS and scores_in_place(stats.finite, stats.image):
+            return index, self._scores_in_place(t0, index, metric)
         C, h, w = self.bank.shape[-3:]
         per_window = C * h * w * 8 * 8  # the gathered window and the formula's temporaries, float64
         step = max(1, _RESCORE_BYTES // per_window)
@@ -324,7 +326,7 @@ class Rescorer:
             tm = t0 + tt if not stats.shared else torch.zeros_like(tt)
             masks = stats.mask[bm, tm].detach().to(torch.float64)
             exact = score_windows(
-                metric or self.spec.name,
+                metric,
                 windows[:, :, None, None],
                 (templates if grad else templates.detach())[:, :, None, None],
                 masks[:, :, None, None],
