@@ -134,3 +134,26 @@ def test_masked_flatness_by_neighbour_counts_matches_the_direct_loop(size, strid
         want = TapReductions(geom, 2**20).window_flat(plane, support, (3, out[0] - 1))
         assert torch.equal(got, want)
         assert got.any() and not got.all()
+
+
+def test_connectedness_of_supports() -> None:
+    """The row-run shortcut and the grown region agree on random supports; rings and C shapes (two runs in a row)
+    are connected, two pieces are not, an empty support counts as connected."""
+    from slidesim.kernels.area_sums import _connected, _grown_connected
+
+    rng = np.random.default_rng(1)
+    for _ in range(500):
+        h, w = rng.integers(1, 7, 2)
+        support = torch.from_numpy(rng.random((h, w)) < rng.random())
+        assert bool(_connected(support[None])[0]) == _grown_connected(support)
+    yy, xx = np.mgrid[:9, :9]
+    distance = np.hypot(yy - 4, xx - 4)
+    ring = torch.from_numpy((distance <= 4.5) & (distance >= 2.5))
+    c_shape = torch.ones(5, 5, dtype=torch.bool)
+    c_shape[1:4, 2:] = False
+    pieces = torch.zeros(5, 5, dtype=torch.bool)
+    pieces[0, 0] = pieces[4, 4] = True
+    empty = torch.zeros(5, 5, dtype=torch.bool)
+    disk = _disk(12) > 0
+    assert _connected(torch.stack([c_shape, pieces, empty])).tolist() == [True, False, True]
+    assert bool(_connected(disk[None])[0]) and bool(_connected(ring[None])[0])

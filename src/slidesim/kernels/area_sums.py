@@ -45,24 +45,50 @@ def fused_statistics_available() -> bool:
 
 
 def _connected(support: torch.Tensor) -> torch.Tensor:
-    """Whether each support [..., h, w] (bool) is one 4-connected region, or empty -> [...] bool. The region
-    holding the first tap grows by its neighbours inside the support until it stops."""
+    """Whether each support [..., h, w] (bool) is one 4-connected region, or empty -> [...] bool.
+
+    Supports whose rows each hold one run of taps, the runs of consecutive rows sharing a column (disks, turned
+    rectangles: any convex footprint) are connected; the others grow the region of their first tap by its
+    neighbours inside the support until it stops."""
     flat = support.reshape(-1, *support.shape[-2:])
-    grown = torch.zeros_like(flat)
-    first = flat.flatten(1).to(torch.int8).argmax(dim=1)
-    grown.flatten(1)[torch.arange(len(flat)), first] = True
-    grown &= flat
+    found = _row_runs_connected(flat)
+    for n in (~found).nonzero().flatten().tolist():
+        found[n] = _grown_connected(flat[n])
+    return found.reshape(support.shape[:-2])
+
+
+def _row_runs_connected(flat: torch.Tensor) -> torch.Tensor:
+    """[N, h, w] bool -> [N]: every non-empty row is one run, the non-empty rows are consecutive, and the runs of
+    neighbouring rows share a column (a sufficient test of connectedness)."""
+    w = flat.shape[-1]
+    columns = torch.arange(w)
+    counts = flat.sum(dim=-1)  # [N, h]
+    first = torch.where(flat, columns, w).amin(dim=-1)
+    last = torch.where(flat, columns, -1).amax(dim=-1)
+    filled = counts > 0
+    runs = ~filled | (last - first + 1 == counts)
+    overlap = torch.maximum(first[:, 1:], first[:, :-1]) <= torch.minimum(last[:, 1:], last[:, :-1])
+    both = filled[:, 1:] & filled[:, :-1]
+    starts = (filled[:, 1:] & ~filled[:, :-1]).sum(dim=-1) + filled[:, 0].long()  # blocks of non-empty rows
+    return runs.all(dim=-1) & (overlap | ~both).all(dim=-1) & (starts <= 1)
+
+
+def _grown_connected(region: torch.Tensor) -> bool:
+    """Whether one support [h, w] (bool) is 4-connected: the first tap's region grown until it stops."""
+    grown = torch.zeros_like(region)
+    if not bool(region.any()):
+        return True
+    grown.view(-1)[int(region.flatten().to(torch.int8).argmax())] = True
     while True:
         wider = grown.clone()
+        wider[1:] |= grown[:-1]
+        wider[:-1] |= grown[1:]
         wider[:, 1:] |= grown[:, :-1]
         wider[:, :-1] |= grown[:, 1:]
-        wider[:, :, 1:] |= grown[:, :, :-1]
-        wider[:, :, :-1] |= grown[:, :, 1:]
-        wider &= flat
+        wider &= region
         if torch.equal(wider, grown):
-            break
+            return bool(torch.equal(grown, region))
         grown = wider
-    return (grown == flat).flatten(1).all(dim=1).reshape(support.shape[:-2])
 
 
 @dataclass(frozen=True)
