@@ -269,16 +269,9 @@ class AreaSumReductions(TapReductions):
         place by the numba kernel of :mod:`slidesim.kernels.numba_rescore` on the CPU (about 1 ns a tap; gathering
         the windows took 17), else gathered."""
         if plane.device.type == "cpu" and fused_statistics_available():
-            from .numba_rescore import CCORR, window_scores
+            from .numba_rescore import scores_in_place
 
-            out = np.empty(len(index))
-            ones = np.ones((1, 1, 1, *weights.shape[-2:]))
-            numba_threads()
-            window_scores(
-                plane.detach().contiguous().numpy(), weights.detach().contiguous().numpy(), ones,
-                index.contiguous().numpy(), 0, *self.geom.stride, *self.geom.dilation, CCORR, out,
-            )  # fmt: skip
-            return torch.from_numpy(out)
+            return scores_in_place(plane, weights, None, index, 0, self.geom, "ccorr")  # Σ 1 · weights · plane
         step = max(1, _EXACT_SUMS_BYTES // (2 * weights[0, 0].numel() * 8))
         parts = []
         for start in range(0, len(index), step):

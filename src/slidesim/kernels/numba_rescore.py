@@ -17,9 +17,43 @@ import math
 
 import numba
 import numpy as np
+import torch
+
+from .._geometry import Geometry
+from .._threads import numba_threads
 
 SSD, SSD_NORMED, CCORR, NCC, CCOEFF, ZNCC = range(6)
 METRIC_CODES = {"ssd": SSD, "ssd_normed": SSD_NORMED, "ccorr": CCORR, "ncc": NCC, "ccoeff": CCOEFF, "zncc": ZNCC}
+
+
+def scores_in_place(
+    image: torch.Tensor,
+    bank: torch.Tensor,
+    mask: torch.Tensor | None,
+    index: torch.Tensor,
+    t0: int,
+    geom: Geometry,
+    metric: str,
+) -> torch.Tensor:
+    """Scores [n] float64 of ``metric`` for the windows at index [n, 4] (b, t, y, x; t counted from ``t0``) by
+    :func:`window_scores`: images [B, C, Hp, Wp] on the CPU, finite; bank [Bk, T, C, h, w]; mask [Bm, Tm, Cm,
+    h, w] or None (every tap, weight 1)."""
+    if mask is None:
+        mask = torch.ones(1, 1, 1, *bank.shape[-2:], dtype=torch.float64)
+    out = np.empty(len(index))
+    numba_threads()
+    window_scores(
+        image.detach().contiguous().numpy(),
+        bank.detach().to(torch.float64).contiguous().numpy(),
+        mask.detach().to(torch.float64).contiguous().numpy(),
+        index.contiguous().numpy(),
+        t0,
+        *geom.stride,
+        *geom.dilation,
+        METRIC_CODES[metric],
+        out,
+    )
+    return torch.from_numpy(out)
 
 
 @numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nnan", "nsz"})

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._threads import numba_threads
 from ..kernels.area_sums import fused_statistics_available
 from ..kernels.spectral import fft_correlate
 from ..kernels.taps import gather_windows
@@ -81,15 +80,15 @@ def _above(window_scale: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor
     return window_scale > lowered[..., None, None]
 
 
-def scores_in_place(finite: bool, image: torch.Tensor) -> bool:
+def can_score_in_place(finite: bool, image: torch.Tensor) -> bool:
     """Whether the numba kernel can score windows straight from ``image``: finite, on the CPU, in a dtype it reads,
     numba installed."""
     return finite and image.device.type == "cpu" and image.dtype in _KERNEL_DTYPES and fused_statistics_available()
 
 
 def rescoring_costs(finite: bool, image: torch.Tensor) -> RescoringCosts:
-    """The costs of rescoring windows of ``image`` (see :func:`scores_in_place`)."""
-    return IN_PLACE if scores_in_place(finite, image) else GATHERED
+    """The costs of rescoring windows of ``image`` (see :func:`can_score_in_place`)."""
+    return IN_PLACE if can_score_in_place(finite, image) else GATHERED
 
 
 class Rescorer:
@@ -267,22 +266,6 @@ class Rescorer:
                 count += int((window_scale[:, j] > SCORE_TOLERANCE / error).sum())
         return count * (len(per_template) if masks == 1 else 1)
 
-    def _scores_in_place(self, t0: int, index: torch.Tensor, metric: str) -> torch.Tensor:
-        """Scores [n] float64 of the windows at index [n, 4] by :func:`slidesim.kernels.numba_rescore.window_scores`."""
-        from ..kernels.numba_rescore import METRIC_CODES, window_scores
-
-        stats = self.stats
-        geom = stats.prims.geom
-        image = stats.image.detach().contiguous().numpy()
-        bank = self.bank.detach().to(torch.float64).contiguous().numpy()
-        mask = stats.mask.detach().to(torch.float64).contiguous().numpy()
-        out = np.empty(len(index))
-        numba_threads()
-        window_scores(
-            image, bank, mask, index.contiguous().numpy(), t0, *geom.stride, *geom.dilation, METRIC_CODES[metric], out
-        )
-        return torch.from_numpy(out)
-
     def _float64_cross(self, t0: int, t1: int) -> torch.Tensor:
         """The cross term of templates t0:t1 by a float64 FFT -> [B, t1 − t0, H', W'] float64."""
         stats = self.stats
@@ -310,8 +293,10 @@ class Rescorer:
         stats = self.stats
         index = flagged.nonzero()
         metric = metric or self.spec.name
-        if not grad and metric in _IN_PLACE_METRICS and scores_in_place(stats.finite, stats.image):
-            return index, self._scores_in_place(t0, index, metric)
+        if not grad and metric in _IN_PLACE_METRICS and can_score_in_place(stats.finite, stats.image):
+            from ..kernels.numba_rescore import scores_in_place
+
+            return index, scores_in_place(stats.image, self.bank, stats.mask, index, t0, stats.prims.geom, metric)
         C, h, w = self.bank.shape[-3:]
         per_window = C * h * w * 8 * 8  # the gathered window and the formula's temporaries, float64
         step = max(1, _RESCORE_BYTES // per_window)
