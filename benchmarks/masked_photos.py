@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 import scenes
+from float_inputs import FORMS as FLOAT_FORMS
 from real_images import CV2_METHODS, Budget, machine, race, section_script
 
 import slidesim
@@ -25,10 +26,7 @@ import slidesim
 START, END = "<!-- masked-photos:start -->", "<!-- masked-photos:end -->"
 METRICS = ("ccorr", "ncc", "ssd", "ssd_normed", "zncc")
 SIZES = ((40, 40), (64, 64))
-FORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "uint8": lambda picture: picture,
-    "float32 / 255": lambda picture: picture.astype(np.float32) / 255,
-}
+FORMS = {form: FLOAT_FORMS[form] for form in ("uint8", "float32 / 255")}
 
 
 def disk(side: int) -> np.ndarray:

@@ -44,6 +44,13 @@ def fused_statistics_available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
+def _neighbour_changes(plane: torch.Tensor, dilation: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(where a pixel differs from its neighbour ``dilation`` further along its row [..., H, W − dx], and along
+    its column [..., H − dy, W]), bool: the taps of a flat window never do."""
+    dy, dx = dilation
+    return plane[..., :, dx:] != plane[..., :, :-dx], plane[..., dy:, :] != plane[..., :-dy, :]
+
+
 def _connected(support: torch.Tensor) -> torch.Tensor:
     """Whether each support [..., h, w] (bool) is one 4-connected region, or empty -> [...] bool.
 
@@ -201,14 +208,13 @@ class AreaSumReductions(TapReductions):
         plane = plane.detach()
         inside = support.to(torch.float64)
         changes = None
+        along_rows, along_columns = _neighbour_changes(plane, (dy, dx))
         if inside.shape[-1] > 1:  # pairs along rows: both taps inside
             pairs = inside[..., :, 1:] * inside[..., :, :-1]
-            differ = (plane[..., :, dx:] != plane[..., :, :-dx]).to(torch.float64)
-            changes = self.window_sum_bounded(differ, pairs)[0]
+            changes = self.window_sum_bounded(along_rows.to(torch.float64), pairs)[0]
         if inside.shape[-2] > 1:  # and along columns
             pairs = inside[..., 1:, :] * inside[..., :-1, :]
-            differ = (plane[..., dy:, :] != plane[..., :-dy, :]).to(torch.float64)
-            part = self.window_sum_bounded(differ, pairs)[0]
+            part = self.window_sum_bounded(along_columns.to(torch.float64), pairs)[0]
             changes = part if changes is None else changes + part
         r0, r1 = rows if rows is not None else (0, self.geom.out_height)
         if changes is None:  # one tap: always flat
@@ -304,8 +310,9 @@ class AreaSumReductions(TapReductions):
         plane = plane.detach()[..., r0 * sy : (r1 - 1) * sy + span, :]  # only the rows these windows cover
         out = (r1 - r0, geom.out_width)
         changes = torch.zeros(plane.shape[0], 1, *out, dtype=torch.float64, device=plane.device)  # exact counts
+        along_rows, along_columns = _neighbour_changes(plane, (dy, dx))
         if w > 1:
-            changes += box_sums(plane[..., :, dx:] != plane[..., :, :-dx], (h, w - 1), geom, out)
+            changes += box_sums(along_rows, (h, w - 1), geom, out)
         if h > 1:
-            changes += box_sums(plane[..., dy:, :] != plane[..., :-dy, :], (h - 1, w), geom, out)
+            changes += box_sums(along_columns, (h - 1, w), geom, out)
         return changes == 0

@@ -326,21 +326,22 @@ class WindowStatistics:
                 part = self.prims.window_squares(self.image[:, c : c + 1], self.shift[:, c : c + 1], False)
             fused = part is not None
             bound = None
-            if part is None and self.masked:  # the sums' own bound: the transform's, not a summed-area table's
+            if part is None:
                 squares = self.plane(("squares64", True, c), lambda c=c: self.centred64(c) ** 2)
-                part, bound = self.prims.window_sum_bounded(squares, w_c)
-            elif part is None:
-                squares = self.plane(("squares64", True, c), lambda c=c: self.centred64(c) ** 2)
-                part = self.prims.window_sum(squares, None, exact_zeros=True)
+                if self.masked:  # the sums' own bound: the transform's or the taps', not a summed-area table's
+                    part, bound = self.prims.window_sum_bounded(squares, w_c)
+                else:
+                    part = self.prims.window_sum(squares, None, exact_zeros=True)
             energy = part if energy is None else energy + part
+            if exact:
+                continue
             reach_ = self.channel_reach(c)
-            if not exact and fused:  # running sums: an error bound of the window's size, not the plane's total
+            if fused:  # running sums: an error bound of the window's size, not the plane's total
                 error += self._running_sums_bound(reach_, deviations=False)
-            elif not exact and bound is not None:  # and the addition of the channel's energy to the others'
-                error += bound + torch.finfo(torch.float64).eps * reach_ * reach_ * float(
-                    w_c.abs().sum(dim=(-3, -2, -1)).amax()
-                )
-            elif not exact:
+            elif bound is not None:  # and the addition of the channel's energy to the others'
+                spread = float(w_c.abs().sum(dim=(-3, -2, -1)).amax())
+                error += bound + torch.finfo(torch.float64).eps * reach_ * reach_ * spread
+            else:
                 error += variance_rounding_bound(reach_, self.image.shape[-2:], w_c)
         return energy, error
 
