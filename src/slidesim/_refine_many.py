@@ -43,6 +43,7 @@ from ._refine import (
     with_pixels_at_whole_positions,
 )
 from ._validate import DEFAULT_MEMORY_LIMIT
+from .kernels.area_sums import fused_statistics_available
 from .metrics import resolve_metric
 
 __all__ = ["Peak", "refine_peaks"]
@@ -209,10 +210,14 @@ class _Surfaces:
         self.metric = resolve_metric(options.get("metric", "zncc")).name
         self.joint = options.get("channels", "joint") == "joint"
         self.sign = 1.0 if higher else -1.0
-        self.dtype = crops.dtype
         self._coefficients: dict[torch.dtype, torch.Tensor] = {}
         self._sides: dict[torch.dtype, dict[str, torch.Tensor]] = {}
         P = len(crops)
+        # one numba pass per grid where numba is installed (batched torch operations cost their dispatch); its sums
+        # are float64 whatever the crops' dtype, so it reads float64 coefficients too: the float64 rechecks of
+        # ties and fits, which the float32 torch path needs, then never run
+        self._in_kernel = self.metric in _KERNEL_SIDE and fused_statistics_available()
+        self.dtype = f64 if self._in_kernel else crops.dtype
         # the last grid of each peak: (centre y, centre x, step, float64?) and its table, for the Newton step that
         # starts on the grid the climb ended on
         self._last_key = torch.full((P, 4), math.nan, dtype=f64)
@@ -248,10 +253,25 @@ class _Surfaces:
     ) -> torch.Tensor:
         """Scores [p, 5, 5] (higher better) of the grids, of as many peaks at once as ``shifts`` allows (a shift's
         arithmetic does not depend on the other peaks resampled with it)."""
-        p = len(index)
-        C, h, w = self.templates.shape[1:]
         first_y = self.taps_y[index, :1] + ys  # [p, 5]: where each row shift's first tap lies
         first_x = self.taps_x[index, :1] + xs  # [p, 5]
+        if self._in_kernel:
+            scores, covered = self._kernel_scores(index, first_y, first_x, dtype, False)
+            scores = self.sign * scores
+            if not bool(covered.all()):  # the degenerate rules: the reference's formula on resampled windows
+                scores[~covered] = self._resampled_grids(index[~covered], ys[~covered], xs[~covered], step, dtype)
+            return scores
+        return self._resampled_grids(index, ys, xs, step, dtype)
+
+    def _resampled_grids(
+        self, index: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, step: float, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """:meth:`_grids` by batched torch operations: windows resampled by :func:`resample`, scored by
+        :meth:`_scores` -> [p, 5, 5] float64."""
+        p = len(index)
+        C, h, w = self.templates.shape[1:]
+        first_y = self.taps_y[index, :1] + ys
+        first_x = self.taps_x[index, :1] + xs
         reach = (grid_reach(step), grid_reach(step))
         coefficients = self.coefficients(dtype)
         peaks_at_once = max(1, self.shifts // (_SIDE * _SIDE))
@@ -266,11 +286,54 @@ class _Surfaces:
                 )
                 found = self._scores(index[some], windows.reshape(len(windows), -1, C, h, w))
                 scores[some, rows] = (self.sign * found).reshape(len(windows), -1, _SIDE)
-        return scores
+        return scores.to(f64)
+
+    def _kernel_scores(
+        self, index: torch.Tensor, first_y: torch.Tensor, first_x: torch.Tensor, dtype: torch.dtype, whole: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores [p, ny, nx] float64, not signed, of the windows whose first taps lie at (first_y[q, i],
+        first_x[q, j]) in crop ``index[q]``, resampled from the coefficients in ``dtype`` and scored by the numba
+        kernel; whether the metric's formula covers each item [p]: a channel without weight or a zero energy
+        leaves the score to the degenerate rules). ``whole``: windows on pixels read the pixels."""
+        from .kernels.numba_refine import grid_scores
+
+        full = self._side(f64)
+        side = full[_KERNEL_SIDE[self.metric]]
+        scores = grid_scores(
+            self.coefficients(dtype),
+            self.crops,
+            index,
+            first_y,
+            first_x,
+            self.dilation,
+            side,
+            full["weights"],
+            self.metric,
+            self.joint,
+            whole,
+        )
+        covered = (full["total"][index] > 0).reshape(len(index), -1).all(dim=1)
+        if self.metric in ("ncc", "zncc"):
+            covered &= torch.isfinite(scores).reshape(len(index), -1).all(dim=1)
+        return scores, covered
 
     def at(self, index: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Scores [q] (float64, higher better, NaN kept) of single shifts (dy[i], dx[i]) of peaks ``index`` [q]."""
         dtype = max(dtype, self.dtype, key=lambda d: torch.finfo(d).bits)
+        if self._in_kernel:
+            first_y = self.taps_y[index, :1] + dy[:, None]
+            first_x = self.taps_x[index, :1] + dx[:, None]
+            scores, covered = self._kernel_scores(index, first_y, first_x, dtype, True)
+            scores = self.sign * scores.reshape(-1)
+            if not bool(covered.all()):  # the degenerate rules: the reference's formula on resampled windows
+                scores[~covered] = self._resampled_at(index[~covered], dy[~covered], dx[~covered], dtype)
+            return scores
+        return self._resampled_at(index, dy, dx, dtype)
+
+    def _resampled_at(
+        self, index: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """:meth:`at` by batched torch operations."""
         h, w = self.templates.shape[-2:]
         coefficients = self.coefficients(dtype)
         scores = [torch.zeros(0, dtype=f64)]
@@ -384,6 +447,12 @@ def _quick_scores(
     return scores.mean(dim=2), covered  # channels="mean": the mean of the channels' scores
 
 
+# the entry of the templates' side that the numba kernel reads, per metric it scores
+_KERNEL_SIDE = {
+    **dict.fromkeys(("sad", "mad", "l1_similarity", "ssd"), "template"),
+    **dict.fromkeys(("ccorr", "ncc"), "weighted"),
+    **dict.fromkeys(("ccoeff", "zncc"), "centred"),
+}
 _UNMASKED = frozenset({"sad", "mad", "l1_similarity", "ssd", "ccorr", "ncc", "ccoeff", "zncc"})
 # the entries of the templates' side that each metric's formula without a mask reads (besides the weights' total)
 _SIDE_READ = {

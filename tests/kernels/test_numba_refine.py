@@ -1,0 +1,103 @@
+"""The numba grid scores of sub-pixel refinement against the batched torch resampling and the metrics' formulas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from slidesim._refine import resample, spline_coefficients
+from slidesim._refine_many import _quick_scores
+
+numba_refine = pytest.importorskip("slidesim.kernels.numba_refine")
+
+
+def _case(C: int, masked: bool, dtype: torch.dtype, seed: int = 3):
+    """Two crops [2, C, 40, 44] of a smooth random picture, 6×5 templates, weights, the templates' sides."""
+    rng = np.random.default_rng(seed)
+    crops = torch.from_numpy(rng.random((2, C, 40, 44)) * 200).to(dtype)
+    templates = torch.from_numpy(rng.random((2, C, 6, 5)) * 200).to(torch.float64)
+    if masked:
+        weights = torch.from_numpy(rng.random((2, 1, 6, 5)) + 0.1)
+        weights[1, 0, 0, 0] = 0.0  # a tap out of the footprint
+    else:
+        weights = torch.ones(2, 1, 6, 5, dtype=torch.float64)
+    total = weights.sum(dim=(-2, -1), keepdim=True)
+    weighted = weights * templates
+    centred = weights * (templates - weighted.sum(dim=(-2, -1), keepdim=True) / total)
+    sides = {"template": templates, "weights": weights, "weighted": weighted, "centred": centred, "total": total}
+    return crops, sides
+
+
+_SIDE_OF = {
+    **dict.fromkeys(("sad", "mad", "l1_similarity", "ssd"), "template"),
+    **dict.fromkeys(("ccorr", "ncc"), "weighted"),
+    **dict.fromkeys(("ccoeff", "zncc"), "centred"),
+}
+
+
+@pytest.mark.parametrize("metric", list(numba_refine.METRIC_CODES))
+@pytest.mark.parametrize(
+    ("C", "masked", "joint"), [(1, False, True), (3, False, False), (3, True, True), (1, True, False)]
+)
+@pytest.mark.parametrize("dilation", [(1, 1), (2, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_grid_scores_agree_with_resampled_windows(metric, C, masked, joint, dilation, dtype) -> None:
+    """The kernel's scores of a grid of shifts and those of the torch resampling scored by the metrics' formulas
+    (the same formula, float64 sums against the coefficients' dtype) agree to the coefficients' round-off."""
+    crops, sides = _case(C, masked, dtype)
+    coefficients = spline_coefficients(crops, dtype)
+    index = torch.tensor([1, 0, 1])
+    first_y = torch.tensor([[3.0, 3.3, 3.55, 4.0, 5.875]] * 3, dtype=torch.float64) + torch.arange(3.0)[:, None]
+    first_x = torch.tensor([[2.0, 2.25, 2.5, 3.125, 4.0]] * 3, dtype=torch.float64)
+    got = numba_refine.grid_scores(coefficients, crops, index, first_y, first_x, dilation, sides[_SIDE_OF[metric]],
+                                   sides["weights"], metric, joint, False)  # fmt: skip
+    windows = resample(coefficients.to(torch.float64), first_y, first_x, (6, 5), dilation, (4, 4), index)
+    side = {name: value[index][:, None] for name, value in sides.items()}
+    want, covered = _quick_scores(metric, joint, windows.reshape(3, 25, C, 6, 5), side, masked)
+    assert bool(covered.all())
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-11
+    scale = float(want.abs().max())
+    np.testing.assert_allclose(got.reshape(3, 25).numpy(), want.numpy(), rtol=0, atol=tolerance * scale)
+    assert not torch.equal(got[:, 0], got[:, 1])  # shifts resample different windows
+
+
+@pytest.mark.parametrize("metric", ["sad", "ssd", "zncc"])
+def test_windows_on_pixels_read_the_pixels(metric) -> None:
+    """A window whose samples all lie on pixels scores the crop's pixels themselves: an exact copy of the template
+    scores exactly 0 (sad, ssd) or 1 (zncc), where the spline reproduces the pixels only to round-off."""
+    crops, _ = _case(1, False, torch.float64)
+    templates = crops[:, :, 7:13, 9:14].clone()  # rows 7.., columns 9..
+    weights = torch.ones(2, 1, 6, 5, dtype=torch.float64)
+    centred = templates - templates.mean(dim=(-2, -1), keepdim=True)
+    side = centred if metric == "zncc" else templates
+    coefficients = spline_coefficients(crops, torch.float64)
+    index = torch.tensor([0, 1])
+    first_y, first_x = torch.tensor([[7.0], [7.0]]), torch.tensor([[9.0], [9.0]])
+    exact = numba_refine.grid_scores(coefficients, crops, index, first_y, first_x, (1, 1), side, weights, metric,
+                                     True, True)  # fmt: skip
+    splined = numba_refine.grid_scores(coefficients, crops, index, first_y, first_x, (1, 1), side, weights, metric,
+                                       True, False)  # fmt: skip
+    assert exact.reshape(-1).tolist() == [1.0 if metric == "zncc" else 0.0] * 2
+    if metric != "zncc":  # zncc's clip to 1 hides the spline's round-off
+        assert not torch.equal(exact, splined)
+
+
+def test_zero_energy_is_not_a_number() -> None:
+    """A flat window (read from the pixels) under zncc has no score by the formula (NaN), which the caller hands
+    to the degenerate rules."""
+    crops = torch.full((1, 1, 40, 44), 5.0, dtype=torch.float64)
+    _, sides = _case(1, False, torch.float64)
+    got = numba_refine.grid_scores(spline_coefficients(crops, torch.float64), crops, torch.tensor([0]),
+                                   torch.tensor([[3.0]]), torch.tensor([[4.0]]), (1, 1), sides["centred"],
+                                   sides["weights"], "zncc", True, True)  # fmt: skip
+    assert bool(torch.isnan(got).all())
+
+
+def test_taps_beyond_the_crop_are_refused() -> None:
+    crops, sides = _case(1, False, torch.float64)
+    coefficients = spline_coefficients(crops, torch.float64)
+    with pytest.raises(AssertionError, match="columns"):
+        numba_refine.grid_scores(coefficients, crops, torch.tensor([0]), torch.tensor([[3.0]]),
+                                 torch.tensor([[40.0]]), (1, 1), sides["template"], sides["weights"], "ssd", True,
+                                 False)  # fmt: skip
