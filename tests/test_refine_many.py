@@ -121,34 +121,51 @@ def test_progress_counts_batches() -> None:
 
 
 @pytest.mark.parametrize("metric", ["zncc", "ncc", "ccoeff"])
-def test_flat_templates_keep_their_integer_peak_without_a_search(metric, monkeypatch) -> None:
+@pytest.mark.parametrize("numba", [True, False])
+def test_flat_templates_keep_their_integer_peak_without_a_search(metric, numba, monkeypatch) -> None:
     """A flat template (zero for ncc) scores 0 at every shift: its peak stays where it was found, scored exactly,
-    and no grid is scored for it (each once went through the reference's formulas, grid after grid)."""
+    and no grid is scored for it (each once went through the reference's formulas, grid after grid), by the numba
+    search or by the torch search (without numba)."""
     peaks = _peaks(torch.float32, count=3)
     level = 0.0 if metric == "ncc" else 0.3
     peaks[1] = Peak(peaks[1].image, torch.full_like(peaks[1].template, level), None, peaks[1].centre)
-    grids = []
+    grids, searched = [], []
     original = _refine_many._Surfaces._grids
     monkeypatch.setattr(
         _refine_many._Surfaces,
         "_grids",
         lambda self, index, *a: grids.append(index.tolist()) or original(self, index, *a),
     )
+    if numba:
+        numba_refine = pytest.importorskip("slidesim.kernels.numba_refine")
+        search = numba_refine.search_peaks
+        monkeypatch.setattr(
+            numba_refine, "search_peaks", lambda *a, **k: searched.append(a[4].tolist()) or search(*a, **k)
+        )
+    else:
+        monkeypatch.setattr(_refine_many, "fused_statistics_available", lambda: False)
     got = refine_peaks(peaks, (1, 1), True, _options(metric))
     assert got[1] == (*peaks[1].centre, 0.0)
-    assert grids and all(1 not in index for index in grids)
+    assert all(1 not in index for index in grids)
+    assert searched == [[True, False, True]] if numba else grids
 
 
 @pytest.mark.parametrize("metric", ["zncc", "ncc", "ssd", "sad"])
 @pytest.mark.parametrize(("channels", "masked"), [(1, False), (3, True)])
-def test_the_numba_grids_and_the_torch_grids_agree(metric, channels, masked, monkeypatch) -> None:
-    """Refinement through the numba grid kernel (float64 sums) and through batched torch operations (float32 for
-    float32 data, what runs without numba): the same positions within 1e-3 px, scores within 1e-4 relative."""
+@pytest.mark.parametrize("search", ["numba", "numba rows"])
+def test_the_numba_search_and_the_torch_search_agree(metric, channels, masked, search, monkeypatch) -> None:
+    """Refinement by the numba search (a thread per peak), by the torch search over numba rows of grids (one peak
+    of a large template) and by batched torch operations alone (float32 for float32 data, what runs without
+    numba): the same positions within 1e-3 px, scores within 1e-4 relative."""
     pytest.importorskip("numba")
     peaks = _peaks(torch.float32, channels, masked, count=4)
     options = _options(metric)
     higher = slidesim.metrics.resolve_metric(metric).higher_is_better
-    with_kernel = refine_peaks(peaks, (1, 1), higher, options)
+    if search == "numba":
+        with_kernel = refine_peaks(peaks, (1, 1), higher, options)
+    else:
+        monkeypatch.setattr(_refine_many, "_ONE_PEAK_SEARCH_TAPS", 0)
+        with_kernel = [refine_peaks([peak], (1, 1), higher, options)[0] for peak in peaks]
     monkeypatch.setattr(_refine_many, "fused_statistics_available", lambda: False)
     without = refine_peaks(peaks, (1, 1), higher, options)
     np.testing.assert_allclose([row[:2] for row in with_kernel], [row[:2] for row in without], atol=1e-3, rtol=0)

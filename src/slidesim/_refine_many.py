@@ -151,29 +151,51 @@ def _refine_chunk(
             higher,
             shifts,
         )
-        y = torch.zeros(len(kept), dtype=f64)
-        x = torch.zeros(len(kept), dtype=f64)
-        searching = (~surfaces.constant()).nonzero().squeeze(1)  # a constant surface keeps the integer peak
-        for step in CLIMB_STEPS:
-            _climb(surfaces, y, x, step, searching)
-        fy, fx = _newton(surfaces, y, x, searching)
-        everyone = torch.arange(len(kept))
-        moved = (fy != y) | (fx != x)
-        # the vertices and, where they moved, the grids' best shifts: one resampling for both
-        both = surfaces.at(
-            torch.cat([everyone, everyone[moved]]), torch.cat([fy, y[moved]]), torch.cat([fx, x[moved]]), f64
-        )
-        score, scored = both[: len(kept)], both[len(kept) :]
-        # the vertex only where it scores at least as well as the grids' best shift (see refine_on_data)
-        worse = torch.zeros_like(moved)
-        worse[moved] = ~(score[moved] >= scored)
-        fy[worse], fx[worse] = y[worse], x[worse]
-        score[worse] = scored[worse[moved]]
-        sign = 1.0 if higher else -1.0
+        fy, fx, score = _search(surfaces, higher)
         for n, i in enumerate(kept):
             cy, cx = peaks[i].centre
-            out[i] = (cy + float(fy[n]), cx + float(fx[n]), sign * float(score[n]))
+            out[i] = (cy + float(fy[n]), cx + float(fx[n]), float(score[n]))
     return out  # type: ignore[return-value]
+
+
+def _search(surfaces: _Surfaces, higher: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(shift y [P], shift x [P], score [P] float64 with the metric's sign) of the refined positions of every
+    peak of ``surfaces``: by the numba search where it applies (the torch search takes the peaks it hands back),
+    else by the batched torch search."""
+    P = len(surfaces.crops)
+    everyone = torch.arange(P)
+    if not surfaces.search_in_kernel():
+        return _torch_search(surfaces, everyone, higher)
+    fy, fx, score, handed_back = surfaces.kernel_search(higher)
+    if bool(handed_back.any()):
+        which = everyone[handed_back]
+        fy[which], fx[which], score[which] = _torch_search(surfaces, which, higher)
+    return fy, fx, score
+
+
+def _torch_search(
+    surfaces: _Surfaces, which: torch.Tensor, higher: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_search` of peaks ``which`` [p] by batched torch operations: climbing grids, Newton steps, and the
+    vertex only where it scores at least as well as the grids' best shift -> [p] each."""
+    P = len(surfaces.crops)
+    y = torch.zeros(P, dtype=f64)
+    x = torch.zeros(P, dtype=f64)
+    searching = which[~surfaces.constant()[which]]  # a constant surface keeps the integer peak
+    for step in CLIMB_STEPS:
+        _climb(surfaces, y, x, step, searching)
+    fy, fx = _newton(surfaces, y, x, searching)
+    y, x, fy, fx = y[which], x[which], fy[which], fx[which]
+    moved = (fy != y) | (fx != x)
+    # the vertices and, where they moved, the grids' best shifts: one resampling for both
+    both = surfaces.at(torch.cat([which, which[moved]]), torch.cat([fy, y[moved]]), torch.cat([fx, x[moved]]), f64)
+    score, scored = both[: len(which)], both[len(which) :]
+    # the vertex only where it scores at least as well as the grids' best shift (see refine_on_data)
+    worse = torch.zeros_like(moved)
+    worse[moved] = ~(score[moved] >= scored)
+    fy[worse], fx[worse] = y[worse], x[worse]
+    score[worse] = scored[worse[moved]]
+    return fy, fx, score if higher else -score
 
 
 class _Surfaces:
@@ -287,6 +309,37 @@ class _Surfaces:
                 found = self._scores(index[some], windows.reshape(len(windows), -1, C, h, w))
                 scores[some, rows] = (self.sign * found).reshape(len(windows), -1, _SIDE)
         return scores.to(f64)
+
+    def search_in_kernel(self) -> bool:
+        """Whether the numba search (:func:`slidesim.kernels.numba_refine.search_peaks`) refines these peaks: a
+        thread per peak, so one peak only where its grids are cheap (a large template's grids go faster as numba
+        rows of grids on every thread, driven by the torch search)."""
+        C, h, w = self.templates.shape[1:]
+        return self._in_kernel and (len(self.crops) > 1 or C * h * w <= _ONE_PEAK_SEARCH_TAPS)
+
+    def kernel_search(self, higher: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(shift y [P], shift x [P], score [P] with the metric's sign, handed back [P] bool) of the numba search
+        of every peak; a peak with a channel without weight, or a zero energy on its way, is handed back to the
+        torch search (the degenerate rules)."""
+        from .kernels.numba_refine import search_peaks
+
+        full = self._side(f64)
+        weighted = (full["total"] > 0).reshape(len(self.crops), -1).all(dim=1)
+        fy, fx, score, handed_back = search_peaks(
+            self.coefficients(f64),
+            self.crops,
+            self.taps_y[:, 0],
+            self.taps_x[:, 0],
+            weighted & ~self.constant(),
+            self.dilation,
+            full[_KERNEL_SIDE[self.metric]],
+            full["weights"],
+            self.metric,
+            self.joint,
+            higher,
+            (CLIMB_STEPS, DRIFT, MAX_MOVES, NEWTON_STEP),
+        )
+        return fy, fx, score, handed_back | ~weighted
 
     def _kernel_scores(
         self, index: torch.Tensor, first_y: torch.Tensor, first_x: torch.Tensor, dtype: torch.dtype, whole: bool
@@ -447,6 +500,8 @@ def _quick_scores(
     return scores.mean(dim=2), covered  # channels="mean": the mean of the channels' scores
 
 
+# the most taps (C·h·w) of a template whose single peak the numba search refines on one thread (about 1.5 ms)
+_ONE_PEAK_SEARCH_TAPS = 96 * 96
 # the entry of the templates' side that the numba kernel reads, per metric it scores
 _KERNEL_SIDE = {
     **dict.fromkeys(("sad", "mad", "l1_similarity", "ssd"), "template"),

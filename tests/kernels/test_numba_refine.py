@@ -101,3 +101,54 @@ def test_taps_beyond_the_crop_are_refused() -> None:
         numba_refine.grid_scores(coefficients, crops, torch.tensor([0]), torch.tensor([[3.0]]),
                                  torch.tensor([[40.0]]), (1, 1), sides["template"], sides["weights"], "ssd", True,
                                  False)  # fmt: skip
+
+
+def test_vertex_of_incomplete_tables_agrees_with_least_squares() -> None:
+    """The kernel's quadratic fit (pseudo-inverse for whole tables, normal equations where shifts beyond the drift
+    left −inf) and the torch least squares of the one-peak search: the same vertex, or both without one."""
+    from slidesim._refine import quadratic_design, quadratic_vertex
+
+    design, inverse = quadratic_design()
+    rng = np.random.default_rng(11)
+    offsets = np.arange(-2, 3, dtype=np.float64)
+    seen = {True: 0, False: 0}
+    for trial in range(60):
+        cy, cx = rng.uniform(-3, 3, 2)
+        curvature = rng.uniform(-1.0, 0.3, 2)
+        table = 0.7 + curvature[0] * (offsets[:, None] - cy) ** 2 + curvature[1] * (offsets[None, :] - cx) ** 2
+        table = table + 0.05 * (offsets[:, None] - cy) * (offsets[None, :] - cx) + rng.normal(0, 1e-3, (5, 5))
+        if trial % 2:
+            table[rng.integers(0, 5), :] = -np.inf  # a row of shifts beyond the drift
+        want = quadratic_vertex(torch.from_numpy(table))
+        fitted, vy, vx = numba_refine._vertex(table, design.numpy(), inverse.numpy())
+        assert fitted == (want is not None)
+        if fitted:
+            np.testing.assert_allclose([vy, vx], want[:2], rtol=1e-9, atol=1e-9)
+        seen[fitted] += 1
+    assert seen[True] > 10 and seen[False] > 10
+
+
+def test_the_search_moves_peaks_to_the_shift_of_the_scene() -> None:
+    """A template cut from a smooth picture and the picture shifted by (0.3, −0.45) px: the search finds the shift
+    to a few thousandths of a pixel, and a peak with no search keeps its place with its exact score."""
+    from slidesim._refine import spline_coefficients
+
+    y, x = np.mgrid[0:48, 0:50].astype(np.float64)
+    scene = np.sin(0.31 * (y - 0.3)) * np.cos(0.23 * (x + 0.45)) * 80 + 0.5 * (x + 0.45)
+    picture = np.sin(0.31 * y) * np.cos(0.23 * x) * 80 + 0.5 * x
+    crops = torch.from_numpy(np.stack([scene, scene])[:, None])
+    template = torch.from_numpy(picture[20:28, 18:25].copy())[None]
+    templates = torch.stack([template, template])
+    weights = torch.ones(2, 1, 8, 7, dtype=torch.float64)
+    centred = templates - templates.mean(dim=(-2, -1), keepdim=True)
+    fy, fx, score, handed_back = numba_refine.search_peaks(
+        spline_coefficients(crops, torch.float64), crops, torch.tensor([20.0, 20.0]), torch.tensor([18.0, 18.0]),
+        torch.tensor([True, False]), (1, 1), centred, weights, "zncc", True, True, ((0.5, 0.125, 1 / 32), 8.0, 8,
+        1 / 32),
+    )  # fmt: skip
+    assert not bool(handed_back.any())
+    np.testing.assert_allclose([float(fy[0]), float(fx[0])], [0.3, -0.45], atol=5e-3)
+    assert float(score[0]) > 0.99999
+    assert (float(fy[1]), float(fx[1])) == (0.0, 0.0)
+    exact = torch.corrcoef(torch.stack([crops[1, 0, 20:28, 18:25].reshape(-1), template.reshape(-1)]))[0, 1]
+    np.testing.assert_allclose(float(score[1]), float(exact), rtol=1e-12)

@@ -120,108 +120,116 @@ def _spline(f):
 def _grid_scores(coefficients, crops, index, first_y, first_x, dy, dx, side, weights, metric, joint, whole_pixels, out):
     """The loop of :func:`grid_scores`: one task per (item, row shift)."""
     p, ny = first_y.shape
-    nx = first_x.shape[1]
+    for task in numba.prange(p * ny):
+        q = task // ny
+        i = task % ny
+        _score_row(
+            coefficients, crops, index[q], first_y[q, i], first_x[q], dy, dx, side, weights, metric, joint,
+            whole_pixels, out[q, i],
+        )  # fmt: skip
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
+def _score_row(coefficients, crops, P, fy, first_x, dy, dx, side, weights, metric, joint, whole_pixels, out):
+    """Scores out[j] of the windows of crop P whose first taps lie at (fy, first_x[j]): the coefficients' rows
+    that the row shift reads are filtered once with its four spline weights, then each column shift filters that
+    band's columns into a window and scores it."""
+    nx = first_x.shape[0]
     C = coefficients.shape[1]
     h, w = side.shape[2], side.shape[3]
     Cw = weights.shape[1]
     centred = metric in (CCOEFF, ZNCC)
-    for task in numba.prange(p * ny):
-        q = task // ny
-        i = task % ny
-        P = index[q]
-        # the columns that this item's column shifts read, filtered along rows once for all of them
-        low = 10**9
-        high = -(10**9)
-        for j in range(nx):
-            b = math.floor(first_x[q, j]) - 1
-            low = min(low, b)
-            high = max(high, b + 3 + (w - 1) * dx)
-        band = np.empty((C, h, high - low + 1))
-        fy = first_y[q, i]
-        by = math.floor(fy)
-        ay = fy - by
-        w0, w1, w2, w3 = _spline(ay)
-        for c in range(C):
-            for a in range(h):
-                r = by - 1 + a * dy
-                for k in range(high - low + 1):
-                    col = low + k
-                    band[c, a, k] = (
-                        w0 * coefficients[P, c, r, col]
-                        + w1 * coefficients[P, c, r + 1, col]
-                        + w2 * coefficients[P, c, r + 2, col]
-                        + w3 * coefficients[P, c, r + 3, col]
-                    )
-        window = np.empty((C, h, w))
-        for j in range(nx):
-            fx = first_x[q, j]
-            bx = math.floor(fx)
-            ax = fx - bx
-            if whole_pixels and ay == 0.0 and ax == 0.0:
-                for c in range(C):
-                    for a in range(h):
-                        for b in range(w):
-                            window[c, a, b] = crops[P, c, by + a * dy, bx + b * dx]
-            else:
-                v0, v1, v2, v3 = _spline(ax)
-                start = bx - 1 - low
-                for c in range(C):
-                    for a in range(h):
-                        for b in range(w):
-                            k = start + b * dx
-                            row = band[c, a]
-                            window[c, a, b] = v0 * row[k] + v1 * row[k + 1] + v2 * row[k + 2] + v3 * row[k + 3]
-            # per-channel sums, then channels joined (joint) or their scores averaged
-            cross_all = 0.0
-            window_energy_all = 0.0
-            template_energy_all = 0.0
-            count_all = 0.0
-            mean_score = 0.0
+    # the columns that the column shifts read, filtered along rows once for all of them
+    low = 10**9
+    high = -(10**9)
+    for j in range(nx):
+        b = math.floor(first_x[j]) - 1
+        low = min(low, b)
+        high = max(high, b + 3 + (w - 1) * dx)
+    band = np.empty((C, h, high - low + 1))
+    by = math.floor(fy)
+    ay = fy - by
+    w0, w1, w2, w3 = _spline(ay)
+    for c in range(C):
+        for a in range(h):
+            r = by - 1 + a * dy
+            for k in range(high - low + 1):
+                col = low + k
+                band[c, a, k] = (
+                    w0 * coefficients[P, c, r, col]
+                    + w1 * coefficients[P, c, r + 1, col]
+                    + w2 * coefficients[P, c, r + 2, col]
+                    + w3 * coefficients[P, c, r + 3, col]
+                )
+    window = np.empty((C, h, w))
+    for j in range(nx):
+        fx = first_x[j]
+        bx = math.floor(fx)
+        ax = fx - bx
+        if whole_pixels and ay == 0.0 and ax == 0.0:
             for c in range(C):
-                cw = c if Cw > 1 else 0
-                total = 0.0
-                mean = 0.0
-                if centred:
-                    weighted = 0.0
-                    for a in range(h):
-                        for b in range(w):
-                            m = weights[P, cw, a, b]
-                            total += m
-                            weighted += m * window[c, a, b]
-                    mean = weighted / total
-                else:
-                    for a in range(h):
-                        for b in range(w):
-                            total += weights[P, cw, a, b]
-                cross = 0.0
-                window_energy = 0.0
-                template_energy = 0.0
+                for a in range(h):
+                    for b in range(w):
+                        window[c, a, b] = crops[P, c, by + a * dy, bx + b * dx]
+        else:
+            v0, v1, v2, v3 = _spline(ax)
+            start = bx - 1 - low
+            for c in range(C):
+                for a in range(h):
+                    row = band[c, a]
+                    for b in range(w):
+                        k = start + b * dx
+                        window[c, a, b] = v0 * row[k] + v1 * row[k + 1] + v2 * row[k + 2] + v3 * row[k + 3]
+        # per-channel sums, then channels joined (joint) or their scores averaged
+        cross_all = 0.0
+        window_energy_all = 0.0
+        template_energy_all = 0.0
+        count_all = 0.0
+        mean_score = 0.0
+        for c in range(C):
+            cw = c if Cw > 1 else 0
+            total = 0.0
+            mean = 0.0
+            if centred:
+                weighted = 0.0
                 for a in range(h):
                     for b in range(w):
                         m = weights[P, cw, a, b]
-                        s = side[P, c, a, b]
-                        v = window[c, a, b]
-                        if metric <= L1_SIMILARITY:
-                            cross += m * abs(v - s)
-                        elif metric == SSD:
-                            d = m * (v - s)
-                            cross += d * d
-                        else:
-                            mv = m * (v - mean) if centred else m * v
-                            cross += mv * s
-                            window_energy += mv * mv
-                            template_energy += s * s
-                cross_all += cross
-                window_energy_all += window_energy
-                template_energy_all += template_energy
-                count_all += total
-                if not joint:
-                    mean_score += _finish(metric, cross, window_energy, template_energy, total)
-            if joint:
-                score = _finish(metric, cross_all, window_energy_all, template_energy_all, count_all)
+                        total += m
+                        weighted += m * window[c, a, b]
+                mean = weighted / total
             else:
-                score = mean_score / C
-            out[q, i, j] = score
+                for a in range(h):
+                    for b in range(w):
+                        total += weights[P, cw, a, b]
+            cross = 0.0
+            window_energy = 0.0
+            template_energy = 0.0
+            for a in range(h):
+                for b in range(w):
+                    m = weights[P, cw, a, b]
+                    s = side[P, c, a, b]
+                    v = window[c, a, b]
+                    if metric <= L1_SIMILARITY:
+                        cross += m * abs(v - s)
+                    elif metric == SSD:
+                        d = m * (v - s)
+                        cross += d * d
+                    else:
+                        mv = m * (v - mean) if centred else m * v
+                        cross += mv * s
+                        window_energy += mv * mv
+                        template_energy += s * s
+            cross_all += cross
+            window_energy_all += window_energy
+            template_energy_all += template_energy
+            count_all += total
+            if not joint:
+                mean_score += _finish(metric, cross, window_energy, template_energy, total)
+        if joint:
+            out[j] = _finish(metric, cross_all, window_energy_all, template_energy_all, count_all)
+        else:
+            out[j] = mean_score / C
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
@@ -240,3 +248,248 @@ def _finish(metric, cross, window_energy, template_energy, count):
     if score < -1.0:
         return -1.0
     return score
+
+
+def search_peaks(
+    coefficients: torch.Tensor,
+    crops: torch.Tensor,
+    taps_y: torch.Tensor,
+    taps_x: torch.Tensor,
+    searching: torch.Tensor,
+    dilation: tuple[int, int],
+    side: torch.Tensor,
+    weights: torch.Tensor,
+    metric: str,
+    joint: bool,
+    higher: bool,
+    search: tuple[tuple[float, ...], float, int, float],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The whole sub-pixel search of :mod:`slidesim._refine_many` (climbing grids, Newton steps on the last one,
+    the vertex kept only where it scores at least as well as the grids' best shift) for every crop, one thread per
+    crop, float64 throughout.
+
+    Args:
+        coefficients: [P, C, Hc, Wc] float64 B-spline coefficients of the crops.
+        crops: [P, C, Hc, Wc] the crops' pixels.
+        taps_y: [P] float64 crop row of each unshifted window's first tap.
+        taps_x: [P] float64 crop column of each unshifted window's first tap.
+        searching: [P] bool, the crops to search; the others keep shift (0, 0) and are scored there.
+        dilation: Tap spacing (y, x).
+        side: The templates' side that the metric's formula reads, as for :func:`grid_scores`.
+        weights: [P, 1 or C, h, w] float64 weights.
+        metric: A key of :data:`METRIC_CODES`.
+        joint: Channels scored jointly (else the mean of the channels' scores).
+        higher: Whether higher scores are better.
+        search: (the climbing grids' steps in px, the farthest shift in px, the moves a grid may make beyond its
+            edge, the Newton grid's step in px).
+
+    Returns:
+        (shift y [P], shift x [P], score [P] (float64, the metric's own sign), handed back [P] bool: a score the
+        metric's formula does not give (a zero energy), which the caller's search refines by the degenerate rules).
+    """
+    from .._refine import HALF, quadratic_design
+
+    if HALF != 2:
+        raise AssertionError("the search kernel is written for 5 × 5 grids")
+    steps, drift, moves, newton = search
+    P = len(crops)
+    shifts = np.zeros((P, 2))
+    scores = np.zeros(P)
+    handed_back = np.zeros(P, dtype=np.bool_)
+    design, inverse = quadratic_design()
+    numba_threads()
+    _search(
+        coefficients.contiguous().numpy(),
+        crops.contiguous().numpy(),
+        taps_y.to(torch.float64).contiguous().numpy(),
+        taps_x.to(torch.float64).contiguous().numpy(),
+        searching.contiguous().numpy(),
+        *dilation,
+        side.to(torch.float64).contiguous().numpy(),
+        weights.to(torch.float64).contiguous().numpy(),
+        METRIC_CODES[metric],
+        joint,
+        1.0 if higher else -1.0,
+        np.asarray(steps, dtype=np.float64),
+        float(drift),
+        int(moves),
+        float(newton),
+        design.numpy(),
+        inverse.numpy(),
+        shifts,
+        scores,
+        handed_back,
+    )
+    return (
+        torch.from_numpy(shifts[:, 0].copy()),
+        torch.from_numpy(shifts[:, 1].copy()),
+        torch.from_numpy(scores),
+        torch.from_numpy(handed_back),
+    )
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _search(
+    coefficients, crops, taps_y, taps_x, searching, dy, dx, side, weights, metric, joint, sign, steps, drift, moves,
+    newton, design, inverse, shifts, scores, handed_back,
+):  # fmt: skip
+    """The loop of :func:`search_peaks`: one task per crop."""
+    for q in numba.prange(crops.shape[0]):
+        table = np.empty((5, 5))
+        row = np.empty(5)
+        one = np.empty(1)
+        at = np.empty(1)
+        offsets = np.empty(5)
+        y = 0.0
+        x = 0.0
+        last_y = np.nan
+        last_x = np.nan
+        last_step = np.nan
+        failed = False
+        if searching[q]:
+            # climb: 5 × 5 grids that follow the surface while their best shift lies on an edge
+            for s in range(steps.shape[0]):
+                step = steps[s]
+                for _ in range(moves):
+                    if not (y == last_y and x == last_x and step == last_step):
+                        failed |= _table(
+                            coefficients, crops, q, taps_y[q] + y, taps_x[q] + x, y, x, step, drift, dy, dx, side,
+                            weights, metric, joint, sign, table, row, offsets,
+                        )  # fmt: skip
+                        last_y, last_x, last_step = y, x, step
+                    r, c = _best(table)
+                    if r == 2 and c == 2:
+                        break
+                    y += (r - 2) * step
+                    x += (c - 2) * step
+                    if 0 < r < 4 and 0 < c < 4:
+                        break
+            # Newton steps on a quadratic fitted to the grid newton px apart; a vertex beyond it moves the grid
+            final_y, final_x = y, x
+            here_y, here_x = y, x
+            for _ in range(moves):
+                if not (here_y == last_y and here_x == last_x and newton == last_step):
+                    failed |= _table(
+                        coefficients, crops, q, taps_y[q] + here_y, taps_x[q] + here_x, here_y, here_x, newton,
+                        drift, dy, dx, side, weights, metric, joint, sign, table, row, offsets,
+                    )  # fmt: skip
+                    last_y, last_x, last_step = here_y, here_x, newton
+                fitted, vy, vx = _vertex(table, design, inverse)
+                if not fitted:
+                    break
+                if abs(vy) <= 2 and abs(vx) <= 2:
+                    final_y = here_y + newton * vy
+                    final_x = here_x + newton * vx
+                    break
+                here_y += newton * min(max(vy, -2.0), 2.0)
+                here_x += newton * min(max(vx, -2.0), 2.0)
+        else:
+            final_y, final_x = y, x
+        # the vertex only where it scores at least as well as the grids' best shift
+        one[0] = taps_x[q] + final_x
+        _score_row(coefficients, crops, q, taps_y[q] + final_y, one, dy, dx, side, weights, metric, joint, True, at)
+        score = at[0]
+        if final_y != y or final_x != x:
+            one[0] = taps_x[q] + x
+            best = np.empty(1)
+            _score_row(coefficients, crops, q, taps_y[q] + y, one, dy, dx, side, weights, metric, joint, True, best)
+            if not (sign * score >= sign * best[0]):
+                final_y, final_x, score = y, x, best[0]
+        failed |= np.isnan(score)
+        shifts[q, 0] = final_y
+        shifts[q, 1] = final_x
+        scores[q] = score
+        handed_back[q] = failed
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _table(
+    coefficients, crops, q, first_y, first_x, y, x, step, drift, dy, dx, side, weights, metric, joint, sign, table,
+    row, offsets,
+):  # fmt: skip
+    """Fills table [5, 5] with the signed scores (higher better) of the grid of shifts ``step`` apart around
+    (y, x), whose centre's first tap lies at (first_y, first_x); shifts beyond ``drift`` and scores that are not
+    finite are −inf. Returns whether a score was NaN (a zero energy: the degenerate rules decide)."""
+    for k in range(5):
+        offsets[k] = first_x + (k - 2) * step
+    nan = False
+    for i in range(5):
+        _score_row(
+            coefficients, crops, q, first_y + (i - 2) * step, offsets, dy, dx, side, weights, metric, joint, False,
+            row,
+        )  # fmt: skip
+        for j in range(5):
+            value = sign * row[j]
+            nan |= np.isnan(value)
+            beyond = abs(y + (i - 2) * step) > drift or abs(x + (j - 2) * step) > drift
+            table[i, j] = value if np.isfinite(value) and not beyond else -np.inf
+    return nan
+
+
+@numba.njit(cache=True)
+def _best(table):
+    """(row, column) of the best entry of a 5 × 5 table: the centre wins its ties, then the first in row order;
+    the centre when every entry is −inf."""
+    top = -np.inf
+    for i in range(5):
+        for j in range(5):
+            top = max(top, table[i, j])
+    if top == -np.inf or table[2, 2] == top:
+        return 2, 2
+    for i in range(5):
+        for j in range(5):
+            if table[i, j] == top:
+                return i, j
+    return 2, 2
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _vertex(table, design, inverse):
+    """(fitted, offset y, offset x) of the maximum of a full quadratic 1, y, x, y², x², yx fitted to the finite
+    entries of a 5 × 5 table (offsets in grid steps; least squares through the normal equations where some entries
+    are −inf; fitted: at least 9 entries and a maximum)."""
+    v = table.reshape(25)
+    finite = 0
+    top = -np.inf
+    for k in range(25):
+        if np.isfinite(v[k]):
+            finite += 1
+            top = max(top, v[k])
+    if finite < 9:
+        return False, 0.0, 0.0
+    coefficients = np.zeros(6)
+    if finite == 25:
+        for m in range(6):
+            for k in range(25):
+                coefficients[m] += inverse[m, k] * (v[k] - top)
+    else:
+        normal = np.zeros((6, 7))  # [DᵀD | Dᵀv] over the finite entries, solved by elimination with pivoting
+        for k in range(25):
+            if np.isfinite(v[k]):
+                for m in range(6):
+                    for n in range(6):
+                        normal[m, n] += design[k, m] * design[k, n]
+                    normal[m, 6] += design[k, m] * (v[k] - top)
+        for m in range(6):
+            pivot = m
+            for n in range(m + 1, 6):
+                if abs(normal[n, m]) > abs(normal[pivot, m]):
+                    pivot = n
+            if normal[pivot, m] == 0.0:
+                return False, 0.0, 0.0
+            for n in range(7):
+                normal[m, n], normal[pivot, n] = normal[pivot, n], normal[m, n]
+            for n in range(m + 1, 6):
+                factor = normal[n, m] / normal[m, m]
+                for o in range(m, 7):
+                    normal[n, o] -= factor * normal[m, o]
+        for m in range(5, -1, -1):
+            total = normal[m, 6]
+            for n in range(m + 1, 6):
+                total -= normal[m, n] * coefficients[n]
+            coefficients[m] = total / normal[m, m]
+    gy, gx, hyy, hxx, hxy = coefficients[1], coefficients[2], coefficients[3], coefficients[4], coefficients[5]
+    det = 4 * hyy * hxx - hxy * hxy
+    if not (hyy < 0 and det > 0):
+        return False, 0.0, 0.0
+    return True, (-2 * hxx * gy + hxy * gx) / det, (hxy * gy - 2 * hyy * gx) / det
