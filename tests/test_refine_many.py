@@ -3,6 +3,8 @@ batch, and the answers of the one-shift-at-a-time search through the reference's
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,13 @@ from slidesim._refine_many import Peak, refine_peaks
 
 ndimage = pytest.importorskip("scipy.ndimage")
 skimage_data = pytest.importorskip("skimage.data")
+
+
+# Agreement of a float32 search with a float64 one: the searches compare smoothed windows, whose surface is
+# flatter than the metric's, so float32 round-off moves the optimum by up to about 1e-3 px; the score reported is
+# the metric's own there, which is not stationary on the smoothed optimum, so it moves by the same order
+POSITIONS = 2e-3
+SCORES = 1e-3
 
 
 def _peaks(dtype: torch.dtype, channels: int = 1, masked: bool = False, count: int = 7) -> list[Peak]:
@@ -52,8 +61,8 @@ def test_many_peaks_agree_with_the_search_of_one_shift_at_a_time(metric, dtype) 
     options = _options(metric)
     higher = slidesim.metrics.resolve_metric(metric).higher_is_better
     got, want = refine_peaks(peaks, (1, 1), higher, options), _one_by_one(peaks, options)
-    np.testing.assert_allclose([row[:2] for row in got], [row[:2] for row in want], atol=1e-3, rtol=0)
-    np.testing.assert_allclose([row[2] for row in got], [row[2] for row in want], rtol=1e-4, atol=1e-12)
+    np.testing.assert_allclose([row[:2] for row in got], [row[:2] for row in want], atol=POSITIONS, rtol=0)
+    np.testing.assert_allclose([row[2] for row in got], [row[2] for row in want], rtol=SCORES, atol=1e-12)
 
 
 @pytest.mark.parametrize("channels", ["joint", "mean"])
@@ -62,8 +71,8 @@ def test_colour_and_masks_agree_with_the_search_of_one_shift_at_a_time(channels)
     peaks = _peaks(torch.float32, channels=3, masked=True)
     options = _options("zncc", channels)
     got, want = refine_peaks(peaks, (1, 1), True, options), _one_by_one(peaks, options)
-    np.testing.assert_allclose([row[:2] for row in got], [row[:2] for row in want], atol=1e-3, rtol=0)
-    np.testing.assert_allclose([row[2] for row in got], [row[2] for row in want], rtol=1e-4)
+    np.testing.assert_allclose([row[:2] for row in got], [row[:2] for row in want], atol=POSITIONS, rtol=0)
+    np.testing.assert_allclose([row[2] for row in got], [row[2] for row in want], rtol=SCORES)
 
 
 def test_answers_do_not_depend_on_the_peaks_that_share_a_batch(monkeypatch) -> None:
@@ -168,6 +177,32 @@ def test_the_numba_search_and_the_torch_search_agree(metric, channels, masked, s
         with_kernel = [refine_peaks([peak], (1, 1), higher, options)[0] for peak in peaks]
     monkeypatch.setattr(_refine_many, "fused_statistics_available", lambda: False)
     without = refine_peaks(peaks, (1, 1), higher, options)
-    np.testing.assert_allclose([row[:2] for row in with_kernel], [row[:2] for row in without], atol=1e-3, rtol=0)
-    np.testing.assert_allclose([row[2] for row in with_kernel], [row[2] for row in without], rtol=1e-4)
+    np.testing.assert_allclose([row[:2] for row in with_kernel], [row[:2] for row in without], atol=POSITIONS, rtol=0)
+    np.testing.assert_allclose([row[2] for row in with_kernel], [row[2] for row in without], rtol=SCORES)
     assert [row[:2] for row in with_kernel] != [tuple(p.centre) for p in peaks]  # the peaks moved off the pixels
+
+
+@pytest.mark.parametrize("search", ["batched", "one shift at a time"])
+def test_noise_does_not_pull_the_refined_position_to_half_pixels(search) -> None:
+    """Resampling white noise at a fraction of a pixel lowers its variance (most at half a pixel), which raised
+    zncc there: on a photograph shifted by a known fraction of a pixel with noise of σ = 5 grey levels, refined
+    positions erred by 0.10 px (median) and up to 0.28 px. The search compares windows and template smoothed alike
+    within the footprint, which takes the noise's highest frequencies out of the comparison: median error below
+    0.03 px."""
+    photo = ndimage.gaussian_filter(skimage_data.camera().astype(np.float64), 0.7)
+    rng = np.random.default_rng(1)
+    errors = []
+    for _ in range(10):
+        shift = rng.uniform(-0.5, 0.5, 2)
+        scene = ndimage.shift(photo, shift, order=3, mode="reflect") + rng.normal(0, 5, photo.shape)
+        y, x = (int(v) for v in rng.integers(100, 380, 2))
+        template = torch.from_numpy(photo[y : y + 48, x : x + 48].copy())[None].float()
+        centre = (y + 23.5 + round(shift[0]), x + 23.5 + round(shift[1]))
+        peak = Peak(torch.from_numpy(scene)[None].float(), template, None, centre)
+        if search == "batched":
+            found = refine_peaks([peak], (1, 1), True, _options("zncc"))[0]
+        else:
+            found = _one_by_one([peak], _options("zncc"))[0]
+        errors.append(math.hypot(found[0] - (y + 23.5 + shift[0]), found[1] - (x + 23.5 + shift[1])))
+    assert np.median(errors) < 0.03, errors
+    assert max(errors) < 0.1, errors

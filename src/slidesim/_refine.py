@@ -16,6 +16,17 @@ share their spline weights, so a shifted window is a 4-tap filter of the coeffic
 shift of the grids, and a window whose samples all lie on pixels is read from the pixels, so that an exact copy of
 the template keeps its exact score.
 
+Noise: an interpolated sample of white noise has less variance than a pixel (the least half-way between pixels),
+so the variance of a noisy window resampled at a fraction of a pixel is lower than at whole pixels, and the
+normalized metrics score those shifts higher: on a photograph with noise of σ = 5 grey levels, refined positions
+erred by 0.1 px (median) and up to 0.3 px, all towards half pixels. The search therefore compares each window and
+the template smoothed alike by [1, 2, 1] / 4 along both axes within the footprint (:func:`smooth_within`), which
+takes the noise's highest frequencies, where that loss of variance lies, out of the comparison: 0.013 px median and
+0.07 px at most on the same data. A window equal to the template on the footprint stays equal once both are
+smoothed, so exact copies keep their place; the score returned is the metric's own, of the unsmoothed window at
+the position found. Beside holes and for circular channels or ``channels="separate"`` the search scores the
+windows as they are.
+
 Two searches share these pieces: :mod:`slidesim._refine_many` refines every peak of a call together with the
 metrics' formulas (what match and find_peaks use), and :func:`refine_on_data` here refines one peak a shift at a
 time through the reference's formulas: beside holes, for circular channels and channels="separate", and where
@@ -90,6 +101,33 @@ _CROP_COPIES = 5  # of the crop [C, Hc, Wc]: the read, its float64 copy, the fil
 _PREFILTER_COPIES = 3  # of a prefilter [n, n]: both are kept while the second is inverted (its LU and result)
 _WINDOW_COPIES = 6  # of the resampled windows [C, h, w] while one shift is scored (4)
 _HOLE_WINDOW_COPIES = 12  # beside a hole: the taps that read it, the mask left and a bank per window (9)
+
+
+def smoothing_norm(weights: torch.Tensor) -> torch.Tensor:
+    """1 / (the [1, 2, 1] / 4 smoothing of weights [..., h, w] along both axes), 0 where that is 0: the
+    normalization of :func:`smooth_within` for these weights."""
+    norm = _smooth(weights)
+    return torch.where(norm > 0, 1 / torch.where(norm > 0, norm, 1.0), 0.0)
+
+
+def smooth_within(values: torch.Tensor, weights: torch.Tensor, inverse_norm: torch.Tensor) -> torch.Tensor:
+    """The taps of values [..., C, h, w] smoothed by [1, 2, 1] / 4 along both axes within the footprint of their
+    weights [..., 1 or C, h, w]: the smoothing of weights · values divided by that of the weights
+    (``inverse_norm``, :func:`smoothing_norm` of the weights). Taps outside the footprint take no part, so a window
+    that equals the template on the footprint stays equal to it once both are smoothed."""
+    return _smooth(weights * values) * inverse_norm
+
+
+def _smooth(values: torch.Tensor) -> torch.Tensor:
+    """[1, 2, 1] / 4 along the last two axes of values [..., h, w], zero beyond the edges."""
+    out = values * 0.5
+    out[..., 1:, :] += values[..., :-1, :] * 0.25
+    out[..., :-1, :] += values[..., 1:, :] * 0.25
+    rows = out
+    out = rows * 0.5
+    out[..., :, 1:] += rows[..., :, :-1] * 0.25
+    out[..., :, :-1] += rows[..., :, 1:] * 0.25
+    return out
 
 
 def _inverse_sampling(n: int) -> torch.Tensor:
@@ -390,6 +428,8 @@ def refine_on_data(
         # of 1. Likewise a vertex whose taps all read holes (no score).
         if not score >= scored:
             fy, fx, score = y, x, scored
+    if surface.smooth:  # the search compared smoothed windows: the score reported is the metric's own
+        score = surface.exact(fy, fx, raw=True)
     sign = 1.0 if higher else -1.0
     return centre[0] + fy, centre[1] + fx, sign * score
 
@@ -432,6 +472,8 @@ class _Surface:
         channels = self.options.get("channels", "joint")
         # the textbook formulas directly; circular channels and "separate" go through the reference's own call
         self.direct = holes is None and channels in ("joint", "mean") and not self.options.get("circular")
+        # the search compares windows and template smoothed alike within the footprint (see the module's docstring)
+        self.smooth = self.direct
         self.joint = channels == "joint"
         # beside holes and through the reference every score is float64: so is the search
         self.dtype = crop.dtype if self.direct else torch.float64
@@ -465,19 +507,21 @@ class _Surface:
         self._last = (key, (torch.where(torch.isfinite(values), values, -torch.inf), ys, xs))
         return self._last[1]
 
-    def exact(self, dy: float, dx: float) -> float:
-        """The float64 score of the shift (dy, dx), higher better."""
+    def exact(self, dy: float, dx: float, raw: bool = False) -> float:
+        """The float64 score of the shift (dy, dx), higher better; ``raw``: the metric's own score, without the
+        search's smoothing."""
         shift = torch.tensor([[dy], [dx]], dtype=torch.float64)
-        return float(self.pairs(shift[0], shift[1], torch.float64)[0])
+        return float(self.pairs(shift[0], shift[1], torch.float64, raw)[0])
 
-    def pairs(self, dy: torch.Tensor, dx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def pairs(self, dy: torch.Tensor, dx: torch.Tensor, dtype: torch.dtype, raw: bool = False) -> torch.Tensor:
         """Scores [N] (float64, higher better, NaN kept) of the shifts (dy[n], dx[n]) [N], a batch at a time."""
         chunks = [
-            self._pairs(dy[i : i + self.batch], dx[i : i + self.batch], dtype) for i in range(0, len(dy), self.batch)
+            self._pairs(dy[i : i + self.batch], dx[i : i + self.batch], dtype, raw)
+            for i in range(0, len(dy), self.batch)
         ]
         return torch.cat(chunks).to(torch.float64)
 
-    def _pairs(self, dy: torch.Tensor, dx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def _pairs(self, dy: torch.Tensor, dx: torch.Tensor, dtype: torch.dtype, raw: bool) -> torch.Tensor:
         coefficients = self.coefficients(max(dtype, self.dtype, key=_width))
         positions_y = dy.to(torch.float64)[:, None] + self.taps_y[None]  # [N, h]
         positions_x = dx.to(torch.float64)[:, None] + self.taps_x[None]  # [N, w]
@@ -488,7 +532,7 @@ class _Surface:
                 coefficients[None], positions_y[:, :1], positions_x[:, :1], size, self.dilation, (0, 0), same_crop
             )[:, 0, 0]
             windows = with_pixels_at_whole_positions(windows, self.crop[None], positions_y, positions_x)
-            return self.sign * self._score(windows)
+            return self.sign * self._score(windows, raw)
         weights_y = spline_weights(positions_y, coefficients.shape[-2]).to(coefficients.dtype)
         weights_x = spline_weights(positions_x, coefficients.shape[-1]).to(coefficients.dtype)
         windows = torch.einsum("nih,chw,njw->ncij", weights_y, coefficients, weights_x)
@@ -510,13 +554,18 @@ class _Surface:
             self._operands[dtype] = (self.template.to(dtype), mask)
         return self._operands[dtype]
 
-    def _score(self, windows: torch.Tensor) -> torch.Tensor:
-        """Scores [N] of resampled windows [N, C, h, w], in their dtype (float64 through the reference)."""
+    def _score(self, windows: torch.Tensor, raw: bool) -> torch.Tensor:
+        """Scores [N] of resampled windows [N, C, h, w], in their dtype (float64 through the reference), smoothed
+        alike with the template unless ``raw``."""
         template, mask = self._operands_in(windows.dtype)
         if not self.direct:
             return reference.similarity(windows, template[None], mask=mask, **self.options).reshape(-1)
         N, _, h, w = windows.shape
         weights = torch.ones(1, h, w, dtype=windows.dtype) if mask is None else mask
+        if self.smooth and not raw:
+            inverse_norm = smoothing_norm(weights)
+            windows = smooth_within(windows, weights, inverse_norm)
+            template = smooth_within(template, weights, inverse_norm)
         scores = reference.score_windows(
             self.metric,
             windows[:, :, None, None],

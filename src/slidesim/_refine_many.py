@@ -8,6 +8,12 @@ the 4–6 ms a peak cost. Here each stage scores the grids of all the peaks stil
 operations, so a peak costs its arithmetic. Every reduction runs along one axis of fixed length, so a peak's
 answer does not depend on the peaks that share its batch.
 
+With numba installed the batched operations still cost about 2 ms of dispatch per peak, more than the scoring they
+refine; there the whole search of every peak runs in one compiled pass, a thread per peak, with float64 sums
+(:func:`slidesim.kernels.numba_refine.search_peaks`): 0.9 ms for a 32² template. A single peak of a template over
+96² keeps the torch search, its grids scored by numba rows of shifts on every thread; a peak whose scores need the
+degenerate rules (a zero energy, a channel without weight) is handed back to the torch search.
+
 Peaks whose crops hold NaN or ±inf, circular channels, ``channels="separate"`` and a ``memory_limit`` that cannot
 hold a row of a grid of shifts at once go through the one-peak search of :func:`slidesim._refine.refine_on_data`,
 which scores through the reference's formulas and agrees to round-off.
@@ -38,6 +44,8 @@ from ._refine import (
     refine_on_data,
     refinement_bytes,
     resample,
+    smooth_within,
+    smoothing_norm,
     spline_coefficients,
     tie_roundoff,
     with_pixels_at_whole_positions,
@@ -194,7 +202,8 @@ def _torch_search(
     worse = torch.zeros_like(moved)
     worse[moved] = ~(score[moved] >= scored)
     fy[worse], fx[worse] = y[worse], x[worse]
-    score[worse] = scored[worse[moved]]
+    # the search compared smoothed windows: the score reported is the metric's own
+    score = surfaces.at(which, fy, fx, f64, raw=True)
     return fy, fx, score if higher else -score
 
 
@@ -323,7 +332,7 @@ class _Surfaces:
         torch search (the degenerate rules)."""
         from .kernels.numba_refine import search_peaks
 
-        full = self._side(f64)
+        full, raw = self._side(f64), self._side(f64, raw=True)
         weighted = (full["total"] > 0).reshape(len(self.crops), -1).all(dim=1)
         fy, fx, score, handed_back = search_peaks(
             self.coefficients(f64),
@@ -334,6 +343,8 @@ class _Surfaces:
             self.dilation,
             full[_KERNEL_SIDE[self.metric]],
             full["weights"],
+            full["inverse_norm"],
+            raw[_KERNEL_SIDE[self.metric]],
             self.metric,
             self.joint,
             higher,
@@ -342,15 +353,22 @@ class _Surfaces:
         return fy, fx, score, handed_back | ~weighted
 
     def _kernel_scores(
-        self, index: torch.Tensor, first_y: torch.Tensor, first_x: torch.Tensor, dtype: torch.dtype, whole: bool
+        self,
+        index: torch.Tensor,
+        first_y: torch.Tensor,
+        first_x: torch.Tensor,
+        dtype: torch.dtype,
+        whole: bool,
+        raw: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores [p, ny, nx] float64, not signed, of the windows whose first taps lie at (first_y[q, i],
         first_x[q, j]) in crop ``index[q]``, resampled from the coefficients in ``dtype`` and scored by the numba
         kernel; whether the metric's formula covers each item [p]: a channel without weight or a zero energy
-        leaves the score to the degenerate rules). ``whole``: windows on pixels read the pixels."""
+        leaves the score to the degenerate rules). ``whole``: windows on pixels read the pixels; ``raw``: the
+        metric's own scores, without the search's smoothing."""
         from .kernels.numba_refine import grid_scores
 
-        full = self._side(f64)
+        full = self._side(f64, raw)
         side = full[_KERNEL_SIDE[self.metric]]
         scores = grid_scores(
             self.coefficients(dtype),
@@ -361,6 +379,7 @@ class _Surfaces:
             self.dilation,
             side,
             full["weights"],
+            full["inverse_norm"],
             self.metric,
             self.joint,
             whole,
@@ -370,21 +389,24 @@ class _Surfaces:
             covered &= torch.isfinite(scores).reshape(len(index), -1).all(dim=1)
         return scores, covered
 
-    def at(self, index: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Scores [q] (float64, higher better, NaN kept) of single shifts (dy[i], dx[i]) of peaks ``index`` [q]."""
+    def at(
+        self, index: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, dtype: torch.dtype, raw: bool = False
+    ) -> torch.Tensor:
+        """Scores [q] (float64, higher better, NaN kept) of single shifts (dy[i], dx[i]) of peaks ``index`` [q];
+        ``raw``: the metric's own scores, without the search's smoothing."""
         dtype = max(dtype, self.dtype, key=lambda d: torch.finfo(d).bits)
         if self._in_kernel:
             first_y = self.taps_y[index, :1] + dy[:, None]
             first_x = self.taps_x[index, :1] + dx[:, None]
-            scores, covered = self._kernel_scores(index, first_y, first_x, dtype, True)
+            scores, covered = self._kernel_scores(index, first_y, first_x, dtype, True, raw)
             scores = self.sign * scores.reshape(-1)
             if not bool(covered.all()):  # the degenerate rules: the reference's formula on resampled windows
-                scores[~covered] = self._resampled_at(index[~covered], dy[~covered], dx[~covered], dtype)
+                scores[~covered] = self._resampled_at(index[~covered], dy[~covered], dx[~covered], dtype, raw)
             return scores
-        return self._resampled_at(index, dy, dx, dtype)
+        return self._resampled_at(index, dy, dx, dtype, raw)
 
     def _resampled_at(
-        self, index: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, dtype: torch.dtype
+        self, index: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, dtype: torch.dtype, raw: bool
     ) -> torch.Tensor:
         """:meth:`at` by batched torch operations."""
         h, w = self.templates.shape[-2:]
@@ -398,7 +420,7 @@ class _Surfaces:
                 coefficients, positions_y[:, :1], positions_x[:, :1], (h, w), self.dilation, (0, 0), some
             )[:, 0, 0]
             windows = with_pixels_at_whole_positions(windows, self.crops[some], positions_y, positions_x)
-            scores.append((self.sign * self._scores(some, windows[:, None])).reshape(-1).to(f64))
+            scores.append((self.sign * self._scores(some, windows[:, None], raw)).reshape(-1).to(f64))
         return torch.cat(scores)
 
     def constant(self) -> torch.Tensor:
@@ -409,45 +431,55 @@ class _Surfaces:
             return torch.zeros(len(self.crops), dtype=torch.bool)
         return (self._side(f64)[name] == 0).reshape(len(self.crops), -1).all(dim=1)
 
-    def _side(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    def _side(self, dtype: torch.dtype, raw: bool = False) -> dict[str, torch.Tensor]:
         """The templates' side of the quick formulas in ``dtype``, per peak: weights M [P, 1 or C, h, w] (ones
         without a mask), T, M·T and M·(T − its weighted mean) [P, C, h, w], each channel's weight [P, 1 or C, 1,
-        1]."""
-        if dtype not in self._sides:
+        1], and the search's smoothing (its inverse norm [P, 1 or C, h, w], or None): T smoothed within the
+        footprint (:func:`slidesim._refine.smooth_within`) unless ``raw``."""
+        if (dtype, raw) not in self._sides:
             templates = self.templates.to(dtype)
             P, _, h, w = templates.shape
             weights = torch.ones(P, 1, h, w, dtype=dtype) if self.masks is None else self.masks.to(dtype)
+            inverse_norm = None if raw else smoothing_norm(weights)
+            if inverse_norm is not None:
+                templates = smooth_within(templates, weights, inverse_norm)
             total = weights.sum(dim=(-2, -1), keepdim=True)
             weighted = weights * templates
             centred = weights * (templates - weighted.sum(dim=(-2, -1), keepdim=True) / total)
-            self._sides[dtype] = {
+            self._sides[(dtype, raw)] = {
                 "template": templates,
                 "weights": weights,
                 "weighted": weighted,
                 "centred": centred,
                 "total": total,
+                "inverse_norm": inverse_norm,
             }
-        return self._sides[dtype]
+        return self._sides[(dtype, raw)]
 
-    def _scores(self, index: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+    def _scores(self, index: torch.Tensor, windows: torch.Tensor, raw: bool = False) -> torch.Tensor:
         """Scores [p, n] of windows [p, n, C, h, w] (n per peak ``index`` [p]) in their dtype: the metric's formula
         written for one template, or the reference's textbook formula for the peaks it does not cover (ssd_normed,
-        a channel without weight, a zero energy: the degenerate rules)."""
-        full = self._side(windows.dtype)
+        a channel without weight, a zero energy: the degenerate rules); the windows smoothed within the footprint
+        as the templates are, unless ``raw``."""
+        full = self._side(windows.dtype, raw)
+        if full["inverse_norm"] is not None:
+            weights, inverse_norm = full["weights"][index][:, None], full["inverse_norm"][index][:, None]
+            windows = smooth_within(windows, weights, inverse_norm)
         # only the entries the formula reads, gathered for these peaks (a copy of a template per window otherwise)
         names = _SIDE_READ.get(self.metric, ()) if self.masks is None else full.keys()
-        side = {name: full[name][index][:, None] for name in names}
+        side = {name: full[name][index][:, None] for name in names if name != "inverse_norm"}
         side["total"] = full["total"][index][:, None]
         scores, covered = _quick_scores(self.metric, self.joint, windows, side, self.masks is not None)
         if not bool(covered.all()):
             scores = scores.clone()
-            scores[~covered] = self._reference(index[~covered], windows[~covered])
+            scores[~covered] = self._reference(index[~covered], windows[~covered], full["template"])
         return scores
 
-    def _reference(self, index: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
-        """Scores [p, n] of windows [p, n, C, h, w] by the reference's formula (:func:`reference.score_windows`)."""
+    def _reference(self, index: torch.Tensor, windows: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
+        """Scores [p, n] of windows [p, n, C, h, w] against templates [P, C, h, w] by the reference's formula
+        (:func:`reference.score_windows`)."""
         p, n, C, h, w = windows.shape
-        templates = self.templates.to(windows.dtype)[index]
+        templates = templates.to(windows.dtype)[index]
         weights = torch.ones(p, 1, h, w, dtype=windows.dtype) if self.masks is None else self.masks[index]
         weights = weights.to(windows.dtype)
         scores = reference.score_windows(

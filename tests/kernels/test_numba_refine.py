@@ -51,7 +51,7 @@ def test_grid_scores_agree_with_resampled_windows(metric, C, masked, joint, dila
     first_y = torch.tensor([[3.0, 3.3, 3.55, 4.0, 5.875]] * 3, dtype=torch.float64) + torch.arange(3.0)[:, None]
     first_x = torch.tensor([[2.0, 2.25, 2.5, 3.125, 4.0]] * 3, dtype=torch.float64)
     got = numba_refine.grid_scores(coefficients, crops, index, first_y, first_x, dilation, sides[_SIDE_OF[metric]],
-                                   sides["weights"], metric, joint, False)  # fmt: skip
+                                   sides["weights"], None, metric, joint, False)  # fmt: skip
     windows = resample(coefficients.to(torch.float64), first_y, first_x, (6, 5), dilation, (4, 4), index)
     side = {name: value[index][:, None] for name, value in sides.items()}
     want, covered = _quick_scores(metric, joint, windows.reshape(3, 25, C, 6, 5), side, masked)
@@ -74,10 +74,10 @@ def test_windows_on_pixels_read_the_pixels(metric) -> None:
     coefficients = spline_coefficients(crops, torch.float64)
     index = torch.tensor([0, 1])
     first_y, first_x = torch.tensor([[7.0], [7.0]]), torch.tensor([[9.0], [9.0]])
-    exact = numba_refine.grid_scores(coefficients, crops, index, first_y, first_x, (1, 1), side, weights, metric,
-                                     True, True)  # fmt: skip
-    splined = numba_refine.grid_scores(coefficients, crops, index, first_y, first_x, (1, 1), side, weights, metric,
-                                       True, False)  # fmt: skip
+    exact = numba_refine.grid_scores(coefficients, crops, index, first_y, first_x, (1, 1), side, weights, None,
+                                     metric, True, True)  # fmt: skip
+    splined = numba_refine.grid_scores(coefficients, crops, index, first_y, first_x, (1, 1), side, weights, None,
+                                       metric, True, False)  # fmt: skip
     assert exact.reshape(-1).tolist() == [1.0 if metric == "zncc" else 0.0] * 2
     if metric != "zncc":  # zncc's clip to 1 hides the spline's round-off
         assert not torch.equal(exact, splined)
@@ -90,7 +90,7 @@ def test_zero_energy_is_not_a_number() -> None:
     _, sides = _case(1, False, torch.float64)
     got = numba_refine.grid_scores(spline_coefficients(crops, torch.float64), crops, torch.tensor([0]),
                                    torch.tensor([[3.0]]), torch.tensor([[4.0]]), (1, 1), sides["centred"],
-                                   sides["weights"], "zncc", True, True)  # fmt: skip
+                                   sides["weights"], None, "zncc", True, True)  # fmt: skip
     assert bool(torch.isnan(got).all())
 
 
@@ -99,8 +99,8 @@ def test_taps_beyond_the_crop_are_refused() -> None:
     coefficients = spline_coefficients(crops, torch.float64)
     with pytest.raises(AssertionError, match="columns"):
         numba_refine.grid_scores(coefficients, crops, torch.tensor([0]), torch.tensor([[3.0]]),
-                                 torch.tensor([[40.0]]), (1, 1), sides["template"], sides["weights"], "ssd", True,
-                                 False)  # fmt: skip
+                                 torch.tensor([[40.0]]), (1, 1), sides["template"], sides["weights"], None, "ssd",
+                                 True, False)  # fmt: skip
 
 
 def test_vertex_of_incomplete_tables_agrees_with_least_squares() -> None:
@@ -143,8 +143,8 @@ def test_the_search_moves_peaks_to_the_shift_of_the_scene() -> None:
     centred = templates - templates.mean(dim=(-2, -1), keepdim=True)
     fy, fx, score, handed_back = numba_refine.search_peaks(
         spline_coefficients(crops, torch.float64), crops, torch.tensor([20.0, 20.0]), torch.tensor([18.0, 18.0]),
-        torch.tensor([True, False]), (1, 1), centred, weights, "zncc", True, True, ((0.5, 0.125, 1 / 32), 8.0, 8,
-        1 / 32),
+        torch.tensor([True, False]), (1, 1), centred, weights, None, centred, "zncc", True, True,
+        ((0.5, 0.125, 1 / 32), 8.0, 8, 1 / 32),
     )  # fmt: skip
     assert not bool(handed_back.any())
     np.testing.assert_allclose([float(fy[0]), float(fx[0])], [0.3, -0.45], atol=5e-3)
@@ -152,3 +152,39 @@ def test_the_search_moves_peaks_to_the_shift_of_the_scene() -> None:
     assert (float(fy[1]), float(fx[1])) == (0.0, 0.0)
     exact = torch.corrcoef(torch.stack([crops[1, 0, 20:28, 18:25].reshape(-1), template.reshape(-1)]))[0, 1]
     np.testing.assert_allclose(float(score[1]), float(exact), rtol=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["zncc", "ssd", "sad", "ncc"])
+@pytest.mark.parametrize(("C", "masked"), [(1, False), (3, True)])
+def test_smoothed_grid_scores_agree_with_smoothed_resampled_windows(metric, C, masked) -> None:
+    """With the search's smoothing, the kernel smooths each window within the footprint as
+    slidesim._refine.smooth_within does, and scores it against the smoothed templates' side."""
+    from slidesim._refine import smooth_within, smoothing_norm
+
+    crops, sides = _case(C, masked, torch.float64)
+    weights = sides["weights"]
+    inverse_norm = smoothing_norm(weights)
+    templates = smooth_within(sides["template"], weights, inverse_norm)
+    total = weights.sum(dim=(-2, -1), keepdim=True)
+    weighted = weights * templates
+    smoothed = {
+        "template": templates,
+        "weights": weights,
+        "weighted": weighted,
+        "centred": weights * (templates - weighted.sum(dim=(-2, -1), keepdim=True) / total),
+        "total": total,
+    }
+    coefficients = spline_coefficients(crops, torch.float64)
+    index = torch.tensor([0, 1])
+    first_y = torch.tensor([[3.0, 3.4, 4.75]] * 2, dtype=torch.float64)
+    first_x = torch.tensor([[2.0, 2.6, 3.25]] * 2, dtype=torch.float64)
+    got = numba_refine.grid_scores(coefficients, crops, index, first_y, first_x, (1, 1), smoothed[_SIDE_OF[metric]],
+                                   weights, inverse_norm, metric, True, False)  # fmt: skip
+    windows = resample(coefficients, first_y, first_x, (6, 5), (1, 1), (3, 3), index).reshape(2, 9, C, 6, 5)
+    windows = smooth_within(windows, weights[index][:, None], inverse_norm[index][:, None])
+    side = {name: value[index][:, None] for name, value in smoothed.items()}
+    want, _ = _quick_scores(metric, True, windows, side, masked)
+    np.testing.assert_allclose(got.reshape(2, 9).numpy(), want.numpy(), rtol=1e-10, atol=1e-10)
+    unsmoothed = numba_refine.grid_scores(coefficients, crops, index, first_y, first_x, (1, 1),
+                                          smoothed[_SIDE_OF[metric]], weights, None, metric, True, False)  # fmt: skip
+    assert not torch.allclose(got, unsmoothed)

@@ -44,6 +44,7 @@ def grid_scores(
     dilation: tuple[int, int],
     side: torch.Tensor,
     weights: torch.Tensor,
+    inverse_norm: torch.Tensor | None,
     metric: str,
     joint: bool,
     pixels_at_whole_positions: bool,
@@ -64,6 +65,9 @@ def grid_scores(
             l1_similarity and ssd; the weighted templates M·T for ccorr and ncc; the weighted centred templates
             M·(T − their weighted mean) for ccoeff and zncc.
         weights: [P, 1 or C, h, w] float64 weights (ones without a mask).
+        inverse_norm: None, or [P, 1 or C, h, w] float64 (:func:`slidesim._refine.smoothing_norm` of the
+            weights): each window is smoothed within the weights' footprint before it is scored, as
+            :func:`slidesim._refine.smooth_within` smooths it (``side`` then holds the smoothed templates' side).
         metric: A key of :data:`METRIC_CODES`.
         joint: Channels scored jointly (else the mean of the channels' scores).
         pixels_at_whole_positions: Windows whose samples all lie on pixels read the pixels (the spline reproduces
@@ -95,12 +99,20 @@ def grid_scores(
         dx,
         side.to(torch.float64).contiguous().numpy(),
         weights.to(torch.float64).contiguous().numpy(),
+        _norm(inverse_norm, weights),
         METRIC_CODES[metric],
         joint,
         pixels_at_whole_positions,
         out,
     )
     return torch.from_numpy(out)
+
+
+def _norm(inverse_norm: torch.Tensor | None, weights: torch.Tensor) -> np.ndarray:
+    """The smoothing's normalization as the kernels take it: an empty array for no smoothing."""
+    if inverse_norm is None:
+        return np.zeros((0, *weights.shape[1:]))
+    return inverse_norm.to(torch.float64).contiguous().numpy()
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
@@ -117,23 +129,28 @@ def _spline(f):
 
 
 @numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
-def _grid_scores(coefficients, crops, index, first_y, first_x, dy, dx, side, weights, metric, joint, whole_pixels, out):
+def _grid_scores(
+    coefficients, crops, index, first_y, first_x, dy, dx, side, weights, inverse_norm, metric, joint, whole_pixels, out
+):  # fmt: skip
     """The loop of :func:`grid_scores`: one task per (item, row shift)."""
     p, ny = first_y.shape
     for task in numba.prange(p * ny):
         q = task // ny
         i = task % ny
         _score_row(
-            coefficients, crops, index[q], first_y[q, i], first_x[q], dy, dx, side, weights, metric, joint,
-            whole_pixels, out[q, i],
+            coefficients, crops, index[q], first_y[q, i], first_x[q], dy, dx, side, weights, inverse_norm, metric,
+            joint, whole_pixels, out[q, i],
         )  # fmt: skip
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
-def _score_row(coefficients, crops, P, fy, first_x, dy, dx, side, weights, metric, joint, whole_pixels, out):
+def _score_row(
+    coefficients, crops, P, fy, first_x, dy, dx, side, weights, inverse_norm, metric, joint, whole_pixels, out
+):  # fmt: skip
     """Scores out[j] of the windows of crop P whose first taps lie at (fy, first_x[j]): the coefficients' rows
     that the row shift reads are filtered once with its four spline weights, then each column shift filters that
-    band's columns into a window and scores it."""
+    band's columns into a window, smooths it within the footprint where ``inverse_norm`` is not empty, and scores
+    it."""
     nx = first_x.shape[0]
     C = coefficients.shape[1]
     h, w = side.shape[2], side.shape[3]
@@ -162,6 +179,8 @@ def _score_row(coefficients, crops, P, fy, first_x, dy, dx, side, weights, metri
                     + w3 * coefficients[P, c, r + 3, col]
                 )
     window = np.empty((C, h, w))
+    smooth = inverse_norm.shape[0] > 0
+    rows = np.empty((h, w)) if smooth else np.empty((0, 0))
     for j in range(nx):
         fx = first_x[j]
         bx = math.floor(fx)
@@ -180,6 +199,8 @@ def _score_row(coefficients, crops, P, fy, first_x, dy, dx, side, weights, metri
                     for b in range(w):
                         k = start + b * dx
                         window[c, a, b] = v0 * row[k] + v1 * row[k + 1] + v2 * row[k + 2] + v3 * row[k + 3]
+        if smooth:
+            _smooth_within(window, weights, inverse_norm, P, rows)
         # per-channel sums, then channels joined (joint) or their scores averaged
         cross_all = 0.0
         window_energy_all = 0.0
@@ -232,6 +253,32 @@ def _score_row(coefficients, crops, P, fy, first_x, dy, dx, side, weights, metri
             out[j] = mean_score / C
 
 
+@numba.njit(cache=True, error_model="numpy")
+def _smooth_within(window, weights, inverse_norm, P, rows):
+    """window [C, h, w] smoothed in place as :func:`slidesim._refine.smooth_within` smooths it: [1, 2, 1] / 4
+    along columns then rows of weights · window, times the inverse norm; rows [h, w] is scratch."""
+    C, h, w = window.shape
+    Cw = weights.shape[1]
+    for c in range(C):
+        cw = c if Cw > 1 else 0
+        for a in range(h):
+            for b in range(w):
+                value = 0.5 * weights[P, cw, a, b] * window[c, a, b]
+                if a > 0:
+                    value += 0.25 * weights[P, cw, a - 1, b] * window[c, a - 1, b]
+                if a < h - 1:
+                    value += 0.25 * weights[P, cw, a + 1, b] * window[c, a + 1, b]
+                rows[a, b] = value
+        for a in range(h):
+            for b in range(w):
+                value = 0.5 * rows[a, b]
+                if b > 0:
+                    value += 0.25 * rows[a, b - 1]
+                if b < w - 1:
+                    value += 0.25 * rows[a, b + 1]
+                window[c, a, b] = value * inverse_norm[P, cw, a, b]
+
+
 @numba.njit(cache=True, inline="always", error_model="numpy")
 def _finish(metric, cross, window_energy, template_energy, count):
     """A score from its sums (ncc and zncc clipped to ±1, beyond which only round-off takes them; a zero energy
@@ -259,6 +306,8 @@ def search_peaks(
     dilation: tuple[int, int],
     side: torch.Tensor,
     weights: torch.Tensor,
+    inverse_norm: torch.Tensor | None,
+    raw_side: torch.Tensor,
     metric: str,
     joint: bool,
     higher: bool,
@@ -266,7 +315,7 @@ def search_peaks(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The whole sub-pixel search of :mod:`slidesim._refine_many` (climbing grids, Newton steps on the last one,
     the vertex kept only where it scores at least as well as the grids' best shift) for every crop, one thread per
-    crop, float64 throughout.
+    crop, float64 throughout; the score returned is the metric's own at the position found.
 
     Args:
         coefficients: [P, C, Hc, Wc] float64 B-spline coefficients of the crops.
@@ -275,8 +324,11 @@ def search_peaks(
         taps_x: [P] float64 crop column of each unshifted window's first tap.
         searching: [P] bool, the crops to search; the others keep shift (0, 0) and are scored there.
         dilation: Tap spacing (y, x).
-        side: The templates' side that the metric's formula reads, as for :func:`grid_scores`.
+        side: The templates' side that the metric's formula reads during the search, as for :func:`grid_scores`
+            (of the smoothed templates where ``inverse_norm`` is given).
         weights: [P, 1 or C, h, w] float64 weights.
+        inverse_norm: The search's smoothing, as for :func:`grid_scores`, or None.
+        raw_side: The templates' side for the score returned (of the templates as they are).
         metric: A key of :data:`METRIC_CODES`.
         joint: Channels scored jointly (else the mean of the channels' scores).
         higher: Whether higher scores are better.
@@ -307,6 +359,8 @@ def search_peaks(
         *dilation,
         side.to(torch.float64).contiguous().numpy(),
         weights.to(torch.float64).contiguous().numpy(),
+        _norm(inverse_norm, weights),
+        raw_side.to(torch.float64).contiguous().numpy(),
         METRIC_CODES[metric],
         joint,
         1.0 if higher else -1.0,
@@ -330,8 +384,8 @@ def search_peaks(
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _search(
-    coefficients, crops, taps_y, taps_x, searching, dy, dx, side, weights, metric, joint, sign, steps, drift, moves,
-    newton, design, inverse, shifts, scores, handed_back,
+    coefficients, crops, taps_y, taps_x, searching, dy, dx, side, weights, inverse_norm, raw_side, metric, joint, sign,
+    steps, drift, moves, newton, design, inverse, shifts, scores, handed_back,
 ):  # fmt: skip
     """The loop of :func:`search_peaks`: one task per crop."""
     for q in numba.prange(crops.shape[0]):
@@ -354,7 +408,7 @@ def _search(
                     if not (y == last_y and x == last_x and step == last_step):
                         failed |= _table(
                             coefficients, crops, q, taps_y[q] + y, taps_x[q] + x, y, x, step, drift, dy, dx, side,
-                            weights, metric, joint, sign, table, row, offsets,
+                            weights, inverse_norm, metric, joint, sign, table, row, offsets,
                         )  # fmt: skip
                         last_y, last_x, last_step = y, x, step
                     r, c = _best(table)
@@ -371,7 +425,7 @@ def _search(
                 if not (here_y == last_y and here_x == last_x and newton == last_step):
                     failed |= _table(
                         coefficients, crops, q, taps_y[q] + here_y, taps_x[q] + here_x, here_y, here_x, newton,
-                        drift, dy, dx, side, weights, metric, joint, sign, table, row, offsets,
+                        drift, dy, dx, side, weights, inverse_norm, metric, joint, sign, table, row, offsets,
                     )  # fmt: skip
                     last_y, last_x, last_step = here_y, here_x, newton
                 fitted, vy, vx = _vertex(table, design, inverse)
@@ -386,15 +440,27 @@ def _search(
         else:
             final_y, final_x = y, x
         # the vertex only where it scores at least as well as the grids' best shift
-        one[0] = taps_x[q] + final_x
-        _score_row(coefficients, crops, q, taps_y[q] + final_y, one, dy, dx, side, weights, metric, joint, True, at)
-        score = at[0]
         if final_y != y or final_x != x:
+            one[0] = taps_x[q] + final_x
+            _score_row(
+                coefficients, crops, q, taps_y[q] + final_y, one, dy, dx, side, weights, inverse_norm, metric, joint,
+                True, at,
+            )  # fmt: skip
+            vertex = at[0]
             one[0] = taps_x[q] + x
-            best = np.empty(1)
-            _score_row(coefficients, crops, q, taps_y[q] + y, one, dy, dx, side, weights, metric, joint, True, best)
-            if not (sign * score >= sign * best[0]):
-                final_y, final_x, score = y, x, best[0]
+            _score_row(
+                coefficients, crops, q, taps_y[q] + y, one, dy, dx, side, weights, inverse_norm, metric, joint, True,
+                at,
+            )  # fmt: skip
+            if not (sign * vertex >= sign * at[0]):
+                final_y, final_x = y, x
+        # the metric's own score there
+        one[0] = taps_x[q] + final_x
+        _score_row(
+            coefficients, crops, q, taps_y[q] + final_y, one, dy, dx, raw_side, weights, inverse_norm[:0], metric,
+            joint, True, at,
+        )  # fmt: skip
+        score = at[0]
         failed |= np.isnan(score)
         shifts[q, 0] = final_y
         shifts[q, 1] = final_x
@@ -404,8 +470,8 @@ def _search(
 
 @numba.njit(cache=True, error_model="numpy")
 def _table(
-    coefficients, crops, q, first_y, first_x, y, x, step, drift, dy, dx, side, weights, metric, joint, sign, table,
-    row, offsets,
+    coefficients, crops, q, first_y, first_x, y, x, step, drift, dy, dx, side, weights, inverse_norm, metric, joint,
+    sign, table, row, offsets,
 ):  # fmt: skip
     """Fills table [5, 5] with the signed scores (higher better) of the grid of shifts ``step`` apart around
     (y, x), whose centre's first tap lies at (first_y, first_x); shifts beyond ``drift`` and scores that are not
@@ -415,8 +481,8 @@ def _table(
     nan = False
     for i in range(5):
         _score_row(
-            coefficients, crops, q, first_y + (i - 2) * step, offsets, dy, dx, side, weights, metric, joint, False,
-            row,
+            coefficients, crops, q, first_y + (i - 2) * step, offsets, dy, dx, side, weights, inverse_norm, metric,
+            joint, False, row,
         )  # fmt: skip
         for j in range(5):
             value = sign * row[j]
