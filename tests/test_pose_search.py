@@ -378,3 +378,30 @@ def test_explain_without_match_options_is_the_planners_and_refuses_what_match_re
     assert slidesim.explain(image, template, metric="sad") == planner.explain(image, template, metric="sad")
     with pytest.raises(SlidesimValueError, match="`levels` must be at most"):
         slidesim.explain(image, template, rotations=slidesim.interval(0, 360), search="pyramid", levels=9)
+
+
+@pytest.mark.parametrize("metric", ["zncc", "ncc", "ssd", "ccoeff"])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_local_scores_in_place_agree_with_similarity(metric, dtype, monkeypatch) -> None:
+    """A local search's few windows scored one by one in place (the exact rescoring's kernel) and through
+    slidesim.similarity: the same scores, per crop and turned template, to float32 round-off of similarity's."""
+    pytest.importorskip("numba")
+    from slidesim._validate import DEFAULT_OPTIONS, canonicalize
+    from slidesim.banks import TransformStream
+
+    photo = torch.from_numpy(np.rint(_photo("camera") * 255)).to(dtype)
+    template = photo[200:232, 240:272].clone()
+    stream = TransformStream(template.float()[None, None, None], None, [10.0, 47.5, 200.0], [0.9, 1.1])
+    pictures, drawn = stream.draw(0, stream.members)
+    Hc, Wc = pictures.shape[-2:]
+    crops = torch.stack([photo[None, 190 : 196 + Hc, 230 : 235 + Wc], photo[None, 100 : 106 + Hc, 60 : 65 + Wc]])
+    pictures, drawn = pictures.expand(2, -1, -1, -1, -1), drawn.expand(2, -1, -1, -1, -1)
+    options = {**DEFAULT_OPTIONS, "metric": metric}
+    canon = canonicalize(crops, pictures, **{k: v for k, v in options.items() if k != "mask"}, mask=drawn)
+    in_place = pose_search._local_similarity(canon, crops, pictures, drawn)
+    monkeypatch.setattr(pose_search, "IN_PLACE_TAPS", 0)
+    through = pose_search._local_similarity(canon, crops, pictures, drawn)
+    assert in_place.shape == through.shape == (2, 6, 7, 6)
+    assert in_place.dtype == torch.float64  # the kernel's float64, where similarity gives float32
+    scale = float(through.abs().amax())
+    np.testing.assert_allclose(in_place.numpy(), through.double().numpy(), rtol=0, atol=2e-5 * scale)

@@ -57,7 +57,7 @@ GATHERED = RescoringCosts(transform=1.0, upfront=1.0, tap_seconds=3e-8)
 # a second float64 transform after the numba engine's from 7-15 (astronaut ncc 24²: 14.7, rescoring 7.2 against
 # 8.0 ms; zncc 24²: 12.1, the transform 7.2 against 9.6 ms; screenshot zncc 16²: 6.4, rescoring 42 against 57 ms).
 IN_PLACE = RescoringCosts(transform=8.0, upfront=1.3, tap_seconds=2.5e-9)
-_IN_PLACE_METRICS = ("ssd", "ssd_normed", "ccorr", "ncc", "ccoeff", "zncc")  # those the numba kernel scores
+IN_PLACE_METRICS = ("ssd", "ssd_normed", "ccorr", "ncc", "ccoeff", "zncc")  # those the numba kernel scores
 _KERNEL_DTYPES = (torch.float32, torch.float64, torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32)
 
 
@@ -293,7 +293,7 @@ class Rescorer:
         stats = self.stats
         index = flagged.nonzero()
         metric = metric or self.spec.name
-        if not grad and metric in _IN_PLACE_METRICS and can_score_in_place(stats.finite, stats.image):
+        if not grad and metric in IN_PLACE_METRICS and can_score_in_place(stats.finite, stats.image):
             from ..kernels.numba_rescore import scores_in_place
 
             return index, scores_in_place(stats.image, self.bank, stats.mask, index, t0, stats.prims.geom, metric)
