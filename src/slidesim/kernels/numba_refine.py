@@ -196,9 +196,14 @@ def _score_row(
             for c in range(C):
                 for a in range(h):
                     row = band[c, a]
-                    for b in range(w):
-                        k = start + b * dx
-                        window[c, a, b] = v0 * row[k] + v1 * row[k + 1] + v2 * row[k + 2] + v3 * row[k + 3]
+                    if dx == 1:  # contiguous taps: the loop vectorizes
+                        for b in range(w):
+                            k = start + b
+                            window[c, a, b] = v0 * row[k] + v1 * row[k + 1] + v2 * row[k + 2] + v3 * row[k + 3]
+                    else:
+                        for b in range(w):
+                            k = start + b * dx
+                            window[c, a, b] = v0 * row[k] + v1 * row[k + 1] + v2 * row[k + 2] + v3 * row[k + 3]
         if smooth:
             _smooth_within(window, weights, inverse_norm, P, rows)
         # per-channel sums, then channels joined (joint) or their scores averaged
