@@ -242,7 +242,7 @@ class _Surfaces:
         self.joint = options.get("channels", "joint") == "joint"
         self.sign = 1.0 if higher else -1.0
         self._coefficients: dict[torch.dtype, torch.Tensor] = {}
-        self._sides: dict[torch.dtype, dict[str, torch.Tensor]] = {}
+        self._sides: dict[tuple[torch.dtype, bool], dict[str, Any]] = {}  # by (dtype, raw)
         P = len(crops)
         # one numba pass per grid where numba is installed (batched torch operations cost their dispatch); its sums
         # are float64 whatever the crops' dtype, so it reads float64 coefficients too: the float64 rechecks of
@@ -431,7 +431,7 @@ class _Surfaces:
             return torch.zeros(len(self.crops), dtype=torch.bool)
         return (self._side(f64)[name] == 0).reshape(len(self.crops), -1).all(dim=1)
 
-    def _side(self, dtype: torch.dtype, raw: bool = False) -> dict[str, torch.Tensor]:
+    def _side(self, dtype: torch.dtype, raw: bool = False) -> dict[str, Any]:
         """The templates' side of the quick formulas in ``dtype``, per peak: weights M [P, 1 or C, h, w] (ones
         without a mask), T, M·T and M·(T − its weighted mean) [P, C, h, w], each channel's weight [P, 1 or C, 1,
         1], and the search's smoothing (its inverse norm [P, 1 or C, h, w], or None): T smoothed within the
