@@ -206,3 +206,30 @@ def test_noise_does_not_pull_the_refined_position_to_half_pixels(search) -> None
         errors.append(math.hypot(found[0] - (y + 23.5 + shift[0]), found[1] - (x + 23.5 + shift[1])))
     assert np.median(errors) < 0.03, errors
     assert max(errors) < 0.1, errors
+
+
+def test_a_flat_window_is_handed_to_the_degenerate_rules(monkeypatch) -> None:
+    """A peak whose windows are all zero (zero energy: ncc has no value by its formula) is handed back by the numba
+    search to the torch search, which applies the reference's degenerate rules: the same answer as without numba."""
+    pytest.importorskip("numba")
+    peaks = _peaks(torch.float64, count=3)
+    flat = peaks[1].image.clone()
+    cy, cx = (int(v) for v in peaks[1].centre)
+    flat[:, cy - 60 : cy + 61, cx - 60 : cx + 61] = 0.0  # the whole crop: its spline coefficients are zero too
+    peaks[1] = Peak(flat, peaks[1].template, None, peaks[1].centre)
+    handed = []
+    numba_refine = pytest.importorskip("slidesim.kernels.numba_refine")
+    search = numba_refine.search_peaks
+
+    def spy(*args, **kwargs):
+        found = search(*args, **kwargs)
+        handed.append(found[3].tolist())
+        return found
+
+    monkeypatch.setattr(numba_refine, "search_peaks", spy)
+    with_kernel = refine_peaks(peaks, (1, 1), True, _options("ncc"))
+    assert handed == [[False, True, False]]
+    monkeypatch.setattr(_refine_many, "fused_statistics_available", lambda: False)
+    without = refine_peaks(peaks, (1, 1), True, _options("ncc"))
+    assert with_kernel[1] == without[1] == (*peaks[1].centre, 0.0)
+    np.testing.assert_allclose(with_kernel, without, atol=POSITIONS, rtol=0)
