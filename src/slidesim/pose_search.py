@@ -625,11 +625,14 @@ def local_scores(
     return LocalScores(scores, r0 + (Hc - 1) / 2, c0 + (Wc - 1) / 2, stream.angles, stream.scales)
 
 
-# windows × taps below which a local search scores its windows one by one in place (the numba kernel of the exact
-# rescoring, about 2 ns a tap) rather than through similarity's statistics and transforms: measured on 138² turned
-# templates, 3 poses × 9 centres took 3.8 ms through similarity (masked window statistics, transforms) and 0.5 ms
-# in place; at 5 poses × 49 centres both take about 15 ms
+# A local search scores its windows one by one in place (the numba kernel of the exact rescoring, about 2 ns a
+# tap) rather than through similarity's statistics and transforms where the windows × taps stay under
+# IN_PLACE_TAPS, or where each pose has at most IN_PLACE_CENTRES centres whatever the template's size (the
+# transforms and masked window statistics cost about as much as scoring some 25-50 windows per pose in place).
+# Measured on 138² turned templates: 3 poses × 9 centres took 3.8 ms through similarity and 0.5 ms in place; at
+# 5 poses × 49 centres both take about 15 ms.
 IN_PLACE_TAPS = 4_000_000
+IN_PLACE_CENTRES = 25
 
 
 def _local_similarity(
@@ -644,7 +647,8 @@ def _local_similarity(
     R, C, Hc, Wc = pictures.shape[1:]
     dy, dx = canon.dilation
     ny, nx = H - dy * (Hc - 1), W - dx * (Wc - 1)
-    if _in_place(canon, crops, pictures) and ny > 0 and nx > 0 and N * R * ny * nx * C * Hc * Wc <= IN_PLACE_TAPS:
+    few = ny * nx <= IN_PLACE_CENTRES or N * R * ny * nx * C * Hc * Wc <= IN_PLACE_TAPS
+    if ny > 0 and nx > 0 and few and _in_place(canon, crops, pictures):
         from .kernels.numba_rescore import scores_in_place
 
         grid = torch.stack(
