@@ -479,6 +479,7 @@ class _Surface:
         self.dtype = crop.dtype if self.direct else torch.float64
         self._coefficients: dict[torch.dtype, torch.Tensor] = {}
         self._operands: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._smoothed: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
         self._sides: dict[torch.dtype, dict[str, torch.Tensor]] = {}
         self._last: tuple[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
@@ -554,6 +555,14 @@ class _Surface:
             self._operands[dtype] = (self.template.to(dtype), mask)
         return self._operands[dtype]
 
+    def _smoothed_in(self, dtype: torch.dtype, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the template smoothed within its weights' footprint, the smoothing's inverse norm) in ``dtype``, made
+        once per dtype: every batch of shifts reads them."""
+        if dtype not in self._smoothed:
+            inverse_norm = smoothing_norm(weights)
+            self._smoothed[dtype] = (smooth_within(self._operands_in(dtype)[0], weights, inverse_norm), inverse_norm)
+        return self._smoothed[dtype]
+
     def _score(self, windows: torch.Tensor, raw: bool) -> torch.Tensor:
         """Scores [N] of resampled windows [N, C, h, w], in their dtype (float64 through the reference), smoothed
         alike with the template unless ``raw``."""
@@ -563,9 +572,8 @@ class _Surface:
         N, _, h, w = windows.shape
         weights = torch.ones(1, h, w, dtype=windows.dtype) if mask is None else mask
         if self.smooth and not raw:
-            inverse_norm = smoothing_norm(weights)
+            template, inverse_norm = self._smoothed_in(windows.dtype, weights)
             windows = smooth_within(windows, weights, inverse_norm)
-            template = smooth_within(template, weights, inverse_norm)
         scores = reference.score_windows(
             self.metric,
             windows[:, :, None, None],

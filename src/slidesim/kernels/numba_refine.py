@@ -102,6 +102,7 @@ def grid_scores(
         dy,
         dx,
         side.to(torch.float64).contiguous().numpy(),
+        _weight_totals(side, weights),
         weights.to(torch.float64).contiguous().numpy(),
         _norm(inverse_norm, weights),
         METRIC_CODES[metric],
@@ -110,6 +111,11 @@ def grid_scores(
         out,
     )
     return torch.from_numpy(out)
+
+
+def _weight_totals(side: torch.Tensor, weights: torch.Tensor) -> np.ndarray:
+    """Σ weights per template and channel [P, C] float64, summed once rather than once per window."""
+    return weights.to(torch.float64).sum(dim=(-2, -1)).expand(-1, side.shape[1]).contiguous().numpy()
 
 
 def _norm(inverse_norm: torch.Tensor | None, weights: torch.Tensor) -> np.ndarray:
@@ -134,7 +140,8 @@ def _spline(f):
 
 @numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _grid_scores(
-    coefficients, crops, index, first_y, first_x, dy, dx, side, weights, inverse_norm, metric, joint, whole_pixels, out
+    coefficients, crops, index, first_y, first_x, dy, dx, side, totals, weights, inverse_norm, metric, joint,
+    whole_pixels, out,
 ):  # fmt: skip
     """The loop of :func:`grid_scores`: one task per (item, row shift)."""
     p, ny = first_y.shape
@@ -142,14 +149,14 @@ def _grid_scores(
         q = task // ny
         i = task % ny
         _score_row(
-            coefficients, crops, index[q], first_y[q, i], first_x[q], dy, dx, side, weights, inverse_norm, metric,
-            joint, whole_pixels, out[q, i],
+            coefficients, crops, index[q], first_y[q, i], first_x[q], dy, dx, side, totals, weights, inverse_norm,
+            metric, joint, whole_pixels, out[q, i],
         )  # fmt: skip
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _score_row(
-    coefficients, crops, P, fy, first_x, dy, dx, side, weights, inverse_norm, metric, joint, whole_pixels, out
+    coefficients, crops, P, fy, first_x, dy, dx, side, totals, weights, inverse_norm, metric, joint, whole_pixels, out
 ):  # fmt: skip
     """Scores out[j] of the windows of crop P whose first taps lie at (fy, first_x[j]): the coefficients' rows
     that the row shift reads are filtered once with its four spline weights, then each column shift filters that
@@ -210,7 +217,7 @@ def _score_row(
                             window[c, a, b] = v0 * row[k] + v1 * row[k + 1] + v2 * row[k + 2] + v3 * row[k + 3]
         if smooth:
             _smooth_within(window, weights, inverse_norm, P, rows)
-        # per-channel sums, then channels joined (joint) or their scores averaged
+        # per-channel totals, then channels joined (joint) or their scores averaged
         cross_all = 0.0
         window_energy_all = 0.0
         template_energy_all = 0.0
@@ -218,22 +225,18 @@ def _score_row(
         mean_score = 0.0
         for c in range(C):
             cw = c if Cw > 1 else 0
-            total = 0.0
+            total = totals[P, c]  # the template's weight: the same for every shift
             mean = 0.0
             if centred:
                 weighted = 0.0
                 for a in range(h):
                     for b in range(w):
-                        m = weights[P, cw, a, b]
-                        total += m
-                        weighted += m * window[c, a, b]
+                        weighted += weights[P, cw, a, b] * window[c, a, b]
                 mean = weighted / total
-            else:
-                for a in range(h):
-                    for b in range(w):
-                        total += weights[P, cw, a, b]
             cross = 0.0
             window_energy = 0.0
+            # Σ side² is summed with Σ window² in one loop of the same order: an exact copy of the template then
+            # scores exactly 1 (a sum made elsewhere differs in the last bits)
             template_energy = 0.0
             # one loop per kind of metric, each without branches, so that the sums vectorize
             if metric <= L1_SIMILARITY:
@@ -374,6 +377,7 @@ def search_peaks(
         searching.contiguous().numpy(),
         *dilation,
         side.to(torch.float64).contiguous().numpy(),
+        _weight_totals(side, weights),
         weights.to(torch.float64).contiguous().numpy(),
         _norm(inverse_norm, weights),
         raw_side.to(torch.float64).contiguous().numpy(),
@@ -400,8 +404,8 @@ def search_peaks(
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _search(
-    coefficients, crops, taps_y, taps_x, searching, dy, dx, side, weights, inverse_norm, raw_side, metric, joint, sign,
-    steps, drift, moves, newton, design, inverse, shifts, scores, handed_back,
+    coefficients, crops, taps_y, taps_x, searching, dy, dx, side, totals, weights, inverse_norm, raw_side,
+    metric, joint, sign, steps, drift, moves, newton, design, inverse, shifts, scores, handed_back,
 ):  # fmt: skip
     """The loop of :func:`search_peaks`: one task per crop."""
     for q in numba.prange(crops.shape[0]):
@@ -424,7 +428,7 @@ def _search(
                     if not (y == last_y and x == last_x and step == last_step):
                         failed |= _table(
                             coefficients, crops, q, taps_y[q] + y, taps_x[q] + x, y, x, step, drift, dy, dx, side,
-                            weights, inverse_norm, metric, joint, sign, table, row, offsets,
+                            totals, weights, inverse_norm, metric, joint, sign, table, row, offsets,
                         )  # fmt: skip
                         last_y, last_x, last_step = y, x, step
                     r, c = _best(table)
@@ -441,7 +445,7 @@ def _search(
                 if not (here_y == last_y and here_x == last_x and newton == last_step):
                     failed |= _table(
                         coefficients, crops, q, taps_y[q] + here_y, taps_x[q] + here_x, here_y, here_x, newton,
-                        drift, dy, dx, side, weights, inverse_norm, metric, joint, sign, table, row, offsets,
+                        drift, dy, dx, side, totals, weights, inverse_norm, metric, joint, sign, table, row, offsets,
                     )  # fmt: skip
                     last_y, last_x, last_step = here_y, here_x, newton
                 fitted, vy, vx = _vertex(table, design, inverse)
@@ -459,22 +463,22 @@ def _search(
         if final_y != y or final_x != x:
             one[0] = taps_x[q] + final_x
             _score_row(
-                coefficients, crops, q, taps_y[q] + final_y, one, dy, dx, side, weights, inverse_norm, metric, joint,
-                True, at,
+                coefficients, crops, q, taps_y[q] + final_y, one, dy, dx, side, totals, weights, inverse_norm, metric,
+                joint, True, at,
             )  # fmt: skip
             vertex = at[0]
             one[0] = taps_x[q] + x
             _score_row(
-                coefficients, crops, q, taps_y[q] + y, one, dy, dx, side, weights, inverse_norm, metric, joint, True,
-                at,
+                coefficients, crops, q, taps_y[q] + y, one, dy, dx, side, totals, weights, inverse_norm, metric, joint,
+                True, at,
             )  # fmt: skip
             if not (sign * vertex >= sign * at[0]):
                 final_y, final_x = y, x
         # the metric's own score there
         one[0] = taps_x[q] + final_x
         _score_row(
-            coefficients, crops, q, taps_y[q] + final_y, one, dy, dx, raw_side, weights, inverse_norm[:0], metric,
-            joint, True, at,
+            coefficients, crops, q, taps_y[q] + final_y, one, dy, dx, raw_side, totals, weights, inverse_norm[:0],
+            metric, joint, True, at,
         )  # fmt: skip
         score = at[0]
         failed |= np.isnan(score)
@@ -486,8 +490,8 @@ def _search(
 
 @numba.njit(cache=True, error_model="numpy")
 def _table(
-    coefficients, crops, q, first_y, first_x, y, x, step, drift, dy, dx, side, weights, inverse_norm, metric, joint,
-    sign, table, row, offsets,
+    coefficients, crops, q, first_y, first_x, y, x, step, drift, dy, dx, side, totals, weights, inverse_norm, metric,
+    joint, sign, table, row, offsets,
 ):  # fmt: skip
     """Fills table [5, 5] with the signed scores (higher better) of the grid of shifts ``step`` apart around
     (y, x), whose centre's first tap lies at (first_y, first_x); shifts beyond ``drift`` and scores that are not
@@ -497,8 +501,8 @@ def _table(
     nan = False
     for i in range(5):
         _score_row(
-            coefficients, crops, q, first_y + (i - 2) * step, offsets, dy, dx, side, weights, inverse_norm, metric,
-            joint, False, row,
+            coefficients, crops, q, first_y + (i - 2) * step, offsets, dy, dx, side, totals, weights, inverse_norm,
+            metric, joint, False, row,
         )  # fmt: skip
         for j in range(5):
             value = sign * row[j]
