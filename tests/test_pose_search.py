@@ -383,8 +383,8 @@ def test_explain_without_match_options_is_the_planners_and_refuses_what_match_re
 @pytest.mark.parametrize("metric", ["zncc", "ncc", "ssd", "ccoeff"])
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 def test_local_scores_in_place_agree_with_similarity(metric, dtype, monkeypatch) -> None:
-    """A local search's few windows scored one by one in place (the exact rescoring's kernel) and through
-    slidesim.similarity: the same scores, per crop and turned template, to float32 round-off of similarity's."""
+    """A local search's windows scored in place in one pass (the dense kernel) and through slidesim.similarity:
+    the same scores, per crop and turned template, to float32 round-off of similarity's."""
     pytest.importorskip("numba")
     from slidesim._validate import DEFAULT_OPTIONS, canonicalize
     from slidesim.banks import TransformStream
@@ -399,7 +399,7 @@ def test_local_scores_in_place_agree_with_similarity(metric, dtype, monkeypatch)
     options = {**DEFAULT_OPTIONS, "metric": metric}
     canon = canonicalize(crops, pictures, **{k: v for k, v in options.items() if k != "mask"}, mask=drawn)
     in_place = pose_search._local_similarity(canon, crops, pictures, drawn)
-    monkeypatch.setattr(pose_search, "IN_PLACE_TAPS", 0)
+    monkeypatch.setattr(pose_search, "_in_place", lambda *args: False)
     through = pose_search._local_similarity(canon, crops, pictures, drawn)
     assert in_place.shape == through.shape == (2, 6, 7, 6)
     assert in_place.dtype == torch.float64  # the kernel's float64, where similarity gives float32
