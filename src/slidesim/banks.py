@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import SlidesimValueError
+from .kernels.area_sums import fused_statistics_available
 
 __all__ = [
     "TransformStream",
@@ -256,6 +257,43 @@ class TransformStream:
         angles = self.angle_list[a0:a1]
         h, w = self.source.shape[-2:]
         Hc, Wc = self.canvas
+        tracked = [x for x in (self.source, self.user_mask) if x is not None and x.requires_grad]
+        if (
+            self.source.device.type == "cpu"
+            and fused_statistics_available()
+            and not (tracked and torch.is_grad_enabled())
+        ):
+            picture, weight = self._members_in_one_pass(t, scale, angles)
+        else:
+            picture, weight = self._members_by_sampler(t, scale, angles)
+        empty = (weight.sum(dim=(-1, -2, -3)) <= 0).any(dim=0)  # [A]
+        if bool(empty.any()):
+            angle = angles[int(empty.nonzero()[0])]
+            what = f"{h}x{w} template {t}" + ("" if self.user_mask is None else " under its `mask`")
+            raise SlidesimValueError(
+                f"`scales` and `rotations` must leave every template some weight; the {what} keeps none on the "
+                f"{Hc}x{Wc} canvas at scale {scale:g} and angle {angle:g}. Use a larger scale, or a mask with more "
+                "weight."
+            )
+        return picture, weight
+
+    def _members_in_one_pass(self, t: int, scale: float, angles: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_members` by the numba drawing kernel (the sampler's numbers to float64 round-off, in one pass
+        over the canvas instead of about ten; no gradient)."""
+        from .kernels.numba_draw import draw_turned
+
+        mask = None
+        if self.user_mask is not None:
+            Tm = self.user_mask.shape[1]
+            mask = self.user_mask[:, t if Tm > 1 else 0].detach().to(torch.float64).contiguous().numpy()
+        source = self._source(t, scale).detach().contiguous().numpy()
+        picture, weight = draw_turned(source, mask, angles, scale, self.canvas)
+        return torch.from_numpy(picture), torch.from_numpy(weight)
+
+    def _members_by_sampler(self, t: int, scale: float, angles: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_members` by torch's grid sampler (any device)."""
+        h, w = self.source.shape[-2:]
+        Hc, Wc = self.canvas
         dtype, device = torch.float64, self.source.device
         v = torch.arange(Hc, dtype=dtype, device=device)[:, None] - (Hc - 1) / 2  # canvas offsets from the centre
         u = torch.arange(Wc, dtype=dtype, device=device)[None, :] - (Wc - 1) / 2
@@ -270,20 +308,9 @@ class TransformStream:
         inside = inside.to(dtype)[None, :, None]  # [1, A, 1, Hc, Wc]
         picture = _sample(self._source(t, scale), rows, cols) * inside
         if self.user_mask is None:
-            weight = inside
-        else:
-            Tm = self.user_mask.shape[1]
-            weight = _sample(self.user_mask[:, t if Tm > 1 else 0].to(dtype), rows, cols) * inside
-        empty = (weight.sum(dim=(-1, -2, -3)) <= 0).any(dim=0)  # [A]
-        if bool(empty.any()):
-            angle = angles[int(empty.nonzero()[0])]
-            what = f"{h}x{w} template {t}" + ("" if self.user_mask is None else " under its `mask`")
-            raise SlidesimValueError(
-                f"`scales` and `rotations` must leave every template some weight; the {what} keeps none on the "
-                f"{Hc}x{Wc} canvas at scale {scale:g} and angle {angle:g}. Use a larger scale, or a mask with more "
-                "weight."
-            )
-        return picture, weight
+            return picture, inside
+        Tm = self.user_mask.shape[1]
+        return picture, _sample(self.user_mask[:, t if Tm > 1 else 0].to(dtype), rows, cols) * inside
 
     def _source(self, t: int, scale: float) -> torch.Tensor:
         """Template t of every bank [Bk, C, h, w] in float64, low-passed before shrinking (the last one kept: a
