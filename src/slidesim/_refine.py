@@ -49,6 +49,7 @@ which bounds the float32 path too.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 from typing import Any
 
@@ -157,7 +158,12 @@ def prefilter(n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
 
 def spline_coefficients(crops: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The cubic B-spline coefficients [..., Hc, Wc] in ``dtype`` of crops [..., Hc, Wc]: the prefilter of their
-    columns and of their rows."""
+    columns and of their rows (on the CPU with numba, by tridiagonal elimination in float64; else by the dense
+    inverse, on any device and under autograd)."""
+    if crops.device.type == "cpu" and importlib.util.find_spec("numba") is not None and not crops.requires_grad:
+        from .kernels.numba_refine import spline_prefilter
+
+        return spline_prefilter(crops).to(dtype)
     Hc, Wc = crops.shape[-2:]
     return prefilter(Hc, dtype) @ crops.to(dtype) @ prefilter(Wc, dtype).T
 

@@ -188,3 +188,20 @@ def test_smoothed_grid_scores_agree_with_smoothed_resampled_windows(metric, C, m
     unsmoothed = numba_refine.grid_scores(coefficients, crops, index, first_y, first_x, (1, 1),
                                           smoothed[_SIDE_OF[metric]], weights, None, metric, True, False)  # fmt: skip
     assert not torch.allclose(got, unsmoothed)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 1, 1, 6), (1, 3, 2, 2), (2, 2, 5, 9), (1, 1, 64, 37)])
+def test_the_tridiagonal_prefilter_is_the_dense_inverse(shape) -> None:
+    """The B-spline coefficients by elimination equal the dense prefilter's, and resample the crop at whole
+    pixels (the spline interpolates)."""
+    from slidesim import _refine
+
+    crops = torch.rand(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 255
+    got = numba_refine.spline_prefilter(crops)
+    Hc, Wc = shape[-2:]
+    want = _refine.prefilter(Hc) @ crops @ _refine.prefilter(Wc).T
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-10)
+    if Hc > 2 and Wc > 2:  # interior samples: (c[i-1] + 4 c[i] + c[i+1]) / 6 along each axis gives the crop back
+        rows = (got[..., :-2, :] + 4 * got[..., 1:-1, :] + got[..., 2:, :]) / 6
+        back = (rows[..., :-2] + 4 * rows[..., 1:-1] + rows[..., 2:]) / 6
+        torch.testing.assert_close(back, crops[..., 1:-1, 1:-1], rtol=0, atol=1e-9)
