@@ -104,6 +104,7 @@ def grid_scores(
         side.to(torch.float64).contiguous().numpy(),
         _weight_totals(side, weights),
         weights.to(torch.float64).contiguous().numpy(),
+        _row_extents(weights),
         _norm(inverse_norm, weights),
         METRIC_CODES[metric],
         joint,
@@ -179,6 +180,18 @@ def _weight_totals(side: torch.Tensor, weights: torch.Tensor) -> np.ndarray:
     return weights.to(torch.float64).sum(dim=(-2, -1)).expand(-1, side.shape[1]).contiguous().numpy()
 
 
+def _row_extents(weights: torch.Tensor) -> np.ndarray:
+    """[P, h, 2] int64: per template row, the first column with weight in any channel and one past the last (0, 0
+    for a row without weight). The kernels read and score only these columns (and their neighbours, for the
+    smoothing): a turned template's canvas is about half empty."""
+    has = (weights != 0).any(dim=1)  # [P, h, w]
+    w = has.shape[-1]
+    columns = torch.arange(w)
+    last = torch.where(has, columns + 1, 0).amax(dim=-1)
+    first = torch.where(last > 0, torch.where(has, columns, w).amin(dim=-1), 0)
+    return torch.stack([first, last], dim=-1).contiguous().numpy()
+
+
 def _norm(inverse_norm: torch.Tensor | None, weights: torch.Tensor) -> np.ndarray:
     """The smoothing's normalization as the kernels take it: an empty array for no smoothing."""
     if inverse_norm is None:
@@ -201,7 +214,7 @@ def _spline(f):
 
 @numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _grid_scores(
-    coefficients, crops, index, first_y, first_x, dy, dx, side, totals, weights, inverse_norm, metric, joint,
+    coefficients, crops, index, first_y, first_x, dy, dx, side, totals, weights, extents, inverse_norm, metric, joint,
     whole_pixels, out,
 ):  # fmt: skip
     """The loop of :func:`grid_scores`: one task per (item, row shift)."""
@@ -210,24 +223,41 @@ def _grid_scores(
         q = task // ny
         i = task % ny
         _score_row(
-            coefficients, crops, index[q], first_y[q, i], first_x[q], dy, dx, side, totals, weights, inverse_norm,
-            metric, joint, whole_pixels, out[q, i],
+            coefficients, crops, index[q], first_y[q, i], first_x[q], dy, dx, side, totals, weights, extents,
+            inverse_norm, metric, joint, whole_pixels, out[q, i],
         )  # fmt: skip
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _score_row(
-    coefficients, crops, P, fy, first_x, dy, dx, side, totals, weights, inverse_norm, metric, joint, whole_pixels, out
+    coefficients, crops, P, fy, first_x, dy, dx, side, totals, weights, extents, inverse_norm, metric, joint,
+    whole_pixels, out,
 ):  # fmt: skip
     """Scores out[j] of the windows of crop P whose first taps lie at (fy, first_x[j]): the coefficients' rows
     that the row shift reads are filtered once with its four spline weights, then each column shift filters that
     band's columns into a window, smooths it within the footprint where ``inverse_norm`` is not empty, and scores
-    it."""
+    it. Only the columns of each template row's extent [P, h, 2] are scored, and resampled with their neighbours
+    when smoothing (the window keeps zeros elsewhere)."""
     nx = first_x.shape[0]
     C = coefficients.shape[1]
     h, w = side.shape[2], side.shape[3]
     Cw = weights.shape[1]
     centred = metric in (CCOEFF, ZNCC)
+    smooth = inverse_norm.shape[0] > 0
+    # the columns each row resamples: its extent, widened by the smoothing's reach to its neighbours' extents
+    lo = np.zeros(h, dtype=np.int64)
+    hi = np.zeros(h, dtype=np.int64)
+    for a in range(h):
+        first, last = extents[P, a, 0], extents[P, a, 1]
+        if smooth:
+            first, last = w, 0
+            for near in range(max(0, a - 1), min(h, a + 2)):
+                if extents[P, near, 1] > extents[P, near, 0]:
+                    first = min(first, extents[P, near, 0] - 1)
+                    last = max(last, extents[P, near, 1] + 1)
+            first, last = max(first, 0), min(last, w)
+        if last > first:
+            lo[a], hi[a] = first, last
     # the columns that the column shifts read, filtered along rows once for all of them
     low = 10**9
     high = -(10**9)
@@ -239,20 +269,24 @@ def _score_row(
     by = math.floor(fy)
     ay = fy - by
     w0, w1, w2, w3 = _spline(ay)
+    spread = high - low - 3 - (w - 1) * dx  # how far apart the column shifts' first columns lie
     for c in range(C):
         for a in range(h):
+            if hi[a] <= lo[a]:
+                continue
             r = by - 1 + a * dy
-            for k in range(high - low + 1):
-                col = low + k
-                band[c, a, k] = (
-                    w0 * coefficients[P, c, r, col]
-                    + w1 * coefficients[P, c, r + 1, col]
-                    + w2 * coefficients[P, c, r + 2, col]
-                    + w3 * coefficients[P, c, r + 3, col]
-                )
-    window = np.empty((C, h, w))
-    smooth = inverse_norm.shape[0] > 0
-    rows = np.empty((h, w)) if smooth else np.empty((0, 0))
+            k0, k1 = lo[a] * dx, (hi[a] - 1) * dx + 4 + spread
+            # slices, so that the loops count from 0 (an index read from an array could be negative: numba would
+            # wrap it around, and the loop would not vectorize)
+            into = band[c, a, k0:k1]
+            c0 = coefficients[P, c, r, low + k0 : low + k1]
+            c1 = coefficients[P, c, r + 1, low + k0 : low + k1]
+            c2 = coefficients[P, c, r + 2, low + k0 : low + k1]
+            c3 = coefficients[P, c, r + 3, low + k0 : low + k1]
+            for k in range(k1 - k0):
+                into[k] = w0 * c0[k] + w1 * c1[k] + w2 * c2[k] + w3 * c3[k]
+    window = np.zeros((C, h, w))
+    rows = np.zeros((h, w)) if smooth else np.empty((0, 0))
     for j in range(nx):
         fx = first_x[j]
         bx = math.floor(fx)
@@ -260,8 +294,10 @@ def _score_row(
         if whole_pixels and ay == 0.0 and ax == 0.0:
             for c in range(C):
                 for a in range(h):
-                    for b in range(w):
-                        window[c, a, b] = crops[P, c, by + a * dy, bx + b * dx]
+                    pixels = crops[P, c, by + a * dy]
+                    into = window[c, a]
+                    for b in range(lo[a], hi[a]):
+                        into[b] = pixels[bx + b * dx]
         else:
             v0, v1, v2, v3 = _spline(ax)
             start = bx - 1 - low
@@ -269,15 +305,16 @@ def _score_row(
                 for a in range(h):
                     row = band[c, a]
                     if dx == 1:  # contiguous taps: the loop vectorizes
-                        for b in range(w):
-                            k = start + b
-                            window[c, a, b] = v0 * row[k] + v1 * row[k + 1] + v2 * row[k + 2] + v3 * row[k + 3]
+                        into = window[c, a, lo[a] : hi[a]]
+                        taps = row[start + lo[a] : start + hi[a] + 3]
+                        for b in range(hi[a] - lo[a]):
+                            into[b] = v0 * taps[b] + v1 * taps[b + 1] + v2 * taps[b + 2] + v3 * taps[b + 3]
                     else:
-                        for b in range(w):
+                        for b in range(lo[a], hi[a]):
                             k = start + b * dx
                             window[c, a, b] = v0 * row[k] + v1 * row[k + 1] + v2 * row[k + 2] + v3 * row[k + 3]
         if smooth:
-            _smooth_within(window, weights, inverse_norm, P, rows)
+            _smooth_within(window, weights, inverse_norm, P, rows, lo, hi, extents)
         # per-channel totals, then channels joined (joint) or their scores averaged
         cross_all = 0.0
         window_energy_all = 0.0
@@ -291,8 +328,10 @@ def _score_row(
             if centred:
                 weighted = 0.0
                 for a in range(h):
-                    for b in range(w):
-                        weighted += weights[P, cw, a, b] * window[c, a, b]
+                    first, last = extents[P, a, 0], extents[P, a, 1]
+                    wr, xr = weights[P, cw, a, first:last], window[c, a, first:last]
+                    for b in range(last - first):
+                        weighted += wr[b] * xr[b]
                 mean = weighted / total
             cross = 0.0
             window_energy = 0.0
@@ -300,20 +339,20 @@ def _score_row(
             # scores exactly 1 (a sum made elsewhere differs in the last bits)
             template_energy = 0.0
             # one loop per kind of metric, each without branches, so that the sums vectorize
-            if metric <= L1_SIMILARITY:
-                for a in range(h):
-                    for b in range(w):
-                        cross += weights[P, cw, a, b] * abs(window[c, a, b] - side[P, c, a, b])
-            elif metric == SSD:
-                for a in range(h):
-                    for b in range(w):
-                        d = weights[P, cw, a, b] * (window[c, a, b] - side[P, c, a, b])
+            for a in range(h):
+                first, last = extents[P, a, 0], extents[P, a, 1]
+                wr, xr, sr = weights[P, cw, a, first:last], window[c, a, first:last], side[P, c, a, first:last]
+                if metric <= L1_SIMILARITY:
+                    for b in range(last - first):
+                        cross += wr[b] * abs(xr[b] - sr[b])
+                elif metric == SSD:
+                    for b in range(last - first):
+                        d = wr[b] * (xr[b] - sr[b])
                         cross += d * d
-            else:
-                for a in range(h):
-                    for b in range(w):
-                        mv = weights[P, cw, a, b] * (window[c, a, b] - mean)
-                        s = side[P, c, a, b]
+                else:
+                    for b in range(last - first):
+                        mv = wr[b] * (xr[b] - mean)
+                        s = sr[b]
                         cross += mv * s
                         window_energy += mv * mv
                         template_energy += s * s
@@ -330,9 +369,11 @@ def _score_row(
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
-def _smooth_within(window, weights, inverse_norm, P, rows):
+def _smooth_within(window, weights, inverse_norm, P, rows, lo, hi, extents):
     """window [C, h, w] smoothed in place as :func:`slidesim._refine.smooth_within` smooths it: [1, 2, 1] / 4
-    along columns then rows of weights · window, times the inverse norm; rows [h, w] is scratch."""
+    along columns then rows of weights · window, times the inverse norm; rows [h, w] is scratch. Only the columns
+    of each row's extent (see :func:`_score_row`) are smoothed, from the sums of lo..hi, which hold them and their
+    neighbours."""
     C, h, w = window.shape
     Cw = weights.shape[1]
     for c in range(C):
@@ -341,22 +382,30 @@ def _smooth_within(window, weights, inverse_norm, P, rows):
             # the neighbours beyond the edge weigh nothing: their row is read with weight 0 (no branch inside)
             up, up_weight = (a - 1, 0.25) if a > 0 else (a, 0.0)
             down, down_weight = (a + 1, 0.25) if a < h - 1 else (a, 0.0)
-            for b in range(w):
-                rows[a, b] = (
-                    0.5 * weights[P, cw, a, b] * window[c, a, b]
-                    + up_weight * weights[P, cw, up, b] * window[c, up, b]
-                    + down_weight * weights[P, cw, down, b] * window[c, down, b]
+            first, last = lo[a], hi[a]
+            into = rows[a, first:last]
+            here_w, here_x = weights[P, cw, a, first:last], window[c, a, first:last]
+            up_w, up_x = weights[P, cw, up, first:last], window[c, up, first:last]
+            down_w, down_x = weights[P, cw, down, first:last], window[c, down, first:last]
+            for b in range(last - first):
+                into[b] = (
+                    0.5 * here_w[b] * here_x[b] + up_weight * up_w[b] * up_x[b] + down_weight * down_w[b] * down_x[b]
                 )
         for a in range(h):
-            if w == 1:
-                window[c, a, 0] = 0.5 * rows[a, 0] * inverse_norm[P, cw, a, 0]
+            first, last = extents[P, a, 0], extents[P, a, 1]
+            if last <= first:
                 continue
-            window[c, a, 0] = (0.5 * rows[a, 0] + 0.25 * rows[a, 1]) * inverse_norm[P, cw, a, 0]
-            for b in range(1, w - 1):
-                window[c, a, b] = (0.5 * rows[a, b] + 0.25 * (rows[a, b - 1] + rows[a, b + 1])) * inverse_norm[
-                    P, cw, a, b
-                ]
-            window[c, a, w - 1] = (0.5 * rows[a, w - 1] + 0.25 * rows[a, w - 2]) * inverse_norm[P, cw, a, w - 1]
+            # the edge columns apart, so that the loop between them has no branch and vectorizes
+            if first == 0:
+                right = rows[a, 1] if w > 1 else 0.0
+                window[c, a, 0] = (0.5 * rows[a, 0] + 0.25 * right) * inverse_norm[P, cw, a, 0]
+            b0, b1 = max(first, 1), min(last, w - 1)
+            if b1 > b0:
+                into, norm, sums = window[c, a, b0:b1], inverse_norm[P, cw, a, b0:b1], rows[a, b0 - 1 : b1 + 1]
+                for b in range(b1 - b0):
+                    into[b] = (0.5 * sums[b + 1] + 0.25 * (sums[b] + sums[b + 2])) * norm[b]
+            if last == w and w > 1:
+                window[c, a, w - 1] = (0.5 * rows[a, w - 1] + 0.25 * rows[a, w - 2]) * inverse_norm[P, cw, a, w - 1]
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
@@ -440,6 +489,7 @@ def search_peaks(
         side.to(torch.float64).contiguous().numpy(),
         _weight_totals(side, weights),
         weights.to(torch.float64).contiguous().numpy(),
+        _row_extents(weights),
         _norm(inverse_norm, weights),
         raw_side.to(torch.float64).contiguous().numpy(),
         METRIC_CODES[metric],
@@ -465,7 +515,7 @@ def search_peaks(
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _search(
-    coefficients, crops, taps_y, taps_x, searching, dy, dx, side, totals, weights, inverse_norm, raw_side,
+    coefficients, crops, taps_y, taps_x, searching, dy, dx, side, totals, weights, extents, inverse_norm, raw_side,
     metric, joint, sign, steps, drift, moves, newton, design, inverse, shifts, scores, handed_back,
 ):  # fmt: skip
     """The loop of :func:`search_peaks`: one task per crop."""
@@ -489,7 +539,7 @@ def _search(
                     if not (y == last_y and x == last_x and step == last_step):
                         failed |= _table(
                             coefficients, crops, q, taps_y[q] + y, taps_x[q] + x, y, x, step, drift, dy, dx, side,
-                            totals, weights, inverse_norm, metric, joint, sign, table, row, offsets,
+                            totals, weights, extents, inverse_norm, metric, joint, sign, table, row, offsets,
                         )  # fmt: skip
                         last_y, last_x, last_step = y, x, step
                     r, c = _best(table)
@@ -506,7 +556,8 @@ def _search(
                 if not (here_y == last_y and here_x == last_x and newton == last_step):
                     failed |= _table(
                         coefficients, crops, q, taps_y[q] + here_y, taps_x[q] + here_x, here_y, here_x, newton,
-                        drift, dy, dx, side, totals, weights, inverse_norm, metric, joint, sign, table, row, offsets,
+                        drift, dy, dx, side, totals, weights, extents, inverse_norm, metric, joint, sign, table, row,
+                        offsets,
                     )  # fmt: skip
                     last_y, last_x, last_step = here_y, here_x, newton
                 fitted, vy, vx = _vertex(table, design, inverse)
@@ -524,22 +575,22 @@ def _search(
         if final_y != y or final_x != x:
             one[0] = taps_x[q] + final_x
             _score_row(
-                coefficients, crops, q, taps_y[q] + final_y, one, dy, dx, side, totals, weights, inverse_norm, metric,
-                joint, True, at,
+                coefficients, crops, q, taps_y[q] + final_y, one, dy, dx, side, totals, weights, extents, inverse_norm,
+                metric, joint, True, at,
             )  # fmt: skip
             vertex = at[0]
             one[0] = taps_x[q] + x
             _score_row(
-                coefficients, crops, q, taps_y[q] + y, one, dy, dx, side, totals, weights, inverse_norm, metric, joint,
-                True, at,
+                coefficients, crops, q, taps_y[q] + y, one, dy, dx, side, totals, weights, extents, inverse_norm,
+                metric, joint, True, at,
             )  # fmt: skip
             if not (sign * vertex >= sign * at[0]):
                 final_y, final_x = y, x
         # the metric's own score there
         one[0] = taps_x[q] + final_x
         _score_row(
-            coefficients, crops, q, taps_y[q] + final_y, one, dy, dx, raw_side, totals, weights, inverse_norm[:0],
-            metric, joint, True, at,
+            coefficients, crops, q, taps_y[q] + final_y, one, dy, dx, raw_side, totals, weights, extents,
+            inverse_norm[:0], metric, joint, True, at,
         )  # fmt: skip
         score = at[0]
         failed |= np.isnan(score)
@@ -551,8 +602,8 @@ def _search(
 
 @numba.njit(cache=True, error_model="numpy")
 def _table(
-    coefficients, crops, q, first_y, first_x, y, x, step, drift, dy, dx, side, totals, weights, inverse_norm, metric,
-    joint, sign, table, row, offsets,
+    coefficients, crops, q, first_y, first_x, y, x, step, drift, dy, dx, side, totals, weights, extents, inverse_norm,
+    metric, joint, sign, table, row, offsets,
 ):  # fmt: skip
     """Fills table [5, 5] with the signed scores (higher better) of the grid of shifts ``step`` apart around
     (y, x), whose centre's first tap lies at (first_y, first_x); shifts beyond ``drift`` and scores that are not
@@ -562,8 +613,8 @@ def _table(
     nan = False
     for i in range(5):
         _score_row(
-            coefficients, crops, q, first_y + (i - 2) * step, offsets, dy, dx, side, totals, weights, inverse_norm,
-            metric, joint, False, row,
+            coefficients, crops, q, first_y + (i - 2) * step, offsets, dy, dx, side, totals, weights, extents,
+            inverse_norm, metric, joint, False, row,
         )  # fmt: skip
         for j in range(5):
             value = sign * row[j]
