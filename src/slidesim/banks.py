@@ -243,16 +243,19 @@ class TransformStream:
             t, r = divmod(j, self.transforms)
             scale_index, first = divmod(r, len(self.angle_list))
             last = min(len(self.angle_list), first + j1 - j)
-            picture, weight = self._members(t, scale_index, first, last)
+            picture, weight = self._members(t, scale_index, first, last, self.source.dtype)
             pictures.append(picture)
             masks.append(weight)
             j += last - first
-        dtype = self.source.dtype
-        return torch.cat(pictures, dim=1).to(dtype).contiguous(), torch.cat(masks, dim=1).to(dtype).contiguous()
+        if len(pictures) == 1:  # one run: drawn in the bank's dtype already, no copy
+            return pictures[0].contiguous(), masks[0].contiguous()
+        return torch.cat(pictures, dim=1), torch.cat(masks, dim=1)
 
-    def _members(self, t: int, scale_index: int, a0: int, a1: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _members(
+        self, t: int, scale_index: int, a0: int, a1: int, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Template t at scale ``scale_index`` under angles a0..a1: (pictures [Bk, A, C, Hc, Wc], weights
-        [Bm, A, Cm, Hc, Wc]) in float64, A = a1 − a0."""
+        [Bm, A, Cm, Hc, Wc]) in ``dtype`` (drawn in float64), A = a1 − a0."""
         scale = self.scale_list[scale_index]
         angles = self.angle_list[a0:a1]
         h, w = self.source.shape[-2:]
@@ -263,9 +266,10 @@ class TransformStream:
             and fused_statistics_available()
             and not (tracked and torch.is_grad_enabled())
         ):
-            picture, weight = self._members_in_one_pass(t, scale, angles)
+            picture, weight = self._members_in_one_pass(t, scale, angles, dtype)
         else:
             picture, weight = self._members_by_sampler(t, scale, angles)
+            picture, weight = picture.to(dtype), weight.to(dtype)
         empty = (weight.sum(dim=(-1, -2, -3)) <= 0).any(dim=0)  # [A]
         if bool(empty.any()):
             angle = angles[int(empty.nonzero()[0])]
@@ -277,7 +281,9 @@ class TransformStream:
             )
         return picture, weight
 
-    def _members_in_one_pass(self, t: int, scale: float, angles: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _members_in_one_pass(
+        self, t: int, scale: float, angles: list[float], dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`_members` by the numba drawing kernel (the sampler's numbers to float64 round-off, in one pass
         over the canvas instead of about ten; no gradient)."""
         from .kernels.numba_draw import draw_turned
@@ -287,7 +293,8 @@ class TransformStream:
             Tm = self.user_mask.shape[1]
             mask = self.user_mask[:, t if Tm > 1 else 0].detach().to(torch.float64).contiguous().numpy()
         source = self._source(t, scale).detach().contiguous().numpy()
-        picture, weight = draw_turned(source, mask, angles, scale, self.canvas)
+        numpy_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+        picture, weight = draw_turned(source, mask, angles, scale, self.canvas, numpy_dtype)
         return torch.from_numpy(picture), torch.from_numpy(weight)
 
     def _members_by_sampler(self, t: int, scale: float, angles: list[float]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,11 +28,13 @@ def draw_turned(
     angles: list[float],
     scale: float,
     canvas: tuple[int, int],
+    dtype: np.dtype = np.float64,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Templates source [N, C, h, w] float64 turned by each of ``angles`` (degrees, counter-clockwise as displayed)
     and scaled by ``scale`` about the canvas centre -> (pictures [N, A, C, Hc, Wc], weights [Nm, A, Cm, Hc, Wc]),
-    float64: the bilinear sample where the source point lies inside the template (within ``INSIDE``), else 0; the
-    weights are the mask [Nm, Cm, h, w] sampled alike, or 1 inside (Nm = Cm = 1) without a mask.
+    in ``dtype`` (computed in float64, rounded as they are stored): the bilinear sample where the source point
+    lies inside the template (within ``INSIDE``), else 0; the weights are the mask [Nm, Cm, h, w] sampled alike,
+    or 1 inside (Nm = Cm = 1) without a mask.
 
     Example:
         >>> source = np.arange(12.0).reshape(1, 1, 3, 4)
@@ -47,12 +49,12 @@ def draw_turned(
     # the same cosines and sines as the torch drawing's (math.cos of each angle's radians)
     cosines = np.array([math.cos(float(r)) for r in radians])
     sines = np.array([math.sin(float(r)) for r in radians])
-    pictures = np.empty((N, A, C, Hc, Wc))
+    pictures = np.empty((N, A, C, Hc, Wc), dtype=dtype)
     if mask is None:
-        weights = np.empty((1, A, 1, Hc, Wc))
+        weights = np.empty((1, A, 1, Hc, Wc), dtype=dtype)
         mask = np.empty((0, 0, 0, 0))
     else:
-        weights = np.empty((mask.shape[0], A, mask.shape[1], Hc, Wc))
+        weights = np.empty((mask.shape[0], A, mask.shape[1], Hc, Wc), dtype=dtype)
     numba_threads()
     _draw(source, mask, cosines, sines, scale, pictures, weights)
     return pictures, weights
@@ -75,10 +77,23 @@ def _bilinear(plane, row, col):
     return top * (1.0 - fy) + bottom * fy
 
 
+@numba.njit(inline="always")
+def _span(offset, slope, low, high, first, last):
+    """The values of u in [first, last] with low <= offset + slope · u <= high, widened by a pixel each way (the
+    caller tests each pixel of it exactly): (first, last) narrowed, empty when first > last."""
+    if abs(slope) < 1e-12:  # (nearly) constant along the row: every pixel or none, tested one by one
+        return first, last
+    a, b = (low - offset) / slope, (high - offset) / slope
+    if a > b:
+        a, b = b, a
+    return max(first, math.floor(a) - 1.0), min(last, math.ceil(b) + 1.0)
+
+
 @numba.njit(parallel=True, cache=True)
 def _draw(source, mask, cosines, sines, scale, pictures, weights):
     """Writes pictures [N, A, C, Hc, Wc] and weights [Nm, A, Cm, Hc, Wc] (see :func:`draw_turned`); ``mask`` of
-    size 0 draws weights of 1 inside."""
+    size 0 draws weights of 1 inside. Each canvas row tests only the pixels near the span that the template
+    covers (found from the map's slopes) and writes zeros elsewhere."""
     N, C, h, w = source.shape
     A, Hc, Wc = pictures.shape[1], pictures.shape[3], pictures.shape[4]
     masked = mask.size > 0
@@ -86,10 +101,23 @@ def _draw(source, mask, cosines, sines, scale, pictures, weights):
         a, i = task // Hc, task % Hc
         c, s = cosines[a], sines[a]
         v = i - (Hc - 1) / 2
-        for j in range(Wc):
-            u = j - (Wc - 1) / 2
-            # displayed counter-clockwise with y down: template offset (dy, dx) lands at canvas offset
-            # (c·dy − s·dx, s·dy + c·dx) · scale; this is that map inverted for the canvas pixel
+        centre_u = (Wc - 1) / 2
+        # displayed counter-clockwise with y down: template offset (dy, dx) lands at canvas offset
+        # (c·dy − s·dx, s·dy + c·dx) · scale; its inverse gives the canvas pixel's source point (row, col)
+        first, last = _span(c * v / scale + (h - 1) / 2, s / scale, -INSIDE, h - 1 + INSIDE, -centre_u, centre_u)
+        first, last = _span(-s * v / scale + (w - 1) / 2, c / scale, -INSIDE, w - 1 + INSIDE, first, last)
+        j0 = int(first + centre_u) if first <= last else Wc
+        j1 = int(last + centre_u) + 1 if first <= last else Wc
+        for n in range(N):
+            for k in range(C):
+                pictures[n, a, k, i, :j0] = 0.0
+                pictures[n, a, k, i, j1:] = 0.0
+        for n in range(weights.shape[0]):
+            for k in range(weights.shape[2]):
+                weights[n, a, k, i, :j0] = 0.0
+                weights[n, a, k, i, j1:] = 0.0
+        for j in range(j0, j1):
+            u = j - centre_u
             row = (c * v + s * u) / scale + (h - 1) / 2
             col = (-s * v + c * u) / scale + (w - 1) / 2
             inside = -INSIDE <= row <= h - 1 + INSIDE and -INSIDE <= col <= w - 1 + INSIDE
