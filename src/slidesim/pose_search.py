@@ -614,9 +614,7 @@ def local_scores(
     c0, c1 = max(0, left - reach), min(W, left + reach + Wc)
     if r1 - r0 < Hc or c1 - c0 < Wc:
         return None
-    pictures, drawn = stream.draw(0, stream.members)
-    if not bool(torch.isfinite(pictures).all()):
-        pictures = torch.where(drawn > 0, pictures, 0.0)
+    pictures, drawn = _drawn(stream, 0, stream.members)
     crop = image[c.b : c.b + 1, :, r0:r1, c0:c1]
     scores = _local_similarity(canon, crop, pictures, drawn)[0].to(torch.float64).cpu()
     worst = -math.inf if canon.spec.higher_is_better else math.inf
@@ -685,6 +683,15 @@ def _best(local: LocalScores, c: Candidate, higher: bool) -> Candidate | None:
     )
 
 
+def _drawn(stream: TransformStream, j0: int, j1: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Members j0..j1 of ``stream`` drawn, canonical: a pixel of weight zero is 0 even where the template holds
+    NaN or ±inf (the drawing of a finite template is finite: only then is a drawn canvas searched for them)."""
+    pictures, drawn = stream.draw(j0, j1)
+    if not bool(torch.isfinite(stream.source).all()):
+        pictures = torch.where(drawn > 0, pictures, 0.0)
+    return pictures, drawn
+
+
 class MemberCache:
     """Members of a level's bank drawn on the canvases asked for, kept for the level: a candidate searched again
     around a moved centre (and candidates that share poses) reuse them.
@@ -715,9 +722,7 @@ class MemberCache:
             todo = [a for a, s in missing if s == scale]
             stream = TransformStream(self.templates[b, c.t][None, None], weights, todo, [scale])
             stream.canvas = canvas  # drawn about the canvas centre: a larger canvas only adds weightless pixels
-            pictures, drawn = stream.draw(0, stream.members)
-            if not bool(torch.isfinite(pictures).all()):
-                pictures = torch.where(drawn > 0, pictures, 0.0)
+            pictures, drawn = _drawn(stream, 0, stream.members)
             for i, a in enumerate(todo):
                 self._drawn[(*key, a, scale)] = (pictures[0, i], drawn[0, i])
         members = [self._drawn[(*key, a, s)] for s in scales for a in angles]
@@ -985,9 +990,7 @@ def finish(
             mask = canon.mask
             weights = None if mask is None else mask[c.b if mask.shape[0] > 1 else 0, c.t if mask.shape[1] > 1 else 0]
             stream = TransformStream(bank, None if weights is None else weights[None, None], [c.angle], [c.scale])
-            picture, drawn = stream.draw(0, 1)
-            if not bool(torch.isfinite(picture).all()):
-                picture = torch.where(drawn > 0, picture, 0.0)
+            picture, drawn = _drawn(stream, 0, 1)
             peaks.append(Peak(canon.images[c.b], picture[0, 0], drawn[0, 0], (c.y, c.x)))
         refined = refine_peaks(peaks, canon.dilation, higher, call, progress)
         found = _ranked([replace(c, y=y, x=x, score=s) for c, (y, x, s) in zip(found, refined, strict=True)], higher)
