@@ -405,3 +405,29 @@ def test_local_scores_in_place_agree_with_similarity(metric, dtype, monkeypatch)
     assert in_place.dtype == torch.float64  # the kernel's float64, where similarity gives float32
     scale = float(through.abs().amax())
     np.testing.assert_allclose(in_place.numpy(), through.double().numpy(), rtol=0, atol=2e-5 * scale)
+
+
+@pytest.mark.parametrize(("h", "w"), [(9, 9), (8, 13)])
+def test_sector_footprints_lie_within_every_member_and_keep_most_of_the_template(h, w) -> None:
+    """Each angle's sector mask is common to the sector (one mask, shared statistics), lies within the angle's own
+    turned footprint (the template has pixels under every weight) and keeps more than the inscribed disk."""
+    from slidesim.banks import TransformStream
+
+    templates = torch.rand(1, 1, 1, h, w, dtype=torch.float64)
+    angles = pose_search.sector_order([float(a) for a in range(0, 360, 7)], h, w, 15.0)
+    canvas = pose_search.canvas_size(h, w, angles, [1.1])
+    stream = pose_search.SectorStream(templates, angles, 1.1, canvas, 15.0)
+    pictures, masks = stream.draw(0, stream.members)
+    own = TransformStream(templates, None, angles, [1.1])
+    own.canvas = canvas
+    _, footprints = own.draw(0, own.members)
+    assert bool((masks <= footprints).all())
+    assert bool((pictures[masks == 0] == 0).all())
+    sectors = stream.sector_of
+    assert sectors == sorted(sectors)  # grouped, so that a streamed bank meets each mask in one run
+    for i in range(1, len(angles)):
+        if sectors[i] == sectors[i - 1]:
+            assert torch.equal(masks[:, i], masks[:, i - 1])
+    radius = 1.1 * (min(h, w) - 1) / 2
+    disk = math.pi * radius**2
+    assert float(masks.sum(dim=(-1, -2, -3)).min()) > 1.1 * disk
