@@ -14,8 +14,9 @@ of the beam before the best of the rest fill it, at least a quarter of the templ
 their poses differ by several steps (at most two poses per place). At each finer level a candidate's position is
 doubled and re-searched ±3 pixels around it, under the poses of the finer grid within one coarser step of its pose
 (turned footprints, exact scores), by scoring a crop of the image against a small bank of templates drawn by
-:class:`slidesim.banks.TransformStream`; the candidates of a level are scored together, their crops stacked in one
-:func:`slidesim.similarity` call with a bank per crop. At full resolution the scores are those of the metric at
+:class:`slidesim.banks.TransformStream`; the candidates of a level are scored together, every window of their stacked
+crops in one pass by :func:`slidesim.kernels.numba_dense.dense_scores` (or one :func:`slidesim.similarity` call
+with a bank per crop without numba). At full resolution the scores are those of the metric at
 whole-pixel positions, as the exhaustive search computes them. For ranges given as :func:`slidesim.interval`, the
 angle and scale are then refined below the grid step (parabolas through the scores at neighbouring poses), and the
 position to a fraction of a pixel by :func:`slidesim._refine_many.refine_peaks`.
@@ -749,7 +750,7 @@ def local_scores_many(
 ) -> list[LocalScores | None]:
     """:func:`local_scores` of every candidate under its own (angles, scales), in few calls.
 
-    Candidates are scored together by one :func:`slidesim.similarity` call on the stack of their crops, each with
+    Candidates are scored together by one :func:`_local_similarity` call on the stack of their crops, each with
     its own bank and mask (per-image banks [N, R, C, Hc, Wc]), when their pose lists have one length: on the
     largest of their canvases where its crop lies inside the image (pixels outside a drawn template weigh
     nothing, and canvases of the template's parity put the centres on the same grid, so the scores are those of
