@@ -157,3 +157,39 @@ def test_connectedness_of_supports() -> None:
     disk = _disk(12) > 0
     assert _connected(torch.stack([c_shape, pieces, empty])).tolist() == [True, False, True]
     assert bool(_connected(disk[None])[0]) and bool(_connected(ring[None])[0])
+
+
+@pytest.mark.parametrize("fractional", [False, True])
+@pytest.mark.parametrize("stride", [(1, 1), (2, 3)])
+def test_rectangle_footprints_sum_by_box_sums(fractional: bool, stride, monkeypatch) -> None:
+    """Weights that are one whole value on a rectangle (a scaled template's footprint) sum integer planes by
+    summed-area tables, exactly and without a transform; fractional planes (or weights of other shapes) keep the
+    transform."""
+    image = _dark_picture(fractional)
+    weights = torch.zeros(1, 3, 1, 13, 15, dtype=torch.float64)
+    weights[0, 0, 0, 2:11, 3:12] = 1.0
+    weights[0, 1, 0, :, :] = 1.0
+    weights[0, 2, 0, 4:9, 0:7] = 3.0  # another whole value
+    (H, W), (h, w) = (70, 90), (13, 15)
+    geom = Geometry(stride, (1, 1), (H - h) // stride[0] + 1, (W - w) // stride[1] + 1, (h, w))
+    transformed = []
+    fft_correlate = area_sums.fft_correlate
+
+    def counting(*args, **kwargs):
+        transformed.append(True)
+        return fft_correlate(*args, **kwargs)
+
+    monkeypatch.setattr(area_sums, "fft_correlate", counting)
+    prims = AreaSumReductions(geom, 2**20)
+    want = conv_correlate(image, weights, geom)
+    for sums in (prims.window_sum(image, weights, exact_zeros=False), prims.window_sum_bounded(image, weights)[0]):
+        if fractional:
+            torch.testing.assert_close(sums, want, rtol=1e-9, atol=1e-12)
+        else:
+            assert torch.equal(sums, want)
+    assert bool(transformed) == fractional
+    transformed.clear()
+    notched = weights.clone()
+    notched[0, 0, 0, 5, 5] = 0.0  # no longer a rectangle
+    prims.window_sum(image.round(), notched, exact_zeros=False)
+    assert transformed

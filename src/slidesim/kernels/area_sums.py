@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .._threads import numba_threads
-from .boxes import box_sums, channel_box_sums
+from .boxes import box_sums, channel_box_sums, integral_table
 from .conv import UNFOLD_BUDGET, conv_correlate
 from .spectral import fft_correlate, transform_size
 from .taps import TapReductions, gather_windows, tap_sums_rounding_bound
@@ -96,6 +96,22 @@ def _grown_connected(region: torch.Tensor) -> bool:
         if torch.equal(wider, grown):
             return bool(torch.equal(grown, region))
         grown = wider
+
+
+def _rectangle(weights: torch.Tensor) -> tuple[tuple[int, int, int, int], float] | None:
+    """((r0, r1, c0, c1), v) where weights [h, w] are v != 0 on rows r0:r1 and columns c0:c1 and 0 elsewhere, with
+    v a whole number; else None."""
+    inside = weights != 0
+    rows, cols = inside.any(dim=1).nonzero(), inside.any(dim=0).nonzero()
+    if len(rows) == 0:
+        return None
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    value = float(weights[r0, c0])
+    if value != round(value) or int(inside.sum()) != (r1 - r0) * (c1 - c0):
+        return None
+    if not bool((weights[r0:r1, c0:c1] == value).all()):
+        return None
+    return (r0, r1, c0, c1), value
 
 
 @dataclass(frozen=True)
@@ -196,10 +212,53 @@ class AreaSumReductions(TapReductions):
         the exact flat test decides) they use a float64 FFT, whose error is within the flat test's rounding bound.
         """
         if weights is not None:
+            rectangle = self._rectangle_sums(plane, weights)
+            if rectangle is not None:
+                return rectangle
             if not exact_zeros:
                 return fft_correlate(plane, weights, self.geom, self.chunk_bytes, spectra=self.spectra)
             return self.window_sum_bounded(plane, weights)[0]
         return channel_box_sums(plane, self.geom)
+
+    def _rectangle_sums(self, plane: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
+        """Σ weights · plane over each window -> [B, Tm, H', W'] float64, exactly, where every template's weights
+        [1, Tm, 1, h, w] are one value on a rectangle and 0 elsewhere (a scaled template's footprint on its
+        canvas) and plane [B, 1, Hp, Wp] holds integers whose summed-area table stays below 2^53: box sums of the
+        rectangle (summed-area tables, O(H·W)) times the value. None otherwise.
+
+        A scale search's footprints are such rectangles: their masked window sums took two float64 transforms per
+        scale (9 scales of a 64² template on a 1024² photograph: 0.30 s against a cv2 resize and match loop's
+        0.13 s).
+        """
+        if weights.shape[0] != 1 or weights.shape[2] != 1 or plane.shape[1] != 1 or plane.requires_grad:
+            return None
+        if weights.requires_grad or plane.device.type != "cpu":
+            return None
+        rectangles = [_rectangle(weights[0, t, 0]) for t in range(weights.shape[1])]
+        if any(r is None for r in rectangles):
+            return None
+        values = plane.detach().to(torch.float64)
+        if float(values.abs().amax()) * values.shape[-2] * values.shape[-1] >= 2.0**53:
+            return None
+        if not bool(torch.equal(values, torch.round(values))):
+            return None
+        (dy, dx), (sy, sx) = self.geom.dilation, self.geom.stride
+        count = (self.geom.out_height, self.geom.out_width)
+        out = values.new_empty(values.shape[0], len(rectangles), *count)
+        table = integral_table(values) if (dy, dx) == (1, 1) else None  # one table for every rectangle
+        for t, ((r0, r1, c0, c1), value) in enumerate(rectangles):  # type: ignore[misc]
+            if table is None:
+                out[:, t : t + 1] = box_sums(values[..., r0 * dy :, c0 * dx :], (r1 - r0, c1 - c0), self.geom, count)
+            else:
+                rows = [slice(r, r + (count[0] - 1) * sy + 1, sy) for r in (r0, r1)]
+                cols = [slice(c, c + (count[1] - 1) * sx + 1, sx) for c in (c0, c1)]
+                box = out[:, t : t + 1]
+                torch.sub(table[..., rows[1], cols[1]], table[..., rows[0], cols[1]], out=box)
+                box -= table[..., rows[1], cols[0]]
+                box += table[..., rows[0], cols[0]]
+            if value != 1.0:
+                out[:, t : t + 1] *= value
+        return out
 
     def _masked_flat(self, plane: torch.Tensor, support: torch.Tensor, rows: tuple[int, int] | None) -> torch.Tensor:
         """:meth:`window_flat` under connected supports [Bm, Tm, 1, h, w]: no neighbouring pair inside the support
@@ -224,6 +283,9 @@ class AreaSumReductions(TapReductions):
     def window_sum_bounded(self, plane: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, float]:
         """(Σ weights · plane over each window -> [B, Tm, H', W'] with exact zeros, as :meth:`window_sum` has
         them; a bound on any window's rounding error). plane [B, C', Hp, Wp], weights [Bm, Tm, C', h, w]."""
+        rectangle = self._rectangle_sums(plane, weights)
+        if rectangle is not None:
+            return rectangle, 0.0
         taps = weights.shape[-2] * weights.shape[-1]
         if taps > FFT_EXACT_TAPS and not plane.requires_grad and not weights.requires_grad:
             return self._sums_with_exact_zeros(plane, weights)

@@ -27,7 +27,7 @@ def _box_last_axis(x: torch.Tensor, taps: int, dilation: int, stride: int, count
     return cumulative[..., dilation * taps : dilation * taps + last : stride] - cumulative[..., :last:stride]
 
 
-def _integral(plane: torch.Tensor) -> torch.Tensor:
+def integral_table(plane: torch.Tensor) -> torch.Tensor:
     """Summed-area table of plane [..., Hp, Wp] in float64 with a zero first row and column -> [..., Hp+1, Wp+1]."""
     if plane.requires_grad:  # the differentiable spelling; the one below writes into a preallocated table
         return F.pad(plane.to(torch.float64).cumsum(dim=-1).cumsum(dim=-2), (1, 0, 1, 0))
@@ -50,7 +50,7 @@ def box_sums(plane: torch.Tensor, taps: tuple[int, int], geom: Geometry, count: 
     if taps[0] == 0 or taps[1] == 0:
         return plane.new_zeros(*plane.shape[:-2], *count, dtype=torch.float64)
     if dy == 1 and dx == 1:
-        table = _integral(plane)
+        table = integral_table(plane)
         (h, w), (n_rows, n_cols) = taps, count
         top, bottom = slice(0, (n_rows - 1) * sy + 1, sy), slice(h, h + (n_rows - 1) * sy + 1, sy)
         left, right = slice(0, (n_cols - 1) * sx + 1, sx), slice(w, w + (n_cols - 1) * sx + 1, sx)

@@ -478,7 +478,13 @@ class WindowStatistics:
             second = self.prims.window_sum(squares, None if not self.masked else w_c, exact_zeros=whole)
             if whole:  # exact while n·Σ I² < 2^53: (Σ I)² is at most that
                 n = m_c.sum(dim=(-1, -2, -3))[..., None, None]
-                whole = float((n * second).max()) < 2.0**53
+                whole = float(second.amax()) * float(n.amax()) < 2.0**53
+            if whole and not second.requires_grad and not first.requires_grad:
+                # n·Σ I² − (Σ I)² in place (second is not read again on this path): full-size passes are most of
+                # the statistics' cost when the sums come from summed-area tables
+                part = torch.addcmul(second.mul_(n), first, first, value=-1.0, out=second)
+                spread = part if spread is None else spread.add_(part)
+            elif whole:
                 part = n * second - first * first
                 spread = part if spread is None else spread + part
             weighted = None if self.binary else self.prims.window_sum(plane, w_c, exact_zeros=False)
@@ -491,13 +497,14 @@ class WindowStatistics:
                     weighted = weighted + offset * on_weights
                 far = variance_rounding_bound(float(offset.abs().max()), self.image.shape[-2:], m_c)
                 tolerance = tolerance + torch.where(on_box > 0, far, 0.0)
-            mean = first / m_c.sum(dim=(-1, -2, -3))[..., None, None].clamp_min(tiny())
             if whole:
                 var_c = part / n.clamp_min(1)  # rounded once, from the exact spread
-            elif self.binary:
-                var_c = second - mean * first
             else:
-                var_c = second - 2 * mean * weighted + mean * mean * w_c.sum(dim=(-1, -2, -3))[..., None, None]
+                mean = first / m_c.sum(dim=(-1, -2, -3))[..., None, None].clamp_min(tiny())
+                if self.binary:
+                    var_c = second - mean * first
+                else:
+                    var_c = second - 2 * mean * weighted + mean * mean * w_c.sum(dim=(-1, -2, -3))[..., None, None]
             variance = var_c if variance is None else variance + var_c
         if whole and spread is not None:
             flat, uncertain = spread.detach() == 0, None
