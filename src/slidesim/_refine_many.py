@@ -349,6 +349,7 @@ class _Surfaces:
             self.joint,
             higher,
             (CLIMB_STEPS, DRIFT, MAX_MOVES, NEWTON_STEP),
+            quadratic_design(),
         )
         return fy, fx, score, handed_back | ~weighted
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from slidesim._refine import resample, spline_coefficients
+from slidesim._refine import quadratic_design, resample, spline_coefficients
 from slidesim._refine_many import _quick_scores
 
 numba_refine = pytest.importorskip("slidesim.kernels.numba_refine")
@@ -144,7 +144,7 @@ def test_the_search_moves_peaks_to_the_shift_of_the_scene() -> None:
     fy, fx, score, handed_back = numba_refine.search_peaks(
         spline_coefficients(crops, torch.float64), crops, torch.tensor([20.0, 20.0]), torch.tensor([18.0, 18.0]),
         torch.tensor([True, False]), (1, 1), centred, weights, None, centred, "zncc", True, True,
-        ((0.5, 0.125, 1 / 32), 8.0, 8, 1 / 32),
+        ((0.5, 0.125, 1 / 32), 8.0, 8, 1 / 32), quadratic_design(),
     )  # fmt: skip
     assert not bool(handed_back.any())
     np.testing.assert_allclose([float(fy[0]), float(fx[0])], [0.3, -0.45], atol=5e-3)

@@ -39,7 +39,7 @@ def draw_turned(
     Example:
         >>> source = np.arange(12.0).reshape(1, 1, 3, 4)
         >>> pictures, weights = draw_turned(source, None, [0.0, 180.0], 1.0, (3, 4))
-        >>> bool((pictures[0, 0, 0] == source[0, 0]).all()), pictures[0, 1, 0, 0, 0], weights.shape
+        >>> bool((pictures[0, 0, 0] == source[0, 0]).all()), float(pictures[0, 1, 0, 0, 0]), weights.shape
         (True, 11.0, (1, 2, 1, 3, 4))
     """
     N, C = source.shape[:2]

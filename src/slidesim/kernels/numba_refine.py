@@ -441,6 +441,7 @@ def search_peaks(
     joint: bool,
     higher: bool,
     search: tuple[tuple[float, ...], float, int, float],
+    quadratic: tuple[torch.Tensor, torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The whole sub-pixel search of :mod:`slidesim._refine_many` (climbing grids, Newton steps on the last one,
     the vertex kept only where it scores at least as well as the grids' best shift) for every crop, one thread per
@@ -463,21 +464,21 @@ def search_peaks(
         higher: Whether higher scores are better.
         search: (the climbing grids' steps in px, the farthest shift in px, the moves a grid may make beyond its
             edge, the Newton grid's step in px).
+        quadratic: (design [25, 6], its pseudo-inverse [6, 25]) of the full quadratic fitted to a 5 × 5 grid
+            (:func:`slidesim._refine.quadratic_design`).
 
     Returns:
         (shift y [P], shift x [P], score [P] (float64, the metric's own sign), handed back [P] bool: a score the
         metric's formula does not give (a zero energy), which the caller's search refines by the degenerate rules).
     """
-    from .._refine import HALF, quadratic_design
-
-    if HALF != 2:
+    design, inverse = quadratic
+    if design.shape != (25, 6):
         raise AssertionError("the search kernel is written for 5 × 5 grids")
     steps, drift, moves, newton = search
     P = len(crops)
     shifts = np.zeros((P, 2))
     scores = np.zeros(P)
     handed_back = np.zeros(P, dtype=np.bool_)
-    design, inverse = quadratic_design()
     numba_threads()
     _search(
         coefficients.contiguous().numpy(),
