@@ -37,6 +37,19 @@ def _dark_picture(fractional: bool) -> torch.Tensor:
     return torch.from_numpy(image)[None, None]
 
 
+def _count_transforms(monkeypatch) -> list[bool]:
+    """A list that gets an entry for every transform the window sums run from now on."""
+    transformed: list[bool] = []
+    fft_correlate = area_sums.fft_correlate
+
+    def counting(*args, **kwargs):
+        transformed.append(True)
+        return fft_correlate(*args, **kwargs)
+
+    monkeypatch.setattr(area_sums, "fft_correlate", counting)
+    return transformed
+
+
 @pytest.mark.parametrize("fractional", [False, True])
 @pytest.mark.parametrize("in_place", [True, False])
 def test_exact_zero_sums_match_tap_sums(fractional: bool, in_place: bool, monkeypatch) -> None:
@@ -51,14 +64,7 @@ def test_exact_zero_sums_match_tap_sums(fractional: bool, in_place: bool, monkey
     weights = _disk(12)[None, None, None]
     assert weights.shape[-1] * weights.shape[-2] > FFT_EXACT_TAPS
     geom = _geometry((70, 90), (12, 12))
-    transformed = []
-    fft_correlate = area_sums.fft_correlate
-
-    def counting(*args, **kwargs):
-        transformed.append(True)
-        return fft_correlate(*args, **kwargs)
-
-    monkeypatch.setattr(area_sums, "fft_correlate", counting)
+    transformed = _count_transforms(monkeypatch)
     sums, bound = AreaSumReductions(geom, 2**20).window_sum_bounded(squares, weights)
     taps = conv_correlate(squares, weights, geom)
     assert transformed  # the transform ran, not conv2d
@@ -172,14 +178,7 @@ def test_rectangle_footprints_sum_by_box_sums(fractional: bool, stride, monkeypa
     weights[0, 2, 0, 4:9, 0:7] = 3.0  # another whole value
     (H, W), (h, w) = (70, 90), (13, 15)
     geom = Geometry(stride, (1, 1), (H - h) // stride[0] + 1, (W - w) // stride[1] + 1, (h, w))
-    transformed = []
-    fft_correlate = area_sums.fft_correlate
-
-    def counting(*args, **kwargs):
-        transformed.append(True)
-        return fft_correlate(*args, **kwargs)
-
-    monkeypatch.setattr(area_sums, "fft_correlate", counting)
+    transformed = _count_transforms(monkeypatch)
     prims = AreaSumReductions(geom, 2**20)
     want = conv_correlate(image, weights, geom)
     for sums in (prims.window_sum(image, weights, exact_zeros=False), prims.window_sum_bounded(image, weights)[0]):
