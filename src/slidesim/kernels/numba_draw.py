@@ -116,10 +116,13 @@ def _draw(source, mask, cosines, sines, scale, pictures, weights):
             for k in range(weights.shape[2]):
                 weights[n, a, k, i, :j0] = 0.0
                 weights[n, a, k, i, j1:] = 0.0
+        # the source point moves along the row by (s, c) / scale a pixel: products of j, not a running sum
+        row0, col0 = c * v / scale + (h - 1) / 2, -s * v / scale + (w - 1) / 2
+        row_step, col_step = s / scale, c / scale
         for j in range(j0, j1):
             u = j - centre_u
-            row = (c * v + s * u) / scale + (h - 1) / 2
-            col = (-s * v + c * u) / scale + (w - 1) / 2
+            row = row0 + row_step * u
+            col = col0 + col_step * u
             inside = -INSIDE <= row <= h - 1 + INSIDE and -INSIDE <= col <= w - 1 + INSIDE
             for n in range(N):
                 for k in range(C):
