@@ -716,12 +716,12 @@ class MemberCache:
         self.templates, self.mask = templates, mask
         self._drawn: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def bank(
+    def members(
         self, c: Candidate, angles: Sequence[float], scales: Sequence[float], canvas: tuple[int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Template ``c.t`` of image ``c.b``'s bank under every (scale, angle), scale-major, on ``canvas`` (at
-        least the poses' own, of the template's parity): (pictures [R, C, Hc, Wc], weights [R, Cm, Hc, Wc]),
-        canonical (a weight of zero hides a non-finite pixel)."""
+        least the poses' own, of the template's parity): (picture [C, Hc, Wc], weights [Cm, Hc, Wc]) each,
+        canonical (a weight of zero hides a non-finite pixel), drawn where not kept yet."""
         b = c.b if self.templates.shape[0] > 1 else 0
         bm = None if self.mask is None else (c.b if self.mask.shape[0] > 1 else 0)
         key = (b, bm, c.t, canvas)
@@ -736,8 +736,7 @@ class MemberCache:
             pictures, drawn = _drawn(stream, 0, stream.members)
             for i, a in enumerate(todo):
                 self._drawn[(*key, a, scale)] = (pictures[0, i], drawn[0, i])
-        members = [self._drawn[(*key, a, s)] for s in scales for a in angles]
-        return torch.stack([p for p, _ in members]), torch.stack([m for _, m in members])
+        return [self._drawn[(*key, a, s)] for s in scales for a in angles]
 
 
 def local_scores_many(
@@ -780,8 +779,15 @@ def local_scores_many(
     worst = -math.inf if canon.spec.higher_is_better else math.inf
     for (canvas, rows, cols, _), members in groups.items():
         crops = torch.stack([image[found[i].b, :, r0 : r0 + rows, c0 : c0 + cols] for i, r0, c0 in members])
-        banks = [cache.bank(found[i], *poses[i], canvas) for i, _, _ in members]
-        pictures, weights = torch.stack([p for p, _ in banks]), torch.stack([m for _, m in banks])
+        banks = [cache.members(found[i], *poses[i], canvas) for i, _, _ in members]
+        # one copy of every drawn member into the stack (large turned templates: tens of megabytes)
+        picture, weight = banks[0][0]
+        pictures = picture.new_empty(len(banks), len(banks[0]), *picture.shape)
+        weights = weight.new_empty(len(banks), len(banks[0]), *weight.shape)
+        for n, bank in enumerate(banks):
+            for r, (picture, weight) in enumerate(bank):
+                pictures[n, r] = picture
+                weights[n, r] = weight
         scores = _local_similarity(canon, crops, pictures, weights)
         scores = scores.to(torch.float64).cpu().nan_to_num(nan=worst)
         for n, (i, r0, c0) in enumerate(members):
