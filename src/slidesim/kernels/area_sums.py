@@ -237,15 +237,12 @@ class AreaSumReductions(TapReductions):
         rectangles = [_rectangle(weights[0, t, 0]) for t in range(weights.shape[1])]
         if any(r is None for r in rectangles):
             return None
-        values = plane.detach().to(torch.float64)
-        if float(values.abs().amax()) * values.shape[-2] * values.shape[-1] >= 2.0**53:
-            return None
-        if not bool(torch.equal(values, torch.round(values))):
+        values, table = self._integer_table(plane)
+        if values is None:
             return None
         (dy, dx), (sy, sx) = self.geom.dilation, self.geom.stride
         count = (self.geom.out_height, self.geom.out_width)
         out = values.new_empty(values.shape[0], len(rectangles), *count)
-        table = integral_table(values) if (dy, dx) == (1, 1) else None  # one table for every rectangle
         for t, ((r0, r1, c0, c1), value) in enumerate(rectangles):  # type: ignore[misc]
             if table is None:
                 out[:, t : t + 1] = box_sums(values[..., r0 * dy :, c0 * dx :], (r1 - r0, c1 - c0), self.geom, count)
@@ -279,6 +276,22 @@ class AreaSumReductions(TapReductions):
         if changes is None:  # one tap: always flat
             return torch.ones(plane.shape[0], support.shape[1], r1 - r0, self.geom.out_width, dtype=torch.bool)
         return changes[:, :, r0:r1] < 0.5  # exact counts of 0/1 pairs
+
+    def _integer_table(self, plane: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(plane [B, 1, Hp, Wp] in float64, its summed-area table where undilated, else None) when every value is
+        an integer and the table's sums stay exact (below 2^53), else (None, None). Kept with the spectra of a
+        streamed bank: each chunk of templates asks again for the same planes."""
+        key = ("integral table", id(plane))
+        if self.spectra is not None and key in self.spectra:
+            return self.spectra[key][1]
+        values = plane.detach().to(torch.float64)
+        exact = float(values.abs().amax()) * values.shape[-2] * values.shape[-1] < 2.0**53
+        found: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+        if exact and bool(torch.equal(values, torch.round(values))):
+            found = (values, integral_table(values) if self.geom.dilation == (1, 1) else None)
+        if self.spectra is not None:  # the entry holds the plane: its id is not reused while the entry exists
+            self.spectra[key] = (plane, found)
+        return found
 
     def window_sum_bounded(self, plane: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, float]:
         """(Σ weights · plane over each window -> [B, Tm, H', W'] with exact zeros, as :meth:`window_sum` has
