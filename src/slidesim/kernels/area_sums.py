@@ -280,7 +280,7 @@ class AreaSumReductions(TapReductions):
     def _integer_table(self, plane: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(plane [B, 1, Hp, Wp] in float64, its summed-area table where undilated, else None) when every value is
         an integer and the table's sums stay exact (below 2^53), else (None, None). Kept with the spectra of a
-        streamed bank: each chunk of templates asks again for the same planes."""
+        streamed bank: each chunk of templates asks again for the same planes (9 scales: 10 tables -> 2)."""
         key = ("integral table", id(plane))
         if self.spectra is not None and key in self.spectra:
             return self.spectra[key][1]
@@ -289,7 +289,9 @@ class AreaSumReductions(TapReductions):
         found: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
         if exact and bool(torch.equal(values, torch.round(values))):
             found = (values, integral_table(values) if self.geom.dilation == (1, 1) else None)
-        if self.spectra is not None:  # the entry holds the plane: its id is not reused while the entry exists
+        # kept (the entry holds the plane, so its id is not reused while the entry exists) only while small beside
+        # the spectra's share of memory_limit
+        if self.spectra is not None and 8 * values.numel() <= self.chunk_bytes // 4:
             self.spectra[key] = (plane, found)
         return found
 
