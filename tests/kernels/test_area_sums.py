@@ -166,8 +166,8 @@ def test_connectedness_of_supports() -> None:
 
 
 @pytest.mark.parametrize("fractional", [False, True])
-@pytest.mark.parametrize("stride", [(1, 1), (2, 3)])
-def test_rectangle_footprints_sum_by_box_sums(fractional: bool, stride, monkeypatch) -> None:
+@pytest.mark.parametrize(("stride", "dilation"), [((1, 1), (1, 1)), ((2, 3), (1, 1)), ((1, 2), (2, 1))])
+def test_rectangle_footprints_sum_by_box_sums(fractional: bool, stride, dilation, monkeypatch) -> None:
     """Weights that are one whole value on a rectangle (a scaled template's footprint) sum integer planes by
     summed-area tables, exactly and without a transform; fractional planes (or weights of other shapes) keep the
     transform."""
@@ -177,7 +177,8 @@ def test_rectangle_footprints_sum_by_box_sums(fractional: bool, stride, monkeypa
     weights[0, 1, 0, :, :] = 1.0
     weights[0, 2, 0, 4:9, 0:7] = 3.0  # another whole value
     (H, W), (h, w) = (70, 90), (13, 15)
-    geom = Geometry(stride, (1, 1), (H - h) // stride[0] + 1, (W - w) // stride[1] + 1, (h, w))
+    (dy, dx), (sy, sx) = dilation, stride
+    geom = Geometry(stride, dilation, (H - dy * (h - 1) - 1) // sy + 1, (W - dx * (w - 1) - 1) // sx + 1, (h, w))
     transformed = _count_transforms(monkeypatch)
     prims = AreaSumReductions(geom, 2**20)
     want = conv_correlate(image, weights, geom)
