@@ -350,14 +350,14 @@ def test_explain_says_the_pyramid_its_levels_coarsest_grid_beam_why_and_cost() -
     assert "why: search='pyramid'" in text
 
 
-def test_default_beam_doubles_when_scales_are_searched_too() -> None:
+def test_default_beam_widens_when_scales_are_searched_too() -> None:
     image, template = _texture(), _texture()[40:104, 60:124].copy()
     turned = slidesim.explain(image, template, rotations=slidesim.interval(0, 360), search="pyramid", k=5)
     assert ", beam 10 (" in turned.splitlines()[0]
     scaled = slidesim.explain(
         image, template, rotations=slidesim.interval(0, 360), scales=slidesim.interval(0.9, 1.1), search="pyramid"
     )
-    assert " scales at the coarsest level, beam 16 (" in scaled.splitlines()[0]
+    assert " scales at the coarsest level, beam 32 (" in scaled.splitlines()[0]
 
 
 def test_explain_says_when_and_why_the_search_is_exhaustive() -> None:

@@ -453,8 +453,8 @@ def match(
             cheaper (many poses, a large template); sequences of poses it searches exhaustively, as before.
         levels: Halvings of the pyramid; default: as many as keep the template's smaller side at 12 pixels or
             more and its turned and scaled canvas within the image.
-        beam: Positions per image and template carried down from the coarsest level; default max(8, 2k), twice
-            that when more than one scale is searched.
+        beam: Positions per image and template carried down from the coarsest level; default max(8, 2k), four
+            times that when more than one scale is searched.
         **options: stride, dilation, mode, padding, pad_value, mask, channels ("joint" or "mean"), circular,
             method, memory_limit: as for :func:`slidesim.similarity`. A mask is rotated and scaled with its
             template.

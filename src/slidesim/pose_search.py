@@ -129,13 +129,15 @@ def pose_space(
 
 
 def default_beam(k: int, space: PoseSpace) -> int:
-    """Candidates carried down when ``beam`` is not given: max(8, 2k), doubled when more than one scale is
+    """Candidates carried down when ``beam`` is not given: max(8, 2k), four times that when more than one scale is
     searched. A coarse level tells scale apart least well (a template shrunk to a few pixels fits many places
     at a wrong scale): over 300 real-photo trials of angle × scale (benchmarks/pose_recall.py) a beam of 16
-    missed 22 poses where 8 missed 31 (median time per trial 0.70 s against 0.57 s); a full circle at one scale
-    keeps 8. Only the coarsest level and its first descent see the wider beam (see :func:`pyramid_search`)."""
+    missed 22 poses where 8 missed 31 (median time per trial 0.70 s against 0.57 s); with the coarsest level's
+    sector footprints, a beam of 32 missed 12 where 16 missed 18 (0.50 s against 0.45 s; the 96² angle × scale
+    search in a 1024² photograph 0.55-0.61 s against 0.38-0.40 s); a full circle at one scale keeps 8. Only the
+    coarsest level and its first descent see the wider beam (see :func:`pyramid_search`)."""
     beam = max(_BEAM, 2 * k)
-    return 2 * beam if len(space.scales) > 1 else beam
+    return 4 * beam if len(space.scales) > 1 else beam
 
 
 def check_search(search: object, levels: object, beam: object) -> tuple[str, int | None, int | None]:
