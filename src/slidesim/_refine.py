@@ -49,7 +49,6 @@ which bounds the float32 path too.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 from typing import Any
 
@@ -59,6 +58,7 @@ from . import reference
 from ._geometry import pad_image
 from ._validate import DEFAULT_MEMORY_LIMIT
 from .errors import SlidesimValueError
+from .kernels.area_sums import fused_statistics_available
 from .metrics import resolve_metric
 from .scoring.holes import finite_channel_mean
 
@@ -160,7 +160,7 @@ def spline_coefficients(crops: torch.Tensor, dtype: torch.dtype) -> torch.Tensor
     """The cubic B-spline coefficients [..., Hc, Wc] in ``dtype`` of crops [..., Hc, Wc]: the prefilter of their
     columns and of their rows (on the CPU with numba, by tridiagonal elimination in float64; else by the dense
     inverse, on any device and under autograd)."""
-    if crops.device.type == "cpu" and importlib.util.find_spec("numba") is not None and not crops.requires_grad:
+    if crops.device.type == "cpu" and fused_statistics_available() and not crops.requires_grad:
         from .kernels.numba_refine import spline_prefilter
 
         return spline_prefilter(crops).to(dtype)

@@ -479,13 +479,11 @@ class WindowStatistics:
             if whole:  # exact while n·Σ I² < 2^53: (Σ I)² is at most that
                 n = m_c.sum(dim=(-1, -2, -3))[..., None, None]
                 whole = float(second.amax()) * float(n.amax()) < 2.0**53
-            if whole and not second.requires_grad and not first.requires_grad:
-                # n·Σ I² − (Σ I)² in place (second is not read again on this path): full-size passes are most of
-                # the statistics' cost when the sums come from summed-area tables
-                part = torch.addcmul(second.mul_(n), first, first, value=-1.0, out=second)
-                spread = part if spread is None else spread.add_(part)
-            elif whole:
-                part = n * second - first * first
+            if whole:
+                # n·Σ I² − (Σ I)², in place where no gradient is carried (second is not read again on this path):
+                # full-size passes are most of the statistics' cost when the sums come from summed-area tables
+                grad = second.requires_grad or first.requires_grad
+                part = n * second - first * first if grad else second.mul_(n).addcmul_(first, first, value=-1.0)
                 spread = part if spread is None else spread + part
             weighted = None if self.binary else self.prims.window_sum(plane, w_c, exact_zeros=False)
             if offset is not None:  # the padding's share of each window, from its weight there
