@@ -193,3 +193,43 @@ def test_rectangle_footprints_sum_by_box_sums(fractional: bool, stride, dilation
     notched[0, 0, 0, 5, 5] = 0.0  # no longer a rectangle
     prims.window_sum(image.round(), notched, exact_zeros=False)
     assert transformed
+
+
+@pytest.mark.skipif(not area_sums.fused_statistics_available(), reason="needs numba")
+@pytest.mark.parametrize("stride", [(1, 1), (2, 3)])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float64])
+def test_rectangle_squares_match_the_windows_deviations(stride, dtype) -> None:
+    """n · variance over each rectangle of 0/1 weights, from the fused pass run over the rectangle: equal to the
+    brute-force Σ (I − m)² of every window; given a tolerance, its inverse root with 0 for flat windows; None for
+    weights that are not 1 on a rectangle."""
+    image = _dark_picture(False)
+    image[..., 10:40, :] = 7.0  # a flat band: whole windows of it
+    plane = image.to(dtype)
+    shift = torch.full((1, 1, 1, 1), 100.0, dtype=torch.float64)
+    weights = torch.zeros(1, 3, 1, 13, 15, dtype=torch.float64)
+    weights[0, 0, 0, 2:11, 3:12] = 1.0
+    weights[0, 1, 0, :, :] = 1.0
+    weights[0, 2, 0, 4:9, 0:7] = 1.0
+    (H, W), (h, w), (sy, sx) = (70, 90), (13, 15), stride
+    geom = Geometry(stride, (1, 1), (H - h) // sy + 1, (W - w) // sx + 1, (h, w))
+    prims = AreaSumReductions(geom, 2**20)
+    values = image[0, 0].to(torch.float64)
+    want = torch.empty(1, 3, geom.out_height, geom.out_width, dtype=torch.float64)
+    for t in range(3):
+        inside = weights[0, t, 0] > 0
+        for y in range(geom.out_height):
+            for x in range(geom.out_width):
+                window = values[y * sy : y * sy + h, x * sx : x * sx + w][inside]
+                want[0, t, y, x] = ((window - window.mean()) ** 2).sum()
+    got = prims.rectangle_squares(plane, shift, weights)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-9)
+    assert bool((want == 0).any()) and bool((got[want == 0] == 0).all())  # flat windows: exactly 0
+    factors = prims.rectangle_squares(plane, shift, weights, 0.25, torch.float32)
+    assert factors.dtype == torch.float32
+    expected = torch.where(want > 0.25, want.clamp_min(0.25).rsqrt(), 0.0).to(torch.float32)
+    torch.testing.assert_close(factors, expected, rtol=1e-6, atol=0.0)
+    scaled, notched = weights.clone(), weights.clone()
+    scaled[0, 2] *= 2.0  # a rectangle of another value
+    notched[0, 0, 0, 5, 5] = 0.0
+    assert prims.rectangle_squares(plane, shift, scaled) is None
+    assert prims.rectangle_squares(plane, shift, notched) is None

@@ -254,3 +254,32 @@ def test_float_photographs_rescore_only_near_matches(metric: str, dtype, divisor
     np.testing.assert_allclose(scores, expected, **tolerance(torch_dtype, float(np.abs(expected).max())))
     assert scores[30, 60] == 0.0  # the exact match
     assert sum(flagged) <= 10, f"{sum(flagged)} of {scores.size} windows rescored"
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("method", ["fft", "conv"])
+def test_rectangle_masks_on_integer_images_match_the_reference(channels: int, method: str, monkeypatch) -> None:
+    """Masks that are 1 on a rectangle of their canvas (a scale search's footprints) take the engine's fused pass
+    over each rectangle for their window variances (one channel: its inverse roots directly): zncc equals the
+    reference, windows of a flat band score exactly 0, and neither the exact flat test nor the masked sums run."""
+    pytest.importorskip("numba")
+
+    def not_expected(*args, **kwargs):
+        raise AssertionError("rectangle masks of an integer image took the masked window sums")
+
+    monkeypatch.setattr(area_sums.AreaSumReductions, "window_flat", not_expected)
+    monkeypatch.setattr(area_sums.AreaSumReductions, "window_sum", not_expected)
+    rng = np.random.default_rng(8)
+    image = rng.integers(0, 256, (2, channels, 48, 64)).astype(np.uint8)
+    image[:, :, 20:36, :] = 9  # a flat band holding whole windows
+    bank = rng.integers(0, 256, (3, channels, 11, 13)).astype(np.uint8)
+    mask = np.zeros((3, 1, 11, 13), dtype=bool)
+    mask[0, 0, 1:10, 2:11] = True
+    mask[1, 0] = True
+    mask[2, 0, 3:8, 0:6] = True
+    expected = slidesim.reference.similarity(
+        image.astype(np.float64), bank.astype(np.float64), metric="zncc", mask=mask.astype(np.float64)
+    )
+    scores = slidesim.similarity(image, bank, metric="zncc", mask=mask, method=method)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+    assert (scores[:, :, 21:25] == 0).all() and not (scores == 0).all()  # windows of the flat band

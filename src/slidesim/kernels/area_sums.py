@@ -148,9 +148,17 @@ class AreaSumReductions(TapReductions):
         )
 
     def _run_fused(
-        self, plane: torch.Tensor, shift: torch.Tensor, deviations: bool, tolerance: float, out: np.ndarray, factors
+        self,
+        plane: torch.Tensor,
+        shift: torch.Tensor,
+        deviations: bool,
+        tolerance: float,
+        out: np.ndarray,
+        factors,
+        size: tuple[int, int] | None = None,
     ) -> int:
-        """Run the numba pass into ``out`` ([B, H', W'] float64) or, when ``factors`` is not empty, into it."""
+        """Run the numba pass over windows of ``size`` (default: the template's) into ``out`` ([B, H', W']
+        float64) or, when ``factors`` is not empty, into it."""
         from .numba_windows import window_squares
 
         geom = self.geom
@@ -158,7 +166,7 @@ class AreaSumReductions(TapReductions):
         rows_per_task = max(8, -(-geom.out_height * plane.shape[0] // (4 * numba_threads())))
         image = plane.detach()[:, 0].contiguous().numpy()
         shifts = shift.detach().to(torch.float64).reshape(-1).contiguous().numpy()
-        size, stride = geom.template_size, geom.stride
+        size, stride = size or geom.template_size, geom.stride
         return int(window_squares(image, shifts, *size, *stride, deviations, rows_per_task, tolerance, out, factors))
 
     def window_squares(self, plane: torch.Tensor, shift: torch.Tensor, deviations: bool) -> torch.Tensor | None:
@@ -171,6 +179,41 @@ class AreaSumReductions(TapReductions):
         out = torch.empty(plane.shape[0], 1, self.geom.out_height, self.geom.out_width, dtype=torch.float64)
         self._run_fused(plane, shift, deviations, 0.0, out[:, 0].numpy(), _NO_FACTORS)
         return out
+
+    def rectangle_squares(
+        self,
+        plane: torch.Tensor,
+        shift: torch.Tensor,
+        weights: torch.Tensor,
+        tolerance: float | None = None,
+        dtype: torch.dtype = torch.float64,
+    ) -> torch.Tensor | None:
+        """Σ (I − s)² minus (Σ (I − s))² / n (n · variance) over every window of plane [B, 1, Hp, Wp] with shift
+        [B, 1, 1, 1] under weights [1, Tm, 1, h, w] that are 1 on a rectangle and 0 elsewhere (a scaled
+        template's footprint on its canvas) -> [B, Tm, H', W'] float64: the fused unmasked pass over each
+        rectangle's windows, one pass per template. Given a ``tolerance``, 1/√ of those values in ``dtype``
+        instead, 0 where a value is at or below it (flat, when the sums are exact). None where the fused pass
+        cannot run or some weights are not such a rectangle.
+
+        A scale search's footprints are such rectangles: their moments took a dozen full-size passes per scale
+        from summed-area tables (corners, differences, squares, the spread, the inverse root)."""
+        if not self._fused(plane) or weights.shape[0] != 1 or weights.shape[2] != 1 or weights.requires_grad:
+            return None
+        rectangles = []
+        for t in range(weights.shape[1]):  # a turned footprint fails at its first template: stop there
+            rectangle = _rectangle(weights[0, t, 0])
+            if rectangle is None or rectangle[1] != 1.0:
+                return None
+            rectangles.append(rectangle[0])
+        B, (Ho, Wo) = plane.shape[0], (self.geom.out_height, self.geom.out_width)
+        inverse = tolerance is not None
+        # each template's maps contiguous, as the kernel writes them
+        out = torch.empty(len(rectangles), B, Ho, Wo, dtype=dtype if inverse else torch.float64)
+        for t, (r0, r1, c0, c1) in enumerate(rectangles):
+            window = plane[..., r0:, c0:]  # the rectangle's top-left tap at every window's origin
+            into = (_NO_OUT, out[t].numpy()) if inverse else (out[t].numpy(), _NO_FACTORS)
+            self._run_fused(window, shift, True, tolerance or 0.0, *into, size=(r1 - r0, c1 - c0))
+        return out.transpose(0, 1) if B == 1 else out.transpose(0, 1).contiguous()
 
     def plane_energy(self, plane: torch.Tensor, shift: torch.Tensor) -> torch.Tensor | None:
         """Σ (I − s)² of each image of plane [B, 1, Hp, Wp] with shift [B, 1, 1, 1] -> [B] float64, in one numba

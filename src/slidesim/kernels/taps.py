@@ -421,6 +421,19 @@ class TapReductions:
         del plane, shift, tolerance, dtype, exact, deviations
         return None
 
+    def rectangle_squares(
+        self,
+        plane: torch.Tensor,
+        shift: torch.Tensor,
+        weights: torch.Tensor,
+        tolerance: float | None = None,
+        dtype: torch.dtype = torch.float64,
+    ) -> torch.Tensor | None:
+        """A fused n · variance (or its inverse root) over rectangular footprints, or None: see
+        :meth:`window_squares`."""
+        del plane, shift, weights, tolerance, dtype
+        return None
+
     def plane_energy(self, plane: torch.Tensor, shift: torch.Tensor) -> torch.Tensor | None:
         """A fused Σ (I − s)² per image, or None: see :meth:`window_squares`."""
         del plane, shift

@@ -114,6 +114,20 @@ class Primitives(Protocol):
         ``deviations``, of the energy Σ (I − s)² instead of n · variance."""
         ...
 
+    def rectangle_squares(
+        self,
+        plane: torch.Tensor,
+        shift: torch.Tensor,
+        weights: torch.Tensor,
+        tolerance: float | None = None,
+        dtype: torch.dtype = torch.float64,
+    ) -> torch.Tensor | None:
+        """:meth:`window_squares` with ``deviations`` over the windows of weights [1, Tm, 1, h, w] that are 1 on a
+        rectangle and 0 elsewhere -> [B, Tm, H', W'] float64, the fused pass run over each rectangle; given a
+        ``tolerance``, :meth:`window_factors` of them instead (in ``dtype``, 0 at or below it). None where there
+        is no fused pass or some weights are not such a rectangle."""
+        ...
+
     def plane_energy(self, plane: torch.Tensor, shift: torch.Tensor) -> torch.Tensor | None:
         """Σ (I − s)² of each image -> [B] float64 in one fused pass; None where there is none."""
         ...

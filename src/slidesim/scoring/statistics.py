@@ -167,8 +167,11 @@ class WindowStatistics:
     def exact_sums(self) -> bool:
         """Whether every unmasked window sum of the (centred) image and of its squares is exact in float64, and
         each window's Σ (I − m)² within 1/16 of the truth: integer pixels, no mask, and totals small enough."""
-        if not self.integral or self.masked:
-            return False
+        return self.integral and not self.masked and self._small_sums()
+
+    def _small_sums(self) -> bool:
+        """Whether the image's values are small enough for its window sums and Σ (I − m)² to be exact (see
+        :meth:`exact_sums`), whatever the mask."""
 
         def small_enough() -> bool:
             Hp, Wp = self.image.shape[-2:]
@@ -248,6 +251,10 @@ class WindowStatistics:
         """(1/√window variance, 0 for degenerate windows; their mask or None to derive it from the zeros; the
         windows whose variance is too close to zero to trust, or None)."""
         fused = not self.masked and self.image.shape[1] == 1 and not self.image.requires_grad
+        if self.image.shape[1] == 1 and self._exact_rectangles(mask):  # scaled templates on their canvas
+            factors = self.prims.rectangle_squares(self.image, self.shift, mask, INTEGER_FLATNESS, dtype)
+            if factors is not None:
+                return factors, None, None
         if fused and self.exact_sums():  # flat windows are those below INTEGER_FLATNESS: their factor is 0
             factors = self.prims.window_factors(self.image, self.shift, INTEGER_FLATNESS, dtype, exact=True)
             if factors is not None:
@@ -457,6 +464,10 @@ class WindowStatistics:
         # Integer pixels under 0/1 weights: every masked sum is an exact integer (exact-zero window sums of integers
         # are exact), so n·Σ I² − (Σ I)², a sum of squared pairwise differences, is 0 exactly for flat windows.
         whole = self.masked and self.integral and self.binary
+        rectangles = self._rectangle_moments(mask)
+        if rectangles is not None:
+            # exact integer running sums over each rectangle: flat windows have Σ (I − m)² = 0, others ≥ 1/2
+            return rectangles, rectangles <= INTEGER_FLATNESS, None
         spread = None  # Σ_c n·Σ I_c² − (Σ I_c)² per window, exact, where ``whole``
         for c in range(self.image.shape[1]):
             cm = min(c, m64.shape[2] - 1)
@@ -509,6 +520,33 @@ class WindowStatistics:
         else:
             flat, uncertain = self._flat_windows(variance.detach(), tolerance, m64)
         return (variance.clamp_min(0) if variance.requires_grad else variance.clamp_min_(0)), flat, uncertain
+
+    def _exact_rectangles(self, mask: torch.Tensor) -> bool:
+        """Whether windows under 0/1 masks [Bm, Tm, Cm, h, w] may take the engine's fused pass over rectangles
+        with exact sums: an integer image, centred, unpadded and small enough, no gradient (the rectangles
+        themselves are the engine's to find)."""
+        grad = mask.requires_grad or self.image.requires_grad
+        if not (self.masked and self.binary and self.integral) or self.shift is None or grad:
+            return False
+        unpadded = all(self.padding_offset(c) is None for c in range(self.image.shape[1]))
+        return unpadded and self._small_sums()
+
+    def _rectangle_moments(self, mask: torch.Tensor) -> torch.Tensor | None:
+        """Σ_c Σ (I − m_c)² over every window of masks [1, Tm, Cm, h, w] that are 1 on a rectangle (scaled
+        templates on their canvas) of an unpadded integer image small enough for exact sums, from the engine's
+        fused pass over each rectangle -> [B, Tm, H', W'] float64; None where any of that does not hold."""
+        if not self._exact_rectangles(mask):
+            return None
+        variance = None
+        for c in range(self.image.shape[1]):
+            cm = min(c, mask.shape[2] - 1)
+            part = self.prims.rectangle_squares(
+                self.image[:, c : c + 1], self.shift[:, c : c + 1], mask[:, :, cm : cm + 1]
+            )
+            if part is None:
+                return None
+            variance = part if variance is None else variance.add_(part)
+        return variance
 
     def _flat_windows(
         self, variance: torch.Tensor, tolerance: float | torch.Tensor, mask: torch.Tensor
