@@ -30,6 +30,7 @@ from ._validate import Canonical, all_finite, canonicalize, window_origin, with_
 from .banks import TransformStream, canvas_size, drawing_bytes, member_bytes, usable_scales
 from .engines.base import Engine
 from .errors import SlidesimValueError
+from .kernels.area_sums import fused_statistics_available
 from .peaks import locate_peaks
 from .planner import Plan, make_plan, select_engine
 from .planner import explain as planner_explain
@@ -754,6 +755,11 @@ def _fold_scores(
     if R == 1:  # each template's only transform: its scores, NaN as the worst (one pass, ``which`` stays 0)
         worst = -torch.inf if higher else torch.inf
         best[:, j0:j1] = scores.nan_to_num(nan=worst, posinf=torch.inf, neginf=-torch.inf)
+        return
+    if scores.device.type == "cpu" and fused_statistics_available() and best.is_contiguous() and which.is_contiguous():
+        from .kernels.numba_fold import fold_best
+
+        fold_best(scores.to(best.dtype), j0, R, best, which, higher)
         return
     for j in range(j0, j1):
         t, r = divmod(j, R)
