@@ -1,4 +1,4 @@
-"""The numba fold of a transformed bank's score maps against the torch fold of :func:`slidesim.matching._fold_scores`."""
+"""The numba fold of a transformed bank's score maps against the torch fold of ``matching._fold_scores``."""
 
 from __future__ import annotations
 
