@@ -87,6 +87,124 @@ def dense_scores(
 
 
 _FAST = {"reassoc", "contract", "nnan", "nsz", "arcp"}
+_RUN_LENGTH = 256  # windows of one row scored by one task of listed_scores: their sums stay in L1
+_TOLERANCE = 1e-9  # listed_scores: the one-pass sums are trusted where their worst-case error stays below this
+
+
+def listed_scores(
+    image: torch.Tensor,
+    bank: torch.Tensor,
+    mask: torch.Tensor | None,
+    index: torch.Tensor,
+    t0: int,
+    geom: Geometry,
+    metric: str,
+) -> torch.Tensor:
+    """Scores [n] float64 of ``metric`` for the windows at index [n, 4] (b, t, y, x; t counted from ``t0``), as
+    :func:`slidesim.kernels.numba_rescore.scores_in_place` has them, but swept in runs: the windows that follow
+    each other along an output row are scored together, each template row read once per run from L1, in one pass
+    of fused multiply-adds over the footprint's extent (a turned template's canvas is half empty), each window's
+    pixels less one of its own pixels (the centred metrics: near-flat windows, the ones an exact rescoring is
+    mostly asked for, then cancel nothing). Windows whose one-pass sums could err by more than 1e-9 of the score
+    (a centred energy below n·ε / 1e-9 of the raw one, for n taps), flat ones, and ncc and zncc scores within
+    ``NEAR_ONE`` of ±1 are scored in two passes by that kernel.
+
+    The near-flat windows of a smooth float photograph (15 000 of a 64² template turned, 8 281 taps each) took
+    0.17 s in two passes, one window at a time.
+
+    Args:
+        image: [B, C, Hp, Wp] padded images (any real dtype), finite, on the CPU.
+        bank: [Bk, T, C, h, w] templates (Bk 1 or B).
+        mask: [Bm, Tm, Cm, h, w] weights (Bm 1 or B, Tm 1 or T, Cm 1 or C), or None (weight 1 everywhere).
+        index: [n, 4] int64 rows (b, t, y, x), sorted (as ``nonzero`` lists them).
+        t0: First template of the chunk that ``index`` counts from.
+        geom: Strides and dilations of the windows.
+        metric: A name of :data:`slidesim.kernels.numba_rescore.METRIC_CODES`.
+    """
+    n = len(index)
+    out = np.empty(n)
+    if n == 0:
+        return torch.from_numpy(out)
+    h, w = bank.shape[-2:]
+    if mask is None:
+        mask = torch.ones(1, 1, 1, h, w, dtype=torch.float64)
+    used = int(index[:, 1].max()) + 1
+    pictures = bank[:, t0 : t0 + used].detach().contiguous().numpy()
+    m = mask if mask.shape[1] == 1 else mask[:, t0 : t0 + used]
+    m = m.detach().to(torch.float64).expand(mask.shape[0], used, *mask.shape[2:]).contiguous().numpy()  # per template
+    code = METRIC_CODES[metric]
+    C = image.shape[1]
+    constants = np.empty((max(pictures.shape[0], m.shape[0]), used, C, 6))
+    extents = np.empty((m.shape[0], used, h, 2), dtype=np.int64)
+    numba_threads()
+    solid = _prepare(pictures, m, code, constants, extents)
+    rows = index.contiguous().numpy()
+    # a new run wherever the window is not the next one along the same output row, and every _RUN_LENGTH windows
+    follows = np.zeros(n, dtype=np.bool_)
+    follows[1:] = (rows[1:, :3] == rows[:-1, :3]).all(axis=1) & (rows[1:, 3] == rows[:-1, 3] + 1)
+    place = np.arange(n)
+    along = place - np.maximum.accumulate(np.where(follows, 0, place))  # windows before this one in its run
+    starts = np.flatnonzero(along % _RUN_LENGTH == 0)
+    lengths = np.diff(np.append(starts, n))
+    taps = C * h * w
+    trust = max(CANCELLATION, taps * np.finfo(np.float64).eps / _TOLERANCE)
+    doubtful = np.zeros(n, dtype=np.bool_)
+    _runs(image.detach().contiguous().numpy(), pictures, m, extents, constants, solid, rows, starts, lengths,
+          *geom.stride, *geom.dilation, code, trust, out, doubtful)  # fmt: skip
+    scores = torch.from_numpy(out)
+    if doubtful.any():
+        again = torch.from_numpy(np.flatnonzero(doubtful))
+        scores[again] = scores_in_place(image, bank, mask, index[again], t0, geom, metric)
+    return scores
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_FAST)
+def _runs(image, pictures, m, extents, constants, solid, rows, starts, lengths, sy, sx, dy, dx, metric, trust, out,
+          doubtful):  # fmt: skip
+    """out[k] = the score of window rows[k] (b, t, y, x); doubtful[k] set where it must be scored in two passes.
+    One task per run of windows along an output row (starts, lengths); the centred metrics take each window's
+    pixels less the one at the middle of its footprint's rows."""
+    C = image.shape[1]
+    h = pictures.shape[3]
+    centred = metric in (CCOEFF, ZNCC)
+    for task in numba.prange(starts.shape[0]):
+        first, count = starts[task], lengths[task]
+        b, t, y, x0 = rows[first, 0], rows[first, 1], rows[first, 2], rows[first, 3]
+        bk = b if pictures.shape[0] > 1 else 0
+        bm = b if m.shape[0] > 1 else 0
+        bc = b if constants.shape[0] > 1 else 0
+        # the middle of the rows that hold taps, and of that row's extent
+        top, bottom = h, 0
+        for i in range(h):
+            if extents[bm, t, i, 1] > extents[bm, t, i, 0]:
+                top = min(top, i)
+                bottom = i + 1
+        middle = (top + bottom) // 2 if bottom > top else 0
+        column = (extents[bm, t, middle, 0] + extents[bm, t, middle, 1]) // 2
+        sums = np.zeros((count, C, 4))
+        shifts = np.zeros(count)
+        for c in range(C):
+            cm = c if m.shape[2] > 1 else 0
+            mean = constants[bc, t, c, 5]
+            if centred:
+                for k in range(count):
+                    shifts[k] = np.float64(image[b, c, y * sy + middle * dy, (x0 + k) * sx + column * dx])
+            for i in range(h):
+                j0, j1 = extents[bm, t, i, 0], extents[bm, t, i, 1]
+                if j1 <= j0:
+                    continue
+                t_row = pictures[bk, t, c, i, j0:j1]
+                w_row = m[bm, t, cm, i, j0:j1]
+                picture_row = image[b, c, y * sy + i * dy]
+                for k in range(count):
+                    left = (x0 + k) * sx + j0 * dx
+                    if dx == 1:  # a contiguous row: the sums vectorize
+                        window = picture_row[left : left + j1 - j0]
+                    else:
+                        window = picture_row[left : left + (j1 - j0 - 1) * dx + 1 : dx]
+                    _row_sums(window, shifts[k], t_row, w_row, mean, solid, metric, sums[k, c])
+        for k in range(count):
+            out[first + k], doubtful[first + k] = _finish(sums[k], constants[bc, t], centred, metric, trust)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FAST)
@@ -232,7 +350,9 @@ def _dense(crops, shift, pictures, m, extents, constants, solid, dy, dx, metric,
         centred = metric in (CCOEFF, ZNCC)
         for y in range(y0, y1):
             for x in range(nx):
-                out[n, r, y, x], doubtful[n, r, y, x] = _finish(sums[y - y0, x], constants[bc, r], centred, metric)
+                out[n, r, y, x], doubtful[n, r, y, x] = _finish(
+                    sums[y - y0, x], constants[bc, r], centred, metric, CANCELLATION
+                )
 
 
 @numba.njit(inline="always", fastmath=_FAST)
@@ -279,25 +399,33 @@ def _row_sums(window, shift, t, w, mean, solid, metric, into):
 
 
 @numba.njit(inline="always", fastmath=_FAST)
-def _finish(sums, constants, centred, metric):
-    """(score, doubtful) of one window from its sums [C, 4] and its template's constants [C, 5]."""
+def _finish(sums, constants, centred, metric, trust):
+    """(score, doubtful) of one window from its sums [C, 4] and its template's constants [C, 5]; a channel whose
+    centred energy is at most ``trust`` times its raw one makes the window doubtful."""
     total = 0.0
     energy_t = 0.0
     energy_p = 0.0
+    flat = 0  # channels whose every weighted pixel equals the shift: flat in the window, every sum exactly 0
     for c in range(sums.shape[0]):
         energy_t += constants[c, 3]
         if centred:
+            raw = sums[c, 2]
+            if raw == 0.0:
+                flat += 1
+                continue
             weight = constants[c, 0]
             mean = sums[c, 0] / weight if weight > 0.0 else 0.0
-            raw = sums[c, 2]
             energy = raw - 2.0 * mean * sums[c, 1] + mean * mean * constants[c, 1]
-            if not energy > CANCELLATION * raw:
+            if not energy > trust * raw:
                 return 0.0, True
             energy_p += energy
             total += sums[c, 3] - mean * constants[c, 2]
         else:
             energy_p += sums[c, 2]
             total += sums[c, 3]
+    if flat > 0 and metric == ZNCC:
+        # flat in every channel: 0 by the flatness rule; in some: the rule asks which template channels are flat
+        return 0.0, flat < sums.shape[0]
     den = np.sqrt(energy_t * energy_p)
     if metric in (SSD, CCORR, CCOEFF):
         return total, False

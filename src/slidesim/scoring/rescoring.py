@@ -294,9 +294,9 @@ class Rescorer:
         index = flagged.nonzero()
         metric = metric or self.spec.name
         if not grad and metric in IN_PLACE_METRICS and can_score_in_place(stats.finite, stats.image):
-            from ..kernels.numba_rescore import scores_in_place
+            from ..kernels.numba_dense import listed_scores
 
-            return index, scores_in_place(stats.image, self.bank, stats.mask, index, t0, stats.prims.geom, metric)
+            return index, listed_scores(stats.image, self.bank, stats.mask, index, t0, stats.prims.geom, metric)
         C, h, w = self.bank.shape[-3:]
         per_window = C * h * w * 8 * 8  # the gathered window and the formula's temporaries, float64
         step = max(1, _RESCORE_BYTES // per_window)
