@@ -914,12 +914,14 @@ def pyramid_search(
     h, w = canon.templates.shape[-2:]
     for level in range(levels - 1, -1, -1):
         found = _descend(canon, pyramid, space, level, found)
-        # candidates that climbed to the same place keep the best one; the scores of a finer level rank the
-        # candidates better than the coarser ones did, so the default beam's share halves at each level down to
-        # 2k. A wider beam widens the coarsest level and its first descent only: over 300 angle x scale trials a
-        # beam of 16 cut to 4 after the first descent missed the same 22 poses as one halving to 8, 4, 2, in 0.78 s
-        # against 1.28 s on a 1024² scene.
-        apart = max(1, min(min(h, w) // 2 ** (level + 2), min_distance))
+        # candidates that climbed to the same place (within 2 pixels of the level) keep the best one; distinct
+        # optima nearer each other than the template stay apart (a periodic wall's bricks: the right one is
+        # often second there, and over 300 real-photo trials a quarter of the template's side as the radius lost
+        # it once); the scores of a finer level rank the candidates better than the coarser ones did, so the
+        # default beam's share halves at each level down to 2k. A wider beam widens the coarsest level and its
+        # first descent only: over 300 angle x scale trials a beam of 16 cut to 4 after the first descent missed
+        # the same 22 poses as one halving to 8, 4, 2, in 0.78 s against 1.28 s on a 1024² scene.
+        apart = max(1, min(2, min(h, w) // 2 ** (level + 2), min_distance))
         found = select(found, max(2 * k, min(beam, _BEAM) >> (levels - level)), apart, None, higher)
     return select(found, k, min_distance, threshold, higher)
 
