@@ -43,8 +43,9 @@ from ._similarity import similarity
 from ._validate import Canonical, canonicalize, options_of, window_origin
 from .banks import TransformStream, canvas_size, usable_scales
 from .errors import SlidesimTypeError, SlidesimValueError
+from .kernels.area_sums import can_score_in_place
 from .peaks import locate_peaks
-from .scoring.rescoring import IN_PLACE_METRICS, can_score_in_place
+from .scoring.rescoring import IN_PLACE_METRICS
 
 __all__ = [
     "SEARCHES",

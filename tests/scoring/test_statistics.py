@@ -283,3 +283,32 @@ def test_rectangle_masks_on_integer_images_match_the_reference(channels: int, me
     scores = slidesim.similarity(image, bank, metric="zncc", mask=mask, method=method)
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
     assert (scores[:, :, 21:25] == 0).all() and not (scores == 0).all()  # windows of the flat band
+
+
+@pytest.mark.parametrize("flat_rows", [4, 100])
+def test_few_doubtful_masked_windows_skip_the_flat_test(flat_rows: int, monkeypatch) -> None:
+    """Masked windows whose variance lies within its rounding bound go straight to the exact rescoring when they
+    are few (it scores flat ones too), and through the exact flat test when they are many; zncc equals the
+    reference either way, flat windows 0 and near-flat ones (ripples of 1e-9) their exact scores."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(11)
+    image = rng.random((1, 1, 140, 90)) * 0.9 + 0.1
+    image[:, :, 10 : 10 + flat_rows, :] = 0.0  # flat
+    image[:, :, 120:130, :] = 0.5 + 1e-9 * rng.random((1, 1, 10, 90))  # near-flat
+    bank = rng.random((2, 1, 15, 15))
+    yy, xx = np.mgrid[:15, :15]
+    mask = np.broadcast_to(((yy - 7) ** 2 + (xx - 7) ** 2 <= 49)[None, None], (2, 1, 15, 15)).copy()
+    mask[1, 0, :, 0] = False  # per-template masks
+    tested = []
+    original = area_sums.AreaSumReductions.window_flat
+
+    def counted(*args, **kwargs):
+        tested.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(area_sums.AreaSumReductions, "window_flat", counted)
+    scores = slidesim.similarity(image, bank, metric="zncc", mask=mask, method="fft")
+    expected = slidesim.reference.similarity(image, bank, metric="zncc", mask=mask.astype(np.float64))
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-5)
+    assert (scores[:, :, 10 : 10 + flat_rows - 14] == 0).all()  # windows of the flat band
+    assert bool(tested) == (flat_rows == 100)

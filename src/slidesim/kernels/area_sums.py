@@ -44,6 +44,15 @@ def fused_statistics_available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
+_IN_PLACE_DTYPES = (torch.float32, torch.float64, torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32)
+
+
+def can_score_in_place(finite: bool, image: torch.Tensor) -> bool:
+    """Whether the numba kernels can score listed windows straight from ``image`` (the exact rescoring): finite, on
+    the CPU, in a dtype they read, numba installed."""
+    return finite and image.device.type == "cpu" and image.dtype in _IN_PLACE_DTYPES and fused_statistics_available()
+
+
 def _neighbour_changes(plane: torch.Tensor, dilation: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(where a pixel differs from its neighbour ``dilation`` further along its row [..., H, W − dx], and along
     its column [..., H − dy, W]), bool: the taps of a flat window never do."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..kernels.area_sums import fused_statistics_available
+from ..kernels.area_sums import can_score_in_place
 from ..kernels.spectral import fft_correlate
 from ..kernels.taps import gather_windows
 from ..metrics import MetricSpec
@@ -58,7 +58,6 @@ GATHERED = RescoringCosts(transform=1.0, upfront=1.0, tap_seconds=3e-8)
 # 8.0 ms; zncc 24²: 12.1, the transform 7.2 against 9.6 ms; screenshot zncc 16²: 6.4, rescoring 42 against 57 ms).
 IN_PLACE = RescoringCosts(transform=8.0, upfront=1.3, tap_seconds=2.5e-9)
 IN_PLACE_METRICS = ("ssd", "ssd_normed", "ccorr", "ncc", "ccoeff", "zncc")  # those the numba kernel scores
-_KERNEL_DTYPES = (torch.float32, torch.float64, torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32)
 
 
 def _largest_finite(values: torch.Tensor) -> float:
@@ -78,12 +77,6 @@ def _above(window_scale: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor
     product w · (tolerance / threshold) would flag is flagged (a few more at the boundary are scored exactly too)."""
     lowered = (thresholds * (1.0 - 1e-6)).to(window_scale.dtype)
     return window_scale > lowered[..., None, None]
-
-
-def can_score_in_place(finite: bool, image: torch.Tensor) -> bool:
-    """Whether the numba kernel can score windows straight from ``image``: finite, on the CPU, in a dtype it reads,
-    numba installed."""
-    return finite and image.device.type == "cpu" and image.dtype in _KERNEL_DTYPES and fused_statistics_available()
 
 
 def rescoring_costs(finite: bool, image: torch.Tensor) -> RescoringCosts:
