@@ -129,7 +129,8 @@ def listed_scores(
     if mask is None:
         mask = torch.ones(1, 1, 1, h, w, dtype=torch.float64)
     used = int(index[:, 1].max()) + 1
-    pictures = bank[:, t0 : t0 + used].detach().contiguous().numpy()
+    # float64 templates and weights (small): the kernel is compiled once per image dtype only
+    pictures = bank[:, t0 : t0 + used].detach().to(torch.float64).contiguous().numpy()
     m = mask if mask.shape[1] == 1 else mask[:, t0 : t0 + used]
     m = m.detach().to(torch.float64).expand(mask.shape[0], used, *mask.shape[2:]).contiguous().numpy()  # per template
     code = METRIC_CODES[metric]

@@ -542,8 +542,8 @@ class WindowStatistics:
         too, than tested for exact flatness first: masked windows of a finite image that the numba kernels score in
         place, no gradient, and few enough taps to score against the flat test's two float64 transforms.
 
-        A smooth float photograph (an enlarged one: interpolation leaves ripples of 1e-17 on a black background)
-        has thousands of such windows under a turned template, none of them flat."""
+        An enlarged float photograph (interpolation leaves its dark areas near-flat, not flat) has thousands of
+        such windows under a turned template, none of them flat."""
         grad = torch.is_grad_enabled() and (mask.requires_grad or self.image.requires_grad)
         if not self.masked or grad or not can_score_in_place(self.finite, self.image):
             return False
