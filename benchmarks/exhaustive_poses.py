@@ -98,9 +98,7 @@ def section(results: dict[str, dict[str, float]], rounds: int) -> str:
                 continue
             ratio = seconds / ours
             mark = "✓" if ratio >= targets[peer] else "✗"
-            rows.append(
-                f"| {case} | {ours:.3f} | {peer} | {seconds:.3f} | {ratio:.2f} | ≥ {targets[peer]:g} {mark} |"
-            )
+            rows.append(f"| {case} | {ours:.3f} | {peer} | {seconds:.3f} | {ratio:.2f} | ≥ {targets[peer]:g} {mark} |")
     return "\n".join(
         [
             START,
