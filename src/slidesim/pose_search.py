@@ -71,7 +71,10 @@ _BEAM = 8  # candidates carried down by default (see default_beam)
 _PEAK_POOL = 8  # the coarsest level's local maxima considered per beam candidate
 _DISTINCT_STEPS = 3  # coarsest-grid steps of angle (or of log scale) that make two poses distinct candidates
 _SCALES_PER_BAND = 4  # the coarsest level keeps the best of each band of this many neighbouring scales
-_POSES_PER_PLACE = 2  # candidates of distinct poses kept within one suppression neighbourhood
+# Candidates of distinct poses kept within one suppression neighbourhood of the coarsest level: where a wrong pose
+# (most often a wrong scale) outscores the right one at its place, the right one is often third or fourth there;
+# over 300 real-photo trials 4 found 4 of 11 poses that 2 missed and lost one (recall 96.3 -> 97.3 %).
+_POSES_PER_PLACE = 4
 
 
 @dataclass(frozen=True)
