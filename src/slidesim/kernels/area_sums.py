@@ -123,6 +123,18 @@ def _rectangle(weights: torch.Tensor) -> tuple[tuple[int, int, int, int], float]
     return (r0, r1, c0, c1), value
 
 
+def _rectangles(weights: torch.Tensor) -> list[tuple[tuple[int, int, int, int], float]] | None:
+    """:func:`_rectangle` of every template's weights [1, Tm, 1, h, w], or None as soon as one is not a rectangle
+    (a turned footprint fails at its first template)."""
+    found = []
+    for t in range(weights.shape[1]):
+        rectangle = _rectangle(weights[0, t, 0])
+        if rectangle is None:
+            return None
+        found.append(rectangle)
+    return found
+
+
 @dataclass(frozen=True)
 class AreaSumReductions(TapReductions):
     """Tap reductions whose window sums and ranges take O(H·W) (unmasked) or O(H·W·log) (masked, FFT) instead of
@@ -208,17 +220,14 @@ class AreaSumReductions(TapReductions):
         from summed-area tables (corners, differences, squares, the spread, the inverse root)."""
         if not self._fused(plane) or weights.shape[0] != 1 or weights.shape[2] != 1 or weights.requires_grad:
             return None
-        rectangles = []
-        for t in range(weights.shape[1]):  # a turned footprint fails at its first template: stop there
-            rectangle = _rectangle(weights[0, t, 0])
-            if rectangle is None or rectangle[1] != 1.0:
-                return None
-            rectangles.append(rectangle[0])
+        rectangles = _rectangles(weights)
+        if rectangles is None or any(value != 1.0 for _, value in rectangles):
+            return None
         B, (Ho, Wo) = plane.shape[0], (self.geom.out_height, self.geom.out_width)
         inverse = tolerance is not None
         # each template's maps contiguous, as the kernel writes them
         out = torch.empty(len(rectangles), B, Ho, Wo, dtype=dtype if inverse else torch.float64)
-        for t, (r0, r1, c0, c1) in enumerate(rectangles):
+        for t, ((r0, r1, c0, c1), _) in enumerate(rectangles):
             window = plane[..., r0:, c0:]  # the rectangle's top-left tap at every window's origin
             into = (_NO_OUT, out[t].numpy()) if inverse else (out[t].numpy(), _NO_FACTORS)
             self._run_fused(window, shift, True, tolerance or 0.0, *into, size=(r1 - r0, c1 - c0))
@@ -285,12 +294,9 @@ class AreaSumReductions(TapReductions):
         shapes_fit = weights.shape[0] == 1 and weights.shape[2] == 1 and plane.shape[1] == 1
         if not shapes_fit or plane.requires_grad or weights.requires_grad or plane.device.type != "cpu":
             return None
-        rectangles = []
-        for t in range(weights.shape[1]):  # a turned footprint fails at its first template: stop there
-            rectangle = _rectangle(weights[0, t, 0])
-            if rectangle is None:
-                return None
-            rectangles.append(rectangle)
+        rectangles = _rectangles(weights)
+        if rectangles is None:
+            return None
         values, table = self._integer_table(plane)
         if values is None:
             return None
