@@ -357,7 +357,7 @@ def test_default_beam_widens_when_scales_are_searched_too() -> None:
     scaled = slidesim.explain(
         image, template, rotations=slidesim.interval(0, 360), scales=slidesim.interval(0.9, 1.1), search="pyramid"
     )
-    assert " scales at the coarsest level, beam 32 (" in scaled.splitlines()[0]
+    assert " scales at the coarsest level, beam 64 (" in scaled.splitlines()[0]
 
 
 def test_explain_says_when_and_why_the_search_is_exhaustive() -> None:

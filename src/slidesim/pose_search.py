@@ -133,15 +133,17 @@ def pose_space(
 
 
 def default_beam(k: int, space: PoseSpace) -> int:
-    """Candidates carried down when ``beam`` is not given: max(8, 2k), four times that when more than one scale is
+    """Candidates carried down when ``beam`` is not given: max(8, 2k), eight times that when more than one scale is
     searched. A coarse level tells scale apart least well (a template shrunk to a few pixels fits many places
     at a wrong scale): over 300 real-photo trials of angle × scale (benchmarks/pose_recall.py) a beam of 16
     missed 22 poses where 8 missed 31 (median time per trial 0.70 s against 0.57 s); with the coarsest level's
-    sector footprints, a beam of 32 missed 12 where 16 missed 18 (0.50 s against 0.45 s; the 96² angle × scale
-    search in a 1024² photograph 0.55-0.61 s against 0.38-0.40 s); a full circle at one scale keeps 8. Only the
-    coarsest level and its first descent see the wider beam (see :func:`pyramid_search`)."""
+    sector footprints, a beam of 32 missed 12 where 16 missed 18; with four poses per place, a beam of 64 missed
+    5 where 32 missed 8 (3 found, none lost), once the descent drew its members in few calls (the 96² angle ×
+    scale search in a 1024² photograph 0.50-0.57 s with 64 against 0.48-0.56 s with 32 before); a full circle at
+    one scale keeps 8. Only the coarsest level and its first descent see the wider beam (see
+    :func:`pyramid_search`)."""
     beam = max(_BEAM, 2 * k)
-    return 4 * beam if len(space.scales) > 1 else beam
+    return 8 * beam if len(space.scales) > 1 else beam
 
 
 def check_search(search: object, levels: object, beam: object) -> tuple[str, int | None, int | None]:
@@ -722,26 +724,42 @@ class MemberCache:
         self.templates, self.mask = templates, mask
         self._drawn: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    def _key(self, c: Candidate, canvas: tuple[int, int]) -> tuple:
+        """(bank, mask bank, template, canvas) of candidate ``c``'s members."""
+        b = c.b if self.templates.shape[0] > 1 else 0
+        bm = None if self.mask is None else (c.b if self.mask.shape[0] > 1 else 0)
+        return b, bm, c.t, canvas
+
+    def draw(self, wanted: Sequence[tuple[Candidate, Sequence[float], Sequence[float], tuple[int, int]]]) -> None:
+        """Draws the members that (candidate, angles, scales, canvas) requests ask for and are not kept yet,
+        every angle wanted of one template at one scale on one canvas in one call: a level's candidates ask for
+        a few poses each, and drawing them one candidate at a time made most of the cost of a wide beam's descent
+        (one low-pass of the template per call before a smaller scale, and the drawing kernel's own set-up)."""
+        todo: dict[tuple, dict[float, None]] = {}
+        for c, angles, scales, canvas in wanted:
+            key = self._key(c, canvas)
+            for s in scales:
+                for a in angles:
+                    if (*key, a, s) not in self._drawn:
+                        todo.setdefault((*key, s), {})[a] = None
+        for (b, bm, t, canvas, scale), angles in todo.items():
+            weights = None
+            if self.mask is not None:
+                weights = self.mask[bm, t if self.mask.shape[1] > 1 else 0][None, None]
+            stream = TransformStream(self.templates[b, t][None, None], weights, list(angles), [scale])
+            stream.canvas = canvas  # drawn about the canvas centre: a larger canvas only adds weightless pixels
+            pictures, drawn = _drawn(stream, 0, stream.members)
+            for i, a in enumerate(angles):
+                self._drawn[(b, bm, t, canvas, a, scale)] = (pictures[0, i], drawn[0, i])
+
     def members(
         self, c: Candidate, angles: Sequence[float], scales: Sequence[float], canvas: tuple[int, int]
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Template ``c.t`` of image ``c.b``'s bank under every (scale, angle), scale-major, on ``canvas`` (at
         least the poses' own, of the template's parity): (picture [C, Hc, Wc], weights [Cm, Hc, Wc]) each,
         canonical (a weight of zero hides a non-finite pixel), drawn where not kept yet."""
-        b = c.b if self.templates.shape[0] > 1 else 0
-        bm = None if self.mask is None else (c.b if self.mask.shape[0] > 1 else 0)
-        key = (b, bm, c.t, canvas)
-        missing = [(a, s) for s in scales for a in angles if (*key, a, s) not in self._drawn]
-        weights = None
-        if self.mask is not None and missing:
-            weights = self.mask[bm, c.t if self.mask.shape[1] > 1 else 0][None, None]
-        for scale in dict.fromkeys(s for _, s in missing):
-            todo = [a for a, s in missing if s == scale]
-            stream = TransformStream(self.templates[b, c.t][None, None], weights, todo, [scale])
-            stream.canvas = canvas  # drawn about the canvas centre: a larger canvas only adds weightless pixels
-            pictures, drawn = _drawn(stream, 0, stream.members)
-            for i, a in enumerate(todo):
-                self._drawn[(*key, a, scale)] = (pictures[0, i], drawn[0, i])
+        self.draw([(c, angles, scales, canvas)])
+        key = self._key(c, canvas)
         return [self._drawn[(*key, a, s)] for s in scales for a in angles]
 
 
@@ -783,6 +801,7 @@ def local_scores_many(
             groups.setdefault((own[i], rows, cols, R), []).append((i, r0, c0))
     out: list[LocalScores | None] = [None] * len(found)
     worst = -math.inf if canon.spec.higher_is_better else math.inf
+    cache.draw([(found[i], *poses[i], canvas) for (canvas, *_), members in groups.items() for i, _, _ in members])
     for (canvas, rows, cols, _), members in groups.items():
         crops = torch.stack([image[found[i].b, :, r0 : r0 + rows, c0 : c0 + cols] for i, r0, c0 in members])
         banks = [cache.members(found[i], *poses[i], canvas) for i, _, _ in members]
