@@ -431,3 +431,23 @@ def test_sector_footprints_lie_within_every_member_and_keep_most_of_the_template
     radius = 1.1 * (min(h, w) - 1) / 2
     disk = math.pi * radius**2
     assert float(masks.sum(dim=(-1, -2, -3)).min()) > 1.1 * disk
+
+
+def test_select_between_levels_keeps_distinct_poses_at_one_place() -> None:
+    # two candidates a pixel apart: by position alone the worse one goes; with `distinct`, it stays when its pose
+    # is far enough from the better one's (a wrong angle can outscore the right one beside it at a coarse level)
+    best = pose_search.Candidate(0, 0, 10.0, 10.0, 40.0, 1.0, 0.9)
+    turned = pose_search.Candidate(0, 0, 11.0, 10.0, 50.0, 1.0, 0.8)
+    scaled = pose_search.Candidate(0, 0, 10.0, 11.0, 40.0, 1.2, 0.7)
+    twin = pose_search.Candidate(0, 0, 11.0, 11.0, 41.0, 1.01, 0.6)
+    found = [twin, scaled, turned, best]
+    assert pose_search.select(found, 4, 2, None, True) == [best]
+    kept = pose_search.select(found, 4, 2, None, True, distinct=(5.0, 0.1))
+    assert kept == [best, turned, scaled]
+    # across the circle: 359° and 1° are 2° apart
+    wrapped = [pose_search.Candidate(0, 0, 10.0, 10.0, 359.0, 1.0, 0.9), replace_angle(best, 1.0, 0.5)]
+    assert len(pose_search.select(wrapped, 4, 2, None, True, distinct=(5.0, 0.1))) == 1
+
+
+def replace_angle(c: pose_search.Candidate, angle: float, score: float) -> pose_search.Candidate:
+    return pose_search.Candidate(c.b, c.t, c.y, c.x, angle, c.scale, score)
