@@ -175,3 +175,22 @@ x = rng.integers(0, 256, (2400, 2400, 3), dtype=np.uint8); k = x[100:116, 200:21
     got = peak_bytes(setup, call, warm)
     image_bytes = 2400 * 2400 * 3
     assert got["peak"] <= got["output"] + images * image_bytes, (metric, got, image_bytes)
+
+
+def test_pyramid_search_keeps_its_local_searches_within_memory_limit() -> None:
+    """The pyramid's finer levels score their candidates' crops against stacks of turned templates: a wide beam
+    of a large template takes them in chunks that fit ``memory_limit`` (all at once, this case peaked at about
+    260 MiB)."""
+    setup = """
+import numpy as np, slidesim
+rng = np.random.default_rng(0)
+scene = rng.random((500, 500), dtype=np.float32)
+template = scene[150:310, 200:320].copy()
+ranges = dict(rotations=slidesim.interval(0, 360), scales=slidesim.interval(0.8, 1.25))
+"""
+    call = (
+        "(slidesim.match(scene, template, search='pyramid', k=6, threshold=-1.0, memory_limit=64 * 2**20, "
+        "**ranges), torch.zeros(0))[1]"
+    )
+    warm = "slidesim.match(scene[:200, :200].copy(), template[:60, :60].copy(), search='pyramid', **ranges)"
+    assert peak_bytes(setup, call, warm)["peak"] < 64 * MIB

@@ -713,16 +713,25 @@ def _drawn(stream: TransformStream, j0: int, j1: int) -> tuple[torch.Tensor, tor
 
 class MemberCache:
     """Members of a level's bank drawn on the canvases asked for, kept for the level: a candidate searched again
-    around a moved centre (and candidates that share poses) reuse them.
+    around a moved centre (and candidates that share poses) reuse them, within ``budget`` bytes (past it, what
+    is kept is dropped before more is drawn).
 
     Args:
         templates: The level's bank [Bk, T, C, h, w].
         mask: Its mask [Bm, Tm, Cm, h, w] or None.
+        budget: Bytes the kept members may take.
     """
 
-    def __init__(self, templates: torch.Tensor, mask: torch.Tensor | None) -> None:
-        self.templates, self.mask = templates, mask
+    def __init__(self, templates: torch.Tensor, mask: torch.Tensor | None, budget: int) -> None:
+        self.templates, self.mask, self.budget = templates, mask, budget
         self._drawn: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._bytes = 0
+
+    def member_bytes(self, canvas: tuple[int, int], item: int | None = None) -> int:
+        """Bytes of one drawn member (picture and weights) on ``canvas``, in the bank's dtype or with ``item``
+        bytes an element."""
+        channels = self.templates.shape[2] + (1 if self.mask is None else self.mask.shape[2])
+        return channels * canvas[0] * canvas[1] * (self.templates.element_size() if item is None else item)
 
     def _key(self, c: Candidate, canvas: tuple[int, int]) -> tuple:
         """(bank, mask bank, template, canvas) of candidate ``c``'s members."""
@@ -742,6 +751,15 @@ class MemberCache:
                 for a in angles:
                     if (*key, a, s) not in self._drawn:
                         todo.setdefault((*key, s), {})[a] = None
+        new = sum(len(angles) * self.member_bytes(key[3]) for key, angles in todo.items())
+        if self._bytes + new > self.budget:
+            self._drawn.clear()
+            self._bytes = 0
+            todo = {}
+            for c, angles, scales, canvas in wanted:
+                for s in scales:
+                    todo.setdefault((*self._key(c, canvas), s), {}).update(dict.fromkeys(angles))
+        self._bytes += sum(len(angles) * self.member_bytes(key[3]) for key, angles in todo.items())
         for (b, bm, t, canvas, scale), angles in todo.items():
             weights = None
             if self.mask is not None:
@@ -800,31 +818,57 @@ def local_scores_many(
         if rows >= own[i][0] and cols >= own[i][1]:
             groups.setdefault((own[i], rows, cols, R), []).append((i, r0, c0))
     out: list[LocalScores | None] = [None] * len(found)
-    worst = -math.inf if canon.spec.higher_is_better else math.inf
-    cache.draw([(found[i], *poses[i], canvas) for (canvas, *_), members in groups.items() for i, _, _ in members])
-    for (canvas, rows, cols, _), members in groups.items():
-        crops = torch.stack([image[found[i].b, :, r0 : r0 + rows, c0 : c0 + cols] for i, r0, c0 in members])
-        banks = [cache.members(found[i], *poses[i], canvas) for i, _, _ in members]
-        # one copy of every drawn member into the stack (large turned templates: tens of megabytes)
-        picture, weight = banks[0][0]
-        pictures = picture.new_empty(len(banks), len(banks[0]), *picture.shape)
-        weights = weight.new_empty(len(banks), len(banks[0]), *weight.shape)
-        for n, bank in enumerate(banks):
-            for r, (picture, weight) in enumerate(bank):
-                pictures[n, r] = picture
-                weights[n, r] = weight
-        scores = _local_similarity(canon, crops, pictures, weights)
-        scores = scores.to(torch.float64).cpu().nan_to_num(nan=worst)
-        for n, (i, r0, c0) in enumerate(members):
-            angles, scales = poses[i]
-            out[i] = LocalScores(
-                scores[n],
-                r0 + (canvas[0] - 1) / 2,
-                c0 + (canvas[1] - 1) / 2,
-                torch.tensor(angles * len(scales), dtype=torch.float64),
-                torch.tensor([s for s in scales for _ in angles], dtype=torch.float64),
-            )
+    for (canvas, rows, cols, R), members in groups.items():
+        # candidates in chunks whose drawn members (kept by the cache, within its budget), their stacked copies
+        # (and the float64 ones that an exact rescoring of near-flat windows takes), crops (and their float64
+        # copy) and scores stay within the call's memory_limit: a wide beam of a large turned template is
+        # gigabytes otherwise
+        ny, nx = rows - canvas[0] + 1, cols - canvas[1] + 1
+        members_bytes = R * (cache.member_bytes(canvas) + cache.member_bytes(canvas, 8) + ny * nx * 17)
+        unit = members_bytes + image.shape[1] * rows * cols * (image.element_size() + 8)
+        step = max(1, canon.memory_limit // 2 // unit)
+        for start in range(0, len(members), step):
+            _score_chunk(canon, image, cache, found, poses, canvas, rows, cols, members[start : start + step], out)
     return out
+
+
+def _score_chunk(
+    canon: Canonical,
+    image: torch.Tensor,
+    cache: MemberCache,
+    found: Sequence[Candidate],
+    poses: Sequence[tuple[list[float], list[float]]],
+    canvas: tuple[int, int],
+    rows: int,
+    cols: int,
+    members: Sequence[tuple[int, int, int]],
+    out: list[LocalScores | None],
+) -> None:
+    """Scores candidates ``members`` (index, crop's first row and column) on ``canvas`` and crops of ``rows`` x
+    ``cols`` in one :func:`_local_similarity` call, into ``out`` (see :func:`local_scores_many`)."""
+    worst = -math.inf if canon.spec.higher_is_better else math.inf
+    cache.draw([(found[i], *poses[i], canvas) for i, _, _ in members])
+    crops = torch.stack([image[found[i].b, :, r0 : r0 + rows, c0 : c0 + cols] for i, r0, c0 in members])
+    banks = [cache.members(found[i], *poses[i], canvas) for i, _, _ in members]
+    # one copy of every drawn member into the stack (large turned templates: tens of megabytes)
+    picture, weight = banks[0][0]
+    pictures = picture.new_empty(len(banks), len(banks[0]), *picture.shape)
+    weights = weight.new_empty(len(banks), len(banks[0]), *weight.shape)
+    for n, bank in enumerate(banks):
+        for r, (picture, weight) in enumerate(bank):
+            pictures[n, r] = picture
+            weights[n, r] = weight
+    scores = _local_similarity(canon, crops, pictures, weights)
+    scores = scores.to(torch.float64).cpu().nan_to_num(nan=worst)
+    for n, (i, r0, c0) in enumerate(members):
+        angles, scales = poses[i]
+        out[i] = LocalScores(
+            scores[n],
+            r0 + (canvas[0] - 1) / 2,
+            c0 + (canvas[1] - 1) / 2,
+            torch.tensor(angles * len(scales), dtype=torch.float64),
+            torch.tensor([s for s in scales for _ in angles], dtype=torch.float64),
+        )
 
 
 def _descend(
@@ -838,7 +882,7 @@ def _descend(
     centres = [replace(c, y=2 * c.y + 0.5, x=2 * c.x + 0.5) for c in found]
     scored: list[Candidate | None] = [None] * len(found)
     moving = list(range(len(found)))
-    cache = MemberCache(pyramid.templates[level], pyramid.masks[level])
+    cache = MemberCache(pyramid.templates[level], pyramid.masks[level], canon.memory_limit // 2)
     for _ in range(CLIMB_MOVES):
         if not moving:
             break
