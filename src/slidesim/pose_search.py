@@ -282,6 +282,12 @@ def _turn(a: float, b: float) -> float:
     return d - 360.0 if d > 180 else d + 360.0 if d <= -180 else d
 
 
+def _poses_close(a: Candidate, b: Candidate, angle_reach: float, scale_reach: float) -> bool:
+    """Whether two candidates' poses differ by less than ``angle_reach`` degrees (round the circle) and less than
+    ``scale_reach`` in log scale."""
+    return abs(_turn(a.angle, b.angle)) < angle_reach and abs(math.log(a.scale / b.scale)) < scale_reach
+
+
 def near(values: Sequence[float], centre: float, radius: float, step: float, angles: bool) -> list[float]:
     """The ``values`` within ``radius`` of ``centre`` (round the circle for ``angles``), and on each side at least
     the nearest value (the grid of the level above may have kept every value of a sparse sequence), no two closer
@@ -469,9 +475,7 @@ def _diverse_peaks(
                 continue
             c = Candidate(bi, ti, float(yi), float(xi), float(stream.angles[r]), float(stream.scales[r]), s)
             near = [o for o in kept if (o.b, o.t) == group and max(abs(o.y - c.y), abs(o.x - c.x)) < apart]
-            if len(near) >= _POSES_PER_PLACE or any(
-                abs(_turn(o.angle, c.angle)) < a_far and abs(math.log(o.scale / c.scale)) < s_far for o in near
-            ):
+            if len(near) >= _POSES_PER_PLACE or any(_poses_close(o, c, a_far, s_far) for o in near):
                 continue
             kept.append(c)
             taken.add(i)
@@ -744,22 +748,14 @@ class MemberCache:
         every angle wanted of one template at one scale on one canvas in one call: a level's candidates ask for
         a few poses each, and drawing them one candidate at a time made most of the cost of a wide beam's descent
         (one low-pass of the template per call before a smaller scale, and the drawing kernel's own set-up)."""
-        todo: dict[tuple, dict[float, None]] = {}
-        for c, angles, scales, canvas in wanted:
-            key = self._key(c, canvas)
-            for s in scales:
-                for a in angles:
-                    if (*key, a, s) not in self._drawn:
-                        todo.setdefault((*key, s), {})[a] = None
+        todo = self._missing(wanted)
         new = sum(len(angles) * self.member_bytes(key[3]) for key, angles in todo.items())
-        if self._bytes + new > self.budget:
+        if self._bytes + new > self.budget:  # drop what is kept, then draw every member asked for
             self._drawn.clear()
             self._bytes = 0
-            todo = {}
-            for c, angles, scales, canvas in wanted:
-                for s in scales:
-                    todo.setdefault((*self._key(c, canvas), s), {}).update(dict.fromkeys(angles))
-        self._bytes += sum(len(angles) * self.member_bytes(key[3]) for key, angles in todo.items())
+            todo = self._missing(wanted)
+            new = sum(len(angles) * self.member_bytes(key[3]) for key, angles in todo.items())
+        self._bytes += new
         for (b, bm, t, canvas, scale), angles in todo.items():
             weights = None
             if self.mask is not None:
@@ -770,13 +766,25 @@ class MemberCache:
             for i, a in enumerate(angles):
                 self._drawn[(b, bm, t, canvas, a, scale)] = (pictures[0, i], drawn[0, i])
 
+    def _missing(
+        self, wanted: Sequence[tuple[Candidate, Sequence[float], Sequence[float], tuple[int, int]]]
+    ) -> dict[tuple, dict[float, None]]:
+        """The angles not kept yet of each (bank, mask bank, template, canvas, scale) that ``wanted`` asks for."""
+        todo: dict[tuple, dict[float, None]] = {}
+        for c, angles, scales, canvas in wanted:
+            key = self._key(c, canvas)
+            for s in scales:
+                for a in angles:
+                    if (*key, a, s) not in self._drawn:
+                        todo.setdefault((*key, s), {})[a] = None
+        return todo
+
     def members(
         self, c: Candidate, angles: Sequence[float], scales: Sequence[float], canvas: tuple[int, int]
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Template ``c.t`` of image ``c.b``'s bank under every (scale, angle), scale-major, on ``canvas`` (at
         least the poses' own, of the template's parity): (picture [C, Hc, Wc], weights [Cm, Hc, Wc]) each,
-        canonical (a weight of zero hides a non-finite pixel), drawn where not kept yet."""
-        self.draw([(c, angles, scales, canvas)])
+        canonical (a weight of zero hides a non-finite pixel), as :meth:`draw` drew them for this request."""
         key = self._key(c, canvas)
         return [self._drawn[(*key, a, s)] for s in scales for a in angles]
 
@@ -953,12 +961,7 @@ def select(
         same = [o for o in kept if (o.b, o.t) == (c.b, c.t)]
         if len(same) >= k:
             continue
-        if any(
-            max(abs(o.y - c.y), abs(o.x - c.x)) < min_distance
-            and abs(_turn(o.angle, c.angle)) < a_far
-            and abs(math.log(o.scale / c.scale)) < s_far
-            for o in same
-        ):
+        if any(max(abs(o.y - c.y), abs(o.x - c.x)) < min_distance and _poses_close(o, c, a_far, s_far) for o in same):
             continue
         kept.append(c)
     return kept
@@ -1003,8 +1006,8 @@ def pyramid_search(
         # first descent only: over 300 angle x scale trials a beam of 16 cut to 4 after the first descent missed
         # the same 22 poses as one halving to 8, 4, 2, in 0.78 s against 1.28 s on a 1024² scene.
         apart = max(1, min(2, min(h, w) // 2 ** (level + 2), min_distance))
-        a_step, s_step = (step / 2 for step in _steps(space, level + 1))  # this level's grid steps (level 0 too)
-        distinct = (_DISTINCT_STEPS * a_step * (1 - 1e-6), _DISTINCT_STEPS * s_step * (1 - 1e-6))
+        steps = (space.angle_spacing * 2**level, space.scale_spacing * 2**level)  # this level's grid steps
+        distinct = (_DISTINCT_STEPS * steps[0] * (1 - 1e-6), _DISTINCT_STEPS * steps[1] * (1 - 1e-6))
         found = select(found, max(2 * k, min(beam, _BEAM) >> (levels - level)), apart, None, higher, distinct)
     return select(found, k, min_distance, threshold, higher)
 
